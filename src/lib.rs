@@ -1,0 +1,21 @@
+//! cdrvault: lawful, private retention of telecom call-detail records.
+//!
+//! Records flow from Kafka ([`source`]) through decoding and validation
+//! ([`decode`]), pseudonymisation ([`pseudonymise`], with keys from [`keys`])
+//! into date-partitioned Parquet ([`write`]); Kafka offsets move only once
+//! the files are durable ([`checkpoint`]). [`pipeline`] wires the stages
+//! together. See ARCHITECTURE.md for the map and the invariants.
+
+pub mod clock;
+pub mod decode;
+pub mod durable;
+pub mod keys;
+pub mod models;
+pub mod pseudonymise;
+pub mod write;
+
+/// Types generated from `proto/cdrvault/v1/*.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/cdrvault.v1.rs"));
+}
