@@ -6,12 +6,23 @@
 //! the files are durable ([`checkpoint`]). [`pipeline`] wires the stages
 //! together. See ARCHITECTURE.md for the map and the invariants.
 
+pub mod api;
+pub mod checkpoint;
 pub mod clock;
+pub mod config;
 pub mod decode;
+pub mod demo;
 pub mod durable;
+pub mod import;
+pub mod ingest;
 pub mod keys;
+pub mod metrics;
 pub mod models;
+pub mod pipeline;
+pub mod produce;
 pub mod pseudonymise;
+pub mod source;
+pub mod synth;
 pub mod write;
 
 /// Types generated from `proto/cdrvault/v1/*.proto`.

@@ -1,1 +1,360 @@
-fn main() {}
+//! The `cdrvault` command: parses the command line, loads the configuration,
+//! sets up logging and metrics, and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use cdrvault::clock::{Clock, SystemClock};
+use cdrvault::config::{Config, LogFormat};
+use cdrvault::decode::Encoding;
+use cdrvault::ingest::{Ingest, IngestReport, StopAfter};
+use cdrvault::keys::KeyStore;
+use cdrvault::metrics::Metrics;
+use cdrvault::pipeline::Processor;
+use cdrvault::source::KafkaSource;
+use cdrvault::source::dead_letter::DeadLetter;
+use cdrvault::synth::SynthConfig;
+use cdrvault::{api, demo, import, produce};
+
+#[derive(Parser)]
+#[command(name = "cdrvault", version, about = "Lawful, private retention of telecom call-detail records")]
+struct Cli {
+    /// TOML configuration file (see deploy/cdrvault.example.toml).
+    #[arg(long, global = true, env = "CDRVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides storage.data_dir).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Keys directory (overrides keys.dir).
+    #[arg(long, global = true)]
+    keys_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline on an embedded Kafka with synthetic records.
+    Demo {
+        /// Records to generate and ingest (default 200000 unless --duration is given).
+        #[arg(long)]
+        records: Option<u64>,
+        /// Stop after this long, e.g. 30s or 2m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Spread start times over this many days before now.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Consume CDRs from Kafka and store them (the service).
+    Serve,
+    /// Produce synthetic CDRs into a Kafka topic.
+    Produce {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        /// Records per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Records to send (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+        #[arg(long, default_value_t = 1)]
+        days: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Share of deliberately invalid records.
+        #[arg(long, default_value_t = 0.01)]
+        invalid_ratio: f64,
+    },
+    /// Backfill from a file of JSON records, one per line.
+    Import {
+        file: PathBuf,
+        /// Exit non-zero if any line was refused.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Manage keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create the master key and the first token key.
+    Init {
+        /// The keys directory (same as --keys-dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Create a new token key and make it the active one.
+    RotateToken {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Protobuf,
+}
+
+impl From<Format> for Encoding {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Json => Encoding::Json,
+            Format::Protobuf => Encoding::Protobuf,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(dir) = &cli.data_dir {
+        config.storage.data_dir = dir.clone();
+    }
+    if let Some(dir) = &cli.keys_dir {
+        config.keys.dir = dir.clone();
+    }
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Import { .. } | Command::Produce { .. });
+    init_logging(&config, quiet);
+
+    match cli.command {
+        Command::Demo { records, duration, days, seed, format } => {
+            let records = records.or(if duration.is_some() { None } else { Some(200_000) });
+            run_demo(&config, records, duration, days, seed, format.into())
+        }
+        Command::Serve => serve(config),
+        Command::Produce { brokers, topic, rate, count, format, days, seed, invalid_ratio } => {
+            let options = produce::ProduceOptions {
+                brokers,
+                topic,
+                count,
+                rate,
+                format: format.into(),
+                synth: SynthConfig { seed, days, invalid_ratio, until: SystemClock.now(), ..SynthConfig::default() },
+            };
+            let stop = stop_on_ctrl_c()?;
+            let bar = spinner("produced");
+            let report = produce::produce(&options, &stop, |_| {}, |n| bar.set_position(n))?;
+            bar.finish_and_clear();
+            println!("produced {} records ({} deliberately invalid), {} delivery failures", report.sent, report.invalid, report.failed);
+            Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Import { file, strict } => run_import(&config, &file, strict),
+        Command::Keys { command } => match command {
+            KeysCommand::Init { dir } => {
+                let dir = dir.unwrap_or(config.keys.dir.clone());
+                let report = KeyStore::init(&dir, Some(&config.storage.data_dir))?;
+                println!("initialised keys in {} (token key {})", report.dir.display(), report.token_key);
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCommand::RotateToken { dir } => {
+                let dir = dir.unwrap_or(config.keys.dir.clone());
+                let mut store = KeyStore::open(&dir, Some(&config.storage.data_dir))?;
+                let id = store.rotate_token_key()?;
+                println!("token key {id} is now active; earlier keys remain for lookups");
+                Ok(ExitCode::SUCCESS)
+            }
+        },
+    }
+}
+
+fn init_logging(config: &Config, quiet: bool) {
+    // The interactive commands print their own progress; their logs default
+    // to warnings so that the progress stays readable.
+    let default = if quiet { "warn" } else { config.log.filter.as_str() };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// A flag set by Ctrl-C or SIGTERM: the one shutdown signal.
+fn stop_on_ctrl_c() -> anyhow::Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        runtime.block_on(async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            flag.store(true, Ordering::Relaxed);
+        });
+    })?;
+    Ok(stop)
+}
+
+fn spinner(what: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos} records {msg} ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(what);
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn run_demo(
+    config: &Config,
+    records: Option<u64>,
+    duration: Option<Duration>,
+    days: u32,
+    seed: u64,
+    format: Encoding,
+) -> anyhow::Result<ExitCode> {
+    let stop = stop_on_ctrl_c()?;
+    if let Some(duration) = duration {
+        let flag = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            // A timer, not synchronisation: the demo's --duration.
+            std::thread::sleep(duration);
+            flag.store(true, Ordering::Relaxed);
+        });
+    }
+    let options = demo::DemoOptions {
+        records,
+        days,
+        seed,
+        format,
+        data_dir: config.storage.data_dir.clone(),
+        keys_dir: config.keys.dir.clone(),
+    };
+    let metrics = Metrics::new();
+    let bar = match records {
+        Some(n) => ProgressBar::new(n).with_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} records ingested ({per_sec}, {msg})")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => spinner("ingested"),
+    };
+    eprintln!(
+        "cdrvault demo: embedded Kafka, {} synthetic {} records over {days} days -> {}",
+        records.map_or("unbounded".to_string(), |n| n.to_string()),
+        format.as_str(),
+        config.storage.data_dir.display()
+    );
+    let summary = demo::run(&options, metrics, stop, |report: &IngestReport| {
+        bar.set_position(report.records_in);
+        bar.set_message(format!("{} files", report.files));
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "produced:        {} ({} deliberately invalid, {} delivery failures)",
+        summary.produced.sent, summary.produced.invalid, summary.produced.failed
+    );
+    print_summary(&summary.ingest, &summary.data_dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(report: &IngestReport, data_dir: &std::path::Path) {
+    println!("records in:      {}", report.records_in);
+    println!("written:         {}", report.written);
+    println!("refused:         {}", report.refused_total());
+    for (reason, n) in &report.refused {
+        println!("  {reason:<24} {n}");
+    }
+    println!("files:           {} ({:.1} MiB)", report.files, report.bytes_written as f64 / (1 << 20) as f64);
+    let days: Vec<String> = report.days.iter().map(|d| d.to_string()).collect();
+    println!("days:            {} ({})", days.len(), days.join(", "));
+    println!("data:            {}/cdr/dt=YYYY-MM-DD/*.parquet", data_dir.display());
+}
+
+fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    config.validate()?;
+    let keys = Arc::new(
+        KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))
+            .with_context(|| format!("opening keys in {}", config.keys.dir.display()))?,
+    );
+    let metrics = Metrics::new();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let stop = stop_on_ctrl_c()?;
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let shutdown_flag = Arc::clone(&stop);
+    let (address, http) = runtime.block_on(api::serve(config.http.listen, Arc::clone(&metrics), Arc::clone(&ready), async move {
+        while !shutdown_flag.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }))?;
+    tracing::info!(%address, "metrics and health endpoints listening");
+
+    let ingest = Ingest {
+        source: KafkaSource::connect(&config.kafka, &config.ingest, Arc::clone(&metrics))?,
+        dead_letter: DeadLetter::connect(&config.kafka)?,
+        processor: Processor::from_config(&config, keys, clock),
+        metrics,
+    };
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(topics = config.kafka.topics.len(), data_dir = %config.storage.data_dir.display(), "ingest started");
+    let result = ingest.run(&stop, StopAfter::default(), |_| {});
+    ready.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    let _ = runtime.block_on(http);
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_import(config: &Config, file: &std::path::Path, strict: bool) -> anyhow::Result<ExitCode> {
+    let keys = Arc::new(KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?);
+    let processor = Processor::from_config(config, keys, Arc::new(SystemClock));
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let bar = ProgressBar::new(size).with_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = import::import_file(
+        file,
+        &processor,
+        |bytes| bar.set_position(bytes),
+        |line, refusal| bar.suspend(|| eprintln!("line {line}: refused: {refusal}")),
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "imported {} lines: {} written into {} files, {} refused",
+        report.lines,
+        report.written,
+        report.files,
+        report.refused.len()
+    );
+    Ok(if strict && !report.refused.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,314 @@
+//! The configuration tree: TOML, with `CDRVAULT_…` environment overrides.
+//!
+//! Every section denies unknown keys (a typo is an error, not a silent
+//! default), every field has a documented default, durations are typed
+//! (`"5s"`, `"2m"`), and [`Config::validate`] checks the cross-field rules
+//! once at start-up with errors that name the key and the fix. Each stage
+//! receives its own section.
+//!
+//! Environment overrides use `__` between levels:
+//! `CDRVAULT_KAFKA__BROKERS=host:9092`, `CDRVAULT_STORAGE__DATA_DIR=/data`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::decode::Encoding;
+use crate::write::ParquetConfig;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub storage: StorageConfig,
+    pub keys: KeysConfig,
+    pub kafka: KafkaConfig,
+    pub ingest: IngestConfig,
+    pub parquet: ParquetConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Root of the data: `<data_dir>/cdr/dt=YYYY-MM-DD/*.parquet`.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { data_dir: PathBuf::from("cdrvault-data") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// The keys directory, created by `cdrvault keys init`. Must not be
+    /// inside the data directory.
+    pub dir: PathBuf,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig { dir: PathBuf::from("cdrvault-keys") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Topic name.
+    pub name: String,
+    /// `json` or `protobuf`.
+    #[serde(default)]
+    pub encoding: Encoding,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// Consumer group id: every instance of one deployment shares it.
+    pub group_id: String,
+    /// The topics to consume and the encoding of each.
+    pub topics: Vec<TopicConfig>,
+    /// Where refused records go, with their reason in a header.
+    pub dead_letter_topic: String,
+    /// How often the client reports statistics (consumer lag).
+    #[serde(with = "humantime_serde")]
+    pub statistics_interval: Duration,
+    /// Extra librdkafka properties (security, tuning), passed through as is.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "cdrvault".into(),
+            topics: vec![TopicConfig { name: "cdr".into(), encoding: Encoding::Json }],
+            dead_letter_topic: "cdr.dead-letter".into(),
+            statistics_interval: Duration::from_secs(5),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// A batch is cut at this many records...
+    pub batch_max_records: usize,
+    /// ...or this many payload bytes...
+    pub batch_max_bytes: usize,
+    /// ...or when this much time has passed since its first record.
+    #[serde(with = "humantime_serde")]
+    pub batch_linger: Duration,
+    /// How far in the future a `start_time` may lie before it is refused.
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Threads that decode and tokenise; 0 means one per core.
+    pub decode_threads: usize,
+    /// Upper bound of the Kafka client's prefetch queue per partition, in KiB.
+    pub fetch_queue_kib: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            batch_max_records: 100_000,
+            batch_max_bytes: 64 << 20,
+            batch_linger: Duration::from_secs(5),
+            max_clock_skew: Duration::from_secs(300),
+            decode_threads: 0,
+            fetch_queue_kib: 16 * 1024,
+        }
+    }
+}
+
+impl IngestConfig {
+    pub fn effective_decode_threads(&self) -> usize {
+        if self.decode_threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            self.decode_threads
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `cdrvault=debug,rdkafka=warn`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, filter: "info".into() }
+    }
+}
+
+/// A configuration error that names the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {problem}; {fix}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub problem: String,
+    pub fix: &'static str,
+}
+
+impl Config {
+    /// Loads the defaults, then the TOML file (if given), then `CDRVAULT_…`
+    /// environment variables.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.exists() {
+                anyhow::bail!("config file {} does not exist", path.display());
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("CDRVAULT_").split("__"));
+        let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        Ok(config)
+    }
+
+    /// The cross-field checks, run once at start-up.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, problem: String, fix| Err(ConfigError { key, problem, fix });
+        if self.ingest.batch_max_records == 0 {
+            return err("ingest.batch_max_records", "is 0".into(), "set it to at least 1 (default 100000)");
+        }
+        if self.ingest.batch_max_bytes < 1024 {
+            return err("ingest.batch_max_bytes", "is below 1 KiB".into(), "set it to at least 1024 (default 67108864)");
+        }
+        if self.ingest.batch_linger.is_zero() || self.ingest.batch_linger > Duration::from_secs(600) {
+            return err("ingest.batch_linger", format!("is {:?}", self.ingest.batch_linger), "use a value between 1ms and 10m (default 5s)");
+        }
+        if self.kafka.topics.is_empty() {
+            return err("kafka.topics", "is empty".into(), "add at least one [[kafka.topics]] entry with a name");
+        }
+        let mut names: Vec<&str> = self.kafka.topics.iter().map(|t| t.name.as_str()).collect();
+        names.sort();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return err("kafka.topics", "lists a topic twice".into(), "list each topic once, with one encoding");
+        }
+        if names.iter().any(|n| n.is_empty()) {
+            return err("kafka.topics.name", "is empty".into(), "give every topic a name");
+        }
+        if self.kafka.dead_letter_topic.is_empty() || names.contains(&self.kafka.dead_letter_topic.as_str()) {
+            return err(
+                "kafka.dead_letter_topic",
+                "is empty or also an input topic".into(),
+                "name a topic of its own, e.g. cdr.dead-letter",
+            );
+        }
+        if self.kafka.group_id.is_empty() {
+            return err("kafka.group_id", "is empty".into(), "set the consumer group id shared by all instances");
+        }
+        for reserved in ["enable.auto.offset.store", "group.id", "bootstrap.servers", "enable.partition.eof"] {
+            if self.kafka.properties.contains_key(reserved) {
+                return err(
+                    "kafka.properties",
+                    format!("sets `{reserved}`, which cdrvault manages"),
+                    "remove it; offsets are stored only after files are durable",
+                );
+            }
+        }
+        if self.parquet.row_group_rows == 0 || self.parquet.data_page_rows == 0 {
+            return err("parquet.row_group_rows", "or parquet.data_page_rows is 0".into(), "use positive row counts");
+        }
+        if !(1..=22).contains(&self.parquet.zstd_level) {
+            return err("parquet.zstd_level", format!("is {}", self.parquet.zstd_level), "use 1 to 22 (default 3)");
+        }
+        if !(self.parquet.bloom_fpp > 0.0 && self.parquet.bloom_fpp < 1.0) {
+            return err("parquet.bloom_fpp", format!("is {}", self.parquet.bloom_fpp), "use a rate between 0 and 1 (default 0.01)");
+        }
+        if crate::keys::ensure_apart(&self.keys.dir, &self.storage.data_dir).is_err() {
+            return err(
+                "keys.dir",
+                "lies inside storage.data_dir".into(),
+                "keep the keys apart from the data they protect, e.g. /etc/cdrvault/keys",
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_loads_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cdrvault.example.toml");
+        let config = Config::load(Some(&path)).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.kafka.topics.len(), 2);
+        assert_eq!(config.kafka.topics[1].encoding, Encoding::Protobuf);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[ingest]\nbatch_max_record = 5\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(error.contains("batch_max_record"), "{error}");
+    }
+
+    #[test]
+    fn validation_names_the_key_and_the_fix() {
+        let mut config = Config::default();
+        config.kafka.dead_letter_topic = "cdr".into();
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("kafka.dead_letter_topic") && error.contains("name a topic"), "{error}");
+
+        let mut config = Config::default();
+        config.keys.dir = config.storage.data_dir.join("keys");
+        assert!(config.validate().unwrap_err().to_string().contains("keys.dir"));
+
+        let mut config = Config::default();
+        config.kafka.properties.insert("enable.auto.offset.store".into(), "true".into());
+        assert!(config.validate().unwrap_err().to_string().contains("kafka.properties"));
+    }
+
+    #[test]
+    fn durations_are_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[ingest]\nbatch_linger = \"250ms\"\n").unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.ingest.batch_linger, Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,168 @@
+//! One batch through the stages: decode and validate, tokenise, build the
+//! columns of each day, write each day's file durably.
+//!
+//! [`Processor::process`] is blocking, CPU-bound work: callers run it on a
+//! dedicated thread (the Kafka ingest loop, `import`) and never on an async
+//! worker. It splits the batch across threads for decoding and tokenising,
+//! and the Parquet writer encodes the columns of each row group in parallel.
+//!
+//! The processor knows nothing of Kafka or offsets: it returns which inputs
+//! were refused and which files now hold the rest, and the caller decides
+//! when offsets may move (only after this returns `Ok`, see `checkpoint`).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::clock::Clock;
+use crate::decode::{self, Encoding, Refusal, ValidationContext};
+use crate::keys::{KeyError, KeyStore};
+use crate::models::PartitionDate;
+use crate::pseudonymise::Tokeniser;
+use crate::write::{DayColumns, ParquetWriter, WriteError, WrittenFile};
+
+/// One input record, as bytes, with the encoding of its topic or file.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub encoding: Encoding,
+    pub payload: Vec<u8>,
+}
+
+/// What became of a batch.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Records written, over all files.
+    pub written: usize,
+    /// Refused inputs: their index in the batch and why.
+    pub refused: Vec<(usize, Refusal)>,
+    /// The files created, complete and durable.
+    pub files: Vec<WrittenFile>,
+}
+
+/// Errors that stop the pipeline. None of them is about a single record:
+/// record problems are refusals, and the stream goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("a pipeline worker thread panicked")]
+    WorkerPanicked,
+}
+
+/// Settings of the processing stage. Part of the `[ingest]` config section.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    /// How far in the future a `start_time` may lie.
+    pub max_clock_skew: std::time::Duration,
+    /// Threads that decode and tokenise a batch.
+    pub decode_threads: usize,
+}
+
+/// Turns batches of inputs into durable Parquet files.
+#[derive(Debug)]
+pub struct Processor {
+    writer: ParquetWriter,
+    keys: Arc<KeyStore>,
+    tokeniser: Tokeniser,
+    clock: Arc<dyn Clock>,
+    config: ProcessorConfig,
+}
+
+/// The columns of each day that one worker thread built.
+type DayMap = BTreeMap<PartitionDate, DayColumns>;
+
+impl Processor {
+    pub fn new(writer: ParquetWriter, keys: Arc<KeyStore>, clock: Arc<dyn Clock>, config: ProcessorConfig) -> Self {
+        let tokeniser = Tokeniser::new(keys.active_token_key());
+        Processor { writer, keys, tokeniser, clock, config }
+    }
+
+    pub fn writer(&self) -> &ParquetWriter {
+        &self.writer
+    }
+
+    /// Processes one batch. On `Ok`, every record not refused is in a
+    /// durable file; on `Err`, nothing may be acknowledged to the source.
+    pub fn process(&self, inputs: &[Input]) -> Result<BatchOutcome, PipelineError> {
+        let now = self.clock.now();
+        let ctx = ValidationContext {
+            now: crate::models::TimestampMicros::from_datetime(now),
+            max_clock_skew_micros: i64::try_from(self.config.max_clock_skew.as_micros()).unwrap_or(i64::MAX),
+        };
+        let threads = self.config.decode_threads.clamp(1, inputs.len().max(1));
+        let chunk_len = inputs.len().div_ceil(threads).max(1);
+
+        let parts: Vec<(DayMap, Vec<(usize, Refusal)>)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = inputs
+                .chunks(chunk_len)
+                .enumerate()
+                .map(|(n, chunk)| {
+                    let ctx = &ctx;
+                    let tokeniser = &self.tokeniser;
+                    scope.spawn(move || decode_chunk(chunk, n * chunk_len, ctx, tokeniser))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().map_err(|_| PipelineError::WorkerPanicked)).collect::<Vec<_>>()
+        })
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+
+        let mut outcome = BatchOutcome::default();
+        let mut days: BTreeMap<PartitionDate, Vec<DayColumns>> = BTreeMap::new();
+        for (map, refused) in parts {
+            outcome.refused.extend(refused);
+            for (date, columns) in map {
+                days.entry(date).or_default().push(columns);
+            }
+        }
+
+        let token_key_id = self.tokeniser.key_id();
+        for (date, parts) in days {
+            // The day key is created and made durable before any file that
+            // depends on it exists.
+            let day_key = self.keys.day_key(date)?;
+            let batches = parts
+                .into_iter()
+                .map(|columns| columns.finish(self.writer.schema(), token_key_id, &day_key.id))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(WriteError::from)?;
+            let file = self.writer.write_day(date, &batches, &day_key, token_key_id, now.timestamp_millis())?;
+            outcome.written += file.rows;
+            outcome.files.push(file);
+        }
+        Ok(outcome)
+    }
+}
+
+fn decode_chunk(
+    chunk: &[Input],
+    first_index: usize,
+    ctx: &ValidationContext,
+    tokeniser: &Tokeniser,
+) -> (DayMap, Vec<(usize, Refusal)>) {
+    let mut days = DayMap::new();
+    let mut refused = Vec::new();
+    for (i, input) in chunk.iter().enumerate() {
+        match decode::decode(input.encoding, &input.payload, ctx) {
+            Ok(cdr) => days
+                .entry(cdr.partition_date())
+                .or_insert_with(|| DayColumns::with_capacity(chunk.len().min(4096)))
+                .append(&cdr, tokeniser),
+            Err(refusal) => refused.push((first_index + i, refusal)),
+        }
+    }
+    (days, refused)
+}
+
+impl Processor {
+    /// The processor described by a configuration.
+    pub fn from_config(config: &crate::config::Config, keys: Arc<KeyStore>, clock: Arc<dyn Clock>) -> Self {
+        let writer = ParquetWriter::new(&config.storage.data_dir, config.parquet.clone());
+        let processor_config = ProcessorConfig {
+            max_clock_skew: config.ingest.max_clock_skew,
+            decode_threads: config.ingest.effective_decode_threads(),
+        };
+        Processor::new(writer, keys, clock, processor_config)
+    }
+}
