@@ -21,6 +21,7 @@ pub mod models;
 pub mod pipeline;
 pub mod produce;
 pub mod pseudonymise;
+pub mod read;
 pub mod source;
 pub mod synth;
 pub mod write;

@@ -230,8 +230,10 @@ impl ParquetWriter {
         let mut encryption = FileEncryptionProperties::builder(key.clone())
             .with_plaintext_footer(true)
             .with_footer_key_metadata(key_id.clone())
-            // Binds every encrypted module to this file, so pages cannot be
-            // swapped between files.
+            // Binds every encrypted module to this file's place, so pages
+            // cannot be swapped between files nor files between days. The
+            // prefix is not stored: readers derive it from the path
+            // (`read::aad_prefix`).
             .with_aad_prefix(relative.as_bytes().to_vec());
         for column in schema::sealed_columns() {
             encryption = encryption.with_column_key_and_metadata(column, key.clone(), key_id.clone());

@@ -1,0 +1,115 @@
+//! Reading the data directory back: which days and files exist, and the rows
+//! of a file, with its sealed columns decrypted when the day key is given.
+//!
+//! This is the base of the lookup engine and of the checks in tests and
+//! `retention verify`. It never decrypts without a key handed in by the
+//! caller, so the decision to unseal stays with the caller (later: the
+//! lawful-access service, after the audit entry is durable).
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use arrow_array::RecordBatch;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::encryption::decrypt::FileDecryptionProperties;
+use parquet::errors::ParquetError;
+
+use crate::keys::DayKey;
+use crate::models::PartitionDate;
+use crate::write::{CDR_DIR, day_dir, schema};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot list {path}: {source}")]
+    List { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {source}")]
+    Parquet { path: PathBuf, source: ParquetError },
+    #[error("cannot open {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+}
+
+/// The days present in the data directory, sorted.
+pub fn list_days(data_dir: &Path) -> Result<Vec<PartitionDate>, ReadError> {
+    let root = data_dir.join(CDR_DIR);
+    let entries = match fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ReadError::List { path: root, source }),
+    };
+    let mut days = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ReadError::List { path: root.clone(), source })?;
+        if let Some(date) = entry.file_name().to_str().and_then(PartitionDate::from_dir_name) {
+            days.push(date);
+        }
+    }
+    days.sort();
+    Ok(days)
+}
+
+/// The complete files of one day (temporaries are hidden and skipped), sorted.
+pub fn list_files(data_dir: &Path, date: PartitionDate) -> Result<Vec<PathBuf>, ReadError> {
+    let dir = day_dir(data_dir, date);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ReadError::List { path: dir, source }),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ReadError::List { path: dir.clone(), source })?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".parquet") && !name.starts_with('.') {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The AAD prefix of a file: its path relative to the `cdr/` directory.
+pub fn aad_prefix(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let day = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{day}/{name}")
+}
+
+/// Reads the given columns of a file. Sealed columns can only be read with
+/// the day key; clear columns need none.
+pub fn read_file(path: &Path, day_key: Option<&DayKey>, columns: &[&str]) -> Result<Vec<RecordBatch>, ReadError> {
+    let parquet_err = |source| ReadError::Parquet { path: path.to_path_buf(), source };
+    let file = File::open(path).map_err(|source| ReadError::Open { path: path.to_path_buf(), source })?;
+    let mut options = ArrowReaderOptions::new();
+    if let Some(key) = day_key {
+        let secret = key.secret.expose().to_vec();
+        // The writer binds each file to its place (`dt=…/part-….parquet`) as
+        // the AAD prefix and does not store it: a file moved to another day
+        // or name fails verification.
+        let mut builder = FileDecryptionProperties::builder(secret.clone()).with_aad_prefix(aad_prefix(path).into_bytes());
+        for column in schema::sealed_columns() {
+            builder = builder.with_column_key(column, secret.clone());
+        }
+        options = options.with_file_decryption_properties(builder.build().map_err(parquet_err)?);
+    }
+    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(parquet_err)?;
+    let parquet_schema = builder.parquet_schema();
+    let indices: Vec<usize> = parquet_schema
+        .columns()
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| columns.contains(&c.name()))
+        .map(|(i, _)| i)
+        .collect();
+    let mask = ProjectionMask::leaves(parquet_schema, indices);
+    let reader = builder.with_projection(mask).build().map_err(parquet_err)?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| parquet_err(ParquetError::ArrowError(e.to_string())))
+}

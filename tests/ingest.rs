@@ -1,0 +1,284 @@
+//! Ingest through librdkafka's mock cluster: the real consumer, producer and
+//! pipeline, with only the broker embedded. The generated records are the
+//! ground truth; the files are read back independently of the writer.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+use cdrvault::clock::{Clock, SystemClock};
+use cdrvault::config::{Config, TopicConfig};
+use cdrvault::decode::Encoding;
+use cdrvault::ingest::{Ingest, StopAfter};
+use cdrvault::keys::KeyStore;
+use cdrvault::metrics::Metrics;
+use cdrvault::models::{IdentifierField, IdentifierKind};
+use cdrvault::pipeline::Processor;
+use cdrvault::produce::{ProduceOptions, produce};
+use cdrvault::pseudonymise::Tokeniser;
+use cdrvault::source::KafkaSource;
+use cdrvault::source::dead_letter::{DeadLetter, headers};
+use cdrvault::synth::{Defect, Generator, SynthConfig, SyntheticCdr};
+
+const TOPIC: &str = "cdr";
+const DEAD_LETTER: &str = "cdr.dead-letter";
+const PARTITIONS: i32 = 4;
+
+struct Setup {
+    _root: tempfile::TempDir,
+    config: Config,
+    keys: Arc<KeyStore>,
+    records: Vec<SyntheticCdr>,
+}
+
+fn setup(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, count: u64, encoding: Encoding) -> Setup {
+    cluster.create_topic(TOPIC, PARTITIONS, 1).unwrap();
+    cluster.create_topic(DEAD_LETTER, 1, 1).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.storage.data_dir = root.path().join("data");
+    config.keys.dir = root.path().join("keys");
+    config.kafka.brokers = cluster.bootstrap_servers();
+    config.kafka.group_id = "cdrvault-test".into();
+    config.kafka.topics = vec![TopicConfig { name: TOPIC.into(), encoding }];
+    config.kafka.dead_letter_topic = DEAD_LETTER.into();
+    config.ingest.batch_max_records = 4_000;
+    config.ingest.batch_linger = Duration::from_millis(200);
+    config.validate().unwrap();
+    KeyStore::init(&config.keys.dir, Some(&config.storage.data_dir)).unwrap();
+    let keys = Arc::new(KeyStore::open(&config.keys.dir, None).unwrap());
+
+    let synth = SynthConfig { seed: 7, subscribers: 300, days: 3, until: Utc::now(), invalid_ratio: 0.03 };
+    let mut generator = Generator::new(synth.clone());
+    let records: Vec<SyntheticCdr> = (0..count).map(|_| generator.next_record()).collect();
+    let options = ProduceOptions {
+        brokers: config.kafka.brokers.clone(),
+        topic: TOPIC.into(),
+        count: Some(count),
+        rate: None,
+        format: encoding,
+        synth,
+    };
+    let report = produce(&options, &AtomicBool::new(false), |_| {}, |_| {}).unwrap();
+    assert_eq!((report.sent, report.failed), (count, 0));
+    Setup { _root: root, config, keys, records }
+}
+
+fn ingest(setup: &Setup, metrics: Arc<Metrics>) -> Ingest {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    Ingest {
+        source: KafkaSource::connect(&setup.config.kafka, &setup.config.ingest, Arc::clone(&metrics)).unwrap(),
+        dead_letter: DeadLetter::connect(&setup.config.kafka).unwrap(),
+        processor: Processor::from_config(&setup.config, Arc::clone(&setup.keys), clock),
+        metrics,
+    }
+}
+
+/// Log output captured in memory, to be scanned for identifiers.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn committed_total(config: &Config) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", &config.kafka.group_id)
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        list.add_partition(TOPIC, p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
+}
+
+fn dead_letters(config: &Config) -> Vec<(String, Option<String>)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(DEAD_LETTER, 0, Offset::Beginning).unwrap();
+    consumer.assign(&list).unwrap();
+    let (_, high) = consumer.fetch_watermarks(DEAD_LETTER, 0, Duration::from_secs(10)).unwrap();
+    let mut out = Vec::new();
+    while (out.len() as i64) < high {
+        let Some(message) = consumer.poll(Duration::from_secs(10)) else { panic!("dead-letter topic ended early") };
+        let message = message.unwrap();
+        let headers = message.headers().expect("dead letters carry headers");
+        let get = |name: &str| {
+            headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        out.push((get(headers::REASON).expect("a reason header"), get(headers::FIELD)));
+    }
+    out
+}
+
+#[test]
+fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
+    let cluster = MockCluster::new(1).unwrap();
+    let count = 12_000;
+    let setup = setup(&cluster, count, Encoding::Json);
+    let metrics = Metrics::new();
+    let log = CapturedLog::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("debug")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let report = tracing::subscriber::with_default(subscriber, || {
+        ingest(&setup, Arc::clone(&metrics)).run(&AtomicBool::new(false), StopAfter { records: Some(count) }, |_| {}).unwrap()
+    });
+
+    let valid: Vec<&SyntheticCdr> = setup.records.iter().filter(|r| r.defect.is_none()).collect();
+    let invalid = setup.records.len() - valid.len();
+    assert!(invalid > 100, "the generator spoils about 3% of records");
+    assert_eq!(report.records_in, count);
+    assert_eq!(report.written as usize, valid.len());
+    assert_eq!(report.refused_total() as usize, invalid);
+
+    // The files hold each valid record exactly once.
+    let rows = common::read_all_rows(&setup.config.storage.data_dir, &setup.keys);
+    let ids: Vec<&str> = rows.iter().map(|r| r.record_id.as_str()).collect();
+    let unique: HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "no record is written twice");
+    let expected: HashSet<&str> = valid.iter().map(|r| r.record_id.as_str()).collect();
+    assert_eq!(unique, expected);
+
+    // Every record is in the partition of its UTC start date.
+    let by_id: BTreeMap<&str, &SyntheticCdr> = valid.iter().map(|r| (r.record_id.as_str(), *r)).collect();
+    for date in cdrvault::read::list_days(&setup.config.storage.data_dir).unwrap() {
+        for file in cdrvault::read::list_files(&setup.config.storage.data_dir, date).unwrap() {
+            for batch in cdrvault::read::read_file(&file, None, &["record_id"]).unwrap() {
+                use arrow_array::cast::AsArray;
+                for id in batch.column(0).as_string::<i32>().iter().flatten() {
+                    assert_eq!(by_id[id].start_time.unwrap().date_naive(), date.date());
+                }
+            }
+        }
+    }
+
+    // A lookup by token finds exactly the ground truth, and unsealing gives
+    // back the canonical number.
+    let tokeniser = Tokeniser::new(setup.keys.active_token_key());
+    let population = Generator::new(SynthConfig { seed: 7, subscribers: 300, ..SynthConfig::default() });
+    let target = &population.subscribers()[0].msisdn;
+    let token = tokeniser.token_for_query(IdentifierKind::Msisdn, target).unwrap().0;
+    let number_fields = [IdentifierField::CallingNumber, IdentifierField::CalledNumber, IdentifierField::RedirectingNumber];
+    let found: HashSet<&str> = rows
+        .iter()
+        .filter(|r| number_fields.iter().any(|f| r.tokens.get(f) == Some(&token)))
+        .map(|r| r.record_id.as_str())
+        .collect();
+    let truth: HashSet<&str> = valid.iter().filter(|r| r.involves_number(target)).map(|r| r.record_id.as_str()).collect();
+    assert!(truth.len() > 10, "the first subscriber is a frequent one");
+    assert_eq!(found, truth);
+    for row in rows.iter().filter(|r| found.contains(r.record_id.as_str())) {
+        assert!(number_fields.iter().any(|f| row.sealed.get(f) == Some(target)));
+        assert_eq!(row.token_key_id, "tk-0001");
+        assert!(row.seal_key_id.starts_with("day-"));
+    }
+
+    // Refused records are in the dead-letter topic with their reason.
+    let letters = dead_letters(&setup.config);
+    assert_eq!(letters.len(), invalid);
+    let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
+    for (reason, _) in &letters {
+        *by_reason.entry(reason.clone()).or_default() += 1;
+    }
+    let mut expected_reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for record in setup.records.iter().filter_map(|r| r.defect) {
+        let reason = match record {
+            Defect::MalformedJson => "malformed_payload",
+            Defect::BadNumber => "invalid_msisdn",
+            Defect::EndBeforeStart => "end_before_start",
+            Defect::UnknownService => "unknown_service",
+            Defect::MissingStartTime => "missing_field",
+        };
+        *expected_reasons.entry(reason.into()).or_default() += 1;
+    }
+    assert_eq!(by_reason, expected_reasons);
+    assert!(letters.iter().any(|(r, f)| r == "invalid_msisdn" && f.as_deref() == Some("calling_number")));
+
+    // Offsets were committed to the end of every partition.
+    assert_eq!(committed_total(&setup.config), count as i64);
+
+    // The metrics agree, and are labelled by reason only.
+    let text = metrics.encode();
+    assert_eq!(common::metric(&text, "cdrvault_ingest_records_written_total"), Some(valid.len() as f64));
+    assert!(text.contains(&format!("cdrvault_ingest_records_refused_total{{reason=\"invalid_msisdn\"}} {}", expected_reasons["invalid_msisdn"])));
+
+    // No raw identifier anywhere the run wrote: data, keys, logs, metrics.
+    let identifiers = common::raw_identifiers(&setup.records);
+    let mut files = common::files_below(&setup.config.storage.data_dir);
+    files.extend(common::files_below(&setup.config.keys.dir));
+    let log_bytes = log.0.lock().unwrap().clone();
+    assert!(log_bytes.len() > 100, "the run logged something to scan");
+    let leaks = common::find_leaks(&files, &[("log", &log_bytes), ("metrics", text.as_bytes())], &identifiers);
+    assert!(leaks.is_empty(), "raw identifiers leaked: {leaks:?}");
+}
+
+#[test]
+fn protobuf_topics_are_ingested_like_json() {
+    let cluster = MockCluster::new(1).unwrap();
+    let count = 3_000;
+    let setup = setup(&cluster, count, Encoding::Protobuf);
+    let report = ingest(&setup, Metrics::new()).run(&AtomicBool::new(false), StopAfter { records: Some(count) }, |_| {}).unwrap();
+    let valid = setup.records.iter().filter(|r| r.defect.is_none()).count();
+    assert_eq!(report.written as usize, valid);
+    let rows = common::read_all_rows(&setup.config.storage.data_dir, &setup.keys);
+    assert_eq!(rows.len(), valid);
+}
+
+#[test]
+fn offsets_do_not_move_when_files_cannot_be_made_durable() {
+    let cluster = MockCluster::new(1).unwrap();
+    let setup = setup(&cluster, 500, Encoding::Json);
+    // A regular file where the data directory should be: every write fails.
+    std::fs::write(&setup.config.storage.data_dir, b"not a directory").unwrap();
+    let result = ingest(&setup, Metrics::new()).run(&AtomicBool::new(false), StopAfter { records: Some(500) }, |_| {});
+    assert!(result.is_err(), "a failed write stops ingest");
+    assert_eq!(committed_total(&setup.config), 0, "no offset moved past records that are not durable");
+    assert!(!Path::new(&setup.config.storage.data_dir).is_dir());
+}
+
+#[test]
+fn the_leak_scan_finds_a_planted_identifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("planted.bin");
+    std::fs::write(&file, b"\x00\x01binary+4520000001\xff").unwrap();
+    let identifiers: HashSet<String> = ["+4520000001".to_string()].into();
+    assert_eq!(common::find_leaks(&[file], &[], &identifiers).len(), 1);
+    assert_eq!(common::find_leaks(&[], &[("log", b"calling 4520000001")], &["4520000001".to_string()].into()).len(), 1);
+}
