@@ -198,7 +198,10 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("CDRVAULT_").split("__"));
+        // Every key lives in a section, so only `CDRVAULT_SECTION__KEY` is
+        // configuration; other CDRVAULT_ variables (CDRVAULT_CONFIG, test
+        // settings) are not.
+        figment = figment.merge(Env::prefixed("CDRVAULT_").filter(|k| k.as_str().contains("__")).split("__"));
         let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         Ok(config)
     }

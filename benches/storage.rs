@@ -1,0 +1,260 @@
+//! Storage per CDR: cdrvault's pseudonymised, partially encrypted files
+//! against a plain zstd Parquet file that keeps the identifiers in clear.
+//!
+//! Both files hold the same N = 200k synthetic records of one day (the
+//! realistic mix of `cdrvault::synth`). The baseline has the same clear
+//! columns and one UTF-8 column per identifier with its canonical value; it
+//! uses zstd level 3 and otherwise parquet's default writer settings
+//! (dictionary on, page statistics, no bloom filters). The target is
+//! cdrvault ≤ 2× the baseline.
+//!
+//! A harness, not a criterion benchmark: it measures bytes, not time. It
+//! also prints where cdrvault's bytes go (clear, token, sealed columns,
+//! bloom filters, footer and page indexes), a baseline with cdrvault's own
+//! row-group and page sizes, and the same comparison for a population 20
+//! times larger, because tokens and identifiers compress by recurrence.
+//!
+//! Run: `cargo bench --bench storage` (add `-- N` to change the count).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::builder::{Int32Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::encryption::decrypt::FileDecryptionProperties;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::properties::WriterProperties;
+
+use cdrvault::clock::{Clock, ManualClock};
+use cdrvault::decode::{self, Encoding};
+use cdrvault::keys::KeyStore;
+use cdrvault::models::{Cdr, IdentifierField, IdentifierValue};
+use cdrvault::pipeline::{Processor, ProcessorConfig};
+use cdrvault::write::{ParquetConfig, ParquetWriter, schema};
+
+const DEFAULT_RECORDS: usize = 200_000;
+const TARGET_RATIO: f64 = 2.0;
+
+fn main() {
+    // `cargo bench` passes `--bench`; a bare number overrides N.
+    let n = std::env::args().skip(1).find_map(|a| a.parse::<usize>().ok()).unwrap_or(DEFAULT_RECORDS);
+    let root = tempfile::tempdir().expect("tempdir");
+    let keys = common::key_store(&root.path().join("keys"));
+
+    println!("storage per CDR: {n} synthetic records of one day (seed 42, no defects), zstd level 3");
+    let mut headline = None;
+    for subscribers in [common::SUBSCRIBERS, common::SUBSCRIBERS * 20] {
+        let records = common::records(n, subscribers);
+        let inputs = common::inputs(&records, Encoding::Json);
+        let data_dir = root.path().join(format!("data-{subscribers}"));
+        let vault = write_cdrvault(&data_dir, &keys, &inputs);
+        let ctx = common::ctx();
+        let cdrs: Vec<Cdr<'_>> = inputs
+            .iter()
+            .map(|i| decode::decode(i.encoding, &i.payload, &ctx).expect("valid record"))
+            .collect();
+        let plain_batch = plaintext_batch(&cdrs);
+        let plain_default = write_plaintext(&root.path().join(format!("plain-{subscribers}.parquet")), &plain_batch, false);
+        let plain_grouped = write_plaintext(&root.path().join(format!("plain-rg-{subscribers}.parquet")), &plain_batch, true);
+
+        let per = |bytes: u64| bytes as f64 / n as f64;
+        let ratio = vault as f64 / plain_default as f64;
+        println!();
+        println!("population {subscribers} subscribers");
+        println!("  {:<58} {:>12} {:>10}", "file", "bytes", "bytes/CDR");
+        println!("  {:<58} {:>12} {:>10.1}", "cdrvault (tokens + AES-GCM sealed columns, bloom filters)", vault, per(vault));
+        println!("  {:<58} {:>12} {:>10.1}", "plaintext zstd-3, parquet defaults", plain_default, per(plain_default));
+        println!(
+            "  {:<58} {:>12} {:>10.1}",
+            "plaintext zstd-3, cdrvault's row-group and page sizes", plain_grouped, per(plain_grouped)
+        );
+        println!(
+            "  ratio cdrvault / plaintext: {ratio:.2} (target <= {TARGET_RATIO}: {})",
+            if ratio <= TARGET_RATIO { "met" } else { "MISSED" }
+        );
+        println!("  ratio cdrvault / plaintext with the same row groups: {:.2}", vault as f64 / plain_grouped as f64);
+        breakdown(&data_dir, &keys, n);
+        if headline.is_none() {
+            headline = Some(ratio);
+        }
+    }
+    if let Some(ratio) = headline {
+        println!();
+        println!(
+            "RESULT storage ratio {ratio:.2} at {} subscribers (target <= {TARGET_RATIO}: {})",
+            common::SUBSCRIBERS,
+            if ratio <= TARGET_RATIO { "met" } else { "MISSED" }
+        );
+    }
+}
+
+/// Writes all inputs through the real processor (one batch, one day, one
+/// file) and returns the size of the file.
+fn write_cdrvault(data_dir: &Path, keys: &Arc<KeyStore>, inputs: &[cdrvault::pipeline::Input]) -> u64 {
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(common::until()));
+    let writer = ParquetWriter::new(data_dir, ParquetConfig::default());
+    let config = ProcessorConfig { max_clock_skew: common::MAX_CLOCK_SKEW, decode_threads: 1 };
+    let processor = Processor::new(writer, Arc::clone(keys), clock, config);
+    let outcome = processor.process(inputs).expect("process");
+    assert_eq!(outcome.written, inputs.len(), "every record is valid");
+    assert_eq!(outcome.files.len(), 1, "one day, one file");
+    outcome.files[0].bytes
+}
+
+fn plaintext_schema() -> SchemaRef {
+    let timestamp = || DataType::Timestamp(TimeUnit::Microsecond, Some(schema::UTC.into()));
+    let mut fields = vec![
+        Field::new(schema::RECORD_ID, DataType::Utf8, false),
+        Field::new(schema::SERVICE, DataType::Utf8, false),
+        Field::new(schema::DIRECTION, DataType::Utf8, true),
+        Field::new(schema::START_TIME, timestamp(), false),
+        Field::new(schema::END_TIME, timestamp(), true),
+        Field::new(schema::DURATION_MS, DataType::Int64, true),
+    ];
+    for field in IdentifierField::ALL {
+        fields.push(Field::new(field.name(), DataType::Utf8, true));
+    }
+    fields.extend([
+        Field::new(schema::SRC_PORT, DataType::Int32, true),
+        Field::new(schema::DST_PORT, DataType::Int32, true),
+        Field::new(schema::BYTES_UP, DataType::Int64, true),
+        Field::new(schema::BYTES_DOWN, DataType::Int64, true),
+        Field::new(schema::RELEASE_CAUSE, DataType::Int32, true),
+    ]);
+    Arc::new(Schema::new(fields))
+}
+
+/// The records with every identifier in clear, canonical as cdrvault
+/// stores it in its sealed columns.
+fn plaintext_batch(cdrs: &[Cdr<'_>]) -> RecordBatch {
+    let rows = cdrs.len();
+    let text = || StringBuilder::with_capacity(rows, rows * 16);
+    let time = || TimestampMicrosecondBuilder::with_capacity(rows).with_timezone(schema::UTC);
+    let (mut record_id, mut service, mut direction) = (text(), text(), text());
+    let (mut start, mut end) = (time(), time());
+    let mut duration = Int64Builder::with_capacity(rows);
+    let mut identifiers: Vec<StringBuilder> = IdentifierField::ALL.iter().map(|_| text()).collect();
+    let (mut src_port, mut dst_port) = (Int32Builder::new(), Int32Builder::new());
+    let (mut bytes_up, mut bytes_down) = (Int64Builder::new(), Int64Builder::new());
+    let mut release_cause = Int32Builder::new();
+    for cdr in cdrs {
+        record_id.append_value(&cdr.record_id);
+        service.append_value(cdr.service.as_str());
+        direction.append_option(cdr.direction.map(|d| d.as_str()));
+        start.append_value(cdr.start_time.0);
+        end.append_option(cdr.end_time.map(|t| t.0));
+        duration.append_option(cdr.duration_ms());
+        for (builder, field) in identifiers.iter_mut().zip(IdentifierField::ALL) {
+            match cdr.identifier(field) {
+                None => builder.append_null(),
+                Some(IdentifierValue::Text(text)) => builder.append_value(text),
+                Some(IdentifierValue::Ip(ip)) => builder.append_value(ip.to_string()),
+            }
+        }
+        src_port.append_option(cdr.src_port.map(i32::from));
+        dst_port.append_option(cdr.dst_port.map(i32::from));
+        bytes_up.append_option(cdr.bytes_up);
+        bytes_down.append_option(cdr.bytes_down);
+        release_cause.append_option(cdr.release_cause);
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(record_id.finish()),
+        Arc::new(service.finish()),
+        Arc::new(direction.finish()),
+        Arc::new(start.finish()),
+        Arc::new(end.finish()),
+        Arc::new(duration.finish()),
+    ];
+    columns.extend(identifiers.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    columns.extend([
+        Arc::new(src_port.finish()) as ArrayRef,
+        Arc::new(dst_port.finish()),
+        Arc::new(bytes_up.finish()),
+        Arc::new(bytes_down.finish()),
+        Arc::new(release_cause.finish()),
+    ]);
+    RecordBatch::try_new(plaintext_schema(), columns).expect("plaintext batch")
+}
+
+/// Writes the baseline file; `cdrvault_groups` applies cdrvault's row-group
+/// and data-page row counts instead of parquet's defaults.
+fn write_plaintext(path: &Path, batch: &RecordBatch, cdrvault_groups: bool) -> u64 {
+    let zstd = ZstdLevel::try_new(3).expect("zstd level 3");
+    let mut builder = WriterProperties::builder().set_compression(Compression::ZSTD(zstd));
+    if cdrvault_groups {
+        let defaults = ParquetConfig::default();
+        builder = builder
+            .set_max_row_group_row_count(Some(defaults.row_group_rows))
+            .set_data_page_row_count_limit(defaults.data_page_rows);
+    }
+    let file = File::create(path).expect("create");
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(builder.build())).expect("writer");
+    writer.write(batch).expect("write");
+    writer.close().expect("close");
+    std::fs::metadata(path).expect("stat").len()
+}
+
+/// Prints where the bytes of the (single) cdrvault file go.
+fn breakdown(data_dir: &Path, keys: &KeyStore, n: usize) {
+    let day_key = keys.day_key(common::day()).expect("day key");
+    let dir = cdrvault::write::day_dir(data_dir, common::day());
+    let path = std::fs::read_dir(&dir)
+        .expect("day dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .expect("a parquet file");
+    let size = std::fs::metadata(&path).expect("stat").len();
+    let key = day_key.secret.expose().to_vec();
+    let mut decryption = FileDecryptionProperties::builder(key.clone());
+    for column in schema::sealed_columns() {
+        decryption = decryption.with_column_key(column, key.clone());
+    }
+    let file = File::open(&path).expect("open");
+    let metadata: ParquetMetaData = ParquetMetaDataReader::new()
+        .with_decryption_properties(Some(decryption.build().expect("decryption properties")))
+        .parse_and_finish(&file)
+        .expect("footer");
+
+    let mut parts: BTreeMap<&str, u64> = BTreeMap::new();
+    for group in metadata.row_groups() {
+        for column in group.columns() {
+            let name = column.column_path().string();
+            let part = if name.ends_with("_token") {
+                "2 token columns (data pages)"
+            } else if name.ends_with("_sealed") {
+                "4 sealed columns (encrypted data pages)"
+            } else if name == schema::TOKEN_KEY_ID || name == schema::SEAL_KEY_ID {
+                "5 key id columns"
+            } else {
+                "1 clear columns (times, service, counters, record id)"
+            };
+            *parts.entry(part).or_default() += column.compressed_size() as u64;
+            if let Some(bloom) = column.bloom_filter_length() {
+                *parts.entry("3 token bloom filters").or_default() += bloom as u64;
+            }
+        }
+    }
+    let accounted: u64 = parts.values().sum();
+    *parts.entry("6 footer, page indexes, padding").or_default() += size.saturating_sub(accounted);
+    println!(
+        "  cdrvault file: {} row groups, {size} bytes; where they go:",
+        metadata.num_row_groups()
+    );
+    for (part, bytes) in parts {
+        println!(
+            "    {:<56} {:>10} {:>8.1} B/CDR {:>5.1}%",
+            &part[2..],
+            bytes,
+            bytes as f64 / n as f64,
+            100.0 * bytes as f64 / size as f64
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! End to end through a real Kafka-protocol broker (Tansu, started by
+//! `scripts/test.sh`, address in `CDRVAULT_TEST_BROKERS`), driving the
+//! `cdrvault` binary as an operator would: `keys init`, `produce`, `serve`,
+//! SIGTERM; then checking the files, the dead-letter topic, the committed
+//! offsets and everything the run wrote for raw identifiers.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use cdrvault::keys::KeyStore;
+use cdrvault::synth::{Generator, SynthConfig};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_cdrvault");
+const PARTITIONS: i32 = 3;
+
+fn brokers() -> String {
+    std::env::var("CDRVAULT_TEST_BROKERS").expect(
+        "CDRVAULT_TEST_BROKERS is not set: run the tests with scripts/test.sh, which starts a Kafka-protocol broker",
+    )
+}
+
+fn create_topics(brokers: &str, names: &[&str]) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    let topics: Vec<NewTopic<'_>> = names.iter().map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1))).collect();
+    let results = futures::executor::block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap();
+    for result in results {
+        result.unwrap();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    let output = Command::new(BINARY).args(args).output().unwrap();
+    assert!(output.status.success(), "cdrvault {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// Reads a topic from the beginning until `expected` messages have arrived
+/// (bounded by a deadline) and returns the reason header of each. Counting
+/// to a known number avoids relying on the broker's watermarks.
+fn read_dead_letters(brokers: &str, topic: &str, expected: usize) -> Vec<String> {
+    use rdkafka::Message;
+    use rdkafka::message::Headers;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut reasons = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reasons.len() < expected && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let message = message.unwrap();
+        let reason = message
+            .headers()
+            .and_then(|h| h.iter().find(|h| h.key == "cdrvault-reason").and_then(|h| h.value))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .expect("every dead letter names its reason");
+        reasons.push(reason);
+    }
+    reasons
+}
+
+fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        list.add_partition(topic, p);
+    }
+    consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap()
+        .elements()
+        .iter()
+        .map(|e| if let Offset::Offset(o) = e.offset() { o } else { 0 })
+        .sum()
+}
+
+#[test]
+fn serve_ingests_from_a_real_broker_and_stops_cleanly() {
+    let brokers = brokers();
+    let suffix = format!("{}-{}", std::process::id(), rand_suffix());
+    let topic = format!("cdr-e2e-{suffix}");
+    let dead_letter = format!("cdr-e2e-{suffix}-dead");
+    let group = format!("cdrvault-e2e-{suffix}");
+    create_topics(&brokers, &[&topic, &dead_letter]);
+
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let keys = root.path().join("keys");
+    run(&["keys", "init", "--dir", keys.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+
+    let count = 6_000u64;
+    let produced = run(&[
+        "produce", "--brokers", &brokers, "--topic", &topic, "--count", &count.to_string(), "--format", "protobuf",
+        "--seed", "11", "--days", "2",
+    ]);
+
+    let port = free_port();
+    let config_path = root.path().join("cdrvault.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+dead_letter_topic = "{dead_letter}"
+statistics_interval = "1s"
+[[kafka.topics]]
+name = "{topic}"
+encoding = "protobuf"
+[ingest]
+batch_max_records = 2000
+batch_linger = "300ms"
+[http]
+listen = "127.0.0.1:{port}"
+[log]
+format = "json"
+filter = "debug"
+"#
+        ),
+    )
+    .unwrap();
+    let log_path = root.path().join("serve.log");
+    let mut serve = Command::new(BINARY)
+        .args(["serve", "--config", config_path.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--keys-dir", keys.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+
+    // Wait (bounded) until the metrics show every record handled.
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut metrics = String::new();
+    loop {
+        if let Ok(body) = common::http_get(address, "/metrics") {
+            metrics = body;
+            let written = common::metric(&metrics, "cdrvault_ingest_records_written_total").unwrap_or(0.0);
+            let received = common::metric(&metrics, "cdrvault_ingest_records_received_total").unwrap_or(0.0);
+            if received as u64 >= count {
+                assert!(written > 0.0);
+                break;
+            }
+        }
+        assert!(serve.try_wait().unwrap().is_none(), "serve exited early: {}", std::fs::read_to_string(&log_path).unwrap());
+        assert!(Instant::now() < deadline, "ingest did not finish in time; last metrics:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(common::http_get(address, "/readyz").unwrap(), "ready\n");
+
+    let status = Command::new("kill").args(["-TERM", &serve.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = serve.wait().unwrap();
+    assert!(exit.success(), "serve exits 0 after SIGTERM: {exit:?}");
+
+    // Ground truth: the same generator, same seed.
+    let mut generator = Generator::new(SynthConfig { seed: 11, days: 2, ..SynthConfig::default() });
+    let records: Vec<_> = (0..count).map(|_| generator.next_record()).collect();
+    let valid: HashSet<&str> = records.iter().filter(|r| r.defect.is_none()).map(|r| r.record_id.as_str()).collect();
+    let invalid = records.len() - valid.len();
+
+    let store = KeyStore::open(&keys, None).unwrap();
+    let rows = common::read_all_rows(&data, &store);
+    let found: HashSet<&str> = rows.iter().map(|r| r.record_id.as_str()).collect();
+    assert_eq!(rows.len(), valid.len(), "each valid record exactly once");
+    assert_eq!(found, valid);
+    let reasons = read_dead_letters(&brokers, &dead_letter, invalid);
+    assert_eq!(reasons.len(), invalid, "every refused record reached the dead-letter topic");
+    let known: HashSet<&str> = cdrvault::decode::RefuseReason::ALL.iter().map(|r| r.code()).collect();
+    assert!(reasons.iter().all(|r| known.contains(r.as_str())));
+    assert_eq!(committed(&brokers, &group, &topic), count as i64, "offsets committed to the end after a clean stop");
+
+    let log = std::fs::read(&log_path).unwrap();
+    assert!(String::from_utf8_lossy(&log).contains("batch durable"), "the service logged its batches");
+    let mut files = common::files_below(&data);
+    files.extend(common::files_below(&keys));
+    files.push(config_path);
+    let identifiers = common::raw_identifiers(&records);
+    let leaks = common::find_leaks(
+        &files,
+        &[("serve log", &log), ("produce output", &produced.stdout), ("metrics", metrics.as_bytes())],
+        &identifiers,
+    );
+    assert!(leaks.is_empty(), "raw identifiers leaked: {leaks:?}");
+    assert!(!Path::new(&data).join("cdr").read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')));
+}
+
+fn rand_suffix() -> u32 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+}
