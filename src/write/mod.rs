@@ -310,3 +310,97 @@ fn encode_columns(
     chunks.sort_by_key(|(index, _)| *index);
     Ok(chunks.into_iter().map(|(_, chunk)| chunk).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::keys::KeyStore;
+    use crate::pipeline::{Input, Processor, ProcessorConfig};
+    use crate::read;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    fn write_one_file(root: &Path) -> (Arc<KeyStore>, PathBuf) {
+        let keys_dir = root.join("keys");
+        KeyStore::init(&keys_dir, None).unwrap();
+        let keys = Arc::new(KeyStore::open(&keys_dir, None).unwrap());
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z").unwrap().to_utc();
+        let clock = Arc::new(ManualClock::new(now));
+        let config = ParquetConfig { row_group_rows: 100, ..ParquetConfig::default() };
+        let writer = ParquetWriter::new(&root.join("data"), config);
+        let processor = Processor::new(
+            writer,
+            Arc::clone(&keys),
+            clock,
+            ProcessorConfig { max_clock_skew: std::time::Duration::from_secs(60), decode_threads: 2 },
+        );
+        let inputs: Vec<Input> = (0..250)
+            .map(|i| Input {
+                encoding: crate::decode::Encoding::Json,
+                payload: format!(
+                    r#"{{"record_id":"r-{i}","service":"voice","start_time":"2026-11-24T10:00:{:02}Z","calling_number":"+45200{i:05}","cell_id_start":"238-01-1-{i}"}}"#,
+                    i % 60
+                )
+                .into_bytes(),
+            })
+            .collect();
+        let outcome = processor.process(&inputs).unwrap();
+        assert_eq!(outcome.written, 250);
+        assert_eq!(outcome.files.len(), 1);
+        (keys, outcome.files[0].path.clone())
+    }
+
+    #[test]
+    fn files_carry_bloom_filters_on_tokens_and_nothing_revealing_on_sealed_columns() {
+        let root = tempfile::tempdir().unwrap();
+        let (_keys, path) = write_one_file(root.path());
+        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let metadata = reader.metadata();
+        assert_eq!(metadata.num_row_groups(), 3, "row groups of 100 rows");
+        let kv: std::collections::HashMap<_, _> = metadata
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(kv[schema::meta::TOKEN_KEY_ID], "tk-0001");
+        assert!(kv[schema::meta::SEAL_KEY_ID].starts_with("day-2026-11-24-"));
+        assert_eq!(kv[schema::meta::PARTITION_DATE], "2026-11-24");
+        let row_group = metadata.row_group(0);
+        for column in row_group.columns() {
+            let name = column.column_path().string();
+            if name.ends_with("_token") {
+                assert!(column.bloom_filter_offset().is_some(), "{name} has a bloom filter");
+            }
+            if name.ends_with("_sealed") {
+                assert!(column.bloom_filter_offset().is_none(), "{name} has no bloom filter");
+                assert!(column.statistics().is_none(), "{name} has no statistics");
+            }
+        }
+        // No min/max or dictionary of a raw value in clear anywhere in the file.
+        let bytes = std::fs::read(&path).unwrap();
+        let needle = b"+4520000007";
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+    }
+
+    #[test]
+    fn sealed_columns_need_the_day_key_and_the_files_own_place() {
+        let root = tempfile::tempdir().unwrap();
+        let (keys, path) = write_one_file(root.path());
+        let date = PartitionDate::parse("2026-11-24").unwrap();
+        let key = keys.existing_day_key(date).unwrap().unwrap();
+        let sealed = ["calling_number_sealed"];
+        assert!(read::read_file(&path, None, &sealed).is_err(), "no key, no sealed column");
+        let batches = read::read_file(&path, Some(&key), &sealed).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 250);
+        assert!(read::read_file(&path, None, &["calling_number_token", "start_time"]).is_ok(), "clear columns need no key");
+
+        // Moved to another day's directory, the file no longer verifies.
+        let other = day_dir(&root.path().join("data"), PartitionDate::parse("2026-11-23").unwrap());
+        std::fs::create_dir_all(&other).unwrap();
+        let moved = other.join(path.file_name().unwrap());
+        std::fs::rename(&path, &moved).unwrap();
+        assert!(read::read_file(&moved, Some(&key), &sealed).is_err());
+    }
+}
