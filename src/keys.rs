@@ -38,6 +38,8 @@ pub const KEY_LEN: usize = 32;
 const MASTER_FILE: &str = "master.key";
 const TOKEN_DIR: &str = "token";
 const DAY_DIR: &str = "day";
+const AUDIT_KEY_FILE: &str = "audit-signing.key";
+const AUDIT_HEAD_FILE: &str = "audit.head";
 const WRAP_MAGIC: &[u8; 8] = b"CDRVKEY1";
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +165,10 @@ impl KeyStore {
         let master = SecretKey::random(&rng)?;
         durable::write_atomically(&dir.join(MASTER_FILE), master.expose(), FileMode::Private)?;
         let token_key = write_token_key(dir, &master, &rng, 1)?;
+        let audit_seed = SecretKey::random(&rng)?;
+        let audit_id = KeyId::new("audit-0001").expect("a valid key id");
+        let wrapped = wrap_key(&master, &rng, &audit_id, &audit_seed, AUDIT_AAD)?;
+        durable::write_atomically(&dir.join(AUDIT_KEY_FILE), &wrapped, FileMode::Private)?;
         Ok(InitReport { dir: dir.to_path_buf(), token_key })
     }
 
@@ -280,6 +286,21 @@ impl KeyStore {
         Ok(days)
     }
 
+    /// The seed of the Ed25519 key that signs the audit trail. It lives with
+    /// the keys, apart from the trail it protects.
+    pub fn audit_signing_seed(&self) -> Result<SecretKey, KeyError> {
+        let path = self.dir.join(AUDIT_KEY_FILE);
+        let bytes = fs::read(&path).map_err(|e| KeyError::io("read", &path, e))?;
+        let (_, secret) = unwrap_key(&self.master, &bytes, AUDIT_AAD).ok_or(KeyError::Corrupt(path))?;
+        Ok(secret)
+    }
+
+    /// Where the signed head of the audit trail is kept: with the keys, so
+    /// that truncating the trail alone is detected.
+    pub fn audit_head_path(&self) -> PathBuf {
+        self.dir.join(AUDIT_HEAD_FILE)
+    }
+
     fn day_key_path(&self, date: PartitionDate) -> PathBuf {
         self.dir.join(DAY_DIR).join(format!("{date}.key"))
     }
@@ -334,6 +355,7 @@ impl KeyStore {
 }
 
 const TOKEN_AAD: &[u8] = b"token";
+const AUDIT_AAD: &[u8] = b"audit-signing";
 
 fn day_aad(date: PartitionDate) -> Vec<u8> {
     format!("day {date}").into_bytes()

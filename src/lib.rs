@@ -7,6 +7,7 @@
 //! together. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod api;
+pub mod audit;
 pub mod checkpoint;
 pub mod clock;
 pub mod config;
