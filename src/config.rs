@@ -29,6 +29,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub ingest: IngestConfig,
     pub parquet: ParquetConfig,
+    pub retention: crate::retention::RetentionConfig,
+    pub state: StateConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
 }
@@ -43,6 +45,20 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig { data_dir: PathBuf::from("cdrvault-data") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// The service's own records: the audit trail (`audit.jsonl`) and, with
+    /// lawful access, the registry. Never inside the data directory.
+    pub dir: PathBuf,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { dir: PathBuf::from("cdrvault-state") }
     }
 }
 
@@ -256,6 +272,19 @@ impl Config {
         }
         if !(self.parquet.bloom_fpp > 0.0 && self.parquet.bloom_fpp < 1.0) {
             return err("parquet.bloom_fpp", format!("is {}", self.parquet.bloom_fpp), "use a rate between 0 and 1 (default 0.01)");
+        }
+        if self.retention.days == 0 {
+            return err("retention.days", "is 0".into(), "set the legal window in days (default 365)");
+        }
+        if self.retention.interval.is_zero() {
+            return err("retention.interval", "is 0".into(), "sweep at least hourly (default 1h)");
+        }
+        if crate::keys::ensure_apart(&self.state.dir, &self.storage.data_dir).is_err() {
+            return err(
+                "state.dir",
+                "lies inside storage.data_dir".into(),
+                "keep the audit trail apart from the data it records the deletion of",
+            );
         }
         if crate::keys::ensure_apart(&self.keys.dir, &self.storage.data_dir).is_err() {
             return err(

@@ -56,6 +56,8 @@ pub enum KeyError {
     Corrupt(PathBuf),
     #[error("no token key in {0}")]
     NoTokenKey(PathBuf),
+    #[error("day {0} was destroyed by retention and cannot be re-created")]
+    DayDestroyed(PartitionDate),
     #[error("the system random generator failed")]
     Random,
     #[error(transparent)]
@@ -272,18 +274,7 @@ impl KeyStore {
 
     /// The days that have a data key, sorted.
     pub fn days_with_keys(&self) -> Result<Vec<PartitionDate>, KeyError> {
-        let dir = self.dir.join(DAY_DIR);
-        let mut days = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| KeyError::io("list", &dir, e))? {
-            let entry = entry.map_err(|e| KeyError::io("list", &dir, e))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if let Some(date) = name.strip_suffix(".key").and_then(PartitionDate::parse) {
-                days.push(date);
-            }
-        }
-        days.sort();
-        Ok(days)
+        self.days_with_suffix(".key")
     }
 
     /// The seed of the Ed25519 key that signs the audit trail. It lives with
@@ -317,7 +308,75 @@ impl KeyStore {
         Ok(Some(DayKey { id, date, secret }))
     }
 
+    /// True once retention has destroyed `date`: its key is gone for good
+    /// and a new one is never created.
+    pub fn is_destroyed(&self, date: PartitionDate) -> bool {
+        self.tombstone_path(date).exists()
+    }
+
+    /// The tombstone of a destroyed day, if any: written before its key is
+    /// removed, it records the deletion's evidence until it is audited.
+    pub fn tombstone(&self, date: PartitionDate) -> Result<Option<Vec<u8>>, KeyError> {
+        let path = self.tombstone_path(date);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(KeyError::io("read", &path, e)),
+        }
+    }
+
+    /// Writes (or rewrites) the tombstone of `date`.
+    pub fn write_tombstone(&self, date: PartitionDate, content: &[u8]) -> Result<(), KeyError> {
+        durable::write_atomically(&self.tombstone_path(date), content, FileMode::Private)?;
+        Ok(())
+    }
+
+    /// The days that have a tombstone, sorted.
+    pub fn destroyed_days(&self) -> Result<Vec<PartitionDate>, KeyError> {
+        self.days_with_suffix(".destroyed")
+    }
+
+    /// Destroys the data key of `date`: its only wrapped copy is removed and
+    /// the removal made durable, after which the day's sealed columns cannot
+    /// be decrypted by anyone. The tombstone must exist first, so that the
+    /// day is never re-created. Idempotent. Returns the id of the key
+    /// destroyed, if there still was one.
+    pub fn destroy_day_key(&self, date: PartitionDate) -> Result<Option<KeyId>, KeyError> {
+        if !self.is_destroyed(date) {
+            return Err(KeyError::Corrupt(self.tombstone_path(date)));
+        }
+        let mut cache = self.day_keys.lock().unwrap_or_else(|p| p.into_inner());
+        let id = match cache.remove(&date) {
+            Some(key) => Some(key.id.clone()),
+            None => self.read_day_key(date)?.map(|k| k.id),
+        };
+        durable::remove_file(&self.day_key_path(date))?;
+        Ok(id)
+    }
+
+    fn tombstone_path(&self, date: PartitionDate) -> PathBuf {
+        self.dir.join(DAY_DIR).join(format!("{date}.destroyed"))
+    }
+
+    fn days_with_suffix(&self, suffix: &str) -> Result<Vec<PartitionDate>, KeyError> {
+        let dir = self.dir.join(DAY_DIR);
+        let mut days = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| KeyError::io("list", &dir, e))? {
+            let entry = entry.map_err(|e| KeyError::io("list", &dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(date) = name.strip_suffix(suffix).and_then(PartitionDate::parse) {
+                days.push(date);
+            }
+        }
+        days.sort();
+        Ok(days)
+    }
+
     fn create_day_key(&self, date: PartitionDate) -> Result<DayKey, KeyError> {
+        if self.is_destroyed(date) {
+            return Err(KeyError::DayDestroyed(date));
+        }
         let mut suffix = [0u8; 4];
         self.rng.fill(&mut suffix).map_err(|_| KeyError::Random)?;
         let id = KeyId::new(format!("day-{date}-{:08x}", u32::from_be_bytes(suffix)))
@@ -547,6 +606,24 @@ mod tests {
         fs::copy(root.path().join("day/2026-01-01.key"), root.path().join("day/2026-01-02.key")).unwrap();
         let fresh = KeyStore::open(root.path(), None).unwrap();
         assert!(matches!(fresh.existing_day_key(b), Err(KeyError::Corrupt(_))));
+    }
+
+    #[test]
+    fn a_destroyed_day_key_is_gone_and_never_recreated() {
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(root.path(), None).unwrap();
+        let store = KeyStore::open(root.path(), None).unwrap();
+        let date = PartitionDate::parse("2025-03-01").unwrap();
+        let id = store.day_key(date).unwrap().id.clone();
+        assert!(store.destroy_day_key(date).is_err(), "a tombstone comes first");
+        store.write_tombstone(date, b"{}").unwrap();
+        assert_eq!(store.destroy_day_key(date).unwrap(), Some(id));
+        assert_eq!(store.destroy_day_key(date).unwrap(), None, "idempotent");
+        let fresh = KeyStore::open(root.path(), None).unwrap();
+        assert!(fresh.existing_day_key(date).unwrap().is_none());
+        assert!(matches!(fresh.day_key(date), Err(KeyError::DayDestroyed(_))));
+        assert_eq!(fresh.destroyed_days().unwrap(), vec![date]);
+        assert!(fresh.days_with_keys().unwrap().is_empty());
     }
 
     #[test]

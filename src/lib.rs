@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod produce;
 pub mod pseudonymise;
 pub mod read;
+pub mod retention;
 pub mod source;
 pub mod synth;
 pub mod write;

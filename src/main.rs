@@ -16,7 +16,10 @@ use cdrvault::config::{Config, LogFormat};
 use cdrvault::decode::Encoding;
 use cdrvault::ingest::{Ingest, IngestReport, StopAfter};
 use cdrvault::keys::KeyStore;
+use cdrvault::audit::AuditTrail;
 use cdrvault::metrics::Metrics;
+use cdrvault::models::PartitionDate;
+use cdrvault::retention::{SweepMode, Sweeper};
 use cdrvault::pipeline::Processor;
 use cdrvault::source::KafkaSource;
 use cdrvault::source::dead_letter::DeadLetter;
@@ -93,6 +96,47 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Destroy expired days, or check that it was done.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// Check the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Destroy every expired day now (the service also does this on its schedule).
+    Run {
+        /// Act as if today were this date (YYYY-MM-DD); with --dry-run, a preview.
+        #[arg(long, value_parser = parse_date)]
+        as_of: Option<PartitionDate>,
+        /// Only list what would be destroyed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check that no expired day has files, a directory or a key, that every
+    /// live day has its key and that the audit trail verifies. Exits non-zero
+    /// on any violation.
+    Verify {
+        #[arg(long, value_parser = parse_date)]
+        as_of: Option<PartitionDate>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain, the signatures and the signed head; name the
+    /// first bad entry.
+    Verify,
+}
+
+fn parse_date(text: &str) -> Result<PartitionDate, String> {
+    PartitionDate::parse(text).ok_or_else(|| format!("`{text}` is not a date of the form YYYY-MM-DD"))
 }
 
 #[derive(Subcommand)]
@@ -170,6 +214,74 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Import { file, strict } => run_import(&config, &file, strict),
+        Command::Retention { command } => {
+            let sweeper = open_sweeper(&config, None)?;
+            match command {
+                RetentionCommand::Run { as_of, dry_run } => {
+                    let mode = if dry_run { SweepMode::DryRun } else { SweepMode::Delete };
+                    let report = sweeper.run(as_of, mode)?;
+                    let verb = if dry_run { "would destroy" } else { "destroyed" };
+                    println!(
+                        "retention {} as of {}: days before {} are expired",
+                        report.run, report.as_of, report.oldest_retained
+                    );
+                    for day in &report.days {
+                        println!(
+                            "{verb} {}: {} files, {} rows, key {}",
+                            day.day,
+                            day.files,
+                            day.rows,
+                            day.key_id.as_deref().unwrap_or("(already destroyed)")
+                        );
+                    }
+                    println!("{} days {verb} in {:.3}s", report.days.len(), report.elapsed.as_secs_f64());
+                    Ok(ExitCode::SUCCESS)
+                }
+                RetentionCommand::Verify { as_of } => {
+                    let keys = KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?;
+                    let public = audit_public_key(&keys)?;
+                    let audit_path = config.state.dir.join(cdrvault::audit::AUDIT_FILE);
+                    let report = sweeper.verify(as_of, &public, &audit_path)?;
+                    println!("retention verification as of {} (window: days from {} on)", report.as_of, report.oldest_retained);
+                    match (report.live_days.first(), report.live_days.last()) {
+                        (Some(first), Some(last)) => println!(
+                            "live days: {} ({first} .. {last}), {} files, each with its data key",
+                            report.live_days.len(),
+                            report.live_files
+                        ),
+                        _ => println!("live days: none"),
+                    }
+                    println!("destroyed days on record: {}", report.destroyed_days.len());
+                    println!("audit trail: {} entries", report.audit_entries);
+                    for violation in &report.violations {
+                        println!("VIOLATION: {violation}");
+                    }
+                    if report.violations.is_empty() {
+                        println!("OK: no expired day has files, a directory or a key");
+                        Ok(ExitCode::SUCCESS)
+                    } else {
+                        println!("FAILED: {} violations", report.violations.len());
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            }
+        }
+        Command::Audit { command: AuditCommand::Verify } => {
+            let keys = KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?;
+            let public = audit_public_key(&keys)?;
+            let path = config.state.dir.join(cdrvault::audit::AUDIT_FILE);
+            let check = cdrvault::audit::verify(&path, &public, &keys.audit_head_path())?;
+            match check.problem {
+                None => {
+                    println!("audit trail {} verifies: {} entries, chain, signatures and signed head intact", path.display(), check.entries);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some((seq, problem)) => {
+                    println!("audit trail {} is damaged: first bad entry {seq}: {problem}", path.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
         Command::Keys { command } => match command {
             KeysCommand::Init { dir } => {
                 let dir = dir.unwrap_or(config.keys.dir.clone());
@@ -186,6 +298,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
     }
+}
+
+fn audit_public_key(keys: &KeyStore) -> anyhow::Result<Vec<u8>> {
+    use ring::signature::KeyPair;
+    let seed = keys.audit_signing_seed()?;
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed.expose())
+        .map_err(|_| anyhow::anyhow!("the audit signing key is invalid"))?;
+    Ok(pair.public_key().as_ref().to_vec())
+}
+
+fn open_sweeper(config: &Config, metrics: Option<Arc<Metrics>>) -> anyhow::Result<Sweeper> {
+    config.validate()?;
+    let keys = Arc::new(KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?);
+    let audit = Arc::new(AuditTrail::open(&config.state.dir, &keys)?);
+    let mut sweeper = Sweeper::new(&config.storage.data_dir, keys, audit, Arc::new(SystemClock), config.retention.clone());
+    if let Some(metrics) = metrics {
+        sweeper = sweeper.with_metrics(metrics);
+    }
+    Ok(sweeper)
 }
 
 fn init_logging(config: &Config, quiet: bool) {
@@ -318,6 +449,13 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     }))?;
     tracing::info!(%address, "metrics and health endpoints listening");
 
+    let sweeper = Arc::new(open_sweeper(&config, Some(Arc::clone(&metrics)))?);
+    let sweeps = runtime.spawn(cdrvault::retention::run_periodically(
+        sweeper,
+        config.retention.interval,
+        Arc::clone(&stop),
+    ));
+
     let ingest = Ingest {
         source: KafkaSource::connect(&config.kafka, &config.ingest, Arc::clone(&metrics))?,
         dead_letter: DeadLetter::connect(&config.kafka)?,
@@ -330,6 +468,7 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     ready.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let _ = runtime.block_on(http);
+    let _ = runtime.block_on(sweeps);
     result?;
     Ok(ExitCode::SUCCESS)
 }

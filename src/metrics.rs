@@ -43,6 +43,12 @@ pub struct Metrics {
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     pub dead_letter_failures: Counter,
     pub last_commit_timestamp: Gauge<f64, AtomicU64>,
+    pub retention_oldest_day_age: Gauge,
+    pub retention_days_deleted: Counter,
+    pub retention_rows_deleted: Counter,
+    pub retention_days_overdue: Gauge,
+    pub retention_sweep_duration: Histogram,
+    pub retention_last_success: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -60,6 +66,13 @@ impl Metrics {
         let consumer_lag = Family::<PartitionLabels, Gauge>::default();
         let dead_letter_failures = Counter::default();
         let last_commit_timestamp = Gauge::<f64, AtomicU64>::default();
+        let retention_oldest_day_age = Gauge::default();
+        let retention_days_deleted = Counter::default();
+        let retention_rows_deleted = Counter::default();
+        let retention_days_overdue = Gauge::default();
+        let retention_sweep_duration =
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 14));
+        let retention_last_success = Gauge::<f64, AtomicU64>::default();
 
         // prometheus-client appends `_total` to counters itself.
         registry.register("ingest_records_received", "Records read from the source", records_received.clone());
@@ -93,6 +106,32 @@ impl Metrics {
             last_commit_timestamp.clone(),
         );
 
+        registry.register_with_unit(
+            "retention_oldest_day_age",
+            "Age in days of the oldest day that still has files",
+            prometheus_client::registry::Unit::Other("days".into()),
+            retention_oldest_day_age.clone(),
+        );
+        registry.register("retention_days_deleted", "Days destroyed by retention", retention_days_deleted.clone());
+        registry.register("retention_rows_deleted", "Rows destroyed by retention", retention_rows_deleted.clone());
+        registry.register(
+            "retention_days_overdue",
+            "Expired days that still have files: must be 0 after a sweep (alert on it)",
+            retention_days_overdue.clone(),
+        );
+        registry.register_with_unit(
+            "retention_sweep_duration",
+            "Time of one retention sweep",
+            prometheus_client::registry::Unit::Seconds,
+            retention_sweep_duration.clone(),
+        );
+        registry.register_with_unit(
+            "retention_last_success_timestamp",
+            "Unix time of the last successful retention sweep",
+            prometheus_client::registry::Unit::Seconds,
+            retention_last_success.clone(),
+        );
+
         // Every reason exists from the start, so dashboards and alerts see a
         // zero rather than a missing series.
         for reason in RefuseReason::ALL {
@@ -112,6 +151,12 @@ impl Metrics {
             consumer_lag,
             dead_letter_failures,
             last_commit_timestamp,
+            retention_oldest_day_age,
+            retention_days_deleted,
+            retention_rows_deleted,
+            retention_days_overdue,
+            retention_sweep_duration,
+            retention_last_success,
         })
     }
 

@@ -321,6 +321,20 @@ impl fmt::Display for PartitionDate {
     }
 }
 
+// Serialised as `YYYY-MM-DD`, for tombstones and reports.
+impl serde::Serialize for PartitionDate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PartitionDate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        PartitionDate::parse(&text).ok_or_else(|| serde::de::Error::custom("expected YYYY-MM-DD"))
+    }
+}
+
 impl fmt::Debug for PartitionDate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PartitionDate({self})")

@@ -57,6 +57,10 @@ pub struct ProcessorConfig {
     pub max_clock_skew: std::time::Duration,
     /// Threads that decode and tokenise a batch.
     pub decode_threads: usize,
+    /// The retention window in days: records of days beyond it are refused
+    /// as expired. `None` disables the check (tools that import old data
+    /// on purpose must still never re-create a destroyed day).
+    pub retention_days: Option<u32>,
 }
 
 /// Turns batches of inputs into durable Parquet files.
@@ -86,9 +90,14 @@ impl Processor {
     /// durable file; on `Err`, nothing may be acknowledged to the source.
     pub fn process(&self, inputs: &[Input]) -> Result<BatchOutcome, PipelineError> {
         let now = self.clock.now();
+        let now_micros = crate::models::TimestampMicros::from_datetime(now);
         let ctx = ValidationContext {
-            now: crate::models::TimestampMicros::from_datetime(now),
+            now: now_micros,
             max_clock_skew_micros: i64::try_from(self.config.max_clock_skew.as_micros()).unwrap_or(i64::MAX),
+            oldest_retained: self
+                .config
+                .retention_days
+                .map(|days| crate::retention::oldest_retained(now_micros.partition_date(), days)),
         };
         let threads = self.config.decode_threads.clamp(1, inputs.len().max(1));
         let chunk_len = inputs.len().div_ceil(threads).max(1);
@@ -119,6 +128,16 @@ impl Processor {
 
         let token_key_id = self.tokeniser.key_id();
         for (date, parts) in days {
+            // A day destroyed by retention is never re-created, even if the
+            // clock went back: its records are refused as expired.
+            if self.keys.is_destroyed(date) {
+                for columns in &parts {
+                    outcome.refused.extend(
+                        columns.inputs().iter().map(|&i| (i, Refusal::on(decode::RefuseReason::Expired, "start_time"))),
+                    );
+                }
+                continue;
+            }
             // The day key is created and made durable before any file that
             // depends on it exists.
             let day_key = self.keys.day_key(date)?;
@@ -131,6 +150,7 @@ impl Processor {
             outcome.written += file.rows;
             outcome.files.push(file);
         }
+        outcome.refused.sort_by_key(|(i, _)| *i);
         Ok(outcome)
     }
 }
@@ -148,7 +168,7 @@ fn decode_chunk(
             Ok(cdr) => days
                 .entry(cdr.partition_date())
                 .or_insert_with(|| DayColumns::with_capacity(chunk.len().min(4096)))
-                .append(&cdr, tokeniser),
+                .append(first_index + i, &cdr, tokeniser),
             Err(refusal) => refused.push((first_index + i, refusal)),
         }
     }
@@ -162,6 +182,7 @@ impl Processor {
         let processor_config = ProcessorConfig {
             max_clock_skew: config.ingest.max_clock_skew,
             decode_threads: config.ingest.effective_decode_threads(),
+            retention_days: Some(config.retention.days),
         };
         Processor::new(writer, keys, clock, processor_config)
     }

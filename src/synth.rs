@@ -421,7 +421,7 @@ mod tests {
     fn generated_records_decode_unless_spoiled() {
         let until = Utc::now();
         let mut generator = Generator::new(SynthConfig { until, invalid_ratio: 0.05, ..SynthConfig::default() });
-        let ctx = ValidationContext { now: TimestampMicros::from_datetime(until), max_clock_skew_micros: 0 };
+        let ctx = ValidationContext { now: TimestampMicros::from_datetime(until), max_clock_skew_micros: 0, oldest_retained: None };
         let mut services = std::collections::HashSet::new();
         let mut spoiled = 0;
         for _ in 0..5_000 {

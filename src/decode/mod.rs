@@ -63,10 +63,13 @@ pub enum RefuseReason {
     EndBeforeStart,
     /// `start_time` lies further in the future than the allowed clock skew.
     StartInFuture,
+    /// The record's day is already beyond the retention window (or was
+    /// destroyed): it is never written.
+    Expired,
 }
 
 impl RefuseReason {
-    pub const ALL: [RefuseReason; 16] = [
+    pub const ALL: [RefuseReason; 17] = [
         RefuseReason::MalformedPayload,
         RefuseReason::MissingField,
         RefuseReason::NoPartyIdentifier,
@@ -83,6 +86,7 @@ impl RefuseReason {
         RefuseReason::UnknownDirection,
         RefuseReason::EndBeforeStart,
         RefuseReason::StartInFuture,
+        RefuseReason::Expired,
     ];
 
     /// The stable reason code.
@@ -104,6 +108,7 @@ impl RefuseReason {
             RefuseReason::UnknownDirection => "unknown_direction",
             RefuseReason::EndBeforeStart => "end_before_start",
             RefuseReason::StartInFuture => "start_in_future",
+            RefuseReason::Expired => "expired",
         }
     }
 
@@ -153,6 +158,9 @@ pub struct ValidationContext {
     pub now: TimestampMicros,
     /// How far in the future a `start_time` may lie, in microseconds.
     pub max_clock_skew_micros: i64,
+    /// The oldest day within the retention window; records of earlier days
+    /// are refused as expired. `None` disables the check.
+    pub oldest_retained: Option<crate::models::PartitionDate>,
 }
 
 /// Decodes one payload in the given encoding and validates it.
@@ -242,6 +250,11 @@ fn validate<'a>(raw: RawRecord<'a>, ctx: &ValidationContext) -> Result<Cdr<'a>, 
     }
     if start_time.0 > ctx.now.0.saturating_add(ctx.max_clock_skew_micros) {
         return Err(Refusal::on(R::StartInFuture, "start_time"));
+    }
+    if let Some(oldest) = ctx.oldest_retained
+        && start_time.partition_date() < oldest
+    {
+        return Err(Refusal::on(R::Expired, "start_time"));
     }
 
     let [calling, called, redirecting, sip, imsi, imei, cell_start, cell_end, src_ip, dst_ip] =
@@ -355,6 +368,7 @@ mod tests {
         ValidationContext {
             now: TimestampMicros(DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z").unwrap().timestamp_micros()),
             max_clock_skew_micros: 300_000_000,
+            oldest_retained: crate::models::PartitionDate::parse("2025-11-24"),
         }
     }
 
@@ -421,6 +435,10 @@ mod tests {
         assert_eq!(refused(&with("dst_port", "70000")).0, R::InvalidNumber);
         assert_eq!(refused(&with("bytes_up", "-1")).0, R::InvalidNumber);
         assert_eq!(refused(&with("record_id", "\"has space\"")).0, R::InvalidRecordId);
+        let expired = with("start_time", "\"2025-11-23T23:59:59Z\"").replace("end_time", "ignored");
+        assert_eq!(refused(&expired), (R::Expired, Some("start_time")));
+        let kept = with("start_time", "\"2025-11-24T00:00:00Z\"").replace("end_time", "ignored");
+        assert!(json(&kept).is_ok(), "the oldest day of the window is kept");
         let no_party = r#"{"record_id":"r","service":"data","start_time":"2026-11-24T10:00:00Z","src_ip":"10.0.0.1"}"#;
         assert_eq!(refused(no_party), (R::NoPartyIdentifier, None));
     }

@@ -31,7 +31,9 @@ pub struct DayColumns {
     bytes_up: Int64Builder,
     bytes_down: Int64Builder,
     release_cause: Int32Builder,
-    rows: usize,
+    /// The batch index of each row, so that a whole day can still be
+    /// refused after decoding (a day destroyed by retention).
+    inputs: Vec<usize>,
 }
 
 impl DayColumns {
@@ -52,20 +54,27 @@ impl DayColumns {
             bytes_up: Int64Builder::with_capacity(rows),
             bytes_down: Int64Builder::with_capacity(rows),
             release_cause: Int32Builder::with_capacity(rows),
-            rows: 0,
+            inputs: Vec::with_capacity(rows),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.rows
+        self.inputs.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.inputs.is_empty()
     }
 
-    /// Appends one record, tokenising each of its identifiers.
-    pub fn append(&mut self, cdr: &Cdr<'_>, tokeniser: &Tokeniser) {
+    /// The batch indices of the rows, in order.
+    pub fn inputs(&self) -> &[usize] {
+        &self.inputs
+    }
+
+    /// Appends one record (input `index` of its batch), tokenising each of
+    /// its identifiers.
+    pub fn append(&mut self, index: usize, cdr: &Cdr<'_>, tokeniser: &Tokeniser) {
+        self.inputs.push(index);
         self.record_id.append_value(&cdr.record_id);
         self.service.append_value(cdr.service.as_str());
         self.direction.append_option(cdr.direction.map(|d| d.as_str()));
@@ -92,7 +101,6 @@ impl DayColumns {
         self.bytes_up.append_option(cdr.bytes_up);
         self.bytes_down.append_option(cdr.bytes_down);
         self.release_cause.append_option(cdr.release_cause);
-        self.rows += 1;
     }
 
     /// Finishes the columns into a batch of `schema` (see [`super::schema::cdr_schema`]).
@@ -102,8 +110,9 @@ impl DayColumns {
         token_key_id: &KeyId,
         seal_key_id: &KeyId,
     ) -> Result<RecordBatch, ArrowError> {
+        let rows = self.inputs.len();
         let constant = |value: &str| -> ArrayRef {
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(value, self.rows)))
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(value, rows)))
         };
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.record_id.finish()),

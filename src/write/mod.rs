@@ -332,7 +332,7 @@ mod tests {
             writer,
             Arc::clone(&keys),
             clock,
-            ProcessorConfig { max_clock_skew: std::time::Duration::from_secs(60), decode_threads: 2 },
+            ProcessorConfig { max_clock_skew: std::time::Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
         );
         let inputs: Vec<Input> = (0..250)
             .map(|i| Input {

@@ -1,0 +1,490 @@
+//! Retention: each day is destroyed once it is older than the retention
+//! window, irreversibly, with evidence in the audit trail, and checked.
+//!
+//! The rule ([`is_expired`]): a day `D` (the `dt` partition, UTC date of
+//! `start_time`) is expired once `D < today − retention.days`. With the
+//! default 365 days, data is kept at least 365 and at most 366 days.
+//!
+//! Deleting a day, in this order, each step durable before the next:
+//!
+//! 1. count its files and rows (from the plaintext footers);
+//! 2. write its tombstone (with those counts): from now on the day can never
+//!    be re-created, and an interrupted deletion is found again;
+//! 3. destroy its data key: the sealed columns become undecryptable by
+//!    anyone, whatever copies of the files may survive;
+//! 4. delete its files and directory, fsyncing as it goes;
+//! 5. append the `day_deleted` audit entry, then mark the tombstone audited.
+//!
+//! A crash anywhere leaves the day intact (before 2) or on its way out; the
+//! next sweep sees the pending tombstone or the expired files and finishes.
+//! This module must never delete a day that is not expired.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{AuditError, AuditEvent, AuditTrail};
+use crate::clock::Clock;
+use crate::durable::{self, DurableError};
+use crate::keys::{KeyError, KeyStore};
+use crate::metrics::Metrics;
+use crate::models::PartitionDate;
+use crate::read::{self, ReadError};
+use crate::write::{CDR_DIR, day_dir};
+
+/// The `[retention]` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days a day of data is kept after its date (the legal window).
+    pub days: u32,
+    /// How often the service sweeps.
+    #[serde(with = "humantime_serde")]
+    pub interval: std::time::Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { days: 365, interval: std::time::Duration::from_secs(3600) }
+    }
+}
+
+/// The oldest day still within the window on `today`.
+pub fn oldest_retained(today: PartitionDate, days: u32) -> PartitionDate {
+    PartitionDate::from_days_since_epoch(today.days_since_epoch() - i64::from(days)).unwrap_or(PartitionDate::EPOCH)
+}
+
+/// The retention rule: `day < today − days`.
+pub fn is_expired(day: PartitionDate, today: PartitionDate, days: u32) -> bool {
+    day < oldest_retained(today, days)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("sweep interrupted at {0:?} (crash injection)")]
+    Injected(CrashPoint),
+}
+
+/// Points at which a test can make the sweep stop as if the process died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    AfterTombstone,
+    AfterKeyDestroyed,
+    AfterFirstFileDeleted,
+    BeforeAudit,
+}
+
+/// Whether a run deletes or only reports what it would delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepMode {
+    Delete,
+    DryRun,
+}
+
+/// What one day's deletion removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedDay {
+    pub day: PartitionDate,
+    pub files: u64,
+    pub rows: u64,
+    pub key_id: Option<String>,
+}
+
+/// The tombstone's content: the evidence, kept until it is audited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Tombstone {
+    #[serde(flatten)]
+    deleted: DeletedDay,
+    run: String,
+    audited: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SweepReport {
+    pub run: String,
+    pub as_of: PartitionDate,
+    pub oldest_retained: PartitionDate,
+    pub mode: SweepMode,
+    /// Days deleted (or, in a dry run, that would be).
+    pub days: Vec<DeletedDay>,
+    pub elapsed: std::time::Duration,
+}
+
+/// One finding of [`Sweeper::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    ExpiredDayHasFiles(PartitionDate),
+    ExpiredDayHasKey(PartitionDate),
+    DeletionIncomplete(PartitionDate),
+    LiveDayWithoutKey(PartitionDate),
+    AuditTrailDamaged(String),
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Violation::ExpiredDayHasFiles(d) => write!(f, "expired day {d} still has files or a directory"),
+            Violation::ExpiredDayHasKey(d) => write!(f, "expired day {d} still has its data key"),
+            Violation::DeletionIncomplete(d) => write!(f, "deletion of {d} started but was not audited"),
+            Violation::LiveDayWithoutKey(d) => write!(f, "live day {d} has files but no data key (unreadable)"),
+            Violation::AuditTrailDamaged(problem) => write!(f, "audit trail damaged: {problem}"),
+        }
+    }
+}
+
+/// The evidence of a verification.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    pub as_of: PartitionDate,
+    pub oldest_retained: PartitionDate,
+    pub live_days: Vec<PartitionDate>,
+    pub live_files: u64,
+    pub destroyed_days: Vec<PartitionDate>,
+    pub audit_entries: u64,
+    pub violations: Vec<Violation>,
+}
+
+/// Runs sweeps and verifications over one data directory and keystore.
+pub struct Sweeper {
+    data_dir: PathBuf,
+    keys: Arc<KeyStore>,
+    audit: Arc<AuditTrail>,
+    clock: Arc<dyn Clock>,
+    config: RetentionConfig,
+    metrics: Option<Arc<Metrics>>,
+    crash_at: Option<CrashPoint>,
+}
+
+impl Sweeper {
+    pub fn new(data_dir: &Path, keys: Arc<KeyStore>, audit: Arc<AuditTrail>, clock: Arc<dyn Clock>, config: RetentionConfig) -> Self {
+        Sweeper { data_dir: data_dir.to_path_buf(), keys, audit, clock, config, metrics: None, crash_at: None }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Makes the next sweep stop at `point`, as if the process had died there.
+    pub fn crash_at(&mut self, point: Option<CrashPoint>) {
+        self.crash_at = point;
+    }
+
+    fn today(&self) -> PartitionDate {
+        crate::models::TimestampMicros::from_datetime(self.clock.now()).partition_date()
+    }
+
+    /// Days that still have a trace: files or directory, key, or tombstone
+    /// not yet audited.
+    fn traces(&self) -> Result<Vec<PartitionDate>, RetentionError> {
+        let mut days = read::list_days(&self.data_dir)?;
+        days.extend(self.keys.days_with_keys()?);
+        for day in self.keys.destroyed_days()? {
+            if !self.tombstone(day)?.is_some_and(|t| t.audited) {
+                days.push(day);
+            }
+        }
+        days.sort();
+        days.dedup();
+        Ok(days)
+    }
+
+    fn tombstone(&self, day: PartitionDate) -> Result<Option<Tombstone>, RetentionError> {
+        Ok(self.keys.tombstone(day)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Deletes every expired day (or lists them, in a dry run). `as_of`
+    /// previews another date; it defaults to today from the clock.
+    pub fn run(&self, as_of: Option<PartitionDate>, mode: SweepMode) -> Result<SweepReport, RetentionError> {
+        let started = Instant::now();
+        let now = self.clock.now();
+        let as_of = as_of.unwrap_or_else(|| self.today());
+        let run = format!("sweep-{}", now.format("%Y%m%dT%H%M%S%.6fZ"));
+        let mut report = SweepReport {
+            run: run.clone(),
+            as_of,
+            oldest_retained: oldest_retained(as_of, self.config.days),
+            mode,
+            days: Vec::new(),
+            elapsed: Default::default(),
+        };
+        for day in self.traces()? {
+            if !is_expired(day, as_of, self.config.days) {
+                continue;
+            }
+            let deleted = match mode {
+                SweepMode::DryRun => self.measure(day)?,
+                SweepMode::Delete => self.delete_day(day, &run, now)?,
+            };
+            report.days.push(deleted);
+        }
+        report.elapsed = started.elapsed();
+        if let Some(metrics) = &self.metrics
+            && mode == SweepMode::Delete
+        {
+            metrics.retention_days_deleted.inc_by(report.days.len() as u64);
+            metrics.retention_rows_deleted.inc_by(report.days.iter().map(|d| d.rows).sum());
+            metrics.retention_sweep_duration.observe(report.elapsed.as_secs_f64());
+            metrics.retention_last_success.set(now.timestamp_millis() as f64 / 1000.0);
+            self.update_gauges(as_of)?;
+        }
+        Ok(report)
+    }
+
+    /// Refreshes the age of the oldest live day and the count of overdue days.
+    pub fn update_gauges(&self, as_of: PartitionDate) -> Result<(), RetentionError> {
+        let Some(metrics) = &self.metrics else { return Ok(()) };
+        let days = read::list_days(&self.data_dir)?;
+        let oldest_age = days.first().map_or(0, |d| as_of.days_since_epoch() - d.days_since_epoch());
+        let overdue = days.iter().filter(|d| is_expired(**d, as_of, self.config.days)).count();
+        metrics.retention_oldest_day_age.set(oldest_age);
+        metrics.retention_days_overdue.set(overdue as i64);
+        Ok(())
+    }
+
+    fn measure(&self, day: PartitionDate) -> Result<DeletedDay, RetentionError> {
+        let files = read::list_files(&self.data_dir, day)?;
+        let rows = files.iter().map(|f| row_count(f)).sum();
+        let key_id = self.keys.existing_day_key(day)?.map(|k| k.id.to_string());
+        Ok(DeletedDay { day, files: files.len() as u64, rows, key_id })
+    }
+
+    fn crash(&self, point: CrashPoint) -> Result<(), RetentionError> {
+        if self.crash_at == Some(point) { Err(RetentionError::Injected(point)) } else { Ok(()) }
+    }
+
+    fn delete_day(&self, day: PartitionDate, run: &str, now: DateTime<Utc>) -> Result<DeletedDay, RetentionError> {
+        // 1-2. Evidence first, in the tombstone. A deletion that was
+        // interrupted keeps the evidence it recorded then.
+        let mut tombstone = match self.tombstone(day)? {
+            Some(existing) => existing,
+            None => {
+                let tombstone = Tombstone { deleted: self.measure(day)?, run: run.to_string(), audited: false };
+                self.keys.write_tombstone(day, &serde_json::to_vec(&tombstone).unwrap_or_default())?;
+                tombstone
+            }
+        };
+        self.crash(CrashPoint::AfterTombstone)?;
+
+        // 3. The key: after this the sealed columns are gone for good.
+        if let Some(id) = self.keys.destroy_day_key(day)? {
+            tombstone.deleted.key_id.get_or_insert(id.to_string());
+        }
+        self.crash(CrashPoint::AfterKeyDestroyed)?;
+
+        // 4. The files (temporaries included) and the directory.
+        let dir = day_dir(&self.data_dir, day);
+        if dir.exists() {
+            let entries = std::fs::read_dir(&dir).map_err(|e| DurableError::io("list", &dir, e))?;
+            for (n, entry) in entries.enumerate() {
+                let entry = entry.map_err(|e| DurableError::io("list", &dir, e))?;
+                durable::remove_file(&entry.path())?;
+                if n == 0 {
+                    self.crash(CrashPoint::AfterFirstFileDeleted)?;
+                }
+            }
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(DurableError::io("rmdir", &dir, e).into()),
+            }
+            durable::fsync_dir(&self.data_dir.join(CDR_DIR))?;
+        }
+        self.crash(CrashPoint::BeforeAudit)?;
+
+        // 5. The evidence, durable, then the tombstone marked audited.
+        let deleted = tombstone.deleted.clone();
+        self.audit.append(
+            "retention",
+            &AuditEvent::DayDeleted {
+                day: day.to_string(),
+                files: deleted.files,
+                rows: deleted.rows,
+                key_id: deleted.key_id.clone(),
+                run: tombstone.run.clone(),
+            },
+            now,
+        )?;
+        tombstone.audited = true;
+        self.keys.write_tombstone(day, &serde_json::to_vec(&tombstone).unwrap_or_default())?;
+        tracing::info!(day = %day, files = deleted.files, rows = deleted.rows, "day destroyed");
+        Ok(deleted)
+    }
+
+    /// Checks that no expired day has files, a directory or a key, that no
+    /// deletion is left half done, that every live day has its key, and that
+    /// the audit trail verifies. The check itself is audited.
+    pub fn verify(&self, as_of: Option<PartitionDate>, public_key: &[u8], audit_path: &Path) -> Result<VerifyReport, RetentionError> {
+        let as_of = as_of.unwrap_or_else(|| self.today());
+        let mut violations = Vec::new();
+        let days_with_files = read::list_days(&self.data_dir)?;
+        let days_with_keys = self.keys.days_with_keys()?;
+        let mut live_days = Vec::new();
+        let mut live_files = 0;
+        for &day in &days_with_files {
+            if is_expired(day, as_of, self.config.days) {
+                violations.push(Violation::ExpiredDayHasFiles(day));
+            } else {
+                let files = read::list_files(&self.data_dir, day)?;
+                live_files += files.len() as u64;
+                if !files.is_empty() && !days_with_keys.contains(&day) {
+                    violations.push(Violation::LiveDayWithoutKey(day));
+                }
+                live_days.push(day);
+            }
+        }
+        for &day in &days_with_keys {
+            if is_expired(day, as_of, self.config.days) {
+                violations.push(Violation::ExpiredDayHasKey(day));
+            }
+        }
+        let destroyed_days = self.keys.destroyed_days()?;
+        for &day in &destroyed_days {
+            if !self.tombstone(day)?.is_some_and(|t| t.audited) {
+                violations.push(Violation::DeletionIncomplete(day));
+            }
+        }
+        let check = crate::audit::verify(audit_path, public_key, &self.keys.audit_head_path())?;
+        if let Some((seq, problem)) = &check.problem {
+            violations.push(Violation::AuditTrailDamaged(format!("entry {seq}: {problem}")));
+        }
+        violations.sort_by_key(|v| v.to_string());
+        let report = VerifyReport {
+            as_of,
+            oldest_retained: oldest_retained(as_of, self.config.days),
+            live_days,
+            live_files,
+            destroyed_days,
+            audit_entries: check.entries,
+            violations,
+        };
+        if check.problem.is_none() {
+            self.audit.append(
+                "retention-verify",
+                &AuditEvent::RetentionVerified {
+                    as_of: as_of.to_string(),
+                    violations: report.violations.len() as u64,
+                    run: format!("verify-{}", self.clock.now().format("%Y%m%dT%H%M%S%.6fZ")),
+                },
+                self.clock.now(),
+            )?;
+        }
+        Ok(report)
+    }
+}
+
+/// The service's schedule: a sweep at start and then every `interval`, each
+/// on a blocking thread, until `stop` is set. A failed sweep is logged and
+/// retried at the next tick, except a failed fsync, which stops the service.
+pub async fn run_periodically(sweeper: Arc<Sweeper>, interval: std::time::Duration, stop: Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(async {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = &mut shutdown => return,
+        }
+        let task = Arc::clone(&sweeper);
+        match tokio::task::spawn_blocking(move || task.run(None, SweepMode::Delete)).await {
+            Ok(Ok(report)) => {
+                tracing::info!(days = report.days.len(), elapsed_ms = report.elapsed.as_millis() as u64, "retention sweep done");
+            }
+            Ok(Err(RetentionError::Durable(e))) if e.is_fatal() => {
+                tracing::error!(reason = %e, "retention sweep hit a failed fsync; stopping");
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+            Ok(Err(e)) => tracing::error!(reason = %e, "retention sweep failed; retrying at the next interval"),
+            Err(e) => tracing::error!(reason = %e, "retention sweep panicked"),
+        }
+    }
+}
+
+/// Rows of a file from its plaintext footer; 0 if the footer is unreadable
+/// (the file is deleted all the same).
+fn row_count(path: &Path) -> u64 {
+    std::fs::File::open(path)
+        .ok()
+        .and_then(|f| SerializedFileReader::new(f).ok())
+        .map_or(0, |r| r.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn date(text: &str) -> PartitionDate {
+        PartitionDate::parse(text).unwrap()
+    }
+
+    #[test]
+    fn the_boundary_day_is_kept_and_the_one_before_goes() {
+        let today = date("2026-11-24");
+        assert!(!is_expired(date("2025-11-24"), today, 365));
+        assert!(is_expired(date("2025-11-23"), today, 365));
+    }
+
+    #[test]
+    fn leap_years_count_days_not_calendar_years() {
+        // 2024 is a leap year: 365 days before 2025-02-28 is 2024-02-29.
+        let today = date("2025-02-28");
+        assert_eq!(oldest_retained(today, 365), date("2024-02-29"));
+        assert!(is_expired(date("2024-02-28"), today, 365));
+        assert!(!is_expired(date("2024-02-29"), today, 365));
+    }
+
+    #[test]
+    fn the_first_sweep_after_midnight_utc_expires_one_more_day() {
+        let before = crate::models::TimestampMicros::from_datetime(
+            chrono::DateTime::parse_from_rfc3339("2026-11-24T23:59:59.999999Z").unwrap().to_utc(),
+        );
+        let after = crate::models::TimestampMicros(before.0 + 1);
+        let day = date("2025-11-24");
+        assert!(!is_expired(day, before.partition_date(), 365));
+        assert!(is_expired(day, after.partition_date(), 365));
+    }
+
+    proptest! {
+        #[test]
+        fn expiry_is_monotonic_in_time(day in 0i64..40_000, today in 0i64..40_000, later in 0i64..1_000, days in 1u32..3_000) {
+            let d = PartitionDate::from_days_since_epoch(day).unwrap();
+            let t = PartitionDate::from_days_since_epoch(today).unwrap();
+            let t2 = PartitionDate::from_days_since_epoch(today + later).unwrap();
+            // Once expired, a day stays expired as the clock moves forward.
+            if is_expired(d, t, days) {
+                prop_assert!(is_expired(d, t2, days));
+            }
+            // Exactly the days before the cutoff are expired.
+            prop_assert_eq!(is_expired(d, t, days), day < today - i64::from(days));
+        }
+
+        #[test]
+        fn a_clock_that_jumps_back_never_resurrects_by_rule_alone(day in 0i64..40_000, today in 1_000i64..40_000, back in 0i64..1_000) {
+            // The rule itself would keep a day again after a backward jump;
+            // that is why deletion leaves a tombstone the writer respects.
+            let d = PartitionDate::from_days_since_epoch(day).unwrap();
+            let t = PartitionDate::from_days_since_epoch(today).unwrap();
+            let earlier = PartitionDate::from_days_since_epoch(today - back).unwrap();
+            prop_assert!(!is_expired(d, earlier, 365) || is_expired(d, t, 365));
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Retention across a simulated year with an injected clock: 400 days of
+//! data arrive day by day, the sweep runs daily, and at the end nothing
+//! older than the window is readable, the keys of expired days are gone,
+//! the audit trail and `retention verify` pass; then tampering is caught,
+//! and a sweep killed mid-deletion is finished by the next one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use cdrvault::audit::{AUDIT_FILE, AuditTrail};
+use cdrvault::clock::{Clock, ManualClock};
+use cdrvault::decode::{Encoding, RefuseReason};
+use cdrvault::keys::KeyStore;
+use cdrvault::models::PartitionDate;
+use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
+use cdrvault::read;
+use cdrvault::retention::{CrashPoint, RetentionConfig, SweepMode, Sweeper, Violation, is_expired};
+use cdrvault::write::{ParquetConfig, ParquetWriter};
+
+const DAYS: i64 = 400;
+const RECORDS_PER_DAY: usize = 40;
+
+struct World {
+    root: tempfile::TempDir,
+    clock: Arc<ManualClock>,
+    keys: Arc<KeyStore>,
+    audit: Arc<AuditTrail>,
+    processor: Processor,
+    sweeper: Sweeper,
+}
+
+impl World {
+    fn new(start: DateTime<Utc>) -> World {
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(&root.path().join("keys"), Some(&root.path().join("data"))).unwrap();
+        let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
+        let audit = Arc::new(AuditTrail::open(&root.path().join("state"), &keys).unwrap());
+        let clock = Arc::new(ManualClock::new(start));
+        let writer = ParquetWriter::new(&root.path().join("data"), ParquetConfig::default());
+        let processor = Processor::new(
+            writer,
+            Arc::clone(&keys),
+            clock.clone() as Arc<dyn Clock>,
+            ProcessorConfig { max_clock_skew: Duration::from_secs(300), decode_threads: 1, retention_days: Some(365) },
+        );
+        let sweeper = Sweeper::new(
+            &root.path().join("data"),
+            Arc::clone(&keys),
+            Arc::clone(&audit),
+            clock.clone() as Arc<dyn Clock>,
+            RetentionConfig::default(),
+        );
+        World { root, clock, keys, audit, processor, sweeper }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    fn today(&self) -> PartitionDate {
+        cdrvault::models::TimestampMicros::from_datetime(self.clock.now()).partition_date()
+    }
+
+    /// Ingests records that started earlier today.
+    fn ingest_today(&self, tag: &str) -> usize {
+        let day = self.clock.now().format("%Y-%m-%d").to_string();
+        let inputs: Vec<Input> = (0..RECORDS_PER_DAY)
+            .map(|i| Input {
+                encoding: Encoding::Json,
+                payload: format!(
+                    r#"{{"record_id":"{tag}-{day}-{i}","service":"voice","start_time":"{day}T00:{:02}:00Z","calling_number":"+4520{:06}","called_number":"+4530000001"}}"#,
+                    i % 60,
+                    i
+                )
+                .into_bytes(),
+            })
+            .collect();
+        self.processor.process(&inputs).unwrap().written
+    }
+
+    fn verify(&self) -> Vec<Violation> {
+        let public = self.audit.public_key();
+        self.sweeper.verify(None, &public, &self.root.path().join("state").join(AUDIT_FILE)).unwrap().violations
+    }
+}
+
+fn day_files(data: &Path, day: PartitionDate) -> Vec<PathBuf> {
+    read::list_files(data, day).unwrap()
+}
+
+#[test]
+fn a_simulated_year_destroys_every_expired_day_and_proves_it() {
+    let start = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+    let world = World::new(start);
+    let first_day = world.today();
+    let mut backup: Option<(PathBuf, Vec<u8>)> = None;
+    let mut deleted_rows = 0;
+    let mut deleted_days = 0;
+
+    for day in 0..DAYS {
+        world.clock.set(start + chrono::Duration::days(day));
+        assert_eq!(world.ingest_today("r"), RECORDS_PER_DAY);
+        if day == 0 {
+            // A copy of the first day's file, as a backup or a disk would keep.
+            let file = day_files(&world.data(), first_day).remove(0);
+            backup = Some((file.clone(), std::fs::read(&file).unwrap()));
+        }
+        let report = world.sweeper.run(None, SweepMode::Delete).unwrap();
+        deleted_days += report.days.len();
+        deleted_rows += report.days.iter().map(|d| d.rows).sum::<u64>();
+        // Never more than one day expires per simulated day.
+        assert!(report.days.len() <= 1);
+    }
+
+    let today = world.today();
+    let live = read::list_days(&world.data()).unwrap();
+    assert_eq!(live.len(), 366, "the window holds today and the 365 days before");
+    assert!(live.iter().all(|d| !is_expired(*d, today, 365)));
+    assert_eq!(deleted_days as i64, DAYS - 366);
+    assert_eq!(deleted_rows as usize, (DAYS as usize - 366) * RECORDS_PER_DAY);
+
+    // Expired days: no files, no directory, no key, here or after a reopen.
+    let reopened = KeyStore::open(&world.root.path().join("keys"), None).unwrap();
+    for n in 0..(DAYS - 366) {
+        let day = PartitionDate::from_days_since_epoch(first_day.days_since_epoch() + n).unwrap();
+        assert!(day_files(&world.data(), day).is_empty());
+        assert!(!cdrvault::write::day_dir(&world.data(), day).exists());
+        assert!(reopened.existing_day_key(day).unwrap().is_none(), "{day} key destroyed");
+        assert!(reopened.is_destroyed(day));
+    }
+
+    // The backed-up file of the first day can no longer be unsealed: its key
+    // is gone, and no other day's key opens it.
+    let (original, bytes) = backup.unwrap();
+    let restored = world.root.path().join("restored.parquet");
+    std::fs::write(&restored, &bytes).unwrap();
+    assert!(read::read_file(&restored, None, &["calling_number_sealed"]).is_err());
+    let other_key = reopened.existing_day_key(*live.first().unwrap()).unwrap().unwrap();
+    assert!(read::read_file(&restored, Some(&other_key), &["calling_number_sealed"]).is_err());
+    // Its clear columns stay readable from the copy, and hold no identifier.
+    assert!(read::read_file(&restored, None, &["calling_number_token"]).is_ok());
+
+    // A record for a destroyed day is refused, never re-creating the day.
+    let late = Input {
+        encoding: Encoding::Json,
+        payload: format!(r#"{{"record_id":"late","service":"sms","start_time":"{first_day}T10:00:00Z","calling_number":"+4520000001"}}"#)
+            .into_bytes(),
+    };
+    let outcome = world.processor.process(&[late]).unwrap();
+    assert_eq!(outcome.refused[0].1.reason, RefuseReason::Expired);
+    assert!(!cdrvault::write::day_dir(&world.data(), first_day).exists());
+
+    // The evidence holds.
+    assert_eq!(world.verify(), vec![]);
+    let trail = std::fs::read_to_string(world.root.path().join("state").join(AUDIT_FILE)).unwrap();
+    assert_eq!(trail.lines().filter(|l| l.contains("\"action\":\"day_deleted\"")).count(), DAYS as usize - 366);
+
+    // Tampering: a file put back, a key put back, an audit line edited.
+    let expired_dir = original.parent().unwrap();
+    std::fs::create_dir_all(expired_dir).unwrap();
+    std::fs::write(&original, &bytes).unwrap();
+    assert!(world.verify().contains(&Violation::ExpiredDayHasFiles(first_day)));
+    std::fs::remove_file(&original).unwrap();
+    std::fs::remove_dir(expired_dir).unwrap();
+    assert!(!world.verify().iter().any(|v| matches!(v, Violation::ExpiredDayHasFiles(_))));
+
+    let live_key = world.root.path().join("keys/day").join(format!("{}.key", live[0]));
+    let planted = world.root.path().join("keys/day").join(format!("{first_day}.key"));
+    std::fs::copy(&live_key, &planted).unwrap();
+    assert!(world.verify().contains(&Violation::ExpiredDayHasKey(first_day)));
+    std::fs::remove_file(&planted).unwrap();
+
+    let path = world.root.path().join("state").join(AUDIT_FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("\"rows\":40", "\"rows\":4", 1)).unwrap();
+    assert!(world.verify().iter().any(|v| matches!(v, Violation::AuditTrailDamaged(_))));
+}
+
+#[test]
+fn a_sweep_killed_mid_deletion_is_finished_by_the_next() {
+    for point in [CrashPoint::AfterTombstone, CrashPoint::AfterKeyDestroyed, CrashPoint::AfterFirstFileDeleted, CrashPoint::BeforeAudit] {
+        let start = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
+        let mut world = World::new(start);
+        let first_day = world.today();
+        world.ingest_today("a");
+        world.ingest_today("b");
+        assert_eq!(day_files(&world.data(), first_day).len(), 2);
+        world.clock.set(start + chrono::Duration::days(366));
+
+        world.sweeper.crash_at(Some(point));
+        assert!(world.sweeper.run(None, SweepMode::Delete).is_err(), "{point:?}");
+        // Interrupted: the day is on its way out, and verify says so.
+        assert!(!world.verify().is_empty(), "{point:?}: an interrupted deletion is a violation");
+
+        world.sweeper.crash_at(None);
+        let report = world.sweeper.run(None, SweepMode::Delete).unwrap();
+        assert_eq!(report.days.len(), 1, "{point:?}");
+        assert_eq!(report.days[0].rows, 2 * RECORDS_PER_DAY as u64, "{point:?}: the evidence counted before the crash");
+        assert!(report.days[0].key_id.is_some(), "{point:?}");
+        assert_eq!(world.verify(), vec![], "{point:?}");
+        assert!(!cdrvault::write::day_dir(&world.data(), first_day).exists());
+        assert!(world.keys.existing_day_key(first_day).unwrap().is_none());
+        let trail = std::fs::read_to_string(world.root.path().join("state").join(AUDIT_FILE)).unwrap();
+        assert_eq!(trail.lines().filter(|l| l.contains("day_deleted")).count(), 1, "{point:?}: audited once");
+
+        // A second sweep finds nothing more to do.
+        assert!(world.sweeper.run(None, SweepMode::Delete).unwrap().days.is_empty());
+    }
+}
+
+#[test]
+fn a_dry_run_previews_without_deleting() {
+    let start = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
+    let world = World::new(start);
+    world.ingest_today("a");
+    let day = world.today();
+    let preview_date = PartitionDate::from_days_since_epoch(day.days_since_epoch() + 366).unwrap();
+    let report = world.sweeper.run(Some(preview_date), SweepMode::DryRun).unwrap();
+    assert_eq!(report.days.len(), 1);
+    assert_eq!(report.days[0].rows, RECORDS_PER_DAY as u64);
+    assert_eq!(day_files(&world.data(), day).len(), 1, "nothing deleted");
+    assert!(world.keys.existing_day_key(day).unwrap().is_some());
+    let today_report = world.sweeper.run(None, SweepMode::DryRun).unwrap();
+    assert!(today_report.days.is_empty(), "nothing is expired today");
+}
