@@ -76,6 +76,9 @@ struct Tail {
     file: File,
     seq: u64,
     hash: [u8; 32],
+    /// The file's length after our last append: if it differs, another
+    /// process appended, and the tail is read again.
+    len: u64,
 }
 
 /// An open trail, ready to append. Appends are serialised by a mutex.
@@ -138,7 +141,8 @@ impl AuditTrail {
         if !existed {
             durable::fsync_dir(state_dir)?;
         }
-        Ok(AuditTrail { path, head_path, signer, tail: Mutex::new(Tail { file, seq, hash }) })
+        let len = file.metadata().map_err(|e| DurableError::io("stat", &path, e))?.len();
+        Ok(AuditTrail { path, head_path, signer, tail: Mutex::new(Tail { file, seq, hash, len }) })
     }
 
     pub fn path(&self) -> &Path {
@@ -153,6 +157,20 @@ impl AuditTrail {
     /// Appends an entry and makes it durable before returning its number.
     pub fn append(&self, actor: &str, event: &AuditEvent, now: DateTime<Utc>) -> Result<u64, AuditError> {
         let mut tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        // The service and an operator's command may append at the same
+        // time: an exclusive file lock orders them, and the chain continues
+        // from whatever the other wrote.
+        tail.file.lock().map_err(|e| DurableError::io("lock", &self.path, e))?;
+        let result = self.append_locked(&mut tail, actor, event, now);
+        let _ = tail.file.unlock();
+        result
+    }
+
+    fn append_locked(&self, tail: &mut Tail, actor: &str, event: &AuditEvent, now: DateTime<Utc>) -> Result<u64, AuditError> {
+        let len = tail.file.metadata().map_err(|e| DurableError::io("stat", &self.path, e))?.len();
+        if len != tail.len {
+            (tail.seq, tail.hash) = last_entry(&self.path)?;
+        }
         let seq = tail.seq + 1;
         let mut entry = match serde_json::to_value(event) {
             Ok(Value::Object(map)) => map,
@@ -173,6 +191,7 @@ impl AuditTrail {
         durable::fsync_file(&tail.file, &self.path)?;
         tail.seq = seq;
         tail.hash = hash;
+        tail.len = len + line.len() as u64;
         // The head moves after the entry is durable: a crash in between
         // leaves the trail one entry ahead of its head, which verify accepts.
         let head = Head { seq, hash: hex::encode(hash), sig: hex::encode(self.signer.sign(&head_message(seq, &hash)).as_ref()) };
@@ -359,6 +378,18 @@ mod tests {
             assert_eq!(seq, first_bad, "{name}: {problem}");
             assert!(AuditTrail::open(&root.path().join("state"), &keys).is_err(), "{name}: nothing is appended to a damaged trail");
         }
+    }
+
+    #[test]
+    fn two_writers_keep_one_chain() {
+        let (root, keys, first) = setup();
+        let second = AuditTrail::open(&root.path().join("state"), &keys).unwrap();
+        for i in 1..=6 {
+            let writer = if i % 2 == 0 { &first } else { &second };
+            writer.append("retention", &day(i), Utc::now()).unwrap();
+        }
+        let public = first.public_key();
+        assert_eq!(check(root.path(), &keys, &public), Verification { entries: 6, problem: None });
     }
 
     #[test]

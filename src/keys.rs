@@ -38,6 +38,7 @@ pub const KEY_LEN: usize = 32;
 const MASTER_FILE: &str = "master.key";
 const TOKEN_DIR: &str = "token";
 const DAY_DIR: &str = "day";
+const ORDER_DIR: &str = "order";
 const AUDIT_KEY_FILE: &str = "audit-signing.key";
 const AUDIT_HEAD_FILE: &str = "audit.head";
 const WRAP_MAGIC: &[u8; 8] = b"CDRVKEY1";
@@ -81,7 +82,7 @@ impl Drop for SecretKey {
 }
 
 impl SecretKey {
-    fn random(rng: &SystemRandom) -> Result<Self, KeyError> {
+    pub(crate) fn random(rng: &SystemRandom) -> Result<Self, KeyError> {
         let mut bytes = Box::new([0u8; KEY_LEN]);
         rng.fill(&mut bytes[..]).map_err(|_| KeyError::Random)?;
         Ok(SecretKey(bytes))
@@ -163,6 +164,7 @@ impl KeyStore {
         create_private_dir(dir)?;
         create_private_dir(&dir.join(TOKEN_DIR))?;
         create_private_dir(&dir.join(DAY_DIR))?;
+        create_private_dir(&dir.join(ORDER_DIR))?;
         let rng = SystemRandom::new();
         let master = SecretKey::random(&rng)?;
         durable::write_atomically(&dir.join(MASTER_FILE), master.expose(), FileMode::Private)?;
@@ -354,6 +356,38 @@ impl KeyStore {
         Ok(id)
     }
 
+    /// Creates the key of a preservation order: it seals the order's copies
+    /// and its stored targets, so lifting the order destroys them at once.
+    pub fn create_order_key(&self, order: &str) -> Result<(KeyId, SecretKey), KeyError> {
+        let id = KeyId::new(format!("order-{order}")).ok_or_else(|| KeyError::Corrupt(self.order_key_path(order)))?;
+        let secret = SecretKey::random(&self.rng)?;
+        let wrapped = wrap_key(&self.master, &self.rng, &id, &secret, ORDER_AAD)?;
+        create_private_dir(&self.dir.join(ORDER_DIR))?;
+        durable::write_atomically(&self.order_key_path(order), &wrapped, FileMode::Private)?;
+        Ok((id, secret))
+    }
+
+    /// The key of a preservation order, if it still exists.
+    pub fn order_key(&self, order: &str) -> Result<Option<(KeyId, SecretKey)>, KeyError> {
+        let path = self.order_key_path(order);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(KeyError::io("read", &path, e)),
+        };
+        unwrap_key(&self.master, &bytes, ORDER_AAD).map(Some).ok_or(KeyError::Corrupt(path))
+    }
+
+    /// Destroys the key of a preservation order. Idempotent.
+    pub fn destroy_order_key(&self, order: &str) -> Result<(), KeyError> {
+        durable::remove_file(&self.order_key_path(order))?;
+        Ok(())
+    }
+
+    fn order_key_path(&self, order: &str) -> PathBuf {
+        self.dir.join(ORDER_DIR).join(format!("{order}.key"))
+    }
+
     fn tombstone_path(&self, date: PartitionDate) -> PathBuf {
         self.dir.join(DAY_DIR).join(format!("{date}.destroyed"))
     }
@@ -415,6 +449,7 @@ impl KeyStore {
 
 const TOKEN_AAD: &[u8] = b"token";
 const AUDIT_AAD: &[u8] = b"audit-signing";
+const ORDER_AAD: &[u8] = b"order";
 
 fn day_aad(date: PartitionDate) -> Vec<u8> {
     format!("day {date}").into_bytes()

@@ -101,6 +101,11 @@ enum Command {
         #[command(subcommand)]
         command: RetentionCommand,
     },
+    /// Preservation orders ("quick freeze"): keep named targets' records beyond retention.
+    Preserve {
+        #[command(subcommand)]
+        command: PreserveCommand,
+    },
     /// Check the audit trail.
     Audit {
         #[command(subcommand)]
@@ -126,6 +131,41 @@ enum RetentionCommand {
         #[arg(long, value_parser = parse_date)]
         as_of: Option<PartitionDate>,
     },
+}
+
+#[derive(Subcommand)]
+enum PreserveCommand {
+    /// Place an order.
+    Add {
+        /// The ordering authority.
+        #[arg(long)]
+        authority: String,
+        /// The order's reference at that authority.
+        #[arg(long)]
+        reference: String,
+        /// A target as kind:value (msisdn, imsi, imei, sip, cell, ip); repeat for several.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// First day of communications covered (YYYY-MM-DD, UTC).
+        #[arg(long, value_parser = parse_date)]
+        from: PartitionDate,
+        /// Last day of communications covered (inclusive).
+        #[arg(long, value_parser = parse_date)]
+        to: PartitionDate,
+        /// The day the order ends; its copies are destroyed after it.
+        #[arg(long, value_parser = parse_date)]
+        until: PartitionDate,
+    },
+    /// List orders (no target values are shown).
+    List,
+    /// Move an order's end date.
+    Extend {
+        order: String,
+        #[arg(long, value_parser = parse_date)]
+        until: PartitionDate,
+    },
+    /// Lift an order: destroy its key and copies now.
+    Lift { order: String },
 }
 
 #[derive(Subcommand)]
@@ -266,6 +306,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Preserve { command } => run_preserve(&config, command),
         Command::Audit { command: AuditCommand::Verify } => {
             let keys = KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?;
             let public = audit_public_key(&keys)?;
@@ -312,11 +353,87 @@ fn open_sweeper(config: &Config, metrics: Option<Arc<Metrics>>) -> anyhow::Resul
     config.validate()?;
     let keys = Arc::new(KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?);
     let audit = Arc::new(AuditTrail::open(&config.state.dir, &keys)?);
-    let mut sweeper = Sweeper::new(&config.storage.data_dir, keys, audit, Arc::new(SystemClock), config.retention.clone());
+    let orders = Arc::new(cdrvault::orders::OrderStore::open(&config.state.dir)?);
+    let mut sweeper = Sweeper::new(&config.storage.data_dir, keys, audit, Arc::new(SystemClock), config.retention.clone())
+        .with_orders(orders, config.parquet.clone());
     if let Some(metrics) = metrics {
         sweeper = sweeper.with_metrics(metrics);
     }
     Ok(sweeper)
+}
+
+fn run_preserve(config: &Config, command: PreserveCommand) -> anyhow::Result<ExitCode> {
+    use cdrvault::audit::AuditEvent;
+    use cdrvault::orders::{NewOrder, OrderStore, TargetInput};
+    config.validate()?;
+    let keys = Arc::new(KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?);
+    let audit = AuditTrail::open(&config.state.dir, &keys)?;
+    let orders = OrderStore::open(&config.state.dir)?;
+    let now = SystemClock.now();
+    let today = cdrvault::models::TimestampMicros::from_datetime(now).partition_date();
+    match command {
+        PreserveCommand::Add { authority, reference, targets, from, to, until } => {
+            let targets = targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| TargetInput::parse(t, i + 1))
+                .collect::<Result<Vec<_>, _>>()?;
+            let window_end = cdrvault::models::TimestampMicros(to.start().0 + 86_400_000_000 - 1);
+            let order = orders.place(
+                NewOrder {
+                    authority,
+                    reference,
+                    targets,
+                    window_start: from.start().to_datetime().unwrap_or(now),
+                    window_end: window_end.to_datetime().unwrap_or(now),
+                    ends: until,
+                },
+                &keys,
+                today,
+                now,
+            )?;
+            audit.append(
+                "cli",
+                &AuditEvent::OrderPlaced {
+                    order: order.id.clone(),
+                    authority: order.authority.clone(),
+                    targets: order.targets.len() as u64,
+                    window_start: from.to_string(),
+                    window_end: to.to_string(),
+                    ends: until.to_string(),
+                },
+                now,
+            )?;
+            println!("placed preservation order {} ({} targets, {from} .. {to}, until {until})", order.id, order.targets.len());
+        }
+        PreserveCommand::List => {
+            for order in orders.list()? {
+                println!(
+                    "{}  {:?}  authority={} reference={} targets={} window={}..{} until={}",
+                    order.id,
+                    order.status,
+                    order.authority,
+                    order.reference,
+                    order.targets.len(),
+                    order.window_start.partition_date(),
+                    order.window_end.partition_date(),
+                    order.ends
+                );
+            }
+        }
+        PreserveCommand::Extend { order, until } => {
+            orders.extend(&order, until)?;
+            audit.append("cli", &AuditEvent::OrderExtended { order: order.clone(), ends: until.to_string() }, now)?;
+            println!("order {order} now ends {until}");
+        }
+        PreserveCommand::Lift { order } => {
+            drop(audit);
+            let sweeper = open_sweeper(config, None)?;
+            let files = sweeper.lift(&order, "lifted", "cli")?;
+            println!("order {order} lifted: key destroyed, {files} preserved files deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(config: &Config, quiet: bool) {

@@ -33,6 +33,8 @@ use crate::durable::{self, DurableError};
 use crate::keys::{KeyError, KeyStore};
 use crate::metrics::Metrics;
 use crate::models::PartitionDate;
+use crate::orders::{OrderError, OrderStatus, OrderStore};
+use crate::preserve::{self, PreserveError};
 use crate::read::{self, ReadError};
 use crate::write::{CDR_DIR, day_dir};
 
@@ -73,6 +75,10 @@ pub enum RetentionError {
     Read(#[from] ReadError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    #[error(transparent)]
+    Preserve(#[from] PreserveError),
     #[error("sweep interrupted at {0:?} (crash injection)")]
     Injected(CrashPoint),
 }
@@ -130,6 +136,8 @@ pub enum Violation {
     DeletionIncomplete(PartitionDate),
     LiveDayWithoutKey(PartitionDate),
     AuditTrailDamaged(String),
+    /// A lifted or ended order still has copies or a key.
+    LiftedOrderHasData(String),
 }
 
 impl std::fmt::Display for Violation {
@@ -140,6 +148,7 @@ impl std::fmt::Display for Violation {
             Violation::DeletionIncomplete(d) => write!(f, "deletion of {d} started but was not audited"),
             Violation::LiveDayWithoutKey(d) => write!(f, "live day {d} has files but no data key (unreadable)"),
             Violation::AuditTrailDamaged(problem) => write!(f, "audit trail damaged: {problem}"),
+            Violation::LiftedOrderHasData(order) => write!(f, "lifted order {order} still has preserved copies or a key"),
         }
     }
 }
@@ -164,12 +173,57 @@ pub struct Sweeper {
     clock: Arc<dyn Clock>,
     config: RetentionConfig,
     metrics: Option<Arc<Metrics>>,
+    orders: Option<(Arc<OrderStore>, crate::write::ParquetConfig)>,
     crash_at: Option<CrashPoint>,
 }
 
 impl Sweeper {
     pub fn new(data_dir: &Path, keys: Arc<KeyStore>, audit: Arc<AuditTrail>, clock: Arc<dyn Clock>, config: RetentionConfig) -> Self {
-        Sweeper { data_dir: data_dir.to_path_buf(), keys, audit, clock, config, metrics: None, crash_at: None }
+        Sweeper { data_dir: data_dir.to_path_buf(), keys, audit, clock, config, metrics: None, orders: None, crash_at: None }
+    }
+
+    /// Honours the preservation orders of `orders` (copies written with
+    /// `parquet` settings) before destroying a day.
+    pub fn with_orders(mut self, orders: Arc<OrderStore>, parquet: crate::write::ParquetConfig) -> Self {
+        self.orders = Some((orders, parquet));
+        self
+    }
+
+    /// Lifts an order (or finishes lifting it): no more copies, its key
+    /// destroyed (which makes its copies and stored targets unreadable), its
+    /// area deleted, and the lifting audited. Returns the files deleted.
+    pub fn lift(&self, order: &str, reason: &str, actor: &str) -> Result<u64, RetentionError> {
+        let Some((orders, _)) = &self.orders else { return Ok(0) };
+        if orders.get(order)?.is_none() {
+            return Err(OrderError::NotFound(order.to_string()).into());
+        }
+        let now = self.clock.now();
+        match orders.mark_lifted(order, now) {
+            Ok(()) | Err(OrderError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.keys.destroy_order_key(order)?;
+        let files = preserve::destroy_area(&self.data_dir, order)?;
+        self.audit.append(actor, &AuditEvent::OrderLifted { order: order.to_string(), files, reason: reason.to_string() }, now)?;
+        Ok(files)
+    }
+
+    /// Ends the orders whose end date has passed, and finishes lifts that a
+    /// crash interrupted.
+    fn end_orders(&self, as_of: PartitionDate) -> Result<(), RetentionError> {
+        let Some((orders, _)) = &self.orders else { return Ok(()) };
+        for order in orders.list()? {
+            let ended = order.status == OrderStatus::Active && order.ends < as_of;
+            let unfinished = order.status == OrderStatus::Lifted && self.order_has_data(&order.id)?;
+            if ended || unfinished {
+                self.lift(&order.id, if ended { "ended" } else { "lift completed" }, "retention")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn order_has_data(&self, order: &str) -> Result<bool, RetentionError> {
+        Ok(self.keys.order_key(order)?.is_some() || preserve::order_dir(&self.data_dir, order).exists())
     }
 
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
@@ -220,6 +274,9 @@ impl Sweeper {
             days: Vec::new(),
             elapsed: Default::default(),
         };
+        if mode == SweepMode::Delete {
+            self.end_orders(as_of)?;
+        }
         for day in self.traces()? {
             if !is_expired(day, as_of, self.config.days) {
                 continue;
@@ -271,6 +328,18 @@ impl Sweeper {
         let mut tombstone = match self.tombstone(day)? {
             Some(existing) => existing,
             None => {
+                // Preservation comes before anything irreversible: once the
+                // tombstone exists the day key may be gone.
+                if let Some((orders, parquet)) = &self.orders {
+                    for order in orders.active()?.iter().filter(|o| o.covers(day)) {
+                        let rows = preserve::preserve_day(&self.data_dir, &self.keys, order, day, parquet)?;
+                        self.audit.append(
+                            "retention",
+                            &AuditEvent::RecordsPreserved { order: order.id.clone(), day: day.to_string(), rows },
+                            now,
+                        )?;
+                    }
+                }
                 let tombstone = Tombstone { deleted: self.measure(day)?, run: run.to_string(), audited: false };
                 self.keys.write_tombstone(day, &serde_json::to_vec(&tombstone).unwrap_or_default())?;
                 tombstone
@@ -354,6 +423,13 @@ impl Sweeper {
         for &day in &destroyed_days {
             if !self.tombstone(day)?.is_some_and(|t| t.audited) {
                 violations.push(Violation::DeletionIncomplete(day));
+            }
+        }
+        if let Some((orders, _)) = &self.orders {
+            for order in orders.list()? {
+                if order.status == OrderStatus::Lifted && self.order_has_data(&order.id)? {
+                    violations.push(Violation::LiftedOrderHasData(order.id.clone()));
+                }
             }
         }
         let check = crate::audit::verify(audit_path, public_key, &self.keys.audit_head_path())?;

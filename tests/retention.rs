@@ -18,6 +18,8 @@ use cdrvault::models::PartitionDate;
 use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
 use cdrvault::read;
 use cdrvault::retention::{CrashPoint, RetentionConfig, SweepMode, Sweeper, Violation, is_expired};
+use cdrvault::orders::{NewOrder, OrderStore, TargetInput};
+use cdrvault::preserve;
 use cdrvault::write::{ParquetConfig, ParquetWriter};
 
 const DAYS: i64 = 400;
@@ -30,6 +32,7 @@ struct World {
     audit: Arc<AuditTrail>,
     processor: Processor,
     sweeper: Sweeper,
+    orders: Arc<OrderStore>,
 }
 
 impl World {
@@ -46,14 +49,16 @@ impl World {
             clock.clone() as Arc<dyn Clock>,
             ProcessorConfig { max_clock_skew: Duration::from_secs(300), decode_threads: 1, retention_days: Some(365) },
         );
+        let orders = Arc::new(OrderStore::open(&root.path().join("state")).unwrap());
         let sweeper = Sweeper::new(
             &root.path().join("data"),
             Arc::clone(&keys),
             Arc::clone(&audit),
             clock.clone() as Arc<dyn Clock>,
             RetentionConfig::default(),
-        );
-        World { root, clock, keys, audit, processor, sweeper }
+        )
+        .with_orders(Arc::clone(&orders), ParquetConfig::default());
+        World { root, clock, keys, audit, processor, sweeper, orders }
     }
 
     fn data(&self) -> PathBuf {
@@ -225,4 +230,89 @@ fn a_dry_run_previews_without_deleting() {
     assert!(world.keys.existing_day_key(day).unwrap().is_some());
     let today_report = world.sweeper.run(None, SweepMode::DryRun).unwrap();
     assert!(today_report.days.is_empty(), "nothing is expired today");
+}
+
+#[test]
+fn preserved_records_survive_their_day_and_die_with_their_order() {
+    use arrow_array::cast::AsArray;
+    let start = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+    let world = World::new(start);
+    let day = |n: i64| PartitionDate::from_days_since_epoch(world.today().days_since_epoch() + n).unwrap();
+    let first = world.today();
+    let at = |n: i64| start + chrono::Duration::days(n);
+    for n in 0..10 {
+        world.clock.set(at(n));
+        world.ingest_today("r");
+    }
+    let date_of = |n: i64| PartitionDate::from_days_since_epoch(first.days_since_epoch() + n).unwrap();
+
+    // Day 10: an authority orders the records of one number on days 2 to 4
+    // preserved until day 380.
+    let place = |reference: &str, until: i64| {
+        world
+            .orders
+            .place(
+                NewOrder {
+                    authority: "dk-police".into(),
+                    reference: reference.into(),
+                    targets: vec![TargetInput::parse("msisdn:+4520000005", 1).unwrap()],
+                    window_start: date_of(2).start().to_datetime().unwrap(),
+                    window_end: date_of(5).start().to_datetime().unwrap() - chrono::Duration::microseconds(1),
+                    ends: date_of(until),
+                },
+                &world.keys,
+                world.today(),
+                world.clock.now(),
+            )
+            .unwrap()
+    };
+    let order = place("QF-1", 380);
+    let other = place("QF-2", 500);
+    let _ = day(0);
+
+    // Day 370: days 0 to 4 are expired and destroyed; the order's records
+    // of days 2 to 4 were copied first.
+    world.clock.set(at(370));
+    let report = world.sweeper.run(None, SweepMode::Delete).unwrap();
+    assert_eq!(report.days.iter().map(|d| d.day).collect::<Vec<_>>(), (0..5).map(date_of).collect::<Vec<_>>());
+    let area = preserve::order_dir(&world.data(), &order.id);
+    assert_eq!(read::list_days(&area).unwrap(), vec![date_of(2), date_of(3), date_of(4)]);
+    let mut preserved = Vec::new();
+    for d in read::list_days(&area).unwrap() {
+        let key = preserve::order_key_for(&world.keys, &order.id, d).unwrap().unwrap();
+        for file in read::list_files(&area, d).unwrap() {
+            for batch in read::read_file(&file, Some(&key), &["record_id", "calling_number_sealed", "seal_key_id"]).unwrap() {
+                for row in 0..batch.num_rows() {
+                    preserved.push((
+                        batch.column(0).as_string::<i32>().value(row).to_string(),
+                        batch.column(1).as_string::<i32>().value(row).to_string(),
+                        batch.column(2).as_string::<i32>().value(row).to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    preserved.sort();
+    let expected: Vec<String> = (2..5).map(|n| format!("r-{}-5", date_of(n))).collect();
+    assert_eq!(preserved.iter().map(|p| p.0.clone()).collect::<Vec<_>>(), expected, "exactly the targets' records in the window");
+    assert!(preserved.iter().all(|p| p.1 == "+4520000005" && p.2 == format!("order-{}", order.id)));
+    // The day itself is gone all the same.
+    assert!(world.keys.existing_day_key(date_of(3)).unwrap().is_none());
+    assert_eq!(world.verify(), vec![]);
+
+    // Day 381: the first order has ended: its key and copies are destroyed.
+    world.clock.set(at(381));
+    world.sweeper.run(None, SweepMode::Delete).unwrap();
+    assert!(!area.exists());
+    assert!(world.keys.order_key(&order.id).unwrap().is_none());
+    assert!(preserve::order_dir(&world.data(), &other.id).exists(), "the other order still holds");
+    // Lifting the other order by hand destroys it at once.
+    let files = world.sweeper.lift(&other.id, "lifted", "test").unwrap();
+    assert_eq!(files, 3);
+    assert!(!preserve::order_dir(&world.data(), &other.id).exists());
+    assert_eq!(world.verify(), vec![]);
+    let trail = std::fs::read_to_string(world.root.path().join("state").join(AUDIT_FILE)).unwrap();
+    assert_eq!(trail.lines().filter(|l| l.contains("\"action\":\"records_preserved\"")).count(), 6);
+    assert_eq!(trail.lines().filter(|l| l.contains("\"action\":\"order_lifted\"")).count(), 2);
+    assert!(!trail.contains("4520000005"), "the audit trail holds no raw identifier");
 }

@@ -160,10 +160,24 @@ impl ParquetWriter {
         token_key_id: &KeyId,
         now_millis: i64,
     ) -> Result<WrittenFile, WriteError> {
+        let name = self.namer.next(now_millis);
+        self.write_day_named(date, &name, batches, day_key, token_key_id)
+    }
+
+    /// Like [`Self::write_day`] under a given file name, replacing a file of
+    /// that name atomically: for copies that must be idempotent (a
+    /// preservation copy made again after a crash).
+    pub fn write_day_named(
+        &self,
+        date: PartitionDate,
+        name: &str,
+        batches: &[RecordBatch],
+        day_key: &DayKey,
+        token_key_id: &KeyId,
+    ) -> Result<WrittenFile, WriteError> {
         let dir = day_dir(&self.data_dir, date);
         durable::create_dir_all(&dir)?;
-        let name = self.namer.next(now_millis);
-        let target = dir.join(&name);
+        let target = dir.join(name);
         let tmp = durable::temporary_path(&target);
         let relative = format!("{}/{name}", date.dir_name());
 

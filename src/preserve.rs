@@ -1,0 +1,172 @@
+//! Preservation copies: before an expired day is destroyed, the records of
+//! each active preservation order's targets within its window are copied
+//! into the order's own area, sealed with the order's key.
+//!
+//! An order's area is laid out like the data directory,
+//! `<data_dir>/preserved/<order>/cdr/dt=YYYY-MM-DD/<source file name>`, so
+//! the same readers (and later the lookup engine) read it. A copy keeps the
+//! source file's name, so making it again after a crash replaces it instead
+//! of duplicating it. Matches are confirmed against the unsealed value, so a
+//! token collision never preserves a stranger's record.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
+
+use crate::durable::{self, DurableError};
+use crate::keys::{DayKey, KeyStore};
+use crate::models::{IdentifierField, KeyId, PartitionDate};
+use crate::orders::{Order, OrderError};
+use crate::read::{self, ReadError};
+use crate::write::{ParquetConfig, ParquetWriter, WriteError, schema};
+
+/// The directory holding every order's area.
+pub const PRESERVED_DIR: &str = "preserved";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreserveError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    #[error("the key of order {0} is missing")]
+    OrderKeyMissing(String),
+}
+
+/// The area of one order: a data directory of its own.
+pub fn order_dir(data_dir: &Path, order: &str) -> PathBuf {
+    data_dir.join(PRESERVED_DIR).join(order)
+}
+
+/// The orders that have an area, by directory name.
+pub fn orders_with_areas(data_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join(PRESERVED_DIR)) else { return Vec::new() };
+    let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// The sealing key of an order's copies of `date`, in the shape the writer
+/// and reader take.
+pub fn order_key_for(keys: &KeyStore, order: &str, date: PartitionDate) -> Result<Option<DayKey>, PreserveError> {
+    Ok(keys.order_key(order)?.map(|(id, secret)| DayKey { id, date, secret }))
+}
+
+/// Copies the records of `order`'s targets from `day` (read with the day's
+/// key) into the order's area. Returns the rows preserved.
+pub fn preserve_day(
+    data_dir: &Path,
+    keys: &KeyStore,
+    order: &Order,
+    day: PartitionDate,
+    config: &ParquetConfig,
+) -> Result<u64, PreserveError> {
+    let Some(day_key) = keys.existing_day_key(day)? else { return Ok(0) };
+    let order_key = order_key_for(keys, &order.id, day)?.ok_or_else(|| PreserveError::OrderKeyMissing(order.id.clone()))?;
+    let targets = order.unseal_targets(&order_key.secret)?;
+    let writer = ParquetWriter::new(&order_dir(data_dir, &order.id), config.clone());
+    let columns: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
+    let mut preserved = 0;
+    for file in read::list_files(data_dir, day)? {
+        let mut kept = Vec::new();
+        let mut token_key: Option<KeyId> = None;
+        for batch in read::read_file(&file, Some(&day_key), &columns)? {
+            let mask = matching_rows(&batch, order, &targets);
+            if mask.true_count() == 0 {
+                continue;
+            }
+            let filtered = arrow_select::filter::filter_record_batch(&batch, &mask).map_err(WriteError::from)?;
+            if token_key.is_none() {
+                let ids = filtered.column_by_name(schema::TOKEN_KEY_ID).map(|c| c.as_string::<i32>().value(0).to_string());
+                token_key = ids.and_then(KeyId::new);
+            }
+            kept.push(reseal(filtered, &order_key.id)?);
+        }
+        let (Some(token_key), false) = (token_key, kept.is_empty()) else { continue };
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let written = writer.write_day_named(day, &name, &kept, &order_key, &token_key)?;
+        preserved += written.rows as u64;
+    }
+    Ok(preserved)
+}
+
+/// Rows within the order's window that carry one of its targets, confirmed
+/// against the unsealed value.
+fn matching_rows(batch: &RecordBatch, order: &Order, targets: &[(crate::models::IdentifierKind, String)]) -> BooleanArray {
+    let start = batch.column_by_name(schema::START_TIME).map(|c| c.as_primitive::<TimestampMicrosecondType>().clone());
+    let token_keys = batch.column_by_name(schema::TOKEN_KEY_ID).map(|c| c.as_string::<i32>().clone());
+    let (Some(start), Some(token_keys)) = (start, token_keys) else {
+        return BooleanArray::from(vec![false; batch.num_rows()]);
+    };
+    let fields: Vec<_> = IdentifierField::ALL
+        .into_iter()
+        .filter_map(|f| {
+            let tokens = batch.column_by_name(f.token_column())?.as_primitive::<Int64Type>().clone();
+            let sealed = batch.column_by_name(f.sealed_column())?.as_string::<i32>().clone();
+            Some((f, tokens, sealed))
+        })
+        .collect();
+    let mut mask = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let t = start.value(row);
+        let in_window = t >= order.window_start.0 && t <= order.window_end.0;
+        let key_id = token_keys.value(row);
+        let hit = in_window
+            && order.targets.iter().zip(targets).any(|(stored, (kind, value))| {
+                let Some(token) = stored.tokens.iter().find(|(k, _)| k.as_str() == key_id).map(|(_, t)| t.0) else {
+                    return false;
+                };
+                fields.iter().any(|(f, tokens, sealed)| {
+                    f.kind() == *kind && !tokens.is_null(row) && tokens.value(row) == token && sealed.value(row) == value
+                })
+            });
+        mask.push(hit);
+    }
+    BooleanArray::from(mask)
+}
+
+/// The copy is sealed with the order's key: its `seal_key_id` says so.
+fn reseal(batch: RecordBatch, key_id: &KeyId) -> Result<RecordBatch, WriteError> {
+    let schema = batch.schema();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    if let Ok(index) = schema.index_of(schema::SEAL_KEY_ID) {
+        columns[index] = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(key_id.as_str(), batch.num_rows())));
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// Deletes an order's area, durably. Returns the files removed.
+pub fn destroy_area(data_dir: &Path, order: &str) -> Result<u64, PreserveError> {
+    let root = order_dir(data_dir, order);
+    let mut removed = 0;
+    for day in read::list_days(&root)? {
+        let dir = crate::write::day_dir(&root, day);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                durable::remove_file(&entry.path())?;
+                removed += 1;
+            }
+        }
+        remove_dir(&dir)?;
+    }
+    remove_dir(&root.join(crate::write::CDR_DIR))?;
+    remove_dir(&root)?;
+    Ok(removed)
+}
+
+fn remove_dir(dir: &Path) -> Result<(), DurableError> {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => durable::fsync_dir(dir.parent().unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DurableError::io("rmdir", dir, e)),
+    }
+}
