@@ -14,6 +14,8 @@
 #
 # Environment: COUNT (500000), FORMAT (json|protobuf), PARTITIONS (2),
 # BROKER_PORT (29092), HTTP_PORT (29464), DECODE_THREADS (0 = one per core),
+# FETCH_QUEUE_KIB (16384, ingest.fetch_queue_kib), KAFKA_PROPERTIES (extra
+# TOML lines for [kafka.properties], e.g. '"max.partition.fetch.bytes" = "8388608"'),
 # CARGO_TARGET_DIR (/work/target-bench), TANSU (tansu on PATH or
 # ~/.cargo/bin/tansu). Everything listens on 127.0.0.1 only. The ports must
 # be free: the script refuses to share a broker with anyone else.
@@ -26,6 +28,8 @@ PARTITIONS=${PARTITIONS:-2}
 BROKER_PORT=${BROKER_PORT:-29092}
 HTTP_PORT=${HTTP_PORT:-29464}
 DECODE_THREADS=${DECODE_THREADS:-0}
+FETCH_QUEUE_KIB=${FETCH_QUEUE_KIB:-16384}
+KAFKA_PROPERTIES=${KAFKA_PROPERTIES:-}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
 TANSU=${TANSU:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}
 BROKER_URL="tcp://127.0.0.1:${BROKER_PORT}"
@@ -56,6 +60,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 now() { date +%s.%N; }
+# CPU seconds (user + system) a process has used so far.
+cpu_seconds() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
 listening() { ss -Hltn "sport = :$1" | grep -q .; }
 owns_port() { ss -Hltnp "sport = :$1" | grep -q "pid=$2,"; }
 metric() {
@@ -99,14 +105,21 @@ data_dir = "$work/data"
 [keys]
 dir = "$work/keys"
 
+[state]
+dir = "$work/state"
+
 [kafka]
 brokers = "127.0.0.1:${BROKER_PORT}"
 group_id = "cdrvault-bench"
 dead_letter_topic = "$DEAD_LETTER"
 topics = [{ name = "$TOPIC", encoding = "$FORMAT" }]
 
+[kafka.properties]
+$KAFKA_PROPERTIES
+
 [ingest]
 decode_threads = $DECODE_THREADS
+fetch_queue_kib = $FETCH_QUEUE_KIB
 
 [http]
 listen = "127.0.0.1:${HTTP_PORT}"
@@ -125,8 +138,10 @@ cat "$work/produce.out" >&2
 
 echo "serving until cdrvault_ingest_records_received_total reaches $COUNT" >&2
 start=$(now)
-"$bin" --config "$work/cdrvault.toml" serve >"$work/serve.log" 2>&1 &
+# From the work directory, so that no default relative path lands elsewhere.
+(cd "$work" && exec "$bin" --config "$work/cdrvault.toml" serve) >"$work/serve.log" 2>&1 &
 serve_pid=$!
+broker_cpu_start=$(cpu_seconds "$broker_pid")
 first_at=""
 first_value=0
 deadline=$(( $(date +%s) + 600 ))
@@ -152,6 +167,8 @@ while :; do
   fi
   sleep 0.05
 done
+serve_cpu=$(cpu_seconds "$serve_pid")
+broker_cpu=$(awk -v a="$(cpu_seconds "$broker_pid")" -v b="$broker_cpu_start" 'BEGIN { print a - b }')
 written=$(metric cdrvault_ingest_records_written_total)
 batches=$(metric cdrvault_ingest_batches_total)
 
@@ -170,13 +187,15 @@ busy_ms=$(grep -o '"elapsed_ms":[0-9]*' "$work/serve.log" | awk -F: '{ s += $2 }
 awk -v count="$COUNT" -v t0="$t0" -v t1="$t1" -v start="$start" -v first="$first_at" -v fv="$first_value" \
     -v done_at="$done_at" -v stop="$stop_at" -v stopped="$stopped_at" -v written="$written" -v batches="$batches" \
     -v files="$files" -v bytes="$bytes" -v busy="$busy_ms" -v status="$serve_status" -v fmt="$FORMAT" \
-    -v parts="$PARTITIONS" 'BEGIN {
+    -v parts="$PARTITIONS" -v serve_cpu="$serve_cpu" -v broker_cpu="$broker_cpu" -v cores="$(nproc)" 'BEGIN {
   total = done_at - start
   printf "produce:   %d %s records in %.2f s (%.0f records/s)\n", count, fmt, t1 - t0, count / (t1 - t0)
   printf "serve:     %d records received, %d written, %d batches, %d files, %.1f MiB (%.1f B/record)\n", \
     count, written, batches, files, bytes / 1048576, bytes / count
   printf "           start -> first durable batch (%d records): %.2f s\n", fv, first - start
   printf "           processing time logged by the batches: %.2f s\n", busy / 1000
+  printf "           CPU while serving: cdrvault %.2f s, broker %.2f s (%d cores: %.2f core-s available)\n", \
+    serve_cpu, broker_cpu, cores, cores * total
   printf "           SIGTERM -> exit: %.2f s, exit status %d\n", stopped - stop, status
   printf "RESULT e2e %d records in %.2f s from process start: %.0f records/s\n", count, total, count / total
   if (done_at > first && count > fv)

@@ -19,7 +19,10 @@ TOKENS=${TOKENS:-10000000}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
 
 echo "building the hmac bench target" >&2
-(cd "$ROOT" && cargo bench --quiet --bench hmac --no-run)
+# Build once and run the executable itself, so that no round pays for a
+# rebuild (or is skewed by one) when the sources change meanwhile.
+bench_bin=$(cd "$ROOT" && cargo bench --bench hmac --no-run 2>&1 | sed -n 's|.*Executable benches/hmac.rs (\(.*\))|\1|p')
+[[ -x "$bench_bin" ]] || { echo "could not build the hmac bench target" >&2; exit 1; }
 
 best_openssl=0
 best_token=0
@@ -27,13 +30,14 @@ best_ring=0
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (b > a) ? b : a }'; }
 
 for round in $(seq 1 "$ROUNDS"); do
-  # -mr: machine-readable; "+R:<count>:hmac(sha256):<seconds>" per size.
-  line=$(openssl speed -mr -elapsed -seconds "$SECONDS_PER_RUN" -bytes 16 -hmac sha256 2>/dev/null | grep '^+R:')
+  # -mr: machine-readable; "+R:<count>:hmac(sha256):<seconds>" per size,
+  # printed on stderr.
+  line=$(openssl speed -mr -elapsed -seconds "$SECONDS_PER_RUN" -bytes 16 -hmac sha256 2>&1 | grep '^+R:')
   ops=$(awk -F: '{ printf "%.0f", $2 / $4 }' <<<"$line")
   echo "round $round: openssl speed -hmac sha256 -bytes 16: $ops ops/s" >&2
   best_openssl=$(max "$best_openssl" "$ops")
 
-  out=$(cd "$ROOT" && cargo bench --quiet --bench hmac -- "$TOKENS")
+  out=$("$bench_bin" --bench "$TOKENS")
   token=$(awk '$1 == "RESULT" && $2 == "tokenise" { sub("ops_per_s=", "", $4); print $4 }' <<<"$out")
   ring=$(awk '$1 == "RESULT" && $2 == "ring_hmac16" { sub("ops_per_s=", "", $4); print $4 }' <<<"$out")
   echo "round $round: Tokeniser::token: $token ops/s; ring hmac 16 B: $ring ops/s" >&2
@@ -41,7 +45,7 @@ for round in $(seq 1 "$ROUNDS"); do
   best_ring=$(max "$best_ring" "$ring")
 done
 
-awk -v o="$best_openssl" -v t="$best_token" -v r="$best_ring" -v v="$(openssl version)" 'BEGIN {
+awk -v o="$best_openssl" -v t="$best_token" -v r="$best_ring" -v v="$(openssl version | awk '{ print $1 " " $2 }')" 'BEGIN {
   printf "\nbest of the rounds, one core, wall-clock\n"
   printf "%-52s %14s %10s\n", "", "ops/s", "ns/op"
   printf "%-52s %14.0f %10.1f\n", "openssl speed -hmac sha256 -bytes 16 (" v ")", o, 1e9 / o

@@ -14,14 +14,15 @@ use chrono::{DateTime, Utc};
 use cdrvault::decode::{Encoding, ValidationContext};
 use cdrvault::keys::{KeyStore, SecretKey, TokenKey};
 use cdrvault::models::{KeyId, PartitionDate, TimestampMicros};
-use cdrvault::pipeline::Input;
+use cdrvault::pipeline::{Input, ProcessorConfig};
 use cdrvault::pseudonymise::Tokeniser;
+use cdrvault::retention::RetentionConfig;
 use cdrvault::synth::{Generator, SynthConfig, SyntheticCdr};
 
-/// The last second of the benchmark day. With `days = 1` every generated
+/// The last millisecond of the benchmark day. With `days = 1` every generated
 /// start time lies within the 24 hours before it, so all records fall on
 /// one UTC date and each batch writes exactly one file.
-pub const UNTIL: &str = "2026-11-24T23:59:59Z";
+pub const UNTIL: &str = "2026-11-24T23:59:59.999Z";
 
 /// The subscriber population of `cdrvault produce` and the demo.
 pub const SUBSCRIBERS: usize = 5_000;
@@ -37,11 +38,23 @@ pub fn day() -> PartitionDate {
     TimestampMicros::from_datetime(until()).partition_date()
 }
 
-/// Validation as the processor does it with its clock at [`until`].
+/// Validation as the processor does it with its clock at [`until`] and the
+/// default retention window.
 pub fn ctx() -> ValidationContext {
     ValidationContext {
         now: TimestampMicros::from_datetime(until()),
         max_clock_skew_micros: MAX_CLOCK_SKEW.as_micros() as i64,
+        oldest_retained: Some(cdrvault::retention::oldest_retained(day(), RetentionConfig::default().days)),
+    }
+}
+
+/// The processor settings of the default `[ingest]` and `[retention]`
+/// config, with `threads` decode threads.
+pub fn processor_config(threads: usize) -> ProcessorConfig {
+    ProcessorConfig {
+        max_clock_skew: MAX_CLOCK_SKEW,
+        decode_threads: threads,
+        retention_days: Some(RetentionConfig::default().days),
     }
 }
 
