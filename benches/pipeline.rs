@@ -94,9 +94,10 @@ fn columns_benches(c: &mut Criterion) {
     group.throughput(Throughput::Elements(SMALL_BATCH as u64));
     group.bench_function("append", |b| {
         b.iter(|| {
-            let mut columns = DayColumns::with_capacity(SMALL_BATCH.min(4096));
+            let mut columns = DayColumns::with_capacity(SMALL_BATCH);
+            let mut tokens = cdrvault::pseudonymise::TokenMemo::new(&tokeniser);
             for (index, cdr) in cdrs.iter().enumerate() {
-                columns.append(index, cdr, &tokeniser);
+                columns.append(index, cdr, &mut tokens);
             }
             black_box(columns.finish(&schema, tokeniser.key_id(), &seal_key_id).expect("batch"))
         })
@@ -114,9 +115,10 @@ fn parquet_write_benches(c: &mut Criterion) {
     let day_key = keys.day_key(common::day()).expect("day key");
     let schema = schema::cdr_schema();
     let mut columns = DayColumns::with_capacity(BATCH);
+    let mut tokens = cdrvault::pseudonymise::TokenMemo::new(&tokeniser);
     for (index, payload) in payloads.iter().enumerate() {
         let cdr = decode::decode(Encoding::Json, payload, &ctx).expect("valid record");
-        columns.append(index, &cdr, &tokeniser);
+        columns.append(index, &cdr, &mut tokens);
     }
     let batch = columns.finish(&schema, tokeniser.key_id(), &day_key.id).expect("batch");
     let batches = [batch];

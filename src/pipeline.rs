@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::decode::{self, Encoding, Refusal, ValidationContext};
 use crate::keys::{KeyError, KeyStore};
 use crate::models::PartitionDate;
-use crate::pseudonymise::Tokeniser;
+use crate::pseudonymise::{TokenMemo, Tokeniser};
 use crate::write::{DayColumns, ParquetWriter, WriteError, WrittenFile};
 
 /// One input record, as bytes, with the encoding of its topic or file.
@@ -163,12 +163,17 @@ fn decode_chunk(
 ) -> (DayMap, Vec<(usize, Refusal)>) {
     let mut days = DayMap::new();
     let mut refused = Vec::new();
+    let mut tokens = TokenMemo::new(tokeniser);
     for (i, input) in chunk.iter().enumerate() {
         match decode::decode(input.encoding, &input.payload, ctx) {
-            Ok(cdr) => days
-                .entry(cdr.partition_date())
-                .or_insert_with(|| DayColumns::with_capacity(chunk.len().min(4096)))
-                .append(first_index + i, &cdr, tokeniser),
+            Ok(cdr) => {
+                // Most records of a batch share one day: the first day met
+                // gets room for the whole chunk, later ones grow as needed.
+                let capacity = if days.is_empty() { chunk.len() } else { chunk.len().min(4096) };
+                days.entry(cdr.partition_date())
+                    .or_insert_with(|| DayColumns::with_capacity(capacity))
+                    .append(first_index + i, &cdr, &mut tokens)
+            }
             Err(refusal) => refused.push((first_index + i, refusal)),
         }
     }

@@ -80,6 +80,50 @@ impl Tokeniser {
     }
 }
 
+/// A [`Tokeniser`] with a memo of the tokens computed in one batch, on one
+/// thread.
+///
+/// Within a batch most identifiers recur (the same subscribers, cells and
+/// servers appear again and again), and an HMAC costs far more than a hash
+/// map lookup, so each distinct value is tokenised once. The memo holds
+/// canonical values, which already sit in the same batch's sealed-column
+/// builders; it lives exactly as long as the batch's decoding and is dropped
+/// with it. It must never outlive the batch or be shared.
+pub struct TokenMemo<'t> {
+    tokeniser: &'t Tokeniser,
+    /// One map per kind. ahash with per-process random keys: fast on short
+    /// strings, and an attacker who controls identifiers cannot aim for
+    /// collisions.
+    seen: [std::collections::HashMap<Box<str>, Token, ahash::RandomState>; 6],
+}
+
+impl<'t> TokenMemo<'t> {
+    pub fn new(tokeniser: &'t Tokeniser) -> Self {
+        TokenMemo { tokeniser, seen: Default::default() }
+    }
+
+    pub fn key_id(&self) -> &KeyId {
+        self.tokeniser.key_id()
+    }
+
+    /// The token of a canonical value of `kind`.
+    pub fn token(&mut self, kind: IdentifierKind, canonical: &str) -> Token {
+        let seen = &mut self.seen[kind as usize];
+        if let Some(token) = seen.get(canonical) {
+            return *token;
+        }
+        let token = self.tokeniser.token(kind, canonical.as_bytes());
+        seen.insert(canonical.into(), token);
+        token
+    }
+}
+
+impl std::fmt::Debug for TokenMemo<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenMemo").field("key_id", self.tokeniser.key_id()).finish_non_exhaustive()
+    }
+}
+
 /// The canonical text of an IP address (dotted quad, or RFC 5952 for IPv6),
 /// formatted on the stack.
 pub(crate) fn canonical_ip(ip: IpAddr) -> IpText {
@@ -130,6 +174,17 @@ mod tests {
         let reference = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), &message);
         let expected = i64::from_be_bytes(reference.as_ref()[..8].try_into().unwrap());
         assert_eq!(t.token(IdentifierKind::Msisdn, b"+4520000001"), Token(expected));
+    }
+
+    #[test]
+    fn the_memo_gives_the_tokeniser_s_tokens() {
+        let t = tokeniser(3);
+        let mut memo = TokenMemo::new(&t);
+        for value in ["+4520000001", "+4520000002", "+4520000001"] {
+            assert_eq!(memo.token(IdentifierKind::Msisdn, value), t.token(IdentifierKind::Msisdn, value.as_bytes()));
+        }
+        // The same text under another kind is another token.
+        assert_ne!(memo.token(IdentifierKind::Imsi, "238011234567890"), memo.token(IdentifierKind::Imei, "238011234567890"));
     }
 
     #[test]

@@ -8,40 +8,51 @@ use serde::Deserialize;
 
 use super::{RawEnum, RawRecord, RawTime, RefuseReason, Refusal};
 
+/// A string field that borrows from the payload unless it contains JSON
+/// escapes. (serde borrows a bare `Cow<'a, str>` field, but not one inside an
+/// `Option`; the newtype restores borrowing there.)
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+
+fn text(t: Option<Text<'_>>) -> Option<Cow<'_, str>> {
+    t.map(|t| t.0)
+}
+
 /// The wire shape. Strings borrow from the payload unless they contain JSON
 /// escapes, so the common case allocates nothing.
 #[derive(Deserialize)]
 struct JsonCdr<'a> {
     #[serde(borrow)]
-    record_id: Option<Cow<'a, str>>,
+    record_id: Option<Text<'a>>,
     #[serde(borrow)]
-    service: Option<Cow<'a, str>>,
+    service: Option<Text<'a>>,
     #[serde(borrow)]
-    direction: Option<Cow<'a, str>>,
+    direction: Option<Text<'a>>,
     #[serde(borrow)]
-    start_time: Option<Cow<'a, str>>,
+    start_time: Option<Text<'a>>,
     #[serde(borrow)]
-    end_time: Option<Cow<'a, str>>,
+    end_time: Option<Text<'a>>,
     #[serde(borrow)]
-    calling_number: Option<Cow<'a, str>>,
+    calling_number: Option<Text<'a>>,
     #[serde(borrow)]
-    called_number: Option<Cow<'a, str>>,
+    called_number: Option<Text<'a>>,
     #[serde(borrow)]
-    redirecting_number: Option<Cow<'a, str>>,
+    redirecting_number: Option<Text<'a>>,
     #[serde(borrow)]
-    sip_uri: Option<Cow<'a, str>>,
+    sip_uri: Option<Text<'a>>,
     #[serde(borrow)]
-    imsi: Option<Cow<'a, str>>,
+    imsi: Option<Text<'a>>,
     #[serde(borrow)]
-    imei: Option<Cow<'a, str>>,
+    imei: Option<Text<'a>>,
     #[serde(borrow)]
-    cell_id_start: Option<Cow<'a, str>>,
+    cell_id_start: Option<Text<'a>>,
     #[serde(borrow)]
-    cell_id_end: Option<Cow<'a, str>>,
+    cell_id_end: Option<Text<'a>>,
     #[serde(borrow)]
-    src_ip: Option<Cow<'a, str>>,
+    src_ip: Option<Text<'a>>,
     #[serde(borrow)]
-    dst_ip: Option<Cow<'a, str>>,
+    dst_ip: Option<Text<'a>>,
     src_port: Option<i64>,
     dst_port: Option<i64>,
     bytes_up: Option<i64>,
@@ -50,26 +61,28 @@ struct JsonCdr<'a> {
 }
 
 pub(super) fn parse(payload: &[u8]) -> Result<RawRecord<'_>, Refusal> {
+    // `from_slice` hands out borrowed strings only for valid UTF-8 input it
+    // has checked, which is what lets `Text` borrow.
     // The parser's error is dropped on purpose: its message can quote input.
     let cdr: JsonCdr<'_> =
         serde_json::from_slice(payload).map_err(|_| Refusal::new(RefuseReason::MalformedPayload))?;
     Ok(RawRecord {
-        record_id: cdr.record_id,
-        service: cdr.service.map(RawEnum::Text),
-        direction: cdr.direction.map(RawEnum::Text),
-        start_time: cdr.start_time.map(RawTime::Text),
-        end_time: cdr.end_time.map(RawTime::Text),
+        record_id: text(cdr.record_id),
+        service: text(cdr.service).map(RawEnum::Text),
+        direction: text(cdr.direction).map(RawEnum::Text),
+        start_time: text(cdr.start_time).map(RawTime::Text),
+        end_time: text(cdr.end_time).map(RawTime::Text),
         identifiers: [
-            cdr.calling_number,
-            cdr.called_number,
-            cdr.redirecting_number,
-            cdr.sip_uri,
-            cdr.imsi,
-            cdr.imei,
-            cdr.cell_id_start,
-            cdr.cell_id_end,
-            cdr.src_ip,
-            cdr.dst_ip,
+            text(cdr.calling_number),
+            text(cdr.called_number),
+            text(cdr.redirecting_number),
+            text(cdr.sip_uri),
+            text(cdr.imsi),
+            text(cdr.imei),
+            text(cdr.cell_id_start),
+            text(cdr.cell_id_end),
+            text(cdr.src_ip),
+            text(cdr.dst_ip),
         ],
         src_port: cdr.src_port,
         dst_port: cdr.dst_port,
@@ -77,4 +90,18 @@ pub(super) fn parse(payload: &[u8]) -> Result<RawRecord<'_>, Refusal> {
         bytes_down: cdr.bytes_down,
         release_cause: cdr.release_cause,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_borrow_from_the_payload_unless_escaped() {
+        let payload = br#"{"record_id":"msc-1","calling_number":"+4520000001","sip_uri":"sip:a\u0040b"}"#;
+        let raw = parse(payload).unwrap();
+        assert!(matches!(raw.record_id, Some(Cow::Borrowed("msc-1"))));
+        assert!(matches!(raw.identifiers[0], Some(Cow::Borrowed(_))));
+        assert!(matches!(raw.identifiers[3], Some(Cow::Owned(_))), "an escaped string is unescaped into its own buffer");
+    }
 }

@@ -75,7 +75,12 @@ pub fn sip_uri(text: Cow<'_, str>) -> Option<SipUri<'_>> {
     if text.len() > SIP_URI_MAX_LEN || !text.is_ascii() {
         return None;
     }
-    let lower = text.to_ascii_lowercase();
+    // Most URIs arrive lower-case already: then nothing is allocated.
+    let lower: Cow<'_, str> = if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(text.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(text.as_ref())
+    };
     let rest = ["sip:", "sips:", "tel:"]
         .iter()
         .find_map(|scheme| lower.strip_prefix(scheme))?;
@@ -86,10 +91,9 @@ pub fn sip_uri(text: Cow<'_, str>) -> Option<SipUri<'_>> {
     if !well_formed {
         return None;
     }
-    if lower == text {
-        Some(SipUri::from_canonical(text))
-    } else {
-        Some(SipUri::from_canonical(Cow::Owned(lower)))
+    match lower {
+        Cow::Borrowed(_) => Some(SipUri::from_canonical(text)),
+        Cow::Owned(lower) => Some(SipUri::from_canonical(Cow::Owned(lower))),
     }
 }
 

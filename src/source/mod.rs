@@ -114,6 +114,11 @@ impl KafkaSource {
     /// Creates the consumer and subscribes to the configured topics.
     pub fn connect(kafka: &KafkaConfig, ingest: &IngestConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let mut config = ClientConfig::new();
+        // Fetch pacing: while a batch is processed librdkafka's queue fills,
+        // and by default it then backs off fetching for a second, and some
+        // brokers hold each fetch up to fetch.wait.max.ms (500 ms). Short
+        // waits keep the next batch flowing; both can be overridden.
+        config.set("fetch.queue.backoff.ms", "10").set("fetch.wait.max.ms", "50");
         for (key, value) in &kafka.properties {
             config.set(key, value);
         }

@@ -11,7 +11,7 @@ use arrow_array::{ArrayRef, RecordBatch, StringArray};
 use arrow_schema::{ArrowError, SchemaRef};
 
 use crate::models::{Cdr, IdentifierField, IdentifierValue, KeyId};
-use crate::pseudonymise::{Tokeniser, canonical_ip};
+use crate::pseudonymise::{TokenMemo, canonical_ip};
 use crate::write::schema::UTC;
 
 const FIELDS: usize = IdentifierField::ALL.len();
@@ -73,7 +73,7 @@ impl DayColumns {
 
     /// Appends one record (input `index` of its batch), tokenising each of
     /// its identifiers.
-    pub fn append(&mut self, index: usize, cdr: &Cdr<'_>, tokeniser: &Tokeniser) {
+    pub fn append(&mut self, index: usize, cdr: &Cdr<'_>, tokens: &mut TokenMemo<'_>) {
         self.inputs.push(index);
         self.record_id.append_value(&cdr.record_id);
         self.service.append_value(cdr.service.as_str());
@@ -87,12 +87,14 @@ impl DayColumns {
                     self.tokens[i].append_null();
                     self.sealed[i].append_null();
                 }
-                Some(value) => {
-                    self.tokens[i].append_value(tokeniser.token_of(field.kind(), value).0);
-                    match value {
-                        IdentifierValue::Text(text) => self.sealed[i].append_value(text),
-                        IdentifierValue::Ip(ip) => self.sealed[i].append_value(canonical_ip(ip).as_str()),
-                    }
+                Some(IdentifierValue::Text(text)) => {
+                    self.tokens[i].append_value(tokens.token(field.kind(), text).0);
+                    self.sealed[i].append_value(text);
+                }
+                Some(IdentifierValue::Ip(ip)) => {
+                    let text = canonical_ip(ip);
+                    self.tokens[i].append_value(tokens.token(field.kind(), text.as_str()).0);
+                    self.sealed[i].append_value(text.as_str());
                 }
             }
         }

@@ -214,7 +214,11 @@ impl ParquetWriter {
         let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(properties))?;
         let (mut file_writer, factory) = writer.into_serialized_writer()?;
 
-        let all = arrow_select::concat::concat_batches(&self.schema, batches)?;
+        // One part (one decode thread) needs no copy into a single batch.
+        let all = match batches {
+            [only] => only.clone(),
+            _ => arrow_select::concat::concat_batches(&self.schema, batches)?,
+        };
         let total = all.num_rows();
         let step = self.config.row_group_rows.max(1);
         for (index, offset) in (0..total).step_by(step).enumerate() {
@@ -270,8 +274,14 @@ impl ParquetWriter {
                 .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None)
                 .set_column_bloom_filter_enabled(ColumnPath::from(column), false);
         }
+        // Record ids are unique: a dictionary would only be built to be
+        // thrown away.
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(schema::RECORD_ID), false);
         for column in schema::token_columns() {
             builder = builder
+                // Tokens are uniformly random: min/max prune nothing, the
+                // bloom filters do the pruning.
+                .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None)
                 .set_column_bloom_filter_enabled(ColumnPath::from(column), true)
                 .set_column_bloom_filter_fpp(ColumnPath::from(column), self.config.bloom_fpp)
                 .set_column_bloom_filter_max_ndv(ColumnPath::from(column), self.config.row_group_rows as u64);
@@ -294,21 +304,31 @@ fn encode_columns(
         leaves.extend(compute_leaves(field, column)?);
     }
     let threads = threads.clamp(1, writers.len().max(1));
-    let mut lanes: Vec<Vec<(usize, ArrowColumnWriter, ArrowLeafColumn)>> = (0..threads).map(|_| Vec::new()).collect();
-    for (index, (writer, leaf)) in writers.into_iter().zip(leaves).enumerate() {
-        lanes[index % threads].push((index, writer, leaf));
-    }
+    // Columns differ widely in cost (a sealed string column against a
+    // constant key id), so threads take the next column from a shared queue
+    // instead of a fixed share. Each job sits in its own slot; a thread
+    // claims a slot by index, so no two threads touch one job.
+    let jobs: Vec<std::sync::Mutex<Option<(ArrowColumnWriter, ArrowLeafColumn)>>> = writers
+        .into_iter()
+        .zip(leaves)
+        .map(|job| std::sync::Mutex::new(Some(job)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let encoded: Vec<Result<Vec<(usize, ArrowColumnChunk)>, ParquetError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = lanes
-            .into_iter()
-            .map(|lane| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (jobs, next) = (&jobs, &next);
                 scope.spawn(move || {
-                    lane.into_iter()
-                        .map(|(index, mut writer, leaf)| {
-                            writer.write(&leaf)?;
-                            Ok((index, writer.close()?))
-                        })
-                        .collect::<Result<Vec<_>, ParquetError>>()
+                    let mut done = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(slot) = jobs.get(index) else { break };
+                        let job = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        let Some((mut writer, leaf)) = job else { continue };
+                        writer.write(&leaf)?;
+                        done.push((index, writer.close()?));
+                    }
+                    Ok(done)
                 })
             })
             .collect();
