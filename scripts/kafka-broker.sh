@@ -8,7 +8,7 @@
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
-STATE_DIR=${CDRVAULT_BROKER_STATE:-${TMPDIR:-/tmp}/cdrvault-broker}
+STATE_DIR=${CDRVAULT_BROKER_STATE:-${TMPDIR:-/tmp}/cdrvault-broker-${CDRVAULT_TEST_BROKER_PORT:-19092}}
 TANSU=${CARGO_HOME:-$HOME/.cargo}/bin/tansu
 
 install() {
@@ -24,6 +24,10 @@ start() {
   install
   mkdir -p "$STATE_DIR"
   stop >/dev/null 2>&1 || true
+  if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
+    echo "port 127.0.0.1:${port} is already taken; choose another (CDRVAULT_TEST_BROKER_PORT)" >&2
+    return 1
+  fi
   "$TANSU" broker \
     --listener-url "tcp://127.0.0.1:${port}" \
     --advertised-listener-url "tcp://127.0.0.1:${port}" \
@@ -32,14 +36,15 @@ start() {
   echo $! >"$STATE_DIR/broker.pid"
   # Wait (bounded) until the listener accepts connections.
   for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
-      echo "tansu broker listening on 127.0.0.1:${port} (pid $(cat "$STATE_DIR/broker.pid"))" >&2
-      return 0
-    fi
+    # Our own broker must still be alive before its port counts.
     if ! kill -0 "$(cat "$STATE_DIR/broker.pid")" 2>/dev/null; then
       cat "$STATE_DIR/broker.log" >&2
       echo "tansu broker exited during start-up" >&2
       return 1
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
+      echo "tansu broker listening on 127.0.0.1:${port} (pid $(cat "$STATE_DIR/broker.pid"))" >&2
+      return 0
     fi
     sleep 0.1
   done
