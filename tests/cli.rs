@@ -151,3 +151,69 @@ fn configuration_errors_name_the_key() {
     let output = cdrvault(&["serve", "--config", config.to_str().unwrap()]);
     assert!(text(&output.stderr).contains("brokerz"), "{}", text(&output.stderr));
 }
+
+#[test]
+fn retention_audit_and_preservation_from_the_command_line() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = |name: &str| root.path().join(name).to_str().unwrap().to_string();
+    let (data, keys, state) = (dir("data"), dir("keys"), dir("state"));
+    let config = root.path().join("cdrvault.toml");
+    std::fs::write(&config, format!("[storage]\ndata_dir = \"{data}\"\n[keys]\ndir = \"{keys}\"\n[state]\ndir = \"{state}\"\n")).unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        cdrvault(&all)
+    };
+    assert!(run(&["keys", "init"]).status.success());
+
+    let day = |offset: i64| (chrono::Utc::now() + chrono::Duration::days(offset)).format("%Y-%m-%d").to_string();
+    let file = root.path().join("old.jsonl");
+    let lines: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                r#"{{"record_id":"x-{i}","service":"sms","start_time":"{}T10:00:00Z","calling_number":"+452000000{}","called_number":"+4530000001"}}"#,
+                day(-3),
+                i % 10
+            )
+        })
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    assert!(run(&["import", file.to_str().unwrap()]).status.success());
+
+    let placed = run(&[
+        "preserve", "add", "--authority", "dk-police", "--reference", "QF-9", "--target", "msisdn:+4520000003", "--from", &day(-5),
+        "--to", &day(-1), "--until", &day(500),
+    ]);
+    assert!(placed.status.success(), "{}", text(&placed.stderr));
+    let listed = text(&run(&["preserve", "list"]).stdout);
+    assert!(listed.contains("dk-police") && listed.contains("QF-9") && listed.contains("targets=1"), "{listed}");
+    assert!(!listed.contains("4520000003"), "target values are never listed");
+
+    // A year and more on: a dry run lists the day, a real run destroys it
+    // (after copying the order's records), and verification passes.
+    let later = day(400);
+    let preview = text(&run(&["retention", "run", "--as-of", &later, "--dry-run"]).stdout);
+    assert!(preview.contains(&format!("would destroy {}: 1 files, 20 rows", day(-3))), "{preview}");
+    let destroyed = run(&["retention", "run", "--as-of", &later]);
+    assert!(text(&destroyed.stdout).contains(&format!("destroyed {}: 1 files, 20 rows, key day-", day(-3))), "{}", text(&destroyed.stdout));
+    let verified = run(&["retention", "verify", "--as-of", &later]);
+    assert!(verified.status.success(), "{}", text(&verified.stdout));
+    assert!(text(&verified.stdout).contains("OK: no expired day"));
+    assert!(std::path::Path::new(&data).join("preserved").read_dir().unwrap().count() == 1, "the order's copy exists");
+
+    let audit = run(&["audit", "verify"]);
+    assert!(audit.status.success(), "{}", text(&audit.stdout));
+    let order_id = listed.split_whitespace().next().unwrap().to_string();
+    let lifted = run(&["preserve", "lift", &order_id]);
+    assert!(text(&lifted.stdout).contains("1 preserved files deleted"), "{}", text(&lifted.stdout));
+
+    // An edited audit line is found, by entry number.
+    let trail = std::path::Path::new(&state).join("audit.jsonl");
+    let edited = std::fs::read_to_string(&trail).unwrap().replacen("\"rows\":20", "\"rows\":2", 1);
+    std::fs::write(&trail, edited).unwrap();
+    let audit = run(&["audit", "verify"]);
+    assert!(!audit.status.success());
+    assert!(text(&audit.stdout).contains("first bad entry"), "{}", text(&audit.stdout));
+    let verified = run(&["retention", "verify", "--as-of", &later]);
+    assert!(!verified.status.success(), "retention verify fails on a damaged trail");
+}
