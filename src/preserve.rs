@@ -80,7 +80,7 @@ pub fn preserve_day(
         let mut kept = Vec::new();
         let mut token_key: Option<KeyId> = None;
         for batch in read::read_file(&file, Some(&day_key), &columns)? {
-            let mask = matching_rows(&batch, order, &targets);
+            let mask = matching_rows(&batch, keys, order, &targets);
             if mask.true_count() == 0 {
                 continue;
             }
@@ -101,7 +101,12 @@ pub fn preserve_day(
 
 /// Rows within the order's window that carry one of its targets, confirmed
 /// against the unsealed value.
-fn matching_rows(batch: &RecordBatch, order: &Order, targets: &[(crate::models::IdentifierKind, String)]) -> BooleanArray {
+fn matching_rows(
+    batch: &RecordBatch,
+    keys: &KeyStore,
+    order: &Order,
+    targets: &[(crate::models::IdentifierKind, String)],
+) -> BooleanArray {
     let start = batch.column_by_name(schema::START_TIME).map(|c| c.as_primitive::<TimestampMicrosecondType>().clone());
     let token_keys = batch.column_by_name(schema::TOKEN_KEY_ID).map(|c| c.as_string::<i32>().clone());
     let (Some(start), Some(token_keys)) = (start, token_keys) else {
@@ -115,14 +120,38 @@ fn matching_rows(batch: &RecordBatch, order: &Order, targets: &[(crate::models::
             Some((f, tokens, sealed))
         })
         .collect();
+    // The targets' tokens under each token key of the batch: stored when
+    // the order was placed, computed from the unsealed value for keys
+    // created since (a rotation).
+    let mut tokens_by_key: std::collections::HashMap<String, Vec<Option<i64>>> = std::collections::HashMap::new();
+    for key_id in token_keys.iter().flatten() {
+        if tokens_by_key.contains_key(key_id) {
+            continue;
+        }
+        let tokeniser = KeyId::new(key_id).and_then(|id| keys.token_key(&id)).map(crate::pseudonymise::Tokeniser::new);
+        let tokens = order
+            .targets
+            .iter()
+            .zip(targets)
+            .map(|(stored, (kind, value))| {
+                stored
+                    .tokens
+                    .iter()
+                    .find(|(k, _)| k.as_str() == key_id)
+                    .map(|(_, t)| t.0)
+                    .or_else(|| tokeniser.as_ref().map(|t| t.token(*kind, value.as_bytes()).0))
+            })
+            .collect();
+        tokens_by_key.insert(key_id.to_string(), tokens);
+    }
     let mut mask = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
         let t = start.value(row);
         let in_window = t >= order.window_start.0 && t <= order.window_end.0;
-        let key_id = token_keys.value(row);
+        let row_tokens = tokens_by_key.get(token_keys.value(row));
         let hit = in_window
-            && order.targets.iter().zip(targets).any(|(stored, (kind, value))| {
-                let Some(token) = stored.tokens.iter().find(|(k, _)| k.as_str() == key_id).map(|(_, t)| t.0) else {
+            && targets.iter().enumerate().any(|(position, (kind, value))| {
+                let Some(token) = row_tokens.and_then(|t| t[position]) else {
                     return false;
                 };
                 fields.iter().any(|(f, tokens, sealed)| {

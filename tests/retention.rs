@@ -316,3 +316,68 @@ fn preserved_records_survive_their_day_and_die_with_their_order() {
     assert_eq!(trail.lines().filter(|l| l.contains("\"action\":\"order_lifted\"")).count(), 2);
     assert!(!trail.contains("4520000005"), "the audit trail holds no raw identifier");
 }
+
+#[test]
+fn preservation_follows_a_token_key_rotation() {
+    let start = Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let keys_dir = root.path().join("keys");
+    KeyStore::init(&keys_dir, None).unwrap();
+    let clock = Arc::new(ManualClock::new(start));
+    let orders = Arc::new(OrderStore::open(&root.path().join("state")).unwrap());
+    let today = cdrvault::models::TimestampMicros::from_datetime(start).partition_date();
+
+    // The order is placed under token key tk-0001...
+    let before = KeyStore::open(&keys_dir, None).unwrap();
+    let order = orders
+        .place(
+            NewOrder {
+                authority: "dk-police".into(),
+                reference: "QF-R".into(),
+                targets: vec![TargetInput::parse("msisdn:+4520000007", 1).unwrap()],
+                window_start: start - chrono::Duration::days(1),
+                window_end: start + chrono::Duration::days(1),
+                ends: PartitionDate::from_days_since_epoch(today.days_since_epoch() + 400).unwrap(),
+            },
+            &before,
+            today,
+            start,
+        )
+        .unwrap();
+    assert_eq!(order.targets[0].tokens.len(), 1);
+
+    // ...then the token key is rotated, and today's data is tokenised under tk-0002.
+    let mut rotating = KeyStore::open(&keys_dir, None).unwrap();
+    assert_eq!(rotating.rotate_token_key().unwrap().as_str(), "tk-0002");
+    let keys = Arc::new(KeyStore::open(&keys_dir, None).unwrap());
+    let processor = Processor::new(
+        ParquetWriter::new(&root.path().join("data"), ParquetConfig::default()),
+        Arc::clone(&keys),
+        clock.clone() as Arc<dyn Clock>,
+        ProcessorConfig { max_clock_skew: Duration::from_secs(300), decode_threads: 1, retention_days: Some(365) },
+    );
+    let inputs: Vec<Input> = (0..10)
+        .map(|i| Input {
+            encoding: Encoding::Json,
+            payload: format!(r#"{{"record_id":"k-{i}","service":"sms","start_time":"{today}T08:00:0{i}Z","calling_number":"+452000000{i}"}}"#)
+                .into_bytes(),
+        })
+        .collect();
+    assert_eq!(processor.process(&inputs).unwrap().written, 10);
+
+    let audit = Arc::new(AuditTrail::open(&root.path().join("state"), &keys).unwrap());
+    let sweeper = Sweeper::new(&root.path().join("data"), Arc::clone(&keys), audit, clock.clone() as Arc<dyn Clock>, RetentionConfig::default())
+        .with_orders(Arc::clone(&orders), ParquetConfig::default());
+    clock.set(start + chrono::Duration::days(367));
+    let report = sweeper.run(None, SweepMode::Delete).unwrap();
+    assert_eq!(report.days.len(), 1);
+    let area = preserve::order_dir(&root.path().join("data"), &order.id);
+    let key = preserve::order_key_for(&keys, &order.id, today).unwrap().unwrap();
+    let rows: usize = read::list_files(&area, today)
+        .unwrap()
+        .iter()
+        .flat_map(|f| read::read_file(f, Some(&key), &["record_id"]).unwrap())
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, 1, "the target's record, tokenised under the newer key, was preserved");
+}
