@@ -4,11 +4,11 @@
 #
 #   scripts/kafka-broker.sh install        install tansu into ~/.cargo/bin (cached)
 #   scripts/kafka-broker.sh start PORT     start it in the background, wait until it answers
-#   scripts/kafka-broker.sh stop           stop the broker started by `start`
+#   scripts/kafka-broker.sh stop PORT      stop the broker started by `start PORT`
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
-STATE_DIR=${CDRVAULT_BROKER_STATE:-${TMPDIR:-/tmp}/cdrvault-broker-${CDRVAULT_TEST_BROKER_PORT:-19092}}
+STATE_BASE=${CDRVAULT_BROKER_STATE:-${TMPDIR:-/tmp}/cdrvault-broker}
 TANSU=${CARGO_HOME:-$HOME/.cargo}/bin/tansu
 
 install() {
@@ -21,9 +21,11 @@ install() {
 
 start() {
   local port=${1:?usage: start PORT}
+  # One state directory per port: brokers on other ports are left alone.
+  STATE_DIR="$STATE_BASE-$port"
   install
   mkdir -p "$STATE_DIR"
-  stop >/dev/null 2>&1 || true
+  stop "$port" >/dev/null 2>&1 || true
   if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
     echo "port 127.0.0.1:${port} is already taken; choose another (CDRVAULT_TEST_BROKER_PORT)" >&2
     return 1
@@ -53,8 +55,17 @@ start() {
 }
 
 stop() {
+  local port=${1:?usage: stop PORT}
+  STATE_DIR="$STATE_BASE-$port"
   if [[ -f "$STATE_DIR/broker.pid" ]]; then
-    kill "$(cat "$STATE_DIR/broker.pid")" 2>/dev/null || true
+    local pid
+    pid=$(cat "$STATE_DIR/broker.pid")
+    kill "$pid" 2>/dev/null || true
+    # Wait (bounded) until it is gone, so that its port is free again.
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
     rm -f "$STATE_DIR/broker.pid"
   fi
 }
@@ -62,6 +73,6 @@ stop() {
 case "${1:-}" in
   install) install ;;
   start) start "${2:-}" ;;
-  stop) stop ;;
-  *) echo "usage: $0 install|start PORT|stop" >&2; exit 2 ;;
+  stop) stop "${2:-}" ;;
+  *) echo "usage: $0 install|start PORT|stop PORT" >&2; exit 2 ;;
 esac

@@ -12,7 +12,7 @@ fi
 
 PORT=${CDRVAULT_TEST_BROKER_PORT:-19092}
 scripts/kafka-broker.sh start "$PORT"
-trap 'scripts/kafka-broker.sh stop' EXIT
+trap "scripts/kafka-broker.sh stop $PORT" EXIT
 export CDRVAULT_TEST_BROKERS="127.0.0.1:${PORT}"
 
 cargo test --locked "$@"

@@ -20,7 +20,7 @@ use crate::decode::RefuseReason;
 use crate::metrics::Metrics;
 use crate::models::PartitionDate;
 use crate::pipeline::Processor;
-use crate::source::KafkaSource;
+use crate::source::{Batch, KafkaSource};
 use crate::source::dead_letter::DeadLetter;
 
 /// Totals of a run, for the summary and the demo's progress line.
@@ -77,6 +77,13 @@ impl Ingest {
         Ok(report)
     }
 
+    /// Fetching and processing overlap: a fetch thread fills the next batch
+    /// while this thread processes the current one, through a channel that
+    /// holds at most one batch, so memory stays bounded (one batch being
+    /// filled, one waiting, one being processed). Offsets are stored here,
+    /// after durability, never by the fetch thread. On stop the fetch thread
+    /// ends its batch early and every batch already fetched is processed
+    /// before the final commit.
     fn run_batches(
         &self,
         stop: &AtomicBool,
@@ -84,16 +91,42 @@ impl Ingest {
         report: &mut IngestReport,
         on_batch: &mut impl FnMut(&IngestReport),
     ) -> anyhow::Result<()> {
-        while !stop.load(Ordering::Relaxed) {
-            if let Some(limit) = stop_after.records
-                && report.records_in >= limit
-            {
-                break;
+        let abort = AtomicBool::new(false);
+        let should_stop = || stop.load(Ordering::Relaxed) || abort.load(Ordering::Relaxed);
+        std::thread::scope(|scope| {
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<Batch>(1);
+            let should_stop = &should_stop;
+            let fetcher = scope.spawn(move || -> anyhow::Result<()> {
+                let mut fetched = 0u64;
+                while !should_stop() && stop_after.records.is_none_or(|limit| fetched < limit) {
+                    let batch = self.source.next_batch(&should_stop)?;
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    fetched += batch.len() as u64;
+                    if sender.send(batch).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+            let processed = self.process_batches(receiver, report, on_batch);
+            if processed.is_err() {
+                // Stop fetching; the receiver is gone, so a blocked send returns.
+                abort.store(true, Ordering::Relaxed);
             }
-            let batch = self.source.next_batch(stop)?;
-            if batch.is_empty() {
-                continue;
-            }
+            let fetched = fetcher.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the fetch thread panicked")));
+            processed.and(fetched)
+        })
+    }
+
+    fn process_batches(
+        &self,
+        receiver: std::sync::mpsc::Receiver<Batch>,
+        report: &mut IngestReport,
+        on_batch: &mut impl FnMut(&IngestReport),
+    ) -> anyhow::Result<()> {
+        for batch in receiver {
             let started = Instant::now();
             let outcome = self.processor.process(&batch.inputs)?;
 

@@ -11,7 +11,6 @@ pub mod dead_letter;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -147,12 +146,13 @@ impl KafkaSource {
     }
 
     /// Polls until the batch is full, the linger time has passed since its
-    /// first record, or `stop` is set. Blocking: run on a dedicated thread.
-    pub fn next_batch(&self, stop: &AtomicBool) -> anyhow::Result<Batch> {
+    /// first record, or `should_stop` says so. Blocking: run on a dedicated
+    /// thread.
+    pub fn next_batch(&self, should_stop: &dyn Fn() -> bool) -> anyhow::Result<Batch> {
         let mut batch = Batch::default();
         let mut deadline: Option<Instant> = None;
         while batch.len() < self.limits.max_records && batch.bytes < self.limits.max_bytes {
-            if stop.load(Ordering::Relaxed) {
+            if should_stop() {
                 break;
             }
             let timeout = match deadline {
