@@ -170,6 +170,7 @@ impl KeyStore {
         durable::write_atomically(&dir.join(MASTER_FILE), master.expose(), FileMode::Private)?;
         let token_key = write_token_key(dir, &master, &rng, 1)?;
         let audit_seed = SecretKey::random(&rng)?;
+        // A constant of lower-case letters, digits and a dash: a valid id.
         let audit_id = KeyId::new("audit-0001").expect("a valid key id");
         let wrapped = wrap_key(&master, &rng, &audit_id, &audit_seed, AUDIT_AAD)?;
         durable::write_atomically(&dir.join(AUDIT_KEY_FILE), &wrapped, FileMode::Private)?;

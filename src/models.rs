@@ -275,6 +275,7 @@ impl TimestampMicros {
 pub struct PartitionDate(NaiveDate);
 
 impl PartitionDate {
+    // 1970-01-01 is a valid date, so the const unwrap cannot fail.
     pub const EPOCH: PartitionDate = PartitionDate(NaiveDate::from_ymd_opt(1970, 1, 1).unwrap());
 
     pub fn new(date: NaiveDate) -> Self {

@@ -181,8 +181,14 @@ fn decode_chunk(
 }
 
 impl Processor {
-    /// The processor described by a configuration.
+    /// The processor described by a configuration. Temporaries left by a
+    /// crashed writer are removed first (see `write::remove_leftovers`).
     pub fn from_config(config: &crate::config::Config, keys: Arc<KeyStore>, clock: Arc<dyn Clock>) -> Self {
+        match crate::write::remove_leftovers(&config.storage.data_dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "removed temporaries left by a crashed writer"),
+            Err(e) => tracing::warn!(reason = %e, "could not remove leftover temporaries"),
+        }
         let writer = ParquetWriter::new(&config.storage.data_dir, config.parquet.clone());
         let processor_config = ProcessorConfig {
             max_clock_skew: config.ingest.max_clock_skew,

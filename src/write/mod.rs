@@ -118,6 +118,41 @@ impl Default for FileNamer {
     }
 }
 
+/// How old a hidden temporary must be before a start-up removes it: no
+/// writer takes this long over one file, so it belongs to a dead process.
+pub const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the hidden temporaries (`.part-….parquet.<pid>.tmp`) that a
+/// crashed writer left in the day directories, once older than
+/// [`LEFTOVER_AGE`]. They were never visible to readers; this only returns
+/// their space. Returns how many were removed.
+pub fn remove_leftovers(data_dir: &Path) -> Result<u64, DurableError> {
+    let root = data_dir.join(CDR_DIR);
+    let Ok(days) = std::fs::read_dir(&root) else { return Ok(0) };
+    let mut removed = 0;
+    for day in days.flatten() {
+        let Ok(files) = std::fs::read_dir(day.path()) else { continue };
+        for file in files.flatten() {
+            let name = file.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with('.') && name.ends_with(".tmp")) {
+                continue;
+            }
+            let old = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= LEFTOVER_AGE);
+            if old {
+                durable::remove_file(&file.path())?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// The directory of one day's files.
 pub fn day_dir(data_dir: &Path, date: PartitionDate) -> PathBuf {
     data_dir.join(CDR_DIR).join(date.dir_name())
@@ -185,8 +220,9 @@ impl ParquetWriter {
         let rows = match result {
             Ok(rows) => rows,
             Err(e) => {
-                // Best effort: the temporary is hidden and never read, and a
-                // later start sweeps leftovers; the original error matters.
+                // Best effort: the temporary is hidden and never read, and
+                // `remove_leftovers` clears it at a later start; the
+                // original error is what matters here.
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
             }
@@ -416,6 +452,23 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let needle = b"+4520000007";
         assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+    }
+
+    #[test]
+    fn old_hidden_temporaries_are_removed_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        let (_keys, path) = write_one_file(root.path());
+        let dir = path.parent().unwrap();
+        let old = dir.join(".part-1-2-3.parquet.77.tmp");
+        let fresh = dir.join(".part-4-5-6.parquet.78.tmp");
+        std::fs::write(&old, b"partial").unwrap();
+        std::fs::write(&fresh, b"being written").unwrap();
+        let long_ago = std::time::SystemTime::now() - LEFTOVER_AGE - std::time::Duration::from_secs(60);
+        File::options().write(true).open(&old).unwrap().set_modified(long_ago).unwrap();
+        assert_eq!(remove_leftovers(&root.path().join("data")).unwrap(), 1);
+        assert!(!old.exists());
+        assert!(fresh.exists(), "a temporary that may still be written is left alone");
+        assert!(path.exists(), "published files are never touched");
     }
 
     #[test]
