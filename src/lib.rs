@@ -25,6 +25,7 @@ pub mod preserve;
 pub mod produce;
 pub mod pseudonymise;
 pub mod read;
+pub mod registry;
 pub mod retention;
 pub mod source;
 pub mod synth;

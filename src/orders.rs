@@ -1,7 +1,7 @@
-//! Preservation orders ("quick freeze") and the embedded registry that holds
-//! them: SQLite through rusqlite, with numbered migrations, in
-//! `<state_dir>/registry.sqlite`. Warrants and principals of the lawful-
-//! access service will live in the same registry.
+//! Preservation orders ("quick freeze"), kept in the embedded registry
+//! (`registry.rs`: SQLite, numbered migrations, `<state_dir>/registry.sqlite`)
+//! where the lawful-access service's authorities, principals and warrants
+//! will live too.
 //!
 //! An order names an authority, its reference, targets (kind and value), a
 //! window of communications and an end date. Target values are never stored
@@ -18,44 +18,12 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, params};
 
+pub use crate::registry::REGISTRY_FILE;
+
 use crate::decode::normalise;
 use crate::keys::{KeyError, KeyStore, SecretKey};
 use crate::models::{IdentifierKind, KeyId, PartitionDate, TimestampMicros, Token};
 use crate::pseudonymise::{Tokeniser, canonical_ip};
-
-/// The registry's file name in the state directory.
-pub const REGISTRY_FILE: &str = "registry.sqlite";
-
-/// Schema migrations, applied in order; `PRAGMA user_version` records how
-/// many ran. Never edit one that has shipped: add the next.
-const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE preservation_orders (
-        id TEXT PRIMARY KEY,
-        authority TEXT NOT NULL,
-        reference TEXT NOT NULL,
-        window_start_us INTEGER NOT NULL,
-        window_end_us INTEGER NOT NULL,
-        ends TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ('active', 'lifted')),
-        placed_at TEXT NOT NULL,
-        lifted_at TEXT,
-        UNIQUE (authority, reference)
-    );
-    CREATE TABLE preservation_targets (
-        order_id TEXT NOT NULL REFERENCES preservation_orders(id),
-        position INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        sealed BLOB NOT NULL,
-        PRIMARY KEY (order_id, position)
-    );
-    CREATE TABLE preservation_target_tokens (
-        order_id TEXT NOT NULL,
-        position INTEGER NOT NULL,
-        token_key_id TEXT NOT NULL,
-        token INTEGER NOT NULL,
-        PRIMARY KEY (order_id, position, token_key_id)
-    );",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrderError {
@@ -178,12 +146,7 @@ impl OrderStore {
     /// Opens (creating and migrating) the registry in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<OrderStore, OrderError> {
         crate::durable::create_dir_all(state_dir).map_err(KeyError::from)?;
-        let mut connection = Connection::open(state_dir.join(REGISTRY_FILE))?;
-        // Durable commits: WAL with a full fsync at each commit.
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
-        connection.pragma_update(None, "foreign_keys", "ON")?;
-        migrate(&mut connection)?;
+        let connection = crate::registry::open(state_dir)?;
         Ok(OrderStore { connection: Mutex::new(connection), rng: SystemRandom::new() })
     }
 
@@ -339,17 +302,6 @@ impl OrderStore {
         }
         Ok(orders)
     }
-}
-
-fn migrate(connection: &mut Connection) -> Result<(), OrderError> {
-    let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    for (n, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-        let tx = connection.transaction()?;
-        tx.execute_batch(migration)?;
-        tx.pragma_update(None, "user_version", (n + 1) as i64)?;
-        tx.commit()?;
-    }
-    Ok(())
 }
 
 /// The canonical form of a target value, as ingest would store it.

@@ -1,0 +1,85 @@
+//! The embedded registry: one SQLite database (through rusqlite) in the state
+//! directory, holding preservation orders today and the lawful-access
+//! service's authorities, principals and warrants later.
+//!
+//! Schema changes are numbered migrations applied in order at open;
+//! `PRAGMA user_version` records how many ran. A shipped migration is never
+//! edited: the next change is a new one. Commits are durable (WAL with
+//! `synchronous = FULL`). Callers keep their own typed stores over the
+//! connection; when several instances must share a registry, those stores
+//! are what moves to PostgreSQL.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+/// The registry's file name in the state directory.
+pub const REGISTRY_FILE: &str = "registry.sqlite";
+
+/// Schema migrations, applied in order. Never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: preservation orders.
+    "CREATE TABLE preservation_orders (
+        id TEXT PRIMARY KEY,
+        authority TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        window_start_us INTEGER NOT NULL,
+        window_end_us INTEGER NOT NULL,
+        ends TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'lifted')),
+        placed_at TEXT NOT NULL,
+        lifted_at TEXT,
+        UNIQUE (authority, reference)
+    );
+    CREATE TABLE preservation_targets (
+        order_id TEXT NOT NULL REFERENCES preservation_orders(id),
+        position INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        PRIMARY KEY (order_id, position)
+    );
+    CREATE TABLE preservation_target_tokens (
+        order_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        token_key_id TEXT NOT NULL,
+        token INTEGER NOT NULL,
+        PRIMARY KEY (order_id, position, token_key_id)
+    );",
+];
+
+/// Opens (creating and migrating) the registry in `state_dir`.
+pub fn open(state_dir: &Path) -> Result<Connection, rusqlite::Error> {
+    let mut connection = Connection::open(state_dir.join(REGISTRY_FILE))?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&mut connection)?;
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), rusqlite::Error> {
+    let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (n, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = connection.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", (n + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_run_once_and_record_their_number() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()).unwrap());
+        let connection = open(dir.path()).unwrap();
+        let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let mode: String = connection.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+}
