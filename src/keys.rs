@@ -39,6 +39,7 @@ const MASTER_FILE: &str = "master.key";
 const TOKEN_DIR: &str = "token";
 const DAY_DIR: &str = "day";
 const ORDER_DIR: &str = "order";
+const WARRANT_DIR: &str = "warrant";
 const AUDIT_KEY_FILE: &str = "audit-signing.key";
 const AUDIT_HEAD_FILE: &str = "audit.head";
 const WRAP_MAGIC: &[u8; 8] = b"CDRVKEY1";
@@ -124,6 +125,36 @@ pub struct DayKey {
     pub id: KeyId,
     pub date: PartitionDate,
     pub secret: SecretKey,
+}
+
+/// The kinds of registry record that have a key of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKeyScope {
+    Order,
+    Warrant,
+}
+
+impl RecordKeyScope {
+    fn dir(self) -> &'static str {
+        match self {
+            RecordKeyScope::Order => ORDER_DIR,
+            RecordKeyScope::Warrant => WARRANT_DIR,
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            RecordKeyScope::Order => "order",
+            RecordKeyScope::Warrant => "warrant",
+        }
+    }
+
+    fn aad(self) -> &'static [u8] {
+        match self {
+            RecordKeyScope::Order => ORDER_AAD,
+            RecordKeyScope::Warrant => WARRANT_AAD,
+        }
+    }
 }
 
 /// What `keys init` created.
@@ -357,36 +388,51 @@ impl KeyStore {
         Ok(id)
     }
 
-    /// Creates the key of a preservation order: it seals the order's copies
-    /// and its stored targets, so lifting the order destroys them at once.
-    pub fn create_order_key(&self, order: &str) -> Result<(KeyId, SecretKey), KeyError> {
-        let id = KeyId::new(format!("order-{order}")).ok_or_else(|| KeyError::Corrupt(self.order_key_path(order)))?;
+    /// Creates the key of one record of the registry (a preservation order,
+    /// a warrant): it seals that record's targets (and an order's copies),
+    /// so destroying it when the record ends destroys them at once.
+    pub fn create_record_key(&self, scope: RecordKeyScope, record: &str) -> Result<(KeyId, SecretKey), KeyError> {
+        let path = self.record_key_path(scope, record);
+        let id = KeyId::new(format!("{}-{record}", scope.prefix())).ok_or_else(|| KeyError::Corrupt(path.clone()))?;
         let secret = SecretKey::random(&self.rng)?;
-        let wrapped = wrap_key(&self.master, &self.rng, &id, &secret, ORDER_AAD)?;
-        create_private_dir(&self.dir.join(ORDER_DIR))?;
-        durable::write_atomically(&self.order_key_path(order), &wrapped, FileMode::Private)?;
+        let wrapped = wrap_key(&self.master, &self.rng, &id, &secret, scope.aad())?;
+        create_private_dir(&self.dir.join(scope.dir()))?;
+        durable::write_atomically(&path, &wrapped, FileMode::Private)?;
         Ok((id, secret))
     }
 
-    /// The key of a preservation order, if it still exists.
-    pub fn order_key(&self, order: &str) -> Result<Option<(KeyId, SecretKey)>, KeyError> {
-        let path = self.order_key_path(order);
+    /// The key of a registry record, if it still exists.
+    pub fn record_key(&self, scope: RecordKeyScope, record: &str) -> Result<Option<(KeyId, SecretKey)>, KeyError> {
+        let path = self.record_key_path(scope, record);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(KeyError::io("read", &path, e)),
         };
-        unwrap_key(&self.master, &bytes, ORDER_AAD).map(Some).ok_or(KeyError::Corrupt(path))
+        unwrap_key(&self.master, &bytes, scope.aad()).map(Some).ok_or(KeyError::Corrupt(path))
     }
 
-    /// Destroys the key of a preservation order. Idempotent.
-    pub fn destroy_order_key(&self, order: &str) -> Result<(), KeyError> {
-        durable::remove_file(&self.order_key_path(order))?;
+    /// Destroys the key of a registry record. Idempotent.
+    pub fn destroy_record_key(&self, scope: RecordKeyScope, record: &str) -> Result<(), KeyError> {
+        durable::remove_file(&self.record_key_path(scope, record))?;
         Ok(())
     }
 
-    fn order_key_path(&self, order: &str) -> PathBuf {
-        self.dir.join(ORDER_DIR).join(format!("{order}.key"))
+    /// The key of a preservation order (see [`Self::create_record_key`]).
+    pub fn create_order_key(&self, order: &str) -> Result<(KeyId, SecretKey), KeyError> {
+        self.create_record_key(RecordKeyScope::Order, order)
+    }
+
+    pub fn order_key(&self, order: &str) -> Result<Option<(KeyId, SecretKey)>, KeyError> {
+        self.record_key(RecordKeyScope::Order, order)
+    }
+
+    pub fn destroy_order_key(&self, order: &str) -> Result<(), KeyError> {
+        self.destroy_record_key(RecordKeyScope::Order, order)
+    }
+
+    fn record_key_path(&self, scope: RecordKeyScope, record: &str) -> PathBuf {
+        self.dir.join(scope.dir()).join(format!("{record}.key"))
     }
 
     fn tombstone_path(&self, date: PartitionDate) -> PathBuf {
@@ -451,6 +497,7 @@ impl KeyStore {
 const TOKEN_AAD: &[u8] = b"token";
 const AUDIT_AAD: &[u8] = b"audit-signing";
 const ORDER_AAD: &[u8] = b"order";
+const WARRANT_AAD: &[u8] = b"warrant";
 
 fn day_aad(date: PartitionDate) -> Vec<u8> {
     format!("day {date}").into_bytes()
@@ -477,7 +524,7 @@ fn wrap_key(
     secret: &SecretKey,
     role: &[u8],
 ) -> Result<Vec<u8>, KeyError> {
-    let cipher = master_cipher(master);
+    let cipher = aes_gcm(master);
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
     let mut sealed = secret.expose().to_vec();
@@ -509,10 +556,37 @@ fn unwrap_key(master: &SecretKey, bytes: &[u8], role: &[u8]) -> Option<(KeyId, S
     let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
     let mut buffer = sealed.to_vec();
     let aad = wrap_aad(role, id.as_str());
-    let plain = master_cipher(master).open_in_place(nonce, Aad::from(&aad), &mut buffer).ok();
+    let plain = aes_gcm(master).open_in_place(nonce, Aad::from(&aad), &mut buffer).ok();
     let secret = plain.and_then(|p| SecretKey::from_slice(p));
     buffer.zeroize();
     Some((id, secret?))
+}
+
+/// Seals a short value (a registry target) with AES-256-GCM under `key`,
+/// bound to `context` (the record's id): nonce followed by ciphertext.
+pub(crate) fn seal_value(key: &SecretKey, rng: &SystemRandom, context: &[u8], value: &str) -> Result<Vec<u8>, KeyError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
+    let mut buffer = value.as_bytes().to_vec();
+    aes_gcm(key)
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context), &mut buffer)
+        .map_err(|_| KeyError::Random)?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&buffer);
+    Ok(out)
+}
+
+/// Opens a value sealed by [`seal_value`]; `None` if the key or context is
+/// wrong or the bytes were changed.
+pub(crate) fn open_value(key: &SecretKey, context: &[u8], sealed: &[u8]) -> Option<String> {
+    if sealed.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, body) = sealed.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+    let mut buffer = body.to_vec();
+    let plain = aes_gcm(key).open_in_place(nonce, Aad::from(context), &mut buffer).ok()?;
+    String::from_utf8(plain.to_vec()).ok()
 }
 
 fn wrap_aad(role: &[u8], id: &str) -> Vec<u8> {
@@ -523,9 +597,9 @@ fn wrap_aad(role: &[u8], id: &str) -> Vec<u8> {
     aad
 }
 
-fn master_cipher(master: &SecretKey) -> LessSafeKey {
+fn aes_gcm(key: &SecretKey) -> LessSafeKey {
     // AES-256-GCM takes any 32-byte key, so this cannot fail.
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, master.expose()).expect("a 32-byte AES-256 key"))
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.expose()).expect("a 32-byte AES-256 key"))
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), KeyError> {

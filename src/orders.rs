@@ -14,7 +14,6 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -125,7 +124,7 @@ impl Order {
     pub fn unseal_targets(&self, key: &SecretKey) -> Result<Vec<(IdentifierKind, String)>, OrderError> {
         self.targets
             .iter()
-            .map(|t| open(key, &self.id, &t.sealed).map(|value| (t.kind, value)))
+            .map(|t| crate::keys::open_value(key, self.id.as_bytes(), &t.sealed).map(|value| (t.kind, value)).ok_or(OrderError::Sealing))
             .collect()
     }
 }
@@ -196,7 +195,7 @@ impl OrderStore {
             ],
         )?;
         for (position, (kind, value)) in canonical.iter().enumerate() {
-            let sealed = seal(&key, &self.rng, &id, value)?;
+            let sealed = crate::keys::seal_value(&key, &self.rng, id.as_bytes(), value).map_err(|_| OrderError::Sealing)?;
             tx.execute(
                 "INSERT INTO preservation_targets (order_id, position, kind, sealed) VALUES (?1, ?2, ?3, ?4)",
                 params![id, position as i64, kind.as_str(), sealed],
@@ -315,34 +314,6 @@ pub fn canonical_value(kind: IdentifierKind, text: &str) -> Option<String> {
         IdentifierKind::Cell => normalise::cell_id(text)?.expose().to_string(),
         IdentifierKind::Ip => canonical_ip(normalise::ip(&text)?.expose()).as_str().to_string(),
     })
-}
-
-fn cipher(key: &SecretKey) -> LessSafeKey {
-    // AES-256-GCM takes any 32-byte key.
-    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key.expose()).expect("a 32-byte key"))
-}
-
-fn seal(key: &SecretKey, rng: &SystemRandom, order: &str, value: &str) -> Result<Vec<u8>, OrderError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
-    let mut buffer = value.as_bytes().to_vec();
-    cipher(key)
-        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(order.as_bytes()), &mut buffer)
-        .map_err(|_| OrderError::Sealing)?;
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&buffer);
-    Ok(out)
-}
-
-fn open(key: &SecretKey, order: &str, sealed: &[u8]) -> Result<String, OrderError> {
-    if sealed.len() < NONCE_LEN {
-        return Err(OrderError::Sealing);
-    }
-    let (nonce, body) = sealed.split_at(NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| OrderError::Sealing)?;
-    let mut buffer = body.to_vec();
-    let plain = cipher(key).open_in_place(nonce, Aad::from(order.as_bytes()), &mut buffer).map_err(|_| OrderError::Sealing)?;
-    String::from_utf8(plain.to_vec()).map_err(|_| OrderError::Sealing)
 }
 
 #[cfg(test)]
