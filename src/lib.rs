@@ -6,6 +6,7 @@
 //! the files are durable ([`checkpoint`]). [`pipeline`] wires the stages
 //! together. See ARCHITECTURE.md for the map and the invariants.
 
+pub mod access;
 pub mod api;
 pub mod audit;
 pub mod checkpoint;

@@ -45,6 +45,52 @@ const MIGRATIONS: &[&str] = &[
         token INTEGER NOT NULL,
         PRIMARY KEY (order_id, position, token_key_id)
     );",
+    // 2: lawful access: authorities, principals, warrants.
+    "CREATE TABLE authorities (
+        id TEXT PRIMARY KEY,
+        country TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE principals (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        roles TEXT NOT NULL,
+        authority_id TEXT REFERENCES authorities(id),
+        token_sha256 BLOB NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE warrants (
+        id TEXT PRIMARY KEY,
+        authority_id TEXT NOT NULL REFERENCES authorities(id),
+        reference TEXT NOT NULL,
+        issued_by TEXT NOT NULL,
+        legal_basis TEXT NOT NULL,
+        period_start_us INTEGER NOT NULL,
+        period_end_us INTEGER NOT NULL,
+        categories TEXT NOT NULL,
+        valid_until_us INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        registered_by TEXT NOT NULL,
+        decided_by TEXT,
+        decision_reason TEXT,
+        registered_at TEXT NOT NULL,
+        UNIQUE (authority_id, reference)
+    );
+    CREATE TABLE warrant_targets (
+        warrant_id TEXT NOT NULL REFERENCES warrants(id),
+        position INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        PRIMARY KEY (warrant_id, position)
+    );
+    CREATE TABLE warrant_target_tokens (
+        warrant_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        token_key_id TEXT NOT NULL,
+        token INTEGER NOT NULL,
+        PRIMARY KEY (warrant_id, position, token_key_id)
+    );",
 ];
 
 /// Opens (creating and migrating) the registry in `state_dir`.
