@@ -18,6 +18,7 @@ pub mod durable;
 pub mod import;
 pub mod ingest;
 pub mod keys;
+pub mod lookup;
 pub mod metrics;
 pub mod orders;
 pub mod models;
