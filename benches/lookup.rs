@@ -22,10 +22,7 @@ use cdrvault::synth::{Generator, SynthConfig};
 use cdrvault::write::{ParquetConfig, ParquetWriter};
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn main() {
@@ -47,27 +44,15 @@ fn main() {
             ParquetWriter::new(&data, ParquetConfig::default()),
             Arc::clone(&keys),
             clock.clone() as Arc<dyn Clock>,
-            ProcessorConfig {
-                max_clock_skew: Duration::from_secs(60),
-                decode_threads: 2,
-                retention_days: Some(365),
-            },
+            ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
         );
         let filling = Instant::now();
         for day in 0..days {
             let day_end = until - chrono::Duration::days(day);
-            let mut generator = Generator::new(SynthConfig {
-                seed: 1,
-                subscribers,
-                days: 1,
-                until: day_end,
-                invalid_ratio: 0.0,
-            });
+            let mut generator =
+                Generator::new(SynthConfig { seed: 1, subscribers, days: 1, until: day_end, invalid_ratio: 0.0 });
             let inputs: Vec<Input> = (0..per_day)
-                .map(|_| Input {
-                    encoding: Encoding::Json,
-                    payload: generator.next_record().to_json(),
-                })
+                .map(|_| Input { encoding: Encoding::Json, payload: generator.next_record().to_json() })
                 .collect();
             processor.process(&inputs).unwrap();
         }
@@ -79,21 +64,11 @@ fn main() {
     }
 
     let keys = KeyStore::open(&keys_dir, None).unwrap();
-    let population = Generator::new(SynthConfig {
-        seed: 1,
-        subscribers,
-        days: 1,
-        until,
-        invalid_ratio: 0.0,
-    });
+    let population = Generator::new(SynthConfig { seed: 1, subscribers, days: 1, until, invalid_ratio: 0.0 });
     let tokeniser = Tokeniser::new(keys.active_token_key());
     // Subscribers from the busy fifth and from the rest.
     let picks: Vec<String> = (0..20)
-        .map(|i| {
-            population.subscribers()[if i % 2 == 0 { i * 7 } else { 30_000 + i * 997 }]
-                .msisdn
-                .clone()
-        })
+        .map(|i| population.subscribers()[if i % 2 == 0 { i * 7 } else { 30_000 + i * 997 }].msisdn.clone())
         .collect();
     let from = until - chrono::Duration::days(days);
     let mut times = Vec::new();
@@ -116,19 +91,14 @@ fn main() {
         }
         if round < picks.len() {
             let token = tokeniser.token(IdentifierKind::Msisdn, number.as_bytes()).0;
-            script.push_str(&format!(
-                "{token} {} {}\n",
-                from.format("%Y-%m-%d"),
-                until.format("%Y-%m-%d")
-            ));
+            script.push_str(&format!("{token} {} {}\n", from.format("%Y-%m-%d"), until.format("%Y-%m-%d")));
             if round == 0 {
                 println!("first query: {} records, {stats:?}", found.len());
             }
         }
     }
     times.sort();
-    let pct =
-        |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0;
+    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0;
     println!(
         "lookup of one MSISDN over {days} days x {per_day}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} warm queries, {:.1} records each)",
         pct(0.5),

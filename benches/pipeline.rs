@@ -72,9 +72,7 @@ fn tokenise_benches(c: &mut Criterion) {
     let tokeniser = common::tokeniser();
     let mut group = c.benchmark_group("tokenise");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("msisdn", |b| {
-        b.iter(|| tokeniser.token(IdentifierKind::Msisdn, black_box(b"+4520000001")))
-    });
+    group.bench_function("msisdn", |b| b.iter(|| tokeniser.token(IdentifierKind::Msisdn, black_box(b"+4520000001"))));
     group.finish();
 }
 
@@ -82,10 +80,8 @@ fn columns_benches(c: &mut Criterion) {
     let records = common::records(SMALL_BATCH, common::SUBSCRIBERS);
     let payloads = common::payloads(&records, Encoding::Json);
     let ctx = common::ctx();
-    let cdrs: Vec<_> = payloads
-        .iter()
-        .map(|p| decode::decode(Encoding::Json, p, &ctx).expect("valid record"))
-        .collect();
+    let cdrs: Vec<_> =
+        payloads.iter().map(|p| decode::decode(Encoding::Json, p, &ctx).expect("valid record")).collect();
     let tokeniser = common::tokeniser();
     let schema = schema::cdr_schema();
     let seal_key_id = KeyId::new("day-2026-11-24-00000000").expect("a valid key id");
@@ -177,7 +173,8 @@ fn end_to_end_benches(c: &mut Criterion) {
             &root.path().join("data"),
             ParquetConfig { encode_threads: threads, ..ParquetConfig::default() },
         );
-        let processor = Processor::new(writer, Arc::clone(&keys), Arc::clone(&clock), common::processor_config(threads));
+        let processor =
+            Processor::new(writer, Arc::clone(&keys), Arc::clone(&clock), common::processor_config(threads));
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let mut spent = Duration::ZERO;
@@ -197,12 +194,5 @@ fn end_to_end_benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(
-    benches,
-    decode_benches,
-    tokenise_benches,
-    columns_benches,
-    parquet_write_benches,
-    end_to_end_benches
-);
+criterion_group!(benches, decode_benches, tokenise_benches, columns_benches, parquet_write_benches, end_to_end_benches);
 criterion_main!(benches);

@@ -19,7 +19,8 @@ use cdrvault::retention::{RetentionConfig, SweepMode, Sweeper};
 use cdrvault::write::{ParquetConfig, ParquetWriter};
 
 fn main() {
-    let rows_per_day: usize = std::env::var("RETENTION_ROWS_PER_DAY").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let rows_per_day: usize =
+        std::env::var("RETENTION_ROWS_PER_DAY").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let days = 365i64;
     let root = tempfile::tempdir().unwrap();
     KeyStore::init(&root.path().join("keys"), None).unwrap();

@@ -56,13 +56,13 @@ fn main() {
         let data_dir = root.path().join(format!("data-{subscribers}"));
         let vault = write_cdrvault(&data_dir, &keys, &inputs);
         let ctx = common::ctx();
-        let cdrs: Vec<Cdr<'_>> = inputs
-            .iter()
-            .map(|i| decode::decode(i.encoding, &i.payload, &ctx).expect("valid record"))
-            .collect();
+        let cdrs: Vec<Cdr<'_>> =
+            inputs.iter().map(|i| decode::decode(i.encoding, &i.payload, &ctx).expect("valid record")).collect();
         let plain_batch = plaintext_batch(&cdrs);
-        let plain_default = write_plaintext(&root.path().join(format!("plain-{subscribers}.parquet")), &plain_batch, false);
-        let plain_grouped = write_plaintext(&root.path().join(format!("plain-rg-{subscribers}.parquet")), &plain_batch, true);
+        let plain_default =
+            write_plaintext(&root.path().join(format!("plain-{subscribers}.parquet")), &plain_batch, false);
+        let plain_grouped =
+            write_plaintext(&root.path().join(format!("plain-rg-{subscribers}.parquet")), &plain_batch, true);
 
         let per = |bytes: u64| bytes as f64 / n as f64;
         let ratio = vault as f64 / plain_default as f64;
@@ -70,11 +70,18 @@ fn main() {
         println!("population {subscribers} subscribers");
         recurrence(&cdrs);
         println!("  {:<58} {:>12} {:>10}", "file", "bytes", "bytes/CDR");
-        println!("  {:<58} {:>12} {:>10.1}", "cdrvault (tokens + AES-GCM sealed columns, bloom filters)", vault, per(vault));
+        println!(
+            "  {:<58} {:>12} {:>10.1}",
+            "cdrvault (tokens + AES-GCM sealed columns, bloom filters)",
+            vault,
+            per(vault)
+        );
         println!("  {:<58} {:>12} {:>10.1}", "plaintext zstd-3, parquet defaults", plain_default, per(plain_default));
         println!(
             "  {:<58} {:>12} {:>10.1}",
-            "plaintext zstd-3, cdrvault's row-group and page sizes", plain_grouped, per(plain_grouped)
+            "plaintext zstd-3, cdrvault's row-group and page sizes",
+            plain_grouped,
+            per(plain_grouped)
         );
         println!(
             "  ratio cdrvault / plaintext: {ratio:.2} (target <= {TARGET_RATIO}: {})",
@@ -249,10 +256,7 @@ fn breakdown(data_dir: &Path, keys: &KeyStore, n: usize) {
     }
     let accounted: u64 = parts.values().sum();
     *parts.entry("6 footer, page indexes, padding").or_default() += size.saturating_sub(accounted);
-    println!(
-        "  cdrvault file: {} row groups, {size} bytes; where they go:",
-        metadata.num_row_groups()
-    );
+    println!("  cdrvault file: {} row groups, {size} bytes; where they go:", metadata.num_row_groups());
     for (part, bytes) in parts {
         println!(
             "    {:<56} {:>10} {:>8.1} B/CDR {:>5.1}%",

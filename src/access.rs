@@ -262,7 +262,14 @@ impl AccessStore {
     }
 
     /// Registers an authority. `by` must be an admin.
-    pub fn create_authority(&self, by: &Principal, id: &str, country: &str, name: &str, now: DateTime<Utc>) -> Result<(), AccessError> {
+    pub fn create_authority(
+        &self,
+        by: &Principal,
+        id: &str,
+        country: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), AccessError> {
         require(by, Role::Admin)?;
         if !authority_id_valid(id) || country.len() != 2 {
             return Err(AccessError::BadAuthority(id.to_string()));
@@ -279,7 +286,10 @@ impl AccessStore {
 
     /// The authority's country code, if it exists.
     pub fn authority_country(&self, id: &str) -> Result<Option<String>, AccessError> {
-        Ok(self.db().query_row("SELECT country FROM authorities WHERE id = ?1", params![id], |r| r.get(0)).optional()?)
+        Ok(self
+            .db()
+            .query_row("SELECT country FROM authorities WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()?)
     }
 
     /// Creates a principal and its bearer token, shown only now. The first
@@ -322,7 +332,14 @@ impl AccessStore {
             .query_row(
                 "SELECT id, name, roles, authority_id FROM principals WHERE token_sha256 = ?1",
                 params![token_hash(token)],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<String>>(3)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                    ))
+                },
             )
             .optional()?;
         Ok(row.map(|(id, name, roles, authority)| Principal {
@@ -335,7 +352,13 @@ impl AccessStore {
 
     /// Registers a warrant (legal reviewers only). Targets are sealed under
     /// the warrant's own key and tokenised under every token key.
-    pub fn register_warrant(&self, by: &Principal, warrant: NewWarrant, keys: &KeyStore, now: DateTime<Utc>) -> Result<Warrant, AccessError> {
+    pub fn register_warrant(
+        &self,
+        by: &Principal,
+        warrant: NewWarrant,
+        keys: &KeyStore,
+        now: DateTime<Utc>,
+    ) -> Result<Warrant, AccessError> {
         require(by, Role::LegalReviewer)?;
         if warrant.targets.is_empty() || warrant.categories.is_empty() {
             return Err(Refusal::EmptyScope.into());
@@ -348,7 +371,10 @@ impl AccessStore {
         }
         let mut canonical = Vec::new();
         for (position, target) in warrant.targets.iter().enumerate() {
-            canonical.push((target.kind, canonical_value(target.kind, &target.value).ok_or(Refusal::MalformedTarget(position + 1))?));
+            canonical.push((
+                target.kind,
+                canonical_value(target.kind, &target.value).ok_or(Refusal::MalformedTarget(position + 1))?,
+            ));
         }
         let id = format!("w-{}", self.random_hex(6)?);
         let (_, key) = keys.create_record_key(RecordKeyScope::Warrant, &id)?;
@@ -465,7 +491,8 @@ impl AccessStore {
     pub fn warrant_targets(&self, id: &str, keys: &KeyStore) -> Result<Vec<(IdentifierKind, String)>, AccessError> {
         let (_, key) = keys.record_key(RecordKeyScope::Warrant, id)?.ok_or(AccessError::Sealing)?;
         let db = self.db();
-        let mut statement = db.prepare("SELECT kind, sealed FROM warrant_targets WHERE warrant_id = ?1 ORDER BY position")?;
+        let mut statement =
+            db.prepare("SELECT kind, sealed FROM warrant_targets WHERE warrant_id = ?1 ORDER BY position")?;
         let rows = statement.query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
         let mut targets = Vec::new();
         for row in rows {
@@ -506,7 +533,9 @@ impl AccessStore {
         if scope.window_end < scope.window_start {
             return Err(Refusal::EmptyWindow.into());
         }
-        if scope.window_start.timestamp_micros() < warrant.period_start.0 || scope.window_end.timestamp_micros() > warrant.period_end.0 {
+        if scope.window_start.timestamp_micros() < warrant.period_start.0
+            || scope.window_end.timestamp_micros() > warrant.period_end.0
+        {
             return Err(Refusal::WindowOutOfScope.into());
         }
         if let Some(category) = scope.categories.iter().find(|c| !warrant.categories.contains(c)) {
@@ -560,7 +589,8 @@ mod tests {
         let (admin, _) = store.create_principal(None, "root", [Role::Admin].into(), None, now).unwrap();
         store.create_authority(&admin, "dk-politi", "dk", "Danish National Police", now).unwrap();
         store.create_authority(&admin, "se-polisen", "se", "Swedish Police", now).unwrap();
-        let reviewer = |name| store.create_principal(Some(&admin), name, [Role::LegalReviewer].into(), None, now).unwrap().0;
+        let reviewer =
+            |name| store.create_principal(Some(&admin), name, [Role::LegalReviewer].into(), None, now).unwrap().0;
         let (alice, bob) = (reviewer("alice"), reviewer("bob"));
         let handler = store
             .create_principal(Some(&admin), "dk handler", [Role::AuthorityHandler].into(), Some("dk-politi"), now)
@@ -579,7 +609,10 @@ mod tests {
             reference: "KBH-2026-0042".into(),
             issued_by: "Københavns Byret".into(),
             legal_basis: "retsplejeloven § 780".into(),
-            targets: vec![TargetInput::parse("msisdn:+4520000001", 1).unwrap(), TargetInput::parse("imsi:238011234567890", 2).unwrap()],
+            targets: vec![
+                TargetInput::parse("msisdn:+4520000001", 1).unwrap(),
+                TargetInput::parse("imsi:238011234567890", 2).unwrap(),
+            ],
             period_start: f.now - chrono::Duration::days(90),
             period_end: f.now,
             categories: [Category::Traffic, Category::Location].into(),
@@ -599,14 +632,18 @@ mod tests {
     #[test]
     fn tokens_are_shown_once_and_stored_hashed() {
         let f = fixture();
-        let (principal, token) = f.store.create_principal(Some(&f.admin), "carol", [Role::Auditor].into(), None, f.now).unwrap();
+        let (principal, token) =
+            f.store.create_principal(Some(&f.admin), "carol", [Role::Auditor].into(), None, f.now).unwrap();
         assert_eq!(f.store.authenticate(token.expose()).unwrap(), Some(principal));
         assert_eq!(f.store.authenticate("cdv_0000").unwrap(), None);
         assert!(!format!("{token:?}").contains(token.expose()));
-        assert!(matches!(
-            f.store.create_principal(None, "intruder", [Role::Admin].into(), None, f.now),
-            Err(AccessError::Refused(Refusal::MissingRole("admin")))
-        ), "only the very first principal needs no admin");
+        assert!(
+            matches!(
+                f.store.create_principal(None, "intruder", [Role::Admin].into(), None, f.now),
+                Err(AccessError::Refused(Refusal::MissingRole("admin")))
+            ),
+            "only the very first principal needs no admin"
+        );
     }
 
     #[test]
@@ -615,30 +652,47 @@ mod tests {
         let warrant = f.store.register_warrant(&f.alice, new_warrant(&f), &f.keys, f.now).unwrap();
         assert_eq!(warrant.status, WarrantStatus::Registered);
         assert_eq!(warrant.target_kinds, vec![IdentifierKind::Msisdn, IdentifierKind::Imsi]);
-        assert!(matches!(f.store.decide_warrant(&f.alice, &warrant.id, Decision::Approve), Err(AccessError::Refused(Refusal::SelfApproval))));
-        assert!(matches!(f.store.decide_warrant(&f.handler, &warrant.id, Decision::Approve), Err(AccessError::Refused(Refusal::MissingRole(_)))));
+        assert!(matches!(
+            f.store.decide_warrant(&f.alice, &warrant.id, Decision::Approve),
+            Err(AccessError::Refused(Refusal::SelfApproval))
+        ));
+        assert!(matches!(
+            f.store.decide_warrant(&f.handler, &warrant.id, Decision::Approve),
+            Err(AccessError::Refused(Refusal::MissingRole(_)))
+        ));
         let approved = f.store.decide_warrant(&f.bob, &warrant.id, Decision::Approve).unwrap();
         assert_eq!(approved.status, WarrantStatus::Approved);
         assert_eq!(approved.decided_by.as_deref(), Some(f.bob.id.as_str()));
-        assert!(matches!(f.store.decide_warrant(&f.bob, &warrant.id, Decision::Reject("late".into())), Err(AccessError::Refused(Refusal::AlreadyDecided))));
+        assert!(matches!(
+            f.store.decide_warrant(&f.bob, &warrant.id, Decision::Reject("late".into())),
+            Err(AccessError::Refused(Refusal::AlreadyDecided))
+        ));
     }
 
     #[test]
     fn requests_stay_inside_the_warrant() {
         let f = fixture();
         let warrant = f.store.register_warrant(&f.alice, new_warrant(&f), &f.keys, f.now).unwrap();
-        let check = |by: &Principal, scope: &RequestScope, at: DateTime<Utc>| f.store.check_request(by, &warrant.id, scope, &f.keys, at);
+        let check = |by: &Principal, scope: &RequestScope, at: DateTime<Utc>| {
+            f.store.check_request(by, &warrant.id, scope, &f.keys, at)
+        };
         let refused = |result: Result<Warrant, AccessError>| match result {
             Err(AccessError::Refused(r)) => r,
             other => panic!("expected a refusal, got {other:?}"),
         };
-        assert_eq!(refused(check(&f.handler, &scope(&f, "msisdn:+4520000001"), f.now)), Refusal::NotApproved("registered"));
+        assert_eq!(
+            refused(check(&f.handler, &scope(&f, "msisdn:+4520000001"), f.now)),
+            Refusal::NotApproved("registered")
+        );
         f.store.decide_warrant(&f.bob, &warrant.id, Decision::Approve).unwrap();
 
         // In scope, with the number written another way.
         assert!(check(&f.handler, &scope(&f, "msisdn:0045 2000 0001"), f.now).is_ok());
         assert_eq!(refused(check(&f.other_handler, &scope(&f, "msisdn:+4520000001"), f.now)), Refusal::OtherAuthority);
-        assert_eq!(refused(check(&f.alice, &scope(&f, "msisdn:+4520000001"), f.now)), Refusal::MissingRole("authority_handler"));
+        assert_eq!(
+            refused(check(&f.alice, &scope(&f, "msisdn:+4520000001"), f.now)),
+            Refusal::MissingRole("authority_handler")
+        );
         assert_eq!(refused(check(&f.handler, &scope(&f, "msisdn:+4520000002"), f.now)), Refusal::TargetOutOfScope(1));
         assert_eq!(refused(check(&f.handler, &scope(&f, "imei:352099001761481"), f.now)), Refusal::TargetOutOfScope(1));
         assert_eq!(refused(check(&f.handler, &scope(&f, "msisdn:12"), f.now)), Refusal::MalformedTarget(1));
@@ -648,7 +702,10 @@ mod tests {
         let mut device = scope(&f, "imsi:238011234567890");
         device.categories = [Category::Device].into();
         assert_eq!(refused(check(&f.handler, &device, f.now)), Refusal::CategoryOutOfScope("device"));
-        assert_eq!(refused(check(&f.handler, &scope(&f, "msisdn:+4520000001"), f.now + chrono::Duration::days(31))), Refusal::WarrantExpired);
+        assert_eq!(
+            refused(check(&f.handler, &scope(&f, "msisdn:+4520000001"), f.now + chrono::Duration::days(31))),
+            Refusal::WarrantExpired
+        );
 
         // Closing destroys the warrant's key: its targets are gone.
         f.store.close_warrant(&f.alice, &warrant.id, &f.keys).unwrap();

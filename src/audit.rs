@@ -49,7 +49,14 @@ pub enum AuditEvent {
     /// A retention verification ran.
     RetentionVerified { as_of: String, violations: u64, run: String },
     /// A preservation order was placed.
-    OrderPlaced { order: String, authority: String, targets: u64, window_start: String, window_end: String, ends: String },
+    OrderPlaced {
+        order: String,
+        authority: String,
+        targets: u64,
+        window_start: String,
+        window_end: String,
+        ends: String,
+    },
     /// A preservation order's end was moved.
     OrderExtended { order: String, ends: String },
     /// A preservation order was lifted (or ended) and its copies destroyed.
@@ -133,11 +140,8 @@ impl AuditTrail {
         }
         let (seq, hash) = last_entry(&path)?;
         let existed = path.exists();
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| DurableError::io("open", &path, e))?;
+        let file =
+            OpenOptions::new().create(true).append(true).open(&path).map_err(|e| DurableError::io("open", &path, e))?;
         if !existed {
             durable::fsync_dir(state_dir)?;
         }
@@ -166,7 +170,13 @@ impl AuditTrail {
         result
     }
 
-    fn append_locked(&self, tail: &mut Tail, actor: &str, event: &AuditEvent, now: DateTime<Utc>) -> Result<u64, AuditError> {
+    fn append_locked(
+        &self,
+        tail: &mut Tail,
+        actor: &str,
+        event: &AuditEvent,
+        now: DateTime<Utc>,
+    ) -> Result<u64, AuditError> {
         let len = tail.file.metadata().map_err(|e| DurableError::io("stat", &self.path, e))?.len();
         if len != tail.len {
             (tail.seq, tail.hash) = last_entry(&self.path)?;
@@ -194,7 +204,11 @@ impl AuditTrail {
         tail.len = len + line.len() as u64;
         // The head moves after the entry is durable: a crash in between
         // leaves the trail one entry ahead of its head, which verify accepts.
-        let head = Head { seq, hash: hex::encode(hash), sig: hex::encode(self.signer.sign(&head_message(seq, &hash)).as_ref()) };
+        let head = Head {
+            seq,
+            hash: hex::encode(hash),
+            sig: hex::encode(self.signer.sign(&head_message(seq, &hash)).as_ref()),
+        };
         let bytes = serde_json::to_vec(&head).unwrap_or_default();
         durable::write_atomically(&self.head_path, &bytes, FileMode::Private)?;
         Ok(seq)
@@ -247,17 +261,17 @@ pub fn verify(path: &Path, public_key: &[u8], head_path: &Path) -> Result<Verifi
         Err(_) => None,
     };
     let lines: Vec<String> = match File::open(path) {
-        Ok(file) => BufReader::new(file)
-            .lines()
-            .collect::<Result<_, _>>()
-            .map_err(|e| DurableError::io("read", path, e))?,
+        Ok(file) => {
+            BufReader::new(file).lines().collect::<Result<_, _>>().map_err(|e| DurableError::io("read", path, e))?
+        }
         Err(_) => Vec::new(),
     };
     let mut expected_prev = [0u8; 32];
     let mut hashes = Vec::with_capacity(lines.len());
     for (index, line) in lines.iter().enumerate() {
         let number = index as u64 + 1;
-        let fail = |problem: &str| Ok(Verification { entries: index as u64, problem: Some((number, problem.to_string())) });
+        let fail =
+            |problem: &str| Ok(Verification { entries: index as u64, problem: Some((number, problem.to_string())) });
         let Ok(Value::Object(mut entry)) = serde_json::from_str::<Value>(line) else {
             return fail("not a JSON object (edited)");
         };
@@ -289,18 +303,27 @@ pub fn verify(path: &Path, public_key: &[u8], head_path: &Path) -> Result<Verifi
         };
         let head_sig = hex::decode(&head.sig).unwrap_or_default();
         if key.verify(&head_message(head.seq, &head_hash), &head_sig).is_err() {
-            return Ok(Verification { entries, problem: Some((head.seq, "the head's signature does not verify".into())) });
+            return Ok(Verification {
+                entries,
+                problem: Some((head.seq, "the head's signature does not verify".into())),
+            });
         }
         // The trail may be one entry ahead of its head (a crash between the
         // two writes), never behind it.
         if head.seq > entries || entries > head.seq + 1 {
             return Ok(Verification {
                 entries,
-                problem: Some((entries + 1, format!("the trail has {entries} entries but its signed head says {} (truncated)", head.seq))),
+                problem: Some((
+                    entries + 1,
+                    format!("the trail has {entries} entries but its signed head says {} (truncated)", head.seq),
+                )),
             });
         }
         if head.seq > 0 && hashes[(head.seq - 1) as usize] != head_hash {
-            return Ok(Verification { entries, problem: Some((head.seq, "does not match the signed head (rewritten)".into())) });
+            return Ok(Verification {
+                entries,
+                problem: Some((head.seq, "does not match the signed head (rewritten)".into())),
+            });
         }
     } else if entries > 1 {
         return Ok(Verification { entries, problem: Some((1, "the signed head is missing".into())) });
@@ -321,7 +344,13 @@ mod tests {
     }
 
     fn day(n: u64) -> AuditEvent {
-        AuditEvent::DayDeleted { day: format!("2025-01-{n:02}"), files: n, rows: n * 10, key_id: None, run: "r1".into() }
+        AuditEvent::DayDeleted {
+            day: format!("2025-01-{n:02}"),
+            files: n,
+            rows: n * 10,
+            key_id: None,
+            run: "r1".into(),
+        }
     }
 
     fn fill(trail: &AuditTrail, n: u64) {
@@ -360,9 +389,13 @@ mod tests {
         type Tamper = fn(&mut Vec<String>);
         let cases: [(&str, Tamper, u64); 5] = [
             ("edited", |l| l[2] = l[2].replace("\"rows\":30", "\"rows\":31"), 3),
-            ("removed", |l| {
-                l.remove(1);
-            }, 2),
+            (
+                "removed",
+                |l| {
+                    l.remove(1);
+                },
+                2,
+            ),
             ("reordered", |l| l.swap(1, 2), 2),
             ("truncated", |l| l.truncate(3), 4),
             ("garbage", |l| l[0] = "not json".into(), 1),
@@ -376,7 +409,10 @@ mod tests {
             let result = check(root.path(), &keys, &public);
             let (seq, problem) = result.problem.unwrap_or_else(|| panic!("{name} not detected"));
             assert_eq!(seq, first_bad, "{name}: {problem}");
-            assert!(AuditTrail::open(&root.path().join("state"), &keys).is_err(), "{name}: nothing is appended to a damaged trail");
+            assert!(
+                AuditTrail::open(&root.path().join("state"), &keys).is_err(),
+                "{name}: nothing is appended to a damaged trail"
+            );
         }
     }
 

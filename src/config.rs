@@ -229,10 +229,18 @@ impl Config {
             return err("ingest.batch_max_records", "is 0".into(), "set it to at least 1 (default 100000)");
         }
         if self.ingest.batch_max_bytes < 1024 {
-            return err("ingest.batch_max_bytes", "is below 1 KiB".into(), "set it to at least 1024 (default 67108864)");
+            return err(
+                "ingest.batch_max_bytes",
+                "is below 1 KiB".into(),
+                "set it to at least 1024 (default 67108864)",
+            );
         }
         if self.ingest.batch_linger.is_zero() || self.ingest.batch_linger > Duration::from_secs(600) {
-            return err("ingest.batch_linger", format!("is {:?}", self.ingest.batch_linger), "use a value between 1ms and 10m (default 5s)");
+            return err(
+                "ingest.batch_linger",
+                format!("is {:?}", self.ingest.batch_linger),
+                "use a value between 1ms and 10m (default 5s)",
+            );
         }
         if self.kafka.topics.is_empty() {
             return err("kafka.topics", "is empty".into(), "add at least one [[kafka.topics]] entry with a name");
@@ -271,7 +279,11 @@ impl Config {
             return err("parquet.zstd_level", format!("is {}", self.parquet.zstd_level), "use 1 to 22 (default 3)");
         }
         if !(self.parquet.bloom_fpp > 0.0 && self.parquet.bloom_fpp < 1.0) {
-            return err("parquet.bloom_fpp", format!("is {}", self.parquet.bloom_fpp), "use a rate between 0 and 1 (default 0.01)");
+            return err(
+                "parquet.bloom_fpp",
+                format!("is {}", self.parquet.bloom_fpp),
+                "use a rate between 0 and 1 (default 0.01)",
+            );
         }
         if self.retention.days == 0 {
             return err("retention.days", "is 0".into(), "set the legal window in days (default 365)");

@@ -96,7 +96,8 @@ pub fn run(
     let consumed = AtomicU64::new(0);
     let hold_back = |sent: u64| {
         // Backpressure, as a real producer meets it: wait while too far ahead.
-        while sent.saturating_sub(consumed.load(Ordering::Relaxed)) >= PRODUCER_WINDOW && !stop.load(Ordering::Relaxed) {
+        while sent.saturating_sub(consumed.load(Ordering::Relaxed)) >= PRODUCER_WINDOW && !stop.load(Ordering::Relaxed)
+        {
             std::thread::sleep(Duration::from_millis(5));
         }
     };

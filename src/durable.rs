@@ -34,17 +34,14 @@ impl DurableError {
 
 /// Fsyncs a file's data and metadata.
 pub fn fsync_file(file: &File, path: &Path) -> Result<(), DurableError> {
-    file.sync_all()
-        .map_err(|source| DurableError::Fsync { path: path.to_path_buf(), source })
+    file.sync_all().map_err(|source| DurableError::Fsync { path: path.to_path_buf(), source })
 }
 
 /// Fsyncs a directory so that entries created, renamed or removed in it are
 /// durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), DurableError> {
     let handle = File::open(dir).map_err(|e| DurableError::io("open", dir, e))?;
-    handle
-        .sync_all()
-        .map_err(|source| DurableError::Fsync { path: dir.to_path_buf(), source })
+    handle.sync_all().map_err(|source| DurableError::Fsync { path: dir.to_path_buf(), source })
 }
 
 /// Creates `dir` and any missing parents, fsyncing each parent whose entry

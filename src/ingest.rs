@@ -20,8 +20,8 @@ use crate::decode::RefuseReason;
 use crate::metrics::Metrics;
 use crate::models::PartitionDate;
 use crate::pipeline::Processor;
-use crate::source::{Batch, KafkaSource};
 use crate::source::dead_letter::DeadLetter;
+use crate::source::{Batch, KafkaSource};
 
 /// Totals of a run, for the summary and the demo's progress line.
 #[derive(Debug, Default, Clone)]
@@ -73,7 +73,12 @@ impl Ingest {
         // Drained: everything polled was processed, so this commit covers
         // exactly the durable records.
         checkpoint::commit_now(self.source.consumer())?;
-        info!(records = report.records_in, written = report.written, refused = report.refused_total(), "ingest stopped");
+        info!(
+            records = report.records_in,
+            written = report.written,
+            refused = report.refused_total(),
+            "ingest stopped"
+        );
         Ok(report)
     }
 

@@ -474,8 +474,7 @@ impl KeyStore {
         for entry in fs::read_dir(&dir).map_err(|e| KeyError::io("list", &dir, e))? {
             let entry = entry.map_err(|e| KeyError::io("list", &dir, e))?;
             let path = entry.path();
-            let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".key"))
-            else {
+            let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".key")) else {
                 continue;
             };
             if stem.starts_with('.') {
@@ -564,7 +563,12 @@ fn unwrap_key(master: &SecretKey, bytes: &[u8], role: &[u8]) -> Option<(KeyId, S
 
 /// Seals a short value (a registry target) with AES-256-GCM under `key`,
 /// bound to `context` (the record's id): nonce followed by ciphertext.
-pub(crate) fn seal_value(key: &SecretKey, rng: &SystemRandom, context: &[u8], value: &str) -> Result<Vec<u8>, KeyError> {
+pub(crate) fn seal_value(
+    key: &SecretKey,
+    rng: &SystemRandom,
+    context: &[u8],
+    value: &str,
+) -> Result<Vec<u8>, KeyError> {
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
     let mut buffer = value.as_bytes().to_vec();
@@ -611,10 +615,7 @@ fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
     {
         durable::create_dir_all(parent)?;
     }
-    fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| KeyError::io("mkdir", dir, e))?;
+    fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| KeyError::io("mkdir", dir, e))?;
     durable::fsync_dir(dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
     Ok(())
 }

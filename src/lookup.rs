@@ -303,8 +303,14 @@ fn collect(
             start_time: time,
             end_time: end.as_ref().and_then(|e| (!e.is_null(row)).then(|| TimestampMicros(e.value(row)))),
             identifiers,
-            src_port: src_port.as_ref().filter(|_| query.categories.contains(&Category::Ip)).and_then(|p| (!p.is_null(row)).then(|| p.value(row))),
-            dst_port: dst_port.as_ref().filter(|_| query.categories.contains(&Category::Ip)).and_then(|p| (!p.is_null(row)).then(|| p.value(row))),
+            src_port: src_port
+                .as_ref()
+                .filter(|_| query.categories.contains(&Category::Ip))
+                .and_then(|p| (!p.is_null(row)).then(|| p.value(row))),
+            dst_port: dst_port
+                .as_ref()
+                .filter(|_| query.categories.contains(&Category::Ip))
+                .and_then(|p| (!p.is_null(row)).then(|| p.value(row))),
         });
     }
 }

@@ -11,16 +11,16 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use cdrvault::audit::AuditTrail;
 use cdrvault::clock::{Clock, SystemClock};
 use cdrvault::config::{Config, LogFormat};
 use cdrvault::decode::Encoding;
 use cdrvault::ingest::{Ingest, IngestReport, StopAfter};
 use cdrvault::keys::KeyStore;
-use cdrvault::audit::AuditTrail;
 use cdrvault::metrics::Metrics;
 use cdrvault::models::PartitionDate;
-use cdrvault::retention::{SweepMode, Sweeper};
 use cdrvault::pipeline::Processor;
+use cdrvault::retention::{SweepMode, Sweeper};
 use cdrvault::source::KafkaSource;
 use cdrvault::source::dead_letter::DeadLetter;
 use cdrvault::synth::SynthConfig;
@@ -250,7 +250,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bar = spinner("produced");
             let report = produce::produce(&options, &stop, |_| {}, |n| bar.set_position(n))?;
             bar.finish_and_clear();
-            println!("produced {} records ({} deliberately invalid), {} delivery failures", report.sent, report.invalid, report.failed);
+            println!(
+                "produced {} records ({} deliberately invalid), {} delivery failures",
+                report.sent, report.invalid, report.failed
+            );
             Ok(if report.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Import { file, strict } => run_import(&config, &file, strict),
@@ -282,7 +285,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let public = audit_public_key(&keys)?;
                     let audit_path = config.state.dir.join(cdrvault::audit::AUDIT_FILE);
                     let report = sweeper.verify(as_of, &public, &audit_path)?;
-                    println!("retention verification as of {} (window: days from {} on)", report.as_of, report.oldest_retained);
+                    println!(
+                        "retention verification as of {} (window: days from {} on)",
+                        report.as_of, report.oldest_retained
+                    );
                     match (report.live_days.first(), report.live_days.last()) {
                         (Some(first), Some(last)) => println!(
                             "live days: {} ({first} .. {last}), {} files, each with its data key",
@@ -314,7 +320,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let check = cdrvault::audit::verify(&path, &public, &keys.audit_head_path())?;
             match check.problem {
                 None => {
-                    println!("audit trail {} verifies: {} entries, chain, signatures and signed head intact", path.display(), check.entries);
+                    println!(
+                        "audit trail {} verifies: {} entries, chain, signatures and signed head intact",
+                        path.display(),
+                        check.entries
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Some((seq, problem)) => {
@@ -354,8 +364,9 @@ fn open_sweeper(config: &Config, metrics: Option<Arc<Metrics>>) -> anyhow::Resul
     let keys = Arc::new(KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?);
     let audit = Arc::new(AuditTrail::open(&config.state.dir, &keys)?);
     let orders = Arc::new(cdrvault::orders::OrderStore::open(&config.state.dir)?);
-    let mut sweeper = Sweeper::new(&config.storage.data_dir, keys, audit, Arc::new(SystemClock), config.retention.clone())
-        .with_orders(orders, config.parquet.clone());
+    let mut sweeper =
+        Sweeper::new(&config.storage.data_dir, keys, audit, Arc::new(SystemClock), config.retention.clone())
+            .with_orders(orders, config.parquet.clone());
     if let Some(metrics) = metrics {
         sweeper = sweeper.with_metrics(metrics);
     }
@@ -373,11 +384,8 @@ fn run_preserve(config: &Config, command: PreserveCommand) -> anyhow::Result<Exi
     let today = cdrvault::models::TimestampMicros::from_datetime(now).partition_date();
     match command {
         PreserveCommand::Add { authority, reference, targets, from, to, until } => {
-            let targets = targets
-                .iter()
-                .enumerate()
-                .map(|(i, t)| TargetInput::parse(t, i + 1))
-                .collect::<Result<Vec<_>, _>>()?;
+            let targets =
+                targets.iter().enumerate().map(|(i, t)| TargetInput::parse(t, i + 1)).collect::<Result<Vec<_>, _>>()?;
             let window_end = cdrvault::models::TimestampMicros(to.start().0 + 86_400_000_000 - 1);
             let order = orders.place(
                 NewOrder {
@@ -404,7 +412,11 @@ fn run_preserve(config: &Config, command: PreserveCommand) -> anyhow::Result<Exi
                 },
                 now,
             )?;
-            println!("placed preservation order {} ({} targets, {from} .. {to}, until {until})", order.id, order.targets.len());
+            println!(
+                "placed preservation order {} ({} targets, {from} .. {to}, until {until})",
+                order.id,
+                order.targets.len()
+            );
         }
         PreserveCommand::List => {
             for order in orders.list()? {
@@ -559,19 +571,17 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let shutdown_flag = Arc::clone(&stop);
-    let (address, http) = runtime.block_on(api::serve(config.http.listen, Arc::clone(&metrics), Arc::clone(&ready), async move {
-        while !shutdown_flag.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }))?;
+    let (address, http) =
+        runtime.block_on(api::serve(config.http.listen, Arc::clone(&metrics), Arc::clone(&ready), async move {
+            while !shutdown_flag.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))?;
     tracing::info!(%address, "metrics and health endpoints listening");
 
     let sweeper = Arc::new(open_sweeper(&config, Some(Arc::clone(&metrics)))?);
-    let sweeps = runtime.spawn(cdrvault::retention::run_periodically(
-        sweeper,
-        config.retention.interval,
-        Arc::clone(&stop),
-    ));
+    let sweeps =
+        runtime.spawn(cdrvault::retention::run_periodically(sweeper, config.retention.interval, Arc::clone(&stop)));
 
     let ingest = Ingest {
         source: KafkaSource::connect(&config.kafka, &config.ingest, Arc::clone(&metrics))?,

@@ -76,7 +76,11 @@ impl Metrics {
 
         // prometheus-client appends `_total` to counters itself.
         registry.register("ingest_records_received", "Records read from the source", records_received.clone());
-        registry.register("ingest_records_written", "Records written to durable Parquet files", records_written.clone());
+        registry.register(
+            "ingest_records_written",
+            "Records written to durable Parquet files",
+            records_written.clone(),
+        );
         registry.register("ingest_records_refused", "Records refused, by reason code", records_refused.clone());
         registry.register("ingest_bytes_received", "Payload bytes read from the source", bytes_received.clone());
         registry.register("write_files", "Parquet files made durable", files_written.clone());

@@ -158,9 +158,9 @@ impl IdentifierField {
 
     pub fn kind(self) -> IdentifierKind {
         match self {
-            IdentifierField::CallingNumber
-            | IdentifierField::CalledNumber
-            | IdentifierField::RedirectingNumber => IdentifierKind::Msisdn,
+            IdentifierField::CallingNumber | IdentifierField::CalledNumber | IdentifierField::RedirectingNumber => {
+                IdentifierKind::Msisdn
+            }
             IdentifierField::SipUri => IdentifierKind::Sip,
             IdentifierField::Imsi => IdentifierKind::Imsi,
             IdentifierField::Imei => IdentifierKind::Imei,
@@ -191,14 +191,8 @@ pub enum Service {
 }
 
 impl Service {
-    pub const ALL: [Service; 6] = [
-        Service::Voice,
-        Service::Sms,
-        Service::Mms,
-        Service::Data,
-        Service::Voip,
-        Service::Fax,
-    ];
+    pub const ALL: [Service; 6] =
+        [Service::Voice, Service::Sms, Service::Mms, Service::Data, Service::Voip, Service::Fax];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -367,9 +361,7 @@ impl KeyId {
         let id = id.into();
         let valid = !id.is_empty()
             && id.len() <= 64
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         valid.then_some(KeyId(id))
     }
 
@@ -531,9 +523,7 @@ impl Cdr<'_> {
         match field {
             IdentifierField::CallingNumber => self.calling_number.as_ref().map(|v| Text(v.expose())),
             IdentifierField::CalledNumber => self.called_number.as_ref().map(|v| Text(v.expose())),
-            IdentifierField::RedirectingNumber => {
-                self.redirecting_number.as_ref().map(|v| Text(v.expose()))
-            }
+            IdentifierField::RedirectingNumber => self.redirecting_number.as_ref().map(|v| Text(v.expose())),
             IdentifierField::SipUri => self.sip_uri.as_ref().map(|v| Text(v.expose())),
             IdentifierField::Imsi => self.imsi.as_ref().map(|v| Text(v.expose())),
             IdentifierField::Imei => self.imei.as_ref().map(|v| Text(v.expose())),

@@ -60,10 +60,8 @@ impl TargetInput {
     /// Parses `kind:value`, e.g. `msisdn:+4520000001`.
     pub fn parse(text: &str, position: usize) -> Result<TargetInput, OrderError> {
         let (kind, value) = text.split_once(':').ok_or(OrderError::TargetSyntax(position))?;
-        let kind = IdentifierKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == kind)
-            .ok_or(OrderError::TargetSyntax(position))?;
+        let kind =
+            IdentifierKind::ALL.into_iter().find(|k| k.as_str() == kind).ok_or(OrderError::TargetSyntax(position))?;
         Ok(TargetInput { kind, value: value.to_string() })
     }
 }
@@ -124,7 +122,11 @@ impl Order {
     pub fn unseal_targets(&self, key: &SecretKey) -> Result<Vec<(IdentifierKind, String)>, OrderError> {
         self.targets
             .iter()
-            .map(|t| crate::keys::open_value(key, self.id.as_bytes(), &t.sealed).map(|value| (t.kind, value)).ok_or(OrderError::Sealing))
+            .map(|t| {
+                crate::keys::open_value(key, self.id.as_bytes(), &t.sealed)
+                    .map(|value| (t.kind, value))
+                    .ok_or(OrderError::Sealing)
+            })
             .collect()
     }
 }
@@ -155,7 +157,13 @@ impl OrderStore {
 
     /// Places an order: creates its key, stores its targets sealed and
     /// tokenised under every token key. Returns the new order.
-    pub fn place(&self, order: NewOrder, keys: &KeyStore, today: PartitionDate, now: DateTime<Utc>) -> Result<Order, OrderError> {
+    pub fn place(
+        &self,
+        order: NewOrder,
+        keys: &KeyStore,
+        today: PartitionDate,
+        now: DateTime<Utc>,
+    ) -> Result<Order, OrderError> {
         if order.window_end <= order.window_start || order.ends < today {
             return Err(OrderError::InvalidPeriod);
         }
@@ -195,7 +203,8 @@ impl OrderStore {
             ],
         )?;
         for (position, (kind, value)) in canonical.iter().enumerate() {
-            let sealed = crate::keys::seal_value(&key, &self.rng, id.as_bytes(), value).map_err(|_| OrderError::Sealing)?;
+            let sealed =
+                crate::keys::seal_value(&key, &self.rng, id.as_bytes(), value).map_err(|_| OrderError::Sealing)?;
             tx.execute(
                 "INSERT INTO preservation_targets (order_id, position, kind, sealed) VALUES (?1, ?2, ?3, ?4)",
                 params![id, position as i64, kind.as_str(), sealed],
@@ -273,11 +282,16 @@ impl OrderStore {
         for row in rows {
             let (id, authority, reference, start, end, ends, status) = row?;
             let mut targets: Vec<StoredTarget> = Vec::new();
-            let mut t = db.prepare("SELECT position, kind, sealed FROM preservation_targets WHERE order_id = ?1 ORDER BY position")?;
-            let stored = t.query_map(params![id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))?;
+            let mut t = db.prepare(
+                "SELECT position, kind, sealed FROM preservation_targets WHERE order_id = ?1 ORDER BY position",
+            )?;
+            let stored = t.query_map(params![id], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?))
+            })?;
             for target in stored {
                 let (position, kind, sealed) = target?;
-                let kind = IdentifierKind::ALL.into_iter().find(|k| k.as_str() == kind).unwrap_or(IdentifierKind::Msisdn);
+                let kind =
+                    IdentifierKind::ALL.into_iter().find(|k| k.as_str() == kind).unwrap_or(IdentifierKind::Msisdn);
                 let mut k = db.prepare(
                     "SELECT token_key_id, token FROM preservation_target_tokens WHERE order_id = ?1 AND position = ?2",
                 )?;

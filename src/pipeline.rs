@@ -170,9 +170,11 @@ fn decode_chunk(
                 // Most records of a batch share one day: the first day met
                 // gets room for the whole chunk, later ones grow as needed.
                 let capacity = if days.is_empty() { chunk.len() } else { chunk.len().min(4096) };
-                days.entry(cdr.partition_date())
-                    .or_insert_with(|| DayColumns::with_capacity(capacity))
-                    .append(first_index + i, &cdr, &mut tokens)
+                days.entry(cdr.partition_date()).or_insert_with(|| DayColumns::with_capacity(capacity)).append(
+                    first_index + i,
+                    &cdr,
+                    &mut tokens,
+                )
             }
             Err(refusal) => refused.push((first_index + i, refusal)),
         }

@@ -105,9 +105,7 @@ pub fn produce(
             }
         }
     }
-    producer
-        .flush(Duration::from_secs(60))
-        .map_err(|e| anyhow::anyhow!("records not delivered within 60s: {e}"))?;
+    producer.flush(Duration::from_secs(60)).map_err(|e| anyhow::anyhow!("records not delivered within 60s: {e}"))?;
     on_progress(report.sent);
     report.failed = producer.context().failed.load(Ordering::Relaxed);
     Ok(report)

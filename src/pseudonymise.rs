@@ -72,9 +72,7 @@ impl Tokeniser {
             IdentifierKind::Imei => self.token(kind, normalise::imei(text)?.expose().as_bytes()),
             IdentifierKind::Sip => self.token(kind, normalise::sip_uri(text)?.expose().as_bytes()),
             IdentifierKind::Cell => self.token(kind, normalise::cell_id(text)?.expose().as_bytes()),
-            IdentifierKind::Ip => {
-                self.token_of(kind, IdentifierValue::Ip(normalise::ip(&text)?.expose()))
-            }
+            IdentifierKind::Ip => self.token_of(kind, IdentifierValue::Ip(normalise::ip(&text)?.expose())),
         };
         Some(token)
     }
@@ -184,7 +182,10 @@ mod tests {
             assert_eq!(memo.token(IdentifierKind::Msisdn, value), t.token(IdentifierKind::Msisdn, value.as_bytes()));
         }
         // The same text under another kind is another token.
-        assert_ne!(memo.token(IdentifierKind::Imsi, "238011234567890"), memo.token(IdentifierKind::Imei, "238011234567890"));
+        assert_ne!(
+            memo.token(IdentifierKind::Imsi, "238011234567890"),
+            memo.token(IdentifierKind::Imei, "238011234567890")
+        );
     }
 
     #[test]

@@ -73,11 +73,7 @@ pub fn list_files(data_dir: &Path, date: PartitionDate) -> Result<Vec<PathBuf>, 
 /// The AAD prefix of a file: its path relative to the `cdr/` directory.
 pub fn aad_prefix(path: &Path) -> String {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let day = path
-        .parent()
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let day = path.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     format!("{day}/{name}")
 }
 
@@ -92,7 +88,8 @@ pub fn read_file(path: &Path, day_key: Option<&DayKey>, columns: &[&str]) -> Res
         // The writer binds each file to its place (`dt=…/part-….parquet`) as
         // the AAD prefix and does not store it: a file moved to another day
         // or name fails verification.
-        let mut builder = FileDecryptionProperties::builder(secret.clone()).with_aad_prefix(aad_prefix(path).into_bytes());
+        let mut builder =
+            FileDecryptionProperties::builder(secret.clone()).with_aad_prefix(aad_prefix(path).into_bytes());
         for column in schema::sealed_columns() {
             builder = builder.with_column_key(column, secret.clone());
         }
@@ -109,7 +106,5 @@ pub fn read_file(path: &Path, day_key: Option<&DayKey>, columns: &[&str]) -> Res
         .collect();
     let mask = ProjectionMask::leaves(parquet_schema, indices);
     let reader = builder.with_projection(mask).build().map_err(parquet_err)?;
-    reader
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| parquet_err(ParquetError::ArrowError(e.to_string())))
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| parquet_err(ParquetError::ArrowError(e.to_string())))
 }

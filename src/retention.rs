@@ -148,7 +148,9 @@ impl std::fmt::Display for Violation {
             Violation::DeletionIncomplete(d) => write!(f, "deletion of {d} started but was not audited"),
             Violation::LiveDayWithoutKey(d) => write!(f, "live day {d} has files but no data key (unreadable)"),
             Violation::AuditTrailDamaged(problem) => write!(f, "audit trail damaged: {problem}"),
-            Violation::LiftedOrderHasData(order) => write!(f, "lifted order {order} still has preserved copies or a key"),
+            Violation::LiftedOrderHasData(order) => {
+                write!(f, "lifted order {order} still has preserved copies or a key")
+            }
         }
     }
 }
@@ -178,8 +180,23 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    pub fn new(data_dir: &Path, keys: Arc<KeyStore>, audit: Arc<AuditTrail>, clock: Arc<dyn Clock>, config: RetentionConfig) -> Self {
-        Sweeper { data_dir: data_dir.to_path_buf(), keys, audit, clock, config, metrics: None, orders: None, crash_at: None }
+    pub fn new(
+        data_dir: &Path,
+        keys: Arc<KeyStore>,
+        audit: Arc<AuditTrail>,
+        clock: Arc<dyn Clock>,
+        config: RetentionConfig,
+    ) -> Self {
+        Sweeper {
+            data_dir: data_dir.to_path_buf(),
+            keys,
+            audit,
+            clock,
+            config,
+            metrics: None,
+            orders: None,
+            crash_at: None,
+        }
     }
 
     /// Honours the preservation orders of `orders` (copies written with
@@ -204,7 +221,11 @@ impl Sweeper {
         }
         self.keys.destroy_order_key(order)?;
         let files = preserve::destroy_area(&self.data_dir, order)?;
-        self.audit.append(actor, &AuditEvent::OrderLifted { order: order.to_string(), files, reason: reason.to_string() }, now)?;
+        self.audit.append(
+            actor,
+            &AuditEvent::OrderLifted { order: order.to_string(), files, reason: reason.to_string() },
+            now,
+        )?;
         Ok(files)
     }
 
@@ -395,7 +416,12 @@ impl Sweeper {
     /// Checks that no expired day has files, a directory or a key, that no
     /// deletion is left half done, that every live day has its key, and that
     /// the audit trail verifies. The check itself is audited.
-    pub fn verify(&self, as_of: Option<PartitionDate>, public_key: &[u8], audit_path: &Path) -> Result<VerifyReport, RetentionError> {
+    pub fn verify(
+        &self,
+        as_of: Option<PartitionDate>,
+        public_key: &[u8],
+        audit_path: &Path,
+    ) -> Result<VerifyReport, RetentionError> {
         let as_of = as_of.unwrap_or_else(|| self.today());
         let mut violations = Vec::new();
         let days_with_files = read::list_days(&self.data_dir)?;
@@ -464,7 +490,11 @@ impl Sweeper {
 /// The service's schedule: a sweep at start and then every `interval`, each
 /// on a blocking thread, until `stop` is set. A failed sweep is logged and
 /// retried at the next tick, except a failed fsync, which stops the service.
-pub async fn run_periodically(sweeper: Arc<Sweeper>, interval: std::time::Duration, stop: Arc<std::sync::atomic::AtomicBool>) {
+pub async fn run_periodically(
+    sweeper: Arc<Sweeper>,
+    interval: std::time::Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
     use std::sync::atomic::Ordering;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -481,7 +511,11 @@ pub async fn run_periodically(sweeper: Arc<Sweeper>, interval: std::time::Durati
         let task = Arc::clone(&sweeper);
         match tokio::task::spawn_blocking(move || task.run(None, SweepMode::Delete)).await {
             Ok(Ok(report)) => {
-                tracing::info!(days = report.days.len(), elapsed_ms = report.elapsed.as_millis() as u64, "retention sweep done");
+                tracing::info!(
+                    days = report.days.len(),
+                    elapsed_ms = report.elapsed.as_millis() as u64,
+                    "retention sweep done"
+                );
             }
             Ok(Err(RetentionError::Durable(e))) if e.is_fatal() => {
                 tracing::error!(reason = %e, "retention sweep hit a failed fsync; stopping");

@@ -110,10 +110,7 @@ impl SyntheticCdr {
 
     /// True if `msisdn` appears in any number role.
     pub fn involves_number(&self, msisdn: &str) -> bool {
-        [&self.calling_number, &self.called_number, &self.redirecting_number]
-            .into_iter()
-            .flatten()
-            .any(|n| n == msisdn)
+        [&self.calling_number, &self.called_number, &self.redirecting_number].into_iter().flatten().any(|n| n == msisdn)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -361,7 +358,11 @@ impl Generator {
         // A skewed choice: a fifth of the population makes most of the
         // traffic, so subscribers recur as they do in a real network.
         let n = self.subscribers.len();
-        let index = if self.rng.random_bool(0.7) { self.rng.random_range(0..n.div_ceil(5)) } else { self.rng.random_range(0..n) };
+        let index = if self.rng.random_bool(0.7) {
+            self.rng.random_range(0..n.div_ceil(5))
+        } else {
+            self.rng.random_range(0..n)
+        };
         self.subscribers[index].clone()
     }
 
@@ -377,7 +378,12 @@ impl Generator {
     }
 
     fn private_ip(&mut self) -> String {
-        format!("10.{}.{}.{}", self.rng.random_range(0..=255), self.rng.random_range(0..=255), self.rng.random_range(1..255))
+        format!(
+            "10.{}.{}.{}",
+            self.rng.random_range(0..=255),
+            self.rng.random_range(0..=255),
+            self.rng.random_range(1..255)
+        )
     }
 
     fn public_ip(&mut self) -> String {
@@ -398,7 +404,9 @@ fn subscriber(rng: &mut SmallRng, index: usize) -> Subscriber {
         ("45", "23801", 8)
     };
     let national: String = (0..ndc_digits)
-        .map(|i| if i == 0 { char::from(b'2' + rng.random_range(0..7)) } else { char::from(b'0' + rng.random_range(0..10)) })
+        .map(|i| {
+            if i == 0 { char::from(b'2' + rng.random_range(0..7)) } else { char::from(b'0' + rng.random_range(0..10)) }
+        })
         .collect();
     let msin: String = (0..10).map(|_| char::from(b'0' + rng.random_range(0..10))).collect();
     let imei: String = (0..15).map(|_| char::from(b'0' + rng.random_range(0..10))).collect();
@@ -421,7 +429,11 @@ mod tests {
     fn generated_records_decode_unless_spoiled() {
         let until = Utc::now();
         let mut generator = Generator::new(SynthConfig { until, invalid_ratio: 0.05, ..SynthConfig::default() });
-        let ctx = ValidationContext { now: TimestampMicros::from_datetime(until), max_clock_skew_micros: 0, oldest_retained: None };
+        let ctx = ValidationContext {
+            now: TimestampMicros::from_datetime(until),
+            max_clock_skew_micros: 0,
+            oldest_retained: None,
+        };
         let mut services = std::collections::HashSet::new();
         let mut spoiled = 0;
         for _ in 0..5_000 {

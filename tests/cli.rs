@@ -39,8 +39,15 @@ fn demo_output_is_read_by_an_independent_reader_and_holds_no_raw_identifier() {
     let keys = root.path().join("keys");
     let records = 30_000u64;
     let output = cdrvault(&[
-        "demo", "--records", &records.to_string(), "--days", "3", "--data-dir", data.to_str().unwrap(),
-        "--keys-dir", keys.to_str().unwrap(),
+        "demo",
+        "--records",
+        &records.to_string(),
+        "--days",
+        "3",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--keys-dir",
+        keys.to_str().unwrap(),
     ]);
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "demo failed: {}", text(&output.stderr));
@@ -63,7 +70,11 @@ fn demo_output_is_read_by_an_independent_reader_and_holds_no_raw_identifier() {
     assert_eq!(found["sealed_readable_without_key"].as_bool(), Some(false));
     assert!(found["days"].as_array().unwrap().len() >= 3);
     assert_eq!(found["token_types"]["calling_number_token"], "int64");
-    assert_eq!(found["token_non_null"]["calling_number_token"].as_u64(), Some(written), "every demo record has a calling number");
+    assert_eq!(
+        found["token_non_null"]["calling_number_token"].as_u64(),
+        Some(written),
+        "every demo record has a calling number"
+    );
     assert!(found["token_non_null"]["src_ip_token"].as_u64().unwrap() > 0);
 
     // The same seed regenerates the demo's identifiers.
@@ -112,21 +123,32 @@ fn import_reports_refused_lines_by_number_and_reason_only() {
     let day = |back: i64| (chrono::Utc::now() - chrono::Duration::days(back)).format("%Y-%m-%d").to_string();
     let (first, second) = (day(4), day(3));
     let lines = [
-        format!(r#"{{"record_id":"a-1","service":"sms","start_time":"{first}T08:00:00Z","calling_number":"+4511223344","called_number":"+4555667788"}}"#),
-        format!(r#"{{"record_id":"a-2","service":"sms","start_time":"{first}T08:01:00Z","calling_number":"{bad_number}"}}"#),
+        format!(
+            r#"{{"record_id":"a-1","service":"sms","start_time":"{first}T08:00:00Z","calling_number":"+4511223344","called_number":"+4555667788"}}"#
+        ),
+        format!(
+            r#"{{"record_id":"a-2","service":"sms","start_time":"{first}T08:01:00Z","calling_number":"{bad_number}"}}"#
+        ),
         String::new(),
         r#"{"record_id":"a-3","service":"voice""#.to_string(),
-        format!(r#"{{"record_id":"a-4","service":"voice","start_time":"{second}T09:00:00+01:00","calling_number":"+4511223344"}}"#),
+        format!(
+            r#"{{"record_id":"a-4","service":"voice","start_time":"{second}T09:00:00+01:00","calling_number":"+4511223344"}}"#
+        ),
     ];
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let args = ["import", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--keys-dir", keys.to_str().unwrap()];
+    let args =
+        ["import", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--keys-dir", keys.to_str().unwrap()];
 
     let output = cdrvault(&args);
     let stderr = text(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("line 2: refused: invalid_msisdn in field calling_number"), "{stderr}");
     assert!(stderr.contains("line 4: refused: malformed_payload"), "{stderr}");
-    assert!(text(&output.stdout).contains("imported 4 lines: 2 written into 2 files, 2 refused"), "{}", text(&output.stdout));
+    assert!(
+        text(&output.stdout).contains("imported 4 lines: 2 written into 2 files, 2 refused"),
+        "{}",
+        text(&output.stdout)
+    );
     for shown in [&stderr, &text(&output.stdout)] {
         assert!(!shown.contains("99887766") && !shown.contains("11223344"), "no value is ever quoted");
     }
@@ -158,7 +180,11 @@ fn retention_audit_and_preservation_from_the_command_line() {
     let dir = |name: &str| root.path().join(name).to_str().unwrap().to_string();
     let (data, keys, state) = (dir("data"), dir("keys"), dir("state"));
     let config = root.path().join("cdrvault.toml");
-    std::fs::write(&config, format!("[storage]\ndata_dir = \"{data}\"\n[keys]\ndir = \"{keys}\"\n[state]\ndir = \"{state}\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("[storage]\ndata_dir = \"{data}\"\n[keys]\ndir = \"{keys}\"\n[state]\ndir = \"{state}\"\n"),
+    )
+    .unwrap();
     let run = |args: &[&str]| {
         let mut all = vec!["--config", config.to_str().unwrap()];
         all.extend_from_slice(args);
@@ -181,8 +207,20 @@ fn retention_audit_and_preservation_from_the_command_line() {
     assert!(run(&["import", file.to_str().unwrap()]).status.success());
 
     let placed = run(&[
-        "preserve", "add", "--authority", "dk-police", "--reference", "QF-9", "--target", "msisdn:+4520000003", "--from", &day(-5),
-        "--to", &day(-1), "--until", &day(500),
+        "preserve",
+        "add",
+        "--authority",
+        "dk-police",
+        "--reference",
+        "QF-9",
+        "--target",
+        "msisdn:+4520000003",
+        "--from",
+        &day(-5),
+        "--to",
+        &day(-1),
+        "--until",
+        &day(500),
     ]);
     assert!(placed.status.success(), "{}", text(&placed.stderr));
     let listed = text(&run(&["preserve", "list"]).stdout);
@@ -195,7 +233,11 @@ fn retention_audit_and_preservation_from_the_command_line() {
     let preview = text(&run(&["retention", "run", "--as-of", &later, "--dry-run"]).stdout);
     assert!(preview.contains(&format!("would destroy {}: 1 files, 20 rows", day(-3))), "{preview}");
     let destroyed = run(&["retention", "run", "--as-of", &later]);
-    assert!(text(&destroyed.stdout).contains(&format!("destroyed {}: 1 files, 20 rows, key day-", day(-3))), "{}", text(&destroyed.stdout));
+    assert!(
+        text(&destroyed.stdout).contains(&format!("destroyed {}: 1 files, 20 rows, key day-", day(-3))),
+        "{}",
+        text(&destroyed.stdout)
+    );
     let verified = run(&["retention", "verify", "--as-of", &later]);
     assert!(verified.status.success(), "{}", text(&verified.stdout));
     assert!(text(&verified.stdout).contains("OK: no expired day"));

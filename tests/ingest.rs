@@ -42,7 +42,11 @@ struct Setup {
     records: Vec<SyntheticCdr>,
 }
 
-fn setup(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, count: u64, encoding: Encoding) -> Setup {
+fn setup(
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    count: u64,
+    encoding: Encoding,
+) -> Setup {
     cluster.create_topic(TOPIC, PARTITIONS, 1).unwrap();
     cluster.create_topic(DEAD_LETTER, 1, 1).unwrap();
     let root = tempfile::tempdir().unwrap();
@@ -137,7 +141,11 @@ fn dead_letters(config: &Config) -> Vec<(String, Option<String>)> {
         let message = message.unwrap();
         let headers = message.headers().expect("dead letters carry headers");
         let get = |name: &str| {
-            headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
         };
         out.push((get(headers::REASON).expect("a reason header"), get(headers::FIELD)));
     }
@@ -158,7 +166,9 @@ fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
         .with_ansi(false)
         .finish();
     let report = tracing::subscriber::with_default(subscriber, || {
-        ingest(&setup, Arc::clone(&metrics)).run(&AtomicBool::new(false), StopAfter { records: Some(count) }, |_| {}).unwrap()
+        ingest(&setup, Arc::clone(&metrics))
+            .run(&AtomicBool::new(false), StopAfter { records: Some(count) }, |_| {})
+            .unwrap()
     });
 
     let valid: Vec<&SyntheticCdr> = setup.records.iter().filter(|r| r.defect.is_none()).collect();
@@ -195,13 +205,15 @@ fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
     let population = Generator::new(SynthConfig { seed: 7, subscribers: 300, ..SynthConfig::default() });
     let target = &population.subscribers()[0].msisdn;
     let token = tokeniser.token_for_query(IdentifierKind::Msisdn, target).unwrap().0;
-    let number_fields = [IdentifierField::CallingNumber, IdentifierField::CalledNumber, IdentifierField::RedirectingNumber];
+    let number_fields =
+        [IdentifierField::CallingNumber, IdentifierField::CalledNumber, IdentifierField::RedirectingNumber];
     let found: HashSet<&str> = rows
         .iter()
         .filter(|r| number_fields.iter().any(|f| r.tokens.get(f) == Some(&token)))
         .map(|r| r.record_id.as_str())
         .collect();
-    let truth: HashSet<&str> = valid.iter().filter(|r| r.involves_number(target)).map(|r| r.record_id.as_str()).collect();
+    let truth: HashSet<&str> =
+        valid.iter().filter(|r| r.involves_number(target)).map(|r| r.record_id.as_str()).collect();
     assert!(truth.len() > 10, "the first subscriber is a frequent one");
     assert_eq!(found, truth);
     for row in rows.iter().filter(|r| found.contains(r.record_id.as_str())) {
@@ -237,7 +249,10 @@ fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
     // The metrics agree, and are labelled by reason only.
     let text = metrics.encode();
     assert_eq!(common::metric(&text, "cdrvault_ingest_records_written_total"), Some(valid.len() as f64));
-    assert!(text.contains(&format!("cdrvault_ingest_records_refused_total{{reason=\"invalid_msisdn\"}} {}", expected_reasons["invalid_msisdn"])));
+    assert!(text.contains(&format!(
+        "cdrvault_ingest_records_refused_total{{reason=\"invalid_msisdn\"}} {}",
+        expected_reasons["invalid_msisdn"]
+    )));
 
     // No raw identifier anywhere the run wrote: data, keys, logs, metrics.
     let identifiers = common::raw_identifiers(&setup.records);
@@ -254,7 +269,9 @@ fn protobuf_topics_are_ingested_like_json() {
     let cluster = MockCluster::new(1).unwrap();
     let count = 3_000;
     let setup = setup(&cluster, count, Encoding::Protobuf);
-    let report = ingest(&setup, Metrics::new()).run(&AtomicBool::new(false), StopAfter { records: Some(count) }, |_| {}).unwrap();
+    let report = ingest(&setup, Metrics::new())
+        .run(&AtomicBool::new(false), StopAfter { records: Some(count) }, |_| {})
+        .unwrap();
     let valid = setup.records.iter().filter(|r| r.defect.is_none()).count();
     assert_eq!(report.written as usize, valid);
     let rows = common::read_all_rows(&setup.config.storage.data_dir, &setup.keys);

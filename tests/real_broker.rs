@@ -33,7 +33,8 @@ fn brokers() -> String {
 fn create_topics(brokers: &str, names: &[&str]) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    let topics: Vec<NewTopic<'_>> = names.iter().map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1))).collect();
+    let topics: Vec<NewTopic<'_>> =
+        names.iter().map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1))).collect();
     let results = futures::executor::block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap();
     for result in results {
         result.unwrap();
@@ -80,7 +81,8 @@ fn read_dead_letters(brokers: &str, topic: &str, expected: usize) -> Vec<String>
 }
 
 fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", brokers).set("group.id", group).create().unwrap();
     let mut list = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         list.add_partition(topic, p);
@@ -110,8 +112,19 @@ fn serve_ingests_from_a_real_broker_and_stops_cleanly() {
 
     let count = 6_000u64;
     let produced = run(&[
-        "produce", "--brokers", &brokers, "--topic", &topic, "--count", &count.to_string(), "--format", "protobuf",
-        "--seed", "11", "--days", "2",
+        "produce",
+        "--brokers",
+        &brokers,
+        "--topic",
+        &topic,
+        "--count",
+        &count.to_string(),
+        "--format",
+        "protobuf",
+        "--seed",
+        "11",
+        "--days",
+        "2",
     ]);
 
     let port = free_port();
@@ -142,7 +155,15 @@ filter = "debug"
     .unwrap();
     let log_path = root.path().join("serve.log");
     let mut serve = Command::new(BINARY)
-        .args(["serve", "--config", config_path.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--keys-dir", keys.to_str().unwrap()])
+        .args([
+            "serve",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--keys-dir",
+            keys.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
@@ -162,7 +183,11 @@ filter = "debug"
                 break;
             }
         }
-        assert!(serve.try_wait().unwrap().is_none(), "serve exited early: {}", std::fs::read_to_string(&log_path).unwrap());
+        assert!(
+            serve.try_wait().unwrap().is_none(),
+            "serve exited early: {}",
+            std::fs::read_to_string(&log_path).unwrap()
+        );
         assert!(Instant::now() < deadline, "ingest did not finish in time; last metrics:\n{metrics}");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -202,7 +227,13 @@ filter = "debug"
         &identifiers,
     );
     assert!(leaks.is_empty(), "raw identifiers leaked: {leaks:?}");
-    assert!(!Path::new(&data).join("cdr").read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')));
+    assert!(
+        !Path::new(&data).join("cdr").read_dir().unwrap().any(|e| e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with('.'))
+    );
 }
 
 fn rand_suffix() -> u32 {

@@ -15,11 +15,11 @@ use cdrvault::clock::{Clock, ManualClock};
 use cdrvault::decode::{Encoding, RefuseReason};
 use cdrvault::keys::KeyStore;
 use cdrvault::models::PartitionDate;
+use cdrvault::orders::{NewOrder, OrderStore, TargetInput};
 use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
+use cdrvault::preserve;
 use cdrvault::read;
 use cdrvault::retention::{CrashPoint, RetentionConfig, SweepMode, Sweeper, Violation, is_expired};
-use cdrvault::orders::{NewOrder, OrderStore, TargetInput};
-use cdrvault::preserve;
 use cdrvault::write::{ParquetConfig, ParquetWriter};
 
 const DAYS: i64 = 400;
@@ -186,7 +186,12 @@ fn a_simulated_year_destroys_every_expired_day_and_proves_it() {
 
 #[test]
 fn a_sweep_killed_mid_deletion_is_finished_by_the_next() {
-    for point in [CrashPoint::AfterTombstone, CrashPoint::AfterKeyDestroyed, CrashPoint::AfterFirstFileDeleted, CrashPoint::BeforeAudit] {
+    for point in [
+        CrashPoint::AfterTombstone,
+        CrashPoint::AfterKeyDestroyed,
+        CrashPoint::AfterFirstFileDeleted,
+        CrashPoint::BeforeAudit,
+    ] {
         let start = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
         let mut world = World::new(start);
         let first_day = world.today();
@@ -281,7 +286,9 @@ fn preserved_records_survive_their_day_and_die_with_their_order() {
     for d in read::list_days(&area).unwrap() {
         let key = preserve::order_key_for(&world.keys, &order.id, d).unwrap().unwrap();
         for file in read::list_files(&area, d).unwrap() {
-            for batch in read::read_file(&file, Some(&key), &["record_id", "calling_number_sealed", "seal_key_id"]).unwrap() {
+            for batch in
+                read::read_file(&file, Some(&key), &["record_id", "calling_number_sealed", "seal_key_id"]).unwrap()
+            {
                 for row in 0..batch.num_rows() {
                     preserved.push((
                         batch.column(0).as_string::<i32>().value(row).to_string(),
@@ -294,7 +301,11 @@ fn preserved_records_survive_their_day_and_die_with_their_order() {
     }
     preserved.sort();
     let expected: Vec<String> = (2..5).map(|n| format!("r-{}-5", date_of(n))).collect();
-    assert_eq!(preserved.iter().map(|p| p.0.clone()).collect::<Vec<_>>(), expected, "exactly the targets' records in the window");
+    assert_eq!(
+        preserved.iter().map(|p| p.0.clone()).collect::<Vec<_>>(),
+        expected,
+        "exactly the targets' records in the window"
+    );
     assert!(preserved.iter().all(|p| p.1 == "+4520000005" && p.2 == format!("order-{}", order.id)));
     // The day itself is gone all the same.
     assert!(world.keys.existing_day_key(date_of(3)).unwrap().is_none());
@@ -366,8 +377,14 @@ fn preservation_follows_a_token_key_rotation() {
     assert_eq!(processor.process(&inputs).unwrap().written, 10);
 
     let audit = Arc::new(AuditTrail::open(&root.path().join("state"), &keys).unwrap());
-    let sweeper = Sweeper::new(&root.path().join("data"), Arc::clone(&keys), audit, clock.clone() as Arc<dyn Clock>, RetentionConfig::default())
-        .with_orders(Arc::clone(&orders), ParquetConfig::default());
+    let sweeper = Sweeper::new(
+        &root.path().join("data"),
+        Arc::clone(&keys),
+        audit,
+        clock.clone() as Arc<dyn Clock>,
+        RetentionConfig::default(),
+    )
+    .with_orders(Arc::clone(&orders), ParquetConfig::default());
     clock.set(start + chrono::Duration::days(367));
     let report = sweeper.run(None, SweepMode::Delete).unwrap();
     assert_eq!(report.days.len(), 1);

@@ -81,10 +81,7 @@ pub fn inputs(records: &[SyntheticCdr], encoding: Encoding) -> Vec<Input> {
 
 /// The fixed token key of the tokenise benchmarks.
 pub fn tokeniser() -> Tokeniser {
-    let key = TokenKey {
-        id: KeyId::new("tk-0001").expect("a valid key id"),
-        secret: SecretKey::from_bytes([7; 32]),
-    };
+    let key = TokenKey { id: KeyId::new("tk-0001").expect("a valid key id"), secret: SecretKey::from_bytes([7; 32]) };
     Tokeniser::new(&key)
 }
 

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use super::{RawEnum, RawRecord, RawTime, RefuseReason, Refusal};
+use super::{RawEnum, RawRecord, RawTime, Refusal, RefuseReason};
 
 /// A string field that borrows from the payload unless it contains JSON
 /// escapes. (serde borrows a bare `Cow<'a, str>` field, but not one inside an
@@ -64,8 +64,7 @@ pub(super) fn parse(payload: &[u8]) -> Result<RawRecord<'_>, Refusal> {
     // `from_slice` hands out borrowed strings only for valid UTF-8 input it
     // has checked, which is what lets `Text` borrow.
     // The parser's error is dropped on purpose: its message can quote input.
-    let cdr: JsonCdr<'_> =
-        serde_json::from_slice(payload).map_err(|_| Refusal::new(RefuseReason::MalformedPayload))?;
+    let cdr: JsonCdr<'_> = serde_json::from_slice(payload).map_err(|_| Refusal::new(RefuseReason::MalformedPayload))?;
     Ok(RawRecord {
         record_id: text(cdr.record_id),
         service: text(cdr.service).map(RawEnum::Text),
@@ -102,6 +101,9 @@ mod tests {
         let raw = parse(payload).unwrap();
         assert!(matches!(raw.record_id, Some(Cow::Borrowed("msc-1"))));
         assert!(matches!(raw.identifiers[0], Some(Cow::Borrowed(_))));
-        assert!(matches!(raw.identifiers[3], Some(Cow::Owned(_))), "an escaped string is unescaped into its own buffer");
+        assert!(
+            matches!(raw.identifiers[3], Some(Cow::Owned(_))),
+            "an escaped string is unescaped into its own buffer"
+        );
     }
 }

@@ -164,11 +164,7 @@ pub struct ValidationContext {
 }
 
 /// Decodes one payload in the given encoding and validates it.
-pub fn decode<'a>(
-    encoding: Encoding,
-    payload: &'a [u8],
-    ctx: &ValidationContext,
-) -> Result<Cdr<'a>, Refusal> {
+pub fn decode<'a>(encoding: Encoding, payload: &'a [u8], ctx: &ValidationContext) -> Result<Cdr<'a>, Refusal> {
     let raw = match encoding {
         Encoding::Json => json::parse(payload)?,
         Encoding::Protobuf => protobuf::parse(payload)?,
@@ -257,8 +253,7 @@ fn validate<'a>(raw: RawRecord<'a>, ctx: &ValidationContext) -> Result<Cdr<'a>, 
         return Err(Refusal::on(R::Expired, "start_time"));
     }
 
-    let [calling, called, redirecting, sip, imsi, imei, cell_start, cell_end, src_ip, dst_ip] =
-        raw.identifiers;
+    let [calling, called, redirecting, sip, imsi, imei, cell_start, cell_end, src_ip, dst_ip] = raw.identifiers;
     use IdentifierField as F;
     let calling_number = identifier(calling, F::CallingNumber, normalise::msisdn)?;
     let called_number = identifier(called, F::CalledNumber, normalise::msisdn)?;
@@ -291,12 +286,9 @@ fn validate<'a>(raw: RawRecord<'a>, ctx: &ValidationContext) -> Result<Cdr<'a>, 
     };
     let release_cause = match raw.release_cause {
         None => None,
-        Some(v) => Some(
-            i32::try_from(v)
-                .ok()
-                .filter(|v| *v >= 0)
-                .ok_or(Refusal::on(R::InvalidNumber, "release_cause"))?,
-        ),
+        Some(v) => {
+            Some(i32::try_from(v).ok().filter(|v| *v >= 0).ok_or(Refusal::on(R::InvalidNumber, "release_cause"))?)
+        }
     };
 
     Ok(Cdr {
@@ -333,30 +325,21 @@ fn identifier<'a, T>(
     match value {
         None => Ok(None),
         Some(text) if text.is_empty() => Ok(None),
-        Some(text) => normalise(text)
-            .map(Some)
-            .ok_or(Refusal::on(RefuseReason::for_identifier(field), field.name())),
+        Some(text) => normalise(text).map(Some).ok_or(Refusal::on(RefuseReason::for_identifier(field), field.name())),
     }
 }
 
-fn ip_identifier(
-    value: Option<&str>,
-    field: IdentifierField,
-) -> Result<Option<crate::models::IpAddress>, Refusal> {
+fn ip_identifier(value: Option<&str>, field: IdentifierField) -> Result<Option<crate::models::IpAddress>, Refusal> {
     match value {
         None | Some("") => Ok(None),
-        Some(text) => normalise::ip(text)
-            .map(Some)
-            .ok_or(Refusal::on(RefuseReason::InvalidIp, field.name())),
+        Some(text) => normalise::ip(text).map(Some).ok_or(Refusal::on(RefuseReason::InvalidIp, field.name())),
     }
 }
 
 fn parse_time(raw: RawTime<'_>) -> Option<TimestampMicros> {
     match raw {
         RawTime::Micros(micros) => Some(TimestampMicros(micros)),
-        RawTime::Text(text) => DateTime::parse_from_rfc3339(&text)
-            .ok()
-            .map(|t| TimestampMicros(t.timestamp_micros())),
+        RawTime::Text(text) => DateTime::parse_from_rfc3339(&text).ok().map(|t| TimestampMicros(t.timestamp_micros())),
     }
 }
 
@@ -428,7 +411,11 @@ mod tests {
         assert_eq!(refused(&with("cell_id_end", "\"1-2-3\"")), (R::InvalidCellId, Some("cell_id_end")));
         assert_eq!(refused(&with("src_ip", "\"300.1.1.1\"")), (R::InvalidIp, Some("src_ip")));
         assert_eq!(refused(&with("start_time", "\"yesterday\"")).0, R::InvalidTimestamp);
-        assert_eq!(refused(&with("start_time", "\"2026-11-24T10:00:00\"")).0, R::InvalidTimestamp, "an offset is required");
+        assert_eq!(
+            refused(&with("start_time", "\"2026-11-24T10:00:00\"")).0,
+            R::InvalidTimestamp,
+            "an offset is required"
+        );
         assert_eq!(refused(&with("end_time", "\"2026-11-24T08:00:00Z\"")).0, R::EndBeforeStart);
         let future = with("start_time", "\"2026-11-24T12:06:00Z\"").replace("end_time", "ignored");
         assert_eq!(refused(&future).0, R::StartInFuture);
@@ -445,7 +432,9 @@ mod tests {
 
     #[test]
     fn start_within_clock_skew_is_accepted() {
-        let text = VALID.replace("2026-11-24T10:00:00+01:00", "2026-11-24T12:04:00Z").replace("2026-11-24T10:01:30+01:00", "2026-11-24T12:05:00Z");
+        let text = VALID
+            .replace("2026-11-24T10:00:00+01:00", "2026-11-24T12:04:00Z")
+            .replace("2026-11-24T10:01:30+01:00", "2026-11-24T12:05:00Z");
         assert!(json(&text).is_ok());
     }
 

@@ -32,9 +32,7 @@ pub fn msisdn(text: Cow<'_, str>) -> Option<Msisdn<'_>> {
     {
         return Some(Msisdn::from_canonical(text));
     }
-    let rest = text
-        .strip_prefix('+')
-        .or_else(|| text.strip_prefix("00"))?;
+    let rest = text.strip_prefix('+').or_else(|| text.strip_prefix("00"))?;
     let mut canonical = String::with_capacity(E164_MAX_DIGITS + 1);
     canonical.push('+');
     for c in rest.chars() {
@@ -55,8 +53,7 @@ fn is_e164_digits(digits: &str) -> bool {
 
 /// An IMSI: 14 or 15 digits (MCC, MNC, MSIN).
 pub fn imsi(text: Cow<'_, str>) -> Option<Imsi<'_>> {
-    ((14..=15).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| Imsi::from_canonical(text))
+    ((14..=15).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit())).then(|| Imsi::from_canonical(text))
 }
 
 /// An IMEI (14 digits without, 15 with the check digit) or IMEISV (16
@@ -81,9 +78,7 @@ pub fn sip_uri(text: Cow<'_, str>) -> Option<SipUri<'_>> {
     } else {
         Cow::Borrowed(text.as_ref())
     };
-    let rest = ["sip:", "sips:", "tel:"]
-        .iter()
-        .find_map(|scheme| lower.strip_prefix(scheme))?;
+    let rest = ["sip:", "sips:", "tel:"].iter().find_map(|scheme| lower.strip_prefix(scheme))?;
     let well_formed = !rest.is_empty()
         && rest.bytes().all(|b| b.is_ascii_graphic())
         && !rest.starts_with('@')
@@ -164,10 +159,7 @@ mod tests {
 
     #[test]
     fn sip_uris_are_lower_cased() {
-        assert_eq!(
-            sip_uri("SIP:Alice@IMS.Example.NET".into()).unwrap().expose(),
-            "sip:alice@ims.example.net"
-        );
+        assert_eq!(sip_uri("SIP:Alice@IMS.Example.NET".into()).unwrap().expose(), "sip:alice@ims.example.net");
         assert!(sip_uri("tel:+4512345678".into()).is_some());
         assert!(sip_uri("http://example.net".into()).is_none());
         assert!(sip_uri("sip:".into()).is_none());

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use prost::Message;
 
-use super::{RawEnum, RawRecord, RawTime, RefuseReason, Refusal};
+use super::{RawEnum, RawRecord, RawTime, Refusal, RefuseReason};
 use crate::models::{Direction, Service};
 use crate::proto;
 
@@ -30,11 +30,7 @@ pub(super) fn parse(payload: &[u8]) -> Result<RawRecord<'static>, Refusal> {
             if !(0..1_000_000_000).contains(&t.nanos) {
                 RawTime::Micros(i64::MAX)
             } else {
-                RawTime::Micros(
-                    t.seconds
-                        .saturating_mul(1_000_000)
-                        .saturating_add(i64::from(t.nanos / 1_000)),
-                )
+                RawTime::Micros(t.seconds.saturating_mul(1_000_000).saturating_add(i64::from(t.nanos / 1_000)))
             }
         })
     };

@@ -134,9 +134,7 @@ impl KafkaSource {
             .create_with_context(SourceContext { metrics })
             .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer: {e}"))?;
         let topics: Vec<&str> = kafka.topics.iter().map(|t| t.name.as_str()).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
+        consumer.subscribe(&topics).map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
         let encodings = kafka.topics.iter().map(|t| (Arc::from(t.name.as_str()), t.encoding)).collect();
         Ok(KafkaSource { consumer: Arc::new(consumer), encodings, limits: BatchLimits::from(ingest) })
     }
@@ -179,7 +177,11 @@ impl KafkaSource {
             let Some((topic, encoding)) = self.encodings.get_key_value(topic) else { continue };
             let payload = message.payload().unwrap_or_default().to_vec();
             batch.bytes += payload.len();
-            batch.positions.push(Position { topic: Arc::clone(topic), partition: message.partition(), offset: message.offset() });
+            batch.positions.push(Position {
+                topic: Arc::clone(topic),
+                partition: message.partition(),
+                offset: message.offset(),
+            });
             batch.inputs.push(Input { encoding: *encoding, payload });
             deadline.get_or_insert_with(|| Instant::now() + self.limits.linger);
         }

@@ -113,9 +113,8 @@ impl DayColumns {
         seal_key_id: &KeyId,
     ) -> Result<RecordBatch, ArrowError> {
         let rows = self.inputs.len();
-        let constant = |value: &str| -> ArrayRef {
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(value, rows)))
-        };
+        let constant =
+            |value: &str| -> ArrayRef { Arc::new(StringArray::from_iter_values(std::iter::repeat_n(value, rows))) };
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.record_id.finish()),
             Arc::new(self.service.finish()),

@@ -344,11 +344,8 @@ fn encode_columns(
     // constant key id), so threads take the next column from a shared queue
     // instead of a fixed share. Each job sits in its own slot; a thread
     // claims a slot by index, so no two threads touch one job.
-    let jobs: Vec<std::sync::Mutex<Option<(ArrowColumnWriter, ArrowLeafColumn)>>> = writers
-        .into_iter()
-        .zip(leaves)
-        .map(|job| std::sync::Mutex::new(Some(job)))
-        .collect();
+    let jobs: Vec<std::sync::Mutex<Option<(ArrowColumnWriter, ArrowLeafColumn)>>> =
+        writers.into_iter().zip(leaves).map(|job| std::sync::Mutex::new(Some(job))).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let encoded: Vec<Result<Vec<(usize, ArrowColumnChunk)>, ParquetError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -402,7 +399,11 @@ mod tests {
             writer,
             Arc::clone(&keys),
             clock,
-            ProcessorConfig { max_clock_skew: std::time::Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
+            ProcessorConfig {
+                max_clock_skew: std::time::Duration::from_secs(60),
+                decode_threads: 2,
+                retention_days: Some(365),
+            },
         );
         let inputs: Vec<Input> = (0..250)
             .map(|i| Input {
@@ -481,7 +482,10 @@ mod tests {
         assert!(read::read_file(&path, None, &sealed).is_err(), "no key, no sealed column");
         let batches = read::read_file(&path, Some(&key), &sealed).unwrap();
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 250);
-        assert!(read::read_file(&path, None, &["calling_number_token", "start_time"]).is_ok(), "clear columns need no key");
+        assert!(
+            read::read_file(&path, None, &["calling_number_token", "start_time"]).is_ok(),
+            "clear columns need no key"
+        );
 
         // Moved to another day's directory, the file no longer verifies.
         let other = day_dir(&root.path().join("data"), PartitionDate::parse("2026-11-23").unwrap());
