@@ -116,7 +116,7 @@ pub enum WarrantStatus {
 }
 
 impl WarrantStatus {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             WarrantStatus::Registered => "registered",
             WarrantStatus::Approved => "approved",

@@ -64,6 +64,49 @@ pub enum AuditEvent {
     /// Records of a day were copied into a preservation area before the day
     /// was deleted.
     RecordsPreserved { order: String, day: String, rows: u64 },
+    /// A call came without a valid bearer token. The token is never kept.
+    AuthenticationFailed { method: String, reason: String },
+    /// A call was refused: role, object, scope, replay, rate or size.
+    AccessRefused { method: String, reason: String, detail: String, warrant: Option<String>, request_id: Option<String> },
+    AuthorityCreated { authority: String, country: String },
+    PrincipalCreated { principal: String, roles: Vec<String>, authority: Option<String> },
+    /// A warrant was registered; its targets appear as kinds and tokens.
+    WarrantRegistered {
+        warrant: String,
+        authority: String,
+        reference: String,
+        target_kinds: Vec<String>,
+        target_tokens: Vec<String>,
+        period_start: String,
+        period_end: String,
+        categories: Vec<String>,
+        valid_until: String,
+    },
+    WarrantDecided { warrant: String, decision: String, reason: Option<String> },
+    /// A warrant was closed and its key (so its sealed targets) destroyed.
+    WarrantClosed { warrant: String },
+    /// A request was executed and its result sealed for delivery.
+    RequestAnswered {
+        request_id: String,
+        warrant: String,
+        status: String,
+        target_tokens: Vec<String>,
+        window_start: String,
+        window_end: String,
+        categories: Vec<String>,
+        records: u64,
+        format: String,
+        sha256: String,
+        bytes: u64,
+    },
+    /// A result's bytes are about to leave the process (entry made first).
+    ResultDelivered { request_id: String, sha256: String, bytes: u64 },
+    /// A kept result's key and file were destroyed.
+    ResultDestroyed { request_id: String, reason: String },
+    /// A data subject's records are about to leave the process.
+    SubjectExported { reference: String, kind: String, target_token: String, records: u64, sha256: String, bytes: u64 },
+    AuditVerified { entries: u64, intact: bool },
+    StatisticsReported { year: i32 },
 }
 
 #[derive(Debug, thiserror::Error)]

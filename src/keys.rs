@@ -40,6 +40,7 @@ const TOKEN_DIR: &str = "token";
 const DAY_DIR: &str = "day";
 const ORDER_DIR: &str = "order";
 const WARRANT_DIR: &str = "warrant";
+const RESULT_DIR: &str = "result";
 const AUDIT_KEY_FILE: &str = "audit-signing.key";
 const AUDIT_HEAD_FILE: &str = "audit.head";
 const WRAP_MAGIC: &[u8; 8] = b"CDRVKEY1";
@@ -132,6 +133,8 @@ pub struct DayKey {
 pub enum RecordKeyScope {
     Order,
     Warrant,
+    /// A lawful request's result, kept sealed until fetched or expired.
+    Result,
 }
 
 impl RecordKeyScope {
@@ -139,6 +142,7 @@ impl RecordKeyScope {
         match self {
             RecordKeyScope::Order => ORDER_DIR,
             RecordKeyScope::Warrant => WARRANT_DIR,
+            RecordKeyScope::Result => RESULT_DIR,
         }
     }
 
@@ -146,6 +150,7 @@ impl RecordKeyScope {
         match self {
             RecordKeyScope::Order => "order",
             RecordKeyScope::Warrant => "warrant",
+            RecordKeyScope::Result => "result",
         }
     }
 
@@ -153,6 +158,7 @@ impl RecordKeyScope {
         match self {
             RecordKeyScope::Order => ORDER_AAD,
             RecordKeyScope::Warrant => WARRANT_AAD,
+            RecordKeyScope::Result => RESULT_AAD,
         }
     }
 }
@@ -497,6 +503,7 @@ const TOKEN_AAD: &[u8] = b"token";
 const AUDIT_AAD: &[u8] = b"audit-signing";
 const ORDER_AAD: &[u8] = b"order";
 const WARRANT_AAD: &[u8] = b"warrant";
+const RESULT_AAD: &[u8] = b"result";
 
 fn day_aad(date: PartitionDate) -> Vec<u8> {
     format!("day {date}").into_bytes()
@@ -563,26 +570,38 @@ fn unwrap_key(master: &SecretKey, bytes: &[u8], role: &[u8]) -> Option<(KeyId, S
 
 /// Seals a short value (a registry target) with AES-256-GCM under `key`,
 /// bound to `context` (the record's id): nonce followed by ciphertext.
-pub(crate) fn seal_value(
-    key: &SecretKey,
-    rng: &SystemRandom,
-    context: &[u8],
-    value: &str,
-) -> Result<Vec<u8>, KeyError> {
-    let mut nonce = [0u8; NONCE_LEN];
-    rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
-    let mut buffer = value.as_bytes().to_vec();
-    aes_gcm(key)
-        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context), &mut buffer)
-        .map_err(|_| KeyError::Random)?;
-    let mut out = nonce.to_vec();
-    out.extend_from_slice(&buffer);
-    Ok(out)
+pub(crate) fn seal_value(key: &SecretKey, rng: &SystemRandom, context: &[u8], value: &str) -> Result<Vec<u8>, KeyError> {
+    seal_bytes(key, rng, context, value.as_bytes().to_vec())
 }
 
 /// Opens a value sealed by [`seal_value`]; `None` if the key or context is
 /// wrong or the bytes were changed.
 pub(crate) fn open_value(key: &SecretKey, context: &[u8], sealed: &[u8]) -> Option<String> {
+    String::from_utf8(open_bytes(key, context, sealed)?).ok()
+}
+
+/// Seals bytes with AES-256-GCM under `key`, bound to `context`: nonce
+/// followed by ciphertext and tag.
+pub(crate) fn seal_bytes(
+    key: &SecretKey,
+    rng: &SystemRandom,
+    context: &[u8],
+    mut buffer: Vec<u8>,
+) -> Result<Vec<u8>, KeyError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
+    aes_gcm(key)
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context), &mut buffer)
+        .map_err(|_| KeyError::Random)?;
+    let mut out = Vec::with_capacity(NONCE_LEN + buffer.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&buffer);
+    Ok(out)
+}
+
+/// Opens bytes sealed by [`seal_bytes`]; `None` if the key or context is
+/// wrong or the bytes were changed.
+pub(crate) fn open_bytes(key: &SecretKey, context: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     if sealed.len() < NONCE_LEN {
         return None;
     }
@@ -590,7 +609,7 @@ pub(crate) fn open_value(key: &SecretKey, context: &[u8], sealed: &[u8]) -> Opti
     let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
     let mut buffer = body.to_vec();
     let plain = aes_gcm(key).open_in_place(nonce, Aad::from(context), &mut buffer).ok()?;
-    String::from_utf8(plain.to_vec()).ok()
+    Some(plain.to_vec())
 }
 
 fn wrap_aad(role: &[u8], id: &str) -> Vec<u8> {

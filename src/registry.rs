@@ -1,6 +1,6 @@
 //! The embedded registry: one SQLite database (through rusqlite) in the state
-//! directory, holding preservation orders today and the lawful-access
-//! service's authorities, principals and warrants later.
+//! directory, holding preservation orders and the lawful-access service's
+//! authorities, principals, warrants and requests.
 //!
 //! Schema changes are numbered migrations applied in order at open;
 //! `PRAGMA user_version` records how many ran. A shipped migration is never
@@ -90,6 +90,31 @@ const MIGRATIONS: &[&str] = &[
         token_key_id TEXT NOT NULL,
         token INTEGER NOT NULL,
         PRIMARY KEY (warrant_id, position, token_key_id)
+    );",
+    // 3: lawful requests, their outcome, and the age of the data delivered.
+    "CREATE TABLE requests (
+        request_id TEXT PRIMARY KEY,
+        authority_id TEXT NOT NULL REFERENCES authorities(id),
+        request_number INTEGER NOT NULL,
+        warrant_id TEXT NOT NULL,
+        principal_id TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('answered', 'answered_partially', 'unavailable', 'refused')),
+        reason TEXT,
+        submitted_at_us INTEGER NOT NULL,
+        records INTEGER NOT NULL DEFAULT 0,
+        format TEXT,
+        sha256 TEXT,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        days_unavailable INTEGER NOT NULL DEFAULT 0,
+        result_name TEXT,
+        result_expires_us INTEGER,
+        UNIQUE (authority_id, request_number)
+    );
+    CREATE TABLE request_ages (
+        request_id TEXT NOT NULL REFERENCES requests(request_id),
+        bucket INTEGER NOT NULL,
+        records INTEGER NOT NULL,
+        PRIMARY KEY (request_id, bucket)
     );",
 ];
 
