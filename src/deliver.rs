@@ -150,12 +150,7 @@ fn json_bytes(header: &ResultHeader, records: &[FoundRecord]) -> Vec<u8> {
 
 /// A data subject's export (GDPR art. 15/20): every retained record of one
 /// subscriber, all categories, JSON.
-pub fn subject_export(
-    reference: &str,
-    csp_id: &str,
-    generated_at: DateTime<Utc>,
-    records: &[FoundRecord],
-) -> Rendered {
+pub fn subject_export(reference: &str, csp_id: &str, generated_at: DateTime<Utc>, records: &[FoundRecord]) -> Rendered {
     let all: BTreeSet<Category> = [Category::Traffic, Category::Location, Category::Device, Category::Ip].into();
     let document = json!({
         "header": {
@@ -259,8 +254,10 @@ fn write_record_xml<W: io::Write>(
     categories: &BTreeSet<Category>,
 ) -> io::Result<()> {
     let element = if record.service == "data" { "NetworkAccessRecord" } else { "TelephonyRecord" };
-    writer.create_element("RetainedData").with_attribute(("recordNumber", number.to_string().as_str())).write_inner_content(
-        |w| {
+    writer
+        .create_element("RetainedData")
+        .with_attribute(("recordNumber", number.to_string().as_str()))
+        .write_inner_content(|w| {
             w.create_element(element).write_inner_content(|w| {
                 text(w, "CommunicationID", &record.record_id)?;
                 text(w, "Service", &record.service)?;
@@ -309,9 +306,9 @@ fn write_record_xml<W: io::Write>(
                     if categories.contains(&field.category())
                         && let Some(cell) = value_of(record, field)
                     {
-                        w.create_element("Location").with_attribute(("at", role)).write_inner_content(|w| {
-                            text(w, "CellID", cell)
-                        })?;
+                        w.create_element("Location")
+                            .with_attribute(("at", role))
+                            .write_inner_content(|w| text(w, "CellID", cell))?;
                     }
                 }
                 for (role, field, port) in [
@@ -333,8 +330,7 @@ fn write_record_xml<W: io::Write>(
                 Ok::<(), io::Error>(())
             })?;
             Ok::<(), io::Error>(())
-        },
-    )?;
+        })?;
     Ok(())
 }
 

@@ -112,7 +112,8 @@ impl fmt::Debug for RequestStore {
     }
 }
 
-const COLUMNS: &str = "request_id, authority_id, request_number, warrant_id, principal_id, status, reason, submitted_at_us,
+const COLUMNS: &str =
+    "request_id, authority_id, request_number, warrant_id, principal_id, status, reason, submitted_at_us,
     records, format, sha256, bytes, days_unavailable, result_name, result_expires_us";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {

@@ -137,9 +137,11 @@ impl From<AccessError> for Denial {
     fn from(error: AccessError) -> Denial {
         match error {
             AccessError::Refused(refusal) => refusal.into(),
-            AccessError::BadAuthority(id) => {
-                Denial::new(Code::InvalidArgument, "bad_authority", format!("authority {id} is unknown, taken or malformed"))
-            }
+            AccessError::BadAuthority(id) => Denial::new(
+                Code::InvalidArgument,
+                "bad_authority",
+                format!("authority {id} is unknown, taken or malformed"),
+            ),
             AccessError::Sealing => {
                 Denial::new(Code::FailedPrecondition, "warrant_closed", "the warrant's targets are destroyed")
             }
@@ -366,7 +368,11 @@ fn request_info(r: &RequestRecord) -> proto::RequestInfo {
 fn check_text(fields: &[(&'static str, &str)]) -> Result<(), Denial> {
     for (name, value) in fields {
         if value.len() > MAX_TEXT {
-            return Err(Denial::new(Code::InvalidArgument, "request_too_large", format!("{name} exceeds {MAX_TEXT} bytes")));
+            return Err(Denial::new(
+                Code::InvalidArgument,
+                "request_too_large",
+                format!("{name} exceeds {MAX_TEXT} bytes"),
+            ));
         }
     }
     Ok(())
@@ -386,7 +392,14 @@ impl Inner {
     }
 
     /// Audits a refusal and turns it into the caller's status.
-    fn refuse(&self, actor: &str, method: &str, denial: Denial, warrant: Option<&str>, request_id: Option<&str>) -> Status {
+    fn refuse(
+        &self,
+        actor: &str,
+        method: &str,
+        denial: Denial,
+        warrant: Option<&str>,
+        request_id: Option<&str>,
+    ) -> Status {
         let event = AuditEvent::AccessRefused {
             method: method.to_string(),
             reason: denial.reason.to_string(),
@@ -413,7 +426,11 @@ impl Inner {
         self.audit("anonymous", AuditEvent::AuthenticationFailed { method: method.into(), reason: reason.into() })?;
         let mut metadata = MetadataMap::new();
         metadata.insert("cdrvault-reason", MetadataValue::from_static(reason));
-        Err(Status::with_metadata(Code::Unauthenticated, format!("{reason}: a valid bearer token is required"), metadata))
+        Err(Status::with_metadata(
+            Code::Unauthenticated,
+            format!("{reason}: a valid bearer token is required"),
+            metadata,
+        ))
     }
 
     fn require(&self, principal: &Principal, roles: &[Role], method: &str) -> Outcome<()> {
@@ -421,7 +438,8 @@ impl Inner {
             return Ok(());
         }
         let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-        let denial = Denial::new(Code::PermissionDenied, "missing_role", format!("requires the role {}", names.join(" or ")));
+        let denial =
+            Denial::new(Code::PermissionDenied, "missing_role", format!("requires the role {}", names.join(" or ")));
         Err(self.refuse(&principal.id, method, denial, None, None))
     }
 
@@ -464,7 +482,11 @@ impl Inner {
         Ok(principal_info(&principal))
     }
 
-    fn create_authority(&self, token: Option<String>, body: proto::CreateAuthorityRequest) -> Outcome<proto::Authority> {
+    fn create_authority(
+        &self,
+        token: Option<String>,
+        body: proto::CreateAuthorityRequest,
+    ) -> Outcome<proto::Authority> {
         const METHOD: &str = "CreateAuthority";
         let principal = self.authenticate(token, METHOD)?;
         if let Err(denial) = check_text(&[("id", &body.id), ("name", &body.name), ("country", &body.country)]) {
@@ -474,7 +496,10 @@ impl Inner {
             return Err(self.refuse(&principal.id, METHOD, e.into(), None, None));
         }
         let country = body.country.to_ascii_uppercase();
-        self.audit(&principal.id, AuditEvent::AuthorityCreated { authority: body.id.clone(), country: country.clone() })?;
+        self.audit(
+            &principal.id,
+            AuditEvent::AuthorityCreated { authority: body.id.clone(), country: country.clone() },
+        )?;
         Ok(proto::Authority { id: body.id, country, name: body.name })
     }
 
@@ -495,7 +520,9 @@ impl Inner {
                 "bad_role",
                 "roles are admin, legal_reviewer, authority_handler, auditor, dpo",
             )),
-            Some(roles) if roles.is_empty() => Err(Denial::new(Code::InvalidArgument, "bad_role", "name one role at least")),
+            Some(roles) if roles.is_empty() => {
+                Err(Denial::new(Code::InvalidArgument, "bad_role", "name one role at least"))
+            }
             Some(roles) if roles.contains(&Role::AuthorityHandler) && body.authority.is_empty() => {
                 Err(Denial::new(Code::InvalidArgument, "bad_authority", "an authority handler needs an authority"))
             }
@@ -515,7 +542,10 @@ impl Inner {
                 authority: created.authority.clone(),
             },
         )?;
-        Ok(proto::CreatePrincipalResponse { principal: Some(principal_info(&created)), token: bearer.expose().to_string() })
+        Ok(proto::CreatePrincipalResponse {
+            principal: Some(principal_info(&created)),
+            token: bearer.expose().to_string(),
+        })
     }
 
     /// Tokens of targets under the active token key, for audit entries.
@@ -554,11 +584,8 @@ impl Inner {
             })
         })();
         let new = parsed.map_err(|d| self.refuse(&principal.id, METHOD, d, None, None))?;
-        let canonical: Vec<(IdentifierKind, String)> = new
-            .targets
-            .iter()
-            .filter_map(|t| canonical_value(t.kind, &t.value).map(|v| (t.kind, v)))
-            .collect();
+        let canonical: Vec<(IdentifierKind, String)> =
+            new.targets.iter().filter_map(|t| canonical_value(t.kind, &t.value).map(|v| (t.kind, v))).collect();
         let warrant = self
             .store
             .register_warrant(&principal, new, &self.keys, self.now())
@@ -643,8 +670,10 @@ impl Inner {
 
     /// Destroys the sealed results past their expiry: key first, then file.
     fn sweep_results(&self) -> Outcome<()> {
-        let expired =
-            self.requests.expired_results(TimestampMicros::from_datetime(self.now())).map_err(|e| internal(e).status())?;
+        let expired = self
+            .requests
+            .expired_results(TimestampMicros::from_datetime(self.now()))
+            .map_err(|e| internal(e).status())?;
         for request in expired {
             let Some(name) = &request.result_name else { continue };
             self.keys.destroy_record_key(RecordKeyScope::Result, name).map_err(|e| internal(e).status())?;
@@ -663,11 +692,7 @@ impl Inner {
         let today = TimestampMicros::from_datetime(self.now()).partition_date().days_since_epoch();
         let horizon = today - i64::from(self.settings.retention_days);
         let (first, last) = (first.days_since_epoch(), last.days_since_epoch());
-        if first >= horizon {
-            0
-        } else {
-            (last.min(horizon - 1) - first + 1).max(0) as u64
-        }
+        if first >= horizon { 0 } else { (last.min(horizon - 1) - first + 1).max(0) as u64 }
     }
 
     fn submit_request(&self, token: Option<String>, body: proto::SubmitRequestRequest) -> Outcome<proto::RequestInfo> {
@@ -751,11 +776,8 @@ impl Inner {
         })?;
 
         // In scope: look up, render, seal, record, audit.
-        let targets: Vec<(IdentifierKind, String)> = scope
-            .targets
-            .iter()
-            .filter_map(|t| canonical_value(t.kind, &t.value).map(|v| (t.kind, v)))
-            .collect();
+        let targets: Vec<(IdentifierKind, String)> =
+            scope.targets.iter().filter_map(|t| canonical_value(t.kind, &t.value).map(|v| (t.kind, v))).collect();
         let query = Query {
             targets: targets.clone(),
             from: TimestampMicros::from_datetime(scope.window_start),
@@ -845,8 +867,7 @@ impl Inner {
     }
 
     fn seal_result(&self, name: &str, bytes: &[u8]) -> Outcome<()> {
-        let (_, key) =
-            self.keys.create_record_key(RecordKeyScope::Result, name).map_err(|e| internal(e).status())?;
+        let (_, key) = self.keys.create_record_key(RecordKeyScope::Result, name).map_err(|e| internal(e).status())?;
         let sealed = crate::keys::seal_bytes(&key, &self.rng, name.as_bytes(), bytes.to_vec())
             .map_err(|e| internal(e).status())?;
         durable::write_atomically(&self.results_dir.join(format!("{name}.sealed")), &sealed, FileMode::Private)
@@ -864,7 +885,8 @@ impl Inner {
     /// A request of the caller's own authority (auditors see all).
     fn own_request(&self, principal: &Principal, request_id: &str, method: &str) -> Outcome<RequestRecord> {
         let found = self.requests.get(request_id).map_err(|e| internal(e).status())?;
-        let visible = found.filter(|r| principal.has(Role::Auditor) || principal.authority.as_deref() == Some(&r.authority));
+        let visible =
+            found.filter(|r| principal.has(Role::Auditor) || principal.authority.as_deref() == Some(&r.authority));
         visible.ok_or_else(|| {
             let denial = Denial::new(Code::NotFound, "unknown_request", "no such request for this authority");
             self.refuse(&principal.id, method, denial, None, Some(request_id))
@@ -892,7 +914,8 @@ impl Inner {
         let request = self.own_request(&principal, &body.request_id, METHOD)?;
         let request_id = Some(body.request_id.as_str());
         let Some(name) = &request.result_name else {
-            let denial = Denial::new(Code::NotFound, "result_expired", "the request has no result (refused or expired)");
+            let denial =
+                Denial::new(Code::NotFound, "result_expired", "the request has no result (refused or expired)");
             return Err(self.refuse(&principal.id, METHOD, denial, Some(&request.warrant), request_id));
         };
         let bytes = self.open_result(name).map_err(|d| self.refuse(&principal.id, METHOD, d, None, request_id))?;
@@ -975,7 +998,9 @@ impl Inner {
         let all: BTreeSet<Category> = [Category::Traffic, Category::Location, Category::Device, Category::Ip].into();
         let query = Query {
             targets: vec![(kind, value.clone())],
-            from: TimestampMicros::from_datetime(now - chrono::Duration::days(i64::from(self.settings.retention_days) + 1)),
+            from: TimestampMicros::from_datetime(
+                now - chrono::Duration::days(i64::from(self.settings.retention_days) + 1),
+            ),
             to: TimestampMicros::from_datetime(now),
             categories: all,
         };
