@@ -45,9 +45,19 @@ const HEAD_DOMAIN: &[u8] = b"cdrvault-audit-head-v1\n";
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum AuditEvent {
     /// A day's data key was destroyed and its files deleted.
-    DayDeleted { day: String, files: u64, rows: u64, key_id: Option<String>, run: String },
+    DayDeleted {
+        day: String,
+        files: u64,
+        rows: u64,
+        key_id: Option<String>,
+        run: String,
+    },
     /// A retention verification ran.
-    RetentionVerified { as_of: String, violations: u64, run: String },
+    RetentionVerified {
+        as_of: String,
+        violations: u64,
+        run: String,
+    },
     /// A preservation order was placed.
     OrderPlaced {
         order: String,
@@ -58,18 +68,45 @@ pub enum AuditEvent {
         ends: String,
     },
     /// A preservation order's end was moved.
-    OrderExtended { order: String, ends: String },
+    OrderExtended {
+        order: String,
+        ends: String,
+    },
     /// A preservation order was lifted (or ended) and its copies destroyed.
-    OrderLifted { order: String, files: u64, reason: String },
+    OrderLifted {
+        order: String,
+        files: u64,
+        reason: String,
+    },
     /// Records of a day were copied into a preservation area before the day
     /// was deleted.
-    RecordsPreserved { order: String, day: String, rows: u64 },
+    RecordsPreserved {
+        order: String,
+        day: String,
+        rows: u64,
+    },
     /// A call came without a valid bearer token. The token is never kept.
-    AuthenticationFailed { method: String, reason: String },
+    AuthenticationFailed {
+        method: String,
+        reason: String,
+    },
     /// A call was refused: role, object, scope, replay, rate or size.
-    AccessRefused { method: String, reason: String, detail: String, warrant: Option<String>, request_id: Option<String> },
-    AuthorityCreated { authority: String, country: String },
-    PrincipalCreated { principal: String, roles: Vec<String>, authority: Option<String> },
+    AccessRefused {
+        method: String,
+        reason: String,
+        detail: String,
+        warrant: Option<String>,
+        request_id: Option<String>,
+    },
+    AuthorityCreated {
+        authority: String,
+        country: String,
+    },
+    PrincipalCreated {
+        principal: String,
+        roles: Vec<String>,
+        authority: Option<String>,
+    },
     /// A warrant was registered; its targets appear as kinds and tokens.
     WarrantRegistered {
         warrant: String,
@@ -82,9 +119,15 @@ pub enum AuditEvent {
         categories: Vec<String>,
         valid_until: String,
     },
-    WarrantDecided { warrant: String, decision: String, reason: Option<String> },
+    WarrantDecided {
+        warrant: String,
+        decision: String,
+        reason: Option<String>,
+    },
     /// A warrant was closed and its key (so its sealed targets) destroyed.
-    WarrantClosed { warrant: String },
+    WarrantClosed {
+        warrant: String,
+    },
     /// A request was executed and its result sealed for delivery.
     RequestAnswered {
         request_id: String,
@@ -100,13 +143,32 @@ pub enum AuditEvent {
         bytes: u64,
     },
     /// A result's bytes are about to leave the process (entry made first).
-    ResultDelivered { request_id: String, sha256: String, bytes: u64 },
+    ResultDelivered {
+        request_id: String,
+        sha256: String,
+        bytes: u64,
+    },
     /// A kept result's key and file were destroyed.
-    ResultDestroyed { request_id: String, reason: String },
+    ResultDestroyed {
+        request_id: String,
+        reason: String,
+    },
     /// A data subject's records are about to leave the process.
-    SubjectExported { reference: String, kind: String, target_token: String, records: u64, sha256: String, bytes: u64 },
-    AuditVerified { entries: u64, intact: bool },
-    StatisticsReported { year: i32 },
+    SubjectExported {
+        reference: String,
+        kind: String,
+        target_token: String,
+        records: u64,
+        sha256: String,
+        bytes: u64,
+    },
+    AuditVerified {
+        entries: u64,
+        intact: bool,
+    },
+    StatisticsReported {
+        year: i32,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,7 @@ pub struct Config {
     pub retention: crate::retention::RetentionConfig,
     pub state: StateConfig,
     pub http: HttpConfig,
+    pub access: AccessConfig,
     pub log: LogConfig,
 }
 
@@ -172,6 +173,48 @@ impl Default for HttpConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessConfig {
+    /// Address of the lawful-access gRPC API. Unset: `serve` does not
+    /// start it (`cdrvault access serve --listen` runs it alone).
+    pub listen: Option<SocketAddr>,
+    /// The operator's id in result headers (ETSI CSPID).
+    pub csp_id: String,
+    /// Requests and fetches per minute and authority; 0 means no limit.
+    pub requests_per_minute: u32,
+    /// Most targets in one request or warrant.
+    pub max_targets: usize,
+    /// How long a sealed result stays fetchable before its key is destroyed.
+    #[serde(with = "humantime_serde")]
+    pub result_keep: Duration,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        let defaults = crate::service::AccessSettings::default();
+        AccessConfig {
+            listen: None,
+            csp_id: defaults.csp_id,
+            requests_per_minute: defaults.requests_per_minute,
+            max_targets: defaults.max_targets,
+            result_keep: defaults.result_keep,
+        }
+    }
+}
+
+impl AccessConfig {
+    pub fn settings(&self, retention_days: u32) -> crate::service::AccessSettings {
+        crate::service::AccessSettings {
+            csp_id: self.csp_id.clone(),
+            requests_per_minute: self.requests_per_minute,
+            max_targets: self.max_targets,
+            result_keep: self.result_keep,
+            retention_days,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -225,6 +268,15 @@ impl Config {
     /// The cross-field checks, run once at start-up.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |key, problem: String, fix| Err(ConfigError { key, problem, fix });
+        if self.access.csp_id.trim().is_empty() {
+            return err("access.csp_id", "is empty".into(), "set the operator's id shown in result headers");
+        }
+        if !(1..=1000).contains(&self.access.max_targets) {
+            return err("access.max_targets", format!("is {}", self.access.max_targets), "use 1 to 1000 (default 64)");
+        }
+        if self.access.result_keep.is_zero() {
+            return err("access.result_keep", "is 0".into(), "keep results for a while, e.g. 7d (default)");
+        }
         if self.ingest.batch_max_records == 0 {
             return err("ingest.batch_max_records", "is 0".into(), "set it to at least 1 (default 100000)");
         }

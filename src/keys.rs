@@ -570,7 +570,12 @@ fn unwrap_key(master: &SecretKey, bytes: &[u8], role: &[u8]) -> Option<(KeyId, S
 
 /// Seals a short value (a registry target) with AES-256-GCM under `key`,
 /// bound to `context` (the record's id): nonce followed by ciphertext.
-pub(crate) fn seal_value(key: &SecretKey, rng: &SystemRandom, context: &[u8], value: &str) -> Result<Vec<u8>, KeyError> {
+pub(crate) fn seal_value(
+    key: &SecretKey,
+    rng: &SystemRandom,
+    context: &[u8],
+    value: &str,
+) -> Result<Vec<u8>, KeyError> {
     seal_bytes(key, rng, context, value.as_bytes().to_vec())
 }
 

@@ -10,6 +10,7 @@ pub mod access;
 pub mod api;
 pub mod audit;
 pub mod checkpoint;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod decode;

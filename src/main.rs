@@ -21,10 +21,11 @@ use cdrvault::metrics::Metrics;
 use cdrvault::models::PartitionDate;
 use cdrvault::pipeline::Processor;
 use cdrvault::retention::{SweepMode, Sweeper};
+use cdrvault::service::AccessService;
 use cdrvault::source::KafkaSource;
 use cdrvault::source::dead_letter::DeadLetter;
 use cdrvault::synth::SynthConfig;
-use cdrvault::{api, demo, import, produce};
+use cdrvault::{api, client, demo, import, produce};
 
 #[derive(Parser)]
 #[command(name = "cdrvault", version, about = "Lawful, private retention of telecom call-detail records")]
@@ -38,6 +39,9 @@ struct Cli {
     /// Keys directory (overrides keys.dir).
     #[arg(long, global = true)]
     keys_dir: Option<PathBuf>,
+    /// State directory: audit trail, registry, sealed results (overrides state.dir).
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -111,6 +115,59 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Run the lawful-access API, or create its first admin.
+    Access {
+        #[command(subcommand)]
+        command: AccessCommand,
+    },
+    /// Authorities (client of the lawful-access API).
+    Authority {
+        #[command(subcommand)]
+        command: client::AuthorityCommand,
+    },
+    /// Principals and their tokens (client).
+    Principal {
+        #[command(subcommand)]
+        command: client::PrincipalCommand,
+    },
+    /// Warrants: register, approve, reject, close, show (client).
+    Warrant {
+        #[command(subcommand)]
+        command: client::WarrantCommand,
+    },
+    /// Requests under a warrant and their results (client).
+    Request {
+        #[command(subcommand)]
+        command: client::RequestCommand,
+    },
+    /// The yearly statistics of lawful requests (client, auditor).
+    Report {
+        #[arg(long)]
+        year: i32,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Data-subject access export (client, DPO).
+    Subject {
+        #[command(subcommand)]
+        command: client::SubjectCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccessCommand {
+    /// Create the first admin principal in the registry and print its token
+    /// once. Works only while the registry has no principal.
+    Bootstrap {
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
+    /// Serve the lawful-access gRPC API alone (no ingest).
+    Serve {
+        /// Overrides access.listen, e.g. 127.0.0.1:50051 (port 0: any free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,8 +228,14 @@ enum PreserveCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Verify the hash chain, the signatures and the signed head; name the
-    /// first bad entry.
-    Verify,
+    /// first bad entry. Reads the local trail, or with --remote asks the
+    /// lawful-access API (auditor role).
+    Verify {
+        #[arg(long)]
+        remote: bool,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
 }
 
 fn parse_date(text: &str) -> Result<PartitionDate, String> {
@@ -227,6 +290,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     if let Some(dir) = &cli.keys_dir {
         config.keys.dir = dir.clone();
+    }
+    if let Some(dir) = &cli.state_dir {
+        config.state.dir = dir.clone();
     }
     let quiet = matches!(cli.command, Command::Demo { .. } | Command::Import { .. } | Command::Produce { .. });
     init_logging(&config, quiet);
@@ -313,7 +379,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Preserve { command } => run_preserve(&config, command),
-        Command::Audit { command: AuditCommand::Verify } => {
+        Command::Audit { command: AuditCommand::Verify { remote: true, server } } => {
+            let intact = block_on(client::verify_audit(server))?;
+            Ok(if intact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Access { command: AccessCommand::Bootstrap { name } } => bootstrap(&config, &name),
+        Command::Access { command: AccessCommand::Serve { listen } } => serve_access(config, listen),
+        Command::Authority { command } => block_on(client::authority(command)).map(|()| ExitCode::SUCCESS),
+        Command::Principal { command } => block_on(client::principal(command)).map(|()| ExitCode::SUCCESS),
+        Command::Warrant { command } => block_on(client::warrant(command)).map(|()| ExitCode::SUCCESS),
+        Command::Request { command } => block_on(client::request(command)).map(|()| ExitCode::SUCCESS),
+        Command::Report { year, server } => block_on(client::report(year, server)).map(|()| ExitCode::SUCCESS),
+        Command::Subject { command } => block_on(client::subject(command)).map(|()| ExitCode::SUCCESS),
+        Command::Audit { command: AuditCommand::Verify { remote: false, .. } } => {
             let keys = KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?;
             let public = audit_public_key(&keys)?;
             let path = config.state.dir.join(cdrvault::audit::AUDIT_FILE);
@@ -542,7 +620,22 @@ fn run_demo(
         summary.produced.sent, summary.produced.invalid, summary.produced.failed
     );
     print_summary(&summary.ingest, &summary.data_dir);
-    Ok(ExitCode::SUCCESS)
+    let walk = demo::lawful_access(&options, &config.state.dir)?;
+    println!(
+        "lawful access:   authority {}, warrant {} registered by one reviewer, approved by another",
+        walk.authority, walk.warrant
+    );
+    println!(
+        "delivered:       request {} {}: {} records, {} bytes (ETSI XML), sha256 {}",
+        walk.request_id, walk.status, walk.records, walk.bytes, walk.sha256
+    );
+    println!(
+        "audit trail:     {} entries, {} ({})",
+        walk.audit_entries,
+        if walk.audit_intact { "intact" } else { "DAMAGED" },
+        walk.state_dir.display()
+    );
+    Ok(if walk.audit_intact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn print_summary(report: &IngestReport, data_dir: &std::path::Path) {
@@ -579,6 +672,15 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         }))?;
     tracing::info!(%address, "metrics and health endpoints listening");
 
+    let access = match config.access.listen {
+        Some(listen) => {
+            let service = access_service(&config, Arc::clone(&keys))?;
+            let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
+            tracing::info!(address = %listener.local_addr()?, "lawful-access API listening");
+            Some(runtime.spawn(cdrvault::service::serve(listener, service, wait_for(Arc::clone(&stop)))))
+        }
+        None => None,
+    };
     let sweeper = Arc::new(open_sweeper(&config, Some(Arc::clone(&metrics)))?);
     let sweeps =
         runtime.spawn(cdrvault::retention::run_periodically(sweeper, config.retention.interval, Arc::clone(&stop)));
@@ -596,8 +698,69 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     stop.store(true, Ordering::Relaxed);
     let _ = runtime.block_on(http);
     let _ = runtime.block_on(sweeps);
+    if let Some(access) = access {
+        let _ = runtime.block_on(access);
+    }
     result?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(work)
+}
+
+fn bootstrap(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let keys = KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?;
+    let store = cdrvault::access::AccessStore::open(&config.state.dir)?;
+    let now = chrono::Utc::now();
+    let roles = [cdrvault::access::Role::Admin].into();
+    let (admin, token) = store
+        .create_principal(None, name, roles, None, now)
+        .context("bootstrap works only while the registry has no principal")?;
+    let audit = AuditTrail::open(&config.state.dir, &keys)?;
+    let event = cdrvault::audit::AuditEvent::PrincipalCreated {
+        principal: admin.id.clone(),
+        roles: vec!["admin".into()],
+        authority: None,
+    };
+    audit.append("bootstrap", &event, now)?;
+    println!("admin {} created; token (shown once): {}", admin.id, token.expose());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The lawful-access service over the configured directories.
+fn access_service(config: &Config, keys: Arc<KeyStore>) -> anyhow::Result<AccessService> {
+    let audit = Arc::new(AuditTrail::open(&config.state.dir, &keys)?);
+    let settings = config.access.settings(config.retention.days);
+    Ok(AccessService::new(&config.storage.data_dir, &config.state.dir, keys, audit, Arc::new(SystemClock), settings)?)
+}
+
+/// Runs the API until Ctrl-C or SIGTERM.
+fn serve_access(config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
+    config.validate()?;
+    let listen = listen.or(config.access.listen).context("no address: set access.listen or pass --listen")?;
+    let keys = Arc::new(KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?);
+    let service = access_service(&config, keys)?;
+    let stop = stop_on_ctrl_c()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let address = listener.local_addr()?;
+        // The address on stdout, so that scripts binding port 0 can find it.
+        println!("lawful-access API listening on {address}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        tracing::info!(%address, "lawful-access API listening");
+        cdrvault::service::serve(listener, service, wait_for(stop)).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for(stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn run_import(config: &Config, file: &std::path::Path, strict: bool) -> anyhow::Result<ExitCode> {

@@ -359,7 +359,8 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
     let mut w = world(AccessSettings::default()).await;
     let cast = cast(&mut w).await;
     let target = w.target(4);
-    let warrant = approved_warrant(&mut w, &cast, &[target.clone()], &["traffic"], chrono::Duration::days(30)).await;
+    let warrant =
+        approved_warrant(&mut w, &cast, std::slice::from_ref(&target), &["traffic"], chrono::Duration::days(30)).await;
     let answered = w
         .client
         .submit_request(authed(&cast.handler, submit(&w, &warrant, 1, &target, 3, proto::ResultFormat::Json)))
@@ -396,7 +397,8 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
     expect_refused(&w, c.get_warrant(peek), Code::NotFound, "not_found").await;
 
     // Warrant state: unapproved, self-approval, expired.
-    let pending = warrant_request(&w, &[target.clone()], &["traffic", "device"], chrono::Duration::days(30));
+    let pending =
+        warrant_request(&w, std::slice::from_ref(&target), &["traffic", "device"], chrono::Duration::days(30));
     let pending = c.register_warrant(authed(&cast.alice, pending)).await.unwrap().into_inner().id;
     let unapproved = authed(&cast.handler, submit(&w, &pending, 2, &target, 3, proto::ResultFormat::Json));
     expect_refused(&w, c.submit_request(unapproved), Code::FailedPrecondition, "warrant_not_approved").await;
@@ -405,7 +407,8 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
         proto::DecideWarrantRequest { warrant: pending.clone(), approve: true, reason: String::new() },
     );
     expect_refused(&w, c.decide_warrant(own), Code::PermissionDenied, "self_approval").await;
-    let short = approved_warrant(&mut w, &cast, &[target.clone()], &["traffic"], chrono::Duration::hours(1)).await;
+    let short =
+        approved_warrant(&mut w, &cast, std::slice::from_ref(&target), &["traffic"], chrono::Duration::hours(1)).await;
     w.clock.advance(chrono::Duration::hours(2));
     let expired = authed(&cast.handler, submit(&w, &short, 4, &target, 3, proto::ResultFormat::Json));
     expect_refused(&w, c.submit_request(expired), Code::FailedPrecondition, "warrant_expired").await;

@@ -37,6 +37,7 @@ fn demo_output_is_read_by_an_independent_reader_and_holds_no_raw_identifier() {
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
     let keys = root.path().join("keys");
+    let state = root.path().join("state");
     let records = 30_000u64;
     let output = cdrvault(&[
         "demo",
@@ -48,6 +49,8 @@ fn demo_output_is_read_by_an_independent_reader_and_holds_no_raw_identifier() {
         data.to_str().unwrap(),
         "--keys-dir",
         keys.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
     ]);
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "demo failed: {}", text(&output.stderr));
@@ -81,8 +84,23 @@ fn demo_output_is_read_by_an_independent_reader_and_holds_no_raw_identifier() {
     let mut generator = Generator::new(SynthConfig { seed: 42, days: 3, ..SynthConfig::default() });
     let truth: Vec<_> = (0..records).map(|_| generator.next_record()).collect();
     let identifiers = common::raw_identifiers(&truth);
+
+    // The demo ends with a lawful-access walk-through: one delivery of the
+    // first subscriber's records, digested, and an intact trail.
+    let target = &generator.subscribers()[0].msisdn;
+    let expected = truth.iter().filter(|r| r.involves_number(target) && r.defect.is_none()).count();
+    let delivered = &fields["delivered"];
+    assert!(delivered.contains(&format!(": {expected} records")), "{delivered} (expected {expected})");
+    assert!(delivered.contains("sha256 "), "{delivered}");
+    assert!(fields["audit trail"].contains("intact"), "{}", fields["audit trail"]);
+    let trail = common::files_below(&state).into_iter().find(|p| p.ends_with("audit.jsonl")).unwrap();
+    let trail = std::fs::read_to_string(trail).unwrap();
+    let digest = delivered.rsplit("sha256 ").next().unwrap();
+    assert!(trail.contains("\"action\":\"result_delivered\"") && trail.contains(digest));
+
     let mut files = common::files_below(&data);
     files.extend(common::files_below(&keys));
+    files.extend(common::files_below(&state));
     let leaks = common::find_leaks(&files, &[("stdout", &output.stdout), ("stderr", &output.stderr)], &identifiers);
     assert!(leaks.is_empty(), "raw identifiers leaked: {leaks:?}");
 }
@@ -258,4 +276,162 @@ fn retention_audit_and_preservation_from_the_command_line() {
     assert!(text(&audit.stdout).contains("first bad entry"), "{}", text(&audit.stdout));
     let verified = run(&["retention", "verify", "--as-of", &later]);
     assert!(!verified.status.success(), "retention verify fails on a damaged trail");
+}
+
+/// Runs `cdrvault` as a client of the API at `server`, holding `token`.
+fn as_client(config: &std::path::Path, server: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(BINARY)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("CDRVAULT_SERVER", server)
+        .env("CDRVAULT_TOKEN", token)
+        .output()
+        .unwrap()
+}
+
+/// The text after `label` on the line holding it.
+fn after<'a>(stdout: &'a str, label: &str) -> &'a str {
+    let at = stdout.find(label).unwrap_or_else(|| panic!("no `{label}` in {stdout}"));
+    stdout[at + label.len()..].split_whitespace().next().unwrap().trim_end_matches(':')
+}
+
+#[test]
+fn an_authority_handler_goes_from_warrant_to_result_with_the_command_line_client() {
+    use std::io::BufRead;
+
+    let root = tempfile::tempdir().unwrap();
+    let dir = |name: &str| root.path().join(name).to_str().unwrap().to_string();
+    let (data, keys, state) = (dir("data"), dir("keys"), dir("state"));
+    let config = root.path().join("cdrvault.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\ndata_dir = \"{data}\"\n[keys]\ndir = \"{keys}\"\n[state]\ndir = \"{state}\"\n"),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        cdrvault(&all)
+    };
+    assert!(run(&["keys", "init"]).status.success());
+    // Six records of the target yesterday, four of others.
+    let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%d").to_string();
+    let lines: Vec<String> = (0..10)
+        .map(|i| {
+            let calling = if i < 6 { "+4520000001".to_string() } else { format!("+45300000{i:02}") };
+            format!(
+                r#"{{"record_id":"r-{i}","service":"sms","start_time":"{yesterday}T1{i}:00:00Z","calling_number":"{calling}","called_number":"+4540000001"}}"#
+            )
+        })
+        .collect();
+    let file = root.path().join("cdrs.jsonl");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    assert!(run(&["import", file.to_str().unwrap(), "--strict"]).status.success());
+
+    let boot = run(&["access", "bootstrap", "--name", "root"]);
+    assert!(boot.status.success(), "{}", text(&boot.stderr));
+    let admin = after(&text(&boot.stdout), "token (shown once): ").to_string();
+    assert!(!run(&["access", "bootstrap"]).status.success(), "a second bootstrap is refused");
+
+    let mut server = Command::new(BINARY)
+        .args(["--config", config.to_str().unwrap(), "access", "serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let url = format!("http://{}", after(&first, "listening on "));
+
+    let client = |token: &str, args: &[&str]| as_client(&config, &url, token, args);
+    let ok = |output: Output| {
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        text(&output.stdout)
+    };
+    ok(client(&admin, &["authority", "create", "dk-police", "--country", "dk", "--name", "Police"]));
+    let token_of = |name: &str, role: &str, extra: &[&str]| {
+        let mut args = vec!["principal", "create", "--name", name, "--role", role];
+        args.extend_from_slice(extra);
+        after(&ok(client(&admin, &args)), "token (shown once): ").to_string()
+    };
+    let alice = token_of("alice", "legal_reviewer", &[]);
+    let bob = token_of("bob", "legal_reviewer", &[]);
+    let handler = token_of("handler", "authority_handler", &["--authority", "dk-police"]);
+    let auditor = token_of("auditor", "auditor", &[]);
+
+    let start = format!("{yesterday}T00:00:00Z");
+    let end = format!("{yesterday}T23:59:59Z");
+    let registered = ok(client(
+        &alice,
+        &[
+            "warrant",
+            "register",
+            "--authority",
+            "dk-police",
+            "--reference",
+            "K-1",
+            "--issued-by",
+            "Court",
+            "--legal-basis",
+            "§ 781",
+            "--target",
+            "msisdn:+4520000001",
+            "--period-start",
+            &start,
+            "--period-end",
+            &end,
+            "--category",
+            "traffic",
+            "--valid-until",
+            "2099-01-01T00:00:00Z",
+        ],
+    ));
+    let warrant = after(&registered, "warrant ").to_string();
+    assert!(registered.contains("registered"), "{registered}");
+    let self_approval = client(&alice, &["warrant", "approve", &warrant]);
+    assert!(!self_approval.status.success() && text(&self_approval.stderr).contains("self_approval"));
+    assert!(ok(client(&bob, &["warrant", "approve", &warrant])).contains("approved"));
+
+    let submit = [
+        "request",
+        "submit",
+        "--warrant",
+        &warrant,
+        "--number",
+        "1",
+        "--target",
+        "msisdn:+4520000001",
+        "--from",
+        &start,
+        "--to",
+        &end,
+        "--category",
+        "traffic",
+        "--format",
+        "csv",
+    ];
+    let submitted = ok(client(&handler, &submit));
+    assert!(submitted.contains("request DK-dk-police-1: answered, 6 records"), "{submitted}");
+    let digest = after(&submitted, "sha256 ").to_string();
+    let out = root.path().join("result.csv");
+    let fetched = ok(client(&handler, &["request", "fetch", "DK-dk-police-1", "--out", out.to_str().unwrap()]));
+    assert!(fetched.contains(&digest), "{fetched}");
+    let csv = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(csv.lines().count(), 7, "a header and six records: {csv}");
+    assert!((0..6).all(|i| csv.contains(&format!(",r-{i},"))) && !csv.contains("r-7"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let replay = client(&handler, &submit);
+    assert!(!replay.status.success() && text(&replay.stderr).contains("request_number_reused"));
+    let report = ok(client(&auditor, &["report", "--year", &yesterday[..4]]));
+    let row = report.lines().find(|l| l.starts_with("dk-police")).unwrap();
+    assert_eq!(row.split_whitespace().skip(1).take(5).collect::<Vec<_>>(), ["1", "1", "0", "0", "0"], "{report}");
+    assert!(ok(client(&auditor, &["audit", "verify", "--remote"])).contains("intact"));
+    let trail = std::fs::read_to_string(root.path().join("state/audit.jsonl")).unwrap();
+    assert!(trail.contains("\"result_delivered\"") && trail.contains(&digest));
+    assert!(!trail.contains("+4520000001"), "the trail holds tokens, never numbers");
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

@@ -1,0 +1,508 @@
+//! The command-line client of the lawful-access API: `cdrvault authority |
+//! principal | warrant | request | report | subject …` talk to a running
+//! server over gRPC, as any other gRPC client would.
+//!
+//! The bearer token comes from `CDRVAULT_TOKEN` or from the file named by
+//! `--token-file` (never from an argument, which other users of the machine
+//! could read in the process list). Results are written to files created
+//! with mode 0600, and their SHA-256 is checked against the digest the
+//! server recorded in its audit trail before the file is kept.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use tonic::Request;
+use tonic::transport::Channel;
+
+use crate::deliver::sha256_hex;
+use crate::proto;
+use crate::proto::lawful_access_client::LawfulAccessClient;
+use crate::proto::result_chunk::Part;
+
+/// Where the server is and who is calling.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// The lawful-access API, e.g. http://127.0.0.1:50051.
+    #[arg(long, env = "CDRVAULT_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// A file holding the bearer token (otherwise CDRVAULT_TOKEN).
+    #[arg(long, env = "CDRVAULT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// A connected client that adds the bearer token to every call.
+pub struct Client {
+    inner: LawfulAccessClient<Channel>,
+    token: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Client")
+    }
+}
+
+impl Client {
+    pub async fn connect(server: &str, token: String) -> anyhow::Result<Client> {
+        let inner =
+            LawfulAccessClient::connect(server.to_string()).await.with_context(|| format!("connecting to {server}"))?;
+        Ok(Client { inner, token })
+    }
+
+    pub async fn from_args(args: &ServerArgs) -> anyhow::Result<Client> {
+        let token = match &args.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?
+                .trim()
+                .to_string(),
+            None => {
+                std::env::var("CDRVAULT_TOKEN").context("no bearer token: set CDRVAULT_TOKEN or pass --token-file")?
+            }
+        };
+        Client::connect(&args.server, token).await
+    }
+
+    fn call<T>(&self, message: T) -> anyhow::Result<Request<T>> {
+        let mut request = Request::new(message);
+        let value = format!("Bearer {}", self.token).parse().context("the token is not valid header text")?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    /// The underlying generated client, for calls not wrapped here.
+    pub fn raw(&mut self) -> &mut LawfulAccessClient<Channel> {
+        &mut self.inner
+    }
+
+    pub async fn create_authority(
+        &mut self,
+        request: proto::CreateAuthorityRequest,
+    ) -> anyhow::Result<proto::Authority> {
+        let request = self.call(request)?;
+        Ok(self.inner.create_authority(request).await?.into_inner())
+    }
+
+    pub async fn create_principal(
+        &mut self,
+        request: proto::CreatePrincipalRequest,
+    ) -> anyhow::Result<proto::CreatePrincipalResponse> {
+        let request = self.call(request)?;
+        Ok(self.inner.create_principal(request).await?.into_inner())
+    }
+
+    pub async fn register_warrant(&mut self, request: proto::RegisterWarrantRequest) -> anyhow::Result<proto::Warrant> {
+        let request = self.call(request)?;
+        Ok(self.inner.register_warrant(request).await?.into_inner())
+    }
+
+    pub async fn decide_warrant(&mut self, request: proto::DecideWarrantRequest) -> anyhow::Result<proto::Warrant> {
+        let request = self.call(request)?;
+        Ok(self.inner.decide_warrant(request).await?.into_inner())
+    }
+
+    pub async fn submit_request(&mut self, request: proto::SubmitRequestRequest) -> anyhow::Result<proto::RequestInfo> {
+        let request = self.call(request)?;
+        Ok(self.inner.submit_request(request).await?.into_inner())
+    }
+
+    pub async fn verify_audit(&mut self) -> anyhow::Result<proto::VerifyAuditResponse> {
+        let request = self.call(proto::VerifyAuditRequest {})?;
+        Ok(self.inner.verify_audit(request).await?.into_inner())
+    }
+
+    /// A request's result: its info and bytes, the digest checked.
+    pub async fn fetch_result(&mut self, request_id: &str) -> anyhow::Result<(proto::RequestInfo, Vec<u8>)> {
+        let request = self.call(proto::FetchResultRequest { request_id: request_id.to_string() })?;
+        let stream = self.inner.fetch_result(request).await?.into_inner();
+        collect(stream).await
+    }
+
+    pub async fn export_subject(
+        &mut self,
+        request: proto::ExportSubjectRequest,
+    ) -> anyhow::Result<(proto::RequestInfo, Vec<u8>)> {
+        let request = self.call(request)?;
+        let stream = self.inner.export_subject(request).await?.into_inner();
+        collect(stream).await
+    }
+}
+
+/// Reads a result stream and checks the bytes against the announced digest.
+async fn collect(mut stream: tonic::Streaming<proto::ResultChunk>) -> anyhow::Result<(proto::RequestInfo, Vec<u8>)> {
+    let mut info = None;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await? {
+        match chunk.part {
+            Some(Part::Info(i)) => info = Some(i),
+            Some(Part::Data(d)) => bytes.extend_from_slice(&d),
+            None => {}
+        }
+    }
+    let info = info.context("the server sent no result header")?;
+    let digest = sha256_hex(&bytes);
+    if digest != info.sha256 {
+        bail!("the result's SHA-256 {digest} differs from the audited {}", info.sha256);
+    }
+    Ok((info, bytes))
+}
+
+/// Writes a result to a new private file (0600); never overwrites.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist)", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthorityCommand {
+    /// Register an authority (admin).
+    Create {
+        /// Lower-case letters, digits and dashes, e.g. dk-police.
+        id: String,
+        /// ISO 3166-1 alpha-2 country code.
+        #[arg(long)]
+        country: String,
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PrincipalCommand {
+    /// Create a principal and print its token, once (admin).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// admin, legal_reviewer, authority_handler, auditor, dpo; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// The authority a handler acts for.
+        #[arg(long)]
+        authority: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show who the token belongs to.
+    Whoami {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WarrantCommand {
+    /// Register a warrant (legal reviewer).
+    Register {
+        #[arg(long)]
+        authority: String,
+        #[arg(long)]
+        reference: String,
+        #[arg(long)]
+        issued_by: String,
+        #[arg(long)]
+        legal_basis: String,
+        /// kind:value (msisdn, imsi, imei, sip, ip, cell); repeat for several.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// Communications covered, RFC 3339 (e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        period_start: String,
+        #[arg(long)]
+        period_end: String,
+        /// traffic, location, device, ip; repeat for several.
+        #[arg(long = "category", required = true)]
+        categories: Vec<String>,
+        #[arg(long)]
+        valid_until: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Approve a warrant registered by another reviewer.
+    Approve {
+        warrant: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Reject a warrant, with the reason.
+    Reject {
+        warrant: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Close a warrant: its sealed targets are destroyed.
+    Close {
+        warrant: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    Show {
+        warrant: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FormatArg {
+    Json,
+    Csv,
+    EtsiXml,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RequestCommand {
+    /// Submit a request under an approved warrant (authority handler).
+    Submit {
+        #[arg(long)]
+        warrant: String,
+        /// The authority's request number, never reused.
+        #[arg(long)]
+        number: u64,
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// Window start and end, RFC 3339.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long = "category", required = true)]
+        categories: Vec<String>,
+        #[arg(long, value_enum, default_value_t = FormatArg::Json)]
+        format: FormatArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    Show {
+        request_id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Fetch a result into a new file, its digest checked.
+    Fetch {
+        request_id: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SubjectCommand {
+    /// Export every retained record of one subscriber as JSON (DPO).
+    Export {
+        #[arg(long)]
+        target: String,
+        /// The data-subject request's case reference.
+        #[arg(long)]
+        reference: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+fn print_warrant(w: &proto::Warrant) {
+    println!(
+        "warrant {}: {} for {} (ref {}), targets {} ({}), period {} .. {}, categories {}, valid until {}",
+        w.id,
+        w.status,
+        w.authority,
+        w.reference,
+        w.target_kinds.len(),
+        w.target_kinds.join(","),
+        w.period_start,
+        w.period_end,
+        w.categories.join(","),
+        w.valid_until
+    );
+}
+
+fn print_request(r: &proto::RequestInfo) {
+    println!(
+        "request {}: {}, {} records, {} bytes, sha256 {} (result kept until {})",
+        r.request_id, r.status, r.records, r.bytes, r.sha256, r.result_expires
+    );
+}
+
+pub async fn authority(command: AuthorityCommand) -> anyhow::Result<()> {
+    let AuthorityCommand::Create { id, country, name, server } = command;
+    let mut client = Client::from_args(&server).await?;
+    let created = client.create_authority(proto::CreateAuthorityRequest { id, country, name }).await?;
+    println!("authority {} ({}) created", created.id, created.country);
+    Ok(())
+}
+
+pub async fn principal(command: PrincipalCommand) -> anyhow::Result<()> {
+    match command {
+        PrincipalCommand::Create { name, roles, authority, server } => {
+            let mut client = Client::from_args(&server).await?;
+            let request = proto::CreatePrincipalRequest { name, roles, authority: authority.unwrap_or_default() };
+            let created = client.create_principal(request).await?;
+            let principal = created.principal.unwrap_or_default();
+            println!(
+                "principal {} ({}) created with roles {}",
+                principal.id,
+                principal.name,
+                principal.roles.join(",")
+            );
+            println!("token (shown once): {}", created.token);
+        }
+        PrincipalCommand::Whoami { server } => {
+            let mut client = Client::from_args(&server).await?;
+            let request = client.call(proto::WhoAmIRequest {})?;
+            let me = client.raw().who_am_i(request).await?.into_inner();
+            println!("{} ({}), roles {}, authority {}", me.id, me.name, me.roles.join(","), me.authority);
+        }
+    }
+    Ok(())
+}
+
+pub async fn warrant(command: WarrantCommand) -> anyhow::Result<()> {
+    let shown = match command {
+        WarrantCommand::Register {
+            authority,
+            reference,
+            issued_by,
+            legal_basis,
+            targets,
+            period_start,
+            period_end,
+            categories,
+            valid_until,
+            server,
+        } => {
+            let mut client = Client::from_args(&server).await?;
+            let request = proto::RegisterWarrantRequest {
+                authority,
+                reference,
+                issued_by,
+                legal_basis,
+                targets,
+                period_start,
+                period_end,
+                categories,
+                valid_until,
+            };
+            client.register_warrant(request).await?
+        }
+        WarrantCommand::Approve { warrant, server } => {
+            let mut client = Client::from_args(&server).await?;
+            client.decide_warrant(proto::DecideWarrantRequest { warrant, approve: true, reason: String::new() }).await?
+        }
+        WarrantCommand::Reject { warrant, reason, server } => {
+            let mut client = Client::from_args(&server).await?;
+            client.decide_warrant(proto::DecideWarrantRequest { warrant, approve: false, reason }).await?
+        }
+        WarrantCommand::Close { warrant, server } => {
+            let mut client = Client::from_args(&server).await?;
+            let request = client.call(proto::CloseWarrantRequest { warrant })?;
+            client.raw().close_warrant(request).await?.into_inner()
+        }
+        WarrantCommand::Show { warrant, server } => {
+            let mut client = Client::from_args(&server).await?;
+            let request = client.call(proto::GetWarrantRequest { warrant })?;
+            client.raw().get_warrant(request).await?.into_inner()
+        }
+    };
+    print_warrant(&shown);
+    Ok(())
+}
+
+pub async fn request(command: RequestCommand) -> anyhow::Result<()> {
+    match command {
+        RequestCommand::Submit { warrant, number, targets, from, to, categories, format, server } => {
+            let mut client = Client::from_args(&server).await?;
+            let format = match format {
+                FormatArg::Json => proto::ResultFormat::Json,
+                FormatArg::Csv => proto::ResultFormat::Csv,
+                FormatArg::EtsiXml => proto::ResultFormat::EtsiXml,
+            };
+            let request = proto::SubmitRequestRequest {
+                warrant,
+                request_number: number,
+                targets,
+                window_start: from,
+                window_end: to,
+                categories,
+                format: format as i32,
+            };
+            print_request(&client.submit_request(request).await?);
+        }
+        RequestCommand::Show { request_id, server } => {
+            let mut client = Client::from_args(&server).await?;
+            let request = client.call(proto::GetRequestRequest { request_id })?;
+            print_request(&client.raw().get_request(request).await?.into_inner());
+        }
+        RequestCommand::Fetch { request_id, out, server } => {
+            let mut client = Client::from_args(&server).await?;
+            let (info, bytes) = client.fetch_result(&request_id).await?;
+            write_private(&out, &bytes)?;
+            println!(
+                "wrote {}: {} records, {} bytes, sha256 {} (matches the audited digest)",
+                out.display(),
+                info.records,
+                bytes.len(),
+                info.sha256
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn report(year: i32, server: ServerArgs) -> anyhow::Result<()> {
+    let mut client = Client::from_args(&server).await?;
+    let request = client.call(proto::StatisticsRequest { year })?;
+    let report = client.raw().statistics(request).await?.into_inner();
+    println!("lawful requests in {year} (Directive 2006/24/EC art. 10; no personal data)");
+    println!(
+        "{:<20} {:>8} {:>8} {:>8} {:>11} {:>8}",
+        "authority", "received", "answered", "partial", "unavailable", "refused"
+    );
+    for a in &report.authorities {
+        println!(
+            "{:<20} {:>8} {:>8} {:>8} {:>11} {:>8}",
+            a.authority, a.received, a.answered, a.answered_partially, a.unavailable, a.refused
+        );
+        let ages: Vec<String> = a.ages.iter().map(|b| format!("{}: {}", b.label, b.records)).collect();
+        println!("{:<20} records delivered by age of data: {}", "", ages.join(", "));
+    }
+    if report.authorities.is_empty() {
+        println!("(no requests)");
+    }
+    Ok(())
+}
+
+pub async fn verify_audit(server: ServerArgs) -> anyhow::Result<bool> {
+    let mut client = Client::from_args(&server).await?;
+    let check = client.verify_audit().await?;
+    if check.intact {
+        println!("audit trail verifies: {} entries, chain, signatures and signed head intact", check.entries);
+    } else {
+        println!("audit trail is damaged: first bad entry {}: {}", check.bad_entry, check.problem);
+    }
+    Ok(check.intact)
+}
+
+pub async fn subject(command: SubjectCommand) -> anyhow::Result<()> {
+    let SubjectCommand::Export { target, reference, out, server } = command;
+    let mut client = Client::from_args(&server).await?;
+    let (info, bytes) = client.export_subject(proto::ExportSubjectRequest { target, reference }).await?;
+    write_private(&out, &bytes)?;
+    println!("wrote {}: {} records, sha256 {} (audited)", out.display(), info.records, info.sha256);
+    Ok(())
+}
