@@ -222,6 +222,8 @@ pub enum AccessError {
     BadAuthority(String),
     #[error("the warrant's targets cannot be unsealed (its key is gone)")]
     Sealing,
+    #[error("the certificate digest is malformed, taken, or the principal unknown")]
+    BadCertificate,
 }
 
 /// The lawful-access registry over the embedded database.
@@ -327,11 +329,15 @@ impl AccessStore {
 
     /// The principal holding `token`, if any.
     pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, AccessError> {
+        self.principal_where("token_sha256", &token_hash(token))
+    }
+
+    fn principal_where(&self, column: &'static str, value: &[u8]) -> Result<Option<Principal>, AccessError> {
         let row = self
             .db()
             .query_row(
-                "SELECT id, name, roles, authority_id FROM principals WHERE token_sha256 = ?1",
-                params![token_hash(token)],
+                &format!("SELECT id, name, roles, authority_id FROM principals WHERE {column} = ?1"),
+                params![value],
                 |r| {
                     Ok((
                         r.get::<_, String>(0)?,
@@ -348,6 +354,28 @@ impl AccessStore {
             roles: roles.split(',').filter_map(Role::parse).collect(),
             authority,
         }))
+    }
+
+    /// Maps a client certificate (SHA-256 of its DER) to a principal, so that
+    /// mTLS authenticates it. Admins only; a certificate maps to one
+    /// principal.
+    pub fn bind_certificate(&self, by: &Principal, principal: &str, cert_sha256: &[u8]) -> Result<(), AccessError> {
+        require(by, Role::Admin)?;
+        if cert_sha256.len() != 32 {
+            return Err(AccessError::BadCertificate);
+        }
+        let updated = self
+            .db()
+            .execute("UPDATE principals SET cert_sha256 = ?2 WHERE id = ?1", params![principal, cert_sha256])?;
+        if updated == 0 {
+            return Err(AccessError::BadCertificate);
+        }
+        Ok(())
+    }
+
+    /// The principal a client certificate is mapped to, if any.
+    pub fn authenticate_certificate(&self, cert_sha256: &[u8]) -> Result<Option<Principal>, AccessError> {
+        self.principal_where("cert_sha256", cert_sha256)
     }
 
     /// Registers a warrant (legal reviewers only). Targets are sealed under

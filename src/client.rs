@@ -31,12 +31,20 @@ pub struct ServerArgs {
     /// A file holding the bearer token (otherwise CDRVAULT_TOKEN).
     #[arg(long, env = "CDRVAULT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// For an https:// server: the CA that signed its certificate (PEM).
+    #[arg(long, env = "CDRVAULT_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM) for mTLS, instead of a token.
+    #[arg(long, env = "CDRVAULT_CERT_FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    #[arg(long, env = "CDRVAULT_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 /// A connected client that adds the bearer token to every call.
 pub struct Client {
     inner: LawfulAccessClient<Channel>,
-    token: String,
+    token: Option<String>,
 }
 
 impl std::fmt::Debug for Client {
@@ -46,29 +54,56 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    pub async fn connect(server: &str, token: String) -> anyhow::Result<Client> {
-        let inner =
-            LawfulAccessClient::connect(server.to_string()).await.with_context(|| format!("connecting to {server}"))?;
-        Ok(Client { inner, token })
+    /// Connects to `server`; `tls` for an https:// server (and mTLS).
+    pub async fn connect(
+        server: &str,
+        token: Option<String>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> anyhow::Result<Client> {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_string())
+            .with_context(|| format!("{server} is not a valid URL"))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint.connect().await.with_context(|| format!("connecting to {server}"))?;
+        Ok(Client { inner: LawfulAccessClient::new(channel), token })
     }
 
     pub async fn from_args(args: &ServerArgs) -> anyhow::Result<Client> {
         let token = match &args.token_file {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("reading the token file {}", path.display()))?
-                .trim()
-                .to_string(),
-            None => {
-                std::env::var("CDRVAULT_TOKEN").context("no bearer token: set CDRVAULT_TOKEN or pass --token-file")?
-            }
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the token file {}", path.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => std::env::var("CDRVAULT_TOKEN").ok(),
         };
-        Client::connect(&args.server, token).await
+        if token.is_none() && args.cert_file.is_none() {
+            bail!("no credentials: set CDRVAULT_TOKEN, pass --token-file, or a client certificate");
+        }
+        let read = |path: &PathBuf| std::fs::read(path).with_context(|| format!("reading {}", path.display()));
+        let tls = if args.server.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            if let Some(ca) = &args.ca_file {
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
+                tls = tls.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            Some(tls)
+        } else {
+            None
+        };
+        Client::connect(&args.server, token, tls).await
     }
 
     fn call<T>(&self, message: T) -> anyhow::Result<Request<T>> {
         let mut request = Request::new(message);
-        let value = format!("Bearer {}", self.token).parse().context("the token is not valid header text")?;
-        request.metadata_mut().insert("authorization", value);
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}").parse().context("the token is not valid header text")?;
+            request.metadata_mut().insert("authorization", value);
+        }
         Ok(request)
     }
 
@@ -149,6 +184,15 @@ async fn collect(mut stream: tonic::Streaming<proto::ResultChunk>) -> anyhow::Re
     Ok((info, bytes))
 }
 
+/// The SHA-256 (hex) of the DER of the first certificate in a PEM file.
+fn certificate_sha256(path: &Path) -> anyhow::Result<String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_file(path)
+        .map_err(|e| anyhow::anyhow!("{} holds no PEM certificate: {e}", path.display()))?;
+    Ok(sha256_hex(&der))
+}
+
 /// Writes a result to a new private file (0600); never overwrites.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut file = std::fs::OpenOptions::new()
@@ -190,6 +234,9 @@ pub enum PrincipalCommand {
         /// The authority a handler acts for.
         #[arg(long)]
         authority: Option<String>,
+        /// A client certificate (PEM) that authenticates the principal over mTLS.
+        #[arg(long)]
+        certificate: Option<PathBuf>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -349,9 +396,18 @@ pub async fn authority(command: AuthorityCommand) -> anyhow::Result<()> {
 
 pub async fn principal(command: PrincipalCommand) -> anyhow::Result<()> {
     match command {
-        PrincipalCommand::Create { name, roles, authority, server } => {
+        PrincipalCommand::Create { name, roles, authority, certificate, server } => {
             let mut client = Client::from_args(&server).await?;
-            let request = proto::CreatePrincipalRequest { name, roles, authority: authority.unwrap_or_default() };
+            let client_certificate_sha256 = match certificate {
+                Some(path) => certificate_sha256(&path)?,
+                None => String::new(),
+            };
+            let request = proto::CreatePrincipalRequest {
+                name,
+                roles,
+                authority: authority.unwrap_or_default(),
+                client_certificate_sha256,
+            };
             let created = client.create_principal(request).await?;
             let principal = created.principal.unwrap_or_default();
             println!(

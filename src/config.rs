@@ -188,6 +188,12 @@ pub struct AccessConfig {
     /// How long a sealed result stays fetchable before its key is destroyed.
     #[serde(with = "humantime_serde")]
     pub result_keep: Duration,
+    /// TLS for the API: the server's certificate and key (PEM).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// With TLS, the CA whose client certificates are accepted (mTLS); a
+    /// certificate authenticates the principal it is mapped to.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for AccessConfig {
@@ -199,11 +205,23 @@ impl Default for AccessConfig {
             requests_per_minute: defaults.requests_per_minute,
             max_targets: defaults.max_targets,
             result_keep: defaults.result_keep,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
 
 impl AccessConfig {
+    /// The TLS files, when TLS is configured.
+    pub fn tls(&self) -> Option<crate::service::TlsFiles> {
+        Some(crate::service::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
+
     pub fn settings(&self, retention_days: u32) -> crate::service::AccessSettings {
         crate::service::AccessSettings {
             csp_id: self.csp_id.clone(),
@@ -273,6 +291,15 @@ impl Config {
         }
         if !(1..=1000).contains(&self.access.max_targets) {
             return err("access.max_targets", format!("is {}", self.access.max_targets), "use 1 to 1000 (default 64)");
+        }
+        if self.access.tls_cert.is_some() != self.access.tls_key.is_some()
+            || (self.access.tls_client_ca.is_some() && self.access.tls_cert.is_none())
+        {
+            return err(
+                "access.tls_cert",
+                "and access.tls_key must be set together (and tls_client_ca needs them)".into(),
+                "set both PEM files, or neither for a plain-text API behind a TLS proxy",
+            );
         }
         if self.access.result_keep.is_zero() {
             return err("access.result_keep", "is 0".into(), "keep results for a while, e.g. 7d (default)");

@@ -172,11 +172,11 @@ pub fn lawful_access(options: &DemoOptions, state_dir: &std::path::Path) -> anyh
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(crate::service::serve(listener, service, async {
+        let server = tokio::spawn(crate::service::serve(listener, service, None, async {
             let _ = stopped.await;
         }));
 
-        let mut admin = Client::connect(&url, admin.expose().to_string()).await?;
+        let mut admin = Client::connect(&url, Some(admin.expose().to_string()), None).await?;
         let authority = "demo-police".to_string();
         admin
             .create_authority(proto::CreateAuthorityRequest {
@@ -191,9 +191,10 @@ pub fn lawful_access(options: &DemoOptions, state_dir: &std::path::Path) -> anyh
                     name: name.into(),
                     roles: vec![role.into()],
                     authority: authority.into(),
+                    client_certificate_sha256: String::new(),
                 })
                 .await?;
-            Client::connect(&url, created.token).await
+            Client::connect(&url, Some(created.token), None).await
         };
         let mut alice = person("alice (legal)", "legal_reviewer", "").await?;
         let mut bob = person("bob (legal)", "legal_reviewer", "").await?;

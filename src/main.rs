@@ -675,9 +675,10 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let access = match config.access.listen {
         Some(listen) => {
             let service = access_service(&config, Arc::clone(&keys))?;
+            let tls = config.access.tls().map(|files| files.server_config()).transpose()?;
             let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
             tracing::info!(address = %listener.local_addr()?, "lawful-access API listening");
-            Some(runtime.spawn(cdrvault::service::serve(listener, service, wait_for(Arc::clone(&stop)))))
+            Some(runtime.spawn(cdrvault::service::serve(listener, service, tls, wait_for(Arc::clone(&stop)))))
         }
         None => None,
     };
@@ -741,6 +742,7 @@ fn serve_access(config: Config, listen: Option<std::net::SocketAddr>) -> anyhow:
     let listen = listen.or(config.access.listen).context("no address: set access.listen or pass --listen")?;
     let keys = Arc::new(KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?);
     let service = access_service(&config, keys)?;
+    let tls = config.access.tls().map(|files| files.server_config()).transpose().context("reading the TLS files")?;
     let stop = stop_on_ctrl_c()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
@@ -751,7 +753,7 @@ fn serve_access(config: Config, listen: Option<std::net::SocketAddr>) -> anyhow:
         use std::io::Write;
         std::io::stdout().flush()?;
         tracing::info!(%address, "lawful-access API listening");
-        cdrvault::service::serve(listener, service, wait_for(stop)).await?;
+        cdrvault::service::serve(listener, service, tls, wait_for(stop)).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

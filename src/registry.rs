@@ -116,6 +116,9 @@ const MIGRATIONS: &[&str] = &[
         records INTEGER NOT NULL,
         PRIMARY KEY (request_id, bucket)
     );",
+    // 4: client certificates (mTLS) mapped to principals, by SHA-256 of the DER.
+    "ALTER TABLE principals ADD COLUMN cert_sha256 BLOB;
+    CREATE UNIQUE INDEX principals_cert_sha256 ON principals(cert_sha256) WHERE cert_sha256 IS NOT NULL;",
 ];
 
 /// Opens (creating and migrating) the registry in `state_dir`.

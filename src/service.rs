@@ -142,6 +142,11 @@ impl From<AccessError> for Denial {
                 "bad_authority",
                 format!("authority {id} is unknown, taken or malformed"),
             ),
+            AccessError::BadCertificate => Denial::new(
+                Code::InvalidArgument,
+                "bad_certificate",
+                "the certificate digest is not 64 hex digits, or the principal is unknown",
+            ),
             AccessError::Sealing => {
                 Denial::new(Code::FailedPrecondition, "warrant_closed", "the warrant's targets are destroyed")
             }
@@ -249,22 +254,66 @@ impl AccessService {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// The server's TLS: its certificate and key, and optionally the CA whose
+/// client certificates it accepts (mTLS; a client may still present a
+/// bearer token instead).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    pub fn server_config(&self) -> std::io::Result<tonic::transport::ServerTlsConfig> {
+        let identity = tonic::transport::Identity::from_pem(std::fs::read(&self.cert)?, std::fs::read(&self.key)?);
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.client_ca {
+            config = config
+                .client_ca_root(tonic::transport::Certificate::from_pem(std::fs::read(ca)?))
+                .client_auth_optional(true);
+        }
+        Ok(config)
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes, over TLS when
+/// `tls` is given.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: AccessService,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
         .await
 }
 
-/// The bearer token of a call, if any.
-fn bearer<T>(request: &Request<T>) -> Option<String> {
-    let value = request.metadata().get("authorization")?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(|t| t.trim().to_string())
+/// What a call presents: a bearer token and, over mTLS, the SHA-256 of the
+/// client certificate's DER.
+#[derive(Default)]
+struct Credentials {
+    token: Option<String>,
+    certificate: Option<Vec<u8>>,
+}
+
+fn credentials<T>(request: &Request<T>) -> Credentials {
+    let token = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let certificate = request.peer_certs().and_then(|chain| {
+        chain.first().map(|leaf| ring::digest::digest(&ring::digest::SHA256, leaf).as_ref().to_vec())
+    });
+    Credentials { token, certificate }
 }
 
 fn rfc3339(t: TimestampMicros) -> String {
@@ -413,24 +462,26 @@ impl Inner {
         }
     }
 
-    /// The caller, or an audited `unauthenticated`.
-    fn authenticate(&self, token: Option<String>, method: &str) -> Outcome<Principal> {
-        let reason = match token {
-            None => "missing_token",
-            Some(token) => match self.store.authenticate(&token) {
-                Ok(Some(principal)) => return Ok(principal),
-                Ok(None) => "unknown_token",
-                Err(e) => return Err(internal(e).status()),
-            },
+    /// The caller, or an audited `unauthenticated`. A bearer token, when
+    /// present, decides; otherwise a client certificate mapped to a principal.
+    fn authenticate(&self, credentials: Credentials, method: &str) -> Outcome<Principal> {
+        let found = match (&credentials.token, &credentials.certificate) {
+            (Some(token), _) => self.store.authenticate(token).map(|p| p.ok_or("unknown_token")),
+            (None, Some(certificate)) => {
+                self.store.authenticate_certificate(certificate).map(|p| p.ok_or("unknown_certificate"))
+            }
+            (None, None) => Ok(Err("missing_credentials")),
+        };
+        let reason = match found {
+            Ok(Ok(principal)) => return Ok(principal),
+            Ok(Err(reason)) => reason,
+            Err(e) => return Err(internal(e).status()),
         };
         self.audit("anonymous", AuditEvent::AuthenticationFailed { method: method.into(), reason: reason.into() })?;
         let mut metadata = MetadataMap::new();
         metadata.insert("cdrvault-reason", MetadataValue::from_static(reason));
-        Err(Status::with_metadata(
-            Code::Unauthenticated,
-            format!("{reason}: a valid bearer token is required"),
-            metadata,
-        ))
+        let message = format!("{reason}: a valid bearer token or client certificate is required");
+        Err(Status::with_metadata(Code::Unauthenticated, message, metadata))
     }
 
     fn require(&self, principal: &Principal, roles: &[Role], method: &str) -> Outcome<()> {
@@ -477,18 +528,18 @@ impl Inner {
         Err(self.refuse(&principal.id, method, denial, None, None))
     }
 
-    fn who_am_i(&self, token: Option<String>) -> Outcome<proto::PrincipalInfo> {
-        let principal = self.authenticate(token, "WhoAmI")?;
+    fn who_am_i(&self, credentials: Credentials) -> Outcome<proto::PrincipalInfo> {
+        let principal = self.authenticate(credentials, "WhoAmI")?;
         Ok(principal_info(&principal))
     }
 
     fn create_authority(
         &self,
-        token: Option<String>,
+        credentials: Credentials,
         body: proto::CreateAuthorityRequest,
     ) -> Outcome<proto::Authority> {
         const METHOD: &str = "CreateAuthority";
-        let principal = self.authenticate(token, METHOD)?;
+        let principal = self.authenticate(credentials, METHOD)?;
         if let Err(denial) = check_text(&[("id", &body.id), ("name", &body.name), ("country", &body.country)]) {
             return Err(self.refuse(&principal.id, METHOD, denial, None, None));
         }
@@ -505,11 +556,11 @@ impl Inner {
 
     fn create_principal(
         &self,
-        token: Option<String>,
+        credentials: Credentials,
         body: proto::CreatePrincipalRequest,
     ) -> Outcome<proto::CreatePrincipalResponse> {
         const METHOD: &str = "CreatePrincipal";
-        let principal = self.authenticate(token, METHOD)?;
+        let principal = self.authenticate(credentials, METHOD)?;
         let roles: Option<BTreeSet<Role>> = body.roles.iter().map(|r| Role::parse(r)).collect();
         let checked = match roles {
             _ if check_text(&[("name", &body.name), ("authority", &body.authority)]).is_err() => {
@@ -529,11 +580,23 @@ impl Inner {
             Some(roles) => Ok(roles),
         };
         let roles = checked.map_err(|d| self.refuse(&principal.id, METHOD, d, None, None))?;
+        let certificate = match body.client_certificate_sha256.trim() {
+            "" => None,
+            text => match hex::decode(text) {
+                Ok(bytes) if bytes.len() == 32 => Some(bytes),
+                _ => return Err(self.refuse(&principal.id, METHOD, AccessError::BadCertificate.into(), None, None)),
+            },
+        };
         let authority = (!body.authority.is_empty()).then_some(body.authority.as_str());
         let (created, bearer) = self
             .store
             .create_principal(Some(&principal), &body.name, roles, authority, self.now())
             .map_err(|e| self.refuse(&principal.id, METHOD, e.into(), None, None))?;
+        if let Some(certificate) = &certificate {
+            self.store
+                .bind_certificate(&principal, &created.id, certificate)
+                .map_err(|e| self.refuse(&principal.id, METHOD, e.into(), None, None))?;
+        }
         self.audit(
             &principal.id,
             AuditEvent::PrincipalCreated {
@@ -554,9 +617,13 @@ impl Inner {
         targets.iter().map(|(kind, value)| format!("{:016x}", tokeniser.token(*kind, value.as_bytes()).0)).collect()
     }
 
-    fn register_warrant(&self, token: Option<String>, body: proto::RegisterWarrantRequest) -> Outcome<proto::Warrant> {
+    fn register_warrant(
+        &self,
+        credentials: Credentials,
+        body: proto::RegisterWarrantRequest,
+    ) -> Outcome<proto::Warrant> {
         const METHOD: &str = "RegisterWarrant";
-        let principal = self.authenticate(token, METHOD)?;
+        let principal = self.authenticate(credentials, METHOD)?;
         let parsed = (|| -> Result<NewWarrant, Denial> {
             check_text(&[
                 ("authority", &body.authority),
@@ -607,9 +674,9 @@ impl Inner {
         Ok(warrant_info(&warrant))
     }
 
-    fn decide_warrant(&self, token: Option<String>, body: proto::DecideWarrantRequest) -> Outcome<proto::Warrant> {
+    fn decide_warrant(&self, credentials: Credentials, body: proto::DecideWarrantRequest) -> Outcome<proto::Warrant> {
         const METHOD: &str = "DecideWarrant";
-        let principal = self.authenticate(token, METHOD)?;
+        let principal = self.authenticate(credentials, METHOD)?;
         let warrant = Some(body.warrant.as_str());
         if let Err(denial) = check_text(&[("warrant", &body.warrant), ("reason", &body.reason)]) {
             return Err(self.refuse(&principal.id, METHOD, denial, warrant, None));
@@ -637,9 +704,9 @@ impl Inner {
         Ok(warrant_info(&decided))
     }
 
-    fn close_warrant(&self, token: Option<String>, body: proto::CloseWarrantRequest) -> Outcome<proto::Warrant> {
+    fn close_warrant(&self, credentials: Credentials, body: proto::CloseWarrantRequest) -> Outcome<proto::Warrant> {
         const METHOD: &str = "CloseWarrant";
-        let principal = self.authenticate(token, METHOD)?;
+        let principal = self.authenticate(credentials, METHOD)?;
         let warrant = Some(body.warrant.as_str());
         self.store
             .close_warrant(&principal, &body.warrant, &self.keys)
@@ -652,9 +719,9 @@ impl Inner {
         }
     }
 
-    fn get_warrant(&self, token: Option<String>, body: proto::GetWarrantRequest) -> Outcome<proto::Warrant> {
+    fn get_warrant(&self, credentials: Credentials, body: proto::GetWarrantRequest) -> Outcome<proto::Warrant> {
         const METHOD: &str = "GetWarrant";
-        let principal = self.authenticate(token, METHOD)?;
+        let principal = self.authenticate(credentials, METHOD)?;
         self.require(&principal, &[Role::LegalReviewer, Role::Auditor, Role::AuthorityHandler], METHOD)?;
         let warrant = Some(body.warrant.as_str());
         let found = self.store.warrant(&body.warrant).map_err(|e| Denial::from(e).status())?;
@@ -695,9 +762,13 @@ impl Inner {
         if first >= horizon { 0 } else { (last.min(horizon - 1) - first + 1).max(0) as u64 }
     }
 
-    fn submit_request(&self, token: Option<String>, body: proto::SubmitRequestRequest) -> Outcome<proto::RequestInfo> {
+    fn submit_request(
+        &self,
+        credentials: Credentials,
+        body: proto::SubmitRequestRequest,
+    ) -> Outcome<proto::RequestInfo> {
         const METHOD: &str = "SubmitRequest";
-        let principal = self.authenticate(token, METHOD)?;
+        let principal = self.authenticate(credentials, METHOD)?;
         self.require(&principal, &[Role::AuthorityHandler], METHOD)?;
         self.rate_limit(&principal, METHOD)?;
         self.sweep_results()?;
@@ -893,9 +964,9 @@ impl Inner {
         })
     }
 
-    fn get_request(&self, token: Option<String>, body: proto::GetRequestRequest) -> Outcome<proto::RequestInfo> {
+    fn get_request(&self, credentials: Credentials, body: proto::GetRequestRequest) -> Outcome<proto::RequestInfo> {
         const METHOD: &str = "GetRequest";
-        let principal = self.authenticate(token, METHOD)?;
+        let principal = self.authenticate(credentials, METHOD)?;
         self.require(&principal, &[Role::AuthorityHandler, Role::Auditor], METHOD)?;
         Ok(request_info(&self.own_request(&principal, &body.request_id, METHOD)?))
     }
@@ -903,11 +974,11 @@ impl Inner {
     /// The result's info and bytes, after the delivery entry is durable.
     fn fetch_result(
         &self,
-        token: Option<String>,
+        credentials: Credentials,
         body: proto::FetchResultRequest,
     ) -> Outcome<(proto::RequestInfo, Vec<u8>)> {
         const METHOD: &str = "FetchResult";
-        let principal = self.authenticate(token, METHOD)?;
+        let principal = self.authenticate(credentials, METHOD)?;
         self.require(&principal, &[Role::AuthorityHandler], METHOD)?;
         self.rate_limit(&principal, METHOD)?;
         self.sweep_results()?;
@@ -931,9 +1002,9 @@ impl Inner {
         Ok((request_info(&request), bytes))
     }
 
-    fn verify_audit(&self, token: Option<String>) -> Outcome<proto::VerifyAuditResponse> {
+    fn verify_audit(&self, credentials: Credentials) -> Outcome<proto::VerifyAuditResponse> {
         const METHOD: &str = "VerifyAudit";
-        let principal = self.authenticate(token, METHOD)?;
+        let principal = self.authenticate(credentials, METHOD)?;
         self.require(&principal, &[Role::Auditor], METHOD)?;
         let check = crate::audit::verify(self.audit.path(), &self.audit.public_key(), &self.keys.audit_head_path())
             .map_err(|e| internal(e).status())?;
@@ -942,9 +1013,9 @@ impl Inner {
         Ok(proto::VerifyAuditResponse { intact: check.is_intact(), entries: check.entries, bad_entry, problem })
     }
 
-    fn statistics(&self, token: Option<String>, body: proto::StatisticsRequest) -> Outcome<proto::StatisticsReport> {
+    fn statistics(&self, credentials: Credentials, body: proto::StatisticsRequest) -> Outcome<proto::StatisticsReport> {
         const METHOD: &str = "Statistics";
-        let principal = self.authenticate(token, METHOD)?;
+        let principal = self.authenticate(credentials, METHOD)?;
         self.require(&principal, &[Role::Auditor], METHOD)?;
         let bounds = |year: i32| {
             chrono::NaiveDate::from_ymd_opt(year, 1, 1)
@@ -979,9 +1050,9 @@ impl Inner {
     }
 
     /// A data subject's records, after the export entry is durable.
-    fn export_subject(&self, token: Option<String>, body: proto::ExportSubjectRequest) -> Outcome<(u64, Vec<u8>)> {
+    fn export_subject(&self, credentials: Credentials, body: proto::ExportSubjectRequest) -> Outcome<(u64, Vec<u8>)> {
         const METHOD: &str = "ExportSubject";
-        let principal = self.authenticate(token, METHOD)?;
+        let principal = self.authenticate(credentials, METHOD)?;
         self.require(&principal, &[Role::Dpo], METHOD)?;
         let target = (|| -> Result<(IdentifierKind, String), Denial> {
             check_text(&[("reference", &body.reference), ("target", &body.target)])?;
@@ -1051,68 +1122,68 @@ fn chunks(info: proto::RequestInfo, bytes: Vec<u8>) -> ChunkStream {
 #[tonic::async_trait]
 impl LawfulAccess for AccessService {
     async fn who_am_i(&self, request: Request<proto::WhoAmIRequest>) -> Outcome<Response<proto::PrincipalInfo>> {
-        let token = bearer(&request);
-        self.run(move |inner| inner.who_am_i(token)).await.map(Response::new)
+        let credentials = credentials(&request);
+        self.run(move |inner| inner.who_am_i(credentials)).await.map(Response::new)
     }
 
     async fn create_authority(
         &self,
         request: Request<proto::CreateAuthorityRequest>,
     ) -> Outcome<Response<proto::Authority>> {
-        let token = bearer(&request);
+        let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.create_authority(token, body)).await.map(Response::new)
+        self.run(move |inner| inner.create_authority(credentials, body)).await.map(Response::new)
     }
 
     async fn create_principal(
         &self,
         request: Request<proto::CreatePrincipalRequest>,
     ) -> Outcome<Response<proto::CreatePrincipalResponse>> {
-        let token = bearer(&request);
+        let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.create_principal(token, body)).await.map(Response::new)
+        self.run(move |inner| inner.create_principal(credentials, body)).await.map(Response::new)
     }
 
     async fn register_warrant(
         &self,
         request: Request<proto::RegisterWarrantRequest>,
     ) -> Outcome<Response<proto::Warrant>> {
-        let token = bearer(&request);
+        let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.register_warrant(token, body)).await.map(Response::new)
+        self.run(move |inner| inner.register_warrant(credentials, body)).await.map(Response::new)
     }
 
     async fn decide_warrant(&self, request: Request<proto::DecideWarrantRequest>) -> Outcome<Response<proto::Warrant>> {
-        let token = bearer(&request);
+        let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.decide_warrant(token, body)).await.map(Response::new)
+        self.run(move |inner| inner.decide_warrant(credentials, body)).await.map(Response::new)
     }
 
     async fn close_warrant(&self, request: Request<proto::CloseWarrantRequest>) -> Outcome<Response<proto::Warrant>> {
-        let token = bearer(&request);
+        let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.close_warrant(token, body)).await.map(Response::new)
+        self.run(move |inner| inner.close_warrant(credentials, body)).await.map(Response::new)
     }
 
     async fn get_warrant(&self, request: Request<proto::GetWarrantRequest>) -> Outcome<Response<proto::Warrant>> {
-        let token = bearer(&request);
+        let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.get_warrant(token, body)).await.map(Response::new)
+        self.run(move |inner| inner.get_warrant(credentials, body)).await.map(Response::new)
     }
 
     async fn submit_request(
         &self,
         request: Request<proto::SubmitRequestRequest>,
     ) -> Outcome<Response<proto::RequestInfo>> {
-        let token = bearer(&request);
+        let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.submit_request(token, body)).await.map(Response::new)
+        self.run(move |inner| inner.submit_request(credentials, body)).await.map(Response::new)
     }
 
     async fn get_request(&self, request: Request<proto::GetRequestRequest>) -> Outcome<Response<proto::RequestInfo>> {
-        let token = bearer(&request);
+        let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.get_request(token, body)).await.map(Response::new)
+        self.run(move |inner| inner.get_request(credentials, body)).await.map(Response::new)
     }
 
     type FetchResultStream = ChunkStream;
@@ -1121,9 +1192,9 @@ impl LawfulAccess for AccessService {
         &self,
         request: Request<proto::FetchResultRequest>,
     ) -> Outcome<Response<Self::FetchResultStream>> {
-        let token = bearer(&request);
+        let credentials = credentials(&request);
         let body = request.into_inner();
-        let (info, bytes) = self.run(move |inner| inner.fetch_result(token, body)).await?;
+        let (info, bytes) = self.run(move |inner| inner.fetch_result(credentials, body)).await?;
         Ok(Response::new(chunks(info, bytes)))
     }
 
@@ -1131,17 +1202,17 @@ impl LawfulAccess for AccessService {
         &self,
         request: Request<proto::VerifyAuditRequest>,
     ) -> Outcome<Response<proto::VerifyAuditResponse>> {
-        let token = bearer(&request);
-        self.run(move |inner| inner.verify_audit(token)).await.map(Response::new)
+        let credentials = credentials(&request);
+        self.run(move |inner| inner.verify_audit(credentials)).await.map(Response::new)
     }
 
     async fn statistics(
         &self,
         request: Request<proto::StatisticsRequest>,
     ) -> Outcome<Response<proto::StatisticsReport>> {
-        let token = bearer(&request);
+        let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.statistics(token, body)).await.map(Response::new)
+        self.run(move |inner| inner.statistics(credentials, body)).await.map(Response::new)
     }
 
     type ExportSubjectStream = ChunkStream;
@@ -1150,9 +1221,9 @@ impl LawfulAccess for AccessService {
         &self,
         request: Request<proto::ExportSubjectRequest>,
     ) -> Outcome<Response<Self::ExportSubjectStream>> {
-        let token = bearer(&request);
+        let credentials = credentials(&request);
         let body = request.into_inner();
-        let (records, bytes) = self.run(move |inner| inner.export_subject(token, body)).await?;
+        let (records, bytes) = self.run(move |inner| inner.export_subject(credentials, body)).await?;
         let info = proto::RequestInfo {
             status: "answered".into(),
             records,

@@ -94,7 +94,7 @@ async fn world(settings: AccessSettings) -> World {
             .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(cdrvault::service::serve(listener, service, std::future::pending()));
+    tokio::spawn(cdrvault::service::serve(listener, service, None, std::future::pending()));
     let client = LawfulAccessClient::connect(format!("http://{address}")).await.unwrap();
     World { root, clock, until, records, generator, client, admin: admin.expose().to_string() }
 }
@@ -105,6 +105,7 @@ async fn principal(w: &mut World, name: &str, roles: &[&str], authority: &str) -
         name: name.into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),
         authority: authority.into(),
+        client_certificate_sha256: String::new(),
     };
     w.client.create_principal(authed(&w.admin, request)).await.unwrap().into_inner().token
 }
@@ -372,7 +373,7 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
 
     // Authentication.
     let bare = Request::new(submit(&w, &warrant, 2, &target, 3, proto::ResultFormat::Json));
-    expect_refused(&w, c.submit_request(bare), Code::Unauthenticated, "missing_token").await;
+    expect_refused(&w, c.submit_request(bare), Code::Unauthenticated, "missing_credentials").await;
     let forged = authed("cdv_0000", submit(&w, &warrant, 2, &target, 3, proto::ResultFormat::Json));
     expect_refused(&w, c.submit_request(forged), Code::Unauthenticated, "unknown_token").await;
     expect_refused(&w, fetch(&mut c, "cdv_forged", &answered.request_id), Code::Unauthenticated, "unknown_token").await;
@@ -387,7 +388,12 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
     expect_refused(&w, c.create_authority(by_handler), Code::PermissionDenied, "missing_role").await;
     let self_made = authed(
         &cast.handler,
-        proto::CreatePrincipalRequest { name: "me".into(), roles: vec!["admin".into()], authority: String::new() },
+        proto::CreatePrincipalRequest {
+            name: "me".into(),
+            roles: vec!["admin".into()],
+            authority: String::new(),
+            client_certificate_sha256: String::new(),
+        },
     );
     expect_refused(&w, c.create_principal(self_made), Code::PermissionDenied, "missing_role").await;
     let foreign = authed(&cast.stranger, submit(&w, &warrant, 2, &target, 3, proto::ResultFormat::Json));
@@ -495,4 +501,112 @@ async fn tampering_with_the_trail_is_reported_through_the_api() {
     std::fs::write(&path, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
     let report = w.client.verify_audit(authed(&cast.auditor, proto::VerifyAuditRequest {})).await.unwrap().into_inner();
     assert!(!report.intact, "a truncated trail must not verify");
+}
+
+/// A CA, a server certificate for localhost, and two client certificates.
+struct Pki {
+    ca: String,
+    server: (String, String),
+    handler: (String, String, Vec<u8>),
+    stranger: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    };
+    let (server, server_key, _) = leaf("localhost");
+    let handler = leaf("handler.dk-police.example");
+    let (stranger, stranger_key, _) = leaf("stranger.example");
+    Pki { ca: ca.pem(), server: (server, server_key), handler, stranger: (stranger, stranger_key) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_authenticates_the_principal_it_is_mapped_to() {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+    let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    KeyStore::init(&root.path().join("keys"), None).unwrap();
+    let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
+    let state = root.path().join("state");
+    let (_, admin) = AccessStore::open(&state)
+        .unwrap()
+        .create_principal(None, "bootstrap admin", [Role::Admin].into(), None, now)
+        .unwrap();
+    let audit = Arc::new(AuditTrail::open(&state, &keys).unwrap());
+    let clock = Arc::new(ManualClock::new(now)) as Arc<dyn Clock>;
+    let service =
+        AccessService::new(&root.path().join("data"), &state, keys, audit, clock, AccessSettings::default()).unwrap();
+    let pki = pki();
+    let file = |name: &str, text: &str| {
+        let path = root.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let files = cdrvault::service::TlsFiles {
+        cert: file("server.pem", &pki.server.0),
+        key: file("server.key", &pki.server.1),
+        client_ca: Some(file("ca.pem", &pki.ca)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(cdrvault::service::serve(
+        listener,
+        service,
+        Some(files.server_config().unwrap()),
+        std::future::pending(),
+    ));
+
+    let connect = async |identity: Option<(&str, &str)>| -> Client {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pki.ca)).domain_name("localhost");
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        let channel = Endpoint::from_shared(url.clone()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+        LawfulAccessClient::new(channel)
+    };
+
+    // The admin, with a bearer token over TLS, maps the handler's certificate.
+    let mut plain = connect(None).await;
+    let authority =
+        proto::CreateAuthorityRequest { id: "dk-police".into(), country: "DK".into(), name: "Police".into() };
+    plain.create_authority(authed(admin.expose(), authority)).await.unwrap();
+    let created = plain
+        .create_principal(authed(
+            admin.expose(),
+            proto::CreatePrincipalRequest {
+                name: "handler".into(),
+                roles: vec!["authority_handler".into()],
+                authority: "dk-police".into(),
+                client_certificate_sha256: sha256_hex(&pki.handler.2),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // The certificate alone authenticates the handler.
+    let mut handler = connect(Some((&pki.handler.0, &pki.handler.1))).await;
+    let me = handler.who_am_i(Request::new(proto::WhoAmIRequest {})).await.unwrap().into_inner();
+    assert_eq!((me.id.as_str(), me.authority.as_str()), (created.principal.unwrap().id.as_str(), "dk-police"));
+
+    // A certificate of the same CA that maps to nobody, and no credentials.
+    let mut stranger = connect(Some((&pki.stranger.0, &pki.stranger.1))).await;
+    let refused = stranger.who_am_i(Request::new(proto::WhoAmIRequest {})).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    assert!(refused.message().starts_with("unknown_certificate"), "{}", refused.message());
+    let bare = plain.who_am_i(Request::new(proto::WhoAmIRequest {})).await.unwrap_err();
+    assert!(bare.message().starts_with("missing_credentials"), "{}", bare.message());
+    let trail = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    assert!(
+        trail.contains("\"reason\":\"unknown_certificate\"") && trail.contains("\"reason\":\"missing_credentials\"")
+    );
 }
