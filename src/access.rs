@@ -16,17 +16,18 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
-use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::keys::{KeyError, KeyStore, RecordKeyScope};
 use crate::models::{Category, IdentifierKind, TimestampMicros};
 use crate::orders::{TargetInput, canonical_value};
 use crate::pseudonymise::Tokeniser;
+use crate::registry::RegistryError;
+use crate::registry::sqlite::SqliteRegistry;
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -125,7 +126,7 @@ impl WarrantStatus {
         }
     }
 
-    fn parse(text: &str) -> WarrantStatus {
+    pub(crate) fn parse(text: &str) -> WarrantStatus {
         match text {
             "approved" => WarrantStatus::Approved,
             "rejected" => WarrantStatus::Rejected,
@@ -214,8 +215,8 @@ pub enum Refusal {
 pub enum AccessError {
     #[error(transparent)]
     Refused(#[from] Refusal),
-    #[error("registry error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("authority {0} already exists or is malformed")]
@@ -226,9 +227,66 @@ pub enum AccessError {
     BadCertificate,
 }
 
-/// The lawful-access registry over the embedded database.
+/// How a principal is looked up.
+#[derive(Debug, Clone, Copy)]
+pub enum PrincipalKey<'a> {
+    TokenSha256(&'a [u8]),
+    CertificateSha256(&'a [u8]),
+}
+
+/// A warrant target as stored: its kind, its sealed value, and its token
+/// under each token key id.
+#[derive(Clone)]
+pub struct StoredTarget {
+    pub kind: IdentifierKind,
+    pub sealed: Vec<u8>,
+    pub tokens: Vec<(String, i64)>,
+}
+
+/// Where authorities, principals and warrants live. The rules are in
+/// [`AccessStore`]; a backend only stores. SQLite by default
+/// ([`SqliteRegistry`]); PostgreSQL when instances share a registry.
+pub trait AccessRegistry: Send + Sync {
+    /// Inserts an authority; `false` if the id is taken.
+    fn insert_authority(&self, id: &str, country: &str, name: &str, at: DateTime<Utc>) -> Result<bool, RegistryError>;
+    fn authority_country(&self, id: &str) -> Result<Option<String>, RegistryError>;
+    fn principal_count(&self) -> Result<u64, RegistryError>;
+    fn insert_principal(
+        &self,
+        principal: &Principal,
+        token_sha256: &[u8],
+        at: DateTime<Utc>,
+    ) -> Result<(), RegistryError>;
+    fn find_principal(&self, key: PrincipalKey<'_>) -> Result<Option<Principal>, RegistryError>;
+    /// Maps a certificate to a principal; `false` if there is no such
+    /// principal, [`RegistryError::Conflict`] if the certificate is taken.
+    fn bind_certificate(&self, principal: &str, cert_sha256: &[u8]) -> Result<bool, RegistryError>;
+    /// Inserts a warrant and its targets atomically.
+    fn insert_warrant(
+        &self,
+        warrant: &Warrant,
+        targets: &[StoredTarget],
+        at: DateTime<Utc>,
+    ) -> Result<(), RegistryError>;
+    /// A warrant with its target kinds.
+    fn warrant(&self, id: &str) -> Result<Option<Warrant>, RegistryError>;
+    /// The warrant's targets as (kind, sealed value), in order.
+    fn sealed_targets(&self, id: &str) -> Result<Vec<(String, Vec<u8>)>, RegistryError>;
+    /// Records a decision on a registered warrant; `false` if it was not
+    /// (or no longer) registered.
+    fn decide_warrant(
+        &self,
+        id: &str,
+        status: WarrantStatus,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<bool, RegistryError>;
+    fn close_warrant(&self, id: &str) -> Result<(), RegistryError>;
+}
+
+/// The lawful-access rules over a registry.
 pub struct AccessStore {
-    connection: Mutex<Connection>,
+    registry: Arc<dyn AccessRegistry>,
     rng: SystemRandom,
 }
 
@@ -247,14 +305,15 @@ fn authority_id_valid(id: &str) -> bool {
 }
 
 impl AccessStore {
+    /// The rules over the embedded SQLite registry in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<AccessStore, AccessError> {
         crate::durable::create_dir_all(state_dir).map_err(KeyError::from)?;
-        let connection = crate::registry::open(state_dir)?;
-        Ok(AccessStore { connection: Mutex::new(connection), rng: SystemRandom::new() })
+        Ok(AccessStore::with_registry(Arc::new(SqliteRegistry::open(state_dir)?)))
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    /// The rules over any registry backend.
+    pub fn with_registry(registry: Arc<dyn AccessRegistry>) -> AccessStore {
+        AccessStore { registry, rng: SystemRandom::new() }
     }
 
     fn random_hex(&self, bytes: usize) -> Result<String, AccessError> {
@@ -276,11 +335,7 @@ impl AccessStore {
         if !authority_id_valid(id) || country.len() != 2 {
             return Err(AccessError::BadAuthority(id.to_string()));
         }
-        let inserted = self.db().execute(
-            "INSERT OR IGNORE INTO authorities (id, country, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![id, country.to_ascii_uppercase(), name, now.to_rfc3339()],
-        )?;
-        if inserted == 0 {
+        if !self.registry.insert_authority(id, &country.to_ascii_uppercase(), name, now)? {
             return Err(AccessError::BadAuthority(id.to_string()));
         }
         Ok(())
@@ -288,10 +343,7 @@ impl AccessStore {
 
     /// The authority's country code, if it exists.
     pub fn authority_country(&self, id: &str) -> Result<Option<String>, AccessError> {
-        Ok(self
-            .db()
-            .query_row("SELECT country FROM authorities WHERE id = ?1", params![id], |r| r.get(0))
-            .optional()?)
+        Ok(self.registry.authority_country(id)?)
     }
 
     /// Creates a principal and its bearer token, shown only now. The first
@@ -305,7 +357,7 @@ impl AccessStore {
         authority: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(Principal, BearerToken), AccessError> {
-        let existing: i64 = self.db().query_row("SELECT COUNT(*) FROM principals", [], |r| r.get(0))?;
+        let existing = self.registry.principal_count()?;
         match by {
             Some(admin) => require(admin, Role::Admin)?,
             None if existing == 0 => {}
@@ -318,42 +370,14 @@ impl AccessStore {
         }
         let id = format!("p-{}", self.random_hex(6)?);
         let token = BearerToken(format!("cdv_{}", self.random_hex(32)?));
-        let roles_text = roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
-        self.db().execute(
-            "INSERT INTO principals (id, name, roles, authority_id, token_sha256, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, name, roles_text, authority, token_hash(token.expose()), now.to_rfc3339()],
-        )?;
         let principal = Principal { id, name: name.to_string(), roles, authority: authority.map(str::to_string) };
+        self.registry.insert_principal(&principal, &token_hash(token.expose()), now)?;
         Ok((principal, token))
     }
 
     /// The principal holding `token`, if any.
     pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, AccessError> {
-        self.principal_where("token_sha256", &token_hash(token))
-    }
-
-    fn principal_where(&self, column: &'static str, value: &[u8]) -> Result<Option<Principal>, AccessError> {
-        let row = self
-            .db()
-            .query_row(
-                &format!("SELECT id, name, roles, authority_id FROM principals WHERE {column} = ?1"),
-                params![value],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                    ))
-                },
-            )
-            .optional()?;
-        Ok(row.map(|(id, name, roles, authority)| Principal {
-            id,
-            name,
-            roles: roles.split(',').filter_map(Role::parse).collect(),
-            authority,
-        }))
+        Ok(self.registry.find_principal(PrincipalKey::TokenSha256(&token_hash(token)))?)
     }
 
     /// Maps a client certificate (SHA-256 of its DER) to a principal, so that
@@ -364,10 +388,7 @@ impl AccessStore {
         if cert_sha256.len() != 32 {
             return Err(AccessError::BadCertificate);
         }
-        let updated = self
-            .db()
-            .execute("UPDATE principals SET cert_sha256 = ?2 WHERE id = ?1", params![principal, cert_sha256])?;
-        if updated == 0 {
+        if !self.registry.bind_certificate(principal, cert_sha256)? {
             return Err(AccessError::BadCertificate);
         }
         Ok(())
@@ -375,7 +396,7 @@ impl AccessStore {
 
     /// The principal a client certificate is mapped to, if any.
     pub fn authenticate_certificate(&self, cert_sha256: &[u8]) -> Result<Option<Principal>, AccessError> {
-        self.principal_where("cert_sha256", cert_sha256)
+        Ok(self.registry.find_principal(PrincipalKey::CertificateSha256(cert_sha256))?)
     }
 
     /// Registers a warrant (legal reviewers only). Targets are sealed under
@@ -406,43 +427,35 @@ impl AccessStore {
         }
         let id = format!("w-{}", self.random_hex(6)?);
         let (_, key) = keys.create_record_key(RecordKeyScope::Warrant, &id)?;
-        let categories = warrant.categories.iter().map(|c| category_name(*c)).collect::<Vec<_>>().join(",");
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        tx.execute(
-            "INSERT INTO warrants (id, authority_id, reference, issued_by, legal_basis, period_start_us, period_end_us,
-                categories, valid_until_us, status, registered_by, registered_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'registered', ?10, ?11)",
-            params![
-                id,
-                warrant.authority,
-                warrant.reference,
-                warrant.issued_by,
-                warrant.legal_basis,
-                warrant.period_start.timestamp_micros(),
-                warrant.period_end.timestamp_micros(),
-                categories,
-                warrant.valid_until.timestamp_micros(),
-                by.id,
-                now.to_rfc3339(),
-            ],
-        )?;
-        for (position, (kind, value)) in canonical.iter().enumerate() {
-            let sealed = crate::keys::seal_value(&key, &self.rng, id.as_bytes(), value)?;
-            tx.execute(
-                "INSERT INTO warrant_targets (warrant_id, position, kind, sealed) VALUES (?1, ?2, ?3, ?4)",
-                params![id, position as i64, kind.as_str(), sealed],
-            )?;
-            for token_key in keys.token_keys() {
-                let token = Tokeniser::new(token_key).token(*kind, value.as_bytes());
-                tx.execute(
-                    "INSERT INTO warrant_target_tokens (warrant_id, position, token_key_id, token) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, position as i64, token_key.id.as_str(), token.0],
-                )?;
-            }
+        let mut targets = Vec::with_capacity(canonical.len());
+        for (kind, value) in &canonical {
+            targets.push(StoredTarget {
+                kind: *kind,
+                sealed: crate::keys::seal_value(&key, &self.rng, id.as_bytes(), value)?,
+                tokens: keys
+                    .token_keys()
+                    .iter()
+                    .map(|k| (k.id.as_str().to_string(), Tokeniser::new(k).token(*kind, value.as_bytes()).0))
+                    .collect(),
+            });
         }
-        tx.commit()?;
-        drop(db);
+        let stored = Warrant {
+            id: id.clone(),
+            authority: warrant.authority,
+            reference: warrant.reference,
+            issued_by: warrant.issued_by,
+            legal_basis: warrant.legal_basis,
+            target_kinds: canonical.iter().map(|(k, _)| *k).collect(),
+            period_start: TimestampMicros::from_datetime(warrant.period_start),
+            period_end: TimestampMicros::from_datetime(warrant.period_end),
+            categories: warrant.categories,
+            valid_until: TimestampMicros::from_datetime(warrant.valid_until),
+            status: WarrantStatus::Registered,
+            registered_by: by.id.clone(),
+            decided_by: None,
+            decision_reason: None,
+        };
+        self.registry.insert_warrant(&stored, &targets, now)?;
         self.warrant(&id)?.ok_or(AccessError::Refused(Refusal::UnknownWarrant))
     }
 
@@ -461,10 +474,9 @@ impl AccessStore {
             Decision::Approve => (WarrantStatus::Approved, None),
             Decision::Reject(reason) => (WarrantStatus::Rejected, Some(reason)),
         };
-        self.db().execute(
-            "UPDATE warrants SET status = ?2, decided_by = ?3, decision_reason = ?4 WHERE id = ?1 AND status = 'registered'",
-            params![id, status.as_str(), by.id, reason],
-        )?;
+        if !self.registry.decide_warrant(id, status, &by.id, reason.as_deref())? {
+            return Err(Refusal::AlreadyDecided.into());
+        }
         self.warrant(id)?.ok_or(AccessError::Refused(Refusal::UnknownWarrant))
     }
 
@@ -472,59 +484,21 @@ impl AccessStore {
     pub fn close_warrant(&self, by: &Principal, id: &str, keys: &KeyStore) -> Result<(), AccessError> {
         require(by, Role::LegalReviewer)?;
         self.warrant(id)?.ok_or(Refusal::UnknownWarrant)?;
-        self.db().execute("UPDATE warrants SET status = 'closed' WHERE id = ?1", params![id])?;
+        self.registry.close_warrant(id)?;
         keys.destroy_record_key(RecordKeyScope::Warrant, id)?;
         Ok(())
     }
 
     pub fn warrant(&self, id: &str) -> Result<Option<Warrant>, AccessError> {
-        let db = self.db();
-        let row = db
-            .query_row(
-                "SELECT id, authority_id, reference, issued_by, legal_basis, period_start_us, period_end_us, categories,
-                    valid_until_us, status, registered_by, decided_by, decision_reason FROM warrants WHERE id = ?1",
-                params![id],
-                |r| {
-                    Ok(Warrant {
-                        id: r.get(0)?,
-                        authority: r.get(1)?,
-                        reference: r.get(2)?,
-                        issued_by: r.get(3)?,
-                        legal_basis: r.get(4)?,
-                        target_kinds: Vec::new(),
-                        period_start: TimestampMicros(r.get(5)?),
-                        period_end: TimestampMicros(r.get(6)?),
-                        categories: r.get::<_, String>(7)?.split(',').filter_map(parse_category).collect(),
-                        valid_until: TimestampMicros(r.get(8)?),
-                        status: WarrantStatus::parse(&r.get::<_, String>(9)?),
-                        registered_by: r.get(10)?,
-                        decided_by: r.get(11)?,
-                        decision_reason: r.get(12)?,
-                    })
-                },
-            )
-            .optional()?;
-        let Some(mut warrant) = row else { return Ok(None) };
-        let mut statement = db.prepare("SELECT kind FROM warrant_targets WHERE warrant_id = ?1 ORDER BY position")?;
-        warrant.target_kinds = statement
-            .query_map(params![id], |r| r.get::<_, String>(0))?
-            .filter_map(Result::ok)
-            .filter_map(|k| IdentifierKind::ALL.into_iter().find(|x| x.as_str() == k))
-            .collect();
-        Ok(Some(warrant))
+        Ok(self.registry.warrant(id)?)
     }
 
     /// The warrant's targets, unsealed with its key: for scope checks and
     /// match confirmation only, never for display.
     pub fn warrant_targets(&self, id: &str, keys: &KeyStore) -> Result<Vec<(IdentifierKind, String)>, AccessError> {
         let (_, key) = keys.record_key(RecordKeyScope::Warrant, id)?.ok_or(AccessError::Sealing)?;
-        let db = self.db();
-        let mut statement =
-            db.prepare("SELECT kind, sealed FROM warrant_targets WHERE warrant_id = ?1 ORDER BY position")?;
-        let rows = statement.query_map(params![id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
         let mut targets = Vec::new();
-        for row in rows {
-            let (kind, sealed) = row?;
+        for (kind, sealed) in self.registry.sealed_targets(id)? {
             let kind = IdentifierKind::ALL.into_iter().find(|k| k.as_str() == kind).ok_or(AccessError::Sealing)?;
             let value = crate::keys::open_value(&key, id.as_bytes(), &sealed).ok_or(AccessError::Sealing)?;
             targets.push((kind, value));

@@ -2,6 +2,11 @@
 //! directory, holding preservation orders and the lawful-access service's
 //! authorities, principals, warrants and requests.
 //!
+//! The lawful-access stores reach it through two traits,
+//! [`crate::access::AccessRegistry`] and [`crate::requests::RequestRegistry`],
+//! implemented for SQLite in [`sqlite`]; a shared PostgreSQL registry for
+//! several instances implements the same traits.
+//!
 //! Schema changes are numbered migrations applied in order at open;
 //! `PRAGMA user_version` records how many ran. A shipped migration is never
 //! edited: the next change is a new one. Commits are durable (WAL with
@@ -12,6 +17,19 @@
 use std::path::Path;
 
 use rusqlite::Connection;
+
+pub mod sqlite;
+
+/// An error of a registry backend. Messages name tables and columns, never
+/// a value.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A unique key is taken (a reference, an id, a certificate).
+    #[error("an object with that key already exists")]
+    Conflict,
+    #[error("registry error: {0}")]
+    Backend(String),
+}
 
 /// The registry's file name in the state directory.
 pub const REGISTRY_FILE: &str = "registry.sqlite";

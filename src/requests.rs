@@ -7,14 +7,8 @@
 //! unique key `(authority, number)` is what refuses a replayed request.
 //! Rows hold ids, counts and digests, never a target value.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::path::Path;
-use std::sync::Mutex;
-
-use rusqlite::{Connection, OptionalExtension, params};
-
 use crate::models::TimestampMicros;
+use crate::registry::RegistryError;
 
 /// The outcome of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -37,7 +31,7 @@ impl RequestStatus {
         }
     }
 
-    fn parse(text: &str) -> RequestStatus {
+    pub(crate) fn parse(text: &str) -> RequestStatus {
         match text {
             "answered" => RequestStatus::Answered,
             "answered_partially" => RequestStatus::AnsweredPartially,
@@ -97,194 +91,41 @@ pub struct AuthorityStatistics {
 pub enum RequestError {
     #[error("request number {number} was already used by authority {authority}")]
     Replayed { authority: String, number: u64 },
-    #[error("registry error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
-/// The request records over the embedded registry.
-pub struct RequestStore {
-    connection: Mutex<Connection>,
-}
-
-impl fmt::Debug for RequestStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RequestStore")
-    }
-}
-
-const COLUMNS: &str =
-    "request_id, authority_id, request_number, warrant_id, principal_id, status, reason, submitted_at_us,
-    records, format, sha256, bytes, days_unavailable, result_name, result_expires_us";
-
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
-    Ok(RequestRecord {
-        request_id: r.get(0)?,
-        authority: r.get(1)?,
-        number: r.get::<_, i64>(2)? as u64,
-        warrant: r.get(3)?,
-        principal: r.get(4)?,
-        status: RequestStatus::parse(&r.get::<_, String>(5)?),
-        reason: r.get(6)?,
-        submitted_at: TimestampMicros(r.get(7)?),
-        records: r.get::<_, i64>(8)? as u64,
-        format: r.get(9)?,
-        sha256: r.get(10)?,
-        bytes: r.get::<_, i64>(11)? as u64,
-        days_unavailable: r.get::<_, i64>(12)? as u64,
-        result_name: r.get(13)?,
-        result_expires: r.get::<_, Option<i64>>(14)?.map(TimestampMicros),
-    })
-}
-
-impl RequestStore {
-    pub fn open(state_dir: &Path) -> Result<RequestStore, RequestError> {
-        Ok(RequestStore { connection: Mutex::new(crate::registry::open(state_dir)?) })
-    }
-
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.connection.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
+/// Where request records live (SQLite by default, see
+/// [`crate::registry::sqlite`]).
+pub trait RequestRegistry: Send + Sync {
     /// Whether the authority already used this request number.
-    pub fn number_used(&self, authority: &str, number: u64) -> Result<bool, RequestError> {
-        let found: Option<i64> = self
-            .db()
-            .query_row(
-                "SELECT 1 FROM requests WHERE authority_id = ?1 AND request_number = ?2",
-                params![authority, number as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(found.is_some())
-    }
-
+    fn number_used(&self, authority: &str, number: u64) -> Result<bool, RequestError>;
     /// Records a request and the ages of the records it delivered, in one
     /// transaction. A used number is refused as [`RequestError::Replayed`].
-    pub fn record(&self, request: &RequestRecord, ages: &[u64; AGE_BUCKETS.len()]) -> Result<(), RequestError> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let inserted = tx.execute(
-            &format!(
-                "INSERT OR IGNORE INTO requests ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-            ),
-            params![
-                request.request_id,
-                request.authority,
-                request.number as i64,
-                request.warrant,
-                request.principal,
-                request.status.as_str(),
-                request.reason,
-                request.submitted_at.0,
-                request.records as i64,
-                request.format,
-                request.sha256,
-                request.bytes as i64,
-                request.days_unavailable as i64,
-                request.result_name,
-                request.result_expires.map(|t| t.0),
-            ],
-        )?;
-        if inserted == 0 {
-            return Err(RequestError::Replayed { authority: request.authority.clone(), number: request.number });
-        }
-        for (bucket, records) in ages.iter().enumerate().filter(|(_, n)| **n > 0) {
-            tx.execute(
-                "INSERT INTO request_ages (request_id, bucket, records) VALUES (?1, ?2, ?3)",
-                params![request.request_id, bucket as i64, *records as i64],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    pub fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, RequestError> {
-        Ok(self
-            .db()
-            .query_row(&format!("SELECT {COLUMNS} FROM requests WHERE request_id = ?1"), params![request_id], from_row)
-            .optional()?)
-    }
-
+    fn record(&self, request: &RequestRecord, ages: &[u64; AGE_BUCKETS.len()]) -> Result<(), RequestError>;
+    fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, RequestError>;
     /// Requests whose sealed result is past its expiry.
-    pub fn expired_results(&self, now: TimestampMicros) -> Result<Vec<RequestRecord>, RequestError> {
-        let db = self.db();
-        let mut statement = db.prepare(&format!(
-            "SELECT {COLUMNS} FROM requests WHERE result_name IS NOT NULL AND result_expires_us < ?1"
-        ))?;
-        let rows = statement.query_map(params![now.0], from_row)?.collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-
+    fn expired_results(&self, now: TimestampMicros) -> Result<Vec<RequestRecord>, RequestError>;
     /// Forgets a request's result once its file and key are destroyed.
-    pub fn clear_result(&self, request_id: &str) -> Result<(), RequestError> {
-        self.db().execute("UPDATE requests SET result_name = NULL WHERE request_id = ?1", params![request_id])?;
-        Ok(())
-    }
-
+    fn clear_result(&self, request_id: &str) -> Result<(), RequestError>;
     /// The statistics of the requests received in `[from, to)`, per
     /// authority, authorities in order.
-    pub fn statistics(
-        &self,
-        from: TimestampMicros,
-        to: TimestampMicros,
-    ) -> Result<Vec<AuthorityStatistics>, RequestError> {
-        let db = self.db();
-        let mut by_authority: BTreeMap<String, AuthorityStatistics> = BTreeMap::new();
-        let mut statement = db.prepare(
-            "SELECT authority_id, status, COUNT(*) FROM requests
-             WHERE submitted_at_us >= ?1 AND submitted_at_us < ?2 GROUP BY authority_id, status",
-        )?;
-        let rows = statement.query_map(params![from.0, to.0], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64))
-        })?;
-        for row in rows {
-            let (authority, status, count) = row?;
-            let entry = by_authority
-                .entry(authority.clone())
-                .or_insert_with(|| AuthorityStatistics { authority, ..AuthorityStatistics::default() });
-            entry.received += count;
-            match RequestStatus::parse(&status) {
-                RequestStatus::Answered => entry.answered += count,
-                RequestStatus::AnsweredPartially => entry.answered_partially += count,
-                RequestStatus::Unavailable => entry.unavailable += count,
-                RequestStatus::Refused => entry.refused += count,
-            }
-        }
-        let mut statement = db.prepare(
-            "SELECT r.authority_id, a.bucket, SUM(a.records) FROM request_ages a JOIN requests r USING (request_id)
-             WHERE r.submitted_at_us >= ?1 AND r.submitted_at_us < ?2 GROUP BY r.authority_id, a.bucket",
-        )?;
-        let rows = statement.query_map(params![from.0, to.0], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        })?;
-        for row in rows {
-            let (authority, bucket, records) = row?;
-            if let Some(entry) = by_authority.get_mut(&authority)
-                && let Some(slot) = entry.ages.get_mut(bucket as usize)
-            {
-                *slot += records as u64;
-            }
-        }
-        Ok(by_authority.into_values().collect())
-    }
+    fn statistics(&self, from: TimestampMicros, to: TimestampMicros) -> Result<Vec<AuthorityStatistics>, RequestError>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn store() -> (tempfile::TempDir, RequestStore) {
+    use crate::access::AccessRegistry;
+    use crate::registry::sqlite::SqliteRegistry;
+
+    fn store() -> (tempfile::TempDir, SqliteRegistry) {
         let dir = tempfile::tempdir().unwrap();
-        let store = RequestStore::open(dir.path()).unwrap();
-        let db = store.db();
+        let store = SqliteRegistry::open(dir.path()).unwrap();
         for id in ["dk-police", "dk-tax"] {
-            db.execute(
-                "INSERT INTO authorities (id, country, name, created_at) VALUES (?1, 'DK', 'x', 'now')",
-                params![id],
-            )
-            .unwrap();
+            assert!(store.insert_authority(id, "DK", "x", chrono::Utc::now()).unwrap());
         }
-        drop(db);
         (dir, store)
     }
 

@@ -45,7 +45,9 @@ use crate::orders::{TargetInput, canonical_value};
 use crate::proto;
 use crate::proto::lawful_access_server::{LawfulAccess, LawfulAccessServer};
 use crate::pseudonymise::Tokeniser;
-use crate::requests::{AGE_BUCKETS, RequestError, RequestRecord, RequestStatus, RequestStore, age_bucket};
+use crate::registry::RegistryError;
+use crate::registry::sqlite::SqliteRegistry;
+use crate::requests::{AGE_BUCKETS, RequestError, RequestRecord, RequestRegistry, RequestStatus, age_bucket};
 
 /// The largest message the server decodes; larger ones are refused by the
 /// transport before they reach a handler.
@@ -150,12 +152,10 @@ impl From<AccessError> for Denial {
             AccessError::Sealing => {
                 Denial::new(Code::FailedPrecondition, "warrant_closed", "the warrant's targets are destroyed")
             }
-            AccessError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
+            AccessError::Registry(RegistryError::Conflict) => {
                 Denial::new(Code::AlreadyExists, "duplicate", "an object with that reference already exists")
             }
-            AccessError::Sqlite(e) => internal(e),
+            AccessError::Registry(e) => internal(e),
             AccessError::Keys(e) => internal(e),
         }
     }
@@ -185,7 +185,7 @@ impl std::fmt::Debug for AccessService {
 
 struct Inner {
     store: AccessStore,
-    requests: RequestStore,
+    requests: Arc<dyn RequestRegistry>,
     keys: Arc<KeyStore>,
     audit: Arc<AuditTrail>,
     data_dir: PathBuf,
@@ -207,13 +207,14 @@ pub enum ServiceError {
     #[error(transparent)]
     Access(#[from] AccessError),
     #[error(transparent)]
-    Requests(#[from] RequestError),
+    Registry(#[from] RegistryError),
     #[error(transparent)]
     Durable(#[from] crate::durable::DurableError),
 }
 
 impl AccessService {
-    /// Opens the registry in `state_dir` and serves lookups over `data_dir`.
+    /// Opens the embedded SQLite registry in `state_dir` and serves lookups
+    /// over `data_dir`; sealed results go to `state_dir/results`.
     pub fn new(
         data_dir: &Path,
         state_dir: &Path,
@@ -224,9 +225,10 @@ impl AccessService {
     ) -> Result<AccessService, ServiceError> {
         let results_dir = state_dir.join(RESULTS_DIR);
         durable::create_dir_all(&results_dir)?;
+        let registry = Arc::new(SqliteRegistry::open(state_dir)?);
         let inner = Inner {
-            store: AccessStore::open(state_dir)?,
-            requests: RequestStore::open(state_dir)?,
+            store: AccessStore::with_registry(registry.clone()),
+            requests: registry,
             keys,
             audit,
             data_dir: data_dir.to_path_buf(),
