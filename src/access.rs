@@ -282,6 +282,8 @@ pub trait AccessRegistry: Send + Sync {
         reason: Option<&str>,
     ) -> Result<bool, RegistryError>;
     fn close_warrant(&self, id: &str) -> Result<(), RegistryError>;
+    /// Warrants, optionally of one authority, newest first.
+    fn list_warrants(&self, authority: Option<&str>) -> Result<Vec<Warrant>, RegistryError>;
 }
 
 /// The lawful-access rules over a registry.
@@ -491,6 +493,20 @@ impl AccessStore {
 
     pub fn warrant(&self, id: &str) -> Result<Option<Warrant>, AccessError> {
         Ok(self.registry.warrant(id)?)
+    }
+
+    /// The warrants `by` may see: all for reviewers and auditors, its own
+    /// authority's for a handler.
+    pub fn list_warrants(&self, by: &Principal, authority: Option<&str>) -> Result<Vec<Warrant>, AccessError> {
+        if by.has(Role::LegalReviewer) || by.has(Role::Auditor) {
+            return Ok(self.registry.list_warrants(authority)?);
+        }
+        require(by, Role::AuthorityHandler)?;
+        match (&by.authority, authority) {
+            (Some(own), None) => Ok(self.registry.list_warrants(Some(own))?),
+            (Some(own), Some(asked)) if own == asked => Ok(self.registry.list_warrants(Some(own))?),
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// The warrant's targets, unsealed with its key: for scope checks and

@@ -300,6 +300,13 @@ pub enum WarrantCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// The warrants the caller may see.
+    List {
+        #[arg(long)]
+        authority: Option<String>,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -334,6 +341,13 @@ pub enum RequestCommand {
     },
     Show {
         request_id: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The requests the caller may see, newest first.
+    List {
+        #[arg(long)]
+        authority: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -469,6 +483,18 @@ pub async fn warrant(command: WarrantCommand) -> anyhow::Result<()> {
             let request = client.call(proto::CloseWarrantRequest { warrant })?;
             client.raw().close_warrant(request).await?.into_inner()
         }
+        WarrantCommand::List { authority, server } => {
+            let mut client = Client::from_args(&server).await?;
+            let request = client.call(proto::ListWarrantsRequest { authority: authority.unwrap_or_default() })?;
+            let listed = client.raw().list_warrants(request).await?.into_inner();
+            for warrant in &listed.warrants {
+                print_warrant(warrant);
+            }
+            if listed.warrants.is_empty() {
+                println!("(no warrants)");
+            }
+            return Ok(());
+        }
         WarrantCommand::Show { warrant, server } => {
             let mut client = Client::from_args(&server).await?;
             let request = client.call(proto::GetWarrantRequest { warrant })?;
@@ -503,6 +529,17 @@ pub async fn request(command: RequestCommand) -> anyhow::Result<()> {
             let mut client = Client::from_args(&server).await?;
             let request = client.call(proto::GetRequestRequest { request_id })?;
             print_request(&client.raw().get_request(request).await?.into_inner());
+        }
+        RequestCommand::List { authority, server } => {
+            let mut client = Client::from_args(&server).await?;
+            let request = client.call(proto::ListRequestsRequest { authority: authority.unwrap_or_default() })?;
+            let listed = client.raw().list_requests(request).await?.into_inner();
+            for request in &listed.requests {
+                print_request(request);
+            }
+            if listed.requests.is_empty() {
+                println!("(no requests)");
+            }
         }
         RequestCommand::Fetch { request_id, out, server } => {
             let mut client = Client::from_args(&server).await?;

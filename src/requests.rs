@@ -104,6 +104,8 @@ pub trait RequestRegistry: Send + Sync {
     /// transaction. A used number is refused as [`RequestError::Replayed`].
     fn record(&self, request: &RequestRecord, ages: &[u64; AGE_BUCKETS.len()]) -> Result<(), RequestError>;
     fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, RequestError>;
+    /// Requests, optionally of one authority, newest first.
+    fn list(&self, authority: Option<&str>) -> Result<Vec<RequestRecord>, RequestError>;
     /// Requests whose sealed result is past its expiry.
     fn expired_results(&self, now: TimestampMicros) -> Result<Vec<RequestRecord>, RequestError>;
     /// Forgets a request's result once its file and key are destroyed.

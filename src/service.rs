@@ -737,6 +737,38 @@ impl Inner {
         Ok(warrant_info(&found))
     }
 
+    fn list_warrants(
+        &self,
+        credentials: Credentials,
+        body: proto::ListWarrantsRequest,
+    ) -> Outcome<proto::ListWarrantsResponse> {
+        const METHOD: &str = "ListWarrants";
+        let principal = self.authenticate(credentials, METHOD)?;
+        let authority = (!body.authority.is_empty()).then_some(body.authority.as_str());
+        let warrants = self
+            .store
+            .list_warrants(&principal, authority)
+            .map_err(|e| self.refuse(&principal.id, METHOD, e.into(), None, None))?;
+        Ok(proto::ListWarrantsResponse { warrants: warrants.iter().map(warrant_info).collect() })
+    }
+
+    fn list_requests(
+        &self,
+        credentials: Credentials,
+        body: proto::ListRequestsRequest,
+    ) -> Outcome<proto::ListRequestsResponse> {
+        const METHOD: &str = "ListRequests";
+        let principal = self.authenticate(credentials, METHOD)?;
+        self.require(&principal, &[Role::AuthorityHandler, Role::Auditor], METHOD)?;
+        let asked = (!body.authority.is_empty()).then_some(body.authority.as_str());
+        let authority = if principal.has(Role::Auditor) { asked } else { principal.authority.as_deref() };
+        if !principal.has(Role::Auditor) && asked.is_some() && asked != authority {
+            return Ok(proto::ListRequestsResponse::default());
+        }
+        let requests = self.requests.list(authority).map_err(|e| internal(e).status())?;
+        Ok(proto::ListRequestsResponse { requests: requests.iter().map(request_info).collect() })
+    }
+
     /// Destroys the sealed results past their expiry: key first, then file.
     fn sweep_results(&self) -> Outcome<()> {
         let expired = self
@@ -1186,6 +1218,24 @@ impl LawfulAccess for AccessService {
         let credentials = credentials(&request);
         let body = request.into_inner();
         self.run(move |inner| inner.get_request(credentials, body)).await.map(Response::new)
+    }
+
+    async fn list_warrants(
+        &self,
+        request: Request<proto::ListWarrantsRequest>,
+    ) -> Outcome<Response<proto::ListWarrantsResponse>> {
+        let credentials = credentials(&request);
+        let body = request.into_inner();
+        self.run(move |inner| inner.list_warrants(credentials, body)).await.map(Response::new)
+    }
+
+    async fn list_requests(
+        &self,
+        request: Request<proto::ListRequestsRequest>,
+    ) -> Outcome<Response<proto::ListRequestsResponse>> {
+        let credentials = credentials(&request);
+        let body = request.into_inner();
+        self.run(move |inner| inner.list_requests(credentials, body)).await.map(Response::new)
     }
 
     type FetchResultStream = ChunkStream;

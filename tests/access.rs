@@ -286,6 +286,17 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
         xml_text.contains("<RequestNumber>3</RequestNumber>") && xml_text.contains("<CountryCode>DK</CountryCode>")
     );
 
+    // Each authority sees its own warrants and requests only.
+    let mine = w.client.list_requests(authed(&cast.handler, proto::ListRequestsRequest::default())).await.unwrap();
+    let ids: Vec<String> = mine.into_inner().requests.into_iter().map(|r| r.request_id).collect();
+    assert_eq!(ids, ["DK-dk-police-3", "DK-dk-police-2", "DK-dk-police-1"]);
+    let theirs = proto::ListRequestsRequest { authority: "dk-police".into() };
+    assert!(w.client.list_requests(authed(&cast.stranger, theirs)).await.unwrap().into_inner().requests.is_empty());
+    let warrants = w.client.list_warrants(authed(&cast.handler, proto::ListWarrantsRequest::default())).await.unwrap();
+    assert_eq!(warrants.into_inner().warrants.len(), 1);
+    let foreign = w.client.list_warrants(authed(&cast.stranger, proto::ListWarrantsRequest::default())).await.unwrap();
+    assert!(foreign.into_inner().warrants.is_empty());
+
     // Statistics for the auditor, and an intact trail.
     let report =
         w.client.statistics(authed(&cast.auditor, proto::StatisticsRequest { year: 2026 })).await.unwrap().into_inner();

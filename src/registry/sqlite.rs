@@ -222,6 +222,21 @@ impl AccessRegistry for SqliteRegistry {
         self.db().execute("UPDATE warrants SET status = 'closed' WHERE id = ?1", params![id])?;
         Ok(())
     }
+
+    fn list_warrants(&self, authority: Option<&str>) -> Result<Vec<Warrant>, RegistryError> {
+        let ids: Vec<String> = {
+            let db = self.db();
+            let mut statement = db.prepare(
+                "SELECT id FROM warrants WHERE ?1 IS NULL OR authority_id = ?1 ORDER BY registered_at DESC, id",
+            )?;
+            statement.query_map(params![authority], |r| r.get(0))?.collect::<Result<_, _>>()?
+        };
+        let mut warrants = Vec::with_capacity(ids.len());
+        for id in ids {
+            warrants.extend(self.warrant(&id)?);
+        }
+        Ok(warrants)
+    }
 }
 
 const REQUEST_COLUMNS: &str = "request_id, authority_id, request_number, warrant_id, principal_id, status, reason,
@@ -316,6 +331,18 @@ impl RequestRegistry for SqliteRegistry {
             )
             .optional()
             .map_err(RegistryError::from)?)
+    }
+
+    fn list(&self, authority: Option<&str>) -> Result<Vec<RequestRecord>, RequestError> {
+        let query = || -> Result<Vec<RequestRecord>, rusqlite::Error> {
+            let db = self.db();
+            let mut statement = db.prepare(&format!(
+                "SELECT {REQUEST_COLUMNS} FROM requests WHERE ?1 IS NULL OR authority_id = ?1
+                 ORDER BY submitted_at_us DESC, request_number DESC"
+            ))?;
+            statement.query_map(params![authority], request_from)?.collect()
+        };
+        Ok(query().map_err(RegistryError::from)?)
     }
 
     fn expired_results(&self, now: TimestampMicros) -> Result<Vec<RequestRecord>, RequestError> {
