@@ -71,7 +71,8 @@ pub fn preserve_day(
     config: &ParquetConfig,
 ) -> Result<u64, PreserveError> {
     let Some(day_key) = keys.existing_day_key(day)? else { return Ok(0) };
-    let order_key = order_key_for(keys, &order.id, day)?.ok_or_else(|| PreserveError::OrderKeyMissing(order.id.clone()))?;
+    let order_key =
+        order_key_for(keys, &order.id, day)?.ok_or_else(|| PreserveError::OrderKeyMissing(order.id.clone()))?;
     let targets = order.unseal_targets(&order_key.secret)?;
     let writer = ParquetWriter::new(&order_dir(data_dir, &order.id), config.clone());
     let columns: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
@@ -86,7 +87,8 @@ pub fn preserve_day(
             }
             let filtered = arrow_select::filter::filter_record_batch(&batch, &mask).map_err(WriteError::from)?;
             if token_key.is_none() {
-                let ids = filtered.column_by_name(schema::TOKEN_KEY_ID).map(|c| c.as_string::<i32>().value(0).to_string());
+                let ids =
+                    filtered.column_by_name(schema::TOKEN_KEY_ID).map(|c| c.as_string::<i32>().value(0).to_string());
                 token_key = ids.and_then(KeyId::new);
             }
             kept.push(reseal(filtered, &order_key.id)?);
@@ -155,7 +157,10 @@ fn matching_rows(
                     return false;
                 };
                 fields.iter().any(|(f, tokens, sealed)| {
-                    f.kind() == *kind && !tokens.is_null(row) && tokens.value(row) == token && sealed.value(row) == value
+                    f.kind() == *kind
+                        && !tokens.is_null(row)
+                        && tokens.value(row) == token
+                        && sealed.value(row) == value
                 })
             });
         mask.push(hit);
@@ -168,12 +173,14 @@ fn reseal(batch: RecordBatch, key_id: &KeyId) -> Result<RecordBatch, WriteError>
     let schema = batch.schema();
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
     if let Ok(index) = schema.index_of(schema::SEAL_KEY_ID) {
-        columns[index] = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(key_id.as_str(), batch.num_rows())));
+        columns[index] =
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(key_id.as_str(), batch.num_rows())));
     }
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-/// Deletes an order's area, durably. Returns the files removed.
+/// Deletes an order's area (data files, their indexes, anything left),
+/// durably. Returns the data files removed.
 pub fn destroy_area(data_dir: &Path, order: &str) -> Result<u64, PreserveError> {
     let root = order_dir(data_dir, order);
     let mut removed = 0;
@@ -182,7 +189,11 @@ pub fn destroy_area(data_dir: &Path, order: &str) -> Result<u64, PreserveError> 
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
                 durable::remove_file(&entry.path())?;
-                removed += 1;
+                // Data files are counted; their token indexes (and any
+                // temporaries) go with them.
+                if entry.file_name().to_string_lossy().ends_with(".parquet") {
+                    removed += 1;
+                }
             }
         }
         remove_dir(&dir)?;

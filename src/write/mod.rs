@@ -39,6 +39,7 @@ use serde::Deserialize;
 pub use columns::DayColumns;
 
 use crate::durable::{self, DurableError};
+use crate::index;
 use crate::keys::DayKey;
 use crate::models::{KeyId, PartitionDate};
 
@@ -216,7 +217,19 @@ impl ParquetWriter {
         let tmp = durable::temporary_path(&target);
         let relative = format!("{}/{name}", date.dir_name());
 
-        let result = self.encode(&tmp, &relative, date, batches, day_key, token_key_id);
+        // One part (one decode thread) needs no copy into a single batch.
+        let all = match batches {
+            [only] => Ok(only.clone()),
+            _ => arrow_select::concat::concat_batches(&self.schema, batches).map_err(WriteError::from),
+        };
+        // The token index is published before the data file, so a visible
+        // data file always has its index.
+        let result = all.and_then(|all| {
+            let bytes = self.encode(&tmp, &relative, date, &all, day_key, token_key_id)?;
+            let described = index::IndexedFile { name, bytes, rows: all.num_rows() as u64, token_key_id };
+            index::write(&index::sidecar_path(&target), &all, &described, self.config.zstd_level)?;
+            Ok(all.num_rows())
+        });
         let rows = match result {
             Ok(rows) => rows,
             Err(e) => {
@@ -237,10 +250,10 @@ impl ParquetWriter {
         tmp: &Path,
         relative: &str,
         date: PartitionDate,
-        batches: &[RecordBatch],
+        all: &RecordBatch,
         day_key: &DayKey,
         token_key_id: &KeyId,
-    ) -> Result<usize, WriteError> {
+    ) -> Result<u64, WriteError> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -250,11 +263,6 @@ impl ParquetWriter {
         let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(properties))?;
         let (mut file_writer, factory) = writer.into_serialized_writer()?;
 
-        // One part (one decode thread) needs no copy into a single batch.
-        let all = match batches {
-            [only] => only.clone(),
-            _ => arrow_select::concat::concat_batches(&self.schema, batches)?,
-        };
         let total = all.num_rows();
         let step = self.config.row_group_rows.max(1);
         for (index, offset) in (0..total).step_by(step).enumerate() {
@@ -269,7 +277,7 @@ impl ParquetWriter {
         }
         let file: File = file_writer.into_inner()?;
         durable::fsync_file(&file, tmp)?;
-        Ok(total)
+        file.metadata().map(|m| m.len()).map_err(|e| DurableError::io("stat", tmp, e).into())
     }
 
     fn properties(
@@ -344,11 +352,8 @@ fn encode_columns(
     // constant key id), so threads take the next column from a shared queue
     // instead of a fixed share. Each job sits in its own slot; a thread
     // claims a slot by index, so no two threads touch one job.
-    let jobs: Vec<std::sync::Mutex<Option<(ArrowColumnWriter, ArrowLeafColumn)>>> = writers
-        .into_iter()
-        .zip(leaves)
-        .map(|job| std::sync::Mutex::new(Some(job)))
-        .collect();
+    let jobs: Vec<std::sync::Mutex<Option<(ArrowColumnWriter, ArrowLeafColumn)>>> =
+        writers.into_iter().zip(leaves).map(|job| std::sync::Mutex::new(Some(job))).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let encoded: Vec<Result<Vec<(usize, ArrowColumnChunk)>, ParquetError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
@@ -402,7 +407,11 @@ mod tests {
             writer,
             Arc::clone(&keys),
             clock,
-            ProcessorConfig { max_clock_skew: std::time::Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
+            ProcessorConfig {
+                max_clock_skew: std::time::Duration::from_secs(60),
+                decode_threads: 2,
+                retention_days: Some(365),
+            },
         );
         let inputs: Vec<Input> = (0..250)
             .map(|i| Input {
@@ -481,7 +490,10 @@ mod tests {
         assert!(read::read_file(&path, None, &sealed).is_err(), "no key, no sealed column");
         let batches = read::read_file(&path, Some(&key), &sealed).unwrap();
         assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 250);
-        assert!(read::read_file(&path, None, &["calling_number_token", "start_time"]).is_ok(), "clear columns need no key");
+        assert!(
+            read::read_file(&path, None, &["calling_number_token", "start_time"]).is_ok(),
+            "clear columns need no key"
+        );
 
         // Moved to another day's directory, the file no longer verifies.
         let other = day_dir(&root.path().join("data"), PartitionDate::parse("2026-11-23").unwrap());
