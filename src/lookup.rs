@@ -457,25 +457,29 @@ impl Engine<'_> {
             })
             .collect();
 
+        let starts = group_starts(&metadata);
         let all_indexed = query.targets.iter().all(|(kind, _)| index::is_indexed(*kind));
-        let candidates: Vec<usize> = match (&cached.index, all_indexed) {
-            (Some(index), true) => {
+        let prefixes: Vec<i32> = file_tokens.iter().map(|t| index::prefix(*t)).collect();
+        // An index that cannot be read (deleted or damaged since it was
+        // cached) is derived data: the scan below finds the same rows.
+        let indexed = match (&cached.index, all_indexed) {
+            (Some(index), true) => index.rows_for(&prefixes).ok(),
+            _ => None,
+        };
+        let candidates: Vec<usize> = match indexed {
+            Some((rows, pages)) => {
                 stats.files_indexed += 1;
-                let prefixes: Vec<i32> = file_tokens.iter().map(|t| index::prefix(*t)).collect();
-                let (rows, pages) = index.rows_for(&prefixes)?;
                 stats.index_pages += pages;
-                let starts = group_starts(&metadata);
                 rows.into_iter()
                     .map(|r| r as usize)
                     .filter(|r| group_of(&starts, *r).is_some_and(|rg| in_window[rg]))
                     .collect()
             }
-            _ => {
+            None => {
                 stats.files_scanned += 1;
                 self.scan(work, &cached, &wanted, &in_window, time_index, query, stats)?
             }
         };
-        let starts = group_starts(&metadata);
         let groups: BTreeSet<usize> = candidates.iter().filter_map(|r| group_of(&starts, *r)).collect();
         stats.row_groups_read += groups.len() as u64;
         if candidates.is_empty() {
@@ -489,18 +493,13 @@ impl Engine<'_> {
             .into_iter()
             .filter(|f| query.categories.contains(&f.category()) || wanted.iter().any(|(w, _, _)| w == f))
             .collect();
-        let mut columns: Vec<usize> = [
-            schema::RECORD_ID,
-            schema::SERVICE,
-            schema::DIRECTION,
-            schema::START_TIME,
-            schema::END_TIME,
-            schema::SRC_PORT,
-            schema::DST_PORT,
-        ]
-        .iter()
-        .filter_map(|c| index_of(c))
-        .collect();
+        let mut returned =
+            vec![schema::RECORD_ID, schema::SERVICE, schema::DIRECTION, schema::START_TIME, schema::END_TIME];
+        // Ports belong to the ip category: not read unless it is allowed.
+        if query.categories.contains(&Category::Ip) {
+            returned.extend([schema::SRC_PORT, schema::DST_PORT]);
+        }
+        let mut columns: Vec<usize> = returned.iter().filter_map(|c| index_of(c)).collect();
         columns.extend(needed.iter().filter_map(|f| index_of(f.sealed_column())));
         let groups: Vec<usize> = groups.into_iter().collect();
         let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
