@@ -345,6 +345,12 @@ impl ParquetWriter {
                 .set_column_dictionary_enabled(ColumnPath::from(column), false)
                 .set_column_encoding(ColumnPath::from(column), parquet::basic::Encoding::DELTA_BINARY_PACKED);
         }
+        // Delta-packed times and tiny dictionary indices gain nothing from
+        // zstd (measured: under 3%), while each compressed column chunk a
+        // lookup touches costs it a decompression context.
+        for column in [schema::SERVICE, schema::DIRECTION, schema::START_TIME, schema::END_TIME, schema::DST_PORT] {
+            builder = builder.set_column_compression(ColumnPath::from(column), Compression::UNCOMPRESSED);
+        }
         for column in lookup_columns() {
             builder =
                 builder.set_column_data_page_row_count_limit(ColumnPath::from(column), self.config.lookup_page_rows);
