@@ -82,7 +82,7 @@ pub mod meta {
 }
 
 /// Entries per index page: the unit a lookup decodes per token.
-const PAGE_ROWS: usize = 4_096;
+const PAGE_ROWS: usize = 1_024;
 
 /// The suffix of index files.
 pub const SUFFIX: &str = ".index";

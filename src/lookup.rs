@@ -169,6 +169,16 @@ enum Area {
     Preserved(String),
 }
 
+/// One day directory to search (live data or an order's area), with the
+/// key that unseals its files. Workers list the directory themselves, so
+/// listing runs in parallel too.
+struct DayWork {
+    root: PathBuf,
+    day: PartitionDate,
+    area: Area,
+    key: Arc<DayKey>,
+}
+
 /// One file to search, with the key that unseals it.
 struct Work {
     path: PathBuf,
@@ -176,13 +186,16 @@ struct Work {
     key: Arc<DayKey>,
 }
 
+/// The bloom filter of one column chunk, `None` if it has none.
+type BloomFilter = Option<Arc<Sbbf>>;
+
 /// What the cache keeps of one published file. Immutable after loading.
 struct CachedFile {
     stamp: (u64, SystemTime),
     metadata: ArrowReaderMetadata,
     token_key: Option<KeyId>,
     index: Option<IndexReader>,
-    blooms: Mutex<HashMap<(usize, usize), Option<Arc<Sbbf>>>>,
+    blooms: Mutex<HashMap<(usize, usize), BloomFilter>>,
 }
 
 /// The keystore, owned by the engine or lent by [`find`].
@@ -277,11 +290,13 @@ impl Engine<'_> {
                     scope.spawn(move || {
                         let mut found = Vec::new();
                         let mut stats = LookupStats::default();
-                        loop {
-                            let Some(item) = work.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
-                            self.search_file(item, tokens, query, &mut stats, &mut found).map_err(|source| {
-                                LookupError::Parquet { path: item.path.display().to_string(), source }
-                            })?;
+                        while let Some(item) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
+                            for path in self.list(&item.root, item.day)? {
+                                let file = Work { path, area: item.area.clone(), key: Arc::clone(&item.key) };
+                                self.search_file(&file, tokens, query, &mut stats, &mut found).map_err(|source| {
+                                    LookupError::Parquet { path: file.path.display().to_string(), source }
+                                })?;
+                            }
                         }
                         Ok((found, stats))
                     })
@@ -299,9 +314,9 @@ impl Engine<'_> {
         Ok((found, stats))
     }
 
-    /// The files to search, with their keys; forgets cached days that are
-    /// gone.
-    fn plan(&self, query: &Query, stats: &mut LookupStats) -> Result<Vec<Work>, LookupError> {
+    /// The day directories to search, with their keys; forgets cached days
+    /// that are gone.
+    fn plan(&self, query: &Query, stats: &mut LookupStats) -> Result<Vec<DayWork>, LookupError> {
         let keys = self.keys.get();
         let (first, last) = (query.from.partition_date(), query.to.partition_date());
         let orders = preserve::orders_with_areas(&self.data_dir);
@@ -316,9 +331,7 @@ impl Engine<'_> {
             let key = if keys.is_destroyed(day) { None } else { keys.existing_day_key(day)? };
             match key {
                 Some(key) => {
-                    for path in self.list(&self.data_dir, day)? {
-                        work.push(Work { path, area: Area::Live, key: Arc::clone(&key) });
-                    }
+                    work.push(DayWork { root: self.data_dir.clone(), day, area: Area::Live, key });
                 }
                 None => {
                     stats.days_unavailable += 1;
@@ -351,9 +364,7 @@ impl Engine<'_> {
                             date: day,
                             secret: SecretKey::from_bytes(*secret.secret.expose()),
                         });
-                        for path in self.list(&area, day)? {
-                            work.push(Work { path, area: Area::Preserved(order.clone()), key: Arc::clone(&key) });
-                        }
+                        work.push(DayWork { root: area, day, area: Area::Preserved(order.clone()), key });
                     }
                 }
             }
