@@ -145,9 +145,10 @@ impl Default for FileNamer {
 pub const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Removes the hidden temporaries (`.part-….parquet.<pid>.tmp`) that a
-/// crashed writer left in the day directories, once older than
-/// [`LEFTOVER_AGE`]. They were never visible to readers; this only returns
-/// their space. Returns how many were removed.
+/// crashed writer left in the day directories, and token indexes whose data
+/// file was never published (a crash between the two renames), once older
+/// than [`LEFTOVER_AGE`]. They were never visible to readers; this only
+/// returns their space. Returns how many were removed.
 pub fn remove_leftovers(data_dir: &Path) -> Result<u64, DurableError> {
     let root = data_dir.join(CDR_DIR);
     let Ok(days) = std::fs::read_dir(&root) else { return Ok(0) };
@@ -157,7 +158,13 @@ pub fn remove_leftovers(data_dir: &Path) -> Result<u64, DurableError> {
         for file in files.flatten() {
             let name = file.file_name();
             let name = name.to_string_lossy();
-            if !(name.starts_with('.') && name.ends_with(".tmp")) {
+            let temporary = name.starts_with('.') && name.ends_with(".tmp");
+            let orphan_index = index::is_index_name(&name)
+                && name
+                    .strip_prefix('_')
+                    .and_then(|n| n.strip_suffix(index::SUFFIX))
+                    .is_some_and(|stem| !day.path().join(format!("{stem}.parquet")).exists());
+            if !(temporary || orphan_index) {
                 continue;
             }
             let old = file
@@ -563,12 +570,17 @@ mod tests {
         let dir = path.parent().unwrap();
         let old = dir.join(".part-1-2-3.parquet.77.tmp");
         let fresh = dir.join(".part-4-5-6.parquet.78.tmp");
+        let orphan = dir.join("_part-7-8-9.index");
         std::fs::write(&old, b"partial").unwrap();
         std::fs::write(&fresh, b"being written").unwrap();
+        std::fs::write(&orphan, b"index of a file never published").unwrap();
         let long_ago = std::time::SystemTime::now() - LEFTOVER_AGE - std::time::Duration::from_secs(60);
         File::options().write(true).open(&old).unwrap().set_modified(long_ago).unwrap();
-        assert_eq!(remove_leftovers(&root.path().join("data")).unwrap(), 1);
-        assert!(!old.exists());
+        File::options().write(true).open(&orphan).unwrap().set_modified(long_ago).unwrap();
+        File::options().write(true).open(index::sidecar_path(&path)).unwrap().set_modified(long_ago).unwrap();
+        assert_eq!(remove_leftovers(&root.path().join("data")).unwrap(), 2);
+        assert!(!old.exists() && !orphan.exists());
+        assert!(index::sidecar_path(&path).exists(), "the index of a published file stays");
         assert!(fresh.exists(), "a temporary that may still be written is left alone");
         assert!(path.exists(), "published files are never touched");
     }
