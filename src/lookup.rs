@@ -256,6 +256,11 @@ impl LookupEngine {
         tokio::task::spawn_blocking(move || self.find(&query)).await.map_err(|_| LookupError::Worker)?
     }
 
+    /// How many files' footers the cache holds.
+    pub fn cached_files(&self) -> usize {
+        self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).values().map(HashMap::len).sum()
+    }
+
     /// Forgets every cached footer.
     pub fn clear_cache(&self) {
         self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
@@ -320,6 +325,7 @@ impl Engine<'_> {
         let keys = self.keys.get();
         let (first, last) = (query.from.partition_date(), query.to.partition_date());
         let orders = preserve::orders_with_areas(&self.data_dir);
+        self.forget_gone(keys, &orders)?;
         let mut order_keys: HashMap<String, Option<Arc<SecretKeyWithId>>> = HashMap::new();
         let mut work = Vec::new();
         let mut day = first;
@@ -389,6 +395,25 @@ impl Engine<'_> {
 
     fn forget(&self, dir: &Path) {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).remove(dir);
+    }
+
+    /// Forgets cached days outside this query's window too, once their key
+    /// is gone (or their order's area, which goes with the order's key): a
+    /// cached footer holds the parquet crate's copy of the key, which must
+    /// not outlive the key itself. One listing of the keystore's day keys.
+    fn forget_gone(&self, keys: &KeyStore, orders: &[String]) -> Result<(), LookupError> {
+        let live: BTreeSet<PartitionDate> = keys.days_with_keys()?.into_iter().collect();
+        let live_root = self.data_dir.join(crate::write::CDR_DIR);
+        let areas: Vec<PathBuf> = orders.iter().map(|o| preserve::order_dir(&self.data_dir, o)).collect();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|dir, _| {
+            if dir.parent() == Some(live_root.as_path()) {
+                let day = dir.file_name().and_then(|n| n.to_str()).and_then(PartitionDate::from_dir_name);
+                return day.is_some_and(|d| live.contains(&d));
+            }
+            areas.iter().any(|area| dir.starts_with(area))
+        });
+        Ok(())
     }
 
     /// The cached footer of a file, loaded on first use or when the file

@@ -434,6 +434,8 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     let (found, stats) = engine.find(&query).unwrap();
     assert_eq!(found.len(), 10 * RECORDS_PER_DAY);
     assert_eq!((stats.files_indexed, stats.token_chunks_scanned), (10, 0));
+    assert_eq!(engine.cached_files(), 10);
+    let later_days = |from: i64| Query { from: TimestampMicros(date_of(from).start().0), ..query.clone() };
 
     // Day 370: days 0 to 4 are destroyed, their indexes with their files;
     // the order's copies (days 2 to 4) have indexes of their own.
@@ -448,6 +450,13 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
         assert_eq!(index_files(&cdrvault::write::day_dir(&area, date_of(n))), 1, "preserved day {n} has its index");
     }
     assert_eq!(world.verify(), vec![]);
+
+    // A query that does not touch the destroyed days still makes the engine
+    // forget them: their cached footers held the parquet crate's copy of
+    // the destroyed keys.
+    let (found, _) = engine.find(&later_days(5)).unwrap();
+    assert_eq!(found.len(), 5 * RECORDS_PER_DAY);
+    assert_eq!(engine.cached_files(), 5, "days 0 to 4 forgotten");
 
     // The same engine no longer serves the destroyed days; it finds their
     // preserved copies (the target's records of days 2 to 4 involve the
@@ -477,10 +486,13 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     assert_eq!(stats.days_unavailable, 6);
     assert!(found.iter().all(|r| r.day != date_of(5)));
     assert_eq!(found.len(), 4 * RECORDS_PER_DAY + 3);
+    engine.find(&later_days(6)).unwrap();
+    assert_eq!(engine.cached_files(), 4 + 3, "day 5 forgotten once its key is gone; the order's copies kept");
 
     // Lifting the order: its copies are gone from the answers.
     world.sweeper.lift(&order.id, "lifted", "test").unwrap();
     let (found, stats) = engine.find(&query).unwrap();
     assert_eq!(stats.preserved_files, 0);
     assert_eq!(found.len(), 4 * RECORDS_PER_DAY);
+    assert_eq!(engine.cached_files(), 4, "the lifted order's copies forgotten");
 }
