@@ -1,11 +1,18 @@
-//! Lookup latency: one MSISDN over a window of days, warm, against the
-//! files the pipeline writes; and the same question for DuckDB, printed as
-//! a script to run on the same files (`benches/lookup_duckdb.py`).
+//! Lookup latency, warm, against the files the pipeline writes:
+//!
+//! - one MSISDN over a window of days (20 subscribers, busy and quiet,
+//!   three rounds; the first round warms the cache and is not counted);
+//! - a cell dump: one cell over one hour of one day;
+//! - the same MSISDN question asked of DuckDB on the same files, in the same
+//!   run (`benches/lookup_duckdb.py`, token columns only, hive partition
+//!   pruning), and the ratio of the two.
 //!
 //! `cargo bench --bench lookup` (env LOOKUP_DAYS, default 30;
-//! LOOKUP_PER_DAY, default 100000; LOOKUP_DIR to keep the data).
+//! LOOKUP_PER_DAY, default 100000; LOOKUP_DIR to keep the data;
+//! LOOKUP_THREADS to cap the engine's threads).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +21,7 @@ use chrono::{TimeZone, Utc};
 use cdrvault::clock::{Clock, ManualClock};
 use cdrvault::decode::Encoding;
 use cdrvault::keys::KeyStore;
-use cdrvault::lookup::{Query, find};
+use cdrvault::lookup::{LookupEngine, LookupStats, Query};
 use cdrvault::models::{Category, IdentifierKind, TimestampMicros};
 use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
 use cdrvault::pseudonymise::Tokeniser;
@@ -23,6 +30,39 @@ use cdrvault::write::{ParquetConfig, ParquetWriter};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn percentiles(mut times: Vec<Duration>) -> (f64, f64, f64) {
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0;
+    (pct(0.5), pct(0.99), pct(1.0))
+}
+
+fn fill(data: &Path, keys_dir: &Path, days: i64, per_day: usize, subscribers: usize, until: chrono::DateTime<Utc>) {
+    KeyStore::init(keys_dir, None).unwrap();
+    let keys = Arc::new(KeyStore::open(keys_dir, None).unwrap());
+    let clock = Arc::new(ManualClock::new(until));
+    let processor = Processor::new(
+        ParquetWriter::new(data, ParquetConfig::default()),
+        Arc::clone(&keys),
+        clock.clone() as Arc<dyn Clock>,
+        ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(400) },
+    );
+    let filling = Instant::now();
+    for day in 0..days {
+        let day_end = until - chrono::Duration::days(day);
+        let mut generator =
+            Generator::new(SynthConfig { seed: 1, subscribers, days: 1, until: day_end, invalid_ratio: 0.0 });
+        let inputs: Vec<Input> = (0..per_day)
+            .map(|_| Input { encoding: Encoding::Json, payload: generator.next_record().to_json() })
+            .collect();
+        processor.process(&inputs).unwrap();
+    }
+    println!(
+        "wrote {days} days x {per_day} records in {:.1}s into {}",
+        filling.elapsed().as_secs_f64(),
+        data.display()
+    );
 }
 
 fn main() {
@@ -35,36 +75,16 @@ fn main() {
     let keys_dir = dir.join("keys");
     let until = Utc.with_ymd_and_hms(2026, 11, 24, 23, 0, 0).unwrap();
     let subscribers = 100_000;
-
     if !keys_dir.exists() {
-        KeyStore::init(&keys_dir, None).unwrap();
-        let keys = Arc::new(KeyStore::open(&keys_dir, None).unwrap());
-        let clock = Arc::new(ManualClock::new(until));
-        let processor = Processor::new(
-            ParquetWriter::new(&data, ParquetConfig::default()),
-            Arc::clone(&keys),
-            clock.clone() as Arc<dyn Clock>,
-            ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
-        );
-        let filling = Instant::now();
-        for day in 0..days {
-            let day_end = until - chrono::Duration::days(day);
-            let mut generator =
-                Generator::new(SynthConfig { seed: 1, subscribers, days: 1, until: day_end, invalid_ratio: 0.0 });
-            let inputs: Vec<Input> = (0..per_day)
-                .map(|_| Input { encoding: Encoding::Json, payload: generator.next_record().to_json() })
-                .collect();
-            processor.process(&inputs).unwrap();
-        }
-        println!(
-            "wrote {days} days x {per_day} records in {:.1}s into {}",
-            filling.elapsed().as_secs_f64(),
-            data.display()
-        );
+        fill(&data, &keys_dir, days, per_day, subscribers, until);
     }
 
-    let keys = KeyStore::open(&keys_dir, None).unwrap();
-    let population = Generator::new(SynthConfig { seed: 1, subscribers, days: 1, until, invalid_ratio: 0.0 });
+    let keys = Arc::new(KeyStore::open(&keys_dir, None).unwrap());
+    let mut engine = LookupEngine::new(data.clone(), Arc::clone(&keys));
+    if let Ok(threads) = std::env::var("LOOKUP_THREADS").map(|t| t.parse::<usize>().unwrap_or(1)) {
+        engine = engine.with_threads(threads);
+    }
+    let mut population = Generator::new(SynthConfig { seed: 1, subscribers, days: 1, until, invalid_ratio: 0.0 });
     let tokeniser = Tokeniser::new(keys.active_token_key());
     // Subscribers from the busy fifth and from the rest.
     let picks: Vec<String> = (0..20)
@@ -73,6 +93,7 @@ fn main() {
     let from = until - chrono::Duration::days(days);
     let mut times = Vec::new();
     let mut rows = 0;
+    let mut totals = LookupStats::default();
     let mut script = String::from("# token, first day, last day\n");
     for (round, number) in picks.iter().cycle().take(picks.len() * 3).enumerate() {
         let query = Query {
@@ -82,31 +103,91 @@ fn main() {
             categories: [Category::Traffic, Category::Location].into(),
         };
         let started = Instant::now();
-        let (found, stats) = find(&data, &keys, &query).unwrap();
+        let (found, stats) = engine.find(&query).unwrap();
         let elapsed = started.elapsed();
         if round >= picks.len() {
             // Warm rounds only.
             times.push(elapsed);
             rows += found.len();
-        }
-        if round < picks.len() {
+            totals = stats;
+        } else {
             let token = tokeniser.token(IdentifierKind::Msisdn, number.as_bytes()).0;
             script.push_str(&format!("{token} {} {}\n", from.format("%Y-%m-%d"), until.format("%Y-%m-%d")));
             if round == 0 {
-                println!("first query: {} records, {stats:?}", found.len());
+                println!(
+                    "first (cold) query: {} records in {:.1} ms, {stats:?}",
+                    found.len(),
+                    elapsed.as_secs_f64() * 1e3
+                );
             }
         }
     }
-    times.sort();
-    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0;
+    println!("last warm query: {totals:?}");
+    let (p50, p99, max) = percentiles(times.clone());
     println!(
-        "lookup of one MSISDN over {days} days x {per_day}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} warm queries, {:.1} records each)",
-        pct(0.5),
-        pct(0.99),
-        pct(1.0),
+        "RESULT lookup of one MSISDN over {days} days x {per_day}: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({} warm queries, {:.1} records each)",
         times.len(),
         rows as f64 / times.len() as f64
     );
+
+    // Cell dump: the cell of one of the first day's records, one hour.
+    let sample = population.next_record();
+    let cell = sample.cell_id_start.clone().unwrap_or_default();
+    let hour_end = until - chrono::Duration::hours(2);
+    let dump = Query {
+        targets: vec![(IdentifierKind::Cell, cell)],
+        from: TimestampMicros::from_datetime(hour_end - chrono::Duration::hours(1)),
+        to: TimestampMicros::from_datetime(hour_end),
+        categories: [Category::Traffic, Category::Location, Category::Device].into(),
+    };
+    let mut dump_times = Vec::new();
+    let mut dump_rows = 0;
+    for round in 0..6 {
+        let started = Instant::now();
+        let (found, stats) = engine.find(&dump).unwrap();
+        let elapsed = started.elapsed();
+        if round == 0 {
+            println!("cell dump, cold: {} records in {:.1} ms, {stats:?}", found.len(), elapsed.as_secs_f64() * 1e3);
+        } else {
+            dump_times.push(elapsed);
+            dump_rows = found.len();
+        }
+    }
+    let (d50, _, dmax) = percentiles(dump_times);
+    println!(
+        "RESULT cell dump, one cell over one hour of one day: p50 {d50:.1} ms, max {dmax:.1} ms ({dump_rows} records)"
+    );
+
     std::fs::write(dir.join("queries.txt"), script).unwrap();
-    println!("queries for DuckDB: {}", dir.join("queries.txt").display());
+    duckdb(&dir, p50, p99);
+}
+
+/// Runs the DuckDB script on the same files and prints the ratio.
+fn duckdb(dir: &Path, p50: f64, p99: f64) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/lookup_duckdb.py");
+    let output = match Command::new("python3").arg(&script).arg(dir).output() {
+        Ok(output) => output,
+        Err(e) => {
+            println!("DuckDB comparison skipped: python3 not runnable ({e})");
+            return;
+        }
+    };
+    if !output.status.success() {
+        println!(
+            "DuckDB comparison skipped: the script failed (is duckdb installed?): {}",
+            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or_default()
+        );
+        return;
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    print!("{text}");
+    // The script's last line: "duckdb X: p50 A ms, p99 B ms over N warm queries".
+    let figure = |label: &str| text.split(label).nth(1)?.trim_start().split(' ').next()?.parse::<f64>().ok();
+    if let (Some(d50), Some(d99)) = (figure("p50"), figure("p99")) {
+        println!(
+            "RESULT cdrvault vs DuckDB, same files, same run: p50 {p50:.1} vs {d50:.1} ms ({:.1}x faster), p99 {p99:.1} vs {d99:.1} ms ({:.1}x)",
+            d50 / p50,
+            d99 / p99
+        );
+    }
 }

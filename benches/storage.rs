@@ -10,7 +10,7 @@
 //!
 //! A harness, not a criterion benchmark: it measures bytes, not time. It
 //! also prints where cdrvault's bytes go (clear, token, sealed columns,
-//! bloom filters, footer and page indexes), a baseline with cdrvault's own
+//! bloom filters, footer and page indexes, token index), a baseline with cdrvault's own
 //! row-group and page sizes, and the same comparison for a population 20
 //! times larger, because tokens and identifiers compress by recurrence.
 //!
@@ -70,12 +70,7 @@ fn main() {
         println!("population {subscribers} subscribers");
         recurrence(&cdrs);
         println!("  {:<58} {:>12} {:>10}", "file", "bytes", "bytes/CDR");
-        println!(
-            "  {:<58} {:>12} {:>10.1}",
-            "cdrvault (tokens + AES-GCM sealed columns, bloom filters)",
-            vault,
-            per(vault)
-        );
+        println!("  {:<58} {:>12} {:>10.1}", "cdrvault (data file + token index)", vault, per(vault));
         println!("  {:<58} {:>12} {:>10.1}", "plaintext zstd-3, parquet defaults", plain_default, per(plain_default));
         println!(
             "  {:<58} {:>12} {:>10.1}",
@@ -105,7 +100,7 @@ fn main() {
 }
 
 /// Writes all inputs through the real processor (one batch, one day, one
-/// file) and returns the size of the file.
+/// file) and returns the size of the file plus its token index.
 fn write_cdrvault(data_dir: &Path, keys: &Arc<KeyStore>, inputs: &[cdrvault::pipeline::Input]) -> u64 {
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(common::until()));
     let writer = ParquetWriter::new(data_dir, ParquetConfig::default());
@@ -113,7 +108,8 @@ fn write_cdrvault(data_dir: &Path, keys: &Arc<KeyStore>, inputs: &[cdrvault::pip
     let outcome = processor.process(inputs).expect("process");
     assert_eq!(outcome.written, inputs.len(), "every record is valid");
     assert_eq!(outcome.files.len(), 1, "one day, one file");
-    outcome.files[0].bytes
+    let index = std::fs::metadata(cdrvault::index::sidecar_path(&outcome.files[0].path)).expect("token index").len();
+    outcome.files[0].bytes + index
 }
 
 fn plaintext_schema() -> SchemaRef {
@@ -256,7 +252,10 @@ fn breakdown(data_dir: &Path, keys: &KeyStore, n: usize) {
     }
     let accounted: u64 = parts.values().sum();
     *parts.entry("6 footer, page indexes, padding").or_default() += size.saturating_sub(accounted);
-    println!("  cdrvault file: {} row groups, {size} bytes; where they go:", metadata.num_row_groups());
+    let index = std::fs::metadata(cdrvault::index::sidecar_path(&path)).expect("token index").len();
+    *parts.entry("7 token index (sidecar file)").or_default() += index;
+    let size = size + index;
+    println!("  cdrvault file and index: {} row groups, {size} bytes; where they go:", metadata.num_row_groups());
     for (part, bytes) in parts {
         println!(
             "    {:<56} {:>10} {:>8.1} B/CDR {:>5.1}%",

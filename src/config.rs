@@ -351,8 +351,12 @@ impl Config {
                 );
             }
         }
-        if self.parquet.row_group_rows == 0 || self.parquet.data_page_rows == 0 {
-            return err("parquet.row_group_rows", "or parquet.data_page_rows is 0".into(), "use positive row counts");
+        if self.parquet.row_group_rows == 0 || self.parquet.data_page_rows == 0 || self.parquet.lookup_page_rows == 0 {
+            return err(
+                "parquet.row_group_rows",
+                "or parquet.data_page_rows or parquet.lookup_page_rows is 0".into(),
+                "use positive row counts",
+            );
         }
         if !(1..=22).contains(&self.parquet.zstd_level) {
             return err("parquet.zstd_level", format!("is {}", self.parquet.zstd_level), "use 1 to 22 (default 3)");

@@ -125,6 +125,9 @@ fn record_json(record: &FoundRecord, categories: &BTreeSet<Category>) -> Value {
         map.insert("src_port".into(), record.src_port.into());
         map.insert("dst_port".into(), record.dst_port.into());
     }
+    if let Some(order) = &record.preserved_under {
+        map.insert("preserved_under".into(), order.clone().into());
+    }
     Value::Object(map)
 }
 
@@ -265,6 +268,9 @@ fn write_record_xml<W: io::Write>(
                     text(w, "Direction", direction)?;
                 }
                 text(w, "BeginTime", &time(record.start_time))?;
+                if let Some(order) = &record.preserved_under {
+                    text(w, "PreservationOrder", order)?;
+                }
                 if let Some(end) = record.end_time {
                     text(w, "EndTime", &time(end))?;
                 }
@@ -356,6 +362,7 @@ mod tests {
             ],
             src_port: None,
             dst_port: None,
+            preserved_under: None,
         }]
     }
 

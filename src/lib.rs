@@ -18,6 +18,7 @@ pub mod deliver;
 pub mod demo;
 pub mod durable;
 pub mod import;
+pub mod index;
 pub mod ingest;
 pub mod keys;
 pub mod lookup;

@@ -179,7 +179,8 @@ fn reseal(batch: RecordBatch, key_id: &KeyId) -> Result<RecordBatch, WriteError>
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
-/// Deletes an order's area, durably. Returns the files removed.
+/// Deletes an order's area (data files, their indexes, anything left),
+/// durably. Returns the data files removed.
 pub fn destroy_area(data_dir: &Path, order: &str) -> Result<u64, PreserveError> {
     let root = order_dir(data_dir, order);
     let mut removed = 0;
@@ -188,7 +189,11 @@ pub fn destroy_area(data_dir: &Path, order: &str) -> Result<u64, PreserveError> 
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
                 durable::remove_file(&entry.path())?;
-                removed += 1;
+                // Data files are counted; their token indexes (and any
+                // temporaries) go with them.
+                if entry.file_name().to_string_lossy().ends_with(".parquet") {
+                    removed += 1;
+                }
             }
         }
         remove_dir(&dir)?;

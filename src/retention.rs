@@ -12,7 +12,8 @@
 //!    be re-created, and an interrupted deletion is found again;
 //! 3. destroy its data key: the sealed columns become undecryptable by
 //!    anyone, whatever copies of the files may survive;
-//! 4. delete its files and directory, fsyncing as it goes;
+//! 4. delete its files (data files, their token indexes, temporaries) and
+//!    directory, fsyncing as it goes;
 //! 5. append the `day_deleted` audit entry, then mark the tombstone audited.
 //!
 //! A crash anywhere leaves the day intact (before 2) or on its way out; the
@@ -374,7 +375,9 @@ impl Sweeper {
         }
         self.crash(CrashPoint::AfterKeyDestroyed)?;
 
-        // 4. The files (temporaries included) and the directory.
+        // 4. The files (token indexes and temporaries included) and the
+        // directory: everything in it goes, so no derived file outlives its
+        // day.
         let dir = day_dir(&self.data_dir, day);
         if dir.exists() {
             let entries = std::fs::read_dir(&dir).map_err(|e| DurableError::io("list", &dir, e))?;

@@ -39,7 +39,8 @@ use crate::clock::Clock;
 use crate::deliver::{self, ResultFormat, ResultHeader};
 use crate::durable::{self, FileMode};
 use crate::keys::{KeyStore, RecordKeyScope};
-use crate::lookup::{self, FoundRecord, Query};
+use crate::lookup::{FoundRecord, LookupEngine, Query};
+use crate::orders::OrderStore;
 use crate::models::{Category, IdentifierKind, PartitionDate, TimestampMicros};
 use crate::orders::{TargetInput, canonical_value};
 use crate::proto;
@@ -188,7 +189,8 @@ struct Inner {
     requests: Arc<dyn RequestRegistry>,
     keys: Arc<KeyStore>,
     audit: Arc<AuditTrail>,
-    data_dir: PathBuf,
+    engine: LookupEngine,
+    orders: OrderStore,
     results_dir: PathBuf,
     clock: Arc<dyn Clock>,
     settings: AccessSettings,
@@ -210,6 +212,8 @@ pub enum ServiceError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Durable(#[from] crate::durable::DurableError),
+    #[error(transparent)]
+    Orders(#[from] crate::orders::OrderError),
 }
 
 impl AccessService {
@@ -226,12 +230,14 @@ impl AccessService {
         let results_dir = state_dir.join(RESULTS_DIR);
         durable::create_dir_all(&results_dir)?;
         let registry = Arc::new(SqliteRegistry::open(state_dir)?);
+        let engine_keys = Arc::clone(&keys);
         let inner = Inner {
             store: AccessStore::with_registry(registry.clone()),
             requests: registry,
             keys,
             audit,
-            data_dir: data_dir.to_path_buf(),
+            engine: LookupEngine::new(data_dir.to_path_buf(), Arc::clone(&engine_keys)),
+            orders: OrderStore::open(state_dir)?,
             results_dir,
             clock,
             settings,
@@ -889,7 +895,8 @@ impl Inner {
             to: TimestampMicros::from_datetime(scope.window_end),
             categories: scope.categories.clone(),
         };
-        let (found, _) = lookup::find(&self.data_dir, &self.keys, &query).map_err(|e| internal(e).status())?;
+        let (found, _) = self.engine.find(&query).map_err(|e| internal(e).status())?;
+        let found = self.preserved_for(found, &authority).map_err(|e| internal(e).status())?;
         let days = (query.to.partition_date().days_since_epoch() - query.from.partition_date().days_since_epoch() + 1)
             .max(1) as u64;
         let beyond = self.days_beyond_retention(query.from.partition_date(), query.to.partition_date());
@@ -963,6 +970,35 @@ impl Inner {
             },
         )?;
         Ok(request_info(&record))
+    }
+
+    /// Drops records found only in preservation copies of orders placed by
+    /// another authority: preserved data answers the authority that froze it.
+    fn preserved_for(
+        &self,
+        found: Vec<FoundRecord>,
+        authority: &str,
+    ) -> Result<Vec<FoundRecord>, crate::orders::OrderError> {
+        let mut owners: HashMap<String, bool> = HashMap::new();
+        let mut kept = Vec::with_capacity(found.len());
+        for record in found {
+            let Some(order) = &record.preserved_under else {
+                kept.push(record);
+                continue;
+            };
+            let ours = match owners.get(order) {
+                Some(ours) => *ours,
+                None => {
+                    let ours = self.orders.get(order)?.is_some_and(|o| o.authority == authority);
+                    owners.insert(order.clone(), ours);
+                    ours
+                }
+            };
+            if ours {
+                kept.push(record);
+            }
+        }
+        Ok(kept)
     }
 
     fn random_name(&self) -> Outcome<String> {
@@ -1109,7 +1145,7 @@ impl Inner {
             to: TimestampMicros::from_datetime(now),
             categories: all,
         };
-        let (found, _) = lookup::find(&self.data_dir, &self.keys, &query).map_err(|e| internal(e).status())?;
+        let (found, _) = self.engine.find(&query).map_err(|e| internal(e).status())?;
         let rendered = deliver::subject_export(&body.reference, &self.settings.csp_id, now, &found);
         let target_token = self.target_tokens(&[(kind, value)]).remove(0);
         self.audit(

@@ -1,8 +1,11 @@
 //! The lookup engine against the generator's ground truth: exactly the
 //! records of the target within the window, only the allowed categories
-//! unsealed, and nothing for days whose key retention destroyed.
+//! unsealed, through the token index or, without it, through bloom filters
+//! and a scan, with the same answers; index files that hold no identifier;
+//! and lookups across a token-key rotation.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +13,13 @@ use chrono::{TimeZone, Utc};
 
 use cdrvault::clock::{Clock, ManualClock};
 use cdrvault::decode::Encoding;
+use cdrvault::index;
 use cdrvault::keys::KeyStore;
-use cdrvault::lookup::{Query, find};
+use cdrvault::lookup::{LookupEngine, LookupStats, Query, find};
 use cdrvault::models::{Category, IdentifierField, IdentifierKind, TimestampMicros};
+use cdrvault::orders::canonical_value;
 use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
-use cdrvault::synth::{Generator, SynthConfig};
+use cdrvault::synth::{Generator, SynthConfig, SyntheticCdr};
 use cdrvault::write::{ParquetConfig, ParquetWriter};
 
 #[test]
@@ -78,4 +83,282 @@ fn a_lookup_returns_exactly_the_targets_records_within_scope() {
     let (by_device, _) = find(&root.path().join("data"), &keys, &by_imsi).unwrap();
     assert!(!by_device.is_empty());
     assert!(by_device.iter().all(|r| r.identifiers.iter().all(|(f, _)| f.category() != Category::Device)));
+}
+
+/// Five days of generated records written through the real pipeline, with
+/// row groups of 1,999 rows so that index granules (8 rows) straddle group
+/// boundaries.
+struct Fixture {
+    root: tempfile::TempDir,
+    keys: Arc<KeyStore>,
+    records: Vec<SyntheticCdr>,
+    generator: Generator,
+    until: chrono::DateTime<Utc>,
+}
+
+impl Fixture {
+    fn new(seed: u64) -> Fixture {
+        let until = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(&root.path().join("keys"), None).unwrap();
+        let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
+        let mut generator =
+            Generator::new(SynthConfig { seed, subscribers: 1_000, days: 5, until, invalid_ratio: 0.0 });
+        let records: Vec<_> = (0..20_000).map(|_| generator.next_record()).collect();
+        let fixture = Fixture { root, keys, records, generator, until };
+        fixture.write(&fixture.records, &fixture.keys);
+        fixture
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    fn write(&self, records: &[SyntheticCdr], keys: &Arc<KeyStore>) {
+        let parquet = ParquetConfig { row_group_rows: 1_999, ..ParquetConfig::default() };
+        let processor = Processor::new(
+            ParquetWriter::new(&self.data(), parquet),
+            Arc::clone(keys),
+            Arc::new(ManualClock::new(self.until)) as Arc<dyn Clock>,
+            ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
+        );
+        let inputs: Vec<Input> =
+            records.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect();
+        assert_eq!(processor.process(&inputs).unwrap().written, records.len());
+    }
+
+    fn data_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for day in cdrvault::read::list_days(&self.data()).unwrap() {
+            files.extend(cdrvault::read::list_files(&self.data(), day).unwrap());
+        }
+        files
+    }
+
+    fn query(&self, targets: Vec<(IdentifierKind, String)>, days: i64) -> Query {
+        Query {
+            targets,
+            from: TimestampMicros::from_datetime(self.until - chrono::Duration::days(days)),
+            to: TimestampMicros::from_datetime(self.until),
+            categories: [Category::Traffic, Category::Location, Category::Device, Category::Ip].into(),
+        }
+    }
+}
+
+/// Every (kind, raw value) a generated record carries.
+fn identifiers_of(record: &SyntheticCdr) -> Vec<(IdentifierKind, &str)> {
+    use IdentifierKind::*;
+    [
+        (Msisdn, &record.calling_number),
+        (Msisdn, &record.called_number),
+        (Msisdn, &record.redirecting_number),
+        (Sip, &record.sip_uri),
+        (Imsi, &record.imsi),
+        (Imei, &record.imei),
+        (Cell, &record.cell_id_start),
+        (Cell, &record.cell_id_end),
+        (Ip, &record.src_ip),
+        (Ip, &record.dst_ip),
+    ]
+    .into_iter()
+    .filter_map(|(kind, value)| value.as_deref().map(|v| (kind, v)))
+    .collect()
+}
+
+/// The brute-force answer: record ids of the records within the window in
+/// which a target appears, comparing canonical values.
+fn ground_truth(records: &[SyntheticCdr], query: &Query) -> BTreeSet<String> {
+    records
+        .iter()
+        .filter(|r| {
+            let t = TimestampMicros::from_datetime(r.start_time.unwrap()).0;
+            t >= query.from.0 && t <= query.to.0
+        })
+        .filter(|r| {
+            identifiers_of(r).iter().any(|(kind, raw)| {
+                query.targets.iter().any(|(k, v)| k == kind && canonical_value(*kind, raw).as_deref() == Some(v))
+            })
+        })
+        .map(|r| r.record_id.clone())
+        .collect()
+}
+
+fn ids(found: &[cdrvault::lookup::FoundRecord]) -> BTreeSet<String> {
+    found.iter().map(|r| r.record_id.clone()).collect()
+}
+
+/// Targets of every kind, taken from records of the fixture.
+fn targets(fixture: &Fixture) -> Vec<Vec<(IdentifierKind, String)>> {
+    let canonical = |kind, raw: &str| (kind, canonical_value(kind, raw).unwrap());
+    let mut targets = Vec::new();
+    for (i, record) in fixture.records.iter().enumerate().step_by(1_777).take(6) {
+        for (kind, raw) in identifiers_of(record) {
+            if kind != IdentifierKind::Cell || i == 0 {
+                targets.push(vec![canonical(kind, raw)]);
+            }
+        }
+    }
+    // Two targets at once, and one that never occurs.
+    let a = &fixture.generator.subscribers()[1];
+    let b = &fixture.generator.subscribers()[2];
+    targets.push(vec![canonical(IdentifierKind::Msisdn, &a.msisdn), canonical(IdentifierKind::Imei, &b.imei)]);
+    targets.push(vec![(IdentifierKind::Msisdn, "+4599999999".into())]);
+    targets
+}
+
+fn check_all(fixture: &Fixture, engine: &LookupEngine, expect_index: bool) -> LookupStats {
+    let mut total = LookupStats::default();
+    for targets in targets(fixture) {
+        // A cell dump is bounded in time: one day.
+        let days = if targets.iter().any(|(k, _)| *k == IdentifierKind::Cell) { 1 } else { 4 };
+        let query = fixture.query(targets.clone(), days);
+        let (found, stats) = engine.find(&query).unwrap();
+        let truth = ground_truth(&fixture.records, &query);
+        assert_eq!(ids(&found), truth, "targets of kinds {:?}", kinds(&targets));
+        assert_eq!(found.len(), ids(&found).len(), "each record once");
+        let indexable = targets.iter().all(|(k, _)| index::is_indexed(*k));
+        if expect_index && indexable {
+            assert_eq!(stats.files_indexed, stats.files, "every file through its index: {stats:?}");
+            assert_eq!(stats.token_chunks_scanned, 0, "no token column scanned: {stats:?}");
+        } else {
+            assert_eq!(stats.files_indexed, 0, "{stats:?}");
+            assert_eq!(stats.files_scanned, stats.files, "{stats:?}");
+            // Bloom filters may prune every group of a target that is absent.
+            assert!(truth.is_empty() || stats.token_chunks_scanned > 0, "{stats:?}");
+        }
+        total.files_indexed += stats.files_indexed;
+        total.index_pages += stats.index_pages;
+        total.cache_hits += stats.cache_hits;
+        total.candidates += stats.candidates;
+    }
+    total
+}
+
+fn kinds(targets: &[(IdentifierKind, String)]) -> Vec<&'static str> {
+    targets.iter().map(|(k, _)| k.as_str()).collect()
+}
+
+#[test]
+fn lookups_through_the_index_match_a_brute_force_scan_of_the_ground_truth() {
+    let fixture = Fixture::new(11);
+    let files = fixture.data_files();
+    assert!(files.len() >= 5, "one file per day at least");
+    for file in &files {
+        assert!(index::sidecar_path(file).exists(), "{} has its index", file.display());
+    }
+    let engine = LookupEngine::new(fixture.data(), Arc::clone(&fixture.keys));
+    let stats = check_all(&fixture, &engine, true);
+    assert!(stats.files_indexed > 0 && stats.index_pages > 0 && stats.candidates > 0, "{stats:?}");
+    assert!(stats.cache_hits > 0, "footers are read once and then cached: {stats:?}");
+
+    // The same answers from the uncached entry point.
+    let query = fixture.query(vec![(IdentifierKind::Msisdn, fixture.generator.subscribers()[4].msisdn.clone())], 5);
+    let (cached, _) = engine.find(&query).unwrap();
+    let (fresh, stats) = find(&fixture.data(), &fixture.keys, &query).unwrap();
+    assert_eq!(cached, fresh);
+    assert_eq!(stats.cache_hits, 0);
+}
+
+#[test]
+fn without_its_index_a_file_is_scanned_with_the_same_results_and_the_index_can_be_rebuilt() {
+    let fixture = Fixture::new(12);
+    let engine = LookupEngine::new(fixture.data(), Arc::clone(&fixture.keys));
+    check_all(&fixture, &engine, true);
+    // Indexes deleted while their footers are cached: the engine falls back.
+    for file in fixture.data_files() {
+        std::fs::remove_file(index::sidecar_path(&file)).unwrap();
+    }
+    check_all(&fixture, &engine, false);
+    // A damaged index is ignored as well.
+    let files = fixture.data_files();
+    std::fs::write(index::sidecar_path(&files[0]), b"not an index").unwrap();
+    check_all(&fixture, &LookupEngine::new(fixture.data(), Arc::clone(&fixture.keys)), false);
+    // Rebuilt from the clear token columns, the indexes are used again,
+    // also by the engine that cached the files without them.
+    for file in &files {
+        index::rebuild(file).unwrap();
+    }
+    check_all(&fixture, &engine, true);
+}
+
+#[test]
+fn index_files_hold_tokens_and_never_an_identifier() {
+    let fixture = Fixture::new(13);
+    let needles: Vec<String> = fixture
+        .records
+        .iter()
+        .flat_map(|r| identifiers_of(r).into_iter().map(|(_, v)| v.to_string()).collect::<Vec<_>>())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let scanner = aho_corasick::AhoCorasick::new(&needles).unwrap();
+    let mut scanned = 0;
+    for file in fixture.data_files() {
+        let bytes = std::fs::read(index::sidecar_path(&file)).unwrap();
+        assert!(bytes.len() > 1_000, "an index with entries");
+        if let Some(hit) = scanner.find(&bytes) {
+            panic!("an identifier of {} bytes in {}", hit.len(), index::sidecar_path(&file).display());
+        }
+        // The file name of an index says nothing either.
+        let name = index::sidecar_path(&file).file_name().unwrap().to_string_lossy().into_owned();
+        assert!(scanner.find(&name).is_none());
+        scanned += 1;
+    }
+    assert!(scanned >= 5);
+    // And the scan would have caught one: a raw identifier is a needle.
+    assert!(scanner.find(fixture.records[0].calling_number.as_deref().unwrap()).is_some());
+}
+
+#[test]
+fn a_lookup_searches_under_every_token_key_of_the_window() {
+    let mut fixture = Fixture::new(14);
+    // Rotate the token key and write five more days' worth under the new one.
+    let mut keys = KeyStore::open(&fixture.root.path().join("keys"), None).unwrap();
+    let new_key = keys.rotate_token_key().unwrap();
+    let keys = Arc::new(keys);
+    // The same population, new records (the sequence goes on).
+    let more: Vec<_> = (0..10_000).map(|_| fixture.generator.next_record()).collect();
+    fixture.write(&more, &keys);
+    let token_keys: HashSet<String> = fixture
+        .data_files()
+        .iter()
+        .map(|f| {
+            let reader = parquet::file::serialized_reader::SerializedFileReader::new(std::fs::File::open(f).unwrap());
+            let metadata = parquet::file::reader::FileReader::metadata(&reader.unwrap()).file_metadata().clone();
+            let kv = metadata.key_value_metadata().unwrap().clone();
+            kv.into_iter().find(|e| e.key == "cdrvault.token_key_id").unwrap().value.unwrap()
+        })
+        .collect();
+    assert_eq!(token_keys, HashSet::from(["tk-0001".to_string(), new_key.to_string()]));
+
+    let engine = LookupEngine::new(fixture.data(), Arc::clone(&keys));
+    let all: Vec<SyntheticCdr> = fixture.records.iter().chain(&more).cloned().collect();
+    for subscriber in &fixture.generator.subscribers()[..5] {
+        let query = fixture.query(vec![(IdentifierKind::Msisdn, subscriber.msisdn.clone())], 5);
+        let (found, stats) = engine.find(&query).unwrap();
+        let truth = ground_truth(&all, &query);
+        assert_eq!(ids(&found), truth);
+        assert_eq!(stats.files_indexed, stats.files);
+        let old: BTreeSet<String> = ground_truth(&fixture.records, &query);
+        assert!(!old.is_empty() && old.len() < truth.len(), "records under both keys");
+    }
+}
+
+#[test]
+fn the_index_path_discloses_only_allowed_categories_and_nothing_outside_the_window() {
+    let fixture = Fixture::new(15);
+    let engine = LookupEngine::new(fixture.data(), Arc::clone(&fixture.keys));
+    let target = fixture.generator.subscribers()[0].msisdn.clone();
+    let mut query = fixture.query(vec![(IdentifierKind::Msisdn, target.clone())], 2);
+    query.categories = [Category::Traffic].into();
+    let (found, stats) = engine.find(&query).unwrap();
+    assert!(!found.is_empty());
+    assert_eq!(ids(&found), ground_truth(&fixture.records, &query));
+    assert_eq!(stats.files_indexed, stats.files);
+    for record in &found {
+        assert!(record.start_time.0 >= query.from.0 && record.start_time.0 <= query.to.0);
+        assert!(record.identifiers.iter().all(|(f, _)| f.category() == Category::Traffic));
+        assert!(record.src_port.is_none() && record.dst_port.is_none());
+        assert!(record.preserved_under.is_none());
+    }
 }

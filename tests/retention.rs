@@ -398,3 +398,118 @@ fn preservation_follows_a_token_key_rotation() {
         .sum();
     assert_eq!(rows, 1, "the target's record, tokenised under the newer key, was preserved");
 }
+
+#[test]
+fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_removes_the_indexes() {
+    use cdrvault::lookup::{LookupEngine, Query};
+    use cdrvault::models::{Category, IdentifierKind, TimestampMicros};
+    let start = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
+    let world = World::new(start);
+    let first = world.today();
+    let at = |n: i64| start + chrono::Duration::days(n);
+    let date_of = |n: i64| PartitionDate::from_days_since_epoch(first.days_since_epoch() + n).unwrap();
+    for n in 0..10 {
+        world.clock.set(at(n));
+        world.ingest_today("r");
+    }
+    let order = world
+        .orders
+        .place(
+            NewOrder {
+                authority: "dk-police".into(),
+                reference: "QF-9".into(),
+                targets: vec![TargetInput::parse("msisdn:+4520000005", 1).unwrap()],
+                window_start: date_of(2).start().to_datetime().unwrap(),
+                window_end: date_of(5).start().to_datetime().unwrap() - chrono::Duration::microseconds(1),
+                ends: date_of(400),
+            },
+            &world.keys,
+            world.today(),
+            world.clock.now(),
+        )
+        .unwrap();
+    let index_files = |dir: &Path| -> usize {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries.flatten().filter(|e| cdrvault::index::is_index_name(&e.file_name().to_string_lossy())).count()
+            })
+            .unwrap_or(0)
+    };
+    for n in 0..10 {
+        assert_eq!(index_files(&cdrvault::write::day_dir(&world.data(), date_of(n))), 1, "day {n} has its index");
+    }
+
+    // Every record has the same called number: a lookup over the ten days
+    // finds all 400, through the indexes, and caches the footers.
+    let engine = LookupEngine::new(world.data(), Arc::clone(&world.keys));
+    let query = Query {
+        targets: vec![(IdentifierKind::Msisdn, "+4530000001".into())],
+        from: TimestampMicros::from_datetime(date_of(0).start().to_datetime().unwrap()),
+        to: TimestampMicros(date_of(10).start().0 - 1),
+        categories: [Category::Traffic].into(),
+    };
+    let (found, stats) = engine.find(&query).unwrap();
+    assert_eq!(found.len(), 10 * RECORDS_PER_DAY);
+    assert_eq!((stats.files_indexed, stats.token_chunks_scanned), (10, 0));
+    assert_eq!(engine.cached_files(), 10);
+    let later_days = |from: i64| Query { from: TimestampMicros(date_of(from).start().0), ..query.clone() };
+
+    // Day 370: days 0 to 4 are destroyed, their indexes with their files;
+    // the order's copies (days 2 to 4) have indexes of their own.
+    world.clock.set(at(370));
+    world.sweeper.run(None, SweepMode::Delete).unwrap();
+    for n in 0..5 {
+        let dir = cdrvault::write::day_dir(&world.data(), date_of(n));
+        assert!(!dir.exists(), "day {n}: no data file, no index, no directory");
+    }
+    let area = preserve::order_dir(&world.data(), &order.id);
+    for n in 2..5 {
+        assert_eq!(index_files(&cdrvault::write::day_dir(&area, date_of(n))), 1, "preserved day {n} has its index");
+    }
+    assert_eq!(world.verify(), vec![]);
+
+    // A query that does not touch the destroyed days still makes the engine
+    // forget them: their cached footers held the parquet crate's copy of
+    // the destroyed keys.
+    let (found, _) = engine.find(&later_days(5)).unwrap();
+    assert_eq!(found.len(), 5 * RECORDS_PER_DAY);
+    assert_eq!(engine.cached_files(), 5, "days 0 to 4 forgotten");
+
+    // The same engine no longer serves the destroyed days; it finds their
+    // preserved copies (the target's records of days 2 to 4 involve the
+    // called number too), marked with the order.
+    let (found, stats) = engine.find(&query).unwrap();
+    assert_eq!(stats.days_unavailable, 5);
+    assert_eq!(stats.preserved_files, 3);
+    let preserved: Vec<_> = found.iter().filter(|r| r.preserved_under.is_some()).collect();
+    assert_eq!(preserved.len(), 3);
+    assert!(preserved.iter().all(|r| r.preserved_under.as_deref() == Some(order.id.as_str())));
+    assert_eq!(
+        preserved.iter().map(|r| r.day).collect::<Vec<_>>(),
+        vec![date_of(2), date_of(3), date_of(4)],
+        "one record of the target per preserved day"
+    );
+    assert_eq!(found.len(), 5 * RECORDS_PER_DAY + 3);
+
+    // Another process destroys day 5 (tombstone, then key) while this
+    // process still holds the day's key in memory: the engine stops serving
+    // it even though its files are still there.
+    let other = KeyStore::open(&world.root.path().join("keys"), None).unwrap();
+    other.write_tombstone(date_of(5), b"{}").unwrap();
+    other.destroy_day_key(date_of(5)).unwrap();
+    assert!(world.keys.existing_day_key(date_of(5)).unwrap().is_some(), "still cached by this process");
+    assert!(!day_files(&world.data(), date_of(5)).is_empty());
+    let (found, stats) = engine.find(&query).unwrap();
+    assert_eq!(stats.days_unavailable, 6);
+    assert!(found.iter().all(|r| r.day != date_of(5)));
+    assert_eq!(found.len(), 4 * RECORDS_PER_DAY + 3);
+    engine.find(&later_days(6)).unwrap();
+    assert_eq!(engine.cached_files(), 4 + 3, "day 5 forgotten once its key is gone; the order's copies kept");
+
+    // Lifting the order: its copies are gone from the answers.
+    world.sweeper.lift(&order.id, "lifted", "test").unwrap();
+    let (found, stats) = engine.find(&query).unwrap();
+    assert_eq!(stats.preserved_files, 0);
+    assert_eq!(found.len(), 4 * RECORDS_PER_DAY);
+    assert_eq!(engine.cached_files(), 4, "the lifted order's copies forgotten");
+}
