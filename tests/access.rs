@@ -39,6 +39,8 @@ struct World {
     generator: Generator,
     client: Client,
     admin: String,
+    keys: Arc<KeyStore>,
+    audit: Arc<AuditTrail>,
 }
 
 impl World {
@@ -89,14 +91,20 @@ async fn world(settings: AccessSettings) -> World {
         .create_principal(None, "bootstrap admin", [Role::Admin].into(), None, until)
         .unwrap();
     let audit = Arc::new(AuditTrail::open(&state, &keys).unwrap());
-    let service =
-        AccessService::new(&root.path().join("data"), &state, keys, audit, clock.clone() as Arc<dyn Clock>, settings)
-            .unwrap();
+    let service = AccessService::new(
+        &root.path().join("data"),
+        &state,
+        Arc::clone(&keys),
+        Arc::clone(&audit),
+        clock.clone() as Arc<dyn Clock>,
+        settings,
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(cdrvault::service::serve(listener, service, None, std::future::pending()));
     let client = LawfulAccessClient::connect(format!("http://{address}")).await.unwrap();
-    World { root, clock, until, records, generator, client, admin: admin.expose().to_string() }
+    World { root, clock, until, records, generator, client, admin: admin.expose().to_string(), keys, audit }
 }
 
 /// Creates a principal through the API and returns its token.
@@ -619,5 +627,72 @@ async fn a_client_certificate_authenticates_the_principal_it_is_mapped_to() {
     let trail = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
     assert!(
         trail.contains("\"reason\":\"unknown_certificate\"") && trail.contains("\"reason\":\"missing_credentials\"")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preserved_records_answer_only_the_authority_that_froze_them() {
+    use cdrvault::models::TimestampMicros;
+    use cdrvault::orders::{NewOrder, OrderStore, TargetInput};
+    use cdrvault::retention::{RetentionConfig, SweepMode, Sweeper};
+
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let target = w.target(4);
+    let expected = truth(&w, &target, 3);
+    assert!(!expected.is_empty());
+
+    // dk-police freezes the target's week, then the year passes and
+    // retention destroys those days, copying the frozen records first.
+    let orders = Arc::new(OrderStore::open(&w.state()).unwrap());
+    let today = TimestampMicros::from_datetime(w.until).partition_date();
+    let ends = cdrvault::models::PartitionDate::from_days_since_epoch(today.days_since_epoch() + 800).unwrap();
+    let order = NewOrder {
+        authority: "dk-police".into(),
+        reference: "QF-1".into(),
+        targets: vec![TargetInput::parse(&format!("msisdn:{target}"), 1).unwrap()],
+        window_start: w.until - chrono::Duration::days(7),
+        window_end: w.until,
+        ends,
+    };
+    orders.place(order, &w.keys, today, w.until).unwrap();
+    w.clock.advance(chrono::Duration::days(380));
+    let sweeper = Sweeper::new(
+        &w.root.path().join("data"),
+        Arc::clone(&w.keys),
+        Arc::clone(&w.audit),
+        w.clock.clone() as Arc<dyn Clock>,
+        RetentionConfig::default(),
+    )
+    .with_orders(orders, ParquetConfig::default());
+    assert!(sweeper.run(None, SweepMode::Delete).unwrap().days.len() >= 6, "the week is destroyed");
+
+    // Both authorities hold approved warrants over that week.
+    let valid = chrono::Duration::days(400);
+    let police = approved_warrant(&mut w, &cast, std::slice::from_ref(&target), &["traffic"], valid).await;
+    let mut foreign = warrant_request(&w, std::slice::from_ref(&target), &["traffic"], valid);
+    foreign.authority = "se-police".into();
+    let foreign = w.client.register_warrant(authed(&cast.alice, foreign)).await.unwrap().into_inner().id;
+    let decide = proto::DecideWarrantRequest { warrant: foreign.clone(), approve: true, reason: String::new() };
+    w.client.decide_warrant(authed(&cast.bob, decide)).await.unwrap();
+
+    let ours =
+        w.client.submit_request(authed(&cast.handler, submit(&w, &police, 1, &target, 3, proto::ResultFormat::Json)));
+    let ours = ours.await.unwrap().into_inner();
+    assert_eq!(ours.status, "answered_partially", "beyond retention, answered from the preserved copy");
+    let (_, bytes) = fetch(&mut w.client, &cast.handler, &ours.request_id).await.unwrap();
+    let document: Value = serde_json::from_slice(&bytes).unwrap();
+    let records = document["records"].as_array().unwrap();
+    let ids: BTreeSet<String> = records.iter().map(|r| r["record_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, expected);
+    assert!(records.iter().all(|r| r["preserved_under"].is_string()));
+
+    let theirs =
+        w.client.submit_request(authed(&cast.stranger, submit(&w, &foreign, 1, &target, 3, proto::ResultFormat::Json)));
+    let theirs = theirs.await.unwrap().into_inner();
+    assert_eq!(
+        (theirs.status.as_str(), theirs.records),
+        ("unavailable", 0),
+        "another authority's freeze is not theirs"
     );
 }
