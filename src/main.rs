@@ -674,7 +674,7 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
 
     let access = match config.access.listen {
         Some(listen) => {
-            let service = access_service(&config, Arc::clone(&keys))?;
+            let service = access_service(&config, Arc::clone(&keys))?.with_metrics(Arc::clone(&metrics));
             let tls = config.access.tls().map(|files| files.server_config()).transpose()?;
             let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
             tracing::info!(address = %listener.local_addr()?, "lawful-access API listening");

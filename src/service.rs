@@ -40,6 +40,7 @@ use crate::deliver::{self, ResultFormat, ResultHeader};
 use crate::durable::{self, FileMode};
 use crate::keys::{KeyStore, RecordKeyScope};
 use crate::lookup::{FoundRecord, LookupEngine, Query};
+use crate::metrics::{CallLabels, Metrics, ReasonLabel};
 use crate::models::{Category, IdentifierKind, PartitionDate, TimestampMicros};
 use crate::orders::OrderStore;
 use crate::orders::{TargetInput, canonical_value};
@@ -196,6 +197,7 @@ struct Inner {
     settings: AccessSettings,
     limiter: Mutex<HashMap<String, Bucket>>,
     rng: SystemRandom,
+    metrics: Arc<Metrics>,
 }
 
 /// A token bucket: `requests_per_minute` deep, refilled continuously.
@@ -243,8 +245,28 @@ impl AccessService {
             settings,
             limiter: Mutex::new(HashMap::new()),
             rng: SystemRandom::new(),
+            metrics: Metrics::new(),
         };
         Ok(AccessService { inner: Arc::new(inner) })
+    }
+
+    /// Counts calls, refusals, lookup time and disclosed records into
+    /// `metrics` (the process's `/metrics`). Call before serving.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> AccessService {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.metrics = metrics;
+        }
+        self
+    }
+
+    /// Counts a finished call by method and outcome.
+    fn observed<T>(&self, method: &'static str, result: Outcome<T>) -> Outcome<T> {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(status) => code_name(status.code()),
+        };
+        self.inner.metrics.access_calls.get_or_create(&CallLabels { method, outcome }).inc();
+        result
     }
 
     /// The tonic service, with the message size limit applied.
@@ -301,6 +323,29 @@ pub async fn serve(
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
         .await
+}
+
+/// A status code's name for metric labels (bounded set).
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
 }
 
 /// What a call presents: a bearer token and, over mTLS, the SHA-256 of the
@@ -457,6 +502,7 @@ impl Inner {
         warrant: Option<&str>,
         request_id: Option<&str>,
     ) -> Status {
+        self.metrics.access_refusals.get_or_create(&ReasonLabel { reason: denial.reason }).inc();
         let event = AuditEvent::AccessRefused {
             method: method.to_string(),
             reason: denial.reason.to_string(),
@@ -485,6 +531,7 @@ impl Inner {
             Ok(Err(reason)) => reason,
             Err(e) => return Err(internal(e).status()),
         };
+        self.metrics.access_refusals.get_or_create(&ReasonLabel { reason }).inc();
         self.audit("anonymous", AuditEvent::AuthenticationFailed { method: method.into(), reason: reason.into() })?;
         let mut metadata = MetadataMap::new();
         metadata.insert("cdrvault-reason", MetadataValue::from_static(reason));
@@ -895,7 +942,7 @@ impl Inner {
             to: TimestampMicros::from_datetime(scope.window_end),
             categories: scope.categories.clone(),
         };
-        let (found, _) = self.engine.find(&query).map_err(|e| internal(e).status())?;
+        let (found, _) = self.timed_lookup(&query)?;
         let found = self.preserved_for(found, &authority).map_err(|e| internal(e).status())?;
         let days = (query.to.partition_date().days_since_epoch() - query.from.partition_date().days_since_epoch() + 1)
             .max(1) as u64;
@@ -970,6 +1017,13 @@ impl Inner {
             },
         )?;
         Ok(request_info(&record))
+    }
+
+    fn timed_lookup(&self, query: &Query) -> Outcome<(Vec<FoundRecord>, crate::lookup::LookupStats)> {
+        let started = std::time::Instant::now();
+        let result = self.engine.find(query).map_err(|e| internal(e).status());
+        self.metrics.access_lookup_duration.observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Drops records found only in preservation copies of orders placed by
@@ -1069,6 +1123,7 @@ impl Inner {
             &principal.id,
             AuditEvent::ResultDelivered { request_id: request.request_id.clone(), sha256, bytes: bytes.len() as u64 },
         )?;
+        self.metrics.access_records_disclosed.inc_by(request.records);
         Ok((request_info(&request), bytes))
     }
 
@@ -1145,7 +1200,7 @@ impl Inner {
             to: TimestampMicros::from_datetime(now),
             categories: all,
         };
-        let (found, _) = self.engine.find(&query).map_err(|e| internal(e).status())?;
+        let (found, _) = self.timed_lookup(&query)?;
         let rendered = deliver::subject_export(&body.reference, &self.settings.csp_id, now, &found);
         let target_token = self.target_tokens(&[(kind, value)]).remove(0);
         self.audit(
@@ -1159,6 +1214,7 @@ impl Inner {
                 bytes: rendered.bytes.len() as u64,
             },
         )?;
+        self.metrics.access_records_disclosed.inc_by(found.len() as u64);
         Ok((found.len() as u64, rendered.bytes))
     }
 }
@@ -1193,7 +1249,7 @@ fn chunks(info: proto::RequestInfo, bytes: Vec<u8>) -> ChunkStream {
 impl LawfulAccess for AccessService {
     async fn who_am_i(&self, request: Request<proto::WhoAmIRequest>) -> Outcome<Response<proto::PrincipalInfo>> {
         let credentials = credentials(&request);
-        self.run(move |inner| inner.who_am_i(credentials)).await.map(Response::new)
+        self.observed("WhoAmI", self.run(move |inner| inner.who_am_i(credentials)).await).map(Response::new)
     }
 
     async fn create_authority(
@@ -1202,7 +1258,8 @@ impl LawfulAccess for AccessService {
     ) -> Outcome<Response<proto::Authority>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.create_authority(credentials, body)).await.map(Response::new)
+        self.observed("CreateAuthority", self.run(move |inner| inner.create_authority(credentials, body)).await)
+            .map(Response::new)
     }
 
     async fn create_principal(
@@ -1211,7 +1268,8 @@ impl LawfulAccess for AccessService {
     ) -> Outcome<Response<proto::CreatePrincipalResponse>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.create_principal(credentials, body)).await.map(Response::new)
+        self.observed("CreatePrincipal", self.run(move |inner| inner.create_principal(credentials, body)).await)
+            .map(Response::new)
     }
 
     async fn register_warrant(
@@ -1220,25 +1278,29 @@ impl LawfulAccess for AccessService {
     ) -> Outcome<Response<proto::Warrant>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.register_warrant(credentials, body)).await.map(Response::new)
+        self.observed("RegisterWarrant", self.run(move |inner| inner.register_warrant(credentials, body)).await)
+            .map(Response::new)
     }
 
     async fn decide_warrant(&self, request: Request<proto::DecideWarrantRequest>) -> Outcome<Response<proto::Warrant>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.decide_warrant(credentials, body)).await.map(Response::new)
+        self.observed("DecideWarrant", self.run(move |inner| inner.decide_warrant(credentials, body)).await)
+            .map(Response::new)
     }
 
     async fn close_warrant(&self, request: Request<proto::CloseWarrantRequest>) -> Outcome<Response<proto::Warrant>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.close_warrant(credentials, body)).await.map(Response::new)
+        self.observed("CloseWarrant", self.run(move |inner| inner.close_warrant(credentials, body)).await)
+            .map(Response::new)
     }
 
     async fn get_warrant(&self, request: Request<proto::GetWarrantRequest>) -> Outcome<Response<proto::Warrant>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.get_warrant(credentials, body)).await.map(Response::new)
+        self.observed("GetWarrant", self.run(move |inner| inner.get_warrant(credentials, body)).await)
+            .map(Response::new)
     }
 
     async fn submit_request(
@@ -1247,13 +1309,15 @@ impl LawfulAccess for AccessService {
     ) -> Outcome<Response<proto::RequestInfo>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.submit_request(credentials, body)).await.map(Response::new)
+        self.observed("SubmitRequest", self.run(move |inner| inner.submit_request(credentials, body)).await)
+            .map(Response::new)
     }
 
     async fn get_request(&self, request: Request<proto::GetRequestRequest>) -> Outcome<Response<proto::RequestInfo>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.get_request(credentials, body)).await.map(Response::new)
+        self.observed("GetRequest", self.run(move |inner| inner.get_request(credentials, body)).await)
+            .map(Response::new)
     }
 
     async fn list_warrants(
@@ -1262,7 +1326,8 @@ impl LawfulAccess for AccessService {
     ) -> Outcome<Response<proto::ListWarrantsResponse>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.list_warrants(credentials, body)).await.map(Response::new)
+        self.observed("ListWarrants", self.run(move |inner| inner.list_warrants(credentials, body)).await)
+            .map(Response::new)
     }
 
     async fn list_requests(
@@ -1271,7 +1336,8 @@ impl LawfulAccess for AccessService {
     ) -> Outcome<Response<proto::ListRequestsResponse>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.list_requests(credentials, body)).await.map(Response::new)
+        self.observed("ListRequests", self.run(move |inner| inner.list_requests(credentials, body)).await)
+            .map(Response::new)
     }
 
     type FetchResultStream = ChunkStream;
@@ -1282,7 +1348,8 @@ impl LawfulAccess for AccessService {
     ) -> Outcome<Response<Self::FetchResultStream>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        let (info, bytes) = self.run(move |inner| inner.fetch_result(credentials, body)).await?;
+        let (info, bytes) =
+            self.observed("FetchResult", self.run(move |inner| inner.fetch_result(credentials, body)).await)?;
         Ok(Response::new(chunks(info, bytes)))
     }
 
@@ -1291,7 +1358,7 @@ impl LawfulAccess for AccessService {
         request: Request<proto::VerifyAuditRequest>,
     ) -> Outcome<Response<proto::VerifyAuditResponse>> {
         let credentials = credentials(&request);
-        self.run(move |inner| inner.verify_audit(credentials)).await.map(Response::new)
+        self.observed("VerifyAudit", self.run(move |inner| inner.verify_audit(credentials)).await).map(Response::new)
     }
 
     async fn statistics(
@@ -1300,7 +1367,7 @@ impl LawfulAccess for AccessService {
     ) -> Outcome<Response<proto::StatisticsReport>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        self.run(move |inner| inner.statistics(credentials, body)).await.map(Response::new)
+        self.observed("Statistics", self.run(move |inner| inner.statistics(credentials, body)).await).map(Response::new)
     }
 
     type ExportSubjectStream = ChunkStream;
@@ -1311,7 +1378,8 @@ impl LawfulAccess for AccessService {
     ) -> Outcome<Response<Self::ExportSubjectStream>> {
         let credentials = credentials(&request);
         let body = request.into_inner();
-        let (records, bytes) = self.run(move |inner| inner.export_subject(credentials, body)).await?;
+        let (records, bytes) =
+            self.observed("ExportSubject", self.run(move |inner| inner.export_subject(credentials, body)).await)?;
         let info = proto::RequestInfo {
             status: "answered".into(),
             records,

@@ -41,6 +41,7 @@ struct World {
     admin: String,
     keys: Arc<KeyStore>,
     audit: Arc<AuditTrail>,
+    metrics: Arc<cdrvault::metrics::Metrics>,
 }
 
 impl World {
@@ -100,11 +101,13 @@ async fn world(settings: AccessSettings) -> World {
         settings,
     )
     .unwrap();
+    let metrics = cdrvault::metrics::Metrics::new();
+    let service = service.with_metrics(Arc::clone(&metrics));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(cdrvault::service::serve(listener, service, None, std::future::pending()));
     let client = LawfulAccessClient::connect(format!("http://{address}")).await.unwrap();
-    World { root, clock, until, records, generator, client, admin: admin.expose().to_string(), keys, audit }
+    World { root, clock, until, records, generator, client, admin: admin.expose().to_string(), keys, audit, metrics }
 }
 
 /// Creates a principal through the API and returns its token.
@@ -473,6 +476,17 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
     assert!(police.refused >= 5, "{police:?}");
     let leaks = leaks_in(&w.state(), &w.records);
     assert!(leaks.is_empty(), "{leaks:?}");
+
+    // SREs see the refusals by reason and the calls by outcome, with no
+    // identifier in any label.
+    let text = w.metrics.encode();
+    for reason in ["missing_credentials", "target_out_of_scope", "request_number_reused", "self_approval"] {
+        assert!(text.contains(&format!("cdrvault_access_refusals_total{{reason=\"{reason}\"}} 1")), "{reason}: {text}");
+    }
+    assert!(text.contains("cdrvault_access_calls_total{method=\"SubmitRequest\",outcome=\"ok\"} 1"), "{text}");
+    assert!(text.contains("cdrvault_access_lookup_duration_seconds_count 1"), "{text}");
+    let metric_leaks = common::find_leaks(&[], &[("metrics", text.as_bytes())], &common::raw_identifiers(&w.records));
+    assert!(metric_leaks.is_empty(), "{metric_leaks:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
