@@ -12,6 +12,7 @@ pub mod audit;
 pub mod checkpoint;
 pub mod client;
 pub mod clock;
+pub mod compact;
 pub mod config;
 pub mod decode;
 pub mod deliver;

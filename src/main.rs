@@ -115,6 +115,13 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Compact closed days: each day's files become one file per token key,
+    /// sorted for lookups, with its index.
+    Compact {
+        /// Only this day (YYYY-MM-DD); default every closed day inside retention.
+        #[arg(long, value_parser = parse_date)]
+        day: Option<PartitionDate>,
+    },
     /// Run the lawful-access API, or create its first admin.
     Access {
         #[command(subcommand)]
@@ -383,6 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let intact = block_on(client::verify_audit(server))?;
             Ok(if intact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Command::Compact { day } => compact(&config, day),
         Command::Access { command: AccessCommand::Bootstrap { name } } => bootstrap(&config, &name),
         Command::Access { command: AccessCommand::Serve { listen } } => serve_access(config, listen),
         Command::Authority { command } => block_on(client::authority(command)).map(|()| ExitCode::SUCCESS),
@@ -703,6 +711,32 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
         let _ = runtime.block_on(access);
     }
     result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compact(config: &Config, day: Option<PartitionDate>) -> anyhow::Result<ExitCode> {
+    config.validate()?;
+    let keys = KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?;
+    let writer = cdrvault::write::ParquetWriter::new(&config.storage.data_dir, config.parquet.clone());
+    let now = chrono::Utc::now();
+    let today = cdrvault::models::TimestampMicros::from_datetime(now).partition_date();
+    let days = match day {
+        Some(day) => vec![day],
+        None => cdrvault::compact::compactable_days(&config.storage.data_dir, today, config.retention.days)?,
+    };
+    for day in days {
+        let report = cdrvault::compact::compact_day(&writer, &keys, day, now.timestamp_millis())?;
+        if report.files_after < report.files_before {
+            println!(
+                "{day}: {} files -> {}, {} rows, {:.1} MiB -> {:.1} MiB",
+                report.files_before,
+                report.files_after,
+                report.rows,
+                report.bytes_before as f64 / (1 << 20) as f64,
+                report.bytes_after as f64 / (1 << 20) as f64
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -49,7 +49,9 @@ pub fn list_days(data_dir: &Path) -> Result<Vec<PartitionDate>, ReadError> {
     Ok(days)
 }
 
-/// The complete files of one day (temporaries are hidden and skipped), sorted.
+/// The complete files of one day, sorted: temporaries are hidden and
+/// skipped, and so are files a published compaction replaced (see
+/// [`crate::compact`]).
 pub fn list_files(data_dir: &Path, date: PartitionDate) -> Result<Vec<PathBuf>, ReadError> {
     let dir = day_dir(data_dir, date);
     let entries = match fs::read_dir(&dir) {
@@ -58,12 +60,23 @@ pub fn list_files(data_dir: &Path, date: PartitionDate) -> Result<Vec<PathBuf>, 
         Err(source) => return Err(ReadError::List { path: dir, source }),
     };
     let mut files = Vec::new();
+    let mut manifests = false;
     for entry in entries {
         let entry = entry.map_err(|source| ReadError::List { path: dir.clone(), source })?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
         if name.ends_with(".parquet") && !name.starts_with('.') {
             files.push(entry.path());
+        }
+        manifests |= name.starts_with('_') && name.ends_with(crate::compact::MANIFEST_SUFFIX);
+    }
+    if manifests {
+        // A compaction in progress (or cut short): once its new file is
+        // published, the sources it replaces are no longer part of the day.
+        for (_, new_name, sources) in crate::compact::manifests(&dir) {
+            if files.iter().any(|f| f.file_name().is_some_and(|n| n.to_string_lossy() == new_name)) {
+                files.retain(|f| !f.file_name().is_some_and(|n| sources.iter().any(|s| n.to_string_lossy() == *s)));
+            }
         }
     }
     files.sort();

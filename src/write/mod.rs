@@ -154,6 +154,8 @@ pub fn remove_leftovers(data_dir: &Path) -> Result<u64, DurableError> {
     let Ok(days) = std::fs::read_dir(&root) else { return Ok(0) };
     let mut removed = 0;
     for day in days.flatten() {
+        // Interrupted compactions first: finished or dropped, never half.
+        crate::compact::recover(&day.path())?;
         let Ok(files) = std::fs::read_dir(day.path()) else { continue };
         for file in files.flatten() {
             let name = file.file_name();
@@ -212,6 +214,11 @@ impl ParquetWriter {
 
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// A new file name, for [`Self::write_day_named`].
+    pub fn next_name(&self, now_millis: i64) -> String {
+        self.namer.next(now_millis)
     }
 
     /// Writes the records of one day into one new file and makes it durable.
