@@ -9,7 +9,9 @@
 //!
 //! `cargo bench --bench lookup` (env LOOKUP_DAYS, default 30;
 //! LOOKUP_PER_DAY, default 100000; LOOKUP_DIR to keep the data;
-//! LOOKUP_THREADS to cap the engine's threads).
+//! LOOKUP_THREADS to cap the engine's threads; LOOKUP_COMPACT=1 to compact
+//! every day first, as `cdrvault compact` does to closed days;
+//! LOOKUP_PAGE_ROWS to change `parquet.lookup_page_rows` of new files).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,12 +40,18 @@ fn percentiles(mut times: Vec<Duration>) -> (f64, f64, f64) {
     (pct(0.5), pct(0.99), pct(1.0))
 }
 
+fn parquet_config() -> ParquetConfig {
+    let mut config = ParquetConfig::default();
+    config.lookup_page_rows = env("LOOKUP_PAGE_ROWS", config.lookup_page_rows);
+    config
+}
+
 fn fill(data: &Path, keys_dir: &Path, days: i64, per_day: usize, subscribers: usize, until: chrono::DateTime<Utc>) {
     KeyStore::init(keys_dir, None).unwrap();
     let keys = Arc::new(KeyStore::open(keys_dir, None).unwrap());
     let clock = Arc::new(ManualClock::new(until));
     let processor = Processor::new(
-        ParquetWriter::new(data, ParquetConfig::default()),
+        ParquetWriter::new(data, parquet_config()),
         Arc::clone(&keys),
         clock.clone() as Arc<dyn Clock>,
         ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(400) },
@@ -77,6 +85,18 @@ fn main() {
     let subscribers = 100_000;
     if !keys_dir.exists() {
         fill(&data, &keys_dir, days, per_day, subscribers, until);
+    }
+    if std::env::var("LOOKUP_COMPACT").is_ok_and(|v| v == "1") {
+        let keys = KeyStore::open(&keys_dir, None).unwrap();
+        let writer = ParquetWriter::new(&data, parquet_config());
+        let started = Instant::now();
+        let (mut compacted, mut files) = (0, 0);
+        for day in cdrvault::read::list_days(&data).unwrap() {
+            let report = cdrvault::compact::compact_day(&writer, &keys, day, until.timestamp_millis()).unwrap();
+            compacted += usize::from(report.files_after < report.files_before);
+            files += report.files_after;
+        }
+        println!("compacted {compacted} days in {:.1}s; {files} files now", started.elapsed().as_secs_f64());
     }
 
     let keys = Arc::new(KeyStore::open(&keys_dir, None).unwrap());
