@@ -328,6 +328,15 @@ fn an_authority_handler_goes_from_warrant_to_result_with_the_command_line_client
     let file = root.path().join("cdrs.jsonl");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     assert!(run(&["import", file.to_str().unwrap(), "--strict"]).status.success());
+    // A second import makes a second file of the day; compaction merges them.
+    let late = root.path().join("late.jsonl");
+    let line = format!(
+        r#"{{"record_id":"late-1","service":"sms","start_time":"{yesterday}T21:00:00Z","calling_number":"+4530000099","called_number":"+4540000001"}}"#
+    );
+    std::fs::write(&late, line + "\n").unwrap();
+    assert!(run(&["import", late.to_str().unwrap(), "--strict"]).status.success());
+    let compacted = run(&["compact", "--day", &yesterday]);
+    assert!(text(&compacted.stdout).contains(": 2 files -> 1, 11 rows"), "{}", text(&compacted.stdout));
 
     let boot = run(&["access", "bootstrap", "--name", "root"]);
     assert!(boot.status.success(), "{}", text(&boot.stderr));
