@@ -72,9 +72,7 @@ pub fn category_name(category: Category) -> &'static str {
 }
 
 pub fn parse_category(text: &str) -> Option<Category> {
-    [Category::Traffic, Category::Location, Category::Device, Category::Ip]
-        .into_iter()
-        .find(|c| category_name(*c) == text)
+    Category::ALL.into_iter().find(|c| category_name(*c) == text)
 }
 
 /// An authenticated (or to-be-authenticated) person or system.
@@ -515,7 +513,7 @@ impl AccessStore {
         let (_, key) = keys.record_key(RecordKeyScope::Warrant, id)?.ok_or(AccessError::Sealing)?;
         let mut targets = Vec::new();
         for (kind, sealed) in self.registry.sealed_targets(id)? {
-            let kind = IdentifierKind::ALL.into_iter().find(|k| k.as_str() == kind).ok_or(AccessError::Sealing)?;
+            let kind = IdentifierKind::parse(&kind).ok_or(AccessError::Sealing)?;
             let value = crate::keys::open_value(&key, id.as_bytes(), &sealed).ok_or(AccessError::Sealing)?;
             targets.push((kind, value));
         }

@@ -165,8 +165,11 @@ impl Client {
     }
 }
 
-/// Reads a result stream and checks the bytes against the announced digest.
-async fn collect(mut stream: tonic::Streaming<proto::ResultChunk>) -> anyhow::Result<(proto::RequestInfo, Vec<u8>)> {
+/// Reads a result stream (`FetchResult`, `ExportSubject`) and checks the
+/// bytes against the announced digest.
+pub async fn collect(
+    mut stream: tonic::Streaming<proto::ResultChunk>,
+) -> anyhow::Result<(proto::RequestInfo, Vec<u8>)> {
     let mut info = None;
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.message().await? {

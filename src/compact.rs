@@ -162,7 +162,7 @@ pub fn compactable_days(
     today: PartitionDate,
     retention_days: u32,
 ) -> Result<Vec<PartitionDate>, CompactError> {
-    let first = today.days_since_epoch() - i64::from(retention_days) + 7;
+    let first = crate::retention::oldest_retained(today, retention_days).days_since_epoch() + 7;
     Ok(read::list_days(data_dir)?
         .into_iter()
         .filter(|d| d.days_since_epoch() >= first && d.days_since_epoch() < today.days_since_epoch())

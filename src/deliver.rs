@@ -154,7 +154,7 @@ fn json_bytes(header: &ResultHeader, records: &[FoundRecord]) -> Vec<u8> {
 /// A data subject's export (GDPR art. 15/20): every retained record of one
 /// subscriber, all categories, JSON.
 pub fn subject_export(reference: &str, csp_id: &str, generated_at: DateTime<Utc>, records: &[FoundRecord]) -> Rendered {
-    let all: BTreeSet<Category> = [Category::Traffic, Category::Location, Category::Device, Category::Ip].into();
+    let all: BTreeSet<Category> = Category::ALL.into();
     let document = json!({
         "header": {
             "reference": reference,

@@ -63,6 +63,11 @@ impl IdentifierKind {
             IdentifierKind::Ip => "ip",
         }
     }
+
+    /// The kind named by [`Self::as_str`].
+    pub fn parse(text: &str) -> Option<IdentifierKind> {
+        IdentifierKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
 }
 
 /// The data categories of a lawful request (Directive 2006/24/EC art. 5).
@@ -76,6 +81,10 @@ pub enum Category {
     Device,
     /// IP addresses and ports.
     Ip,
+}
+
+impl Category {
+    pub const ALL: [Category; 4] = [Category::Traffic, Category::Location, Category::Device, Category::Ip];
 }
 
 /// One identifier field of the record. Each has a token column (for lookup)

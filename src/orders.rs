@@ -60,8 +60,7 @@ impl TargetInput {
     /// Parses `kind:value`, e.g. `msisdn:+4520000001`.
     pub fn parse(text: &str, position: usize) -> Result<TargetInput, OrderError> {
         let (kind, value) = text.split_once(':').ok_or(OrderError::TargetSyntax(position))?;
-        let kind =
-            IdentifierKind::ALL.into_iter().find(|k| k.as_str() == kind).ok_or(OrderError::TargetSyntax(position))?;
+        let kind = IdentifierKind::parse(kind).ok_or(OrderError::TargetSyntax(position))?;
         Ok(TargetInput { kind, value: value.to_string() })
     }
 }
@@ -290,8 +289,7 @@ impl OrderStore {
             })?;
             for target in stored {
                 let (position, kind, sealed) = target?;
-                let kind =
-                    IdentifierKind::ALL.into_iter().find(|k| k.as_str() == kind).unwrap_or(IdentifierKind::Msisdn);
+                let kind = IdentifierKind::parse(&kind).unwrap_or(IdentifierKind::Msisdn);
                 let mut k = db.prepare(
                     "SELECT token_key_id, token FROM preservation_target_tokens WHERE order_id = ?1 AND position = ?2",
                 )?;

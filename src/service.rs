@@ -843,8 +843,9 @@ impl Inner {
 
     /// Days of `[first, last]` that lie beyond retention today.
     fn days_beyond_retention(&self, first: PartitionDate, last: PartitionDate) -> u64 {
-        let today = TimestampMicros::from_datetime(self.now()).partition_date().days_since_epoch();
-        let horizon = today - i64::from(self.settings.retention_days);
+        let today = TimestampMicros::from_datetime(self.now()).partition_date();
+        // The retention rule's own horizon: days before it are expired.
+        let horizon = crate::retention::oldest_retained(today, self.settings.retention_days).days_since_epoch();
         let (first, last) = (first.days_since_epoch(), last.days_since_epoch());
         if first >= horizon { 0 } else { (last.min(horizon - 1) - first + 1).max(0) as u64 }
     }
@@ -1191,7 +1192,7 @@ impl Inner {
         })();
         let (kind, value) = target.map_err(|d| self.refuse(&principal.id, METHOD, d, None, None))?;
         let now = self.now();
-        let all: BTreeSet<Category> = [Category::Traffic, Category::Location, Category::Device, Category::Ip].into();
+        let all: BTreeSet<Category> = Category::ALL.into();
         let query = Query {
             targets: vec![(kind, value.clone())],
             from: TimestampMicros::from_datetime(

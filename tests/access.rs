@@ -23,8 +23,8 @@ use cdrvault::decode::Encoding;
 use cdrvault::deliver::sha256_hex;
 use cdrvault::keys::KeyStore;
 use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
+use cdrvault::proto;
 use cdrvault::proto::lawful_access_client::LawfulAccessClient;
-use cdrvault::proto::{self, result_chunk::Part};
 use cdrvault::service::{AccessService, AccessSettings};
 use cdrvault::synth::{Generator, SynthConfig, SyntheticCdr};
 use cdrvault::write::{ParquetConfig, ParquetWriter};
@@ -205,20 +205,11 @@ async fn fetch(
     token: &str,
     request_id: &str,
 ) -> Result<(proto::RequestInfo, Vec<u8>), tonic::Status> {
-    let mut stream = client
+    let stream = client
         .fetch_result(authed(token, proto::FetchResultRequest { request_id: request_id.into() }))
         .await?
         .into_inner();
-    let mut info = None;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await? {
-        match chunk.part {
-            Some(Part::Info(i)) => info = Some(i),
-            Some(Part::Data(d)) => bytes.extend_from_slice(&d),
-            None => {}
-        }
-    }
-    Ok((info.expect("an info message first"), bytes))
+    Ok(cdrvault::client::collect(stream).await.expect("an info message, then the bytes it announces"))
 }
 
 fn truth(w: &World, target: &str, days: i64) -> BTreeSet<String> {
@@ -319,7 +310,7 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
     assert!(verified.intact, "{}", verified.problem);
 
     // Subject access: every retained record of the subscriber, all categories.
-    let mut stream = w
+    let stream = w
         .client
         .export_subject(authed(
             &cast.dpo,
@@ -328,20 +319,12 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
         .await
         .unwrap()
         .into_inner();
-    let mut export = Vec::new();
-    let mut export_info = None;
-    while let Some(chunk) = stream.message().await.unwrap() {
-        match chunk.part {
-            Some(Part::Info(i)) => export_info = Some(i),
-            Some(Part::Data(d)) => export.extend_from_slice(&d),
-            None => {}
-        }
-    }
+    let (export_info, export) = cdrvault::client::collect(stream).await.unwrap();
     let export_doc: Value = serde_json::from_slice(&export).unwrap();
     let all: BTreeSet<String> =
         w.records.iter().filter(|r| r.involves_number(&target)).map(|r| r.record_id.clone()).collect();
     assert_eq!(export_doc["records"].as_array().unwrap().len(), all.len());
-    assert_eq!(export_info.unwrap().sha256, sha256_hex(&export));
+    assert_eq!(export_info.sha256, sha256_hex(&export));
     assert!(w.audit_entries().iter().any(|e| e["action"] == "subject_exported" && e["reference"] == "DSAR-7"));
 
     // Nothing the service wrote holds a raw identifier: results are sealed,

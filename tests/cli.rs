@@ -192,22 +192,33 @@ fn configuration_errors_name_the_key() {
     assert!(text(&output.stderr).contains("brokerz"), "{}", text(&output.stderr));
 }
 
-#[test]
-fn retention_audit_and_preservation_from_the_command_line() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = |name: &str| root.path().join(name).to_str().unwrap().to_string();
+/// A config file under `root` with `data`, `keys` and `state` beside it,
+/// as an operator writes one.
+fn operator_config(root: &std::path::Path) -> std::path::PathBuf {
+    let dir = |name: &str| root.join(name).to_str().unwrap().to_string();
     let (data, keys, state) = (dir("data"), dir("keys"), dir("state"));
-    let config = root.path().join("cdrvault.toml");
+    let config = root.join("cdrvault.toml");
     std::fs::write(
         &config,
         format!("[storage]\ndata_dir = \"{data}\"\n[keys]\ndir = \"{keys}\"\n[state]\ndir = \"{state}\"\n"),
     )
     .unwrap();
-    let run = |args: &[&str]| {
-        let mut all = vec!["--config", config.to_str().unwrap()];
-        all.extend_from_slice(args);
-        cdrvault(&all)
-    };
+    config
+}
+
+/// `cdrvault --config CONFIG ARGS…`.
+fn with_config(config: &std::path::Path, args: &[&str]) -> Output {
+    let mut all = vec!["--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    cdrvault(&all)
+}
+
+#[test]
+fn retention_audit_and_preservation_from_the_command_line() {
+    let root = tempfile::tempdir().unwrap();
+    let config = operator_config(root.path());
+    let (data, state) = (root.path().join("data"), root.path().join("state"));
+    let run = |args: &[&str]| with_config(&config, args);
     assert!(run(&["keys", "init"]).status.success());
 
     let day = |offset: i64| (chrono::Utc::now() + chrono::Duration::days(offset)).format("%Y-%m-%d").to_string();
@@ -259,7 +270,7 @@ fn retention_audit_and_preservation_from_the_command_line() {
     let verified = run(&["retention", "verify", "--as-of", &later]);
     assert!(verified.status.success(), "{}", text(&verified.stdout));
     assert!(text(&verified.stdout).contains("OK: no expired day"));
-    assert!(std::path::Path::new(&data).join("preserved").read_dir().unwrap().count() == 1, "the order's copy exists");
+    assert!(data.join("preserved").read_dir().unwrap().count() == 1, "the order's copy exists");
 
     let audit = run(&["audit", "verify"]);
     assert!(audit.status.success(), "{}", text(&audit.stdout));
@@ -268,7 +279,7 @@ fn retention_audit_and_preservation_from_the_command_line() {
     assert!(text(&lifted.stdout).contains("1 preserved files deleted"), "{}", text(&lifted.stdout));
 
     // An edited audit line is found, by entry number.
-    let trail = std::path::Path::new(&state).join("audit.jsonl");
+    let trail = state.join("audit.jsonl");
     let edited = std::fs::read_to_string(&trail).unwrap().replacen("\"rows\":20", "\"rows\":2", 1);
     std::fs::write(&trail, edited).unwrap();
     let audit = run(&["audit", "verify"]);
@@ -301,19 +312,8 @@ fn an_authority_handler_goes_from_warrant_to_result_with_the_command_line_client
     use std::io::BufRead;
 
     let root = tempfile::tempdir().unwrap();
-    let dir = |name: &str| root.path().join(name).to_str().unwrap().to_string();
-    let (data, keys, state) = (dir("data"), dir("keys"), dir("state"));
-    let config = root.path().join("cdrvault.toml");
-    std::fs::write(
-        &config,
-        format!("[storage]\ndata_dir = \"{data}\"\n[keys]\ndir = \"{keys}\"\n[state]\ndir = \"{state}\"\n"),
-    )
-    .unwrap();
-    let run = |args: &[&str]| {
-        let mut all = vec!["--config", config.to_str().unwrap()];
-        all.extend_from_slice(args);
-        cdrvault(&all)
-    };
+    let config = operator_config(root.path());
+    let run = |args: &[&str]| with_config(&config, args);
     assert!(run(&["keys", "init"]).status.success());
     // Six records of the target yesterday, four of others.
     let yesterday = (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%d").to_string();

@@ -189,7 +189,7 @@ impl AccessRegistry for SqliteRegistry {
         warrant.target_kinds = statement
             .query_map(params![id], |r| r.get::<_, String>(0))?
             .filter_map(Result::ok)
-            .filter_map(|k| IdentifierKind::ALL.into_iter().find(|x| x.as_str() == k))
+            .filter_map(|k| IdentifierKind::parse(&k))
             .collect();
         Ok(Some(warrant))
     }
