@@ -49,7 +49,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
 };
-use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::basic::{Compression, Encoding};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{KeyValue, PageIndexPolicy};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
@@ -151,21 +151,21 @@ pub struct IndexedFile<'a> {
 
 /// Writes the index of a data file durably (temporary, fsync, rename, fsync
 /// of the directory). Returns its size in bytes.
-pub fn write(path: &Path, batch: &RecordBatch, data: &IndexedFile<'_>, zstd_level: i32) -> Result<u64, WriteError> {
+pub fn write(path: &Path, batch: &RecordBatch, data: &IndexedFile<'_>) -> Result<u64, WriteError> {
     let entries = entries(batch);
     let tokens = Int32Array::from_iter_values(entries.iter().map(|(t, _)| *t));
     // Granules fit: a data file is one batch, far below 2^31 rows.
     let granules = Int32Array::from_iter_values(entries.iter().map(|(_, g)| *g as i32));
     let index = RecordBatch::try_new(index_schema(), vec![Arc::new(tokens), Arc::new(granules)])?;
     let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?))
         .set_dictionary_enabled(false)
         .set_encoding(Encoding::DELTA_BINARY_PACKED)
         .set_statistics_enabled(EnabledStatistics::None)
         .set_column_statistics_enabled(ColumnPath::from(TOKEN), EnabledStatistics::Page)
-        // Delta-packed granules are as random as their rows: zstd gains
-        // nothing on them, and costs a decompression context per lookup.
-        .set_column_compression(ColumnPath::from(GRANULE), Compression::UNCOMPRESSED)
+        // Delta-packed granules are as random as their rows, and sorted
+        // random prefixes pack to their entropy: zstd gains little on
+        // either, and costs a lookup a decompression context per file.
+        .set_compression(Compression::UNCOMPRESSED)
         .set_max_row_group_row_count(Some(entries.len().max(1)))
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_key_value_metadata(Some(vec![
@@ -232,7 +232,7 @@ pub fn rebuild(data_file: &Path) -> Result<u64, WriteError> {
     let name = data_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let rows = metadata.file_metadata().num_rows().max(0) as u64;
     let data = IndexedFile { name: &name, bytes, rows, token_key_id: &token_key_id };
-    write(&sidecar_path(data_file), &all, &data, 3)
+    write(&sidecar_path(data_file), &all, &data)
 }
 
 fn file_meta(metadata: &parquet::file::metadata::ParquetMetaData, key: &str) -> Option<String> {
@@ -243,7 +243,8 @@ fn file_meta(metadata: &parquet::file::metadata::ParquetMetaData, key: &str) -> 
 /// lookup engine's cache. Holds tokens only.
 #[derive(Debug, Clone)]
 pub struct IndexReader {
-    path: PathBuf,
+    /// The index file, mapped (`read::map`).
+    bytes: bytes::Bytes,
     metadata: ArrowReaderMetadata,
     pub data_file: String,
     pub data_bytes: u64,
@@ -254,13 +255,13 @@ impl IndexReader {
     /// Opens the index of `data_file`; `None` if there is none.
     pub fn open(data_file: &Path) -> Result<Option<IndexReader>, ParquetError> {
         let path = sidecar_path(data_file);
-        let file = match File::open(&path) {
-            Ok(file) => file,
+        let bytes = match crate::read::map(&path) {
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(ParquetError::External(Box::new(e))),
         };
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
-        let metadata = ArrowReaderMetadata::load(&file, options)?;
+        let metadata = ArrowReaderMetadata::load(&bytes, options)?;
         let field = |key: &str| file_meta(metadata.metadata(), key);
         if field(meta::VERSION).as_deref() != Some(INDEX_VERSION)
             || field(meta::GRANULE_ROWS).as_deref() != Some(&GRANULE_ROWS.to_string())
@@ -272,7 +273,7 @@ impl IndexReader {
             data_file: field(meta::DATA_FILE).unwrap_or_default(),
             data_bytes: number(meta::DATA_BYTES),
             data_rows: number(meta::DATA_ROWS),
-            path,
+            bytes,
             metadata,
         }))
     }
@@ -319,8 +320,7 @@ impl IndexReader {
         if ranges.is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let file = File::open(&self.path).map_err(|e| ParquetError::External(Box::new(e)))?;
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(self.bytes.clone(), self.metadata.clone())
             .with_row_selection(RowSelection::from_consecutive_ranges(ranges.into_iter(), offset))
             .with_batch_size(PAGE_ROWS * 2)
             .build()?;
@@ -389,7 +389,7 @@ mod tests {
         let b = batch(&[("calling_number_token", tokens)]);
         let key = KeyId::new("tk-0001").unwrap();
         let described = IndexedFile { name: "part-x.parquet", bytes: 1, rows: 20_000, token_key_id: &key };
-        write(&sidecar_path(&data), &b, &described, 3).unwrap();
+        write(&sidecar_path(&data), &b, &described).unwrap();
         let index = IndexReader::open(&data).unwrap().unwrap();
         assert!(index.describes("part-x.parquet", 1, 20_000));
         assert!(!index.describes("part-y.parquet", 1, 20_000));

@@ -19,8 +19,10 @@
 //! Tokens are computed under every token key id the searched files name, so
 //! a token-key rotation inside the window loses nothing.
 //!
-//! What is cached ([`LookupEngine`]): per file, the parsed footer with its
-//! page index, the parsed index footer and the bloom filters read so far.
+//! What is cached ([`LookupEngine`]): per file, a read-only memory mapping
+//! of it and of its index (pages are slices of the mappings, read without
+//! a system call), the parsed footer with its page index, the parsed index
+//! footer and the bloom filters read so far.
 //! These are immutable once a file is published and hold no identifier.
 //! The parsed footer of a sealed file carries the parquet crate's copy of
 //! the day key (its decryptor), so the cache forgets a day as soon as the
@@ -35,7 +37,6 @@
 //! [`LookupEngine::find_async`], which runs it off the runtime's workers.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +45,7 @@ use std::time::SystemTime;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, BooleanArray, RecordBatch};
+use bytes::Bytes;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
@@ -192,6 +194,8 @@ type BloomFilter = Option<Arc<Sbbf>>;
 /// What the cache keeps of one published file. Immutable after loading.
 struct CachedFile {
     stamp: (u64, SystemTime),
+    /// The file, mapped (`read::map`): pages are read as slices of it.
+    bytes: Bytes,
     metadata: ArrowReaderMetadata,
     token_key: Option<KeyId>,
     index: Option<IndexReader>,
@@ -435,9 +439,9 @@ impl Engine<'_> {
             }
         }
         stats.cache_misses += 1;
-        let file = File::open(&work.path).map_err(io)?;
+        let bytes = read::map(&work.path).map_err(io)?;
         let options = decryption(&work.path, &work.key)?.with_page_index_policy(PageIndexPolicy::Optional);
-        let metadata = ArrowReaderMetadata::load(&file, options)?;
+        let metadata = ArrowReaderMetadata::load(&bytes, options)?;
         let token_key = metadata
             .metadata()
             .file_metadata()
@@ -450,7 +454,8 @@ impl Engine<'_> {
         // A damaged, stale or foreign index is ignored: the scan finds the
         // same rows, more slowly.
         let index = IndexReader::open(&work.path).ok().flatten().filter(|i| i.describes(&name, stamp.0, rows));
-        let cached = Arc::new(CachedFile { stamp, metadata, token_key, index, blooms: Mutex::new(HashMap::new()) });
+        let cached =
+            Arc::new(CachedFile { stamp, bytes, metadata, token_key, index, blooms: Mutex::new(HashMap::new()) });
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.entry(dir).or_default().insert(work.path.clone(), Arc::clone(&cached));
         Ok(cached)
@@ -496,8 +501,10 @@ impl Engine<'_> {
         let starts = group_starts(&metadata);
         let all_indexed = query.targets.iter().all(|(kind, _)| index::is_indexed(*kind));
         let prefixes: Vec<i32> = file_tokens.iter().map(|t| index::prefix(*t)).collect();
-        // An index that cannot be read (deleted or damaged since it was
-        // cached) is derived data: the scan below finds the same rows.
+        // The cached index is a mapping of the file as it was opened, which
+        // describes this very data file (checked at opening), so it stays
+        // right even if the index file is deleted since. One that cannot
+        // be decoded is derived data: the scan below finds the same rows.
         let indexed = match (&cached.index, all_indexed) {
             (Some(index), true) => index.rows_for(&prefixes).ok(),
             _ => None,
@@ -513,7 +520,7 @@ impl Engine<'_> {
             }
             None => {
                 stats.files_scanned += 1;
-                self.scan(work, &cached, &wanted, &in_window, time_index, query, stats)?
+                self.scan(&cached, &wanted, &in_window, time_index, query, stats)?
             }
         };
         let groups: BTreeSet<usize> = candidates.iter().filter_map(|r| group_of(&starts, *r)).collect();
@@ -539,8 +546,7 @@ impl Engine<'_> {
         columns.extend(needed.iter().filter_map(|f| index_of(f.sealed_column())));
         let groups: Vec<usize> = groups.into_iter().collect();
         let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
-        let file = File::open(&work.path).map_err(|e| ParquetError::External(Box::new(e)))?;
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(file, cached.metadata.clone())
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.bytes.clone(), cached.metadata.clone())
             .with_row_groups(groups)
             .with_row_selection(selection)
             .with_projection(ProjectionMask::leaves(parquet_schema, columns))
@@ -561,7 +567,6 @@ impl Engine<'_> {
     #[allow(clippy::too_many_arguments)]
     fn scan(
         &self,
-        work: &Work,
         cached: &CachedFile,
         wanted: &[(IdentifierField, i64, &str)],
         in_window: &[bool],
@@ -572,8 +577,7 @@ impl Engine<'_> {
         let metadata = cached.metadata.metadata();
         let parquet_schema = metadata.file_metadata().schema_descr();
         let index_of = |name: &str| parquet_schema.columns().iter().position(|c| c.name() == name);
-        let file = File::open(&work.path).map_err(|e| ParquetError::External(Box::new(e)))?;
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(file, cached.metadata.clone());
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.bytes.clone(), cached.metadata.clone());
         let mut groups = Vec::new();
         for (rg, overlaps) in in_window.iter().enumerate() {
             if !overlaps {
@@ -614,14 +618,12 @@ impl Engine<'_> {
         let starts = group_starts(metadata);
         let mut rows = Vec::new();
         for rg in groups {
-            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
-                File::open(&work.path).map_err(|e| ParquetError::External(Box::new(e)))?,
-                cached.metadata.clone(),
-            )
-            .with_row_groups(vec![rg])
-            .with_projection(ProjectionMask::leaves(parquet_schema, clear.clone()))
-            .with_batch_size(16_384)
-            .build()?;
+            let reader =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(cached.bytes.clone(), cached.metadata.clone())
+                    .with_row_groups(vec![rg])
+                    .with_projection(ProjectionMask::leaves(parquet_schema, clear.clone()))
+                    .with_batch_size(16_384)
+                    .build()?;
             let mut offset = starts[rg];
             for batch in reader {
                 let batch = batch?;

@@ -83,6 +83,29 @@ pub fn list_files(data_dir: &Path, date: PartitionDate) -> Result<Vec<PathBuf>, 
     Ok(files)
 }
 
+/// A published file's bytes, mapped into memory for the lookup engine,
+/// which keeps the mapping with the file's cached footer: each page a lookup
+/// reads is then a slice of the mapping (the parquet crate's readers take
+/// `Bytes`), without a system call or a copy per page. Only for files that
+/// are never written again: the lookup engine maps data and index files,
+/// which are published whole by rename and afterwards only ever deleted
+/// (a replaced file is a new inode; the mapping keeps the old one).
+pub fn map(path: &Path) -> io::Result<bytes::Bytes> {
+    let file = File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(bytes::Bytes::new());
+    }
+    // SAFETY: the mapping is read-only and the files mapped are immutable
+    // once published (see above): cdrvault never writes, truncates or
+    // resizes a published file in place, it only renames new files over
+    // old names and unlinks, neither of which changes the mapped inode.
+    // Were another process to truncate a published file, reading its lost
+    // pages would raise SIGBUS and stop this process: it would not return
+    // other bytes.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    Ok(bytes::Bytes::from_owner(map))
+}
+
 /// The AAD prefix of a file: its path relative to the `cdr/` directory.
 pub fn aad_prefix(path: &Path) -> String {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

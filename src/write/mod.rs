@@ -258,7 +258,7 @@ impl ParquetWriter {
         let result = all.and_then(|all| {
             let bytes = self.encode(&tmp, &relative, date, &all, day_key, token_key_id)?;
             let described = index::IndexedFile { name, bytes, rows: all.num_rows() as u64, token_key_id };
-            index::write(&index::sidecar_path(&target), &all, &described, self.config.zstd_level)?;
+            index::write(&index::sidecar_path(&target), &all, &described)?;
             Ok(all.num_rows())
         });
         let rows = match result {
@@ -412,7 +412,7 @@ fn lookup_columns() -> impl Iterator<Item = &'static str> {
 /// True for fields whose values recur across many subscribers (cells,
 /// server addresses), so that a file holds few distinct ones.
 fn has_small_domain(field: IdentifierField) -> bool {
-    matches!(field, IdentifierField::CellIdStart | IdentifierField::CellIdEnd | IdentifierField::DstIp)
+    matches!(field, IdentifierField::DstIp)
 }
 
 /// The day's rows as one batch sorted by calling number token (rows
