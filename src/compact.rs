@@ -20,20 +20,46 @@
 //! between steps 2 and 3, for milliseconds, or until recovery after a crash.
 //!
 //! Only closed days are compacted, and never one near its retention
-//! horizon, so compaction does not race the retention sweep.
+//! horizon, so compaction does not race the retention sweep. Ingest may
+//! still write a late record's file into a closed day while it is being
+//! compacted: that file is not in the manifest, stays, and is merged at the
+//! next run. `serve` runs a [`Compactor`] every `compaction.interval`
+//! (default hourly); `cdrvault compact` runs it once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
 
+use crate::clock::Clock;
 use crate::durable::{self, DurableError, FileMode};
 use crate::index;
 use crate::keys::{KeyError, KeyStore};
-use crate::models::{KeyId, PartitionDate};
+use crate::metrics::Metrics;
+use crate::models::{KeyId, PartitionDate, TimestampMicros};
 use crate::read::{self, ReadError};
 use crate::write::{ParquetWriter, WriteError, day_dir, schema};
+
+/// The `[compaction]` config section.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompactionConfig {
+    /// Whether `serve` compacts closed days itself.
+    pub enabled: bool,
+    /// How often `serve` looks for days to compact.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig { enabled: true, interval: Duration::from_secs(3600) }
+    }
+}
 
 /// The suffix of a compaction manifest.
 pub const MANIFEST_SUFFIX: &str = ".replaces";
@@ -48,6 +74,17 @@ pub enum CompactError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Durable(#[from] DurableError),
+}
+
+impl CompactError {
+    /// True when the process must stop: an fsync failed, so the state of
+    /// the disk is unknown.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            CompactError::Durable(e) | CompactError::Write(WriteError::Durable(e)) => e.is_fatal(),
+            _ => false,
+        }
+    }
 }
 
 /// What compacting one day did.
@@ -167,4 +204,115 @@ pub fn compactable_days(
         .into_iter()
         .filter(|d| d.days_since_epoch() >= first && d.days_since_epoch() < today.days_since_epoch())
         .collect())
+}
+
+/// Compacts the closed days that need it: what `serve` runs periodically
+/// and `cdrvault compact` once.
+pub struct Compactor {
+    writer: ParquetWriter,
+    keys: Arc<KeyStore>,
+    clock: Arc<dyn Clock>,
+    retention_days: u32,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Compactor {
+    pub fn new(writer: ParquetWriter, keys: Arc<KeyStore>, clock: Arc<dyn Clock>, retention_days: u32) -> Self {
+        Compactor { writer, keys, clock, retention_days, metrics: None }
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// One run over `day`, or over every compactable day. The reports of the
+    /// days that had files; a day that needs nothing costs a listing.
+    pub fn run(&self, day: Option<PartitionDate>) -> Result<Vec<CompactReport>, CompactError> {
+        let started = Instant::now();
+        let now = self.clock.now();
+        let today = TimestampMicros::from_datetime(now).partition_date();
+        let days = match day {
+            Some(day) => vec![day],
+            None => compactable_days(self.writer.data_dir(), today, self.retention_days)?,
+        };
+        let mut reports = Vec::new();
+        let mut failed = None;
+        for day in days {
+            match compact_day(&self.writer, &self.keys, day, now.timestamp_millis()) {
+                Ok(report) => {
+                    if let Some(metrics) = &self.metrics
+                        && report.files_after < report.files_before
+                    {
+                        metrics.compaction_days.inc();
+                        metrics.compaction_files_replaced.inc_by(report.files_before as u64);
+                    }
+                    reports.push(report);
+                }
+                Err(e) if e.is_fatal() => return Err(e),
+                // One day that cannot be compacted (a damaged file) does not
+                // hold back the others; its files stay readable as they are.
+                Err(e) => {
+                    tracing::warn!(%day, reason = %e, "compaction of a day failed");
+                    if let Some(metrics) = &self.metrics {
+                        metrics.compaction_failures.inc();
+                    }
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.compaction_run_duration.observe(started.elapsed().as_secs_f64());
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.compaction_last_success.set(self.clock.now().timestamp_millis() as f64 / 1e3);
+                }
+                Ok(reports)
+            }
+        }
+    }
+}
+
+/// The service's schedule: a run at start and then every `interval`, each
+/// on a blocking thread, until `stop` is set. A failed run is logged and
+/// retried at the next tick, except a failed fsync, which stops the service.
+pub async fn run_periodically(compactor: Arc<Compactor>, interval: Duration, stop: Arc<AtomicBool>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(async {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = &mut shutdown => return,
+        }
+        let task = Arc::clone(&compactor);
+        match tokio::task::spawn_blocking(move || task.run(None)).await {
+            Ok(Ok(reports)) => {
+                let compacted: Vec<&CompactReport> =
+                    reports.iter().filter(|r| r.files_after < r.files_before).collect();
+                if !compacted.is_empty() {
+                    tracing::info!(
+                        days = compacted.len(),
+                        files_before = compacted.iter().map(|r| r.files_before).sum::<usize>(),
+                        files_after = compacted.iter().map(|r| r.files_after).sum::<usize>(),
+                        "compaction done"
+                    );
+                }
+            }
+            Ok(Err(e)) if e.is_fatal() => {
+                tracing::error!(reason = %e, "compaction hit a failed fsync; stopping");
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+            Ok(Err(e)) => tracing::error!(reason = %e, "compaction failed; retrying at the next interval"),
+            Err(e) => tracing::error!(reason = %e, "compaction panicked"),
+        }
+    }
 }

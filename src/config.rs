@@ -30,6 +30,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub parquet: ParquetConfig,
     pub retention: crate::retention::RetentionConfig,
+    pub compaction: crate::compact::CompactionConfig,
     pub state: StateConfig,
     pub http: HttpConfig,
     pub access: AccessConfig,
@@ -370,6 +371,13 @@ impl Config {
         }
         if self.retention.days == 0 {
             return err("retention.days", "is 0".into(), "set the legal window in days (default 365)");
+        }
+        if self.compaction.enabled && self.compaction.interval.is_zero() {
+            return err(
+                "compaction.interval",
+                "is 0".into(),
+                "use a duration such as 1h (default), or enabled = false",
+            );
         }
         if self.retention.interval.is_zero() {
             return err("retention.interval", "is 0".into(), "sweep at least hourly (default 1h)");

@@ -693,6 +693,10 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let sweeper = Arc::new(open_sweeper(&config, Some(Arc::clone(&metrics)))?);
     let sweeps =
         runtime.spawn(cdrvault::retention::run_periodically(sweeper, config.retention.interval, Arc::clone(&stop)));
+    let compactions = config.compaction.enabled.then(|| {
+        let compactor = Arc::new(compactor(&config, Arc::clone(&keys)).with_metrics(Arc::clone(&metrics)));
+        runtime.spawn(cdrvault::compact::run_periodically(compactor, config.compaction.interval, Arc::clone(&stop)))
+    });
 
     let ingest = Ingest {
         source: KafkaSource::connect(&config.kafka, &config.ingest, Arc::clone(&metrics))?,
@@ -707,6 +711,9 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     stop.store(true, Ordering::Relaxed);
     let _ = runtime.block_on(http);
     let _ = runtime.block_on(sweeps);
+    if let Some(compactions) = compactions {
+        let _ = runtime.block_on(compactions);
+    }
     if let Some(access) = access {
         let _ = runtime.block_on(access);
     }
@@ -714,19 +721,17 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn compactor(config: &Config, keys: Arc<KeyStore>) -> cdrvault::compact::Compactor {
+    let writer = cdrvault::write::ParquetWriter::new(&config.storage.data_dir, config.parquet.clone());
+    cdrvault::compact::Compactor::new(writer, keys, Arc::new(SystemClock), config.retention.days)
+}
+
 fn compact(config: &Config, day: Option<PartitionDate>) -> anyhow::Result<ExitCode> {
     config.validate()?;
-    let keys = KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?;
-    let writer = cdrvault::write::ParquetWriter::new(&config.storage.data_dir, config.parquet.clone());
-    let now = chrono::Utc::now();
-    let today = cdrvault::models::TimestampMicros::from_datetime(now).partition_date();
-    let days = match day {
-        Some(day) => vec![day],
-        None => cdrvault::compact::compactable_days(&config.storage.data_dir, today, config.retention.days)?,
-    };
-    for day in days {
-        let report = cdrvault::compact::compact_day(&writer, &keys, day, now.timestamp_millis())?;
+    let keys = Arc::new(KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?);
+    for report in compactor(config, keys).run(day)? {
         if report.files_after < report.files_before {
+            let day = report.day.map(|d| d.to_string()).unwrap_or_default();
             println!(
                 "{day}: {} files -> {}, {} rows, {:.1} MiB -> {:.1} MiB",
                 report.files_before,

@@ -56,6 +56,11 @@ pub struct Metrics {
     pub retention_days_overdue: Gauge,
     pub retention_sweep_duration: Histogram,
     pub retention_last_success: Gauge<f64, AtomicU64>,
+    pub compaction_days: Counter,
+    pub compaction_files_replaced: Counter,
+    pub compaction_failures: Counter,
+    pub compaction_run_duration: Histogram,
+    pub compaction_last_success: Gauge<f64, AtomicU64>,
     pub access_calls: Family<CallLabels, Counter>,
     pub access_refusals: Family<ReasonLabel, Counter>,
     pub access_lookup_duration: Histogram,
@@ -84,6 +89,14 @@ impl Metrics {
         let retention_sweep_duration =
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 14));
         let retention_last_success = Gauge::<f64, AtomicU64>::default();
+        let compaction_days = Counter::default();
+        let compaction_files_replaced = Counter::default();
+        let compaction_failures = Counter::default();
+        // 10 ms to about 3 h: a run over a year of days that need nothing
+        // is a listing; a day of tens of millions of records takes minutes.
+        let compaction_run_duration =
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 21));
+        let compaction_last_success = Gauge::<f64, AtomicU64>::default();
         let access_calls = Family::<CallLabels, Counter>::default();
         let access_refusals = Family::<ReasonLabel, Counter>::default();
         // 1 ms to about 16 s: a lookup over a year should stay under 0.3 s.
@@ -153,6 +166,30 @@ impl Metrics {
             retention_last_success.clone(),
         );
 
+        registry.register("compaction_days", "Days compacted into one file per token key", compaction_days.clone());
+        registry.register(
+            "compaction_files_replaced",
+            "Files merged away by compaction",
+            compaction_files_replaced.clone(),
+        );
+        registry.register(
+            "compaction_failures",
+            "Days whose compaction failed (their files stay as they were; retried at the next run)",
+            compaction_failures.clone(),
+        );
+        registry.register_with_unit(
+            "compaction_run_duration",
+            "Time of one compaction run over the closed days",
+            prometheus_client::registry::Unit::Seconds,
+            compaction_run_duration.clone(),
+        );
+        registry.register_with_unit(
+            "compaction_last_success_timestamp",
+            "Unix time of the last compaction run without a failure",
+            prometheus_client::registry::Unit::Seconds,
+            compaction_last_success.clone(),
+        );
+
         registry.register(
             "access_calls",
             "Lawful-access API calls, by method and outcome (ok or the gRPC status code)",
@@ -200,6 +237,11 @@ impl Metrics {
             retention_days_overdue,
             retention_sweep_duration,
             retention_last_success,
+            compaction_days,
+            compaction_files_replaced,
+            compaction_failures,
+            compaction_run_duration,
+            compaction_last_success,
             access_calls,
             access_refusals,
             access_lookup_duration,

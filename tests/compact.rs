@@ -148,3 +148,85 @@ fn an_interrupted_switch_shows_either_the_sources_or_the_new_file() {
     assert!(!cdrvault::index::sidecar_path(&files[0]).exists(), "sources go with their index");
     assert_eq!(read::list_files(&data, day).unwrap(), vec![files[2].clone()]);
 }
+
+/// The files of each day, by day.
+fn files_per_day(data: &std::path::Path) -> std::collections::BTreeMap<cdrvault::models::PartitionDate, usize> {
+    read::list_days(data).unwrap().into_iter().map(|d| (d, read::list_files(data, d).unwrap().len())).collect()
+}
+
+#[test]
+fn the_compactor_merges_closed_days_only_and_reports_them_as_metrics() {
+    let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    KeyStore::init(&root.path().join("keys"), None).unwrap();
+    let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
+    let clock = Arc::new(ManualClock::new(now));
+    let processor = Processor::new(
+        ParquetWriter::new(&data, ParquetConfig::default()),
+        Arc::clone(&keys),
+        clock.clone() as Arc<dyn Clock>,
+        ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 1, retention_days: Some(365) },
+    );
+    // Three batches over today and the two days before, and three of a day
+    // 360 days back: inside the retention window, but too near its horizon
+    // to be compacted.
+    let recent = SynthConfig { seed: 5, subscribers: 80, days: 2, until: now, invalid_ratio: 0.0 };
+    let old = SynthConfig { until: now - chrono::Duration::days(360), days: 0, ..recent.clone() };
+    let mut ids = Vec::new();
+    for config in [recent, old] {
+        let mut generator = Generator::new(config);
+        for _ in 0..3 {
+            let batch: Vec<_> = (0..300).map(|_| generator.next_record()).collect();
+            ids.extend(batch.iter().map(|r| r.record_id.clone()));
+            processor
+                .process(
+                    &batch.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect::<Vec<_>>(),
+                )
+                .unwrap();
+        }
+    }
+    ids.sort();
+    let today = TimestampMicros::from_datetime(now).partition_date();
+    let near_horizon = |d: &cdrvault::models::PartitionDate| d.days_since_epoch() < today.days_since_epoch() - 300;
+    let before = files_per_day(&data);
+    assert!(before.values().all(|n| *n == 3), "three files a day: {before:?}");
+    let closed: Vec<_> = before.keys().filter(|d| **d != today && !near_horizon(d)).copied().collect();
+    assert!(closed.len() >= 2 && before.keys().any(near_horizon), "{before:?}");
+
+    let metrics = cdrvault::metrics::Metrics::new();
+    let compactor = compact::Compactor::new(
+        ParquetWriter::new(&data, ParquetConfig::default()),
+        Arc::clone(&keys),
+        clock.clone(),
+        365,
+    )
+    .with_metrics(Arc::clone(&metrics));
+    let reports = compactor.run(None).unwrap();
+    assert_eq!(reports.len(), closed.len(), "only the closed days away from the horizon: {reports:?}");
+    let after = files_per_day(&data);
+    for (day, files) in &after {
+        let expected = if closed.contains(day) { 1 } else { 3 };
+        assert_eq!(*files, expected, "{day}: {after:?}");
+    }
+    assert_eq!(record_ids(&data, &keys), ids, "every record once, sealed columns readable");
+    let text = metrics.encode();
+    let value = |name: &str| -> f64 {
+        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
+    };
+    assert_eq!(value("cdrvault_compaction_days_total"), closed.len() as f64);
+    assert_eq!(value("cdrvault_compaction_files_replaced_total"), 3.0 * closed.len() as f64);
+    assert_eq!(value("cdrvault_compaction_failures_total"), 0.0);
+    assert_eq!(value("cdrvault_compaction_last_success_timestamp_seconds"), now.timestamp() as f64);
+
+    // A day later, yesterday is closed too; what is compacted stays as it is.
+    clock.advance(chrono::Duration::days(1));
+    let reports = compactor.run(None).unwrap();
+    assert!(reports.iter().all(|r| r.day == Some(today) || r.files_after == r.files_before), "{reports:?}");
+    assert_eq!(files_per_day(&data)[&today], 1, "today became a closed day");
+    assert!(files_per_day(&data).iter().all(|(d, n)| !near_horizon(d) || *n == 3), "still too near the horizon");
+    assert_eq!(
+        metrics.encode().lines().find(|l| l.starts_with("cdrvault_compaction_days_total")).unwrap(),
+        format!("cdrvault_compaction_days_total {}", closed.len() + 1)
+    );
+}
