@@ -17,7 +17,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use tonic::Request;
 use tonic::transport::Channel;
 
-use crate::deliver::sha256_hex;
+use crate::deliver::{ResultFormat, sha256_hex};
 use crate::proto;
 use crate::proto::lawful_access_client::LawfulAccessClient;
 use crate::proto::result_chunk::Part;
@@ -512,11 +512,11 @@ pub async fn request(command: RequestCommand) -> anyhow::Result<()> {
     match command {
         RequestCommand::Submit { warrant, number, targets, from, to, categories, format, server } => {
             let mut client = Client::from_args(&server).await?;
-            let format = match format {
-                FormatArg::Json => proto::ResultFormat::Json,
-                FormatArg::Csv => proto::ResultFormat::Csv,
-                FormatArg::EtsiXml => proto::ResultFormat::EtsiXml,
-            };
+            let format = proto::ResultFormat::from(match format {
+                FormatArg::Json => ResultFormat::Json,
+                FormatArg::Csv => ResultFormat::Csv,
+                FormatArg::EtsiXml => ResultFormat::EtsiXml,
+            });
             let request = proto::SubmitRequestRequest {
                 warrant,
                 request_number: number,

@@ -414,14 +414,18 @@ fn format_of(value: i32) -> ResultFormat {
     }
 }
 
+impl From<ResultFormat> for proto::ResultFormat {
+    fn from(format: ResultFormat) -> Self {
+        match format {
+            ResultFormat::Json => proto::ResultFormat::Json,
+            ResultFormat::Csv => proto::ResultFormat::Csv,
+            ResultFormat::EtsiXml => proto::ResultFormat::EtsiXml,
+        }
+    }
+}
+
 fn proto_format(format: Option<&str>) -> i32 {
-    let format = match format.and_then(ResultFormat::parse) {
-        Some(ResultFormat::Json) => proto::ResultFormat::Json,
-        Some(ResultFormat::Csv) => proto::ResultFormat::Csv,
-        Some(ResultFormat::EtsiXml) => proto::ResultFormat::EtsiXml,
-        None => proto::ResultFormat::Unspecified,
-    };
-    format as i32
+    format.and_then(ResultFormat::parse).map_or(proto::ResultFormat::Unspecified, proto::ResultFormat::from) as i32
 }
 
 fn principal_info(principal: &Principal) -> proto::PrincipalInfo {
