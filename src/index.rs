@@ -243,8 +243,8 @@ fn file_meta(metadata: &parquet::file::metadata::ParquetMetaData, key: &str) -> 
 /// lookup engine's cache. Holds tokens only.
 #[derive(Debug, Clone)]
 pub struct IndexReader {
-    /// The index file, mapped (`read::map`).
-    bytes: bytes::Bytes,
+    /// The index file, mapped where the system allows.
+    file: crate::read::PublishedFile,
     metadata: ArrowReaderMetadata,
     pub data_file: String,
     pub data_bytes: u64,
@@ -255,13 +255,13 @@ impl IndexReader {
     /// Opens the index of `data_file`; `None` if there is none.
     pub fn open(data_file: &Path) -> Result<Option<IndexReader>, ParquetError> {
         let path = sidecar_path(data_file);
-        let bytes = match crate::read::map(&path) {
-            Ok(bytes) => bytes,
+        let file = match crate::read::PublishedFile::open(&path) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(ParquetError::External(Box::new(e))),
         };
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
-        let metadata = ArrowReaderMetadata::load(&bytes, options)?;
+        let metadata = ArrowReaderMetadata::load(&file, options)?;
         let field = |key: &str| file_meta(metadata.metadata(), key);
         if field(meta::VERSION).as_deref() != Some(INDEX_VERSION)
             || field(meta::GRANULE_ROWS).as_deref() != Some(&GRANULE_ROWS.to_string())
@@ -273,7 +273,7 @@ impl IndexReader {
             data_file: field(meta::DATA_FILE).unwrap_or_default(),
             data_bytes: number(meta::DATA_BYTES),
             data_rows: number(meta::DATA_ROWS),
-            bytes,
+            file,
             metadata,
         }))
     }
@@ -320,7 +320,7 @@ impl IndexReader {
         if ranges.is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(self.bytes.clone(), self.metadata.clone())
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(self.file.clone(), self.metadata.clone())
             .with_row_selection(RowSelection::from_consecutive_ranges(ranges.into_iter(), offset))
             .with_batch_size(PAGE_ROWS * 2)
             .build()?;

@@ -20,8 +20,9 @@
 //! a token-key rotation inside the window loses nothing.
 //!
 //! What is cached ([`LookupEngine`]): per file, a read-only memory mapping
-//! of it and of its index (pages are slices of the mappings, read without
-//! a system call), the parsed footer with its page index, the parsed index
+//! of it and of its index where the system allows (pages are slices of the
+//! mappings, read without a system call; [`read::PublishedFile`]), the
+//! parsed footer with its page index, the parsed index
 //! footer and the bloom filters read so far.
 //! These are immutable once a file is published and hold no identifier.
 //! The parsed footer of a sealed file carries the parquet crate's copy of
@@ -45,7 +46,6 @@ use std::time::SystemTime;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, BooleanArray, RecordBatch};
-use bytes::Bytes;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
@@ -60,7 +60,7 @@ use crate::keys::{DayKey, KeyError, KeyStore, SecretKey};
 use crate::models::{Category, IdentifierField, IdentifierKind, KeyId, PartitionDate, TimestampMicros};
 use crate::preserve;
 use crate::pseudonymise::Tokeniser;
-use crate::read::{self, ReadError};
+use crate::read::{self, PublishedFile, ReadError};
 use crate::write::{day_dir, schema};
 
 /// What to look for.
@@ -194,8 +194,8 @@ type BloomFilter = Option<Arc<Sbbf>>;
 /// What the cache keeps of one published file. Immutable after loading.
 struct CachedFile {
     stamp: (u64, SystemTime),
-    /// The file, mapped (`read::map`): pages are read as slices of it.
-    bytes: Bytes,
+    /// The file, mapped where the system allows (`read::PublishedFile`).
+    file: PublishedFile,
     metadata: ArrowReaderMetadata,
     token_key: Option<KeyId>,
     index: Option<IndexReader>,
@@ -439,9 +439,9 @@ impl Engine<'_> {
             }
         }
         stats.cache_misses += 1;
-        let bytes = read::map(&work.path).map_err(io)?;
+        let file = PublishedFile::open(&work.path).map_err(io)?;
         let options = decryption(&work.path, &work.key)?.with_page_index_policy(PageIndexPolicy::Optional);
-        let metadata = ArrowReaderMetadata::load(&bytes, options)?;
+        let metadata = ArrowReaderMetadata::load(&file, options)?;
         let token_key = metadata
             .metadata()
             .file_metadata()
@@ -455,7 +455,7 @@ impl Engine<'_> {
         // same rows, more slowly.
         let index = IndexReader::open(&work.path).ok().flatten().filter(|i| i.describes(&name, stamp.0, rows));
         let cached =
-            Arc::new(CachedFile { stamp, bytes, metadata, token_key, index, blooms: Mutex::new(HashMap::new()) });
+            Arc::new(CachedFile { stamp, file, metadata, token_key, index, blooms: Mutex::new(HashMap::new()) });
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.entry(dir).or_default().insert(work.path.clone(), Arc::clone(&cached));
         Ok(cached)
@@ -546,7 +546,7 @@ impl Engine<'_> {
         columns.extend(needed.iter().filter_map(|f| index_of(f.sealed_column())));
         let groups: Vec<usize> = groups.into_iter().collect();
         let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.bytes.clone(), cached.metadata.clone())
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone())
             .with_row_groups(groups)
             .with_row_selection(selection)
             .with_projection(ProjectionMask::leaves(parquet_schema, columns))
@@ -577,7 +577,7 @@ impl Engine<'_> {
         let metadata = cached.metadata.metadata();
         let parquet_schema = metadata.file_metadata().schema_descr();
         let index_of = |name: &str| parquet_schema.columns().iter().position(|c| c.name() == name);
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.bytes.clone(), cached.metadata.clone());
+        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone());
         let mut groups = Vec::new();
         for (rg, overlaps) in in_window.iter().enumerate() {
             if !overlaps {
@@ -619,7 +619,7 @@ impl Engine<'_> {
         let mut rows = Vec::new();
         for rg in groups {
             let reader =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(cached.bytes.clone(), cached.metadata.clone())
+                ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone())
                     .with_row_groups(vec![rg])
                     .with_projection(ProjectionMask::leaves(parquet_schema, clear.clone()))
                     .with_batch_size(16_384)
