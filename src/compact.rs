@@ -26,23 +26,25 @@
 //! next run. `serve` runs a [`Compactor`] every `compaction.interval`
 //! (default hourly); `cdrvault compact` runs it once.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use arrow_array::RecordBatch;
 use arrow_array::cast::AsArray;
+use arrow_array::{Array, RecordBatch, RecordBatchReader};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
 
 use crate::clock::Clock;
 use crate::durable::{self, DurableError, FileMode};
 use crate::index;
-use crate::keys::{KeyError, KeyStore};
+use crate::keys::{DayKey, KeyError, KeyStore};
 use crate::metrics::Metrics;
-use crate::models::{KeyId, PartitionDate, TimestampMicros};
+use crate::models::{IdentifierField, KeyId, PartitionDate, TimestampMicros};
 use crate::read::{self, ReadError};
-use crate::write::{ParquetWriter, WriteError, day_dir, schema};
+use crate::write::{ParquetWriter, SortedFile, WriteError, WrittenFile, day_dir};
 
 /// The `[compaction]` config section.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -154,32 +156,33 @@ pub fn compact_day(
     if keys.is_destroyed(day) || files.len() < 2 {
         return Ok(report);
     }
-    let columns: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
-    // Files by token key: one output file per key, so each file keeps one
-    // token key id in its footer, as lookups expect.
-    let mut groups: BTreeMap<String, Vec<(PathBuf, Vec<RecordBatch>)>> = BTreeMap::new();
+    // Files by token key, from their plaintext footers: one output file per
+    // key, so each file keeps one token key id in its footer, as lookups
+    // expect.
+    let mut groups: BTreeMap<KeyId, Vec<(PathBuf, u64)>> = BTreeMap::new();
     for file in files {
-        let batches = read::read_file(&file, Some(&day_key), &columns)?;
-        let key_id = batches
-            .iter()
-            .find(|b| b.num_rows() > 0)
-            .and_then(|b| b.column_by_name(schema::TOKEN_KEY_ID))
-            .map(|c| c.as_string::<i32>().value(0).to_string())
-            .unwrap_or_default();
-        groups.entry(key_id).or_default().push((file, batches));
+        let (rows, token_key) = read::footer_facts(&file)?;
+        let Some(token_key) = token_key else { continue };
+        groups.entry(token_key).or_default().push((file, rows));
     }
-    for (key_id, sources) in groups {
-        let Some(token_key_id) = KeyId::new(key_id) else { continue };
+    for (token_key_id, sources) in groups {
         if sources.len() < 2 {
             continue;
         }
         let names: Vec<String> =
             sources.iter().filter_map(|(path, _)| path.file_name().map(|n| n.to_string_lossy().into_owned())).collect();
-        let batches: Vec<RecordBatch> = sources.iter().flat_map(|(_, b)| b.iter().cloned()).collect();
         let new_name = writer.next_name(now_millis);
         let manifest = manifest_path(&dir, &new_name);
         durable::write_atomically(&manifest, (names.join("\n") + "\n").as_bytes(), FileMode::Private)?;
-        let written = writer.write_day_named(day, &new_name, &batches, &day_key, &token_key_id)?;
+        let written = match merge(writer, day, &new_name, &day_key, &token_key_id, &sources) {
+            Ok(written) => written,
+            Err(e) => {
+                // Nothing was published: the sources are still the day.
+                // Best effort, as recovery drops such a manifest anyway.
+                let _ = durable::remove_file(&manifest);
+                return Err(e);
+            }
+        };
         for (path, _) in &sources {
             report.bytes_before += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             remove_data_file(path)?;
@@ -190,6 +193,113 @@ pub fn compact_day(
         report.bytes_after += written.bytes;
     }
     Ok(report)
+}
+
+/// Rows per batch read from each source and per merged batch written.
+const MERGE_BATCH_ROWS: usize = 8_192;
+
+/// One source of a merge: its reader and the batch being consumed.
+struct Source {
+    reader: ParquetRecordBatchReader,
+    batch: RecordBatch,
+    /// Where `batch` sits among the batches the next merged batch takes
+    /// rows from.
+    slot: usize,
+    row: usize,
+}
+
+impl Source {
+    /// The sort key of the current row, or `None` at the end. Loads the
+    /// next batch when the current one is consumed.
+    fn key(&mut self, slots: &mut Vec<RecordBatch>) -> Result<Option<(bool, i64)>, CompactError> {
+        while self.row == self.batch.num_rows() {
+            match self.reader.next() {
+                Some(batch) => {
+                    self.batch = batch.map_err(WriteError::Arrow)?;
+                    self.row = 0;
+                    self.slot = slots.len();
+                    slots.push(self.batch.clone());
+                }
+                None => return Ok(None),
+            }
+        }
+        let tokens = self
+            .batch
+            .column_by_name(IdentifierField::CallingNumber.token_column())
+            .and_then(|c| c.as_primitive_opt::<arrow_array::types::Int64Type>());
+        Ok(Some(match tokens {
+            Some(tokens) if tokens.is_valid(self.row) => (false, tokens.value(self.row)),
+            _ => (true, 0),
+        }))
+    }
+}
+
+/// Merges sorted files of one day and token key into one new sorted file,
+/// batch by batch: memory holds a batch per source, the new file's current
+/// row group (encoded) and its index entries, not the day. Every file the
+/// writer publishes is sorted; a source that is not makes the new file
+/// refuse its rows, and the day stays as it was.
+fn merge(
+    writer: &ParquetWriter,
+    day: PartitionDate,
+    name: &str,
+    day_key: &DayKey,
+    token_key_id: &KeyId,
+    sources: &[(PathBuf, u64)],
+) -> Result<WrittenFile, CompactError> {
+    let columns: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
+    let rows: u64 = sources.iter().map(|(_, rows)| rows).sum();
+    let mut out = writer.sorted_file(day, name, day_key, token_key_id, rows as usize)?;
+    let mut slots: Vec<RecordBatch> = Vec::new();
+    let mut open = Vec::with_capacity(sources.len());
+    for (path, _) in sources {
+        let reader = read::file_reader(path, Some(day_key), &columns, MERGE_BATCH_ROWS)?;
+        let empty = RecordBatch::new_empty(reader.schema());
+        open.push(Source { reader, batch: empty, slot: 0, row: 0 });
+    }
+    // The smallest key first; ties in source order.
+    let mut heap = BinaryHeap::new();
+    for (i, source) in open.iter_mut().enumerate() {
+        if let Some(key) = source.key(&mut slots)? {
+            heap.push(Reverse((key, i)));
+        }
+    }
+    let mut picks: Vec<(usize, usize)> = Vec::with_capacity(MERGE_BATCH_ROWS);
+    while let Some(Reverse((_, i))) = heap.pop() {
+        let source = &mut open[i];
+        picks.push((source.slot, source.row));
+        source.row += 1;
+        if let Some(key) = source.key(&mut slots)? {
+            heap.push(Reverse((key, i)));
+        }
+        if picks.len() == MERGE_BATCH_ROWS {
+            flush(&mut out, &mut slots, &mut picks, &mut open)?;
+        }
+    }
+    flush(&mut out, &mut slots, &mut picks, &mut open)?;
+    Ok(out.finish()?)
+}
+
+/// Writes the picked rows as one batch and keeps only the batches the
+/// sources are still consuming.
+fn flush(
+    out: &mut SortedFile<'_>,
+    slots: &mut Vec<RecordBatch>,
+    picks: &mut Vec<(usize, usize)>,
+    open: &mut [Source],
+) -> Result<(), CompactError> {
+    if !picks.is_empty() {
+        let batches: Vec<&RecordBatch> = slots.iter().collect();
+        let merged = arrow_select::interleave::interleave_record_batch(&batches, picks).map_err(WriteError::Arrow)?;
+        out.push(merged)?;
+        picks.clear();
+    }
+    slots.clear();
+    for source in open.iter_mut() {
+        source.slot = slots.len();
+        slots.push(source.batch.clone());
+    }
+    Ok(())
 }
 
 /// The days that may be compacted on `today`: closed (before today) and at

@@ -117,10 +117,10 @@ fn index_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new(TOKEN, DataType::Int32, false), Field::new(GRANULE, DataType::Int32, false)]))
 }
 
-/// The sorted, deduplicated (token prefix, granule) entries of the rows of
-/// `batch`, which must be the data file's rows in file order.
-pub fn entries(batch: &RecordBatch) -> Vec<(i32, u32)> {
-    let mut keys: Vec<u64> = Vec::new();
+/// Appends the entry keys of the rows of `batch`, whose first row is row
+/// `first_row` of the data file, to `keys` (unsorted, with duplicates; see
+/// [`sorted_entries`]). A file written group by group adds each group's.
+pub fn add_keys(batch: &RecordBatch, first_row: usize, keys: &mut Vec<u64>) {
     for field in indexed_fields() {
         let Some(column) = batch.column_by_name(field.token_column()) else { continue };
         let Some(tokens) = column.as_primitive_opt::<Int64Type>() else { continue };
@@ -130,13 +130,26 @@ pub fn entries(batch: &RecordBatch) -> Vec<(i32, u32)> {
                 // Flipping the sign bit makes the unsigned order of the key
                 // the signed order of the prefix.
                 let high = (prefix(tokens.value(row)) as u32) ^ 0x8000_0000;
-                keys.push((u64::from(high) << 32) | u64::from(row as u32 / GRANULE_ROWS));
+                let granule = (first_row + row) as u32 / GRANULE_ROWS;
+                keys.push((u64::from(high) << 32) | u64::from(granule));
             }
         }
     }
+}
+
+/// The (token prefix, granule) entries of the keys, sorted and deduplicated.
+pub fn sorted_entries(mut keys: Vec<u64>) -> Vec<(i32, u32)> {
     keys.sort_unstable();
     keys.dedup();
     keys.into_iter().map(|k| ((((k >> 32) as u32) ^ 0x8000_0000) as i32, k as u32)).collect()
+}
+
+/// The sorted, deduplicated (token prefix, granule) entries of the rows of
+/// `batch`, which must be the data file's rows in file order.
+pub fn entries(batch: &RecordBatch) -> Vec<(i32, u32)> {
+    let mut keys = Vec::new();
+    add_keys(batch, 0, &mut keys);
+    sorted_entries(keys)
 }
 
 /// What an index file describes.
@@ -152,7 +165,11 @@ pub struct IndexedFile<'a> {
 /// Writes the index of a data file durably (temporary, fsync, rename, fsync
 /// of the directory). Returns its size in bytes.
 pub fn write(path: &Path, batch: &RecordBatch, data: &IndexedFile<'_>) -> Result<u64, WriteError> {
-    let entries = entries(batch);
+    write_entries(path, &entries(batch), data)
+}
+
+/// [`write`] from entries already sorted and deduplicated.
+pub fn write_entries(path: &Path, entries: &[(i32, u32)], data: &IndexedFile<'_>) -> Result<u64, WriteError> {
     let tokens = Int32Array::from_iter_values(entries.iter().map(|(t, _)| *t));
     // Granules fit: a data file is one batch, far below 2^31 rows.
     let granules = Int32Array::from_iter_values(entries.iter().map(|(_, g)| *g as i32));
@@ -370,6 +387,20 @@ mod tests {
         // Rows 0-7 are granule 0, rows 8-15 granule 1.
         let many = batch(&[("calling_number_token", (0..20).map(|i| Some((i % 2) << 32)).collect())]);
         assert_eq!(entries(&many), vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn keys_added_part_by_part_with_their_first_row_give_the_entries_of_the_whole() {
+        let whole = batch(&[("called_number_token", (0..100).map(|i| Some((i % 7) << 32)).collect())]);
+        let mut keys = Vec::new();
+        add_keys(&whole.slice(0, 37), 0, &mut keys);
+        add_keys(&whole.slice(37, 63), 37, &mut keys);
+        assert_eq!(sorted_entries(keys), entries(&whole));
+        // Without the offset, the second part's rows would be misplaced.
+        let mut wrong = Vec::new();
+        add_keys(&whole.slice(0, 37), 0, &mut wrong);
+        add_keys(&whole.slice(37, 63), 0, &mut wrong);
+        assert_ne!(sorted_entries(wrong), entries(&whole));
     }
 
     #[test]

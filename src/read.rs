@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use arrow_array::RecordBatch;
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::encryption::decrypt::FileDecryptionProperties;
 use parquet::errors::ParquetError;
 
@@ -163,6 +163,20 @@ pub fn aad_prefix(path: &Path) -> String {
 /// the day key; clear columns need none.
 pub fn read_file(path: &Path, day_key: Option<&DayKey>, columns: &[&str]) -> Result<Vec<RecordBatch>, ReadError> {
     let parquet_err = |source| ReadError::Parquet { path: path.to_path_buf(), source };
+    let reader = file_reader(path, day_key, columns, 8_192)?;
+    reader.collect::<Result<Vec<_>, _>>().map_err(|e| parquet_err(ParquetError::ArrowError(e.to_string())))
+}
+
+/// The given columns of a file, `batch_size` rows at a time, for readers
+/// that must not hold a whole file (compaction). Sealed columns can only be
+/// read with the day key; clear columns need none.
+pub fn file_reader(
+    path: &Path,
+    day_key: Option<&DayKey>,
+    columns: &[&str],
+    batch_size: usize,
+) -> Result<ParquetRecordBatchReader, ReadError> {
+    let parquet_err = |source| ReadError::Parquet { path: path.to_path_buf(), source };
     let file = File::open(path).map_err(|source| ReadError::Open { path: path.to_path_buf(), source })?;
     let mut options = ArrowReaderOptions::new();
     if let Some(key) = day_key {
@@ -187,8 +201,24 @@ pub fn read_file(path: &Path, day_key: Option<&DayKey>, columns: &[&str]) -> Res
         .map(|(i, _)| i)
         .collect();
     let mask = ProjectionMask::leaves(parquet_schema, indices);
-    let reader = builder.with_projection(mask).build().map_err(parquet_err)?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(|e| parquet_err(ParquetError::ArrowError(e.to_string())))
+    builder.with_projection(mask).with_batch_size(batch_size.max(1)).build().map_err(parquet_err)
+}
+
+/// A file's row count and token key id, from its plaintext footer (no key
+/// needed).
+pub fn footer_facts(path: &Path) -> Result<(u64, Option<crate::models::KeyId>), ReadError> {
+    let parquet_err = |source| ReadError::Parquet { path: path.to_path_buf(), source };
+    let file = File::open(path).map_err(|source| ReadError::Open { path: path.to_path_buf(), source })?;
+    let metadata =
+        parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&file).map_err(parquet_err)?;
+    let rows = metadata.file_metadata().num_rows().max(0) as u64;
+    let token_key = metadata
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|e| e.key == schema::meta::TOKEN_KEY_ID))
+        .and_then(|e| e.value.clone())
+        .and_then(crate::models::KeyId::new);
+    Ok((rows, token_key))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use chrono::{TimeZone, Utc};
 
@@ -229,4 +230,80 @@ fn the_compactor_merges_closed_days_only_and_reports_them_as_metrics() {
         metrics.encode().lines().find(|l| l.starts_with("cdrvault_compaction_days_total")).unwrap(),
         format!("cdrvault_compaction_days_total {}", closed.len() + 1)
     );
+}
+
+#[test]
+fn large_days_are_merged_batch_by_batch_into_sorted_row_groups_with_a_working_index() {
+    // 23:59:59, so that a day's worth of records falls on one date.
+    let until = Utc.with_ymd_and_hms(2026, 11, 24, 23, 59, 59).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    KeyStore::init(&root.path().join("keys"), None).unwrap();
+    let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
+    let processor = Processor::new(
+        ParquetWriter::new(&data, ParquetConfig::default()),
+        Arc::clone(&keys),
+        Arc::new(ManualClock::new(until)) as Arc<dyn Clock>,
+        ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
+    );
+    let mut generator = Generator::new(SynthConfig { seed: 6, subscribers: 2_000, days: 0, until, invalid_ratio: 0.0 });
+    let mut records = Vec::new();
+    for _ in 0..3 {
+        // Each source file is larger than a merge batch (8,192 rows).
+        let batch: Vec<_> = (0..10_000).map(|_| generator.next_record()).collect();
+        processor
+            .process(
+                &batch.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect::<Vec<_>>(),
+            )
+            .unwrap();
+        records.extend(batch);
+    }
+    let day = TimestampMicros::from_datetime(until).partition_date();
+    let sources = read::list_files(&data, day).unwrap();
+    assert_eq!(sources.len(), 3);
+    let rows_before = record_ids(&data, &keys);
+
+    // Small row groups, so the new file has several, filled across merge batches.
+    let writer = ParquetWriter::new(&data, ParquetConfig { row_group_rows: 4_096, ..ParquetConfig::default() });
+    let report = compact::compact_day(&writer, &keys, day, 1_800_000_000_000).unwrap();
+    assert_eq!((report.files_before, report.files_after), (3, 1), "{report:?}");
+    assert_eq!(record_ids(&data, &keys), rows_before, "every row once, sealed columns readable");
+
+    let file = read::list_files(&data, day).unwrap().remove(0);
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(std::fs::File::open(&file).unwrap());
+    let groups = parquet::file::reader::FileReader::metadata(&reader.unwrap()).num_row_groups();
+    assert!(groups >= 7, "{groups} row groups of at most 4,096 rows");
+    let tokens: Vec<Option<i64>> = read::read_file(&file, None, &["calling_number_token"])
+        .unwrap()
+        .iter()
+        .flat_map(|b| {
+            let column = b.column(0).as_primitive::<arrow_array::types::Int64Type>();
+            (0..column.len()).map(|r| column.is_valid(r).then(|| column.value(r))).collect::<Vec<_>>()
+        })
+        .collect();
+    let key = |t: &Option<i64>| (t.is_none(), t.unwrap_or(0));
+    assert!(tokens.windows(2).all(|w| key(&w[0]) <= key(&w[1])), "rows sorted by calling token, nulls last");
+
+    // Lookups through the new file's index find exactly the ground truth.
+    let engine = LookupEngine::new(data.clone(), Arc::clone(&keys));
+    for subscriber in [0, 7, 500, 1_999] {
+        let target = generator.subscribers()[subscriber].msisdn.clone();
+        let query = Query {
+            targets: vec![(IdentifierKind::Msisdn, target.clone())],
+            from: TimestampMicros::from_datetime(until - chrono::Duration::days(1)),
+            to: TimestampMicros::from_datetime(until),
+            categories: [Category::Traffic].into(),
+        };
+        let (found, stats) = engine.find(&query).unwrap();
+        assert_eq!(stats.files_indexed, stats.files, "{stats:?}");
+        let truth: BTreeSet<String> = records
+            .iter()
+            .filter(|r| {
+                r.involves_number(&target)
+                    && TimestampMicros::from_datetime(r.start_time.unwrap()).partition_date() == day
+            })
+            .map(|r| r.record_id.clone())
+            .collect();
+        assert_eq!(found.iter().map(|r| r.record_id.clone()).collect::<BTreeSet<_>>(), truth);
+    }
 }

@@ -40,12 +40,13 @@ use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, compute_leaves};
+use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::encryption::encrypt::FileEncryptionProperties;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::ColumnPath;
 use serde::Deserialize;
 
@@ -246,69 +247,53 @@ impl ParquetWriter {
         day_key: &DayKey,
         token_key_id: &KeyId,
     ) -> Result<WrittenFile, WriteError> {
+        let all = sort_by_calling_party(&self.schema, batches)?;
+        let mut file = self.sorted_file(date, name, day_key, token_key_id, all.num_rows())?;
+        file.push(all)?;
+        file.finish()
+    }
+
+    /// A new file `name` of `date` that takes rows already in file order
+    /// (sorted by calling number token, see [`SortedFile`]); `rows` is the
+    /// number it will hold, which sizes the bloom filters.
+    pub fn sorted_file(
+        &self,
+        date: PartitionDate,
+        name: &str,
+        day_key: &DayKey,
+        token_key_id: &KeyId,
+        rows: usize,
+    ) -> Result<SortedFile<'_>, WriteError> {
         let dir = day_dir(&self.data_dir, date);
         durable::create_dir_all(&dir)?;
         let target = dir.join(name);
         let tmp = durable::temporary_path(&target);
         let relative = format!("{}/{name}", date.dir_name());
-
-        let all = sort_by_calling_party(&self.schema, batches);
-        // The token index is published before the data file, so a visible
-        // data file always has its index.
-        let result = all.and_then(|all| {
-            let bytes = self.encode(&tmp, &relative, date, &all, day_key, token_key_id)?;
-            let described = index::IndexedFile { name, bytes, rows: all.num_rows() as u64, token_key_id };
-            index::write(&index::sidecar_path(&target), &all, &described)?;
-            Ok(all.num_rows())
-        });
-        let rows = match result {
-            Ok(rows) => rows,
-            Err(e) => {
-                // Best effort: the temporary is hidden and never read, and
-                // `remove_leftovers` clears it at a later start; the
-                // original error is what matters here.
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e);
-            }
-        };
-        durable::publish(&tmp, &target)?;
-        let bytes = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
-        Ok(WrittenFile { date, path: target, rows, bytes })
-    }
-
-    fn encode(
-        &self,
-        tmp: &Path,
-        relative: &str,
-        date: PartitionDate,
-        all: &RecordBatch,
-        day_key: &DayKey,
-        token_key_id: &KeyId,
-    ) -> Result<u64, WriteError> {
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(tmp)
-            .map_err(|e| DurableError::io("create", tmp, e))?;
-        let properties = self.properties(relative, date, day_key, token_key_id, all.num_rows())?;
+            .open(&tmp)
+            .map_err(|e| DurableError::io("create", &tmp, e))?;
+        // From here on the temporary is removed if the file is not finished.
+        let mut sorted = SortedFile {
+            parquet: self,
+            date,
+            name: name.to_string(),
+            target,
+            tmp,
+            token_key_id: token_key_id.clone(),
+            writer: None,
+            group: None,
+            groups: 0,
+            rows: 0,
+            index_keys: Vec::new(),
+            last_key: None,
+            published: false,
+        };
+        let properties = self.properties(&relative, date, day_key, token_key_id, rows)?;
         let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(properties))?;
-        let (mut file_writer, factory) = writer.into_serialized_writer()?;
-
-        let total = all.num_rows();
-        let step = self.config.row_group_rows.max(1);
-        for (index, offset) in (0..total).step_by(step).enumerate() {
-            let group = all.slice(offset, step.min(total - offset));
-            let writers = factory.create_column_writers(index)?;
-            let chunks = encode_columns(&self.schema, &group, writers, self.config.encode_threads)?;
-            let mut row_group = file_writer.next_row_group()?;
-            for chunk in chunks {
-                chunk.append_to_row_group(&mut row_group)?;
-            }
-            row_group.close()?;
-        }
-        let file: File = file_writer.into_inner()?;
-        durable::fsync_file(&file, tmp)?;
-        file.metadata().map(|m| m.len()).map_err(|e| DurableError::io("stat", tmp, e).into())
+        sorted.writer = Some(writer.into_serialized_writer()?);
+        Ok(sorted)
     }
 
     fn properties(
@@ -441,40 +426,178 @@ fn sort_by_calling_party(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<
     Ok(arrow_select::take::take_record_batch(&all, &indices)?)
 }
 
-/// Encodes the columns of one row group on up to `threads` threads. Each
-/// column is independent, so the work splits cleanly; the chunks come back in
-/// schema order, as the row group requires.
-fn encode_columns(
+/// The sort key of a row: rows without a calling number token last.
+fn calling_key(tokens: &arrow_array::PrimitiveArray<arrow_array::types::Int64Type>, row: usize) -> (bool, i64) {
+    if tokens.is_null(row) { (true, 0) } else { (false, tokens.value(row)) }
+}
+
+/// A data file written row group by row group from rows already in file
+/// order (sorted by calling number token, rows without one last). Each
+/// pushed batch is encoded into the current row group's column writers at
+/// once, so memory holds the group's encoded pages and the index entries,
+/// never the file's rows. Rows out of order are refused.
+/// [`SortedFile::finish`] publishes the token index and then the file;
+/// dropped unfinished, the file leaves nothing under its name.
+pub struct SortedFile<'a> {
+    parquet: &'a ParquetWriter,
+    date: PartitionDate,
+    name: String,
+    target: PathBuf,
+    tmp: PathBuf,
+    token_key_id: KeyId,
+    writer: Option<(SerializedFileWriter<File>, ArrowRowGroupWriterFactory)>,
+    /// The current row group's column writers and its rows so far.
+    group: Option<(Vec<ArrowColumnWriter>, usize)>,
+    groups: usize,
+    rows: usize,
+    index_keys: Vec<u64>,
+    last_key: Option<(bool, i64)>,
+    published: bool,
+}
+
+impl SortedFile<'_> {
+    /// Appends rows, closing a row group whenever one is full.
+    pub fn push(&mut self, batch: RecordBatch) -> Result<(), WriteError> {
+        self.check_order(&batch)?;
+        let step = self.parquet.config.row_group_rows.max(1);
+        let mut batch = batch;
+        while batch.num_rows() > 0 {
+            let in_group = self.group.as_ref().map_or(0, |(_, rows)| *rows);
+            let take = (step - in_group).min(batch.num_rows());
+            self.append(&batch.slice(0, take))?;
+            batch = batch.slice(take, batch.num_rows() - take);
+            if in_group + take == step {
+                self.close_group()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_order(&mut self, batch: &RecordBatch) -> Result<(), WriteError> {
+        let Some(tokens) = batch
+            .column_by_name(IdentifierField::CallingNumber.token_column())
+            .and_then(|c| c.as_primitive_opt::<arrow_array::types::Int64Type>())
+        else {
+            return Ok(());
+        };
+        for row in 0..tokens.len() {
+            let key = calling_key(tokens, row);
+            if self.last_key.is_some_and(|last| key < last) {
+                return Err(WriteError::Parquet(ParquetError::General(
+                    "rows pushed out of order: a sorted file takes rows sorted by calling number token".into(),
+                )));
+            }
+            self.last_key = Some(key);
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, part: &RecordBatch) -> Result<(), WriteError> {
+        let (_, factory) = self.writer.as_ref().ok_or_else(finished)?;
+        if self.group.is_none() {
+            self.group = Some((factory.create_column_writers(self.groups)?, 0));
+        }
+        let (writers, rows) = self.group.as_mut().ok_or_else(finished)?;
+        write_columns(&self.parquet.schema, part, writers, self.parquet.config.encode_threads)?;
+        *rows += part.num_rows();
+        index::add_keys(part, self.rows, &mut self.index_keys);
+        self.rows += part.num_rows();
+        Ok(())
+    }
+
+    fn close_group(&mut self) -> Result<(), WriteError> {
+        let Some((writers, _)) = self.group.take() else { return Ok(()) };
+        let chunks = parallel_map(writers, self.parquet.config.encode_threads, |writer| writer.close())?;
+        let (file_writer, _) = self.writer.as_mut().ok_or_else(finished)?;
+        let mut row_group = file_writer.next_row_group()?;
+        for chunk in chunks {
+            chunk.append_to_row_group(&mut row_group)?;
+        }
+        row_group.close()?;
+        self.groups += 1;
+        Ok(())
+    }
+
+    /// Closes the last row group, makes the file durable, publishes its
+    /// token index and then the file under its name.
+    pub fn finish(mut self) -> Result<WrittenFile, WriteError> {
+        self.close_group()?;
+        let (file_writer, _) = self.writer.take().ok_or_else(finished)?;
+        let file: File = file_writer.into_inner()?;
+        durable::fsync_file(&file, &self.tmp)?;
+        let bytes = file.metadata().map_err(|e| DurableError::io("stat", &self.tmp, e))?.len();
+        // The token index is published before the data file, so a visible
+        // data file always has its index.
+        let entries = index::sorted_entries(std::mem::take(&mut self.index_keys));
+        let described =
+            index::IndexedFile { name: &self.name, bytes, rows: self.rows as u64, token_key_id: &self.token_key_id };
+        index::write_entries(&index::sidecar_path(&self.target), &entries, &described)?;
+        durable::publish(&self.tmp, &self.target)?;
+        self.published = true;
+        Ok(WrittenFile { date: self.date, path: self.target.clone(), rows: self.rows, bytes })
+    }
+}
+
+impl Drop for SortedFile<'_> {
+    fn drop(&mut self) {
+        if !self.published {
+            // Unfinished (an error, or dropped): best effort, the temporary
+            // is hidden and never read, and `remove_leftovers` clears it at
+            // a later start.
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+fn finished() -> WriteError {
+    WriteError::Parquet(ParquetError::General("the file is already finished".into()))
+}
+
+/// Encodes the rows of `part` into the current row group's column writers
+/// on up to `threads` threads. Each column is independent, so the work
+/// splits cleanly.
+fn write_columns(
     schema: &SchemaRef,
-    group: &RecordBatch,
-    writers: Vec<ArrowColumnWriter>,
+    part: &RecordBatch,
+    writers: &mut [ArrowColumnWriter],
     threads: usize,
-) -> Result<Vec<ArrowColumnChunk>, WriteError> {
+) -> Result<(), WriteError> {
     let mut leaves: Vec<ArrowLeafColumn> = Vec::with_capacity(writers.len());
-    for (field, column) in schema.fields().iter().zip(group.columns()) {
+    for (field, column) in schema.fields().iter().zip(part.columns()) {
         leaves.extend(compute_leaves(field, column)?);
     }
-    let threads = threads.clamp(1, writers.len().max(1));
-    // Columns differ widely in cost (a sealed string column against a
-    // constant key id), so threads take the next column from a shared queue
-    // instead of a fixed share. Each job sits in its own slot; a thread
-    // claims a slot by index, so no two threads touch one job.
-    let jobs: Vec<std::sync::Mutex<Option<(ArrowColumnWriter, ArrowLeafColumn)>>> =
-        writers.into_iter().zip(leaves).map(|job| std::sync::Mutex::new(Some(job))).collect();
+    parallel_map(writers.iter_mut().zip(leaves).collect(), threads, |(writer, leaf)| writer.write(&leaf))?;
+    Ok(())
+}
+
+/// `f` over `items` on up to `threads` threads, results in the items'
+/// order. Columns differ widely in cost (a sealed string column against a
+/// constant key id), so threads take the next item from a shared queue
+/// instead of a fixed share. Each item sits in its own slot; a thread
+/// claims a slot by index, so no two threads touch one item.
+fn parallel_map<T: Send, R: Send>(
+    items: Vec<T>,
+    threads: usize,
+    f: impl Fn(T) -> Result<R, ParquetError> + Sync,
+) -> Result<Vec<R>, ParquetError> {
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.into_iter().map(f).collect();
+    }
+    let slots: Vec<std::sync::Mutex<Option<T>>> = items.into_iter().map(|i| std::sync::Mutex::new(Some(i))).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let encoded: Vec<Result<Vec<(usize, ArrowColumnChunk)>, ParquetError>> = std::thread::scope(|scope| {
+    let lanes: Vec<Result<Vec<(usize, R)>, ParquetError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let (jobs, next) = (&jobs, &next);
+                let (slots, next, f) = (&slots, &next, &f);
                 scope.spawn(move || {
                     let mut done = Vec::new();
                     loop {
                         let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(slot) = jobs.get(index) else { break };
-                        let job = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                        let Some((mut writer, leaf)) = job else { continue };
-                        writer.write(&leaf)?;
-                        done.push((index, writer.close()?));
+                        let Some(slot) = slots.get(index) else { break };
+                        let item = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                        let Some(item) = item else { continue };
+                        done.push((index, f(item)?));
                     }
                     Ok(done)
                 })
@@ -485,12 +608,12 @@ fn encode_columns(
             .map(|h| h.join().unwrap_or_else(|_| Err(ParquetError::General("column encoder panicked".into()))))
             .collect()
     });
-    let mut chunks = Vec::new();
-    for lane in encoded {
-        chunks.extend(lane?);
+    let mut results = Vec::new();
+    for lane in lanes {
+        results.extend(lane?);
     }
-    chunks.sort_by_key(|(index, _)| *index);
-    Ok(chunks.into_iter().map(|(_, chunk)| chunk).collect())
+    results.sort_by_key(|(index, _)| *index);
+    Ok(results.into_iter().map(|(_, r)| r).collect())
 }
 
 #[cfg(test)]
@@ -568,6 +691,47 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         let needle = b"+4520000007";
         assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+    }
+
+    #[test]
+    fn a_sorted_file_refuses_rows_out_of_order_and_leaves_nothing_behind() {
+        let root = tempfile::tempdir().unwrap();
+        let (keys, path) = write_one_file(root.path());
+        let date = PartitionDate::from_dir_name("dt=2026-11-24").unwrap();
+        let day_key = keys.existing_day_key(date).unwrap().unwrap();
+        let writer = ParquetWriter::new(&root.path().join("data"), ParquetConfig::default());
+        let names: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
+        let batches = read::read_file(&path, Some(&day_key), &names).unwrap();
+        let all = arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap();
+        let listing = || {
+            let mut names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = listing();
+        let token_key = keys.active_token_key().id.clone();
+
+        // The file's rows are sorted: pushed in two parts, they are taken.
+        let mut sorted = writer.sorted_file(date, "part-sorted.parquet", &day_key, &token_key, all.num_rows()).unwrap();
+        sorted.push(all.slice(0, 120)).unwrap();
+        sorted.push(all.slice(120, all.num_rows() - 120)).unwrap();
+        let written = sorted.finish().unwrap();
+        assert_eq!(written.rows, all.num_rows());
+        assert!(index::sidecar_path(&written.path).exists());
+        std::fs::remove_file(index::sidecar_path(&written.path)).unwrap();
+        std::fs::remove_file(&written.path).unwrap();
+
+        // Reversed, they are refused, and neither the file, its index nor a
+        // temporary is left.
+        let reversed = arrow_array::UInt32Array::from_iter_values((0..all.num_rows() as u32).rev());
+        let reversed = arrow_select::take::take_record_batch(&all, &reversed).unwrap();
+        let mut file = writer.sorted_file(date, "part-reversed.parquet", &day_key, &token_key, all.num_rows()).unwrap();
+        assert!(file.push(reversed).is_err());
+        drop(file);
+        assert_eq!(listing(), before);
     }
 
     #[test]
