@@ -1,7 +1,8 @@
 //! Compaction of closed days: a day's many small files (one per ingest
 //! batch) rewritten as one file per token key, sorted for lookups, with its
 //! token index. A lookup's cost is per file, so a year of compacted days is
-//! a year of single files.
+//! a year of single files. The files are merged as they are read (each is
+//! sorted already), so memory does not grow with the day.
 //!
 //! The switch is crash-safe without ever showing a row twice or not at all
 //! to cdrvault's readers, through a manifest written before the new file:
