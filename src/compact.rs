@@ -201,6 +201,7 @@ const MERGE_BATCH_ROWS: usize = 8_192;
 
 /// One source of a merge: its reader and the batch being consumed.
 struct Source {
+    path: PathBuf,
     reader: ParquetRecordBatchReader,
     batch: RecordBatch,
     /// Where `batch` sits among the batches the next merged batch takes
@@ -216,7 +217,10 @@ impl Source {
         while self.row == self.batch.num_rows() {
             match self.reader.next() {
                 Some(batch) => {
-                    self.batch = batch.map_err(WriteError::Arrow)?;
+                    self.batch = batch.map_err(|e| ReadError::Parquet {
+                        path: self.path.clone(),
+                        source: parquet::errors::ParquetError::ArrowError(e.to_string()),
+                    })?;
                     self.row = 0;
                     self.slot = slots.len();
                     slots.push(self.batch.clone());
@@ -256,7 +260,7 @@ fn merge(
     for (path, _) in sources {
         let reader = read::file_reader(path, Some(day_key), &columns, MERGE_BATCH_ROWS)?;
         let empty = RecordBatch::new_empty(reader.schema());
-        open.push(Source { reader, batch: empty, slot: 0, row: 0 });
+        open.push(Source { path: path.clone(), reader, batch: empty, slot: 0, row: 0 });
     }
     // The smallest key first; ties in source order.
     let mut heap = BinaryHeap::new();

@@ -307,3 +307,67 @@ fn large_days_are_merged_batch_by_batch_into_sorted_row_groups_with_a_working_in
         assert_eq!(found.iter().map(|r| r.record_id.clone()).collect::<BTreeSet<_>>(), truth);
     }
 }
+
+#[test]
+fn a_day_that_cannot_be_merged_stays_as_it_was_and_does_not_hold_back_the_others() {
+    let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    KeyStore::init(&root.path().join("keys"), None).unwrap();
+    let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
+    let clock = Arc::new(ManualClock::new(now));
+    let processor = Processor::new(
+        ParquetWriter::new(&data, ParquetConfig::default()),
+        Arc::clone(&keys),
+        clock.clone() as Arc<dyn Clock>,
+        ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 1, retention_days: Some(365) },
+    );
+    let mut generator =
+        Generator::new(SynthConfig { seed: 7, subscribers: 80, days: 3, until: now, invalid_ratio: 0.0 });
+    for _ in 0..3 {
+        let batch: Vec<_> = (0..2_000).map(|_| generator.next_record()).collect();
+        processor
+            .process(
+                &batch.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect::<Vec<_>>(),
+            )
+            .unwrap();
+    }
+    let today = TimestampMicros::from_datetime(now).partition_date();
+    let closed: Vec<_> = read::list_days(&data).unwrap().into_iter().filter(|d| *d != today).collect();
+    assert!(closed.len() >= 2);
+    // Damage the middle of one file of the first closed day: its footer
+    // still reads, its pages do not.
+    let damaged_day = closed[0];
+    let victim = read::list_files(&data, damaged_day).unwrap().remove(1);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 256] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&victim, bytes).unwrap();
+    let listing = |day| {
+        let mut names: Vec<String> = std::fs::read_dir(cdrvault::write::day_dir(&data, day))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let damaged_before = listing(damaged_day);
+
+    let metrics = cdrvault::metrics::Metrics::new();
+    let compactor =
+        compact::Compactor::new(ParquetWriter::new(&data, ParquetConfig::default()), Arc::clone(&keys), clock, 365)
+            .with_metrics(Arc::clone(&metrics));
+    let error = compactor.run(None).unwrap_err().to_string();
+    let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(error.contains(&name), "the error names the damaged file: {error}");
+    assert_eq!(listing(damaged_day), damaged_before, "sources intact, no manifest, no temporary, no new file");
+    for day in &closed[1..] {
+        assert_eq!(read::list_files(&data, *day).unwrap().len(), 1, "{day} compacted all the same");
+    }
+    let text = metrics.encode();
+    assert!(text.contains("cdrvault_compaction_failures_total 1\n"), "{text}");
+    assert!(text.contains(&format!("cdrvault_compaction_days_total {}\n", closed.len() - 1)), "{text}");
+    assert!(text.contains("cdrvault_compaction_last_success_timestamp_seconds 0.0\n"), "no success yet: {text}");
+}
