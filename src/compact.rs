@@ -31,7 +31,6 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
@@ -391,43 +390,29 @@ impl Compactor {
     }
 }
 
-/// The service's schedule: a run at start and then every `interval`, each
-/// on a blocking thread, until `stop` is set. A failed run is logged and
-/// retried at the next tick, except a failed fsync, which stops the service.
-pub async fn run_periodically(compactor: Arc<Compactor>, interval: Duration, stop: Arc<AtomicBool>) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = std::pin::pin!(async {
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = &mut shutdown => return,
-        }
-        let task = Arc::clone(&compactor);
-        match tokio::task::spawn_blocking(move || task.run(None)).await {
-            Ok(Ok(reports)) => {
-                let compacted: Vec<&CompactReport> =
-                    reports.iter().filter(|r| r.files_after < r.files_before).collect();
-                if !compacted.is_empty() {
-                    tracing::info!(
-                        days = compacted.len(),
-                        files_before = compacted.iter().map(|r| r.files_before).sum::<usize>(),
-                        files_after = compacted.iter().map(|r| r.files_after).sum::<usize>(),
-                        "compaction done"
-                    );
-                }
-            }
-            Ok(Err(e)) if e.is_fatal() => {
-                tracing::error!(reason = %e, "compaction hit a failed fsync; stopping");
-                stop.store(true, Ordering::Relaxed);
-                return;
-            }
-            Ok(Err(e)) => tracing::error!(reason = %e, "compaction failed; retrying at the next interval"),
-            Err(e) => tracing::error!(reason = %e, "compaction panicked"),
+/// The service compacts periodically ([`crate::periodic`]).
+impl crate::periodic::Job for Compactor {
+    type Report = Vec<CompactReport>;
+    type Error = CompactError;
+    const NAME: &'static str = "compaction";
+
+    fn run_once(&self) -> Result<Vec<CompactReport>, CompactError> {
+        self.run(None)
+    }
+
+    fn is_fatal(error: &CompactError) -> bool {
+        error.is_fatal()
+    }
+
+    fn log(reports: &Vec<CompactReport>) {
+        let compacted: Vec<&CompactReport> = reports.iter().filter(|r| r.files_after < r.files_before).collect();
+        if !compacted.is_empty() {
+            tracing::info!(
+                days = compacted.len(),
+                files_before = compacted.iter().map(|r| r.files_before).sum::<usize>(),
+                files_after = compacted.iter().map(|r| r.files_after).sum::<usize>(),
+                "compaction done"
+            );
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod models;
 pub mod orders;
+pub mod periodic;
 pub mod pipeline;
 pub mod preserve;
 pub mod produce;

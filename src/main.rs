@@ -692,10 +692,10 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     };
     let sweeper = Arc::new(open_sweeper(&config, Some(Arc::clone(&metrics)))?);
     let sweeps =
-        runtime.spawn(cdrvault::retention::run_periodically(sweeper, config.retention.interval, Arc::clone(&stop)));
+        runtime.spawn(cdrvault::periodic::run_periodically(sweeper, config.retention.interval, Arc::clone(&stop)));
     let compactions = config.compaction.enabled.then(|| {
         let compactor = Arc::new(compactor(&config, Arc::clone(&keys)).with_metrics(Arc::clone(&metrics)));
-        runtime.spawn(cdrvault::compact::run_periodically(compactor, config.compaction.interval, Arc::clone(&stop)))
+        runtime.spawn(cdrvault::periodic::run_periodically(compactor, config.compaction.interval, Arc::clone(&stop)))
     });
 
     let ingest = Ingest {

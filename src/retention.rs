@@ -490,44 +490,26 @@ impl Sweeper {
     }
 }
 
-/// The service's schedule: a sweep at start and then every `interval`, each
-/// on a blocking thread, until `stop` is set. A failed sweep is logged and
-/// retried at the next tick, except a failed fsync, which stops the service.
-pub async fn run_periodically(
-    sweeper: Arc<Sweeper>,
-    interval: std::time::Duration,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) {
-    use std::sync::atomic::Ordering;
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut shutdown = std::pin::pin!(async {
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    });
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = &mut shutdown => return,
-        }
-        let task = Arc::clone(&sweeper);
-        match tokio::task::spawn_blocking(move || task.run(None, SweepMode::Delete)).await {
-            Ok(Ok(report)) => {
-                tracing::info!(
-                    days = report.days.len(),
-                    elapsed_ms = report.elapsed.as_millis() as u64,
-                    "retention sweep done"
-                );
-            }
-            Ok(Err(RetentionError::Durable(e))) if e.is_fatal() => {
-                tracing::error!(reason = %e, "retention sweep hit a failed fsync; stopping");
-                stop.store(true, Ordering::Relaxed);
-                return;
-            }
-            Ok(Err(e)) => tracing::error!(reason = %e, "retention sweep failed; retrying at the next interval"),
-            Err(e) => tracing::error!(reason = %e, "retention sweep panicked"),
-        }
+/// The service sweeps periodically ([`crate::periodic`]), deleting.
+impl crate::periodic::Job for Sweeper {
+    type Report = SweepReport;
+    type Error = RetentionError;
+    const NAME: &'static str = "retention sweep";
+
+    fn run_once(&self) -> Result<SweepReport, RetentionError> {
+        self.run(None, SweepMode::Delete)
+    }
+
+    fn is_fatal(error: &RetentionError) -> bool {
+        matches!(error, RetentionError::Durable(e) if e.is_fatal())
+    }
+
+    fn log(report: &SweepReport) {
+        tracing::info!(
+            days = report.days.len(),
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "retention sweep done"
+        );
     }
 }
 
