@@ -51,9 +51,14 @@ use crate::registry::RegistryError;
 use crate::registry::sqlite::SqliteRegistry;
 use crate::requests::{AGE_BUCKETS, RequestError, RequestRecord, RequestRegistry, RequestStatus, age_bucket};
 
-/// The largest message the server decodes; larger ones are refused by the
-/// transport before they reach a handler.
+/// The largest message a call may carry. A larger one (up to
+/// [`TRANSPORT_MESSAGE_BYTES`]) is refused as `message_too_large`, and the
+/// refusal audited under the caller it names.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+/// The largest message the server decodes at all; larger ones are refused
+/// by the transport before any handler sees them, so they cannot be
+/// audited under a caller (nothing of them is read).
+pub const TRANSPORT_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Bytes per streamed result chunk.
 const CHUNK_BYTES: usize = 64 * 1024;
 /// The directory of sealed results in the state directory.
@@ -269,9 +274,33 @@ impl AccessService {
         result
     }
 
-    /// The tonic service, with the message size limit applied.
+    /// The tonic service, with the transport's message size limit applied.
     pub fn into_server(self) -> LawfulAccessServer<AccessService> {
-        LawfulAccessServer::new(self).max_decoding_message_size(MAX_MESSAGE_BYTES)
+        LawfulAccessServer::new(self).max_decoding_message_size(TRANSPORT_MESSAGE_BYTES)
+    }
+
+    /// Every call's path: its credentials, the audited size check, the
+    /// work on the blocking pool, and the call metrics.
+    async fn call<B, T>(
+        &self,
+        method: &'static str,
+        request: Request<B>,
+        work: impl FnOnce(&Inner, Credentials, B) -> Outcome<T> + Send + 'static,
+    ) -> Outcome<T>
+    where
+        B: prost::Message + Send + 'static,
+        T: Send + 'static,
+    {
+        let credentials = credentials(&request);
+        let body = request.into_inner();
+        let size = body.encoded_len();
+        let result = self
+            .run(move |inner| {
+                inner.within_size(&credentials, method, size)?;
+                work(inner, credentials, body)
+            })
+            .await;
+        self.observed(method, result)
     }
 
     /// Runs a call's synchronous part (registry, keys, audit fsyncs,
@@ -350,7 +379,7 @@ fn code_name(code: Code) -> &'static str {
 
 /// What a call presents: a bearer token and, over mTLS, the SHA-256 of the
 /// client certificate's DER.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Credentials {
     token: Option<String>,
     certificate: Option<Vec<u8>>,
@@ -541,6 +570,21 @@ impl Inner {
         metadata.insert("cdrvault-reason", MetadataValue::from_static(reason));
         let message = format!("{reason}: a valid bearer token or client certificate is required");
         Err(Status::with_metadata(Code::Unauthenticated, message, metadata))
+    }
+
+    /// Refuses a message over [`MAX_MESSAGE_BYTES`], audited under its
+    /// caller (or as an authentication failure).
+    fn within_size(&self, credentials: &Credentials, method: &str, size: usize) -> Outcome<()> {
+        if size <= MAX_MESSAGE_BYTES {
+            return Ok(());
+        }
+        let principal = self.authenticate(credentials.clone(), method)?;
+        let denial = Denial::new(
+            Code::ResourceExhausted,
+            "message_too_large",
+            format!("the message has {size} bytes; the limit is {MAX_MESSAGE_BYTES}"),
+        );
+        Err(self.refuse(&principal.id, method, denial, None, None))
     }
 
     fn require(&self, principal: &Principal, roles: &[Role], method: &str) -> Outcome<()> {
@@ -1253,96 +1297,65 @@ fn chunks(info: proto::RequestInfo, bytes: Vec<u8>) -> ChunkStream {
 #[tonic::async_trait]
 impl LawfulAccess for AccessService {
     async fn who_am_i(&self, request: Request<proto::WhoAmIRequest>) -> Outcome<Response<proto::PrincipalInfo>> {
-        let credentials = credentials(&request);
-        self.observed("WhoAmI", self.run(move |inner| inner.who_am_i(credentials)).await).map(Response::new)
+        self.call("WhoAmI", request, |inner, credentials, _| inner.who_am_i(credentials)).await.map(Response::new)
     }
 
     async fn create_authority(
         &self,
         request: Request<proto::CreateAuthorityRequest>,
     ) -> Outcome<Response<proto::Authority>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        self.observed("CreateAuthority", self.run(move |inner| inner.create_authority(credentials, body)).await)
-            .map(Response::new)
+        self.call("CreateAuthority", request, Inner::create_authority).await.map(Response::new)
     }
 
     async fn create_principal(
         &self,
         request: Request<proto::CreatePrincipalRequest>,
     ) -> Outcome<Response<proto::CreatePrincipalResponse>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        self.observed("CreatePrincipal", self.run(move |inner| inner.create_principal(credentials, body)).await)
-            .map(Response::new)
+        self.call("CreatePrincipal", request, Inner::create_principal).await.map(Response::new)
     }
 
     async fn register_warrant(
         &self,
         request: Request<proto::RegisterWarrantRequest>,
     ) -> Outcome<Response<proto::Warrant>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        self.observed("RegisterWarrant", self.run(move |inner| inner.register_warrant(credentials, body)).await)
-            .map(Response::new)
+        self.call("RegisterWarrant", request, Inner::register_warrant).await.map(Response::new)
     }
 
     async fn decide_warrant(&self, request: Request<proto::DecideWarrantRequest>) -> Outcome<Response<proto::Warrant>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        self.observed("DecideWarrant", self.run(move |inner| inner.decide_warrant(credentials, body)).await)
-            .map(Response::new)
+        self.call("DecideWarrant", request, Inner::decide_warrant).await.map(Response::new)
     }
 
     async fn close_warrant(&self, request: Request<proto::CloseWarrantRequest>) -> Outcome<Response<proto::Warrant>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        self.observed("CloseWarrant", self.run(move |inner| inner.close_warrant(credentials, body)).await)
-            .map(Response::new)
+        self.call("CloseWarrant", request, Inner::close_warrant).await.map(Response::new)
     }
 
     async fn get_warrant(&self, request: Request<proto::GetWarrantRequest>) -> Outcome<Response<proto::Warrant>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        self.observed("GetWarrant", self.run(move |inner| inner.get_warrant(credentials, body)).await)
-            .map(Response::new)
+        self.call("GetWarrant", request, Inner::get_warrant).await.map(Response::new)
     }
 
     async fn submit_request(
         &self,
         request: Request<proto::SubmitRequestRequest>,
     ) -> Outcome<Response<proto::RequestInfo>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        self.observed("SubmitRequest", self.run(move |inner| inner.submit_request(credentials, body)).await)
-            .map(Response::new)
+        self.call("SubmitRequest", request, Inner::submit_request).await.map(Response::new)
     }
 
     async fn get_request(&self, request: Request<proto::GetRequestRequest>) -> Outcome<Response<proto::RequestInfo>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        self.observed("GetRequest", self.run(move |inner| inner.get_request(credentials, body)).await)
-            .map(Response::new)
+        self.call("GetRequest", request, Inner::get_request).await.map(Response::new)
     }
 
     async fn list_warrants(
         &self,
         request: Request<proto::ListWarrantsRequest>,
     ) -> Outcome<Response<proto::ListWarrantsResponse>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        self.observed("ListWarrants", self.run(move |inner| inner.list_warrants(credentials, body)).await)
-            .map(Response::new)
+        self.call("ListWarrants", request, Inner::list_warrants).await.map(Response::new)
     }
 
     async fn list_requests(
         &self,
         request: Request<proto::ListRequestsRequest>,
     ) -> Outcome<Response<proto::ListRequestsResponse>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        self.observed("ListRequests", self.run(move |inner| inner.list_requests(credentials, body)).await)
-            .map(Response::new)
+        self.call("ListRequests", request, Inner::list_requests).await.map(Response::new)
     }
 
     type FetchResultStream = ChunkStream;
@@ -1351,10 +1364,7 @@ impl LawfulAccess for AccessService {
         &self,
         request: Request<proto::FetchResultRequest>,
     ) -> Outcome<Response<Self::FetchResultStream>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        let (info, bytes) =
-            self.observed("FetchResult", self.run(move |inner| inner.fetch_result(credentials, body)).await)?;
+        let (info, bytes) = self.call("FetchResult", request, Inner::fetch_result).await?;
         Ok(Response::new(chunks(info, bytes)))
     }
 
@@ -1362,17 +1372,16 @@ impl LawfulAccess for AccessService {
         &self,
         request: Request<proto::VerifyAuditRequest>,
     ) -> Outcome<Response<proto::VerifyAuditResponse>> {
-        let credentials = credentials(&request);
-        self.observed("VerifyAudit", self.run(move |inner| inner.verify_audit(credentials)).await).map(Response::new)
+        self.call("VerifyAudit", request, |inner, credentials, _| inner.verify_audit(credentials))
+            .await
+            .map(Response::new)
     }
 
     async fn statistics(
         &self,
         request: Request<proto::StatisticsRequest>,
     ) -> Outcome<Response<proto::StatisticsReport>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        self.observed("Statistics", self.run(move |inner| inner.statistics(credentials, body)).await).map(Response::new)
+        self.call("Statistics", request, Inner::statistics).await.map(Response::new)
     }
 
     type ExportSubjectStream = ChunkStream;
@@ -1381,10 +1390,7 @@ impl LawfulAccess for AccessService {
         &self,
         request: Request<proto::ExportSubjectRequest>,
     ) -> Outcome<Response<Self::ExportSubjectStream>> {
-        let credentials = credentials(&request);
-        let body = request.into_inner();
-        let (records, bytes) =
-            self.observed("ExportSubject", self.run(move |inner| inner.export_subject(credentials, body)).await)?;
+        let (records, bytes) = self.call("ExportSubject", request, Inner::export_subject).await?;
         let info = proto::RequestInfo {
             status: "answered".into(),
             records,

@@ -445,6 +445,23 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
     let mut huge = submit(&w, &warrant, 8, &target, 3, proto::ResultFormat::Json);
     huge.targets = (0..1000).map(|n| format!("msisdn:+45{n:08}")).collect();
     expect_refused(&w, c.submit_request(authed(&cast.handler, huge)), Code::InvalidArgument, "request_too_large").await;
+    // A message over 256 KiB (but under the transport's limit) is refused
+    // and audited under its caller too.
+    let mut oversized = submit(&w, &warrant, 9, &target, 3, proto::ResultFormat::Json);
+    oversized.targets = vec![format!("msisdn:+45{}", "1".repeat(300_000))];
+    let before = w.audit_entries().len();
+    expect_refused(
+        &w,
+        c.submit_request(authed(&cast.handler, oversized)),
+        Code::ResourceExhausted,
+        "message_too_large",
+    )
+    .await;
+    let refusal = &w.audit_entries()[before];
+    assert_eq!(
+        (refusal["reason"].as_str(), refusal["method"].as_str()),
+        (Some("message_too_large"), Some("SubmitRequest"))
+    );
 
     // Zero disclosures: one answered request, one delivery (none), no new
     // result, and every refused request recorded for the statistics.
