@@ -1,7 +1,7 @@
-//! Preservation orders ("quick freeze"), kept in the embedded registry
-//! (`registry.rs`: SQLite, numbered migrations, `<state_dir>/registry.sqlite`)
-//! where the lawful-access service's authorities, principals and warrants
-//! will live too.
+//! Preservation orders ("quick freeze"), kept in the registry behind
+//! [`OrderRegistry`] (by default the embedded SQLite one, `registry.rs`:
+//! numbered migrations, `<state_dir>/registry.sqlite`, beside the
+//! lawful-access service's authorities, principals and warrants).
 //!
 //! An order names an authority, its reference, targets (kind and value), a
 //! window of communications and an end date. Target values are never stored
@@ -11,13 +11,14 @@
 //! order destroys that key, and with it the targets and every preserved copy.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use ring::rand::{SecureRandom, SystemRandom};
-use rusqlite::{Connection, OptionalExtension, params};
 
 pub use crate::registry::REGISTRY_FILE;
+use crate::registry::RegistryError;
+use crate::registry::sqlite::SqliteRegistry;
 
 use crate::decode::normalise;
 use crate::keys::{KeyError, KeyStore, SecretKey};
@@ -26,8 +27,8 @@ use crate::pseudonymise::{Tokeniser, canonical_ip};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrderError {
-    #[error("registry error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("target {position} is not a valid {kind}")]
@@ -87,7 +88,8 @@ pub enum OrderStatus {
 pub struct StoredTarget {
     pub kind: IdentifierKind,
     pub tokens: Vec<(KeyId, Token)>,
-    sealed: Vec<u8>,
+    /// The canonical value sealed under the order's key.
+    pub sealed: Vec<u8>,
 }
 
 impl std::fmt::Debug for StoredTarget {
@@ -130,9 +132,31 @@ impl Order {
     }
 }
 
-/// The registry of orders.
+/// Where orders are kept: rows in and out, behind a small trait so that
+/// PostgreSQL can replace SQLite when several instances share a registry
+/// (as [`crate::access::AccessRegistry`] does for lawful access). The rules
+/// (validation, order keys, sealing, tokens) stay in [`OrderStore`].
+pub trait OrderRegistry: Send + Sync {
+    /// True if the authority already has an order with this reference.
+    fn order_exists(&self, authority: &str, reference: &str) -> Result<bool, RegistryError>;
+
+    /// Stores a new active order with its targets, in one transaction;
+    /// `Conflict` if its id or (authority, reference) is taken.
+    fn insert_order(&self, order: &Order, placed_at: DateTime<Utc>) -> Result<(), RegistryError>;
+
+    /// One order by id, or every order (active only if asked), oldest first.
+    fn load_orders(&self, id: Option<&str>, active_only: bool) -> Result<Vec<Order>, RegistryError>;
+
+    /// Moves an active order's end date; false if there is no such order.
+    fn set_order_end(&self, id: &str, ends: PartitionDate) -> Result<bool, RegistryError>;
+
+    /// Marks an active order lifted; false if there is no such order.
+    fn mark_order_lifted(&self, id: &str, at: DateTime<Utc>) -> Result<bool, RegistryError>;
+}
+
+/// The orders: their rules over an [`OrderRegistry`].
 pub struct OrderStore {
-    connection: Mutex<Connection>,
+    registry: Arc<dyn OrderRegistry>,
     rng: SystemRandom,
 }
 
@@ -143,15 +167,14 @@ impl std::fmt::Debug for OrderStore {
 }
 
 impl OrderStore {
-    /// Opens (creating and migrating) the registry in `state_dir`.
+    /// Opens (creating and migrating) the SQLite registry in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<OrderStore, OrderError> {
         crate::durable::create_dir_all(state_dir).map_err(KeyError::from)?;
-        let connection = crate::registry::open(state_dir)?;
-        Ok(OrderStore { connection: Mutex::new(connection), rng: SystemRandom::new() })
+        Ok(OrderStore::new(Arc::new(SqliteRegistry::open(state_dir)?)))
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn new(registry: Arc<dyn OrderRegistry>) -> OrderStore {
+        OrderStore { registry, rng: SystemRandom::new() }
     }
 
     /// Places an order: creates its key, stores its targets sealed and
@@ -175,74 +198,62 @@ impl OrderStore {
         let mut suffix = [0u8; 4];
         self.rng.fill(&mut suffix).map_err(|_| KeyError::Random)?;
         let id = format!("po-{:08x}", u32::from_be_bytes(suffix));
-        let mut db = self.db();
-        let exists: Option<String> = db
-            .query_row(
-                "SELECT id FROM preservation_orders WHERE authority = ?1 AND reference = ?2",
-                params![order.authority, order.reference],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if exists.is_some() {
+        if self.registry.order_exists(&order.authority, &order.reference)? {
             return Err(OrderError::Duplicate(order.authority));
         }
         let (_, key) = keys.create_order_key(&id)?;
-        let tx = db.transaction()?;
-        tx.execute(
-            "INSERT INTO preservation_orders (id, authority, reference, window_start_us, window_end_us, ends, status, placed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', ?7)",
-            params![
-                id,
-                order.authority,
-                order.reference,
-                order.window_start.timestamp_micros(),
-                order.window_end.timestamp_micros(),
-                order.ends.to_string(),
-                now.to_rfc3339(),
-            ],
-        )?;
-        for (position, (kind, value)) in canonical.iter().enumerate() {
+        let mut targets = Vec::with_capacity(canonical.len());
+        for (kind, value) in &canonical {
             let sealed =
                 crate::keys::seal_value(&key, &self.rng, id.as_bytes(), value).map_err(|_| OrderError::Sealing)?;
-            tx.execute(
-                "INSERT INTO preservation_targets (order_id, position, kind, sealed) VALUES (?1, ?2, ?3, ?4)",
-                params![id, position as i64, kind.as_str(), sealed],
-            )?;
-            for token_key in keys.token_keys() {
-                let token = Tokeniser::new(token_key).token(*kind, value.as_bytes());
-                tx.execute(
-                    "INSERT INTO preservation_target_tokens (order_id, position, token_key_id, token) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, position as i64, token_key.id.as_str(), token.0],
-                )?;
-            }
+            let tokens = keys
+                .token_keys()
+                .iter()
+                .map(|token_key| (token_key.id.clone(), Tokeniser::new(token_key).token(*kind, value.as_bytes())))
+                .collect();
+            targets.push(StoredTarget { kind: *kind, tokens, sealed });
         }
-        tx.commit()?;
-        drop(db);
+        let placed = Order {
+            id: id.clone(),
+            authority: order.authority.clone(),
+            reference: order.reference,
+            window_start: TimestampMicros::from_datetime(order.window_start),
+            window_end: TimestampMicros::from_datetime(order.window_end),
+            ends: order.ends,
+            status: OrderStatus::Active,
+            targets,
+        };
+        if let Err(e) = self.registry.insert_order(&placed, now) {
+            // The order does not exist: its new key must not either. Best
+            // effort; the insert's error is what the caller needs.
+            let _ = keys.destroy_order_key(&id);
+            return Err(match e {
+                // Placed concurrently under the same reference.
+                RegistryError::Conflict => OrderError::Duplicate(order.authority),
+                e => e.into(),
+            });
+        }
         self.get(&id)?.ok_or(OrderError::NotFound(id))
     }
 
     /// One order by id.
     pub fn get(&self, id: &str) -> Result<Option<Order>, OrderError> {
-        Ok(self.load(Some(id), false)?.pop())
+        Ok(self.registry.load_orders(Some(id), false)?.pop())
     }
 
     /// Every order (active and lifted), oldest first.
     pub fn list(&self) -> Result<Vec<Order>, OrderError> {
-        self.load(None, false)
+        Ok(self.registry.load_orders(None, false)?)
     }
 
     /// The active orders.
     pub fn active(&self) -> Result<Vec<Order>, OrderError> {
-        self.load(None, true)
+        Ok(self.registry.load_orders(None, true)?)
     }
 
     /// Moves an active order's end date.
     pub fn extend(&self, id: &str, ends: PartitionDate) -> Result<(), OrderError> {
-        let changed = self.db().execute(
-            "UPDATE preservation_orders SET ends = ?2 WHERE id = ?1 AND status = 'active'",
-            params![id, ends.to_string()],
-        )?;
-        if changed == 0 {
+        if !self.registry.set_order_end(id, ends)? {
             return Err(OrderError::NotFound(id.to_string()));
         }
         Ok(())
@@ -250,68 +261,10 @@ impl OrderStore {
 
     /// Marks an order lifted. The caller destroys its key and copies.
     pub fn mark_lifted(&self, id: &str, now: DateTime<Utc>) -> Result<(), OrderError> {
-        let changed = self.db().execute(
-            "UPDATE preservation_orders SET status = 'lifted', lifted_at = ?2 WHERE id = ?1 AND status = 'active'",
-            params![id, now.to_rfc3339()],
-        )?;
-        if changed == 0 {
+        if !self.registry.mark_order_lifted(id, now)? {
             return Err(OrderError::NotFound(id.to_string()));
         }
         Ok(())
-    }
-
-    fn load(&self, id: Option<&str>, active_only: bool) -> Result<Vec<Order>, OrderError> {
-        let db = self.db();
-        let mut statement = db.prepare(
-            "SELECT id, authority, reference, window_start_us, window_end_us, ends, status FROM preservation_orders
-             WHERE (?1 IS NULL OR id = ?1) AND (?2 = 0 OR status = 'active') ORDER BY placed_at, id",
-        )?;
-        let rows = statement.query_map(params![id, active_only as i64], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?,
-            ))
-        })?;
-        let mut orders = Vec::new();
-        for row in rows {
-            let (id, authority, reference, start, end, ends, status) = row?;
-            let mut targets: Vec<StoredTarget> = Vec::new();
-            let mut t = db.prepare(
-                "SELECT position, kind, sealed FROM preservation_targets WHERE order_id = ?1 ORDER BY position",
-            )?;
-            let stored = t.query_map(params![id], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?))
-            })?;
-            for target in stored {
-                let (position, kind, sealed) = target?;
-                let kind = IdentifierKind::parse(&kind).unwrap_or(IdentifierKind::Msisdn);
-                let mut k = db.prepare(
-                    "SELECT token_key_id, token FROM preservation_target_tokens WHERE order_id = ?1 AND position = ?2",
-                )?;
-                let tokens = k
-                    .query_map(params![id, position], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-                    .filter_map(|r| r.ok())
-                    .filter_map(|(key, token)| KeyId::new(key).map(|key| (key, Token(token))))
-                    .collect();
-                targets.push(StoredTarget { kind, tokens, sealed });
-            }
-            orders.push(Order {
-                id,
-                authority,
-                reference,
-                window_start: TimestampMicros(start),
-                window_end: TimestampMicros(end),
-                ends: PartitionDate::parse(&ends).unwrap_or(PartitionDate::EPOCH),
-                status: if status == "active" { OrderStatus::Active } else { OrderStatus::Lifted },
-                targets,
-            });
-        }
-        Ok(orders)
     }
 }
 
