@@ -146,6 +146,8 @@ batch_max_records = 2000
 batch_linger = "300ms"
 [http]
 listen = "127.0.0.1:{port}"
+[compaction]
+interval = "1s"
 [log]
 format = "json"
 filter = "debug"
@@ -192,6 +194,17 @@ filter = "debug"
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(common::http_get(address, "/readyz").unwrap(), "ready\n");
+    // The records span today and the days before: serve compacts the closed
+    // ones itself, beside ingest (checked below: every record still once).
+    loop {
+        metrics = common::http_get(address, "/metrics").unwrap_or_default();
+        if common::metric(&metrics, "cdrvault_compaction_days_total").unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no closed day compacted in time; last metrics:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(common::metric(&metrics, "cdrvault_compaction_failures_total"), Some(0.0), "{metrics}");
 
     let status = Command::new("kill").args(["-TERM", &serve.id().to_string()]).status().unwrap();
     assert!(status.success());
