@@ -130,7 +130,7 @@ pub fn add_keys(batch: &RecordBatch, first_row: usize, keys: &mut Vec<u64>) {
                 // Flipping the sign bit makes the unsigned order of the key
                 // the signed order of the prefix.
                 let high = (prefix(tokens.value(row)) as u32) ^ 0x8000_0000;
-                let granule = (first_row + row) as u32 / GRANULE_ROWS;
+                let granule = ((first_row + row) / GRANULE_ROWS as usize) as u32;
                 keys.push((u64::from(high) << 32) | u64::from(granule));
             }
         }
@@ -171,7 +171,8 @@ pub fn write(path: &Path, batch: &RecordBatch, data: &IndexedFile<'_>) -> Result
 /// [`write`] from entries already sorted and deduplicated.
 pub fn write_entries(path: &Path, entries: &[(i32, u32)], data: &IndexedFile<'_>) -> Result<u64, WriteError> {
     let tokens = Int32Array::from_iter_values(entries.iter().map(|(t, _)| *t));
-    // Granules fit: a data file is one batch, far below 2^31 rows.
+    // Granules fit: a data file (one day of one token key) is far below
+    // 2^34 rows.
     let granules = Int32Array::from_iter_values(entries.iter().map(|(_, g)| *g as i32));
     let index = RecordBatch::try_new(index_schema(), vec![Arc::new(tokens), Arc::new(granules)])?;
     let properties = WriterProperties::builder()

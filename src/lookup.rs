@@ -22,8 +22,8 @@
 //! What is cached ([`LookupEngine`]): per file, a read-only memory mapping
 //! of it and of its index where the system allows (pages are slices of the
 //! mappings, read without a system call; [`read::PublishedFile`]), the
-//! parsed footer with its page index, the parsed index
-//! footer and the bloom filters read so far.
+//! parsed footer with its page index, the parsed index footer and the bloom
+//! filters read so far.
 //! These are immutable once a file is published and hold no identifier.
 //! The parsed footer of a sealed file carries the parquet crate's copy of
 //! the day key (its decryptor), so the cache forgets a day as soon as the
