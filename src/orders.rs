@@ -144,14 +144,22 @@ pub trait OrderRegistry: Send + Sync {
     /// `Conflict` if its id or (authority, reference) is taken.
     fn insert_order(&self, order: &Order, placed_at: DateTime<Utc>) -> Result<(), RegistryError>;
 
-    /// One order by id, or every order (active only if asked), oldest first.
-    fn load_orders(&self, id: Option<&str>, active_only: bool) -> Result<Vec<Order>, RegistryError>;
+    /// The orders asked for, oldest first.
+    fn load_orders(&self, which: Which<'_>) -> Result<Vec<Order>, RegistryError>;
 
     /// Moves an active order's end date; false if there is no such order.
     fn set_order_end(&self, id: &str, ends: PartitionDate) -> Result<bool, RegistryError>;
 
     /// Marks an active order lifted; false if there is no such order.
     fn mark_order_lifted(&self, id: &str, at: DateTime<Utc>) -> Result<bool, RegistryError>;
+}
+
+/// Which orders [`OrderRegistry::load_orders`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which<'a> {
+    One(&'a str),
+    All,
+    Active,
 }
 
 /// The orders: their rules over an [`OrderRegistry`].
@@ -238,17 +246,17 @@ impl OrderStore {
 
     /// One order by id.
     pub fn get(&self, id: &str) -> Result<Option<Order>, OrderError> {
-        Ok(self.registry.load_orders(Some(id), false)?.pop())
+        Ok(self.registry.load_orders(Which::One(id))?.pop())
     }
 
     /// Every order (active and lifted), oldest first.
     pub fn list(&self) -> Result<Vec<Order>, OrderError> {
-        Ok(self.registry.load_orders(None, false)?)
+        Ok(self.registry.load_orders(Which::All)?)
     }
 
     /// The active orders.
     pub fn active(&self) -> Result<Vec<Order>, OrderError> {
-        Ok(self.registry.load_orders(None, true)?)
+        Ok(self.registry.load_orders(Which::Active)?)
     }
 
     /// Moves an active order's end date.

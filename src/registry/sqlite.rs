@@ -15,7 +15,7 @@ use super::RegistryError;
 use crate::access::{AccessRegistry, Principal, PrincipalKey, Role, StoredTarget, Warrant, WarrantStatus};
 use crate::access::{category_name, parse_category};
 use crate::models::{IdentifierKind, KeyId, PartitionDate, TimestampMicros, Token};
-use crate::orders::{Order, OrderRegistry, OrderStatus};
+use crate::orders::{Order, OrderRegistry, OrderStatus, Which};
 use crate::requests::{AGE_BUCKETS, AuthorityStatistics, RequestError, RequestRecord, RequestRegistry, RequestStatus};
 
 /// One connection, serialised by a mutex (SQLite writes are serial anyway).
@@ -454,7 +454,12 @@ impl OrderRegistry for SqliteRegistry {
         Ok(())
     }
 
-    fn load_orders(&self, id: Option<&str>, active_only: bool) -> Result<Vec<Order>, RegistryError> {
+    fn load_orders(&self, which: Which<'_>) -> Result<Vec<Order>, RegistryError> {
+        let (id, active_only) = match which {
+            Which::One(id) => (Some(id), false),
+            Which::All => (None, false),
+            Which::Active => (None, true),
+        };
         let db = self.db();
         let mut statement = db.prepare(
             "SELECT id, authority, reference, window_start_us, window_end_us, ends, status FROM preservation_orders
