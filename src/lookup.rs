@@ -28,8 +28,9 @@
 //! The parsed footer of a sealed file carries the parquet crate's copy of
 //! the day key (its decryptor), so the cache forgets a day as soon as the
 //! day is destroyed (tombstone) or its key is gone, and an order's files as
-//! soon as its key is gone; every query checks. Decrypted values live only
-//! in the query that read them.
+//! soon as its key is gone: every query checks, and the service calls
+//! [`LookupEngine::forget_destroyed`] every minute between queries.
+//! Decrypted values live only in the query that read them.
 //!
 //! This module returns raw identifiers: it is the disclosure path. Callers
 //! (the lawful-access service) must have checked the request's scope and
@@ -263,6 +264,18 @@ impl LookupEngine {
     /// How many files' footers the cache holds.
     pub fn cached_files(&self) -> usize {
         self.inner.cache.lock().unwrap_or_else(|p| p.into_inner()).values().map(HashMap::len).sum()
+    }
+
+    /// Forgets the cached files of days destroyed (or whose key is gone)
+    /// and of lifted orders, without waiting for the next query: their
+    /// footers hold the parquet crate's copy of a key that no longer
+    /// exists. Returns how many files were forgotten. The service runs it
+    /// every minute ([`crate::periodic`]).
+    pub fn forget_destroyed(&self) -> Result<usize, LookupError> {
+        let before = self.cached_files();
+        let orders = preserve::orders_with_areas(&self.inner.data_dir);
+        self.inner.forget_gone(self.inner.keys.get(), &orders)?;
+        Ok(before.saturating_sub(self.cached_files()))
     }
 
     /// Forgets every cached footer.
@@ -763,6 +776,28 @@ fn collect(
             dst_port: int(&dst_port),
             preserved_under: preserved_under.map(str::to_string),
         });
+    }
+}
+
+/// The service sweeps the cache of destroyed days every minute, so a key's
+/// copy in a cached footer does not outlive the key by more than that.
+impl crate::periodic::Job for LookupEngine {
+    type Report = usize;
+    type Error = LookupError;
+    const NAME: &'static str = "lookup cache sweep";
+
+    fn run_once(&self) -> Result<usize, LookupError> {
+        self.forget_destroyed()
+    }
+
+    fn is_fatal(_: &LookupError) -> bool {
+        false
+    }
+
+    fn log(forgotten: &usize) {
+        if *forgotten > 0 {
+            tracing::debug!(files = forgotten, "cached files of destroyed days forgotten");
+        }
     }
 }
 

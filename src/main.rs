@@ -683,6 +683,11 @@ fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let access = match config.access.listen {
         Some(listen) => {
             let service = access_service(&config, Arc::clone(&keys))?.with_metrics(Arc::clone(&metrics));
+            runtime.spawn(cdrvault::periodic::run_periodically(
+                service.lookup_engine(),
+                CACHE_SWEEP_INTERVAL,
+                Arc::clone(&stop),
+            ));
             let tls = config.access.tls().map(|files| files.server_config()).transpose()?;
             let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
             tracing::info!(address = %listener.local_addr()?, "lawful-access API listening");
@@ -769,6 +774,10 @@ fn bootstrap(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
 }
 
 /// The lawful-access service over the configured directories.
+/// How often the lawful-access service forgets cached files of destroyed
+/// days (their footers hold a copy of the destroyed key).
+const CACHE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
 fn access_service(config: &Config, keys: Arc<KeyStore>) -> anyhow::Result<AccessService> {
     let audit = Arc::new(AuditTrail::open(&config.state.dir, &keys)?);
     let settings = config.access.settings(config.retention.days);
@@ -784,6 +793,11 @@ fn serve_access(config: Config, listen: Option<std::net::SocketAddr>) -> anyhow:
     let tls = config.access.tls().map(|files| files.server_config()).transpose().context("reading the TLS files")?;
     let stop = stop_on_ctrl_c()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.spawn(cdrvault::periodic::run_periodically(
+        service.lookup_engine(),
+        CACHE_SWEEP_INTERVAL,
+        Arc::clone(&stop),
+    ));
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;

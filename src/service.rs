@@ -195,7 +195,7 @@ struct Inner {
     requests: Arc<dyn RequestRegistry>,
     keys: Arc<KeyStore>,
     audit: Arc<AuditTrail>,
-    engine: LookupEngine,
+    engine: Arc<LookupEngine>,
     orders: OrderStore,
     results_dir: PathBuf,
     clock: Arc<dyn Clock>,
@@ -243,7 +243,7 @@ impl AccessService {
             requests: registry,
             keys,
             audit,
-            engine: LookupEngine::new(data_dir.to_path_buf(), Arc::clone(&engine_keys)),
+            engine: Arc::new(LookupEngine::new(data_dir.to_path_buf(), Arc::clone(&engine_keys))),
             orders: OrderStore::open(state_dir)?,
             results_dir,
             clock,
@@ -272,6 +272,11 @@ impl AccessService {
         };
         self.inner.metrics.access_calls.get_or_create(&CallLabels { method, outcome }).inc();
         result
+    }
+
+    /// The lookup engine, for the service's cache sweep.
+    pub fn lookup_engine(&self) -> Arc<LookupEngine> {
+        Arc::clone(&self.inner.engine)
     }
 
     /// The tonic service, with the transport's message size limit applied.

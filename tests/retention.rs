@@ -468,12 +468,14 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     }
     assert_eq!(world.verify(), vec![]);
 
-    // A query that does not touch the destroyed days still makes the engine
-    // forget them: their cached footers held the parquet crate's copy of
-    // the destroyed keys.
+    // The service's cache sweep forgets them without waiting for a query:
+    // their cached footers held the parquet crate's copy of the destroyed
+    // keys.
+    assert_eq!(engine.forget_destroyed().unwrap(), 5);
+    assert_eq!(engine.cached_files(), 5, "days 0 to 4 forgotten");
     let (found, _) = engine.find(&later_days(5)).unwrap();
     assert_eq!(found.len(), 5 * RECORDS_PER_DAY);
-    assert_eq!(engine.cached_files(), 5, "days 0 to 4 forgotten");
+    assert_eq!(engine.cached_files(), 5);
 
     // The same engine no longer serves the destroyed days; it finds their
     // preserved copies (the target's records of days 2 to 4 involve the
@@ -503,6 +505,7 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     assert_eq!(stats.days_unavailable, 6);
     assert!(found.iter().all(|r| r.day != date_of(5)));
     assert_eq!(found.len(), 4 * RECORDS_PER_DAY + 3);
+    // A query that does not touch the destroyed day forgets it as well.
     engine.find(&later_days(6)).unwrap();
     assert_eq!(engine.cached_files(), 4 + 3, "day 5 forgotten once its key is gone; the order's copies kept");
 
