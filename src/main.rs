@@ -773,11 +773,11 @@ fn bootstrap(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The lawful-access service over the configured directories.
 /// How often the lawful-access service forgets cached files of destroyed
 /// days (their footers hold a copy of the destroyed key).
 const CACHE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The lawful-access service over the configured directories.
 fn access_service(config: &Config, keys: Arc<KeyStore>) -> anyhow::Result<AccessService> {
     let audit = Arc::new(AuditTrail::open(&config.state.dir, &keys)?);
     let settings = config.access.settings(config.retention.days);
