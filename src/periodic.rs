@@ -44,7 +44,7 @@ pub async fn run_periodically<J: Job>(job: Arc<J>, interval: Duration, stop: Arc
         match tokio::task::spawn_blocking(move || task.run_once()).await {
             Ok(Ok(report)) => J::log(&report),
             Ok(Err(e)) if J::is_fatal(&e) => {
-                tracing::error!(job = J::NAME, reason = %e, "a failed fsync; stopping");
+                tracing::error!(job = J::NAME, reason = %e, "fatal error; stopping the service");
                 stop.store(true, Ordering::Relaxed);
                 return;
             }
