@@ -2,13 +2,16 @@
 //! file per day, with exactly the same rows and the same lookup answers,
 //! and an interrupted switch never shows a row twice or not at all.
 
+mod common;
+
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 
 use cdrvault::clock::{Clock, ManualClock};
 use cdrvault::compact;
@@ -18,8 +21,41 @@ use cdrvault::lookup::{LookupEngine, Query};
 use cdrvault::models::{Category, IdentifierKind, TimestampMicros};
 use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
 use cdrvault::read;
-use cdrvault::synth::{Generator, SynthConfig};
+use cdrvault::synth::{Generator, SynthConfig, SyntheticCdr};
 use cdrvault::write::{ParquetConfig, ParquetWriter};
+
+/// A data directory with its keystore, and ingest into it at a manual clock.
+struct Vault {
+    _root: tempfile::TempDir,
+    data: PathBuf,
+    keys: Arc<KeyStore>,
+    clock: Arc<ManualClock>,
+    processor: Processor,
+}
+
+impl Vault {
+    fn new(now: DateTime<Utc>) -> Vault {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        KeyStore::init(&root.path().join("keys"), None).unwrap();
+        let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
+        let clock = Arc::new(ManualClock::new(now));
+        let processor = Processor::new(
+            ParquetWriter::new(&data, ParquetConfig::default()),
+            Arc::clone(&keys),
+            clock.clone() as Arc<dyn Clock>,
+            ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
+        );
+        Vault { _root: root, data, keys, clock, processor }
+    }
+
+    /// Ingests the records as one batch: one file per day they fall on.
+    fn ingest(&self, records: &[SyntheticCdr]) {
+        let inputs: Vec<Input> =
+            records.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect();
+        self.processor.process(&inputs).unwrap();
+    }
+}
 
 fn record_ids(data: &std::path::Path, keys: &KeyStore) -> Vec<String> {
     let mut ids = Vec::new();
@@ -39,24 +75,13 @@ fn record_ids(data: &std::path::Path, keys: &KeyStore) -> Vec<String> {
 #[test]
 fn a_compacted_day_holds_the_same_rows_and_answers_the_same_lookups() {
     let until = Utc.with_ymd_and_hms(2026, 11, 24, 23, 0, 0).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data");
-    KeyStore::init(&root.path().join("keys"), None).unwrap();
-    let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
-    let clock = Arc::new(ManualClock::new(until));
-    let processor = Processor::new(
-        ParquetWriter::new(&data, ParquetConfig::default()),
-        Arc::clone(&keys),
-        clock.clone() as Arc<dyn Clock>,
-        ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
-    );
+    let vault = Vault::new(until);
+    let (data, keys) = (vault.data.clone(), Arc::clone(&vault.keys));
     let mut generator = Generator::new(SynthConfig { seed: 3, subscribers: 300, days: 2, until, invalid_ratio: 0.0 });
     let mut records = Vec::new();
     for _ in 0..4 {
         let batch: Vec<_> = (0..2_500).map(|_| generator.next_record()).collect();
-        let inputs: Vec<Input> =
-            batch.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect();
-        processor.process(&inputs).unwrap();
+        vault.ingest(&batch);
         records.extend(batch);
     }
     let days = read::list_days(&data).unwrap();
@@ -109,21 +134,11 @@ fn a_compacted_day_holds_the_same_rows_and_answers_the_same_lookups() {
 #[test]
 fn an_interrupted_switch_shows_either_the_sources_or_the_new_file() {
     let until = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data");
-    KeyStore::init(&root.path().join("keys"), None).unwrap();
-    let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
-    let processor = Processor::new(
-        ParquetWriter::new(&data, ParquetConfig::default()),
-        Arc::clone(&keys),
-        Arc::new(ManualClock::new(until)) as Arc<dyn Clock>,
-        ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 1, retention_days: Some(365) },
-    );
+    let vault = Vault::new(until);
+    let data = vault.data.clone();
     let mut generator = Generator::new(SynthConfig { seed: 4, subscribers: 50, days: 0, until, invalid_ratio: 0.0 });
     for _ in 0..3 {
-        let inputs: Vec<Input> =
-            (0..100).map(|_| Input { encoding: Encoding::Json, payload: generator.next_record().to_json() }).collect();
-        processor.process(&inputs).unwrap();
+        vault.ingest(&(0..100).map(|_| generator.next_record()).collect::<Vec<_>>());
     }
     let day = read::list_days(&data).unwrap()[0];
     let dir = cdrvault::write::day_dir(&data, day);
@@ -158,17 +173,8 @@ fn files_per_day(data: &std::path::Path) -> std::collections::BTreeMap<cdrvault:
 #[test]
 fn the_compactor_merges_closed_days_only_and_reports_them_as_metrics() {
     let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data");
-    KeyStore::init(&root.path().join("keys"), None).unwrap();
-    let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
-    let clock = Arc::new(ManualClock::new(now));
-    let processor = Processor::new(
-        ParquetWriter::new(&data, ParquetConfig::default()),
-        Arc::clone(&keys),
-        clock.clone() as Arc<dyn Clock>,
-        ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 1, retention_days: Some(365) },
-    );
+    let vault = Vault::new(now);
+    let (data, keys, clock) = (vault.data.clone(), Arc::clone(&vault.keys), Arc::clone(&vault.clock));
     // Three batches over today and the two days before, and three of a day
     // 360 days back: inside the retention window, but too near its horizon
     // to be compacted.
@@ -180,11 +186,7 @@ fn the_compactor_merges_closed_days_only_and_reports_them_as_metrics() {
         for _ in 0..3 {
             let batch: Vec<_> = (0..300).map(|_| generator.next_record()).collect();
             ids.extend(batch.iter().map(|r| r.record_id.clone()));
-            processor
-                .process(
-                    &batch.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect::<Vec<_>>(),
-                )
-                .unwrap();
+            vault.ingest(&batch);
         }
     }
     ids.sort();
@@ -212,13 +214,11 @@ fn the_compactor_merges_closed_days_only_and_reports_them_as_metrics() {
     }
     assert_eq!(record_ids(&data, &keys), ids, "every record once, sealed columns readable");
     let text = metrics.encode();
-    let value = |name: &str| -> f64 {
-        text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).unwrap().parse().unwrap()
-    };
-    assert_eq!(value("cdrvault_compaction_days_total"), closed.len() as f64);
-    assert_eq!(value("cdrvault_compaction_files_replaced_total"), 3.0 * closed.len() as f64);
-    assert_eq!(value("cdrvault_compaction_failures_total"), 0.0);
-    assert_eq!(value("cdrvault_compaction_last_success_timestamp_seconds"), now.timestamp() as f64);
+    let value = |name: &str| common::metric(&text, name);
+    assert_eq!(value("cdrvault_compaction_days_total"), Some(closed.len() as f64));
+    assert_eq!(value("cdrvault_compaction_files_replaced_total"), Some(3.0 * closed.len() as f64));
+    assert_eq!(value("cdrvault_compaction_failures_total"), Some(0.0));
+    assert_eq!(value("cdrvault_compaction_last_success_timestamp_seconds"), Some(now.timestamp() as f64));
 
     // A day later, yesterday is closed too; what is compacted stays as it is.
     clock.advance(chrono::Duration::days(1));
@@ -226,36 +226,22 @@ fn the_compactor_merges_closed_days_only_and_reports_them_as_metrics() {
     assert!(reports.iter().all(|r| r.day == Some(today) || r.files_after == r.files_before), "{reports:?}");
     assert_eq!(files_per_day(&data)[&today], 1, "today became a closed day");
     assert!(files_per_day(&data).iter().all(|(d, n)| !near_horizon(d) || *n == 3), "still too near the horizon");
-    assert_eq!(
-        metrics.encode().lines().find(|l| l.starts_with("cdrvault_compaction_days_total")).unwrap(),
-        format!("cdrvault_compaction_days_total {}", closed.len() + 1)
-    );
+    let days_total = common::metric(&metrics.encode(), "cdrvault_compaction_days_total");
+    assert_eq!(days_total, Some((closed.len() + 1) as f64));
 }
 
 #[test]
 fn large_days_are_merged_batch_by_batch_into_sorted_row_groups_with_a_working_index() {
     // 23:59:59, so that a day's worth of records falls on one date.
     let until = Utc.with_ymd_and_hms(2026, 11, 24, 23, 59, 59).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data");
-    KeyStore::init(&root.path().join("keys"), None).unwrap();
-    let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
-    let processor = Processor::new(
-        ParquetWriter::new(&data, ParquetConfig::default()),
-        Arc::clone(&keys),
-        Arc::new(ManualClock::new(until)) as Arc<dyn Clock>,
-        ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
-    );
+    let vault = Vault::new(until);
+    let (data, keys) = (vault.data.clone(), Arc::clone(&vault.keys));
     let mut generator = Generator::new(SynthConfig { seed: 6, subscribers: 2_000, days: 0, until, invalid_ratio: 0.0 });
     let mut records = Vec::new();
     for _ in 0..3 {
         // Each source file is larger than a merge batch (8,192 rows).
         let batch: Vec<_> = (0..10_000).map(|_| generator.next_record()).collect();
-        processor
-            .process(
-                &batch.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect::<Vec<_>>(),
-            )
-            .unwrap();
+        vault.ingest(&batch);
         records.extend(batch);
     }
     let day = TimestampMicros::from_datetime(until).partition_date();
@@ -311,26 +297,13 @@ fn large_days_are_merged_batch_by_batch_into_sorted_row_groups_with_a_working_in
 #[test]
 fn a_day_that_cannot_be_merged_stays_as_it_was_and_does_not_hold_back_the_others() {
     let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let data = root.path().join("data");
-    KeyStore::init(&root.path().join("keys"), None).unwrap();
-    let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
-    let clock = Arc::new(ManualClock::new(now));
-    let processor = Processor::new(
-        ParquetWriter::new(&data, ParquetConfig::default()),
-        Arc::clone(&keys),
-        clock.clone() as Arc<dyn Clock>,
-        ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 1, retention_days: Some(365) },
-    );
+    let vault = Vault::new(now);
+    let (data, keys, clock) = (vault.data.clone(), Arc::clone(&vault.keys), Arc::clone(&vault.clock));
     let mut generator =
         Generator::new(SynthConfig { seed: 7, subscribers: 80, days: 3, until: now, invalid_ratio: 0.0 });
     for _ in 0..3 {
         let batch: Vec<_> = (0..2_000).map(|_| generator.next_record()).collect();
-        processor
-            .process(
-                &batch.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect::<Vec<_>>(),
-            )
-            .unwrap();
+        vault.ingest(&batch);
     }
     let today = TimestampMicros::from_datetime(now).partition_date();
     let closed: Vec<_> = read::list_days(&data).unwrap().into_iter().filter(|d| *d != today).collect();
@@ -367,7 +340,8 @@ fn a_day_that_cannot_be_merged_stays_as_it_was_and_does_not_hold_back_the_others
         assert_eq!(read::list_files(&data, *day).unwrap().len(), 1, "{day} compacted all the same");
     }
     let text = metrics.encode();
-    assert!(text.contains("cdrvault_compaction_failures_total 1\n"), "{text}");
-    assert!(text.contains(&format!("cdrvault_compaction_days_total {}\n", closed.len() - 1)), "{text}");
-    assert!(text.contains("cdrvault_compaction_last_success_timestamp_seconds 0.0\n"), "no success yet: {text}");
+    assert_eq!(common::metric(&text, "cdrvault_compaction_failures_total"), Some(1.0), "{text}");
+    assert_eq!(common::metric(&text, "cdrvault_compaction_days_total"), Some((closed.len() - 1) as f64), "{text}");
+    let last_success = common::metric(&text, "cdrvault_compaction_last_success_timestamp_seconds");
+    assert_eq!(last_success, Some(0.0), "no success yet: {text}");
 }
