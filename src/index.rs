@@ -144,14 +144,6 @@ pub fn sorted_entries(mut keys: Vec<u64>) -> Vec<(i32, u32)> {
     keys.into_iter().map(|k| ((((k >> 32) as u32) ^ 0x8000_0000) as i32, k as u32)).collect()
 }
 
-/// The sorted, deduplicated (token prefix, granule) entries of the rows of
-/// `batch`, which must be the data file's rows in file order.
-pub fn entries(batch: &RecordBatch) -> Vec<(i32, u32)> {
-    let mut keys = Vec::new();
-    add_keys(batch, 0, &mut keys);
-    sorted_entries(keys)
-}
-
 /// What an index file describes.
 #[derive(Debug, Clone)]
 pub struct IndexedFile<'a> {
@@ -162,14 +154,10 @@ pub struct IndexedFile<'a> {
     pub token_key_id: &'a KeyId,
 }
 
-/// Writes the index of a data file durably (temporary, fsync, rename, fsync
-/// of the directory). Returns its size in bytes.
-pub fn write(path: &Path, batch: &RecordBatch, data: &IndexedFile<'_>) -> Result<u64, WriteError> {
-    write_entries(path, &entries(batch), data)
-}
-
-/// [`write`] from entries already sorted and deduplicated.
-pub fn write_entries(path: &Path, entries: &[(i32, u32)], data: &IndexedFile<'_>) -> Result<u64, WriteError> {
+/// Writes the index of a data file from its entries, sorted and
+/// deduplicated ([`sorted_entries`]), durably (temporary, fsync, rename,
+/// fsync of the directory). Returns its size in bytes.
+pub fn write(path: &Path, entries: &[(i32, u32)], data: &IndexedFile<'_>) -> Result<u64, WriteError> {
     let tokens = Int32Array::from_iter_values(entries.iter().map(|(t, _)| *t));
     // Granules fit: a data file (one day of one token key) is far below
     // 2^34 rows.
@@ -226,31 +214,21 @@ pub fn write_entries(path: &Path, entries: &[(i32, u32)], data: &IndexedFile<'_>
 /// Rebuilds the index of a published data file from its clear token
 /// columns (no key needed): for a file whose index was lost or damaged.
 pub fn rebuild(data_file: &Path) -> Result<u64, WriteError> {
-    let file = File::open(data_file).map_err(|e| DurableError::io("open", data_file, e))?;
-    let bytes = file.metadata().map_err(|e| DurableError::io("stat", data_file, e))?.len();
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-    let metadata = Arc::clone(builder.metadata());
-    let token_key_id = file_meta(&metadata, crate::write::schema::meta::TOKEN_KEY_ID)
-        .and_then(KeyId::new)
-        .ok_or_else(|| ParquetError::General("data file names no token key".into()))?;
+    let unreadable = |e: crate::read::ReadError| ParquetError::External(Box::new(e));
+    let bytes = std::fs::metadata(data_file).map_err(|e| DurableError::io("stat", data_file, e))?.len();
+    let (rows, token_key_id) = crate::read::footer_facts(data_file).map_err(unreadable)?;
+    let token_key_id = token_key_id.ok_or_else(|| ParquetError::General("data file names no token key".into()))?;
     let wanted: Vec<&str> = indexed_fields().map(IdentifierField::token_column).collect();
-    let leaves: Vec<usize> = builder
-        .parquet_schema()
-        .columns()
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| wanted.contains(&c.name()))
-        .map(|(i, _)| i)
-        .collect();
-    let mask = parquet::arrow::ProjectionMask::leaves(builder.parquet_schema(), leaves);
-    let reader = builder.with_projection(mask).build()?;
-    let schema = arrow_array::RecordBatchReader::schema(&reader);
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
-    let all = arrow_select::concat::concat_batches(&schema, &batches)?;
+    let mut keys = Vec::new();
+    let mut first_row = 0;
+    for batch in crate::read::file_reader(data_file, None, &wanted, 8_192).map_err(unreadable)? {
+        let batch = batch?;
+        add_keys(&batch, first_row, &mut keys);
+        first_row += batch.num_rows();
+    }
     let name = data_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let rows = metadata.file_metadata().num_rows().max(0) as u64;
     let data = IndexedFile { name: &name, bytes, rows, token_key_id: &token_key_id };
-    write(&sidecar_path(data_file), &all, &data)
+    write(&sidecar_path(data_file), &sorted_entries(keys), &data)
 }
 
 fn file_meta(metadata: &parquet::file::metadata::ParquetMetaData, key: &str) -> Option<String> {
@@ -370,6 +348,13 @@ mod tests {
     use super::*;
     use arrow_array::Int64Array;
 
+    /// The entries of a data file whose rows are `batch`.
+    fn entries(batch: &RecordBatch) -> Vec<(i32, u32)> {
+        let mut keys = Vec::new();
+        add_keys(batch, 0, &mut keys);
+        sorted_entries(keys)
+    }
+
     fn batch(columns: &[(&str, Vec<Option<i64>>)]) -> RecordBatch {
         let fields: Vec<Field> = columns.iter().map(|(n, _)| Field::new(*n, DataType::Int64, true)).collect();
         let arrays: Vec<Arc<dyn Array>> =
@@ -421,7 +406,7 @@ mod tests {
         let b = batch(&[("calling_number_token", tokens)]);
         let key = KeyId::new("tk-0001").unwrap();
         let described = IndexedFile { name: "part-x.parquet", bytes: 1, rows: 20_000, token_key_id: &key };
-        write(&sidecar_path(&data), &b, &described).unwrap();
+        write(&sidecar_path(&data), &entries(&b), &described).unwrap();
         let index = IndexReader::open(&data).unwrap().unwrap();
         assert!(index.describes("part-x.parquet", 1, 20_000));
         assert!(!index.describes("part-y.parquet", 1, 20_000));

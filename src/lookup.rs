@@ -455,13 +455,7 @@ impl Engine<'_> {
         let file = PublishedFile::open(&work.path).map_err(io)?;
         let options = decryption(&work.path, &work.key)?.with_page_index_policy(PageIndexPolicy::Optional);
         let metadata = ArrowReaderMetadata::load(&file, options)?;
-        let token_key = metadata
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()
-            .and_then(|kv| kv.iter().find(|e| e.key == schema::meta::TOKEN_KEY_ID))
-            .and_then(|e| e.value.clone())
-            .and_then(KeyId::new);
+        let token_key = read::token_key_of(metadata.metadata());
         let name = work.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let rows = metadata.metadata().file_metadata().num_rows().max(0) as u64;
         // A damaged, stale or foreign index is ignored: the scan finds the

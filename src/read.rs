@@ -212,13 +212,19 @@ pub fn footer_facts(path: &Path) -> Result<(u64, Option<crate::models::KeyId>), 
     let metadata =
         parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&file).map_err(parquet_err)?;
     let rows = metadata.file_metadata().num_rows().max(0) as u64;
-    let token_key = metadata
+    Ok((rows, token_key_of(&metadata)))
+}
+
+/// The token key id a data file's footer names.
+pub fn token_key_of(metadata: &parquet::file::metadata::ParquetMetaData) -> Option<crate::models::KeyId> {
+    metadata
         .file_metadata()
-        .key_value_metadata()
-        .and_then(|kv| kv.iter().find(|e| e.key == schema::meta::TOKEN_KEY_ID))
-        .and_then(|e| e.value.clone())
-        .and_then(crate::models::KeyId::new);
-    Ok((rows, token_key))
+        .key_value_metadata()?
+        .iter()
+        .find(|e| e.key == schema::meta::TOKEN_KEY_ID)?
+        .value
+        .clone()
+        .and_then(crate::models::KeyId::new)
 }
 
 #[cfg(test)]

@@ -533,7 +533,7 @@ impl SortedFile<'_> {
         let entries = index::sorted_entries(std::mem::take(&mut self.index_keys));
         let described =
             index::IndexedFile { name: &self.name, bytes, rows: self.rows as u64, token_key_id: &self.token_key_id };
-        index::write_entries(&index::sidecar_path(&self.target), &entries, &described)?;
+        index::write(&index::sidecar_path(&self.target), &entries, &described)?;
         durable::publish(&self.tmp, &self.target)?;
         self.published = true;
         Ok(WrittenFile { date: self.date, path: self.target.clone(), rows: self.rows, bytes })
