@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 
-use cdrvault::clock::{Clock, ManualClock};
-use cdrvault::decode::Encoding;
+use cdrvault::ingest::decode::Encoding;
+use cdrvault::ingest::process::{Input, Processor, ProcessorConfig};
 use cdrvault::keys::KeyStore;
-use cdrvault::models::TimestampMicros;
-use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
-use cdrvault::synth::{Generator, SynthConfig};
-use cdrvault::write::{ParquetConfig, ParquetWriter};
+use cdrvault::model::TimestampMicros;
+use cdrvault::ops::clock::{Clock, ManualClock};
+use cdrvault::storage::config::ParquetConfig;
+use cdrvault::storage::write::ParquetWriter;
+use cdrvault::tools::synth::{Generator, SynthConfig};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -62,14 +63,14 @@ fn main() {
     }
     drop(processor);
     let day = TimestampMicros::from_datetime(until).partition_date();
-    let sources = cdrvault::read::list_files(&data, day).unwrap().len();
+    let sources = cdrvault::storage::read::list_files(&data, day).unwrap().len();
     let resident = status_kib("VmRSS:");
     // Resets the peak resident set to the current one (Linux).
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
 
     let writer = ParquetWriter::new(&data, ParquetConfig::default());
     let started = Instant::now();
-    let report = cdrvault::compact::compact_day(&writer, &keys, day, until.timestamp_millis()).unwrap();
+    let report = cdrvault::storage::compact::compact_day(&writer, &keys, day, until.timestamp_millis()).unwrap();
     let elapsed = started.elapsed();
     let peak = status_kib("VmHWM:");
     println!(

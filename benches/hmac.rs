@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use ring::hmac;
 
-use cdrvault::models::IdentifierKind;
+use cdrvault::model::IdentifierKind;
 
 const DEFAULT_TOKENS: u64 = 10_000_000;
 const RUNS: usize = 3;

@@ -22,15 +22,16 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 
-use cdrvault::clock::{Clock, ManualClock};
-use cdrvault::decode::Encoding;
+use cdrvault::access::lookup::{LookupEngine, LookupStats, Query};
+use cdrvault::ingest::decode::Encoding;
+use cdrvault::ingest::process::{Input, Processor, ProcessorConfig};
 use cdrvault::keys::KeyStore;
-use cdrvault::lookup::{LookupEngine, LookupStats, Query};
-use cdrvault::models::{Category, IdentifierKind, TimestampMicros};
-use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
-use cdrvault::pseudonymise::Tokeniser;
-use cdrvault::synth::{Generator, SynthConfig};
-use cdrvault::write::{ParquetConfig, ParquetWriter};
+use cdrvault::model::{Category, IdentifierKind, TimestampMicros};
+use cdrvault::ops::clock::{Clock, ManualClock};
+use cdrvault::privacy::token::Tokeniser;
+use cdrvault::storage::config::ParquetConfig;
+use cdrvault::storage::write::ParquetWriter;
+use cdrvault::tools::synth::{Generator, SynthConfig};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -93,8 +94,9 @@ fn main() {
         let writer = ParquetWriter::new(&data, parquet_config());
         let started = Instant::now();
         let (mut compacted, mut files) = (0, 0);
-        for day in cdrvault::read::list_days(&data).unwrap() {
-            let report = cdrvault::compact::compact_day(&writer, &keys, day, until.timestamp_millis()).unwrap();
+        for day in cdrvault::storage::read::list_days(&data).unwrap() {
+            let report =
+                cdrvault::storage::compact::compact_day(&writer, &keys, day, until.timestamp_millis()).unwrap();
             compacted += usize::from(report.files_after < report.files_before);
             files += report.files_after;
         }

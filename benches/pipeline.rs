@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the pipeline stages and of one whole batch.
 //!
 //! Every figure is a throughput: records (or tokens) per second. The inputs
-//! are the realistic synthetic mix of `cdrvault::synth` (all six services,
+//! are the realistic synthetic mix of `cdrvault::tools::synth` (all six services,
 //! recurring subscribers, roamers), without deliberate defects and all on
 //! one UTC day, so that a batch writes exactly one file. See
 //! benches/README.md for how to run them and for the figures measured.
@@ -25,11 +25,14 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 
-use cdrvault::clock::{Clock, ManualClock};
-use cdrvault::decode::{self, Encoding};
-use cdrvault::models::{IdentifierKind, KeyId};
-use cdrvault::pipeline::Processor;
-use cdrvault::write::{DayColumns, ParquetConfig, ParquetWriter, schema};
+use cdrvault::ingest::columns::DayColumns;
+use cdrvault::ingest::decode::{self, Encoding};
+use cdrvault::ingest::process::Processor;
+use cdrvault::model::{IdentifierKind, KeyId};
+use cdrvault::ops::clock::{Clock, ManualClock};
+use cdrvault::storage::config::ParquetConfig;
+use cdrvault::storage::schema;
+use cdrvault::storage::write::ParquetWriter;
 
 /// Records per decode and column-building iteration.
 const SMALL_BATCH: usize = 10_000;
@@ -91,7 +94,7 @@ fn columns_benches(c: &mut Criterion) {
     group.bench_function("append", |b| {
         b.iter(|| {
             let mut columns = DayColumns::with_capacity(SMALL_BATCH);
-            let mut tokens = cdrvault::pseudonymise::TokenMemo::new(&tokeniser);
+            let mut tokens = cdrvault::privacy::token::TokenMemo::new(&tokeniser);
             for (index, cdr) in cdrs.iter().enumerate() {
                 columns.append(index, cdr, &mut tokens);
             }
@@ -111,7 +114,7 @@ fn parquet_write_benches(c: &mut Criterion) {
     let day_key = keys.day_key(common::day()).expect("day key");
     let schema = schema::cdr_schema();
     let mut columns = DayColumns::with_capacity(BATCH);
-    let mut tokens = cdrvault::pseudonymise::TokenMemo::new(&tokeniser);
+    let mut tokens = cdrvault::privacy::token::TokenMemo::new(&tokeniser);
     for (index, payload) in payloads.iter().enumerate() {
         let cdr = decode::decode(Encoding::Json, payload, &ctx).expect("valid record");
         columns.append(index, &cdr, &mut tokens);

@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 
 use cdrvault::audit::AuditTrail;
-use cdrvault::clock::{Clock, ManualClock};
-use cdrvault::decode::Encoding;
+use cdrvault::ingest::decode::Encoding;
+use cdrvault::ingest::process::{Input, Processor, ProcessorConfig};
 use cdrvault::keys::KeyStore;
-use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
-use cdrvault::retention::{RetentionConfig, SweepMode, Sweeper};
-use cdrvault::write::{ParquetConfig, ParquetWriter};
+use cdrvault::lifecycle::config::RetentionConfig;
+use cdrvault::lifecycle::retention::{SweepMode, Sweeper};
+use cdrvault::ops::clock::{Clock, ManualClock};
+use cdrvault::storage::config::ParquetConfig;
+use cdrvault::storage::write::ParquetWriter;
 
 fn main() {
     let rows_per_day: usize =

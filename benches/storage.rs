@@ -2,7 +2,7 @@
 //! against a plain zstd Parquet file that keeps the identifiers in clear.
 //!
 //! Both files hold the same N = 200k synthetic records of one day (the
-//! realistic mix of `cdrvault::synth`). The baseline has the same clear
+//! realistic mix of `cdrvault::tools::synth`). The baseline has the same clear
 //! columns and one UTF-8 column per identifier with its canonical value; it
 //! uses zstd level 3 and otherwise parquet's default writer settings
 //! (dictionary on, page statistics, no bloom filters). The target is
@@ -28,16 +28,17 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::encryption::decrypt::FileDecryptionProperties;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 
-use cdrvault::clock::{Clock, ManualClock};
-use cdrvault::decode::{self, Encoding};
+use cdrvault::ingest::decode::{self, Encoding};
+use cdrvault::ingest::process::Processor;
 use cdrvault::keys::KeyStore;
-use cdrvault::models::{Cdr, IdentifierField, IdentifierKind, IdentifierValue};
-use cdrvault::pipeline::Processor;
-use cdrvault::write::{ParquetConfig, ParquetWriter, schema};
+use cdrvault::model::{Cdr, IdentifierField, IdentifierKind, IdentifierValue};
+use cdrvault::ops::clock::{Clock, ManualClock};
+use cdrvault::storage::config::ParquetConfig;
+use cdrvault::storage::schema;
+use cdrvault::storage::write::ParquetWriter;
 
 const DEFAULT_RECORDS: usize = 200_000;
 const TARGET_RATIO: f64 = 2.0;
@@ -101,14 +102,15 @@ fn main() {
 
 /// Writes all inputs through the real processor (one batch, one day, one
 /// file) and returns the size of the file plus its token index.
-fn write_cdrvault(data_dir: &Path, keys: &Arc<KeyStore>, inputs: &[cdrvault::pipeline::Input]) -> u64 {
+fn write_cdrvault(data_dir: &Path, keys: &Arc<KeyStore>, inputs: &[cdrvault::ingest::process::Input]) -> u64 {
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(common::until()));
     let writer = ParquetWriter::new(data_dir, ParquetConfig::default());
     let processor = Processor::new(writer, Arc::clone(keys), clock, common::processor_config(1));
     let outcome = processor.process(inputs).expect("process");
     assert_eq!(outcome.written, inputs.len(), "every record is valid");
     assert_eq!(outcome.files.len(), 1, "one day, one file");
-    let index = std::fs::metadata(cdrvault::index::sidecar_path(&outcome.files[0].path)).expect("token index").len();
+    let index =
+        std::fs::metadata(cdrvault::storage::layout::index_path(&outcome.files[0].path)).expect("token index").len();
     outcome.files[0].bytes + index
 }
 
@@ -208,7 +210,7 @@ fn write_plaintext(path: &Path, batch: &RecordBatch, cdrvault_groups: bool) -> u
 /// Prints where the bytes of the (single) cdrvault file go.
 fn breakdown(data_dir: &Path, keys: &KeyStore, n: usize) {
     let day_key = keys.day_key(common::day()).expect("day key");
-    let dir = cdrvault::write::day_dir(data_dir, common::day());
+    let dir = cdrvault::storage::layout::day_dir(data_dir, common::day());
     let path = std::fs::read_dir(&dir)
         .expect("day dir")
         .filter_map(Result::ok)
@@ -216,18 +218,10 @@ fn breakdown(data_dir: &Path, keys: &KeyStore, n: usize) {
         .find(|p| p.extension().is_some_and(|e| e == "parquet"))
         .expect("a parquet file");
     let size = std::fs::metadata(&path).expect("stat").len();
-    let key = day_key.secret.expose().to_vec();
-    // The writer binds every module to the file's path under the data
-    // directory (its AAD prefix) and does not store that prefix in the file.
-    let name = path.file_name().and_then(|n| n.to_str()).expect("a file name");
-    let aad_prefix = format!("{}/{name}", common::day().dir_name());
-    let mut decryption = FileDecryptionProperties::builder(key.clone()).with_aad_prefix(aad_prefix.into_bytes());
-    for column in schema::sealed_columns() {
-        decryption = decryption.with_column_key(column, key.clone());
-    }
+    let decryption = cdrvault::storage::read::decryption(&path, &day_key).expect("decryption properties");
     let file = File::open(&path).expect("open");
     let metadata: ParquetMetaData = ParquetMetaDataReader::new()
-        .with_decryption_properties(Some(decryption.build().expect("decryption properties")))
+        .with_decryption_properties(Some(decryption))
         .parse_and_finish(&file)
         .expect("footer");
 
@@ -252,7 +246,7 @@ fn breakdown(data_dir: &Path, keys: &KeyStore, n: usize) {
     }
     let accounted: u64 = parts.values().sum();
     *parts.entry("6 footer, page indexes, padding").or_default() += size.saturating_sub(accounted);
-    let index = std::fs::metadata(cdrvault::index::sidecar_path(&path)).expect("token index").len();
+    let index = std::fs::metadata(cdrvault::storage::layout::index_path(&path)).expect("token index").len();
     *parts.entry("7 token index (sidecar file)").or_default() += index;
     let size = size + index;
     println!("  cdrvault file and index: {} row groups, {size} bytes; where they go:", metadata.num_row_groups());

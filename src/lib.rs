@@ -1,44 +1,32 @@
 //! cdrvault: lawful, private retention of telecom call-detail records.
 //!
-//! Records flow from Kafka ([`source`]) through decoding and validation
-//! ([`decode`]), pseudonymisation ([`pseudonymise`], with keys from [`keys`])
-//! into date-partitioned Parquet ([`write`]); Kafka offsets move only once
-//! the files are durable ([`checkpoint`]). [`pipeline`] wires the stages
-//! together. See ARCHITECTURE.md for the map and the invariants.
+//! The folders are the architecture (ARCHITECTURE.md is the map):
+//!
+//! - [`model`]: the vocabulary (records, identifiers, time, the retention rule);
+//! - [`ops`]: clock, durable files, metrics and health, jobs, shutdown, worker pool;
+//! - [`keys`]: key custody (master, token, day and record keys; sealing);
+//! - [`privacy`]: canonical forms, targets and keyed tokens;
+//! - [`storage`]: the data directory (layout, schema, writing, reading, index, compaction);
+//! - [`ingest`]: Kafka to durable Parquet;
+//! - [`registry`]: authorities, principals, warrants, requests and orders, behind traits;
+//! - [`audit`]: the tamper-evident trail;
+//! - [`lifecycle`]: retention and preservation orders;
+//! - [`access`]: lawful access (authorisation, warrants, requests, lookup, the gRPC API);
+//! - [`tools`]: synthetic data, producer, demo, import;
+//! - [`cli`]: the command line and the composition root of the service.
 
 pub mod access;
-pub mod api;
 pub mod audit;
-pub mod checkpoint;
-pub mod client;
-pub mod clock;
-pub mod compact;
-pub mod config;
-pub mod decode;
-pub mod deliver;
-pub mod demo;
-pub mod durable;
-pub mod import;
-pub mod index;
+pub mod cli;
 pub mod ingest;
 pub mod keys;
-pub mod lookup;
-pub mod metrics;
-pub mod models;
-pub mod orders;
-pub mod periodic;
-pub mod pipeline;
-pub mod preserve;
-pub mod produce;
-pub mod pseudonymise;
-pub mod read;
+pub mod lifecycle;
+pub mod model;
+pub mod ops;
+pub mod privacy;
 pub mod registry;
-pub mod requests;
-pub mod retention;
-pub mod service;
-pub mod source;
-pub mod synth;
-pub mod write;
+pub mod storage;
+pub mod tools;
 
 /// Types generated from `proto/cdrvault/v1/*.proto`.
 pub mod proto {

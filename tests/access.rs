@@ -7,46 +7,48 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::{Code, Request, Status};
 
-use cdrvault::access::{AccessStore, Role};
+use cdrvault::access::AccessStore;
+use cdrvault::access::api::tls::TlsFiles;
+use cdrvault::access::api::{self, AccessService};
+use cdrvault::access::client::collect;
+use cdrvault::access::config::AccessSettings;
+use cdrvault::access::render::sha256_hex;
 use cdrvault::audit::AuditTrail;
-use cdrvault::clock::{Clock, ManualClock};
-use cdrvault::decode::Encoding;
-use cdrvault::deliver::sha256_hex;
-use cdrvault::keys::KeyStore;
-use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
+use cdrvault::ops::metrics::Metrics;
 use cdrvault::proto;
 use cdrvault::proto::lawful_access_client::LawfulAccessClient;
-use cdrvault::service::{AccessService, AccessSettings};
-use cdrvault::synth::{Generator, SynthConfig, SyntheticCdr};
-use cdrvault::write::{ParquetConfig, ParquetWriter};
+use cdrvault::registry::{Registries, Role};
+use cdrvault::tools::synth::{Generator, SynthConfig, SyntheticCdr};
+use common::{TestVault, generated, noon};
 
 type Client = LawfulAccessClient<Channel>;
 
+/// A vault with 8,000 records over six days, served by the API.
 struct World {
-    root: tempfile::TempDir,
-    clock: Arc<ManualClock>,
+    vault: TestVault,
     until: DateTime<Utc>,
     records: Vec<SyntheticCdr>,
     generator: Generator,
     client: Client,
     admin: String,
-    keys: Arc<KeyStore>,
     audit: Arc<AuditTrail>,
-    metrics: Arc<cdrvault::metrics::Metrics>,
+    registries: Registries,
+    metrics: Arc<Metrics>,
 }
 
 impl World {
     fn state(&self) -> PathBuf {
-        self.root.path().join("state")
+        self.vault.state()
     }
 
     fn audit_entries(&self) -> Vec<Value> {
@@ -56,6 +58,70 @@ impl World {
 
     fn target(&self, n: usize) -> String {
         self.generator.subscribers()[n].msisdn.clone()
+    }
+
+    /// A dk-police warrant over the last five days.
+    fn warrant_request(&self, grant: Grant<'_>) -> proto::RegisterWarrantRequest {
+        proto::RegisterWarrantRequest {
+            authority: "dk-police".into(),
+            reference: format!(
+                "K-{}",
+                grant.targets.len() * 1000 + grant.categories.len() + grant.valid.num_hours() as usize
+            ),
+            issued_by: "Copenhagen City Court".into(),
+            legal_basis: "Retsplejeloven § 781".into(),
+            targets: grant.targets.iter().map(|t| format!("msisdn:{t}")).collect(),
+            period_start: time(self.until - chrono::Duration::days(5)),
+            period_end: time(self.until),
+            categories: grant.categories.iter().map(|c| c.to_string()).collect(),
+            valid_until: time(self.until + grant.valid),
+        }
+    }
+
+    /// A request for one MSISDN over the last `ask.days` days.
+    fn submission(&self, ask: Ask<'_>) -> proto::SubmitRequestRequest {
+        proto::SubmitRequestRequest {
+            warrant: ask.warrant.into(),
+            request_number: ask.number,
+            targets: vec![format!("msisdn:{}", ask.target)],
+            window_start: time(self.until - chrono::Duration::days(ask.days)),
+            window_end: time(self.until),
+            categories: vec!["traffic".into()],
+            format: ask.format as i32,
+        }
+    }
+}
+
+/// What a warrant grants: MSISDN targets, categories, and how long it holds.
+#[derive(Clone, Copy)]
+struct Grant<'a> {
+    targets: &'a [String],
+    categories: &'a [&'a str],
+    valid: chrono::Duration,
+}
+
+impl<'a> Grant<'a> {
+    /// Traffic data of `targets`, for 30 days.
+    fn of(targets: &'a [String]) -> Grant<'a> {
+        Grant { targets, categories: &["traffic"], valid: chrono::Duration::days(30) }
+    }
+}
+
+/// A request to submit: under `warrant`, for `target`, as number `number`,
+/// over the last `days`, rendered as `format`.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    warrant: &'a str,
+    target: &'a str,
+    number: u64,
+    days: i64,
+    format: proto::ResultFormat,
+}
+
+impl<'a> Ask<'a> {
+    /// Request number 1, three days, JSON.
+    fn to(warrant: &'a str, target: &'a str) -> Ask<'a> {
+        Ask { warrant, target, number: 1, days: 3, format: proto::ResultFormat::Json }
     }
 }
 
@@ -70,44 +136,24 @@ fn time(t: DateTime<Utc>) -> String {
 }
 
 async fn world(settings: AccessSettings) -> World {
-    let until = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    KeyStore::init(&root.path().join("keys"), None).unwrap();
-    let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
-    let clock = Arc::new(ManualClock::new(until));
-    let processor = Processor::new(
-        ParquetWriter::new(&root.path().join("data"), ParquetConfig::default()),
-        Arc::clone(&keys),
-        clock.clone() as Arc<dyn Clock>,
-        ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
-    );
-    let mut generator = Generator::new(SynthConfig { seed: 5, subscribers: 500, days: 6, until, invalid_ratio: 0.0 });
-    let records: Vec<_> = (0..8_000).map(|_| generator.next_record()).collect();
-    let inputs: Vec<Input> = records.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect();
-    assert_eq!(processor.process(&inputs).unwrap().written, records.len());
+    let until = noon();
+    let vault = TestVault::new(until);
+    let (generator, records) =
+        generated(SynthConfig { seed: 5, subscribers: 500, days: 6, until, invalid_ratio: 0.0 }, 8_000);
+    assert_eq!(vault.ingest(&records), records.len());
 
-    let state = root.path().join("state");
-    let (_, admin) = AccessStore::open(&state)
-        .unwrap()
+    let registries = vault.registries();
+    let (_, admin) = AccessStore::new(Arc::clone(&registries.access))
         .create_principal(None, "bootstrap admin", [Role::Admin].into(), None, until)
         .unwrap();
-    let audit = Arc::new(AuditTrail::open(&state, &keys).unwrap());
-    let service = AccessService::new(
-        &root.path().join("data"),
-        &state,
-        Arc::clone(&keys),
-        Arc::clone(&audit),
-        clock.clone() as Arc<dyn Clock>,
-        settings,
-    )
-    .unwrap();
-    let metrics = cdrvault::metrics::Metrics::new();
-    let service = service.with_metrics(Arc::clone(&metrics));
+    let audit = vault.audit();
+    let metrics = Metrics::new();
+    let desk = vault.desk(&audit, registries.clone(), settings, Arc::clone(&metrics));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(cdrvault::service::serve(listener, service, None, std::future::pending()));
+    tokio::spawn(api::serve(listener, AccessService::new(desk), None, std::future::pending()));
     let client = LawfulAccessClient::connect(format!("http://{address}")).await.unwrap();
-    World { root, clock, until, records, generator, client, admin: admin.expose().to_string(), keys, audit, metrics }
+    World { vault, until, records, generator, client, admin: admin.expose().to_string(), audit, registries, metrics }
 }
 
 /// Creates a principal through the API and returns its token.
@@ -145,58 +191,14 @@ async fn cast(w: &mut World) -> Cast {
     }
 }
 
-fn warrant_request(
-    w: &World,
-    targets: &[String],
-    categories: &[&str],
-    valid: chrono::Duration,
-) -> proto::RegisterWarrantRequest {
-    proto::RegisterWarrantRequest {
-        authority: "dk-police".into(),
-        reference: format!("K-{}", targets.len() * 1000 + categories.len() + valid.num_hours() as usize),
-        issued_by: "Copenhagen City Court".into(),
-        legal_basis: "Retsplejeloven § 781".into(),
-        targets: targets.iter().map(|t| format!("msisdn:{t}")).collect(),
-        period_start: time(w.until - chrono::Duration::days(5)),
-        period_end: time(w.until),
-        categories: categories.iter().map(|c| c.to_string()).collect(),
-        valid_until: time(w.until + valid),
-    }
-}
-
-/// A registered and approved warrant's id.
-async fn approved_warrant(
-    w: &mut World,
-    cast: &Cast,
-    targets: &[String],
-    categories: &[&str],
-    valid: chrono::Duration,
-) -> String {
-    let request = warrant_request(w, targets, categories, valid);
+/// A warrant registered by alice and approved by bob; its id.
+async fn approved_warrant(w: &mut World, cast: &Cast, grant: Grant<'_>) -> String {
+    let request = w.warrant_request(grant);
     let warrant = w.client.register_warrant(authed(&cast.alice, request)).await.unwrap().into_inner();
     let decide = proto::DecideWarrantRequest { warrant: warrant.id.clone(), approve: true, reason: String::new() };
     let decided = w.client.decide_warrant(authed(&cast.bob, decide)).await.unwrap().into_inner();
     assert_eq!(decided.status, "approved");
     warrant.id
-}
-
-fn submit(
-    w: &World,
-    warrant: &str,
-    number: u64,
-    target: &str,
-    days: i64,
-    format: proto::ResultFormat,
-) -> proto::SubmitRequestRequest {
-    proto::SubmitRequestRequest {
-        warrant: warrant.into(),
-        request_number: number,
-        targets: vec![format!("msisdn:{target}")],
-        window_start: time(w.until - chrono::Duration::days(days)),
-        window_end: time(w.until),
-        categories: vec!["traffic".into()],
-        format: format as i32,
-    }
 }
 
 /// Fetches a result: the info message, then the bytes.
@@ -209,7 +211,7 @@ async fn fetch(
         .fetch_result(authed(token, proto::FetchResultRequest { request_id: request_id.into() }))
         .await?
         .into_inner();
-    Ok(cdrvault::client::collect(stream).await.expect("an info message, then the bytes it announces"))
+    Ok(collect(stream).await.expect("an info message, then the bytes it announces"))
 }
 
 fn truth(w: &World, target: &str, days: i64) -> BTreeSet<String> {
@@ -232,14 +234,14 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
     let mut w = world(AccessSettings::default()).await;
     let cast = cast(&mut w).await;
     let (target, other) = (w.target(4), w.target(9));
-    let warrant =
-        approved_warrant(&mut w, &cast, &[target.clone(), other], &["traffic", "location"], chrono::Duration::days(30))
-            .await;
+    let targets = [target.clone(), other];
+    let grant = Grant { categories: &["traffic", "location"], ..Grant::of(&targets) };
+    let warrant = approved_warrant(&mut w, &cast, grant).await;
 
     // JSON: exactly the ground truth, digest recorded before delivery.
     let submitted = w
         .client
-        .submit_request(authed(&cast.handler, submit(&w, &warrant, 1, &target, 3, proto::ResultFormat::Json)))
+        .submit_request(authed(&cast.handler, w.submission(Ask::to(&warrant, &target))))
         .await
         .unwrap()
         .into_inner();
@@ -268,7 +270,10 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
     // CSV and ETSI XML carry the same records.
     let csv = w
         .client
-        .submit_request(authed(&cast.handler, submit(&w, &warrant, 2, &target, 3, proto::ResultFormat::Csv)))
+        .submit_request(authed(
+            &cast.handler,
+            w.submission(Ask { number: 2, format: proto::ResultFormat::Csv, ..Ask::to(&warrant, &target) }),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -277,7 +282,10 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
     assert_eq!(rows, expected.len());
     let xml = w
         .client
-        .submit_request(authed(&cast.handler, submit(&w, &warrant, 3, &target, 3, proto::ResultFormat::EtsiXml)))
+        .submit_request(authed(
+            &cast.handler,
+            w.submission(Ask { number: 3, format: proto::ResultFormat::EtsiXml, ..Ask::to(&warrant, &target) }),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -319,7 +327,7 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
         .await
         .unwrap()
         .into_inner();
-    let (export_info, export) = cdrvault::client::collect(stream).await.unwrap();
+    let (export_info, export) = collect(stream).await.unwrap();
     let export_doc: Value = serde_json::from_slice(&export).unwrap();
     let all: BTreeSet<String> =
         w.records.iter().filter(|r| r.involves_number(&target)).map(|r| r.record_id.clone()).collect();
@@ -333,66 +341,101 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
     assert!(leaks.is_empty(), "raw identifiers in the state directory: {leaks:?}");
 
     // An expired result is destroyed, key first, and audited.
-    w.clock.advance(chrono::Duration::days(8));
+    w.vault.clock.advance(chrono::Duration::days(8));
     let gone = fetch(&mut w.client, &cast.handler, "DK-dk-police-1").await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     assert!(w.audit_entries().iter().any(|e| e["action"] == "result_destroyed"));
     assert!(common::files_below(&w.state().join("results")).is_empty());
 }
 
-/// One hostile attempt: the expected status code and reason code.
-async fn expect_refused<T: std::fmt::Debug>(
-    w: &World,
-    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+/// One hostile attempt: the call, and the status code and reason code it
+/// must be refused with.
+struct Hostile {
+    case: &'static str,
+    call: Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>,
     code: Code,
-    reason: &str,
-) {
+    reason: &'static str,
+}
+
+impl Hostile {
+    fn new<T>(
+        case: &'static str,
+        call: impl Future<Output = Result<T, Status>> + Send + 'static,
+        code: Code,
+        reason: &'static str,
+    ) -> Hostile {
+        Hostile { case, call: Box::pin(async move { call.await.map(|_| ()) }), code, reason }
+    }
+}
+
+/// Runs an attempt: it must fail with its code and reason, and be audited
+/// as a refusal or an authentication failure, and as nothing else.
+async fn expect_refused(w: &World, attempt: Hostile) {
+    let Hostile { case, call, code, reason } = attempt;
     let before = w.audit_entries().len();
     let status = call.await.expect_err("a hostile call must fail");
-    assert_eq!(status.code(), code, "{reason}: {status:?}");
-    assert!(status.message().starts_with(reason), "expected {reason}, got {}", status.message());
+    assert_eq!(status.code(), code, "{case}: {status:?}");
+    assert!(status.message().starts_with(reason), "{case}: expected {reason}, got {}", status.message());
     let after = w.audit_entries();
-    assert!(after.len() > before, "{reason} was not audited");
+    assert!(after.len() > before, "{case}: not audited");
     let new = &after[before..];
     assert!(
         new.iter().all(|e| e["action"] == "access_refused" || e["action"] == "authentication_failed"),
-        "{reason}: {new:?}"
+        "{case}: {new:?}"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
-    let mut w = world(AccessSettings::default()).await;
-    let cast = cast(&mut w).await;
-    let target = w.target(4);
-    let warrant =
-        approved_warrant(&mut w, &cast, std::slice::from_ref(&target), &["traffic"], chrono::Duration::days(30)).await;
-    let answered = w
-        .client
-        .submit_request(authed(&cast.handler, submit(&w, &warrant, 1, &target, 3, proto::ResultFormat::Json)))
-        .await
-        .unwrap()
-        .into_inner();
-    let results_before = common::files_below(&w.state().join("results")).len();
+/// Submits `message` (a hostile attempt owns its client).
+fn sending(
+    w: &World,
+    message: Request<proto::SubmitRequestRequest>,
+) -> impl Future<Output = Result<tonic::Response<proto::RequestInfo>, Status>> + Send + 'static {
     let mut c = w.client.clone();
+    async move { c.submit_request(message).await }
+}
 
-    // Authentication.
-    let bare = Request::new(submit(&w, &warrant, 2, &target, 3, proto::ResultFormat::Json));
-    expect_refused(&w, c.submit_request(bare), Code::Unauthenticated, "missing_credentials").await;
-    let forged = authed("cdv_0000", submit(&w, &warrant, 2, &target, 3, proto::ResultFormat::Json));
-    expect_refused(&w, c.submit_request(forged), Code::Unauthenticated, "unknown_token").await;
-    expect_refused(&w, fetch(&mut c, "cdv_forged", &answered.request_id), Code::Unauthenticated, "unknown_token").await;
+/// Submits `ask` with `token`, or with no credentials.
+fn submitting(
+    w: &World,
+    token: Option<&str>,
+    ask: Ask<'_>,
+) -> impl Future<Output = Result<tonic::Response<proto::RequestInfo>, Status>> + Send + 'static {
+    let message = w.submission(ask);
+    sending(
+        w,
+        match token {
+            Some(token) => authed(token, message),
+            None => Request::new(message),
+        },
+    )
+}
 
-    // Roles and objects.
-    let by_auditor = authed(&cast.auditor, submit(&w, &warrant, 2, &target, 3, proto::ResultFormat::Json));
-    expect_refused(&w, c.submit_request(by_auditor), Code::PermissionDenied, "missing_role").await;
-    let by_handler = authed(
-        &cast.handler,
-        proto::CreateAuthorityRequest { id: "xx-evil".into(), country: "xx".into(), name: "x".into() },
-    );
-    expect_refused(&w, c.create_authority(by_handler), Code::PermissionDenied, "missing_role").await;
-    let self_made = authed(
-        &cast.handler,
+fn fetching(
+    w: &World,
+    token: &str,
+    request_id: &str,
+) -> impl Future<Output = Result<(proto::RequestInfo, Vec<u8>), Status>> + Send + 'static {
+    let (mut c, token, request_id) = (w.client.clone(), token.to_string(), request_id.to_string());
+    async move { fetch(&mut c, &token, &request_id).await }
+}
+
+fn registering_an_authority(
+    w: &World,
+    token: &str,
+) -> impl Future<Output = Result<tonic::Response<proto::Authority>, Status>> + Send + 'static {
+    let mut c = w.client.clone();
+    let request =
+        authed(token, proto::CreateAuthorityRequest { id: "xx-evil".into(), country: "xx".into(), name: "x".into() });
+    async move { c.create_authority(request).await }
+}
+
+fn creating_an_admin(
+    w: &World,
+    token: &str,
+) -> impl Future<Output = Result<tonic::Response<proto::CreatePrincipalResponse>, Status>> + Send + 'static {
+    let mut c = w.client.clone();
+    let request = authed(
+        token,
         proto::CreatePrincipalRequest {
             name: "me".into(),
             roles: vec!["admin".into()],
@@ -400,63 +443,164 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
             client_certificate_sha256: String::new(),
         },
     );
-    expect_refused(&w, c.create_principal(self_made), Code::PermissionDenied, "missing_role").await;
-    let foreign = authed(&cast.stranger, submit(&w, &warrant, 2, &target, 3, proto::ResultFormat::Json));
-    expect_refused(&w, c.submit_request(foreign), Code::NotFound, "not_found").await;
-    expect_refused(&w, fetch(&mut c, &cast.stranger, &answered.request_id), Code::NotFound, "unknown_request").await;
-    let peek = authed(&cast.stranger, proto::GetWarrantRequest { warrant: warrant.clone() });
-    expect_refused(&w, c.get_warrant(peek), Code::NotFound, "not_found").await;
+    async move { c.create_principal(request).await }
+}
 
-    // Warrant state: unapproved, self-approval, expired.
+fn peeking(
+    w: &World,
+    token: &str,
+    warrant: &str,
+) -> impl Future<Output = Result<tonic::Response<proto::Warrant>, Status>> + Send + 'static {
+    let mut c = w.client.clone();
+    let request = authed(token, proto::GetWarrantRequest { warrant: warrant.into() });
+    async move { c.get_warrant(request).await }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
+    use Code::*;
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let target = w.target(4);
+    let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
+    let ask = Ask::to(&warrant, &target);
+    let answered = w.client.submit_request(authed(&cast.handler, w.submission(ask))).await.unwrap().into_inner();
+    let results_before = common::files_below(&w.state().join("results")).len();
+    // Authentication, roles and objects.
+    let attempts = [
+        Hostile::new(
+            "no credentials",
+            submitting(&w, None, Ask { number: 2, ..ask }),
+            Unauthenticated,
+            "missing_credentials",
+        ),
+        Hostile::new(
+            "forged token",
+            submitting(&w, Some("cdv_0000"), Ask { number: 2, ..ask }),
+            Unauthenticated,
+            "unknown_token",
+        ),
+        Hostile::new(
+            "forged token fetch",
+            fetching(&w, "cdv_forged", &answered.request_id),
+            Unauthenticated,
+            "unknown_token",
+        ),
+        Hostile::new(
+            "auditor submits",
+            submitting(&w, Some(&cast.auditor), Ask { number: 2, ..ask }),
+            PermissionDenied,
+            "missing_role",
+        ),
+        Hostile::new(
+            "handler registers an authority",
+            registering_an_authority(&w, &cast.handler),
+            PermissionDenied,
+            "missing_role",
+        ),
+        Hostile::new(
+            "handler makes itself admin",
+            creating_an_admin(&w, &cast.handler),
+            PermissionDenied,
+            "missing_role",
+        ),
+        Hostile::new(
+            "another authority's warrant",
+            submitting(&w, Some(&cast.stranger), Ask { number: 2, ..ask }),
+            NotFound,
+            "not_found",
+        ),
+        Hostile::new(
+            "another authority's result",
+            fetching(&w, &cast.stranger, &answered.request_id),
+            NotFound,
+            "unknown_request",
+        ),
+        Hostile::new("another authority peeks", peeking(&w, &cast.stranger, &warrant), NotFound, "not_found"),
+    ];
+    for attempt in attempts {
+        expect_refused(&w, attempt).await;
+    }
+
+    // Warrant state: unapproved, self-approval.
+    let pending = Grant { categories: &["traffic", "device"], ..Grant::of(std::slice::from_ref(&target)) };
     let pending =
-        warrant_request(&w, std::slice::from_ref(&target), &["traffic", "device"], chrono::Duration::days(30));
-    let pending = c.register_warrant(authed(&cast.alice, pending)).await.unwrap().into_inner().id;
-    let unapproved = authed(&cast.handler, submit(&w, &pending, 2, &target, 3, proto::ResultFormat::Json));
-    expect_refused(&w, c.submit_request(unapproved), Code::FailedPrecondition, "warrant_not_approved").await;
-    let own = authed(
-        &cast.alice,
-        proto::DecideWarrantRequest { warrant: pending.clone(), approve: true, reason: String::new() },
-    );
-    expect_refused(&w, c.decide_warrant(own), Code::PermissionDenied, "self_approval").await;
-    let short =
-        approved_warrant(&mut w, &cast, std::slice::from_ref(&target), &["traffic"], chrono::Duration::hours(1)).await;
-    w.clock.advance(chrono::Duration::hours(2));
-    let expired = authed(&cast.handler, submit(&w, &short, 4, &target, 3, proto::ResultFormat::Json));
-    expect_refused(&w, c.submit_request(expired), Code::FailedPrecondition, "warrant_expired").await;
+        w.client.register_warrant(authed(&cast.alice, w.warrant_request(pending))).await.unwrap().into_inner().id;
+    let own_decision = {
+        let mut c = w.client.clone();
+        let request = authed(
+            &cast.alice,
+            proto::DecideWarrantRequest { warrant: pending.clone(), approve: true, reason: String::new() },
+        );
+        async move { c.decide_warrant(request).await }
+    };
+    let attempts = [
+        Hostile::new(
+            "unapproved warrant",
+            submitting(&w, Some(&cast.handler), Ask { number: 2, ..Ask::to(&pending, &target) }),
+            FailedPrecondition,
+            "warrant_not_approved",
+        ),
+        Hostile::new("self-approval", own_decision, PermissionDenied, "self_approval"),
+    ];
+    for attempt in attempts {
+        expect_refused(&w, attempt).await;
+    }
 
-    // Scope: target, window, category.
-    let stranger_target = authed(&cast.handler, submit(&w, &warrant, 5, &w.target(7), 3, proto::ResultFormat::Json));
-    expect_refused(&w, c.submit_request(stranger_target), Code::PermissionDenied, "target_out_of_scope").await;
-    let too_long = authed(&cast.handler, submit(&w, &warrant, 6, &target, 30, proto::ResultFormat::Json));
-    expect_refused(&w, c.submit_request(too_long), Code::PermissionDenied, "window_out_of_scope").await;
-    let mut devices = submit(&w, &warrant, 7, &target, 3, proto::ResultFormat::Json);
+    // An expired warrant; then scope (target, window, category), replay and size.
+    let short = Grant { valid: chrono::Duration::hours(1), ..Grant::of(std::slice::from_ref(&target)) };
+    let short = approved_warrant(&mut w, &cast, short).await;
+    w.vault.clock.advance(chrono::Duration::hours(2));
+    let stranger_target = w.target(7);
+    let mut devices = w.submission(Ask { number: 7, ..ask });
     devices.categories.push("device".into());
-    expect_refused(
-        &w,
-        c.submit_request(authed(&cast.handler, devices)),
-        Code::PermissionDenied,
-        "category_out_of_scope",
-    )
-    .await;
-
-    // Replay and size.
-    let replay = authed(&cast.handler, submit(&w, &warrant, 1, &target, 3, proto::ResultFormat::Json));
-    expect_refused(&w, c.submit_request(replay), Code::AlreadyExists, "request_number_reused").await;
-    let mut huge = submit(&w, &warrant, 8, &target, 3, proto::ResultFormat::Json);
-    huge.targets = (0..1000).map(|n| format!("msisdn:+45{n:08}")).collect();
-    expect_refused(&w, c.submit_request(authed(&cast.handler, huge)), Code::InvalidArgument, "request_too_large").await;
+    let devices = sending(&w, authed(&cast.handler, devices));
+    let sized = |number: u64, targets: Vec<String>| {
+        let mut message = w.submission(Ask { number, ..ask });
+        message.targets = targets;
+        sending(&w, authed(&cast.handler, message))
+    };
+    let attempts = [
+        Hostile::new(
+            "expired warrant",
+            submitting(&w, Some(&cast.handler), Ask { number: 4, ..Ask::to(&short, &target) }),
+            FailedPrecondition,
+            "warrant_expired",
+        ),
+        Hostile::new(
+            "a target outside the warrant",
+            submitting(&w, Some(&cast.handler), Ask { number: 5, ..Ask::to(&warrant, &stranger_target) }),
+            PermissionDenied,
+            "target_out_of_scope",
+        ),
+        Hostile::new(
+            "a window outside the warrant",
+            submitting(&w, Some(&cast.handler), Ask { number: 6, days: 30, ..ask }),
+            PermissionDenied,
+            "window_out_of_scope",
+        ),
+        Hostile::new("a category outside the warrant", devices, PermissionDenied, "category_out_of_scope"),
+        Hostile::new(
+            "a reused request number",
+            submitting(&w, Some(&cast.handler), ask),
+            AlreadyExists,
+            "request_number_reused",
+        ),
+        Hostile::new(
+            "too many targets",
+            sized(8, (0..1000).map(|n| format!("msisdn:+45{n:08}")).collect()),
+            InvalidArgument,
+            "request_too_large",
+        ),
+    ];
+    for attempt in attempts {
+        expect_refused(&w, attempt).await;
+    }
     // A message over 256 KiB (but under the transport's limit) is refused
     // and audited under its caller too.
-    let mut oversized = submit(&w, &warrant, 9, &target, 3, proto::ResultFormat::Json);
-    oversized.targets = vec![format!("msisdn:+45{}", "1".repeat(300_000))];
     let before = w.audit_entries().len();
-    expect_refused(
-        &w,
-        c.submit_request(authed(&cast.handler, oversized)),
-        Code::ResourceExhausted,
-        "message_too_large",
-    )
-    .await;
+    let oversized = sized(9, vec![format!("msisdn:+45{}", "1".repeat(300_000))]);
+    expect_refused(&w, Hostile::new("an oversized message", oversized, ResourceExhausted, "message_too_large")).await;
     let refusal = &w.audit_entries()[before];
     assert_eq!(
         (refusal["reason"].as_str(), refusal["method"].as_str()),
@@ -469,6 +613,7 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
     assert_eq!(entries.iter().filter(|e| e["action"] == "request_answered").count(), 1);
     assert_eq!(entries.iter().filter(|e| e["action"] == "result_delivered").count(), 0);
     assert_eq!(common::files_below(&w.state().join("results")).len(), results_before);
+    let mut c = w.client.clone();
     let report =
         c.statistics(authed(&cast.auditor, proto::StatisticsRequest { year: 2026 })).await.unwrap().into_inner();
     let police = report.authorities.iter().find(|a| a.authority == "dk-police").unwrap();
@@ -496,16 +641,17 @@ async fn an_authority_over_its_rate_is_refused_and_audited() {
     let mut c = w.client.clone();
     for number in 1..=3 {
         let unknown =
-            authed(&cast.handler, submit(&w, "w-unknown", number, &w.target(1), 1, proto::ResultFormat::Json));
+            authed(&cast.handler, w.submission(Ask { number, days: 1, ..Ask::to("w-unknown", &w.target(1)) }));
         assert_eq!(c.submit_request(unknown).await.unwrap_err().code(), Code::NotFound);
     }
-    let fourth = authed(&cast.handler, submit(&w, "w-unknown", 4, &w.target(1), 1, proto::ResultFormat::Json));
-    expect_refused(&w, c.submit_request(fourth), Code::ResourceExhausted, "rate_limited").await;
+    let fourth = authed(&cast.handler, w.submission(Ask { number: 4, days: 1, ..Ask::to("w-unknown", &w.target(1)) }));
+    expect_refused(&w, Hostile::new("over the rate", sending(&w, fourth), Code::ResourceExhausted, "rate_limited"))
+        .await;
     // Another authority has its own budget; and time refills the bucket.
-    let other = authed(&cast.stranger, submit(&w, "w-unknown", 1, &w.target(1), 1, proto::ResultFormat::Json));
+    let other = authed(&cast.stranger, w.submission(Ask { days: 1, ..Ask::to("w-unknown", &w.target(1)) }));
     assert_eq!(c.submit_request(other).await.unwrap_err().code(), Code::NotFound);
-    w.clock.advance(chrono::Duration::seconds(30));
-    let later = authed(&cast.handler, submit(&w, "w-unknown", 5, &w.target(1), 1, proto::ResultFormat::Json));
+    w.vault.clock.advance(chrono::Duration::seconds(30));
+    let later = authed(&cast.handler, w.submission(Ask { number: 5, days: 1, ..Ask::to("w-unknown", &w.target(1)) }));
     assert_eq!(c.submit_request(later).await.unwrap_err().code(), Code::NotFound);
 }
 
@@ -565,38 +711,26 @@ fn pki() -> Pki {
 async fn a_client_certificate_authenticates_the_principal_it_is_mapped_to() {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-    let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    KeyStore::init(&root.path().join("keys"), None).unwrap();
-    let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
-    let state = root.path().join("state");
-    let (_, admin) = AccessStore::open(&state)
-        .unwrap()
-        .create_principal(None, "bootstrap admin", [Role::Admin].into(), None, now)
+    let vault = TestVault::new(noon());
+    let registries = vault.registries();
+    let (_, admin) = AccessStore::new(Arc::clone(&registries.access))
+        .create_principal(None, "bootstrap admin", [Role::Admin].into(), None, vault.now())
         .unwrap();
-    let audit = Arc::new(AuditTrail::open(&state, &keys).unwrap());
-    let clock = Arc::new(ManualClock::new(now)) as Arc<dyn Clock>;
-    let service =
-        AccessService::new(&root.path().join("data"), &state, keys, audit, clock, AccessSettings::default()).unwrap();
+    let service = AccessService::new(vault.desk(&vault.audit(), registries, AccessSettings::default(), Metrics::new()));
     let pki = pki();
     let file = |name: &str, text: &str| {
-        let path = root.path().join(name);
+        let path = vault.root.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
     };
-    let files = cdrvault::service::TlsFiles {
+    let files = TlsFiles {
         cert: file("server.pem", &pki.server.0),
         key: file("server.key", &pki.server.1),
         client_ca: Some(file("ca.pem", &pki.ca)),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    tokio::spawn(cdrvault::service::serve(
-        listener,
-        service,
-        Some(files.server_config().unwrap()),
-        std::future::pending(),
-    ));
+    tokio::spawn(api::serve(listener, service, Some(files.server_config().unwrap()), std::future::pending()));
 
     let connect = async |identity: Option<(&str, &str)>| -> Client {
         let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pki.ca)).domain_name("localhost");
@@ -638,7 +772,7 @@ async fn a_client_certificate_authenticates_the_principal_it_is_mapped_to() {
     assert!(refused.message().starts_with("unknown_certificate"), "{}", refused.message());
     let bare = plain.who_am_i(Request::new(proto::WhoAmIRequest {})).await.unwrap_err();
     assert!(bare.message().starts_with("missing_credentials"), "{}", bare.message());
-    let trail = std::fs::read_to_string(state.join("audit.jsonl")).unwrap();
+    let trail = std::fs::read_to_string(vault.state().join("audit.jsonl")).unwrap();
     assert!(
         trail.contains("\"reason\":\"unknown_certificate\"") && trail.contains("\"reason\":\"missing_credentials\"")
     );
@@ -646,9 +780,10 @@ async fn a_client_certificate_authenticates_the_principal_it_is_mapped_to() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preserved_records_answer_only_the_authority_that_froze_them() {
-    use cdrvault::models::TimestampMicros;
-    use cdrvault::orders::{NewOrder, OrderStore, TargetInput};
-    use cdrvault::retention::{RetentionConfig, SweepMode, Sweeper};
+    use cdrvault::lifecycle::orders::NewOrder;
+    use cdrvault::lifecycle::retention::SweepMode;
+    use cdrvault::model::PartitionDate;
+    use cdrvault::privacy::target::TargetInput;
 
     let mut w = world(AccessSettings::default()).await;
     let cast = cast(&mut w).await;
@@ -658,9 +793,9 @@ async fn preserved_records_answer_only_the_authority_that_froze_them() {
 
     // dk-police freezes the target's week, then the year passes and
     // retention destroys those days, copying the frozen records first.
-    let orders = Arc::new(OrderStore::open(&w.state()).unwrap());
-    let today = TimestampMicros::from_datetime(w.until).partition_date();
-    let ends = cdrvault::models::PartitionDate::from_days_since_epoch(today.days_since_epoch() + 800).unwrap();
+    let orders = w.vault.orders(&w.registries, &w.audit);
+    let today = w.vault.today();
+    let ends = PartitionDate::from_days_since_epoch(today.days_since_epoch() + 800).unwrap();
     let order = NewOrder {
         authority: "dk-police".into(),
         reference: "QF-1".into(),
@@ -669,29 +804,21 @@ async fn preserved_records_answer_only_the_authority_that_froze_them() {
         window_end: w.until,
         ends,
     };
-    orders.place(order, &w.keys, today, w.until).unwrap();
-    w.clock.advance(chrono::Duration::days(380));
-    let sweeper = Sweeper::new(
-        &w.root.path().join("data"),
-        Arc::clone(&w.keys),
-        Arc::clone(&w.audit),
-        w.clock.clone() as Arc<dyn Clock>,
-        RetentionConfig::default(),
-    )
-    .with_orders(orders, ParquetConfig::default());
+    orders.place(order, "test", w.until).unwrap();
+    w.vault.clock.advance(chrono::Duration::days(380));
+    let sweeper = w.vault.sweeper(&w.audit, orders);
     assert!(sweeper.run(None, SweepMode::Delete).unwrap().days.len() >= 6, "the week is destroyed");
 
     // Both authorities hold approved warrants over that week.
-    let valid = chrono::Duration::days(400);
-    let police = approved_warrant(&mut w, &cast, std::slice::from_ref(&target), &["traffic"], valid).await;
-    let mut foreign = warrant_request(&w, std::slice::from_ref(&target), &["traffic"], valid);
+    let grant = Grant { valid: chrono::Duration::days(400), ..Grant::of(std::slice::from_ref(&target)) };
+    let police = approved_warrant(&mut w, &cast, grant).await;
+    let mut foreign = w.warrant_request(grant);
     foreign.authority = "se-police".into();
     let foreign = w.client.register_warrant(authed(&cast.alice, foreign)).await.unwrap().into_inner().id;
     let decide = proto::DecideWarrantRequest { warrant: foreign.clone(), approve: true, reason: String::new() };
     w.client.decide_warrant(authed(&cast.bob, decide)).await.unwrap();
 
-    let ours =
-        w.client.submit_request(authed(&cast.handler, submit(&w, &police, 1, &target, 3, proto::ResultFormat::Json)));
+    let ours = w.client.submit_request(authed(&cast.handler, w.submission(Ask::to(&police, &target))));
     let ours = ours.await.unwrap().into_inner();
     assert_eq!(ours.status, "answered_partially", "beyond retention, answered from the preserved copy");
     let (_, bytes) = fetch(&mut w.client, &cast.handler, &ours.request_id).await.unwrap();
@@ -701,8 +828,7 @@ async fn preserved_records_answer_only_the_authority_that_froze_them() {
     assert_eq!(ids, expected);
     assert!(records.iter().all(|r| r["preserved_under"].is_string()));
 
-    let theirs =
-        w.client.submit_request(authed(&cast.stranger, submit(&w, &foreign, 1, &target, 3, proto::ResultFormat::Json)));
+    let theirs = w.client.submit_request(authed(&cast.stranger, w.submission(Ask::to(&foreign, &target))));
     let theirs = theirs.await.unwrap().into_inner();
     assert_eq!(
         (theirs.status.as_str(), theirs.records),

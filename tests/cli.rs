@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashMap;
 use std::process::{Command, Output};
 
-use cdrvault::synth::{Generator, SynthConfig};
+use cdrvault::tools::synth::{Generator, SynthConfig};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cdrvault");
 

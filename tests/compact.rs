@@ -5,57 +5,23 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{TimeZone, Utc};
 
-use cdrvault::clock::{Clock, ManualClock};
-use cdrvault::compact;
-use cdrvault::decode::Encoding;
+use cdrvault::access::lookup::{FoundRecord, LookupEngine, Query};
 use cdrvault::keys::KeyStore;
-use cdrvault::lookup::{LookupEngine, Query};
-use cdrvault::models::{Category, IdentifierKind, TimestampMicros};
-use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
-use cdrvault::read;
-use cdrvault::synth::{Generator, SynthConfig, SyntheticCdr};
-use cdrvault::write::{ParquetConfig, ParquetWriter};
-
-/// A data directory with its keystore, and ingest into it at a manual clock.
-struct Vault {
-    _root: tempfile::TempDir,
-    data: PathBuf,
-    keys: Arc<KeyStore>,
-    clock: Arc<ManualClock>,
-    processor: Processor,
-}
-
-impl Vault {
-    fn new(now: DateTime<Utc>) -> Vault {
-        let root = tempfile::tempdir().unwrap();
-        let data = root.path().join("data");
-        KeyStore::init(&root.path().join("keys"), None).unwrap();
-        let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
-        let clock = Arc::new(ManualClock::new(now));
-        let processor = Processor::new(
-            ParquetWriter::new(&data, ParquetConfig::default()),
-            Arc::clone(&keys),
-            clock.clone() as Arc<dyn Clock>,
-            ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
-        );
-        Vault { _root: root, data, keys, clock, processor }
-    }
-
-    /// Ingests the records as one batch: one file per day they fall on.
-    fn ingest(&self, records: &[SyntheticCdr]) {
-        let inputs: Vec<Input> =
-            records.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect();
-        self.processor.process(&inputs).unwrap();
-    }
-}
+use cdrvault::model::{Category, IdentifierKind, PartitionDate, TimestampMicros};
+use cdrvault::ops::metrics::Metrics;
+use cdrvault::storage::compact::{self, Compactor};
+use cdrvault::storage::config::ParquetConfig;
+use cdrvault::storage::layout::{self, MANIFEST_SUFFIX};
+use cdrvault::storage::read;
+use cdrvault::storage::write::ParquetWriter;
+use cdrvault::tools::synth::{Generator, SynthConfig};
+use common::TestVault;
 
 fn record_ids(data: &std::path::Path, keys: &KeyStore) -> Vec<String> {
     let mut ids = Vec::new();
@@ -75,8 +41,8 @@ fn record_ids(data: &std::path::Path, keys: &KeyStore) -> Vec<String> {
 #[test]
 fn a_compacted_day_holds_the_same_rows_and_answers_the_same_lookups() {
     let until = Utc.with_ymd_and_hms(2026, 11, 24, 23, 0, 0).unwrap();
-    let vault = Vault::new(until);
-    let (data, keys) = (vault.data.clone(), Arc::clone(&vault.keys));
+    let vault = TestVault::new(until);
+    let (data, keys) = (vault.data(), Arc::clone(&vault.keys));
     let mut generator = Generator::new(SynthConfig { seed: 3, subscribers: 300, days: 2, until, invalid_ratio: 0.0 });
     let mut records = Vec::new();
     for _ in 0..4 {
@@ -96,8 +62,7 @@ fn a_compacted_day_holds_the_same_rows_and_answers_the_same_lookups() {
         categories: [Category::Traffic].into(),
     };
     let engine = LookupEngine::new(data.clone(), Arc::clone(&keys));
-    let ids =
-        |found: &[cdrvault::lookup::FoundRecord]| found.iter().map(|r| r.record_id.clone()).collect::<BTreeSet<_>>();
+    let ids = |found: &[FoundRecord]| found.iter().map(|r| r.record_id.clone()).collect::<BTreeSet<_>>();
     let (before, _) = engine.find(&query).unwrap();
     let truth: BTreeSet<String> =
         records.iter().filter(|r| r.involves_number(&target)).map(|r| r.record_id.clone()).collect();
@@ -110,7 +75,7 @@ fn a_compacted_day_holds_the_same_rows_and_answers_the_same_lookups() {
         let report = compact::compact_day(&writer, &keys, *day, 1_800_000_000_000).unwrap();
         assert_eq!((report.files_before, report.files_after), (4, 1), "{report:?}");
         rows += report.rows;
-        let dir = cdrvault::write::day_dir(&data, *day);
+        let dir = layout::day_dir(&data, *day);
         let names: Vec<String> =
             std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(names.len(), 2, "one data file and its index, no manifest or source left: {names:?}");
@@ -123,7 +88,7 @@ fn a_compacted_day_holds_the_same_rows_and_answers_the_same_lookups() {
     assert_eq!(ids(&after), truth);
     assert_eq!(after.len(), before.len(), "no record twice");
     assert_eq!(stats.files_indexed, stats.files, "the compacted files are indexed: {stats:?}");
-    let (fresh, _) = cdrvault::lookup::find(&data, &keys, &query).unwrap();
+    let (fresh, _) = LookupEngine::new(data.clone(), Arc::clone(&keys)).find(&query).unwrap();
     assert_eq!(ids(&fresh), truth);
 
     // A second run has nothing to do.
@@ -134,26 +99,26 @@ fn a_compacted_day_holds_the_same_rows_and_answers_the_same_lookups() {
 #[test]
 fn an_interrupted_switch_shows_either_the_sources_or_the_new_file() {
     let until = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-    let vault = Vault::new(until);
-    let data = vault.data.clone();
+    let vault = TestVault::new(until);
+    let data = vault.data();
     let mut generator = Generator::new(SynthConfig { seed: 4, subscribers: 50, days: 0, until, invalid_ratio: 0.0 });
     for _ in 0..3 {
         vault.ingest(&(0..100).map(|_| generator.next_record()).collect::<Vec<_>>());
     }
     let day = read::list_days(&data).unwrap()[0];
-    let dir = cdrvault::write::day_dir(&data, day);
+    let dir = layout::day_dir(&data, day);
     let files = read::list_files(&data, day).unwrap();
     assert_eq!(files.len(), 3);
     let name = |i: usize| files[i].file_name().unwrap().to_string_lossy().into_owned();
     let stem = |i: usize| name(i).strip_suffix(".parquet").unwrap().to_string();
 
     // Cut before the new file was published: the sources are the day.
-    let pending = dir.join(format!("_part-9999999999999-00000000-000000{}", compact::MANIFEST_SUFFIX));
+    let pending = dir.join(format!("_part-9999999999999-00000000-000000{}", MANIFEST_SUFFIX));
     std::fs::write(&pending, format!("{}\n{}\n", name(0), name(1))).unwrap();
     assert_eq!(read::list_files(&data, day).unwrap(), files);
 
     // Cut after it was published: only the new file (here, the third).
-    let published = dir.join(format!("_{}{}", stem(2), compact::MANIFEST_SUFFIX));
+    let published = dir.join(format!("_{}{}", stem(2), MANIFEST_SUFFIX));
     std::fs::write(&published, format!("{}\n{}\n", name(0), name(1))).unwrap();
     assert_eq!(read::list_files(&data, day).unwrap(), vec![files[2].clone()]);
 
@@ -161,20 +126,20 @@ fn an_interrupted_switch_shows_either_the_sources_or_the_new_file() {
     compact::recover(&dir).unwrap();
     assert!(!pending.exists() && !published.exists());
     assert!(!files[0].exists() && !files[1].exists() && files[2].exists());
-    assert!(!cdrvault::index::sidecar_path(&files[0]).exists(), "sources go with their index");
+    assert!(!layout::index_path(&files[0]).exists(), "sources go with their index");
     assert_eq!(read::list_files(&data, day).unwrap(), vec![files[2].clone()]);
 }
 
 /// The files of each day, by day.
-fn files_per_day(data: &std::path::Path) -> std::collections::BTreeMap<cdrvault::models::PartitionDate, usize> {
+fn files_per_day(data: &std::path::Path) -> std::collections::BTreeMap<PartitionDate, usize> {
     read::list_days(data).unwrap().into_iter().map(|d| (d, read::list_files(data, d).unwrap().len())).collect()
 }
 
 #[test]
 fn the_compactor_merges_closed_days_only_and_reports_them_as_metrics() {
     let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-    let vault = Vault::new(now);
-    let (data, keys, clock) = (vault.data.clone(), Arc::clone(&vault.keys), Arc::clone(&vault.clock));
+    let vault = TestVault::new(now);
+    let (data, keys, clock) = (vault.data(), Arc::clone(&vault.keys), Arc::clone(&vault.clock));
     // Three batches over today and the two days before, and three of a day
     // 360 days back: inside the retention window, but too near its horizon
     // to be compacted.
@@ -191,20 +156,16 @@ fn the_compactor_merges_closed_days_only_and_reports_them_as_metrics() {
     }
     ids.sort();
     let today = TimestampMicros::from_datetime(now).partition_date();
-    let near_horizon = |d: &cdrvault::models::PartitionDate| d.days_since_epoch() < today.days_since_epoch() - 300;
+    let near_horizon = |d: &PartitionDate| d.days_since_epoch() < today.days_since_epoch() - 300;
     let before = files_per_day(&data);
     assert!(before.values().all(|n| *n == 3), "three files a day: {before:?}");
     let closed: Vec<_> = before.keys().filter(|d| **d != today && !near_horizon(d)).copied().collect();
     assert!(closed.len() >= 2 && before.keys().any(near_horizon), "{before:?}");
 
-    let metrics = cdrvault::metrics::Metrics::new();
-    let compactor = compact::Compactor::new(
-        ParquetWriter::new(&data, ParquetConfig::default()),
-        Arc::clone(&keys),
-        clock.clone(),
-        365,
-    )
-    .with_metrics(Arc::clone(&metrics));
+    let metrics = Metrics::new();
+    let compactor =
+        Compactor::new(ParquetWriter::new(&data, ParquetConfig::default()), Arc::clone(&keys), clock.clone(), 365)
+            .with_metrics(Arc::clone(&metrics));
     let reports = compactor.run(None).unwrap();
     assert_eq!(reports.len(), closed.len(), "only the closed days away from the horizon: {reports:?}");
     let after = files_per_day(&data);
@@ -234,8 +195,8 @@ fn the_compactor_merges_closed_days_only_and_reports_them_as_metrics() {
 fn large_days_are_merged_batch_by_batch_into_sorted_row_groups_with_a_working_index() {
     // 23:59:59, so that a day's worth of records falls on one date.
     let until = Utc.with_ymd_and_hms(2026, 11, 24, 23, 59, 59).unwrap();
-    let vault = Vault::new(until);
-    let (data, keys) = (vault.data.clone(), Arc::clone(&vault.keys));
+    let vault = TestVault::new(until);
+    let (data, keys) = (vault.data(), Arc::clone(&vault.keys));
     let mut generator = Generator::new(SynthConfig { seed: 6, subscribers: 2_000, days: 0, until, invalid_ratio: 0.0 });
     let mut records = Vec::new();
     for _ in 0..3 {
@@ -297,8 +258,8 @@ fn large_days_are_merged_batch_by_batch_into_sorted_row_groups_with_a_working_in
 #[test]
 fn a_day_that_cannot_be_merged_stays_as_it_was_and_does_not_hold_back_the_others() {
     let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-    let vault = Vault::new(now);
-    let (data, keys, clock) = (vault.data.clone(), Arc::clone(&vault.keys), Arc::clone(&vault.clock));
+    let vault = TestVault::new(now);
+    let (data, keys, clock) = (vault.data(), Arc::clone(&vault.keys), Arc::clone(&vault.clock));
     let mut generator =
         Generator::new(SynthConfig { seed: 7, subscribers: 80, days: 3, until: now, invalid_ratio: 0.0 });
     for _ in 0..3 {
@@ -319,7 +280,7 @@ fn a_day_that_cannot_be_merged_stays_as_it_was_and_does_not_hold_back_the_others
     }
     std::fs::write(&victim, bytes).unwrap();
     let listing = |day| {
-        let mut names: Vec<String> = std::fs::read_dir(cdrvault::write::day_dir(&data, day))
+        let mut names: Vec<String> = std::fs::read_dir(layout::day_dir(&data, day))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
@@ -328,10 +289,9 @@ fn a_day_that_cannot_be_merged_stays_as_it_was_and_does_not_hold_back_the_others
     };
     let damaged_before = listing(damaged_day);
 
-    let metrics = cdrvault::metrics::Metrics::new();
-    let compactor =
-        compact::Compactor::new(ParquetWriter::new(&data, ParquetConfig::default()), Arc::clone(&keys), clock, 365)
-            .with_metrics(Arc::clone(&metrics));
+    let metrics = Metrics::new();
+    let compactor = Compactor::new(ParquetWriter::new(&data, ParquetConfig::default()), Arc::clone(&keys), clock, 365)
+        .with_metrics(Arc::clone(&metrics));
     let error = compactor.run(None).unwrap_err().to_string();
     let name = victim.file_name().unwrap().to_string_lossy().into_owned();
     assert!(error.contains(&name), "the error names the damaged file: {error}");

@@ -6,8 +6,6 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
-use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,28 +15,30 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use cdrvault::clock::{Clock, SystemClock};
-use cdrvault::config::{Config, TopicConfig};
-use cdrvault::decode::Encoding;
+use cdrvault::ingest::config::{IngestConfig, KafkaConfig, TopicConfig};
+use cdrvault::ingest::dead_letter::{DeadLetter, headers};
+use cdrvault::ingest::decode::Encoding;
+use cdrvault::ingest::source::KafkaSource;
 use cdrvault::ingest::{Ingest, StopAfter};
-use cdrvault::keys::KeyStore;
-use cdrvault::metrics::Metrics;
-use cdrvault::models::{IdentifierField, IdentifierKind};
-use cdrvault::pipeline::Processor;
-use cdrvault::produce::{ProduceOptions, produce};
-use cdrvault::pseudonymise::Tokeniser;
-use cdrvault::source::KafkaSource;
-use cdrvault::source::dead_letter::{DeadLetter, headers};
-use cdrvault::synth::{Defect, Generator, SynthConfig, SyntheticCdr};
+use cdrvault::model::{IdentifierField, IdentifierKind};
+use cdrvault::ops::metrics::Metrics;
+use cdrvault::ops::shutdown::Shutdown;
+use cdrvault::privacy::token::Tokeniser;
+use cdrvault::storage::read;
+use cdrvault::tools::produce::{ProduceOptions, produce};
+use cdrvault::tools::synth::{Defect, Generator, SynthConfig, SyntheticCdr};
+use common::TestVault;
 
 const TOPIC: &str = "cdr";
 const DEAD_LETTER: &str = "cdr.dead-letter";
 const PARTITIONS: i32 = 4;
 
+/// A vault, the topics of a mock cluster holding `records`, and the Kafka
+/// settings of the ingest that reads them.
 struct Setup {
-    _root: tempfile::TempDir,
-    config: Config,
-    keys: Arc<KeyStore>,
+    vault: TestVault,
+    kafka: KafkaConfig,
+    ingest: IngestConfig,
     records: Vec<SyntheticCdr>,
 }
 
@@ -49,42 +49,38 @@ fn setup(
 ) -> Setup {
     cluster.create_topic(TOPIC, PARTITIONS, 1).unwrap();
     cluster.create_topic(DEAD_LETTER, 1, 1).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.storage.data_dir = root.path().join("data");
-    config.keys.dir = root.path().join("keys");
-    config.kafka.brokers = cluster.bootstrap_servers();
-    config.kafka.group_id = "cdrvault-test".into();
-    config.kafka.topics = vec![TopicConfig { name: TOPIC.into(), encoding }];
-    config.kafka.dead_letter_topic = DEAD_LETTER.into();
-    config.ingest.batch_max_records = 4_000;
-    config.ingest.batch_linger = Duration::from_millis(200);
-    config.validate().unwrap();
-    KeyStore::init(&config.keys.dir, Some(&config.storage.data_dir)).unwrap();
-    let keys = Arc::new(KeyStore::open(&config.keys.dir, None).unwrap());
+    let vault = TestVault::new(Utc::now());
+    let kafka = KafkaConfig {
+        brokers: cluster.bootstrap_servers(),
+        group_id: "cdrvault-test".into(),
+        topics: vec![TopicConfig { name: TOPIC.into(), encoding }],
+        dead_letter_topic: DEAD_LETTER.into(),
+        ..KafkaConfig::default()
+    };
+    let ingest =
+        IngestConfig { batch_max_records: 4_000, batch_linger: Duration::from_millis(200), ..IngestConfig::default() };
 
-    let synth = SynthConfig { seed: 7, subscribers: 300, days: 3, until: Utc::now(), invalid_ratio: 0.03 };
+    let synth = SynthConfig { seed: 7, subscribers: 300, days: 3, until: vault.now(), invalid_ratio: 0.03 };
     let mut generator = Generator::new(synth.clone());
     let records: Vec<SyntheticCdr> = (0..count).map(|_| generator.next_record()).collect();
     let options = ProduceOptions {
-        brokers: config.kafka.brokers.clone(),
+        brokers: kafka.brokers.clone(),
         topic: TOPIC.into(),
         count: Some(count),
         rate: None,
         format: encoding,
         synth,
     };
-    let report = produce(&options, &AtomicBool::new(false), |_| {}, |_| {}).unwrap();
+    let report = produce(&options, &Shutdown::new(), |_| {}, |_| {}).unwrap();
     assert_eq!((report.sent, report.failed), (count, 0));
-    Setup { _root: root, config, keys, records }
+    Setup { vault, kafka, ingest, records }
 }
 
 fn ingest(setup: &Setup, metrics: Arc<Metrics>) -> Ingest {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     Ingest {
-        source: KafkaSource::connect(&setup.config.kafka, &setup.config.ingest, Arc::clone(&metrics)).unwrap(),
-        dead_letter: DeadLetter::connect(&setup.config.kafka).unwrap(),
-        processor: Processor::from_config(&setup.config, Arc::clone(&setup.keys), clock),
+        source: KafkaSource::connect(&setup.kafka, &setup.ingest, Arc::clone(&metrics)).unwrap(),
+        dead_letter: DeadLetter::connect(&setup.kafka).unwrap(),
+        processor: setup.vault.processor_over(Arc::clone(&setup.vault.keys)),
         metrics,
     }
 }
@@ -103,12 +99,9 @@ impl Write for CapturedLog {
     }
 }
 
-fn committed_total(config: &Config) -> i64 {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
-        .set("group.id", &config.kafka.group_id)
-        .create()
-        .unwrap();
+fn committed_total(kafka: &KafkaConfig) -> i64 {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).set("group.id", &kafka.group_id).create().unwrap();
     let mut list = TopicPartitionList::new();
     for p in 0..PARTITIONS {
         list.add_partition(TOPIC, p);
@@ -124,9 +117,9 @@ fn committed_total(config: &Config) -> i64 {
         .sum()
 }
 
-fn dead_letters(config: &Config) -> Vec<(String, Option<String>)> {
+fn dead_letters(kafka: &KafkaConfig) -> Vec<(String, Option<String>)> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("bootstrap.servers", &kafka.brokers)
         .set("group.id", "dead-letter-reader")
         .set("auto.offset.reset", "earliest")
         .create()
@@ -166,9 +159,7 @@ fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
         .with_ansi(false)
         .finish();
     let report = tracing::subscriber::with_default(subscriber, || {
-        ingest(&setup, Arc::clone(&metrics))
-            .run(&AtomicBool::new(false), StopAfter { records: Some(count) }, |_| {})
-            .unwrap()
+        ingest(&setup, Arc::clone(&metrics)).run(&Shutdown::new(), StopAfter { records: Some(count) }, |_| {}).unwrap()
     });
 
     let valid: Vec<&SyntheticCdr> = setup.records.iter().filter(|r| r.defect.is_none()).collect();
@@ -179,7 +170,7 @@ fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
     assert_eq!(report.refused_total() as usize, invalid);
 
     // The files hold each valid record exactly once.
-    let rows = common::read_all_rows(&setup.config.storage.data_dir, &setup.keys);
+    let rows = common::read_all_rows(&setup.vault.data(), &setup.vault.keys);
     let ids: Vec<&str> = rows.iter().map(|r| r.record_id.as_str()).collect();
     let unique: HashSet<&str> = ids.iter().copied().collect();
     assert_eq!(ids.len(), unique.len(), "no record is written twice");
@@ -188,9 +179,9 @@ fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
 
     // Every record is in the partition of its UTC start date.
     let by_id: BTreeMap<&str, &SyntheticCdr> = valid.iter().map(|r| (r.record_id.as_str(), *r)).collect();
-    for date in cdrvault::read::list_days(&setup.config.storage.data_dir).unwrap() {
-        for file in cdrvault::read::list_files(&setup.config.storage.data_dir, date).unwrap() {
-            for batch in cdrvault::read::read_file(&file, None, &["record_id"]).unwrap() {
+    for date in read::list_days(&setup.vault.data()).unwrap() {
+        for file in read::list_files(&setup.vault.data(), date).unwrap() {
+            for batch in read::read_file(&file, None, &["record_id"]).unwrap() {
                 use arrow_array::cast::AsArray;
                 for id in batch.column(0).as_string::<i32>().iter().flatten() {
                     assert_eq!(by_id[id].start_time.unwrap().date_naive(), date.date());
@@ -201,7 +192,7 @@ fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
 
     // A lookup by token finds exactly the ground truth, and unsealing gives
     // back the canonical number.
-    let tokeniser = Tokeniser::new(setup.keys.active_token_key());
+    let tokeniser = Tokeniser::new(setup.vault.keys.active_token_key());
     let population = Generator::new(SynthConfig { seed: 7, subscribers: 300, ..SynthConfig::default() });
     let target = &population.subscribers()[0].msisdn;
     let token = tokeniser.token_for_query(IdentifierKind::Msisdn, target).unwrap().0;
@@ -223,7 +214,7 @@ fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
     }
 
     // Refused records are in the dead-letter topic with their reason.
-    let letters = dead_letters(&setup.config);
+    let letters = dead_letters(&setup.kafka);
     assert_eq!(letters.len(), invalid);
     let mut by_reason: BTreeMap<String, usize> = BTreeMap::new();
     for (reason, _) in &letters {
@@ -244,7 +235,7 @@ fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
     assert!(letters.iter().any(|(r, f)| r == "invalid_msisdn" && f.as_deref() == Some("calling_number")));
 
     // Offsets were committed to the end of every partition.
-    assert_eq!(committed_total(&setup.config), count as i64);
+    assert_eq!(committed_total(&setup.kafka), count as i64);
 
     // The metrics agree, and are labelled by reason only.
     let text = metrics.encode();
@@ -256,8 +247,8 @@ fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
 
     // No raw identifier anywhere the run wrote: data, keys, logs, metrics.
     let identifiers = common::raw_identifiers(&setup.records);
-    let mut files = common::files_below(&setup.config.storage.data_dir);
-    files.extend(common::files_below(&setup.config.keys.dir));
+    let mut files = common::files_below(&setup.vault.data());
+    files.extend(common::files_below(&setup.vault.keys_dir()));
     let log_bytes = log.0.lock().unwrap().clone();
     assert!(log_bytes.len() > 100, "the run logged something to scan");
     let leaks = common::find_leaks(&files, &[("log", &log_bytes), ("metrics", text.as_bytes())], &identifiers);
@@ -269,12 +260,11 @@ fn protobuf_topics_are_ingested_like_json() {
     let cluster = MockCluster::new(1).unwrap();
     let count = 3_000;
     let setup = setup(&cluster, count, Encoding::Protobuf);
-    let report = ingest(&setup, Metrics::new())
-        .run(&AtomicBool::new(false), StopAfter { records: Some(count) }, |_| {})
-        .unwrap();
+    let report =
+        ingest(&setup, Metrics::new()).run(&Shutdown::new(), StopAfter { records: Some(count) }, |_| {}).unwrap();
     let valid = setup.records.iter().filter(|r| r.defect.is_none()).count();
     assert_eq!(report.written as usize, valid);
-    let rows = common::read_all_rows(&setup.config.storage.data_dir, &setup.keys);
+    let rows = common::read_all_rows(&setup.vault.data(), &setup.vault.keys);
     assert_eq!(rows.len(), valid);
 }
 
@@ -283,11 +273,11 @@ fn offsets_do_not_move_when_files_cannot_be_made_durable() {
     let cluster = MockCluster::new(1).unwrap();
     let setup = setup(&cluster, 500, Encoding::Json);
     // A regular file where the data directory should be: every write fails.
-    std::fs::write(&setup.config.storage.data_dir, b"not a directory").unwrap();
-    let result = ingest(&setup, Metrics::new()).run(&AtomicBool::new(false), StopAfter { records: Some(500) }, |_| {});
+    std::fs::write(setup.vault.data(), b"not a directory").unwrap();
+    let result = ingest(&setup, Metrics::new()).run(&Shutdown::new(), StopAfter { records: Some(500) }, |_| {});
     assert!(result.is_err(), "a failed write stops ingest");
-    assert_eq!(committed_total(&setup.config), 0, "no offset moved past records that are not durable");
-    assert!(!Path::new(&setup.config.storage.data_dir).is_dir());
+    assert_eq!(committed_total(&setup.kafka), 0, "no offset moved past records that are not durable");
+    assert!(!setup.vault.data().is_dir());
 }
 
 #[test]

@@ -4,43 +4,33 @@
 //! and a scan, with the same answers; index files that hold no identifier;
 //! and lookups across a token-key rotation.
 
+mod common;
+
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::{TimeZone, Utc};
-
-use cdrvault::clock::{Clock, ManualClock};
-use cdrvault::decode::Encoding;
-use cdrvault::index;
+use cdrvault::access::lookup::{FoundRecord, LookupEngine, LookupStats, Query};
+use cdrvault::ingest::decode::Encoding;
+use cdrvault::ingest::process::Input;
 use cdrvault::keys::KeyStore;
-use cdrvault::lookup::{LookupEngine, LookupStats, Query, find};
-use cdrvault::models::{Category, IdentifierField, IdentifierKind, TimestampMicros};
-use cdrvault::orders::canonical_value;
-use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
-use cdrvault::synth::{Generator, SynthConfig, SyntheticCdr};
-use cdrvault::write::{ParquetConfig, ParquetWriter};
+use cdrvault::model::{Category, IdentifierField, IdentifierKind, TimestampMicros};
+use cdrvault::privacy::target::canonical_value;
+use cdrvault::storage::config::ParquetConfig;
+use cdrvault::storage::{index, layout, read};
+use cdrvault::tools::synth::{Generator, SynthConfig, SyntheticCdr};
+use common::{TestVault, VaultOptions, generated, noon};
 
 #[test]
 fn a_lookup_returns_exactly_the_targets_records_within_scope() {
-    let until = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    KeyStore::init(&root.path().join("keys"), None).unwrap();
-    let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
-    let clock = Arc::new(ManualClock::new(until));
+    let until = noon();
     // Small row groups, so that bloom filters have something to prune.
     let parquet = ParquetConfig { row_group_rows: 2_000, ..ParquetConfig::default() };
-    let processor = Processor::new(
-        ParquetWriter::new(&root.path().join("data"), parquet),
-        Arc::clone(&keys),
-        clock.clone() as Arc<dyn Clock>,
-        ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
-    );
-    let mut generator = Generator::new(SynthConfig { seed: 9, subscribers: 2_000, days: 5, until, invalid_ratio: 0.0 });
-    let records: Vec<_> = (0..30_000).map(|_| generator.next_record()).collect();
-    let inputs: Vec<Input> = records.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect();
-    assert_eq!(processor.process(&inputs).unwrap().written, records.len());
+    let vault = TestVault::with(VaultOptions { now: until, parquet, ..VaultOptions::default() });
+    let (generator, records) =
+        generated(SynthConfig { seed: 9, subscribers: 2_000, days: 5, until, invalid_ratio: 0.0 }, 30_000);
+    assert_eq!(vault.ingest(&records), records.len());
+    let engine = LookupEngine::new(vault.data(), Arc::clone(&vault.keys));
 
     let target = generator.subscribers()[3].msisdn.clone();
     let from = until - chrono::Duration::days(3);
@@ -50,7 +40,7 @@ fn a_lookup_returns_exactly_the_targets_records_within_scope() {
         to: TimestampMicros::from_datetime(until),
         categories: [Category::Traffic].into(),
     };
-    let (found, stats) = find(&root.path().join("data"), &keys, &query).unwrap();
+    let (found, stats) = engine.find(&query).unwrap();
     let truth: HashSet<&str> = records
         .iter()
         .filter(|r| r.involves_number(&target) && r.start_time.unwrap() >= from && r.start_time.unwrap() <= until)
@@ -69,18 +59,18 @@ fn a_lookup_returns_exactly_the_targets_records_within_scope() {
         assert!(record.src_port.is_none(), "ports belong to the ip category");
     }
     let with_location = Query { categories: [Category::Traffic, Category::Location].into(), ..query.clone() };
-    let (located, _) = find(&root.path().join("data"), &keys, &with_location).unwrap();
+    let (located, _) = engine.find(&with_location).unwrap();
     assert!(located.iter().all(|r| r.identifiers.iter().any(|(f, _)| *f == IdentifierField::CellIdStart)));
 
     // A target that never occurs finds nothing.
     let nobody = Query { targets: vec![(IdentifierKind::Msisdn, "+4599999999".into())], ..query.clone() };
-    assert!(find(&root.path().join("data"), &keys, &nobody).unwrap().0.is_empty());
+    assert!(engine.find(&nobody).unwrap().0.is_empty());
 
     // An IMSI target searched with only the traffic category still finds the
     // records, but discloses no device identifier.
     let imsi = generator.subscribers()[3].imsi.clone();
     let by_imsi = Query { targets: vec![(IdentifierKind::Imsi, imsi)], ..query.clone() };
-    let (by_device, _) = find(&root.path().join("data"), &keys, &by_imsi).unwrap();
+    let (by_device, _) = engine.find(&by_imsi).unwrap();
     assert!(!by_device.is_empty());
     assert!(by_device.iter().all(|r| r.identifiers.iter().all(|(f, _)| f.category() != Category::Device)));
 }
@@ -89,57 +79,43 @@ fn a_lookup_returns_exactly_the_targets_records_within_scope() {
 /// row groups of 1,999 rows so that index granules (8 rows) straddle group
 /// boundaries.
 struct Fixture {
-    root: tempfile::TempDir,
-    keys: Arc<KeyStore>,
+    vault: TestVault,
     records: Vec<SyntheticCdr>,
     generator: Generator,
-    until: chrono::DateTime<Utc>,
 }
 
 impl Fixture {
     fn new(seed: u64) -> Fixture {
-        let until = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-        let root = tempfile::tempdir().unwrap();
-        KeyStore::init(&root.path().join("keys"), None).unwrap();
-        let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
-        let mut generator =
-            Generator::new(SynthConfig { seed, subscribers: 1_000, days: 5, until, invalid_ratio: 0.0 });
-        let records: Vec<_> = (0..20_000).map(|_| generator.next_record()).collect();
-        let fixture = Fixture { root, keys, records, generator, until };
-        fixture.write(&fixture.records, &fixture.keys);
-        fixture
+        let parquet = ParquetConfig { row_group_rows: 1_999, ..ParquetConfig::default() };
+        let vault = TestVault::with(VaultOptions { parquet, ..VaultOptions::default() });
+        let synth = SynthConfig { seed, subscribers: 1_000, days: 5, until: vault.now(), invalid_ratio: 0.0 };
+        let (generator, records) = generated(synth, 20_000);
+        assert_eq!(vault.ingest(&records), records.len());
+        Fixture { vault, records, generator }
     }
 
     fn data(&self) -> PathBuf {
-        self.root.path().join("data")
+        self.vault.data()
     }
 
-    fn write(&self, records: &[SyntheticCdr], keys: &Arc<KeyStore>) {
-        let parquet = ParquetConfig { row_group_rows: 1_999, ..ParquetConfig::default() };
-        let processor = Processor::new(
-            ParquetWriter::new(&self.data(), parquet),
-            Arc::clone(keys),
-            Arc::new(ManualClock::new(self.until)) as Arc<dyn Clock>,
-            ProcessorConfig { max_clock_skew: Duration::from_secs(60), decode_threads: 2, retention_days: Some(365) },
-        );
-        let inputs: Vec<Input> =
-            records.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect();
-        assert_eq!(processor.process(&inputs).unwrap().written, records.len());
+    fn keys(&self) -> Arc<KeyStore> {
+        Arc::clone(&self.vault.keys)
     }
 
     fn data_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
-        for day in cdrvault::read::list_days(&self.data()).unwrap() {
-            files.extend(cdrvault::read::list_files(&self.data(), day).unwrap());
+        for day in read::list_days(&self.data()).unwrap() {
+            files.extend(read::list_files(&self.data(), day).unwrap());
         }
         files
     }
 
     fn query(&self, targets: Vec<(IdentifierKind, String)>, days: i64) -> Query {
+        let until = self.vault.now();
         Query {
             targets,
-            from: TimestampMicros::from_datetime(self.until - chrono::Duration::days(days)),
-            to: TimestampMicros::from_datetime(self.until),
+            from: TimestampMicros::from_datetime(until - chrono::Duration::days(days)),
+            to: TimestampMicros::from_datetime(until),
             categories: [Category::Traffic, Category::Location, Category::Device, Category::Ip].into(),
         }
     }
@@ -183,7 +159,7 @@ fn ground_truth(records: &[SyntheticCdr], query: &Query) -> BTreeSet<String> {
         .collect()
 }
 
-fn ids(found: &[cdrvault::lookup::FoundRecord]) -> BTreeSet<String> {
+fn ids(found: &[FoundRecord]) -> BTreeSet<String> {
     found.iter().map(|r| r.record_id.clone()).collect()
 }
 
@@ -244,17 +220,17 @@ fn lookups_through_the_index_match_a_brute_force_scan_of_the_ground_truth() {
     let files = fixture.data_files();
     assert!(files.len() >= 5, "one file per day at least");
     for file in &files {
-        assert!(index::sidecar_path(file).exists(), "{} has its index", file.display());
+        assert!(layout::index_path(file).exists(), "{} has its index", file.display());
     }
-    let engine = LookupEngine::new(fixture.data(), Arc::clone(&fixture.keys));
+    let engine = LookupEngine::new(fixture.data(), fixture.keys());
     let stats = check_all(&fixture, &engine, true);
     assert!(stats.files_indexed > 0 && stats.index_pages > 0 && stats.candidates > 0, "{stats:?}");
     assert!(stats.cache_hits > 0, "footers are read once and then cached: {stats:?}");
 
-    // The same answers from the uncached entry point.
+    // The same answers from a fresh engine.
     let query = fixture.query(vec![(IdentifierKind::Msisdn, fixture.generator.subscribers()[4].msisdn.clone())], 5);
     let (cached, _) = engine.find(&query).unwrap();
-    let (fresh, stats) = find(&fixture.data(), &fixture.keys, &query).unwrap();
+    let (fresh, stats) = LookupEngine::new(fixture.data(), fixture.keys()).find(&query).unwrap();
     assert_eq!(cached, fresh);
     assert_eq!(stats.cache_hits, 0);
 }
@@ -262,20 +238,20 @@ fn lookups_through_the_index_match_a_brute_force_scan_of_the_ground_truth() {
 #[test]
 fn without_its_index_a_file_is_scanned_with_the_same_results_and_the_index_can_be_rebuilt() {
     let fixture = Fixture::new(12);
-    let engine = LookupEngine::new(fixture.data(), Arc::clone(&fixture.keys));
+    let engine = LookupEngine::new(fixture.data(), fixture.keys());
     check_all(&fixture, &engine, true);
     for file in fixture.data_files() {
-        std::fs::remove_file(index::sidecar_path(&file)).unwrap();
+        std::fs::remove_file(layout::index_path(&file)).unwrap();
     }
     // An engine that mapped the indexes keeps reading them: they still
     // describe the unchanged data files. A new engine finds none and scans.
     check_all(&fixture, &engine, true);
-    let unindexed = LookupEngine::new(fixture.data(), Arc::clone(&fixture.keys));
+    let unindexed = LookupEngine::new(fixture.data(), fixture.keys());
     check_all(&fixture, &unindexed, false);
     // A damaged index is ignored as well.
     let files = fixture.data_files();
-    std::fs::write(index::sidecar_path(&files[0]), b"not an index").unwrap();
-    check_all(&fixture, &LookupEngine::new(fixture.data(), Arc::clone(&fixture.keys)), false);
+    std::fs::write(layout::index_path(&files[0]), b"not an index").unwrap();
+    check_all(&fixture, &LookupEngine::new(fixture.data(), fixture.keys()), false);
     // Rebuilt from the clear token columns, the indexes are used again,
     // also by the engine that cached the files without them.
     for file in &files {
@@ -297,13 +273,13 @@ fn index_files_hold_tokens_and_never_an_identifier() {
     let scanner = aho_corasick::AhoCorasick::new(&needles).unwrap();
     let mut scanned = 0;
     for file in fixture.data_files() {
-        let bytes = std::fs::read(index::sidecar_path(&file)).unwrap();
+        let bytes = std::fs::read(layout::index_path(&file)).unwrap();
         assert!(bytes.len() > 1_000, "an index with entries");
         if let Some(hit) = scanner.find(&bytes) {
-            panic!("an identifier of {} bytes in {}", hit.len(), index::sidecar_path(&file).display());
+            panic!("an identifier of {} bytes in {}", hit.len(), layout::index_path(&file).display());
         }
         // The file name of an index says nothing either.
-        let name = index::sidecar_path(&file).file_name().unwrap().to_string_lossy().into_owned();
+        let name = layout::index_path(&file).file_name().unwrap().to_string_lossy().into_owned();
         assert!(scanner.find(&name).is_none());
         scanned += 1;
     }
@@ -316,12 +292,13 @@ fn index_files_hold_tokens_and_never_an_identifier() {
 fn a_lookup_searches_under_every_token_key_of_the_window() {
     let mut fixture = Fixture::new(14);
     // Rotate the token key and write five more days' worth under the new one.
-    let mut keys = KeyStore::open(&fixture.root.path().join("keys"), None).unwrap();
+    let mut keys = KeyStore::open(&fixture.vault.keys_dir(), None).unwrap();
     let new_key = keys.rotate_token_key().unwrap();
     let keys = Arc::new(keys);
     // The same population, new records (the sequence goes on).
     let more: Vec<_> = (0..10_000).map(|_| fixture.generator.next_record()).collect();
-    fixture.write(&more, &keys);
+    let inputs: Vec<Input> = more.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect();
+    assert_eq!(fixture.vault.processor_over(Arc::clone(&keys)).process(&inputs).unwrap().written, more.len());
     let token_keys: HashSet<String> = fixture
         .data_files()
         .iter()
@@ -350,7 +327,7 @@ fn a_lookup_searches_under_every_token_key_of_the_window() {
 #[test]
 fn the_index_path_discloses_only_allowed_categories_and_nothing_outside_the_window() {
     let fixture = Fixture::new(15);
-    let engine = LookupEngine::new(fixture.data(), Arc::clone(&fixture.keys));
+    let engine = LookupEngine::new(fixture.data(), fixture.keys());
     let target = fixture.generator.subscribers()[0].msisdn.clone();
     let mut query = fixture.query(vec![(IdentifierKind::Msisdn, target.clone())], 2);
     query.categories = [Category::Traffic].into();

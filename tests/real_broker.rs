@@ -19,7 +19,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use cdrvault::keys::KeyStore;
-use cdrvault::synth::{Generator, SynthConfig};
+use cdrvault::tools::synth::{Generator, SynthConfig};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cdrvault");
 const PARTITIONS: i32 = 3;
@@ -224,7 +224,7 @@ filter = "debug"
     assert_eq!(found, valid);
     let reasons = read_dead_letters(&brokers, &dead_letter, invalid);
     assert_eq!(reasons.len(), invalid, "every refused record reached the dead-letter topic");
-    let known: HashSet<&str> = cdrvault::decode::RefuseReason::ALL.iter().map(|r| r.code()).collect();
+    let known: HashSet<&str> = cdrvault::model::RefuseReason::ALL.iter().map(|r| r.code()).collect();
     assert!(reasons.iter().all(|r| known.contains(r.as_str())));
     assert_eq!(committed(&brokers, &group, &topic), count as i64, "offsets committed to the end after a clean stop");
 

@@ -4,6 +4,8 @@
 //! the audit trail and `retention verify` pass; then tampering is caught,
 //! and a sweep killed mid-deletion is finished by the next one.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,84 +13,92 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use cdrvault::audit::{AUDIT_FILE, AuditTrail};
-use cdrvault::clock::{Clock, ManualClock};
-use cdrvault::decode::{Encoding, RefuseReason};
+use cdrvault::ingest::decode::Encoding;
+use cdrvault::ingest::process::Input;
 use cdrvault::keys::KeyStore;
-use cdrvault::models::PartitionDate;
-use cdrvault::orders::{NewOrder, OrderStore, TargetInput};
-use cdrvault::pipeline::{Input, Processor, ProcessorConfig};
-use cdrvault::preserve;
-use cdrvault::read;
-use cdrvault::retention::{CrashPoint, RetentionConfig, SweepMode, Sweeper, Violation, is_expired};
-use cdrvault::write::{ParquetConfig, ParquetWriter};
+use cdrvault::lifecycle::config::RetentionConfig;
+use cdrvault::lifecycle::orders::{NewOrder, OrderStore};
+use cdrvault::lifecycle::retention::{CrashPoint, SweepMode, Sweeper, Violation};
+use cdrvault::model::retention::is_expired;
+use cdrvault::model::{PartitionDate, RefuseReason};
+use cdrvault::ops::clock::Clock;
+use cdrvault::privacy::target::TargetInput;
+use cdrvault::storage::config::ParquetConfig;
+use cdrvault::storage::{layout, read};
+use common::{TestVault, VaultOptions};
 
 const DAYS: i64 = 400;
 const RECORDS_PER_DAY: usize = 40;
 
+/// A vault with its audit trail, preservation orders and sweeper.
 struct World {
-    root: tempfile::TempDir,
-    clock: Arc<ManualClock>,
-    keys: Arc<KeyStore>,
+    vault: TestVault,
     audit: Arc<AuditTrail>,
-    processor: Processor,
-    sweeper: Sweeper,
     orders: Arc<OrderStore>,
+    sweeper: Sweeper,
 }
 
 impl World {
     fn new(start: DateTime<Utc>) -> World {
-        let root = tempfile::tempdir().unwrap();
-        KeyStore::init(&root.path().join("keys"), Some(&root.path().join("data"))).unwrap();
-        let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
-        let audit = Arc::new(AuditTrail::open(&root.path().join("state"), &keys).unwrap());
-        let clock = Arc::new(ManualClock::new(start));
-        let writer = ParquetWriter::new(&root.path().join("data"), ParquetConfig::default());
-        let processor = Processor::new(
-            writer,
-            Arc::clone(&keys),
-            clock.clone() as Arc<dyn Clock>,
-            ProcessorConfig { max_clock_skew: Duration::from_secs(300), decode_threads: 1, retention_days: Some(365) },
-        );
-        let orders = Arc::new(OrderStore::open(&root.path().join("state")).unwrap());
-        let sweeper = Sweeper::new(
-            &root.path().join("data"),
-            Arc::clone(&keys),
-            Arc::clone(&audit),
-            clock.clone() as Arc<dyn Clock>,
-            RetentionConfig::default(),
-        )
-        .with_orders(Arc::clone(&orders), ParquetConfig::default());
-        World { root, clock, keys, audit, processor, sweeper, orders }
+        let options = VaultOptions {
+            now: start,
+            decode_threads: 1,
+            max_clock_skew: Duration::from_secs(300),
+            ..VaultOptions::default()
+        };
+        let vault = TestVault::with(options);
+        let audit = vault.audit();
+        let orders = vault.orders(&vault.registries(), &audit);
+        let sweeper = vault.sweeper(&audit, Arc::clone(&orders));
+        World { vault, audit, orders, sweeper }
     }
 
     fn data(&self) -> PathBuf {
-        self.root.path().join("data")
+        self.vault.data()
     }
 
     fn today(&self) -> PartitionDate {
-        cdrvault::models::TimestampMicros::from_datetime(self.clock.now()).partition_date()
+        self.vault.today()
     }
 
     /// Ingests records that started earlier today.
     fn ingest_today(&self, tag: &str) -> usize {
-        let day = self.clock.now().format("%Y-%m-%d").to_string();
-        let inputs: Vec<Input> = (0..RECORDS_PER_DAY)
-            .map(|i| Input {
-                encoding: Encoding::Json,
-                payload: format!(
-                    r#"{{"record_id":"{tag}-{day}-{i}","service":"voice","start_time":"{day}T00:{:02}:00Z","calling_number":"+4520{:06}","called_number":"+4530000001"}}"#,
-                    i % 60,
-                    i
-                )
-                .into_bytes(),
-            })
-            .collect();
-        self.processor.process(&inputs).unwrap().written
+        let day = self.vault.now().format("%Y-%m-%d").to_string();
+        let payloads = (0..RECORDS_PER_DAY).map(|i| {
+            format!(
+                r#"{{"record_id":"{tag}-{day}-{i}","service":"voice","start_time":"{day}T00:{:02}:00Z","calling_number":"+4520{:06}","called_number":"+4530000001"}}"#,
+                i % 60,
+                i
+            )
+            .into_bytes()
+        });
+        self.vault.ingest_payloads(payloads).written
     }
 
     fn verify(&self) -> Vec<Violation> {
         let public = self.audit.public_key();
-        self.sweeper.verify(None, &public, &self.root.path().join("state").join(AUDIT_FILE)).unwrap().violations
+        self.sweeper.verify(None, &public, &self.vault.state().join(AUDIT_FILE)).unwrap().violations
+    }
+
+    /// Places an order for `target` over the days `from..to` (exclusive),
+    /// ending on `until`.
+    fn place(
+        &self,
+        reference: &str,
+        target: &str,
+        days: (PartitionDate, PartitionDate),
+        until: PartitionDate,
+    ) -> cdrvault::registry::Order {
+        let (window_start, window_end) = NewOrder::days(days.0, days.1).unwrap();
+        let order = NewOrder {
+            authority: "dk-police".into(),
+            reference: reference.into(),
+            targets: vec![TargetInput::parse(target, 1).unwrap()],
+            window_start,
+            window_end,
+            ends: until,
+        };
+        self.orders.place(order, "test", self.vault.now()).unwrap()
     }
 }
 
@@ -106,7 +116,7 @@ fn a_simulated_year_destroys_every_expired_day_and_proves_it() {
     let mut deleted_days = 0;
 
     for day in 0..DAYS {
-        world.clock.set(start + chrono::Duration::days(day));
+        world.vault.clock.set(start + chrono::Duration::days(day));
         assert_eq!(world.ingest_today("r"), RECORDS_PER_DAY);
         if day == 0 {
             // A copy of the first day's file, as a backup or a disk would keep.
@@ -128,11 +138,11 @@ fn a_simulated_year_destroys_every_expired_day_and_proves_it() {
     assert_eq!(deleted_rows as usize, (DAYS as usize - 366) * RECORDS_PER_DAY);
 
     // Expired days: no files, no directory, no key, here or after a reopen.
-    let reopened = KeyStore::open(&world.root.path().join("keys"), None).unwrap();
+    let reopened = KeyStore::open(&world.vault.keys_dir(), None).unwrap();
     for n in 0..(DAYS - 366) {
         let day = PartitionDate::from_days_since_epoch(first_day.days_since_epoch() + n).unwrap();
         assert!(day_files(&world.data(), day).is_empty());
-        assert!(!cdrvault::write::day_dir(&world.data(), day).exists());
+        assert!(!layout::day_dir(&world.data(), day).exists());
         assert!(reopened.existing_day_key(day).unwrap().is_none(), "{day} key destroyed");
         assert!(reopened.is_destroyed(day));
     }
@@ -140,7 +150,7 @@ fn a_simulated_year_destroys_every_expired_day_and_proves_it() {
     // The backed-up file of the first day can no longer be unsealed: its key
     // is gone, and no other day's key opens it.
     let (original, bytes) = backup.unwrap();
-    let restored = world.root.path().join("restored.parquet");
+    let restored = world.vault.root.path().join("restored.parquet");
     std::fs::write(&restored, &bytes).unwrap();
     assert!(read::read_file(&restored, None, &["calling_number_sealed"]).is_err());
     let other_key = reopened.existing_day_key(*live.first().unwrap()).unwrap().unwrap();
@@ -154,13 +164,13 @@ fn a_simulated_year_destroys_every_expired_day_and_proves_it() {
         payload: format!(r#"{{"record_id":"late","service":"sms","start_time":"{first_day}T10:00:00Z","calling_number":"+4520000001"}}"#)
             .into_bytes(),
     };
-    let outcome = world.processor.process(&[late]).unwrap();
+    let outcome = world.vault.processor.process(&[late]).unwrap();
     assert_eq!(outcome.refused[0].1.reason, RefuseReason::Expired);
-    assert!(!cdrvault::write::day_dir(&world.data(), first_day).exists());
+    assert!(!layout::day_dir(&world.data(), first_day).exists());
 
     // The evidence holds.
     assert_eq!(world.verify(), vec![]);
-    let trail = std::fs::read_to_string(world.root.path().join("state").join(AUDIT_FILE)).unwrap();
+    let trail = std::fs::read_to_string(world.vault.state().join(AUDIT_FILE)).unwrap();
     assert_eq!(trail.lines().filter(|l| l.contains("\"action\":\"day_deleted\"")).count(), DAYS as usize - 366);
 
     // Tampering: a file put back, a key put back, an audit line edited.
@@ -172,13 +182,13 @@ fn a_simulated_year_destroys_every_expired_day_and_proves_it() {
     std::fs::remove_dir(expired_dir).unwrap();
     assert!(!world.verify().iter().any(|v| matches!(v, Violation::ExpiredDayHasFiles(_))));
 
-    let live_key = world.root.path().join("keys/day").join(format!("{}.key", live[0]));
-    let planted = world.root.path().join("keys/day").join(format!("{first_day}.key"));
+    let live_key = world.vault.keys_dir().join("day").join(format!("{}.key", live[0]));
+    let planted = world.vault.keys_dir().join("day").join(format!("{first_day}.key"));
     std::fs::copy(&live_key, &planted).unwrap();
     assert!(world.verify().contains(&Violation::ExpiredDayHasKey(first_day)));
     std::fs::remove_file(&planted).unwrap();
 
-    let path = world.root.path().join("state").join(AUDIT_FILE);
+    let path = world.vault.state().join(AUDIT_FILE);
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replacen("\"rows\":40", "\"rows\":4", 1)).unwrap();
     assert!(world.verify().iter().any(|v| matches!(v, Violation::AuditTrailDamaged(_))));
@@ -198,7 +208,7 @@ fn a_sweep_killed_mid_deletion_is_finished_by_the_next() {
         world.ingest_today("a");
         world.ingest_today("b");
         assert_eq!(day_files(&world.data(), first_day).len(), 2);
-        world.clock.set(start + chrono::Duration::days(366));
+        world.vault.clock.set(start + chrono::Duration::days(366));
 
         world.sweeper.crash_at(Some(point));
         assert!(world.sweeper.run(None, SweepMode::Delete).is_err(), "{point:?}");
@@ -211,9 +221,9 @@ fn a_sweep_killed_mid_deletion_is_finished_by_the_next() {
         assert_eq!(report.days[0].rows, 2 * RECORDS_PER_DAY as u64, "{point:?}: the evidence counted before the crash");
         assert!(report.days[0].key_id.is_some(), "{point:?}");
         assert_eq!(world.verify(), vec![], "{point:?}");
-        assert!(!cdrvault::write::day_dir(&world.data(), first_day).exists());
-        assert!(world.keys.existing_day_key(first_day).unwrap().is_none());
-        let trail = std::fs::read_to_string(world.root.path().join("state").join(AUDIT_FILE)).unwrap();
+        assert!(!layout::day_dir(&world.data(), first_day).exists());
+        assert!(world.vault.keys.existing_day_key(first_day).unwrap().is_none());
+        let trail = std::fs::read_to_string(world.vault.state().join(AUDIT_FILE)).unwrap();
         assert_eq!(trail.lines().filter(|l| l.contains("day_deleted")).count(), 1, "{point:?}: audited once");
 
         // A second sweep finds nothing more to do.
@@ -232,7 +242,7 @@ fn a_dry_run_previews_without_deleting() {
     assert_eq!(report.days.len(), 1);
     assert_eq!(report.days[0].rows, RECORDS_PER_DAY as u64);
     assert_eq!(day_files(&world.data(), day).len(), 1, "nothing deleted");
-    assert!(world.keys.existing_day_key(day).unwrap().is_some());
+    assert!(world.vault.keys.existing_day_key(day).unwrap().is_some());
     let today_report = world.sweeper.run(None, SweepMode::DryRun).unwrap();
     assert!(today_report.days.is_empty(), "nothing is expired today");
 }
@@ -246,30 +256,16 @@ fn preserved_records_survive_their_day_and_die_with_their_order() {
     let first = world.today();
     let at = |n: i64| start + chrono::Duration::days(n);
     for n in 0..10 {
-        world.clock.set(at(n));
+        world.vault.clock.set(at(n));
         world.ingest_today("r");
     }
     let date_of = |n: i64| PartitionDate::from_days_since_epoch(first.days_since_epoch() + n).unwrap();
 
     // Day 10: an authority orders the records of one number on days 2 to 4
     // preserved until day 380.
+    // The window is days 2 to 4, whole days.
     let place = |reference: &str, until: i64| {
-        world
-            .orders
-            .place(
-                NewOrder {
-                    authority: "dk-police".into(),
-                    reference: reference.into(),
-                    targets: vec![TargetInput::parse("msisdn:+4520000005", 1).unwrap()],
-                    window_start: date_of(2).start().to_datetime().unwrap(),
-                    window_end: date_of(5).start().to_datetime().unwrap() - chrono::Duration::microseconds(1),
-                    ends: date_of(until),
-                },
-                &world.keys,
-                world.today(),
-                world.clock.now(),
-            )
-            .unwrap()
+        world.place(reference, "msisdn:+4520000005", (date_of(2), date_of(4)), date_of(until))
     };
     let order = place("QF-1", 380);
     let other = place("QF-2", 500);
@@ -277,14 +273,14 @@ fn preserved_records_survive_their_day_and_die_with_their_order() {
 
     // Day 370: days 0 to 4 are expired and destroyed; the order's records
     // of days 2 to 4 were copied first.
-    world.clock.set(at(370));
+    world.vault.clock.set(at(370));
     let report = world.sweeper.run(None, SweepMode::Delete).unwrap();
     assert_eq!(report.days.iter().map(|d| d.day).collect::<Vec<_>>(), (0..5).map(date_of).collect::<Vec<_>>());
-    let area = preserve::order_dir(&world.data(), &order.id);
+    let area = layout::order_dir(&world.data(), &order.id);
     assert_eq!(read::list_days(&area).unwrap(), vec![date_of(2), date_of(3), date_of(4)]);
     let mut preserved = Vec::new();
     for d in read::list_days(&area).unwrap() {
-        let key = preserve::order_key_for(&world.keys, &order.id, d).unwrap().unwrap();
+        let key = world.vault.keys.order_key(&order.id).unwrap().unwrap().for_day(d);
         for file in read::list_files(&area, d).unwrap() {
             for batch in
                 read::read_file(&file, Some(&key), &["record_id", "calling_number_sealed", "seal_key_id"]).unwrap()
@@ -308,21 +304,21 @@ fn preserved_records_survive_their_day_and_die_with_their_order() {
     );
     assert!(preserved.iter().all(|p| p.1 == "+4520000005" && p.2 == format!("order-{}", order.id)));
     // The day itself is gone all the same.
-    assert!(world.keys.existing_day_key(date_of(3)).unwrap().is_none());
+    assert!(world.vault.keys.existing_day_key(date_of(3)).unwrap().is_none());
     assert_eq!(world.verify(), vec![]);
 
     // Day 381: the first order has ended: its key and copies are destroyed.
-    world.clock.set(at(381));
+    world.vault.clock.set(at(381));
     world.sweeper.run(None, SweepMode::Delete).unwrap();
     assert!(!area.exists());
-    assert!(world.keys.order_key(&order.id).unwrap().is_none());
-    assert!(preserve::order_dir(&world.data(), &other.id).exists(), "the other order still holds");
+    assert!(world.vault.keys.order_key(&order.id).unwrap().is_none());
+    assert!(layout::order_dir(&world.data(), &other.id).exists(), "the other order still holds");
     // Lifting the other order by hand destroys it at once.
-    let files = world.sweeper.lift(&other.id, "lifted", "test").unwrap();
+    let files = world.orders.lift(&other.id, "lifted", "test", world.vault.now()).unwrap();
     assert_eq!(files, 3);
-    assert!(!preserve::order_dir(&world.data(), &other.id).exists());
+    assert!(!layout::order_dir(&world.data(), &other.id).exists());
     assert_eq!(world.verify(), vec![]);
-    let trail = std::fs::read_to_string(world.root.path().join("state").join(AUDIT_FILE)).unwrap();
+    let trail = std::fs::read_to_string(world.vault.state().join(AUDIT_FILE)).unwrap();
     assert_eq!(trail.lines().filter(|l| l.contains("\"action\":\"records_preserved\"")).count(), 6);
     assert_eq!(trail.lines().filter(|l| l.contains("\"action\":\"order_lifted\"")).count(), 2);
     assert!(!trail.contains("4520000005"), "the audit trail holds no raw identifier");
@@ -331,42 +327,22 @@ fn preserved_records_survive_their_day_and_die_with_their_order() {
 #[test]
 fn preservation_follows_a_token_key_rotation() {
     let start = Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let keys_dir = root.path().join("keys");
-    KeyStore::init(&keys_dir, None).unwrap();
-    let clock = Arc::new(ManualClock::new(start));
-    let orders = Arc::new(OrderStore::open(&root.path().join("state")).unwrap());
-    let today = cdrvault::models::TimestampMicros::from_datetime(start).partition_date();
+    let world = World::new(start);
+    let today = world.today();
 
     // The order is placed under token key tk-0001...
-    let before = KeyStore::open(&keys_dir, None).unwrap();
-    let order = orders
-        .place(
-            NewOrder {
-                authority: "dk-police".into(),
-                reference: "QF-R".into(),
-                targets: vec![TargetInput::parse("msisdn:+4520000007", 1).unwrap()],
-                window_start: start - chrono::Duration::days(1),
-                window_end: start + chrono::Duration::days(1),
-                ends: PartitionDate::from_days_since_epoch(today.days_since_epoch() + 400).unwrap(),
-            },
-            &before,
-            today,
-            start,
-        )
-        .unwrap();
+    let order = world.place(
+        "QF-R",
+        "msisdn:+4520000007",
+        (today, today),
+        PartitionDate::from_days_since_epoch(today.days_since_epoch() + 400).unwrap(),
+    );
     assert_eq!(order.targets[0].tokens.len(), 1);
 
     // ...then the token key is rotated, and today's data is tokenised under tk-0002.
-    let mut rotating = KeyStore::open(&keys_dir, None).unwrap();
+    let mut rotating = KeyStore::open(&world.vault.keys_dir(), None).unwrap();
     assert_eq!(rotating.rotate_token_key().unwrap().as_str(), "tk-0002");
-    let keys = Arc::new(KeyStore::open(&keys_dir, None).unwrap());
-    let processor = Processor::new(
-        ParquetWriter::new(&root.path().join("data"), ParquetConfig::default()),
-        Arc::clone(&keys),
-        clock.clone() as Arc<dyn Clock>,
-        ProcessorConfig { max_clock_skew: Duration::from_secs(300), decode_threads: 1, retention_days: Some(365) },
-    );
+    let keys = Arc::new(KeyStore::open(&world.vault.keys_dir(), None).unwrap());
     let inputs: Vec<Input> = (0..10)
         .map(|i| Input {
             encoding: Encoding::Json,
@@ -374,22 +350,22 @@ fn preservation_follows_a_token_key_rotation() {
                 .into_bytes(),
         })
         .collect();
-    assert_eq!(processor.process(&inputs).unwrap().written, 10);
+    assert_eq!(world.vault.processor_over(Arc::clone(&keys)).process(&inputs).unwrap().written, 10);
 
-    let audit = Arc::new(AuditTrail::open(&root.path().join("state"), &keys).unwrap());
+    // A sweeper of the rotated keystore preserves the record before the day goes.
     let sweeper = Sweeper::new(
-        &root.path().join("data"),
+        &world.data(),
         Arc::clone(&keys),
-        audit,
-        clock.clone() as Arc<dyn Clock>,
+        Arc::clone(&world.audit),
+        world.vault.clock.clone() as Arc<dyn Clock>,
         RetentionConfig::default(),
     )
-    .with_orders(Arc::clone(&orders), ParquetConfig::default());
-    clock.set(start + chrono::Duration::days(367));
+    .with_orders(Arc::clone(&world.orders), ParquetConfig::default());
+    world.vault.clock.set(start + chrono::Duration::days(367));
     let report = sweeper.run(None, SweepMode::Delete).unwrap();
     assert_eq!(report.days.len(), 1);
-    let area = preserve::order_dir(&root.path().join("data"), &order.id);
-    let key = preserve::order_key_for(&keys, &order.id, today).unwrap().unwrap();
+    let area = layout::order_dir(&world.data(), &order.id);
+    let key = keys.order_key(&order.id).unwrap().unwrap().for_day(today);
     let rows: usize = read::list_files(&area, today)
         .unwrap()
         .iter()
@@ -401,47 +377,30 @@ fn preservation_follows_a_token_key_rotation() {
 
 #[test]
 fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_removes_the_indexes() {
-    use cdrvault::lookup::{LookupEngine, Query};
-    use cdrvault::models::{Category, IdentifierKind, TimestampMicros};
+    use cdrvault::access::lookup::{LookupEngine, Query};
+    use cdrvault::model::{Category, IdentifierKind, TimestampMicros};
     let start = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
     let world = World::new(start);
     let first = world.today();
     let at = |n: i64| start + chrono::Duration::days(n);
     let date_of = |n: i64| PartitionDate::from_days_since_epoch(first.days_since_epoch() + n).unwrap();
     for n in 0..10 {
-        world.clock.set(at(n));
+        world.vault.clock.set(at(n));
         world.ingest_today("r");
     }
-    let order = world
-        .orders
-        .place(
-            NewOrder {
-                authority: "dk-police".into(),
-                reference: "QF-9".into(),
-                targets: vec![TargetInput::parse("msisdn:+4520000005", 1).unwrap()],
-                window_start: date_of(2).start().to_datetime().unwrap(),
-                window_end: date_of(5).start().to_datetime().unwrap() - chrono::Duration::microseconds(1),
-                ends: date_of(400),
-            },
-            &world.keys,
-            world.today(),
-            world.clock.now(),
-        )
-        .unwrap();
+    let order = world.place("QF-9", "msisdn:+4520000005", (date_of(2), date_of(4)), date_of(400));
     let index_files = |dir: &Path| -> usize {
         std::fs::read_dir(dir)
-            .map(|entries| {
-                entries.flatten().filter(|e| cdrvault::index::is_index_name(&e.file_name().to_string_lossy())).count()
-            })
+            .map(|entries| entries.flatten().filter(|e| layout::is_index(&e.file_name().to_string_lossy())).count())
             .unwrap_or(0)
     };
     for n in 0..10 {
-        assert_eq!(index_files(&cdrvault::write::day_dir(&world.data(), date_of(n))), 1, "day {n} has its index");
+        assert_eq!(index_files(&layout::day_dir(&world.data(), date_of(n))), 1, "day {n} has its index");
     }
 
     // Every record has the same called number: a lookup over the ten days
     // finds all 400, through the indexes, and caches the footers.
-    let engine = LookupEngine::new(world.data(), Arc::clone(&world.keys));
+    let engine = LookupEngine::new(world.data(), Arc::clone(&world.vault.keys));
     let query = Query {
         targets: vec![(IdentifierKind::Msisdn, "+4530000001".into())],
         from: TimestampMicros::from_datetime(date_of(0).start().to_datetime().unwrap()),
@@ -456,15 +415,15 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
 
     // Day 370: days 0 to 4 are destroyed, their indexes with their files;
     // the order's copies (days 2 to 4) have indexes of their own.
-    world.clock.set(at(370));
+    world.vault.clock.set(at(370));
     world.sweeper.run(None, SweepMode::Delete).unwrap();
     for n in 0..5 {
-        let dir = cdrvault::write::day_dir(&world.data(), date_of(n));
+        let dir = layout::day_dir(&world.data(), date_of(n));
         assert!(!dir.exists(), "day {n}: no data file, no index, no directory");
     }
-    let area = preserve::order_dir(&world.data(), &order.id);
+    let area = layout::order_dir(&world.data(), &order.id);
     for n in 2..5 {
-        assert_eq!(index_files(&cdrvault::write::day_dir(&area, date_of(n))), 1, "preserved day {n} has its index");
+        assert_eq!(index_files(&layout::day_dir(&area, date_of(n))), 1, "preserved day {n} has its index");
     }
     assert_eq!(world.verify(), vec![]);
 
@@ -496,10 +455,10 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     // Another process destroys day 5 (tombstone, then key) while this
     // process still holds the day's key in memory: the engine stops serving
     // it even though its files are still there.
-    let other = KeyStore::open(&world.root.path().join("keys"), None).unwrap();
+    let other = KeyStore::open(&world.vault.keys_dir(), None).unwrap();
     other.write_tombstone(date_of(5), b"{}").unwrap();
     other.destroy_day_key(date_of(5)).unwrap();
-    assert!(world.keys.existing_day_key(date_of(5)).unwrap().is_some(), "still cached by this process");
+    assert!(world.vault.keys.existing_day_key(date_of(5)).unwrap().is_some(), "still cached by this process");
     assert!(!day_files(&world.data(), date_of(5)).is_empty());
     let (found, stats) = engine.find(&query).unwrap();
     assert_eq!(stats.days_unavailable, 6);
@@ -510,7 +469,7 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     assert_eq!(engine.cached_files(), 4 + 3, "day 5 forgotten once its key is gone; the order's copies kept");
 
     // Lifting the order: its copies are gone from the answers.
-    world.sweeper.lift(&order.id, "lifted", "test").unwrap();
+    world.orders.lift(&order.id, "lifted", "test", world.vault.now()).unwrap();
     let (found, stats) = engine.find(&query).unwrap();
     assert_eq!(stats.preserved_files, 0);
     assert_eq!(found.len(), 4 * RECORDS_PER_DAY);

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use cdrvault::decode::{Encoding, ValidationContext};
+use cdrvault::ingest::decode::{Encoding, ValidationContext};
+use cdrvault::ingest::process::{Input, ProcessorConfig};
 use cdrvault::keys::{KeyStore, SecretKey, TokenKey};
-use cdrvault::models::{KeyId, PartitionDate, TimestampMicros};
-use cdrvault::pipeline::{Input, ProcessorConfig};
-use cdrvault::pseudonymise::Tokeniser;
-use cdrvault::retention::RetentionConfig;
-use cdrvault::synth::{Generator, SynthConfig, SyntheticCdr};
+use cdrvault::lifecycle::config::RetentionConfig;
+use cdrvault::model::{KeyId, PartitionDate, TimestampMicros};
+use cdrvault::privacy::token::Tokeniser;
+use cdrvault::tools::synth::{Generator, SynthConfig, SyntheticCdr};
 
 /// The last millisecond of the benchmark day. With `days = 1` every generated
 /// start time lies within the 24 hours before it, so all records fall on
@@ -44,7 +44,7 @@ pub fn ctx() -> ValidationContext {
     ValidationContext {
         now: TimestampMicros::from_datetime(until()),
         max_clock_skew_micros: MAX_CLOCK_SKEW.as_micros() as i64,
-        oldest_retained: Some(cdrvault::retention::oldest_retained(day(), RetentionConfig::default().days)),
+        oldest_retained: Some(cdrvault::model::retention::oldest_retained(day(), RetentionConfig::default().days)),
     }
 }
 

@@ -1,6 +1,8 @@
-//! Helpers shared by the black-box tests: an independent look at what a run
-//! wrote (files read back with the parquet crate, a byte scan for raw
-//! identifiers) and a minimal HTTP GET for the metrics endpoint.
+//! Helpers shared by the black-box tests: one [`TestVault`] (keys, data and
+//! state directories, a manual clock, ingest through the real processor, and
+//! the stores and services built over them), an independent look at what a
+//! run wrote (files read back with the parquet crate, a byte scan for raw
+//! identifiers), and a minimal HTTP GET for the metrics endpoint.
 
 #![allow(dead_code)]
 
@@ -8,15 +10,193 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use aho_corasick::AhoCorasick;
 use arrow_array::Array;
 use arrow_array::cast::AsArray;
 use arrow_array::types::Int64Type;
+use chrono::{DateTime, TimeZone, Utc};
+
+use cdrvault::access::config::AccessSettings;
+use cdrvault::access::{Desk, DeskParts, results};
+use cdrvault::audit::AuditTrail;
+use cdrvault::ingest::decode::Encoding;
+use cdrvault::ingest::process::{BatchOutcome, Input, Processor, ProcessorConfig};
 use cdrvault::keys::KeyStore;
-use cdrvault::models::IdentifierField;
-use cdrvault::read;
-use cdrvault::synth::SyntheticCdr;
+use cdrvault::lifecycle::config::RetentionConfig;
+use cdrvault::lifecycle::orders::OrderStore;
+use cdrvault::lifecycle::retention::Sweeper;
+use cdrvault::model::{IdentifierField, PartitionDate, TimestampMicros};
+use cdrvault::ops::clock::{Clock, ManualClock};
+use cdrvault::ops::metrics::Metrics;
+use cdrvault::registry::Registries;
+use cdrvault::storage::config::ParquetConfig;
+use cdrvault::storage::read;
+use cdrvault::storage::write::ParquetWriter;
+use cdrvault::tools::synth::{Generator, SynthConfig, SyntheticCdr};
+
+/// The instant most tests stand at: 2026-11-24 12:00 UTC.
+pub fn noon() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap()
+}
+
+/// A vault for one test, in a temporary directory: a keystore, a data and a
+/// state directory, a manual clock, and ingest through the real processor.
+/// The stores and services over it are built on demand.
+pub struct TestVault {
+    pub root: tempfile::TempDir,
+    pub clock: Arc<ManualClock>,
+    pub keys: Arc<KeyStore>,
+    pub processor: Processor,
+    options: VaultOptions,
+}
+
+/// How a [`TestVault`] ingests; `TestVault::new` takes the defaults.
+#[derive(Debug, Clone)]
+pub struct VaultOptions {
+    pub now: DateTime<Utc>,
+    pub parquet: ParquetConfig,
+    pub decode_threads: usize,
+    pub max_clock_skew: Duration,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        VaultOptions {
+            now: noon(),
+            parquet: ParquetConfig::default(),
+            decode_threads: 2,
+            max_clock_skew: Duration::from_secs(60),
+        }
+    }
+}
+
+impl TestVault {
+    /// A vault standing at `now`, with the default options.
+    pub fn new(now: DateTime<Utc>) -> TestVault {
+        TestVault::with(VaultOptions { now, ..VaultOptions::default() })
+    }
+
+    pub fn with(options: VaultOptions) -> TestVault {
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(&root.path().join("keys"), Some(&root.path().join("data"))).unwrap();
+        let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
+        let clock = Arc::new(ManualClock::new(options.now));
+        let processor = processor(&root.path().join("data"), &options, Arc::clone(&keys), &clock);
+        TestVault { root, clock, keys, processor, options }
+    }
+
+    /// A processor like the vault's, over other keys (a rotated keystore).
+    pub fn processor_over(&self, keys: Arc<KeyStore>) -> Processor {
+        processor(&self.data(), &self.options, keys, &self.clock)
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.root.path().join("keys")
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    pub fn today(&self) -> PartitionDate {
+        TimestampMicros::from_datetime(self.now()).partition_date()
+    }
+
+    /// Ingests JSON payloads as one batch.
+    pub fn ingest_payloads(&self, payloads: impl IntoIterator<Item = Vec<u8>>) -> BatchOutcome {
+        let inputs: Vec<Input> =
+            payloads.into_iter().map(|payload| Input { encoding: Encoding::Json, payload }).collect();
+        self.processor.process(&inputs).unwrap()
+    }
+
+    /// Ingests generated records as one batch; returns the records written.
+    pub fn ingest(&self, records: &[SyntheticCdr]) -> usize {
+        self.ingest_payloads(records.iter().map(SyntheticCdr::to_json)).written
+    }
+
+    pub fn audit(&self) -> Arc<AuditTrail> {
+        Arc::new(AuditTrail::open(&self.state(), &self.keys).unwrap())
+    }
+
+    pub fn registries(&self) -> Registries {
+        Registries::sqlite(&self.state()).unwrap()
+    }
+
+    pub fn orders(&self, registries: &Registries, audit: &Arc<AuditTrail>) -> Arc<OrderStore> {
+        Arc::new(OrderStore::new(
+            Arc::clone(&registries.orders),
+            Arc::clone(&self.keys),
+            Arc::clone(audit),
+            self.data(),
+        ))
+    }
+
+    /// A sweeper with the default window, honouring `orders`.
+    pub fn sweeper(&self, audit: &Arc<AuditTrail>, orders: Arc<OrderStore>) -> Sweeper {
+        Sweeper::new(
+            &self.data(),
+            Arc::clone(&self.keys),
+            Arc::clone(audit),
+            self.clock.clone() as Arc<dyn Clock>,
+            RetentionConfig::default(),
+        )
+        .with_orders(orders, ParquetConfig::default())
+    }
+
+    /// The lawful-access desk over the vault.
+    pub fn desk(
+        &self,
+        audit: &Arc<AuditTrail>,
+        registries: Registries,
+        settings: AccessSettings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Desk> {
+        Arc::new(
+            Desk::new(DeskParts {
+                data_dir: self.data(),
+                results_dir: self.state().join(results::RESULTS_DIR),
+                keys: Arc::clone(&self.keys),
+                audit: Arc::clone(audit),
+                registries,
+                clock: self.clock.clone() as Arc<dyn Clock>,
+                metrics,
+                settings,
+            })
+            .unwrap(),
+        )
+    }
+}
+
+fn processor(data: &Path, options: &VaultOptions, keys: Arc<KeyStore>, clock: &Arc<ManualClock>) -> Processor {
+    Processor::new(
+        ParquetWriter::new(data, options.parquet.clone()),
+        keys,
+        clock.clone() as Arc<dyn Clock>,
+        ProcessorConfig {
+            max_clock_skew: options.max_clock_skew,
+            decode_threads: options.decode_threads,
+            retention_days: Some(RetentionConfig::default().days),
+        },
+    )
+}
+
+/// A generated population and `count` of its records, no defects.
+pub fn generated(synth: SynthConfig, count: usize) -> (Generator, Vec<SyntheticCdr>) {
+    let mut generator = Generator::new(SynthConfig { invalid_ratio: 0.0, ..synth });
+    let records = (0..count).map(|_| generator.next_record()).collect();
+    (generator, records)
+}
 
 /// One row read back: record id, tokens and unsealed values by field.
 #[derive(Debug, Clone)]

@@ -1,0 +1,19 @@
+//! What a gRPC call presents: the bearer token of its `authorization`
+//! header and, over mTLS, the SHA-256 of its client certificate's DER.
+
+use tonic::Request;
+
+use crate::access::desk::Credentials;
+
+pub fn credentials<T>(request: &Request<T>) -> Credentials {
+    let token = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    let certificate = request.peer_certs().and_then(|chain| {
+        chain.first().map(|leaf| ring::digest::digest(&ring::digest::SHA256, leaf).as_ref().to_vec())
+    });
+    Credentials { token, certificate }
+}

@@ -1,0 +1,167 @@
+//! One handler per RPC: convert the message, call the desk, convert back.
+
+use tonic::{Request, Response, Status};
+
+use super::{AccessService, ChunkStream, chunks, convert};
+use crate::access::input;
+use crate::proto;
+use crate::proto::lawful_access_server::LawfulAccess;
+
+type Reply<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl LawfulAccess for AccessService {
+    async fn who_am_i(&self, request: Request<proto::WhoAmIRequest>) -> Reply<proto::PrincipalInfo> {
+        let info = self.call("WhoAmI", request, |_, call, _| Ok(convert::principal_info(&call.principal))).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn create_authority(&self, request: Request<proto::CreateAuthorityRequest>) -> Reply<proto::Authority> {
+        let created = self
+            .call("CreateAuthority", request, |desk, call, body| {
+                input::within_limit(&[("id", &body.id), ("name", &body.name), ("country", &body.country)])?;
+                desk.create_authority(call, &body.id, &body.country, &body.name)?;
+                Ok(proto::Authority { country: body.country.to_ascii_uppercase(), id: body.id, name: body.name })
+            })
+            .await?;
+        Ok(Response::new(created))
+    }
+
+    async fn create_principal(
+        &self,
+        request: Request<proto::CreatePrincipalRequest>,
+    ) -> Reply<proto::CreatePrincipalResponse> {
+        let created = self
+            .call("CreatePrincipal", request, |desk, call, body| {
+                let (principal, token) = desk.create_principal(call, convert::new_principal(body)?)?;
+                Ok(proto::CreatePrincipalResponse {
+                    principal: Some(convert::principal_info(&principal)),
+                    token: token.expose().to_string(),
+                })
+            })
+            .await?;
+        Ok(Response::new(created))
+    }
+
+    async fn register_warrant(&self, request: Request<proto::RegisterWarrantRequest>) -> Reply<proto::Warrant> {
+        let warrant = self
+            .call("RegisterWarrant", request, |desk, call, body| {
+                let new = convert::new_warrant(body, desk.settings().max_targets)?;
+                Ok(convert::warrant_info(&desk.register_warrant(call, new)?))
+            })
+            .await?;
+        Ok(Response::new(warrant))
+    }
+
+    async fn decide_warrant(&self, request: Request<proto::DecideWarrantRequest>) -> Reply<proto::Warrant> {
+        let warrant = self
+            .call("DecideWarrant", request, |desk, call, body| {
+                call.warrant = Some(body.warrant.clone());
+                let decision = convert::decision(&body)?;
+                Ok(convert::warrant_info(&desk.decide_warrant(call, &body.warrant, decision)?))
+            })
+            .await?;
+        Ok(Response::new(warrant))
+    }
+
+    async fn close_warrant(&self, request: Request<proto::CloseWarrantRequest>) -> Reply<proto::Warrant> {
+        let warrant = self
+            .call("CloseWarrant", request, |desk, call, body| {
+                Ok(convert::warrant_info(&desk.close_warrant(call, &body.warrant)?))
+            })
+            .await?;
+        Ok(Response::new(warrant))
+    }
+
+    async fn get_warrant(&self, request: Request<proto::GetWarrantRequest>) -> Reply<proto::Warrant> {
+        let warrant = self
+            .call("GetWarrant", request, |desk, call, body| {
+                Ok(convert::warrant_info(&desk.warrant(call, &body.warrant)?))
+            })
+            .await?;
+        Ok(Response::new(warrant))
+    }
+
+    async fn list_warrants(&self, request: Request<proto::ListWarrantsRequest>) -> Reply<proto::ListWarrantsResponse> {
+        let listed = self
+            .call("ListWarrants", request, |desk, call, body| {
+                let warrants = desk.list_warrants(call, input::optional(&body.authority))?;
+                Ok(proto::ListWarrantsResponse { warrants: warrants.iter().map(convert::warrant_info).collect() })
+            })
+            .await?;
+        Ok(Response::new(listed))
+    }
+
+    async fn submit_request(&self, request: Request<proto::SubmitRequestRequest>) -> Reply<proto::RequestInfo> {
+        let answered = self
+            .call("SubmitRequest", request, |desk, call, body| {
+                Ok(convert::request_info(&desk.submit(call, convert::submission(body))?))
+            })
+            .await?;
+        Ok(Response::new(answered))
+    }
+
+    async fn get_request(&self, request: Request<proto::GetRequestRequest>) -> Reply<proto::RequestInfo> {
+        let found = self
+            .call("GetRequest", request, |desk, call, body| {
+                Ok(convert::request_info(&desk.request(call, &body.request_id)?))
+            })
+            .await?;
+        Ok(Response::new(found))
+    }
+
+    async fn list_requests(&self, request: Request<proto::ListRequestsRequest>) -> Reply<proto::ListRequestsResponse> {
+        let listed = self
+            .call("ListRequests", request, |desk, call, body| {
+                let requests = desk.list_requests(call, input::optional(&body.authority))?;
+                Ok(proto::ListRequestsResponse { requests: requests.iter().map(convert::request_info).collect() })
+            })
+            .await?;
+        Ok(Response::new(listed))
+    }
+
+    type FetchResultStream = ChunkStream;
+
+    async fn fetch_result(&self, request: Request<proto::FetchResultRequest>) -> Reply<Self::FetchResultStream> {
+        let (info, bytes) = self
+            .call("FetchResult", request, |desk, call, body| {
+                let (request, bytes) = desk.fetch(call, &body.request_id)?;
+                Ok((convert::request_info(&request), bytes))
+            })
+            .await?;
+        Ok(Response::new(chunks(info, bytes)))
+    }
+
+    async fn verify_audit(&self, request: Request<proto::VerifyAuditRequest>) -> Reply<proto::VerifyAuditResponse> {
+        let check = self
+            .call("VerifyAudit", request, |desk, call, _| Ok(convert::verification(&desk.verify_audit(call)?)))
+            .await?;
+        Ok(Response::new(check))
+    }
+
+    async fn statistics(&self, request: Request<proto::StatisticsRequest>) -> Reply<proto::StatisticsReport> {
+        let report = self
+            .call("Statistics", request, |desk, call, body| {
+                Ok(convert::statistics(body.year, desk.statistics(call, body.year)?))
+            })
+            .await?;
+        Ok(Response::new(report))
+    }
+
+    type ExportSubjectStream = ChunkStream;
+
+    async fn export_subject(&self, request: Request<proto::ExportSubjectRequest>) -> Reply<Self::ExportSubjectStream> {
+        let (records, rendered) = self
+            .call("ExportSubject", request, |desk, call, body| desk.export_subject(call, &body.reference, &body.target))
+            .await?;
+        let info = proto::RequestInfo {
+            status: "answered".into(),
+            records,
+            format: proto::ResultFormat::Json as i32,
+            sha256: rendered.sha256.clone(),
+            bytes: rendered.bytes.len() as u64,
+            ..proto::RequestInfo::default()
+        };
+        Ok(Response::new(chunks(info, rendered.bytes)))
+    }
+}

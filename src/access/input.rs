@@ -1,0 +1,68 @@
+//! The text forms of the fields a caller sends: RFC 3339 times, `kind:value`
+//! targets, category names, and the length limit of free-text fields. Times
+//! and targets are plain strings so that any gRPC stack can call the API
+//! without well-known types. A malformed field is a refusal naming the
+//! field, never quoting its value.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+
+use super::refusal::Refusal;
+use crate::model::Category;
+use crate::privacy::target::TargetInput;
+
+/// Longest accepted free-text field (references, names, reasons), in bytes.
+pub const MAX_TEXT: usize = 512;
+
+/// A time in RFC 3339.
+pub fn time(text: &str, field: &'static str) -> Result<DateTime<Utc>, Refusal> {
+    DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|_| Refusal::BadTime(field))
+}
+
+/// Category names.
+pub fn categories(texts: &[String]) -> Result<BTreeSet<Category>, Refusal> {
+    texts.iter().map(|t| Category::parse(t).ok_or(Refusal::BadCategory)).collect()
+}
+
+/// Targets written `kind:value`, at most `limit` of them.
+pub fn targets(texts: &[String], limit: usize) -> Result<Vec<TargetInput>, Refusal> {
+    if texts.len() > limit {
+        return Err(Refusal::TooManyTargets(limit));
+    }
+    texts
+        .iter()
+        .enumerate()
+        .map(|(n, t)| TargetInput::parse(t, n + 1).map_err(|e| Refusal::TargetSyntax(e.0)))
+        .collect()
+}
+
+/// Refuses a free-text field over [`MAX_TEXT`] bytes, naming it.
+pub fn within_limit(fields: &[(&'static str, &str)]) -> Result<(), Refusal> {
+    match fields.iter().find(|(_, value)| value.len() > MAX_TEXT) {
+        Some((name, _)) => Err(Refusal::FieldTooLong(name, MAX_TEXT)),
+        None => Ok(()),
+    }
+}
+
+/// An optional field: the empty string means absent.
+pub fn optional(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_fields_are_named_never_quoted() {
+        assert_eq!(time("yesterday", "window_start"), Err(Refusal::BadTime("window_start")));
+        assert!(time("2026-11-24T10:00:00+01:00", "x").is_ok());
+        assert_eq!(categories(&["traffic".into(), "gps".into()]), Err(Refusal::BadCategory));
+        let refused = targets(&["msisdn:+4520000001".into(), "+4520000002".into()], 64).unwrap_err();
+        assert_eq!(refused, Refusal::TargetSyntax(2));
+        assert!(!refused.to_string().contains("4520000002"));
+        assert_eq!(targets(&vec!["msisdn:+4520000001".into(); 3], 2).unwrap_err(), Refusal::TooManyTargets(2));
+        assert_eq!(within_limit(&[("name", &"x".repeat(MAX_TEXT + 1))]), Err(Refusal::FieldTooLong("name", MAX_TEXT)));
+    }
+}

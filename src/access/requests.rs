@@ -1,0 +1,267 @@
+//! Lawful requests: submission, and reading them back.
+//!
+//! A submission is checked against its warrant, looked up, rendered,
+//! sealed, recorded and audited, in that order ([`Desk::submit`]); the
+//! result stays sealed until fetched ([`super::results`]). Every request
+//! with a number is recorded, refused ones too, so that the yearly
+//! statistics count it and the number cannot be used again.
+//!
+//! Statuses: `answered`; `answered_partially` when part of the window lies
+//! before the retention horizon; `unavailable` when all of it does and
+//! nothing (preserved) was found; `refused`.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+
+use super::authz::{self, Action, Listing};
+use super::desk::{Call, Desk};
+use super::input;
+use super::lookup::{FoundRecord, Query};
+use super::refusal::{AccessError, Refusal};
+use super::render::{self, ResultFormat, ResultHeader};
+use super::warrants::RequestScope;
+use crate::audit::AuditEvent;
+use crate::model::retention::oldest_retained;
+use crate::model::{MICROS_PER_DAY, PartitionDate, TimestampMicros};
+use crate::registry::{AGE_BUCKETS, RequestRecord, RequestStatus, Which, age_bucket};
+
+/// A request as the handler submits it; the fields in their text forms
+/// ([`input`]).
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub warrant: String,
+    /// The authority's request number, used once.
+    pub number: u64,
+    pub targets: Vec<String>,
+    pub window_start: String,
+    pub window_end: String,
+    pub categories: Vec<String>,
+    pub format: ResultFormat,
+}
+
+/// Where a submission stands once its id is known: what a refusal records.
+struct Recording<'a> {
+    request_id: String,
+    authority: String,
+    submission: &'a Submission,
+    submitted_at: DateTime<Utc>,
+}
+
+impl Desk {
+    /// Submits a request (authority handler) and answers it at once: the
+    /// result is sealed, the request recorded and audited with the digest.
+    pub fn submit(&self, call: &mut Call, submission: Submission) -> Result<RequestRecord, AccessError> {
+        call.warrant = Some(submission.warrant.clone());
+        authz::permit(&call.principal, Action::SubmitRequest)?;
+        self.rate_limit(call)?;
+        self.sweep_results()?;
+        let authority = authz::acting_authority(&call.principal)?.to_string();
+        let country = self
+            .store
+            .authority_country(&authority)?
+            .ok_or(AccessError::Internal("the principal's authority is missing"))?;
+        let recording = Recording {
+            request_id: render::request_id(&country, &authority, submission.number),
+            authority,
+            submission: &submission,
+            submitted_at: self.now(),
+        };
+
+        // Shape first: size, number, syntax; then replay; then the warrant.
+        if submission.targets.len() > self.settings.max_targets {
+            call.request_id = Some(recording.request_id.clone());
+            return Err(self.record_refusal(&recording, call, Refusal::TooManyTargets(self.settings.max_targets)));
+        }
+        if submission.number == 0 {
+            return Err(Refusal::BadRequestNumber.into());
+        }
+        call.request_id = Some(recording.request_id.clone());
+        if self.requests.number_used(&recording.authority, submission.number)? {
+            return Err(Refusal::RequestNumberReused(submission.number).into());
+        }
+        match self.answer(call, &recording, &country) {
+            Err(AccessError::Refused(refusal)) => Err(self.record_refusal(&recording, call, refusal)),
+            other => other,
+        }
+    }
+
+    /// Records a refused request, so that its number is used and the
+    /// statistics count it; returns what the caller is refused with.
+    fn record_refusal(&self, recording: &Recording<'_>, call: &Call, refusal: Refusal) -> AccessError {
+        let record = RequestRecord {
+            request_id: recording.request_id.clone(),
+            authority: recording.authority.clone(),
+            number: recording.submission.number,
+            warrant: recording.submission.warrant.clone(),
+            principal: call.principal.id.clone(),
+            status: RequestStatus::Refused,
+            reason: Some(refusal.code().to_string()),
+            submitted_at: TimestampMicros::from_datetime(recording.submitted_at),
+            records: 0,
+            format: None,
+            sha256: None,
+            bytes: 0,
+            days_unavailable: 0,
+            result_name: None,
+            result_expires: None,
+        };
+        match self.requests.record(&record, &[0; AGE_BUCKETS.len()]) {
+            Ok(()) => refusal.into(),
+            Err(error) => error.into(),
+        }
+    }
+
+    /// The request in scope: checked, looked up, rendered, sealed, recorded
+    /// and audited.
+    fn answer(&self, call: &mut Call, recording: &Recording<'_>, country: &str) -> Result<RequestRecord, AccessError> {
+        let submission = recording.submission;
+        let now = recording.submitted_at;
+        let scope = RequestScope {
+            targets: input::targets(&submission.targets, self.settings.max_targets)?,
+            window_start: input::time(&submission.window_start, "window_start")?,
+            window_end: input::time(&submission.window_end, "window_end")?,
+            categories: input::categories(&submission.categories)?,
+        };
+        let (warrant, targets) =
+            self.store.check_request(&call.principal, &submission.warrant, &scope, &self.keys, now)?;
+
+        let query = Query {
+            targets: targets.clone(),
+            from: TimestampMicros::from_datetime(scope.window_start),
+            to: TimestampMicros::from_datetime(scope.window_end),
+            categories: scope.categories.clone(),
+        };
+        let (found, _) = self.lookup(&query)?;
+        let found = self.preserved_for(found, &recording.authority)?;
+        let (first, last) = (query.from.partition_date(), query.to.partition_date());
+        let days = (last.days_since_epoch() - first.days_since_epoch() + 1).max(1) as u64;
+        let beyond = self.days_beyond_retention(first, last);
+        let status = match beyond {
+            0 => RequestStatus::Answered,
+            n if n >= days && found.is_empty() => RequestStatus::Unavailable,
+            _ => RequestStatus::AnsweredPartially,
+        };
+        let header = ResultHeader {
+            country: country.to_string(),
+            authority: recording.authority.clone(),
+            request_number: submission.number,
+            csp_id: self.settings.csp_id.clone(),
+            generated_at: now,
+            warrant: warrant.id.clone(),
+            status: status.as_str().to_string(),
+            window_start: query.from,
+            window_end: query.to,
+            categories: scope.categories.clone(),
+        };
+        let rendered = render::render(submission.format, &header, &found);
+        let name = self.results.seal(&rendered.bytes)?;
+        let expires = now + chrono::Duration::from_std(self.settings.result_keep).unwrap_or(chrono::Duration::days(7));
+        let record = RequestRecord {
+            request_id: recording.request_id.clone(),
+            authority: recording.authority.clone(),
+            number: submission.number,
+            warrant: warrant.id.clone(),
+            principal: call.principal.id.clone(),
+            status,
+            reason: None,
+            submitted_at: TimestampMicros::from_datetime(now),
+            records: found.len() as u64,
+            format: Some(submission.format.as_str().to_string()),
+            sha256: Some(rendered.sha256.clone()),
+            bytes: rendered.bytes.len() as u64,
+            days_unavailable: beyond,
+            result_name: Some(name.clone()),
+            result_expires: Some(TimestampMicros::from_datetime(expires)),
+        };
+        if let Err(error) = self.requests.record(&record, &ages_of(&found, now)) {
+            // Lost a race for the number: the sealed result goes. Best
+            // effort; what the caller needs is the record's error.
+            let _ = self.results.destroy(&name);
+            return Err(error.into());
+        }
+        self.audit(
+            call,
+            AuditEvent::RequestAnswered {
+                request_id: record.request_id.clone(),
+                warrant: warrant.id.clone(),
+                status: status.as_str().to_string(),
+                target_tokens: self.target_tokens(&targets),
+                window_start: query.from.rfc3339(),
+                window_end: query.to.rfc3339(),
+                categories: scope.categories.iter().map(|c| c.as_str().to_string()).collect(),
+                records: found.len() as u64,
+                format: submission.format.as_str().to_string(),
+                sha256: rendered.sha256.clone(),
+                bytes: rendered.bytes.len() as u64,
+            },
+        )?;
+        Ok(record)
+    }
+
+    /// Drops records found only in preservation copies of orders placed by
+    /// another authority: preserved data answers the authority that froze it.
+    fn preserved_for(&self, found: Vec<FoundRecord>, authority: &str) -> Result<Vec<FoundRecord>, AccessError> {
+        let mut owners: HashMap<String, bool> = HashMap::new();
+        let mut kept = Vec::with_capacity(found.len());
+        for record in found {
+            let Some(order) = &record.preserved_under else {
+                kept.push(record);
+                continue;
+            };
+            let ours = match owners.get(order) {
+                Some(ours) => *ours,
+                None => {
+                    let placed = self.orders.load_orders(Which::One(order))?;
+                    let ours = placed.first().is_some_and(|o| o.authority == authority);
+                    owners.insert(order.clone(), ours);
+                    ours
+                }
+            };
+            if ours {
+                kept.push(record);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Days of `[first, last]` that lie beyond retention today.
+    fn days_beyond_retention(&self, first: PartitionDate, last: PartitionDate) -> u64 {
+        let today = TimestampMicros::from_datetime(self.now()).partition_date();
+        // The retention rule's own horizon: days before it are expired.
+        let horizon = oldest_retained(today, self.settings.retention_days).days_since_epoch();
+        let (first, last) = (first.days_since_epoch(), last.days_since_epoch());
+        if first >= horizon { 0 } else { (last.min(horizon - 1) - first + 1).max(0) as u64 }
+    }
+
+    /// A request the caller may see.
+    pub fn request(&self, call: &mut Call, request_id: &str) -> Result<RequestRecord, AccessError> {
+        call.request_id = Some(request_id.to_string());
+        authz::permit(&call.principal, Action::ReadRequest)?;
+        let request = self.requests.get(request_id)?.ok_or(Refusal::UnknownRequest)?;
+        authz::may_see_request(&call.principal, &request)?;
+        Ok(request)
+    }
+
+    /// The requests the caller may see, newest first, optionally of one
+    /// authority.
+    pub fn list_requests(&self, call: &mut Call, authority: Option<&str>) -> Result<Vec<RequestRecord>, AccessError> {
+        Ok(match authz::request_listing(&call.principal, authority)? {
+            Listing::All(asked) => self.requests.list(asked)?,
+            Listing::Authority(own) => self.requests.list(Some(own))?,
+            Listing::Nothing => Vec::new(),
+        })
+    }
+}
+
+/// Records delivered per age bucket, age counted from the communication to
+/// the request.
+fn ages_of(found: &[FoundRecord], now: DateTime<Utc>) -> [u64; AGE_BUCKETS.len()] {
+    let mut ages = [0u64; AGE_BUCKETS.len()];
+    let now = TimestampMicros::from_datetime(now).0;
+    for record in found {
+        let days = (now - record.start_time.0).max(0) / MICROS_PER_DAY;
+        ages[age_bucket(days)] += 1;
+    }
+    ages
+}

@@ -1,0 +1,136 @@
+//! The kinds of audit entry. Each variant's fields are the evidence an
+//! auditor needs, and never a raw identifier.
+
+use serde::{Deserialize, Serialize};
+
+/// What happened. Each variant is one kind of entry; its fields are the
+/// evidence an auditor needs, and never a raw identifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum AuditEvent {
+    /// A day's data key was destroyed and its files deleted.
+    DayDeleted {
+        day: String,
+        files: u64,
+        rows: u64,
+        key_id: Option<String>,
+        run: String,
+    },
+    /// A retention verification ran.
+    RetentionVerified {
+        as_of: String,
+        violations: u64,
+        run: String,
+    },
+    /// A preservation order was placed.
+    OrderPlaced {
+        order: String,
+        authority: String,
+        targets: u64,
+        window_start: String,
+        window_end: String,
+        ends: String,
+    },
+    /// A preservation order's end was moved.
+    OrderExtended {
+        order: String,
+        ends: String,
+    },
+    /// A preservation order was lifted (or ended) and its copies destroyed.
+    OrderLifted {
+        order: String,
+        files: u64,
+        reason: String,
+    },
+    /// Records of a day were copied into a preservation area before the day
+    /// was deleted.
+    RecordsPreserved {
+        order: String,
+        day: String,
+        rows: u64,
+    },
+    /// A call came without a valid bearer token. The token is never kept.
+    AuthenticationFailed {
+        method: String,
+        reason: String,
+    },
+    /// A call was refused: role, object, scope, replay, rate or size.
+    AccessRefused {
+        method: String,
+        reason: String,
+        detail: String,
+        warrant: Option<String>,
+        request_id: Option<String>,
+    },
+    AuthorityCreated {
+        authority: String,
+        country: String,
+    },
+    PrincipalCreated {
+        principal: String,
+        roles: Vec<String>,
+        authority: Option<String>,
+    },
+    /// A warrant was registered; its targets appear as kinds and tokens.
+    WarrantRegistered {
+        warrant: String,
+        authority: String,
+        reference: String,
+        target_kinds: Vec<String>,
+        target_tokens: Vec<String>,
+        period_start: String,
+        period_end: String,
+        categories: Vec<String>,
+        valid_until: String,
+    },
+    WarrantDecided {
+        warrant: String,
+        decision: String,
+        reason: Option<String>,
+    },
+    /// A warrant was closed and its key (so its sealed targets) destroyed.
+    WarrantClosed {
+        warrant: String,
+    },
+    /// A request was executed and its result sealed for delivery.
+    RequestAnswered {
+        request_id: String,
+        warrant: String,
+        status: String,
+        target_tokens: Vec<String>,
+        window_start: String,
+        window_end: String,
+        categories: Vec<String>,
+        records: u64,
+        format: String,
+        sha256: String,
+        bytes: u64,
+    },
+    /// A result's bytes are about to leave the process (entry made first).
+    ResultDelivered {
+        request_id: String,
+        sha256: String,
+        bytes: u64,
+    },
+    /// A kept result's key and file were destroyed.
+    ResultDestroyed {
+        request_id: String,
+        reason: String,
+    },
+    /// A data subject's records are about to leave the process.
+    SubjectExported {
+        reference: String,
+        kind: String,
+        target_token: String,
+        records: u64,
+        sha256: String,
+        bytes: u64,
+    },
+    AuditVerified {
+        entries: u64,
+        intact: bool,
+    },
+    StatisticsReported {
+        year: i32,
+    },
+}

@@ -1,0 +1,220 @@
+//! The operator's commands on the local data, keys and state: `keys`,
+//! `retention`, `compact`, `preserve`, `audit verify`, `import` and
+//! `access bootstrap`. Each opens what it needs through [`Root`], calls the
+//! library, and prints what it did.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::config::Config;
+use super::serve::Root;
+use super::{KeysCommand, PreserveCommand, RetentionCommand};
+use crate::access::AccessStore;
+use crate::audit::{self, AUDIT_FILE, AuditEvent};
+use crate::keys::KeyStore;
+use crate::lifecycle::orders::NewOrder;
+use crate::lifecycle::retention::SweepMode;
+use crate::model::PartitionDate;
+use crate::privacy::target::TargetInput;
+use crate::registry::Role;
+use crate::tools::import;
+
+pub(super) fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeysCommand::Init { dir } => {
+            let dir = dir.unwrap_or(config.keys.dir.clone());
+            let report = KeyStore::init(&dir, Some(&config.storage.data_dir))?;
+            println!("initialised keys in {} (token key {})", report.dir.display(), report.token_key);
+        }
+        KeysCommand::RotateToken { dir } => {
+            let dir = dir.unwrap_or(config.keys.dir.clone());
+            let mut store = KeyStore::open(&dir, Some(&config.storage.data_dir))?;
+            let id = store.rotate_token_key()?;
+            println!("token key {id} is now active; earlier keys remain for lookups");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn retention(config: &Config, command: RetentionCommand) -> anyhow::Result<ExitCode> {
+    let root = Root::open(config.clone())?;
+    let audit = root.audit()?;
+    let orders = root.orders(&root.registries()?, &audit);
+    let sweeper = root.sweeper(&audit, orders);
+    match command {
+        RetentionCommand::Run { as_of, dry_run } => {
+            let mode = if dry_run { SweepMode::DryRun } else { SweepMode::Delete };
+            let report = sweeper.run(as_of, mode)?;
+            let verb = if dry_run { "would destroy" } else { "destroyed" };
+            println!(
+                "retention {} as of {}: days before {} are expired",
+                report.run, report.as_of, report.oldest_retained
+            );
+            for day in &report.days {
+                println!(
+                    "{verb} {}: {} files, {} rows, key {}",
+                    day.day,
+                    day.files,
+                    day.rows,
+                    day.key_id.as_deref().unwrap_or("(already destroyed)")
+                );
+            }
+            println!("{} days {verb} in {:.3}s", report.days.len(), report.elapsed.as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+        RetentionCommand::Verify { as_of } => {
+            let public = audit::public_key(&root.keys)?;
+            let report = sweeper.verify(as_of, &public, &config.state.dir.join(AUDIT_FILE))?;
+            println!("retention verification as of {} (window: days from {} on)", report.as_of, report.oldest_retained);
+            match (report.live_days.first(), report.live_days.last()) {
+                (Some(first), Some(last)) => println!(
+                    "live days: {} ({first} .. {last}), {} files, each with its data key",
+                    report.live_days.len(),
+                    report.live_files
+                ),
+                _ => println!("live days: none"),
+            }
+            println!("destroyed days on record: {}", report.destroyed_days.len());
+            println!("audit trail: {} entries", report.audit_entries);
+            for violation in &report.violations {
+                println!("VIOLATION: {violation}");
+            }
+            if report.violations.is_empty() {
+                println!("OK: no expired day has files, a directory or a key");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                println!("FAILED: {} violations", report.violations.len());
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+pub(super) fn compact(config: &Config, day: Option<PartitionDate>) -> anyhow::Result<ExitCode> {
+    let root = Root::open(config.clone())?;
+    for report in root.compactor().run(day)? {
+        if report.files_after < report.files_before {
+            let day = report.day.map(|d| d.to_string()).unwrap_or_default();
+            println!(
+                "{day}: {} files -> {}, {} rows, {:.1} MiB -> {:.1} MiB",
+                report.files_before,
+                report.files_after,
+                report.rows,
+                report.bytes_before as f64 / (1 << 20) as f64,
+                report.bytes_after as f64 / (1 << 20) as f64
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn preserve(config: &Config, command: PreserveCommand) -> anyhow::Result<ExitCode> {
+    /// The actor of the audit entries of this command.
+    const ACTOR: &str = "cli";
+    let root = Root::open(config.clone())?;
+    let audit = root.audit()?;
+    let orders = root.orders(&root.registries()?, &audit);
+    let now = root.clock.now();
+    match command {
+        PreserveCommand::Add { authority, reference, targets, from, to, until } => {
+            let targets =
+                targets.iter().enumerate().map(|(i, t)| TargetInput::parse(t, i + 1)).collect::<Result<Vec<_>, _>>()?;
+            let (window_start, window_end) = NewOrder::days(from, to).context("the window is out of range")?;
+            let new = NewOrder { authority, reference, targets, window_start, window_end, ends: until };
+            let order = orders.place(new, ACTOR, now)?;
+            println!(
+                "placed preservation order {} ({} targets, {from} .. {to}, until {until})",
+                order.id,
+                order.targets.len()
+            );
+        }
+        PreserveCommand::List => {
+            for order in orders.list()? {
+                println!(
+                    "{}  {:?}  authority={} reference={} targets={} window={}..{} until={}",
+                    order.id,
+                    order.status,
+                    order.authority,
+                    order.reference,
+                    order.targets.len(),
+                    order.window_start.partition_date(),
+                    order.window_end.partition_date(),
+                    order.ends
+                );
+            }
+        }
+        PreserveCommand::Extend { order, until } => {
+            orders.extend(&order, until, ACTOR, now)?;
+            println!("order {order} now ends {until}");
+        }
+        PreserveCommand::Lift { order } => {
+            let files = orders.lift(&order, "lifted", ACTOR, now)?;
+            println!("order {order} lifted: key destroyed, {files} preserved files deleted");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn verify_audit(config: &Config) -> anyhow::Result<ExitCode> {
+    let keys = KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?;
+    let public = audit::public_key(&keys)?;
+    let path = config.state.dir.join(AUDIT_FILE);
+    let check = audit::verify(&path, &public, &keys.audit_head_path())?;
+    match check.problem {
+        None => {
+            println!(
+                "audit trail {} verifies: {} entries, chain, signatures and signed head intact",
+                path.display(),
+                check.entries
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some((seq, problem)) => {
+            println!("audit trail {} is damaged: first bad entry {seq}: {problem}", path.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `cdrvault access bootstrap`: the first admin, while the registry has no
+/// principal.
+pub(super) fn bootstrap(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let root = Root::open(config.clone())?;
+    let store = AccessStore::new(root.registries()?.access);
+    let now = root.clock.now();
+    let (admin, token) = store
+        .create_principal(None, name, [Role::Admin].into(), None, now)
+        .context("bootstrap works only while the registry has no principal")?;
+    let event =
+        AuditEvent::PrincipalCreated { principal: admin.id.clone(), roles: vec!["admin".into()], authority: None };
+    root.audit()?.append("bootstrap", &event, now)?;
+    println!("admin {} created; token (shown once): {}", admin.id, token.expose());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn import(config: &Config, file: &Path, strict: bool) -> anyhow::Result<ExitCode> {
+    let processor = Root::open(config.clone())?.processor();
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let bar = ProgressBar::new(size).with_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = import::import_file(
+        file,
+        &processor,
+        |bytes| bar.set_position(bytes),
+        |line, refusal| bar.suspend(|| eprintln!("line {line}: refused: {refusal}")),
+    )?;
+    bar.finish_and_clear();
+    println!(
+        "imported {} lines: {} written into {} files, {} refused",
+        report.lines,
+        report.written,
+        report.files,
+        report.refused.len()
+    );
+    Ok(if strict && !report.refused.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,351 @@
+//! The whole command line: the server (`serve`, `access serve`), the
+//! operator's commands on local data (`keys`, `retention`, `compact`,
+//! `preserve`, `audit verify`, `import`, `access bootstrap`), the clients of
+//! the lawful-access API (`authority`, `principal`, `warrant`, `request`,
+//! `report`, `subject`), the tools (`demo`, `produce`), and the
+//! configuration they all read ([`config`]).
+//!
+//! The binary is [`main`]. Commands open what they need once
+//! ([`serve`] is the composition root of the service) and hand it down;
+//! they print, and decide nothing the library does not.
+
+mod access;
+pub mod config;
+mod demo;
+mod local;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::ingest::decode::Encoding;
+use crate::model::PartitionDate;
+use crate::ops::config::LogFormat;
+use config::Config;
+
+#[derive(Parser)]
+#[command(name = "cdrvault", version, about = "Lawful, private retention of telecom call-detail records")]
+pub struct Cli {
+    /// TOML configuration file (see deploy/cdrvault.example.toml).
+    #[arg(long, global = true, env = "CDRVAULT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides storage.data_dir).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Keys directory (overrides keys.dir).
+    #[arg(long, global = true)]
+    keys_dir: Option<PathBuf>,
+    /// State directory: audit trail, registry, sealed results (overrides state.dir).
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole pipeline on an embedded Kafka with synthetic records.
+    Demo {
+        /// Records to generate and ingest (default 200000 unless --duration is given).
+        #[arg(long)]
+        records: Option<u64>,
+        /// Stop after this long, e.g. 30s or 2m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Spread start times over this many days before now.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Consume CDRs from Kafka and store them (the service).
+    Serve,
+    /// Produce synthetic CDRs into a Kafka topic.
+    Produce {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        topic: String,
+        /// Records per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Records to send (default: until Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+        #[arg(long, default_value_t = 1)]
+        days: u32,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Share of deliberately invalid records.
+        #[arg(long, default_value_t = 0.01)]
+        invalid_ratio: f64,
+    },
+    /// Backfill from a file of JSON records, one per line.
+    Import {
+        file: PathBuf,
+        /// Exit non-zero if any line was refused.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Manage keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Destroy expired days, or check that it was done.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// Preservation orders ("quick freeze"): keep named targets' records beyond retention.
+    Preserve {
+        #[command(subcommand)]
+        command: PreserveCommand,
+    },
+    /// Check the audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Compact closed days: each day's files become one file per token key,
+    /// sorted for lookups, with its index.
+    Compact {
+        /// Only this day (YYYY-MM-DD); default every closed day inside retention.
+        #[arg(long, value_parser = parse_date)]
+        day: Option<PartitionDate>,
+    },
+    /// Run the lawful-access API, or create its first admin.
+    Access {
+        #[command(subcommand)]
+        command: AccessCommand,
+    },
+    /// Authorities (client of the lawful-access API).
+    Authority {
+        #[command(subcommand)]
+        command: access::AuthorityCommand,
+    },
+    /// Principals and their tokens (client).
+    Principal {
+        #[command(subcommand)]
+        command: access::PrincipalCommand,
+    },
+    /// Warrants: register, approve, reject, close, show (client).
+    Warrant {
+        #[command(subcommand)]
+        command: access::WarrantCommand,
+    },
+    /// Requests under a warrant and their results (client).
+    Request {
+        #[command(subcommand)]
+        command: access::RequestCommand,
+    },
+    /// The yearly statistics of lawful requests (client, auditor).
+    Report {
+        #[arg(long)]
+        year: i32,
+        #[command(flatten)]
+        server: access::ServerArgs,
+    },
+    /// Data-subject access export (client, DPO).
+    Subject {
+        #[command(subcommand)]
+        command: access::SubjectCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccessCommand {
+    /// Create the first admin principal in the registry and print its token
+    /// once. Works only while the registry has no principal.
+    Bootstrap {
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
+    /// Serve the lawful-access gRPC API alone (no ingest).
+    Serve {
+        /// Overrides access.listen, e.g. 127.0.0.1:50051 (port 0: any free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Destroy every expired day now (the service also does this on its schedule).
+    Run {
+        /// Act as if today were this date (YYYY-MM-DD); with --dry-run, a preview.
+        #[arg(long, value_parser = parse_date)]
+        as_of: Option<PartitionDate>,
+        /// Only list what would be destroyed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check that no expired day has files, a directory or a key, that every
+    /// live day has its key and that the audit trail verifies. Exits non-zero
+    /// on any violation.
+    Verify {
+        #[arg(long, value_parser = parse_date)]
+        as_of: Option<PartitionDate>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PreserveCommand {
+    /// Place an order.
+    Add {
+        /// The ordering authority.
+        #[arg(long)]
+        authority: String,
+        /// The order's reference at that authority.
+        #[arg(long)]
+        reference: String,
+        /// A target as kind:value (msisdn, imsi, imei, sip, cell, ip); repeat for several.
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// First day of communications covered (YYYY-MM-DD, UTC).
+        #[arg(long, value_parser = parse_date)]
+        from: PartitionDate,
+        /// Last day of communications covered (inclusive).
+        #[arg(long, value_parser = parse_date)]
+        to: PartitionDate,
+        /// The day the order ends; its copies are destroyed after it.
+        #[arg(long, value_parser = parse_date)]
+        until: PartitionDate,
+    },
+    /// List orders (no target values are shown).
+    List,
+    /// Move an order's end date.
+    Extend {
+        order: String,
+        #[arg(long, value_parser = parse_date)]
+        until: PartitionDate,
+    },
+    /// Lift an order: destroy its key and copies now.
+    Lift { order: String },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain, the signatures and the signed head; name the
+    /// first bad entry. Reads the local trail, or with --remote asks the
+    /// lawful-access API (auditor role).
+    Verify {
+        #[arg(long)]
+        remote: bool,
+        #[command(flatten)]
+        server: access::ServerArgs,
+    },
+}
+
+fn parse_date(text: &str) -> Result<PartitionDate, String> {
+    PartitionDate::parse(text).ok_or_else(|| format!("`{text}` is not a date of the form YYYY-MM-DD"))
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create the master key and the first token key.
+    Init {
+        /// The keys directory (same as --keys-dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Create a new token key and make it the active one.
+    RotateToken {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Protobuf,
+}
+
+impl From<Format> for Encoding {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Json => Encoding::Json,
+            Format::Protobuf => Encoding::Protobuf,
+        }
+    }
+}
+
+/// The `cdrvault` binary: parses the command line and runs it.
+pub fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(dir) = &cli.data_dir {
+        config.storage.data_dir = dir.clone();
+    }
+    if let Some(dir) = &cli.keys_dir {
+        config.keys.dir = dir.clone();
+    }
+    if let Some(dir) = &cli.state_dir {
+        config.state.dir = dir.clone();
+    }
+    let quiet = matches!(cli.command, Command::Demo { .. } | Command::Import { .. } | Command::Produce { .. });
+    init_logging(&config, quiet);
+
+    match cli.command {
+        Command::Demo { records, duration, days, seed, format } => {
+            let records = records.or(if duration.is_some() { None } else { Some(200_000) });
+            demo::demo(&config, records, duration, days, seed, format.into())
+        }
+        Command::Produce { brokers, topic, rate, count, format, days, seed, invalid_ratio } => {
+            demo::produce(brokers, topic, rate, count, format.into(), days, seed, invalid_ratio)
+        }
+        Command::Serve => serve::serve(config),
+        Command::Access { command: AccessCommand::Serve { listen } } => serve::serve_access(config, listen),
+        Command::Access { command: AccessCommand::Bootstrap { name } } => local::bootstrap(&config, &name),
+        Command::Import { file, strict } => local::import(&config, &file, strict),
+        Command::Keys { command } => local::keys(&config, command),
+        Command::Retention { command } => local::retention(&config, command),
+        Command::Preserve { command } => local::preserve(&config, command),
+        Command::Compact { day } => local::compact(&config, day),
+        Command::Audit { command: AuditCommand::Verify { remote: false, .. } } => local::verify_audit(&config),
+        Command::Audit { command: AuditCommand::Verify { remote: true, server } } => {
+            let intact = block_on(access::verify_audit(server))?;
+            Ok(if intact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Authority { command } => block_on(access::authority(command)).map(|()| ExitCode::SUCCESS),
+        Command::Principal { command } => block_on(access::principal(command)).map(|()| ExitCode::SUCCESS),
+        Command::Warrant { command } => block_on(access::warrant(command)).map(|()| ExitCode::SUCCESS),
+        Command::Request { command } => block_on(access::request(command)).map(|()| ExitCode::SUCCESS),
+        Command::Report { year, server } => block_on(access::report(year, server)).map(|()| ExitCode::SUCCESS),
+        Command::Subject { command } => block_on(access::subject(command)).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(work)
+}
+
+fn init_logging(config: &Config, quiet: bool) {
+    // The interactive commands print their own progress; their logs default
+    // to warnings so that the progress stays readable.
+    let default = if quiet { "warn" } else { config.log.filter.as_str() };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,209 @@
+//! The composition root of the service: `serve` (ingest, retention,
+//! compaction, the HTTP endpoints and, when configured, the lawful-access
+//! API) and `access serve` (the API alone). Everything is opened once here
+//! and handed down: one keystore, one audit trail, one registry (as trait
+//! objects), one clock, one metrics registry, one shutdown signal. Nothing
+//! here decides anything the library does not.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::config::Config;
+use crate::access::api::{self, AccessService};
+use crate::access::{Desk, DeskParts, results};
+use crate::audit::AuditTrail;
+use crate::ingest::dead_letter::DeadLetter;
+use crate::ingest::process::{Processor, ProcessorConfig};
+use crate::ingest::source::KafkaSource;
+use crate::ingest::{Ingest, StopAfter};
+use crate::keys::KeyStore;
+use crate::lifecycle::orders::OrderStore;
+use crate::lifecycle::retention::Sweeper;
+use crate::ops::clock::{Clock, SystemClock};
+use crate::ops::http;
+use crate::ops::metrics::Metrics;
+use crate::ops::periodic::run_periodically;
+use crate::ops::shutdown::Shutdown;
+use crate::registry::Registries;
+use crate::storage::compact::Compactor;
+use crate::storage::recover;
+use crate::storage::write::ParquetWriter;
+
+/// How often the lawful-access service forgets cached files of destroyed
+/// days (their footers hold a copy of the destroyed key).
+const CACHE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the commands open once and share.
+pub(super) struct Root {
+    pub config: Config,
+    pub keys: Arc<KeyStore>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Root {
+    /// The validated configuration and its keystore.
+    pub fn open(config: Config) -> anyhow::Result<Root> {
+        config.validate()?;
+        let keys = Arc::new(
+            KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))
+                .with_context(|| format!("opening keys in {}", config.keys.dir.display()))?,
+        );
+        Ok(Root { config, keys, clock: Arc::new(SystemClock), metrics: Metrics::new() })
+    }
+
+    pub fn audit(&self) -> anyhow::Result<Arc<AuditTrail>> {
+        Ok(Arc::new(AuditTrail::open(&self.config.state.dir, &self.keys)?))
+    }
+
+    pub fn registries(&self) -> anyhow::Result<Registries> {
+        Ok(Registries::sqlite(&self.config.state.dir)?)
+    }
+
+    pub fn writer(&self) -> ParquetWriter {
+        ParquetWriter::new(&self.config.storage.data_dir, self.config.parquet.clone())
+    }
+
+    pub fn orders(&self, registries: &Registries, audit: &Arc<AuditTrail>) -> Arc<OrderStore> {
+        Arc::new(OrderStore::new(
+            Arc::clone(&registries.orders),
+            Arc::clone(&self.keys),
+            Arc::clone(audit),
+            self.config.storage.data_dir.clone(),
+        ))
+    }
+
+    /// The retention sweeper, honouring the preservation orders.
+    pub fn sweeper(&self, audit: &Arc<AuditTrail>, orders: Arc<OrderStore>) -> Sweeper {
+        Sweeper::new(
+            &self.config.storage.data_dir,
+            Arc::clone(&self.keys),
+            Arc::clone(audit),
+            Arc::clone(&self.clock),
+            self.config.retention.clone(),
+        )
+        .with_orders(orders, self.config.parquet.clone())
+    }
+
+    pub fn compactor(&self) -> Compactor {
+        Compactor::new(self.writer(), Arc::clone(&self.keys), Arc::clone(&self.clock), self.config.retention.days)
+    }
+
+    /// The ingest processor, after the start-up recovery of the data
+    /// directory.
+    pub fn processor(&self) -> Processor {
+        match recover::remove_leftovers(&self.config.storage.data_dir) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "removed temporaries left by a crashed writer"),
+            Err(e) => tracing::warn!(reason = %e, "could not remove leftover temporaries"),
+        }
+        let config = ProcessorConfig::new(&self.config.ingest, self.config.retention.days);
+        Processor::new(self.writer(), Arc::clone(&self.keys), Arc::clone(&self.clock), config)
+    }
+
+    /// The lawful-access desk over the data directory and the registry.
+    pub fn desk(&self, audit: &Arc<AuditTrail>, registries: Registries) -> anyhow::Result<Arc<Desk>> {
+        let config = &self.config;
+        Ok(Arc::new(Desk::new(DeskParts {
+            data_dir: config.storage.data_dir.clone(),
+            results_dir: config.state.dir.join(results::RESULTS_DIR),
+            keys: Arc::clone(&self.keys),
+            audit: Arc::clone(audit),
+            registries,
+            clock: Arc::clone(&self.clock),
+            metrics: Arc::clone(&self.metrics),
+            settings: config.access.settings(config.retention.days),
+        })?))
+    }
+}
+
+/// `cdrvault serve`: runs until Ctrl-C or SIGTERM, or a fatal error.
+pub(super) fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    let root = Root::open(config)?;
+    let config = &root.config;
+    let shutdown = Shutdown::on_signals()?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let audit = root.audit()?;
+    let registries = root.registries()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let (address, http) = runtime.block_on(http::serve(
+        config.http.listen,
+        Arc::clone(&root.metrics),
+        Arc::clone(&ready),
+        shutdown.clone(),
+    ))?;
+    tracing::info!(%address, "metrics and health endpoints listening");
+
+    let access = match config.access.listen {
+        Some(listen) => {
+            let service = AccessService::new(root.desk(&audit, registries.clone())?);
+            runtime.spawn(run_periodically(service.lookup_engine(), CACHE_SWEEP_INTERVAL, shutdown.clone()));
+            let tls = config.access.tls().map(|files| files.server_config()).transpose()?;
+            let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
+            tracing::info!(address = %listener.local_addr()?, "lawful-access API listening");
+            let stop = shutdown.clone();
+            Some(runtime.spawn(api::serve(listener, service, tls, async move { stop.wait().await })))
+        }
+        None => None,
+    };
+    let sweeper =
+        Arc::new(root.sweeper(&audit, root.orders(&registries, &audit)).with_metrics(Arc::clone(&root.metrics)));
+    let sweeps = runtime.spawn(run_periodically(sweeper, config.retention.interval, shutdown.clone()));
+    let compactions = config.compaction.enabled.then(|| {
+        let compactor = Arc::new(root.compactor().with_metrics(Arc::clone(&root.metrics)));
+        runtime.spawn(run_periodically(compactor, config.compaction.interval, shutdown.clone()))
+    });
+
+    let ingest = Ingest {
+        source: KafkaSource::connect(&config.kafka, &config.ingest, Arc::clone(&root.metrics))?,
+        dead_letter: DeadLetter::connect(&config.kafka)?,
+        processor: root.processor(),
+        metrics: Arc::clone(&root.metrics),
+    };
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(topics = config.kafka.topics.len(), data_dir = %config.storage.data_dir.display(), "ingest started");
+    let result = ingest.run(&shutdown, StopAfter::default(), |_| {});
+    ready.store(false, Ordering::Relaxed);
+    shutdown.trigger();
+    let _ = runtime.block_on(http);
+    let _ = runtime.block_on(sweeps);
+    if let Some(compactions) = compactions {
+        let _ = runtime.block_on(compactions);
+    }
+    if let Some(access) = access {
+        let _ = runtime.block_on(access);
+    }
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `cdrvault access serve`: the API alone, until Ctrl-C or SIGTERM.
+pub(super) fn serve_access(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+    let root = Root::open(config)?;
+    let listen = listen.or(root.config.access.listen).context("no address: set access.listen or pass --listen")?;
+    let audit = root.audit()?;
+    let service = AccessService::new(root.desk(&audit, root.registries()?)?);
+    let tls =
+        root.config.access.tls().map(|files| files.server_config()).transpose().context("reading the TLS files")?;
+    let shutdown = Shutdown::on_signals()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.spawn(run_periodically(service.lookup_engine(), CACHE_SWEEP_INTERVAL, shutdown.clone()));
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let address = listener.local_addr()?;
+        // The address on stdout, so that scripts binding port 0 can find it.
+        println!("lawful-access API listening on {address}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        tracing::info!(%address, "lawful-access API listening");
+        api::serve(listener, service, tls, async move { shutdown.wait().await }).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,193 @@
+//! One batch through the stages: decode and validate, tokenise, build the
+//! columns of each day, write each day's file durably.
+//!
+//! [`Processor::process`] is blocking, CPU-bound work: callers run it on a
+//! dedicated thread (the Kafka ingest loop, `import`) and never on an async
+//! worker. It splits the batch across threads for decoding and tokenising,
+//! and the Parquet writer encodes the columns of each row group in parallel.
+//!
+//! The processor knows nothing of Kafka or offsets: it returns which inputs
+//! were refused and which files now hold the rest, and the caller decides
+//! when offsets may move (only after this returns `Ok`, see
+//! [`super::checkpoint`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::columns::DayColumns;
+use super::config::IngestConfig;
+use super::decode::{self, Encoding, Refusal, ValidationContext};
+use crate::keys::{KeyError, KeyStore};
+use crate::model::retention::oldest_retained;
+use crate::model::{PartitionDate, RefuseReason, TimestampMicros};
+use crate::ops::clock::Clock;
+use crate::ops::pool;
+use crate::privacy::token::{TokenMemo, Tokeniser};
+use crate::storage::error::WriteError;
+use crate::storage::write::{ParquetWriter, WrittenFile};
+
+/// One input record, as bytes, with the encoding of its topic or file.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub encoding: Encoding,
+    pub payload: Vec<u8>,
+}
+
+/// What became of a batch.
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// Records written, over all files.
+    pub written: usize,
+    /// Refused inputs: their index in the batch and why.
+    pub refused: Vec<(usize, Refusal)>,
+    /// The files created, complete and durable.
+    pub files: Vec<WrittenFile>,
+}
+
+/// Errors that stop the pipeline. None of them is about a single record:
+/// record problems are refusals, and the stream goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("a pipeline worker thread panicked")]
+    WorkerPanicked,
+}
+
+impl From<pool::Panicked> for PipelineError {
+    fn from(_: pool::Panicked) -> Self {
+        PipelineError::WorkerPanicked
+    }
+}
+
+/// Settings of the processing stage, from the `[ingest]` and `[retention]`
+/// config sections.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    /// How far in the future a `start_time` may lie.
+    pub max_clock_skew: std::time::Duration,
+    /// Threads that decode and tokenise a batch.
+    pub decode_threads: usize,
+    /// The retention window in days: records of days beyond it are refused
+    /// as expired. `None` disables the check (tools that import old data
+    /// on purpose must still never re-create a destroyed day).
+    pub retention_days: Option<u32>,
+}
+
+impl ProcessorConfig {
+    /// The settings of the service: `[ingest]`, and the retention window.
+    pub fn new(ingest: &IngestConfig, retention_days: u32) -> Self {
+        ProcessorConfig {
+            max_clock_skew: ingest.max_clock_skew,
+            decode_threads: ingest.effective_decode_threads(),
+            retention_days: Some(retention_days),
+        }
+    }
+}
+
+/// Turns batches of inputs into durable Parquet files.
+#[derive(Debug)]
+pub struct Processor {
+    writer: ParquetWriter,
+    keys: Arc<KeyStore>,
+    tokeniser: Tokeniser,
+    clock: Arc<dyn Clock>,
+    config: ProcessorConfig,
+}
+
+/// The columns of each day that one worker thread built.
+type DayMap = BTreeMap<PartitionDate, DayColumns>;
+
+impl Processor {
+    pub fn new(writer: ParquetWriter, keys: Arc<KeyStore>, clock: Arc<dyn Clock>, config: ProcessorConfig) -> Self {
+        let tokeniser = Tokeniser::new(keys.active_token_key());
+        Processor { writer, keys, tokeniser, clock, config }
+    }
+
+    pub fn writer(&self) -> &ParquetWriter {
+        &self.writer
+    }
+
+    /// Processes one batch. On `Ok`, every record not refused is in a
+    /// durable file; on `Err`, nothing may be acknowledged to the source.
+    pub fn process(&self, inputs: &[Input]) -> Result<BatchOutcome, PipelineError> {
+        let now = self.clock.now();
+        let now_micros = TimestampMicros::from_datetime(now);
+        let ctx = ValidationContext {
+            now: now_micros,
+            max_clock_skew_micros: i64::try_from(self.config.max_clock_skew.as_micros()).unwrap_or(i64::MAX),
+            oldest_retained: self.config.retention_days.map(|days| oldest_retained(now_micros.partition_date(), days)),
+        };
+        let threads = self.config.decode_threads.clamp(1, inputs.len().max(1));
+        let chunk_len = inputs.len().div_ceil(threads).max(1);
+        let chunks: Vec<(usize, &[Input])> = inputs.chunks(chunk_len).enumerate().collect();
+        let parts = pool::map(chunks, threads, |(n, chunk)| {
+            Ok::<_, PipelineError>(decode_chunk(chunk, n * chunk_len, &ctx, &self.tokeniser))
+        })?;
+
+        let mut outcome = BatchOutcome::default();
+        let mut days: BTreeMap<PartitionDate, Vec<DayColumns>> = BTreeMap::new();
+        for (map, refused) in parts {
+            outcome.refused.extend(refused);
+            for (date, columns) in map {
+                days.entry(date).or_default().push(columns);
+            }
+        }
+
+        let token_key_id = self.tokeniser.key_id();
+        for (date, parts) in days {
+            // A day destroyed by retention is never re-created, even if the
+            // clock went back: its records are refused as expired.
+            if self.keys.is_destroyed(date) {
+                for columns in &parts {
+                    outcome.refused.extend(
+                        columns.inputs().iter().map(|&i| (i, Refusal::on(RefuseReason::Expired, "start_time"))),
+                    );
+                }
+                continue;
+            }
+            // The day key is created and made durable before any file that
+            // depends on it exists.
+            let day_key = self.keys.day_key(date)?;
+            let batches = parts
+                .into_iter()
+                .map(|columns| columns.finish(self.writer.schema(), token_key_id, &day_key.id))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(WriteError::from)?;
+            let file = self.writer.write_day(date, &batches, &day_key, token_key_id, now.timestamp_millis())?;
+            outcome.written += file.rows;
+            outcome.files.push(file);
+        }
+        outcome.refused.sort_by_key(|(i, _)| *i);
+        Ok(outcome)
+    }
+}
+
+fn decode_chunk(
+    chunk: &[Input],
+    first_index: usize,
+    ctx: &ValidationContext,
+    tokeniser: &Tokeniser,
+) -> (DayMap, Vec<(usize, Refusal)>) {
+    let mut days = DayMap::new();
+    let mut refused = Vec::new();
+    let mut tokens = TokenMemo::new(tokeniser);
+    for (i, input) in chunk.iter().enumerate() {
+        match decode::decode(input.encoding, &input.payload, ctx) {
+            Ok(cdr) => {
+                // Most records of a batch share one day: the first day met
+                // gets room for the whole chunk, later ones grow as needed.
+                let capacity = if days.is_empty() { chunk.len() } else { chunk.len().min(4096) };
+                days.entry(cdr.partition_date()).or_insert_with(|| DayColumns::with_capacity(capacity)).append(
+                    first_index + i,
+                    &cdr,
+                    &mut tokens,
+                )
+            }
+            Err(refusal) => refused.push((first_index + i, refusal)),
+        }
+    }
+    (days, refused)
+}

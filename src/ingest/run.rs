@@ -1,0 +1,186 @@
+//! The ingest loop: source → processor → dead-letter → checkpoint.
+//!
+//! It runs on a dedicated thread because every step in it blocks: polling
+//! librdkafka, encoding Parquet, fsync. The order of the steps is the
+//! durability invariant: the offsets of a batch are stored only after the
+//! processor has returned (its files are durable) and the dead-letter topic
+//! has acknowledged every refused record. Any error on that path stops the
+//! loop without storing offsets; the records are read again after a
+//! restart, never lost.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tracing::{error, info};
+
+use super::checkpoint;
+use super::dead_letter::DeadLetter;
+use super::process::Processor;
+use super::source::{Batch, KafkaSource};
+use crate::model::{PartitionDate, RefuseReason};
+use crate::ops::metrics::Metrics;
+use crate::ops::shutdown::Shutdown;
+
+/// Totals of a run, for the summary and the demo's progress line.
+#[derive(Debug, Default, Clone)]
+pub struct IngestReport {
+    pub records_in: u64,
+    pub written: u64,
+    pub refused: BTreeMap<&'static str, u64>,
+    pub files: u64,
+    pub bytes_written: u64,
+    pub days: BTreeSet<PartitionDate>,
+    pub batches: u64,
+}
+
+impl IngestReport {
+    pub fn refused_total(&self) -> u64 {
+        self.refused.values().sum()
+    }
+}
+
+/// When the loop ends by itself (besides the shutdown signal).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StopAfter {
+    /// Stop once this many records have been read and handled.
+    pub records: Option<u64>,
+}
+
+pub struct Ingest {
+    pub source: KafkaSource,
+    pub dead_letter: DeadLetter,
+    pub processor: Processor,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Ingest {
+    /// Runs until `shutdown` or `stop_after` is reached, then commits the
+    /// offsets of everything made durable. Blocking.
+    pub fn run(
+        self,
+        shutdown: &Shutdown,
+        stop_after: StopAfter,
+        mut on_batch: impl FnMut(&IngestReport),
+    ) -> anyhow::Result<IngestReport> {
+        let mut report = IngestReport::default();
+        let result = self.run_batches(shutdown, stop_after, &mut report, &mut on_batch);
+        if let Err(e) = &result {
+            error!(reason = %e, "ingest stopped on an error; offsets of the failed batch were not stored");
+            return result.map(|_| report);
+        }
+        // Drained: everything polled was processed, so this commit covers
+        // exactly the durable records.
+        checkpoint::commit_now(self.source.consumer())?;
+        info!(
+            records = report.records_in,
+            written = report.written,
+            refused = report.refused_total(),
+            "ingest stopped"
+        );
+        Ok(report)
+    }
+
+    /// Fetching and processing overlap: a fetch thread fills the next batch
+    /// while this thread processes the current one, through a channel that
+    /// holds at most one batch, so memory stays bounded (one batch being
+    /// filled, one waiting, one being processed). Offsets are stored here,
+    /// after durability, never by the fetch thread. On stop the fetch thread
+    /// ends its batch early and every batch already fetched is processed
+    /// before the final commit.
+    fn run_batches(
+        &self,
+        shutdown: &Shutdown,
+        stop_after: StopAfter,
+        report: &mut IngestReport,
+        on_batch: &mut impl FnMut(&IngestReport),
+    ) -> anyhow::Result<()> {
+        let abort = AtomicBool::new(false);
+        let should_stop = || shutdown.is_triggered() || abort.load(Ordering::Relaxed);
+        std::thread::scope(|scope| {
+            let (sender, receiver) = std::sync::mpsc::sync_channel::<Batch>(1);
+            let should_stop = &should_stop;
+            let fetcher = scope.spawn(move || -> anyhow::Result<()> {
+                let mut fetched = 0u64;
+                while !should_stop() && stop_after.records.is_none_or(|limit| fetched < limit) {
+                    let batch = self.source.next_batch(&should_stop)?;
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    fetched += batch.len() as u64;
+                    if sender.send(batch).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+            let processed = self.process_batches(receiver, report, on_batch);
+            if processed.is_err() {
+                // Stop fetching; the receiver is gone, so a blocked send returns.
+                abort.store(true, Ordering::Relaxed);
+            }
+            let fetched = fetcher.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the fetch thread panicked")));
+            processed.and(fetched)
+        })
+    }
+
+    fn process_batches(
+        &self,
+        receiver: std::sync::mpsc::Receiver<Batch>,
+        report: &mut IngestReport,
+        on_batch: &mut impl FnMut(&IngestReport),
+    ) -> anyhow::Result<()> {
+        for batch in receiver {
+            let started = Instant::now();
+            let outcome = self.processor.process(&batch.inputs)?;
+
+            let refused: Vec<_> = outcome
+                .refused
+                .iter()
+                .map(|(i, refusal)| (&batch.inputs[*i], &batch.positions[*i], *refusal))
+                .collect();
+            if let Err(e) = futures::executor::block_on(self.dead_letter.send_all(&refused)) {
+                self.metrics.dead_letter_failures.inc_by(e.failed as u64);
+                return Err(e.into());
+            }
+            checkpoint::store(self.source.consumer(), &batch.positions)?;
+
+            let elapsed = started.elapsed();
+            self.metrics.batches.inc();
+            self.metrics.batch_duration.observe(elapsed.as_secs_f64());
+            self.metrics.records_received.inc_by(batch.len() as u64);
+            self.metrics.bytes_received.inc_by(batch.bytes as u64);
+            self.metrics.records_written.inc_by(outcome.written as u64);
+            self.metrics.files_written.inc_by(outcome.files.len() as u64);
+            let file_bytes: u64 = outcome.files.iter().map(|f| f.bytes).sum();
+            self.metrics.bytes_written.inc_by(file_bytes);
+            self.metrics.last_commit_timestamp.set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+            let mut refused_here: BTreeMap<RefuseReason, u64> = BTreeMap::new();
+            for (_, refusal) in &outcome.refused {
+                *refused_here.entry(refusal.reason).or_default() += 1;
+            }
+            for (reason, n) in refused_here {
+                self.metrics.refused(reason).inc_by(n);
+                *report.refused.entry(reason.code()).or_default() += n;
+            }
+
+            report.batches += 1;
+            report.records_in += batch.len() as u64;
+            report.written += outcome.written as u64;
+            report.files += outcome.files.len() as u64;
+            report.bytes_written += file_bytes;
+            report.days.extend(outcome.files.iter().map(|f| f.date));
+            info!(
+                records = batch.len(),
+                written = outcome.written,
+                refused = outcome.refused.len(),
+                files = outcome.files.len(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "batch durable"
+            );
+            on_batch(report);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,309 @@
+//! The keystore: the master key, the token keys and the per-day data keys.
+//!
+//! Layout of the keys directory (never inside the data directory):
+//!
+//! ```text
+//! master.key            32 random bytes, mode 0600: wraps every other key
+//! token/tk-0001.key     a token key (HMAC-SHA256), wrapped; the highest id is active
+//! day/2026-11-24.key    the data key of one day, wrapped; seals that day's identifiers
+//! ```
+//!
+//! Wrapping is AES-256-GCM under the master key with a random nonce; the
+//! additional data binds each wrapped key to its kind, id and day, so a
+//! wrapped key file cannot be renamed into another role. Key material lives
+//! in [`SecretKey`], which is zeroised on drop and never printed.
+//!
+//! This module must never write key material in clear anywhere but
+//! `master.key`, and never inside the data directory. Destroying a day key
+//! (retention) removes its only wrapped copy, after which that day's sealed
+//! columns cannot be decrypted by anyone.
+
+mod day;
+mod record;
+mod secret;
+mod token;
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use ring::rand::SystemRandom;
+use serde::Deserialize;
+
+pub use day::DayKey;
+pub use record::{RecordKey, RecordKeyScope};
+pub use secret::{KEY_LEN, SecretKey, open_bytes, open_value, seal_bytes, seal_value};
+pub use token::TokenKey;
+
+use crate::model::{KeyId, PartitionDate};
+use crate::ops::durable::{self, DurableError, FileMode};
+
+const MASTER_FILE: &str = "master.key";
+const AUDIT_KEY_FILE: &str = "audit-signing.key";
+const AUDIT_HEAD_FILE: &str = "audit.head";
+const AUDIT_AAD: &[u8] = b"audit-signing";
+
+/// The `[keys]` config section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// The keys directory, created by `cdrvault keys init`. Must not be
+    /// inside the data directory.
+    pub dir: PathBuf,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig { dir: PathBuf::from("cdrvault-keys") }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("keys directory {0} is already initialised")]
+    AlreadyInitialised(PathBuf),
+    #[error("keys directory {0} is not initialised: run `cdrvault keys init --dir {0}`")]
+    NotInitialised(PathBuf),
+    #[error("keys directory {keys} lies inside the data directory {data}: keep keys apart from the data they protect")]
+    InsideDataDir { keys: PathBuf, data: PathBuf },
+    #[error("{0} is readable by group or others: set its mode to 0600")]
+    InsecurePermissions(PathBuf),
+    #[error("key file {0} is corrupt or was wrapped under another master key")]
+    Corrupt(PathBuf),
+    #[error("no token key in {0}")]
+    NoTokenKey(PathBuf),
+    #[error("day {0} was destroyed by retention and cannot be re-created")]
+    DayDestroyed(PartitionDate),
+    #[error("the system random generator failed")]
+    Random,
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+}
+
+impl KeyError {
+    fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        KeyError::Durable(DurableError::io(op, path, source))
+    }
+}
+
+/// What `keys init` created.
+#[derive(Debug)]
+pub struct InitReport {
+    pub dir: PathBuf,
+    pub token_key: KeyId,
+}
+
+/// The keystore of one keys directory.
+pub struct KeyStore {
+    dir: PathBuf,
+    master: SecretKey,
+    /// Sorted by id; the last one is active for new data.
+    token_keys: Vec<TokenKey>,
+    /// Day keys already unwrapped or created by this process. The mutex also
+    /// serialises creation, so two writers never create two keys for a day.
+    day_keys: day::DayKeyCache,
+    rng: SystemRandom,
+}
+
+impl fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyStore").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+impl KeyStore {
+    /// Creates a new keys directory with a master key and a first token key.
+    /// Refuses a directory inside `data_dir` and one that already has keys.
+    pub fn init(dir: &Path, data_dir: Option<&Path>) -> Result<InitReport, KeyError> {
+        if let Some(data_dir) = data_dir {
+            ensure_apart(dir, data_dir)?;
+        }
+        if dir.join(MASTER_FILE).exists() {
+            return Err(KeyError::AlreadyInitialised(dir.to_path_buf()));
+        }
+        create_private_dir(dir)?;
+        create_private_dir(&dir.join(token::TOKEN_DIR))?;
+        create_private_dir(&dir.join(day::DAY_DIR))?;
+        create_private_dir(&dir.join(RecordKeyScope::Order.dir()))?;
+        let rng = SystemRandom::new();
+        let master = SecretKey::random(&rng)?;
+        durable::write_atomically(&dir.join(MASTER_FILE), master.expose(), FileMode::Private)?;
+        let token_key = token::write_token_key(dir, &master, &rng, 1)?;
+        let audit_seed = SecretKey::random(&rng)?;
+        // A constant of lower-case letters, digits and a dash: a valid id.
+        let audit_id = KeyId::new("audit-0001").expect("a valid key id");
+        let wrapped = secret::wrap_key(&master, &rng, &audit_id, &audit_seed, AUDIT_AAD)?;
+        durable::write_atomically(&dir.join(AUDIT_KEY_FILE), &wrapped, FileMode::Private)?;
+        Ok(InitReport { dir: dir.to_path_buf(), token_key })
+    }
+
+    /// Opens an initialised keys directory.
+    pub fn open(dir: &Path, data_dir: Option<&Path>) -> Result<KeyStore, KeyError> {
+        if let Some(data_dir) = data_dir {
+            ensure_apart(dir, data_dir)?;
+        }
+        let master_path = dir.join(MASTER_FILE);
+        let metadata = match fs::metadata(&master_path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(KeyError::NotInitialised(dir.to_path_buf()));
+            }
+            Err(e) => return Err(KeyError::io("stat", &master_path, e)),
+        };
+        if metadata.permissions().mode() & 0o077 != 0 {
+            return Err(KeyError::InsecurePermissions(master_path));
+        }
+        let bytes = fs::read(&master_path).map_err(|e| KeyError::io("read", &master_path, e))?;
+        let master = SecretKey::from_slice(&bytes).ok_or(KeyError::Corrupt(master_path))?;
+        let mut store = KeyStore {
+            dir: dir.to_path_buf(),
+            master,
+            token_keys: Vec::new(),
+            day_keys: Default::default(),
+            rng: SystemRandom::new(),
+        };
+        store.token_keys = store.load_token_keys()?;
+        if store.token_keys.is_empty() {
+            return Err(KeyError::NoTokenKey(dir.to_path_buf()));
+        }
+        Ok(store)
+    }
+
+    /// Opens the keys directory, creating it first if it does not exist yet.
+    /// Used by the demo, which runs on an embedded default.
+    pub fn open_or_init(dir: &Path, data_dir: Option<&Path>) -> Result<KeyStore, KeyError> {
+        if !dir.join(MASTER_FILE).exists() {
+            KeyStore::init(dir, data_dir)?;
+        }
+        KeyStore::open(dir, data_dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The seed of the Ed25519 key that signs the audit trail. It lives with
+    /// the keys, apart from the trail it protects.
+    pub fn audit_signing_seed(&self) -> Result<SecretKey, KeyError> {
+        let path = self.dir.join(AUDIT_KEY_FILE);
+        let bytes = fs::read(&path).map_err(|e| KeyError::io("read", &path, e))?;
+        let (_, secret) = secret::unwrap_key(&self.master, &bytes, AUDIT_AAD).ok_or(KeyError::Corrupt(path))?;
+        Ok(secret)
+    }
+
+    /// Where the signed head of the audit trail is kept: with the keys, so
+    /// that truncating the trail alone is detected.
+    pub fn audit_head_path(&self) -> PathBuf {
+        self.dir.join(AUDIT_HEAD_FILE)
+    }
+}
+
+pub(super) fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        durable::create_dir_all(parent)?;
+    }
+    fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| KeyError::io("mkdir", dir, e))?;
+    durable::fsync_dir(dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+    Ok(())
+}
+
+/// Refuses a keys directory inside (or equal to) the data directory.
+pub fn ensure_apart(keys_dir: &Path, data_dir: &Path) -> Result<(), KeyError> {
+    let keys = resolved(keys_dir);
+    let data = resolved(data_dir);
+    if keys.starts_with(&data) {
+        return Err(KeyError::InsideDataDir { keys: keys_dir.to_path_buf(), data: data_dir.to_path_buf() });
+    }
+    Ok(())
+}
+
+/// The absolute path with symlinks of its existing part resolved, so that
+/// `data/../data/keys` or a symlink cannot disguise where keys would live.
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(canonical) = existing.canonicalize() {
+            let mut result = canonical;
+            for part in rest.iter().rev() {
+                result.push(part);
+            }
+            return result;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PartitionDate;
+
+    #[test]
+    fn init_then_open_round_trips_keys() {
+        let root = tempfile::tempdir().unwrap();
+        let keys = root.path().join("keys");
+        let report = KeyStore::init(&keys, Some(&root.path().join("data"))).unwrap();
+        assert_eq!(report.token_key.as_str(), "tk-0001");
+        let mode = fs::metadata(keys.join(MASTER_FILE)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let store = KeyStore::open(&keys, None).unwrap();
+        let date = PartitionDate::parse("2026-11-24").unwrap();
+        let created = store.day_key(date).unwrap();
+        assert!(created.id.as_str().starts_with("day-2026-11-24-"));
+
+        let reopened = KeyStore::open(&keys, None).unwrap();
+        let read = reopened.existing_day_key(date).unwrap().unwrap();
+        assert_eq!(read.id, created.id);
+        assert_eq!(read.secret.expose(), created.secret.expose());
+        assert_eq!(reopened.active_token_key().secret.expose(), store.active_token_key().secret.expose());
+        assert_eq!(reopened.days_with_keys().unwrap(), vec![date]);
+    }
+
+    #[test]
+    fn init_refuses_the_data_directory_and_reinitialisation() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        let inside = data.join("keys");
+        assert!(matches!(KeyStore::init(&inside, Some(&data)), Err(KeyError::InsideDataDir { .. })));
+        let sneaky = data.join("../data/keys");
+        assert!(matches!(KeyStore::init(&sneaky, Some(&data)), Err(KeyError::InsideDataDir { .. })));
+        let keys = root.path().join("keys");
+        KeyStore::init(&keys, Some(&data)).unwrap();
+        assert!(matches!(KeyStore::init(&keys, Some(&data)), Err(KeyError::AlreadyInitialised(_))));
+    }
+
+    #[test]
+    fn master_key_with_loose_permissions_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(root.path(), None).unwrap();
+        fs::set_permissions(root.path().join(MASTER_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(KeyStore::open(root.path(), None), Err(KeyError::InsecurePermissions(_))));
+    }
+
+    #[test]
+    fn debug_prints_no_key_material() {
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(root.path(), None).unwrap();
+        let store = KeyStore::open(root.path(), None).unwrap();
+        let key = store.active_token_key();
+        let shown = format!("{key:?}");
+        assert!(shown.contains("redacted"));
+        assert!(!shown.contains(&format!("{:?}", key.secret.expose())));
+    }
+}

@@ -1,0 +1,123 @@
+//! Record keys: each record of the registry that holds something sealed (a
+//! preservation order, a warrant, a lawful request's result) has a key of
+//! its own, so that destroying the key when the record ends destroys what it
+//! sealed at once: an order's targets and copies, a warrant's targets, a
+//! result.
+
+use std::fs;
+use std::io;
+use std::path::PathBuf;
+
+use super::day::DayKey;
+use super::secret::{SecretKey, unwrap_key, wrap_key};
+use super::{KeyError, KeyStore, create_private_dir};
+use crate::model::{KeyId, PartitionDate};
+use crate::ops::durable::{self, FileMode};
+
+const ORDER_DIR: &str = "order";
+const WARRANT_DIR: &str = "warrant";
+const RESULT_DIR: &str = "result";
+const ORDER_AAD: &[u8] = b"order";
+const WARRANT_AAD: &[u8] = b"warrant";
+const RESULT_AAD: &[u8] = b"result";
+
+/// The kinds of registry record that have a key of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKeyScope {
+    Order,
+    Warrant,
+    /// A lawful request's result, kept sealed until fetched or expired.
+    Result,
+}
+
+impl RecordKeyScope {
+    pub(super) fn dir(self) -> &'static str {
+        match self {
+            RecordKeyScope::Order => ORDER_DIR,
+            RecordKeyScope::Warrant => WARRANT_DIR,
+            RecordKeyScope::Result => RESULT_DIR,
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            RecordKeyScope::Order => "order",
+            RecordKeyScope::Warrant => "warrant",
+            RecordKeyScope::Result => "result",
+        }
+    }
+
+    fn aad(self) -> &'static [u8] {
+        match self {
+            RecordKeyScope::Order => ORDER_AAD,
+            RecordKeyScope::Warrant => WARRANT_AAD,
+            RecordKeyScope::Result => RESULT_AAD,
+        }
+    }
+}
+
+/// The key of one registry record.
+#[derive(Debug, Clone)]
+pub struct RecordKey {
+    pub id: KeyId,
+    pub secret: SecretKey,
+}
+
+impl RecordKey {
+    /// An order's key as the key that seals its copies of `date`: the
+    /// shape the writer and the readers take. The one place an order key
+    /// becomes a file key.
+    pub fn for_day(&self, date: PartitionDate) -> DayKey {
+        DayKey { id: self.id.clone(), date, secret: self.secret.clone() }
+    }
+}
+
+impl KeyStore {
+    /// Creates the key of one record of the registry (a preservation order,
+    /// a warrant): it seals that record's targets (and an order's copies),
+    /// so destroying it when the record ends destroys them at once.
+    pub fn create_record_key(&self, scope: RecordKeyScope, record: &str) -> Result<RecordKey, KeyError> {
+        let path = self.record_key_path(scope, record);
+        let id = KeyId::new(format!("{}-{record}", scope.prefix())).ok_or_else(|| KeyError::Corrupt(path.clone()))?;
+        let secret = SecretKey::random(&self.rng)?;
+        let wrapped = wrap_key(&self.master, &self.rng, &id, &secret, scope.aad())?;
+        create_private_dir(&self.dir.join(scope.dir()))?;
+        durable::write_atomically(&path, &wrapped, FileMode::Private)?;
+        Ok(RecordKey { id, secret })
+    }
+
+    /// The key of a registry record, if it still exists.
+    pub fn record_key(&self, scope: RecordKeyScope, record: &str) -> Result<Option<RecordKey>, KeyError> {
+        let path = self.record_key_path(scope, record);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(KeyError::io("read", &path, e)),
+        };
+        let (id, secret) = unwrap_key(&self.master, &bytes, scope.aad()).ok_or(KeyError::Corrupt(path))?;
+        Ok(Some(RecordKey { id, secret }))
+    }
+
+    /// Destroys the key of a registry record. Idempotent.
+    pub fn destroy_record_key(&self, scope: RecordKeyScope, record: &str) -> Result<(), KeyError> {
+        durable::remove_file(&self.record_key_path(scope, record))?;
+        Ok(())
+    }
+
+    /// The key of a preservation order (see [`Self::create_record_key`]).
+    pub fn create_order_key(&self, order: &str) -> Result<RecordKey, KeyError> {
+        self.create_record_key(RecordKeyScope::Order, order)
+    }
+
+    pub fn order_key(&self, order: &str) -> Result<Option<RecordKey>, KeyError> {
+        self.record_key(RecordKeyScope::Order, order)
+    }
+
+    pub fn destroy_order_key(&self, order: &str) -> Result<(), KeyError> {
+        self.destroy_record_key(RecordKeyScope::Order, order)
+    }
+
+    fn record_key_path(&self, scope: RecordKeyScope, record: &str) -> PathBuf {
+        self.dir.join(scope.dir()).join(format!("{record}.key"))
+    }
+}

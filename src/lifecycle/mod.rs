@@ -1,0 +1,14 @@
+//! The life and end of the data: retention destroys each day one year
+//! after the communication ([`retention`]), preservation orders keep named
+//! targets' records beyond that ([`orders`]) in copies of their own
+//! ([`preserve`]).
+//!
+//! The invariants this folder keeps: a day is destroyed key first, then
+//! files, each step durable and the whole audited; a destroyed day is never
+//! re-created; nothing is destroyed before its day is expired; an order's
+//! copies answer only for that order and die with its key.
+
+pub mod config;
+pub mod orders;
+pub mod preserve;
+pub mod retention;

@@ -1,0 +1,194 @@
+//! Preservation copies: before an expired day is destroyed, the records of
+//! each active preservation order's targets within its window are copied
+//! into the order's own area, sealed with the order's key.
+//!
+//! An order's area is laid out like the data directory
+//! ([`layout::order_dir`]), so the same readers, the lookup engine among
+//! them, read it. A copy keeps the source file's name, so making it again
+//! after a crash replaces it instead of duplicating it. Matches are
+//! confirmed against the unsealed value, so a token collision never
+//! preserves a stranger's record.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
+
+use crate::keys::{KeyError, KeyStore};
+use crate::model::{IdentifierField, IdentifierKind, KeyId, PartitionDate};
+use crate::ops::durable::{self, DurableError};
+use crate::privacy::token::Tokeniser;
+use crate::registry::Order;
+use crate::storage::config::ParquetConfig;
+use crate::storage::error::WriteError;
+use crate::storage::layout::{self, order_dir};
+use crate::storage::read::{self, ReadError};
+use crate::storage::schema;
+use crate::storage::write::ParquetWriter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreserveError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    #[error("the key of order {0} is missing")]
+    OrderKeyMissing(String),
+}
+
+/// Copies the records of `order`'s targets (`targets`, unsealed) from `day`
+/// (read with the day's key) into the order's area, sealed under the
+/// order's key. Returns the rows preserved.
+pub fn preserve_day(
+    data_dir: &Path,
+    keys: &KeyStore,
+    order: &Order,
+    targets: &[(IdentifierKind, String)],
+    day: PartitionDate,
+    config: &ParquetConfig,
+) -> Result<u64, PreserveError> {
+    let Some(day_key) = keys.existing_day_key(day)? else { return Ok(0) };
+    let order_key = keys.order_key(&order.id)?.ok_or_else(|| PreserveError::OrderKeyMissing(order.id.clone()))?;
+    let order_key = order_key.for_day(day);
+    let writer = ParquetWriter::new(&order_dir(data_dir, &order.id), config.clone());
+    let columns: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
+    let mut preserved = 0;
+    for file in read::list_files(data_dir, day)? {
+        let mut kept = Vec::new();
+        let mut token_key: Option<KeyId> = None;
+        for batch in read::read_file(&file, Some(&day_key), &columns)? {
+            let mask = matching_rows(&batch, keys, order, targets);
+            if mask.true_count() == 0 {
+                continue;
+            }
+            let filtered = arrow_select::filter::filter_record_batch(&batch, &mask).map_err(WriteError::from)?;
+            if token_key.is_none() {
+                let ids =
+                    filtered.column_by_name(schema::TOKEN_KEY_ID).map(|c| c.as_string::<i32>().value(0).to_string());
+                token_key = ids.and_then(KeyId::new);
+            }
+            kept.push(reseal(filtered, &order_key.id)?);
+        }
+        let (Some(token_key), false) = (token_key, kept.is_empty()) else { continue };
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let written = writer.write_day_named(day, &name, &kept, &order_key, &token_key)?;
+        preserved += written.rows as u64;
+    }
+    Ok(preserved)
+}
+
+/// Rows within the order's window that carry one of its targets, confirmed
+/// against the unsealed value.
+fn matching_rows(
+    batch: &RecordBatch,
+    keys: &KeyStore,
+    order: &Order,
+    targets: &[(IdentifierKind, String)],
+) -> BooleanArray {
+    let start = batch.column_by_name(schema::START_TIME).map(|c| c.as_primitive::<TimestampMicrosecondType>().clone());
+    let token_keys = batch.column_by_name(schema::TOKEN_KEY_ID).map(|c| c.as_string::<i32>().clone());
+    let (Some(start), Some(token_keys)) = (start, token_keys) else {
+        return BooleanArray::from(vec![false; batch.num_rows()]);
+    };
+    let fields: Vec<_> = IdentifierField::ALL
+        .into_iter()
+        .filter_map(|f| {
+            let tokens = batch.column_by_name(f.token_column())?.as_primitive::<Int64Type>().clone();
+            let sealed = batch.column_by_name(f.sealed_column())?.as_string::<i32>().clone();
+            Some((f, tokens, sealed))
+        })
+        .collect();
+    // The targets' tokens under each token key of the batch: stored when
+    // the order was placed, computed from the unsealed value for keys
+    // created since (a rotation).
+    let mut tokens_by_key: std::collections::HashMap<String, Vec<Option<i64>>> = std::collections::HashMap::new();
+    for key_id in token_keys.iter().flatten() {
+        if tokens_by_key.contains_key(key_id) {
+            continue;
+        }
+        let tokeniser = KeyId::new(key_id).and_then(|id| keys.token_key(&id)).map(Tokeniser::new);
+        let tokens = order
+            .targets
+            .iter()
+            .zip(targets)
+            .map(|(stored, (kind, value))| {
+                stored
+                    .tokens
+                    .iter()
+                    .find(|(k, _)| k.as_str() == key_id)
+                    .map(|(_, t)| t.0)
+                    .or_else(|| tokeniser.as_ref().map(|t| t.token(*kind, value.as_bytes()).0))
+            })
+            .collect();
+        tokens_by_key.insert(key_id.to_string(), tokens);
+    }
+    let mut mask = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let t = start.value(row);
+        let in_window = t >= order.window_start.0 && t <= order.window_end.0;
+        let row_tokens = tokens_by_key.get(token_keys.value(row));
+        let hit = in_window
+            && targets.iter().enumerate().any(|(position, (kind, value))| {
+                let Some(token) = row_tokens.and_then(|t| t[position]) else {
+                    return false;
+                };
+                fields.iter().any(|(f, tokens, sealed)| {
+                    f.kind() == *kind
+                        && !tokens.is_null(row)
+                        && tokens.value(row) == token
+                        && sealed.value(row) == value
+                })
+            });
+        mask.push(hit);
+    }
+    BooleanArray::from(mask)
+}
+
+/// The copy is sealed with the order's key: its `seal_key_id` says so.
+fn reseal(batch: RecordBatch, key_id: &KeyId) -> Result<RecordBatch, WriteError> {
+    let schema = batch.schema();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    if let Ok(index) = schema.index_of(schema::SEAL_KEY_ID) {
+        columns[index] =
+            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(key_id.as_str(), batch.num_rows())));
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+/// Deletes an order's area (data files, their indexes, anything left),
+/// durably. Returns the data files removed.
+pub fn destroy_area(data_dir: &Path, order: &str) -> Result<u64, PreserveError> {
+    let root = order_dir(data_dir, order);
+    let mut removed = 0;
+    for day in read::list_days(&root)? {
+        let dir = layout::day_dir(&root, day);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                durable::remove_file(&entry.path())?;
+                // Data files are counted; their token indexes (and any
+                // temporaries) go with them.
+                if layout::is_data_file(&entry.file_name().to_string_lossy()) {
+                    removed += 1;
+                }
+            }
+        }
+        remove_dir(&dir)?;
+    }
+    remove_dir(&root.join(layout::CDR_DIR))?;
+    remove_dir(&root)?;
+    Ok(removed)
+}
+
+fn remove_dir(dir: &Path) -> Result<(), DurableError> {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => durable::fsync_dir(dir.parent().unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DurableError::io("rmdir", dir, e)),
+    }
+}

@@ -1,0 +1,476 @@
+//! Retention: each day is destroyed once it is older than the retention
+//! window, irreversibly, with evidence in the audit trail, and checked.
+//!
+//! The rule is [`crate::model::retention`]'s: a day `D` is expired once
+//! `D < today − retention.days`.
+//!
+//! Deleting a day, in this order, each step durable before the next:
+//!
+//! 1. count its files and rows (from the plaintext footers);
+//! 2. write its tombstone (with those counts): from now on the day can never
+//!    be re-created, and an interrupted deletion is found again;
+//! 3. destroy its data key: the sealed columns become undecryptable by
+//!    anyone, whatever copies of the files may survive;
+//! 4. delete its files (data files, their token indexes, temporaries) and
+//!    directory, fsyncing as it goes;
+//! 5. append the `day_deleted` audit entry, then mark the tombstone audited.
+//!
+//! A crash anywhere leaves the day intact (before 2) or on its way out; the
+//! next sweep sees the pending tombstone or the expired files and finishes.
+//! This module must never delete a day that is not expired.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use serde::{Deserialize, Serialize};
+
+use super::config::RetentionConfig;
+use super::orders::{OrderError, OrderStore};
+use super::preserve::{self, PreserveError};
+use crate::audit::{self, AuditError, AuditEvent, AuditTrail};
+use crate::keys::{KeyError, KeyStore};
+use crate::model::retention::{is_expired, oldest_retained};
+use crate::model::{PartitionDate, TimestampMicros};
+use crate::ops::clock::Clock;
+use crate::ops::durable::{self, DurableError};
+use crate::ops::metrics::Metrics;
+use crate::ops::periodic;
+use crate::registry::OrderStatus;
+use crate::storage::config::ParquetConfig;
+use crate::storage::layout::{CDR_DIR, day_dir};
+use crate::storage::read::{self, ReadError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    #[error(transparent)]
+    Preserve(#[from] PreserveError),
+    #[error("sweep interrupted at {0:?} (crash injection)")]
+    Injected(CrashPoint),
+}
+
+/// Points at which a test can make the sweep stop as if the process died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    AfterTombstone,
+    AfterKeyDestroyed,
+    AfterFirstFileDeleted,
+    BeforeAudit,
+}
+
+/// Whether a run deletes or only reports what it would delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SweepMode {
+    Delete,
+    DryRun,
+}
+
+/// What one day's deletion removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedDay {
+    pub day: PartitionDate,
+    pub files: u64,
+    pub rows: u64,
+    pub key_id: Option<String>,
+}
+
+/// The tombstone's content: the evidence, kept until it is audited.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Tombstone {
+    #[serde(flatten)]
+    deleted: DeletedDay,
+    run: String,
+    audited: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SweepReport {
+    pub run: String,
+    pub as_of: PartitionDate,
+    pub oldest_retained: PartitionDate,
+    pub mode: SweepMode,
+    /// Days deleted (or, in a dry run, that would be).
+    pub days: Vec<DeletedDay>,
+    pub elapsed: std::time::Duration,
+}
+
+/// One finding of [`Sweeper::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    ExpiredDayHasFiles(PartitionDate),
+    ExpiredDayHasKey(PartitionDate),
+    DeletionIncomplete(PartitionDate),
+    LiveDayWithoutKey(PartitionDate),
+    AuditTrailDamaged(String),
+    /// A lifted or ended order still has copies or a key.
+    LiftedOrderHasData(String),
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Violation::ExpiredDayHasFiles(d) => write!(f, "expired day {d} still has files or a directory"),
+            Violation::ExpiredDayHasKey(d) => write!(f, "expired day {d} still has its data key"),
+            Violation::DeletionIncomplete(d) => write!(f, "deletion of {d} started but was not audited"),
+            Violation::LiveDayWithoutKey(d) => write!(f, "live day {d} has files but no data key (unreadable)"),
+            Violation::AuditTrailDamaged(problem) => write!(f, "audit trail damaged: {problem}"),
+            Violation::LiftedOrderHasData(order) => {
+                write!(f, "lifted order {order} still has preserved copies or a key")
+            }
+        }
+    }
+}
+
+/// The evidence of a verification.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    pub as_of: PartitionDate,
+    pub oldest_retained: PartitionDate,
+    pub live_days: Vec<PartitionDate>,
+    pub live_files: u64,
+    pub destroyed_days: Vec<PartitionDate>,
+    pub audit_entries: u64,
+    pub violations: Vec<Violation>,
+}
+
+/// Runs sweeps and verifications over one data directory and keystore.
+pub struct Sweeper {
+    data_dir: PathBuf,
+    keys: Arc<KeyStore>,
+    audit: Arc<AuditTrail>,
+    clock: Arc<dyn Clock>,
+    config: RetentionConfig,
+    metrics: Option<Arc<Metrics>>,
+    orders: Option<(Arc<OrderStore>, ParquetConfig)>,
+    crash_at: Option<CrashPoint>,
+}
+
+impl Sweeper {
+    pub fn new(
+        data_dir: &Path,
+        keys: Arc<KeyStore>,
+        audit: Arc<AuditTrail>,
+        clock: Arc<dyn Clock>,
+        config: RetentionConfig,
+    ) -> Self {
+        Sweeper {
+            data_dir: data_dir.to_path_buf(),
+            keys,
+            audit,
+            clock,
+            config,
+            metrics: None,
+            orders: None,
+            crash_at: None,
+        }
+    }
+
+    /// Honours the preservation orders of `orders` (copies written with
+    /// `parquet` settings) before destroying a day, and ends them when
+    /// their end date has passed.
+    pub fn with_orders(mut self, orders: Arc<OrderStore>, parquet: ParquetConfig) -> Self {
+        self.orders = Some((orders, parquet));
+        self
+    }
+
+    /// Ends the orders whose end date has passed, and finishes lifts that a
+    /// crash interrupted.
+    fn end_orders(&self, as_of: PartitionDate) -> Result<(), RetentionError> {
+        let Some((orders, _)) = &self.orders else { return Ok(()) };
+        for order in orders.list()? {
+            let ended = order.status == OrderStatus::Active && order.ends < as_of;
+            let unfinished = order.status == OrderStatus::Lifted && orders.has_data(&order.id)?;
+            if ended || unfinished {
+                let reason = if ended { "ended" } else { "lift completed" };
+                orders.lift(&order.id, reason, "retention", self.clock.now())?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Makes the next sweep stop at `point`, as if the process had died there.
+    pub fn crash_at(&mut self, point: Option<CrashPoint>) {
+        self.crash_at = point;
+    }
+
+    fn today(&self) -> PartitionDate {
+        TimestampMicros::from_datetime(self.clock.now()).partition_date()
+    }
+
+    /// Days that still have a trace: files or directory, key, or tombstone
+    /// not yet audited.
+    fn traces(&self) -> Result<Vec<PartitionDate>, RetentionError> {
+        let mut days = read::list_days(&self.data_dir)?;
+        days.extend(self.keys.days_with_keys()?);
+        for day in self.keys.destroyed_days()? {
+            if !self.tombstone(day)?.is_some_and(|t| t.audited) {
+                days.push(day);
+            }
+        }
+        days.sort();
+        days.dedup();
+        Ok(days)
+    }
+
+    fn tombstone(&self, day: PartitionDate) -> Result<Option<Tombstone>, RetentionError> {
+        Ok(self.keys.tombstone(day)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    /// Deletes every expired day (or lists them, in a dry run). `as_of`
+    /// previews another date; it defaults to today from the clock.
+    pub fn run(&self, as_of: Option<PartitionDate>, mode: SweepMode) -> Result<SweepReport, RetentionError> {
+        let started = Instant::now();
+        let now = self.clock.now();
+        let as_of = as_of.unwrap_or_else(|| self.today());
+        let run = format!("sweep-{}", now.format("%Y%m%dT%H%M%S%.6fZ"));
+        let mut report = SweepReport {
+            run: run.clone(),
+            as_of,
+            oldest_retained: oldest_retained(as_of, self.config.days),
+            mode,
+            days: Vec::new(),
+            elapsed: Default::default(),
+        };
+        if mode == SweepMode::Delete {
+            self.end_orders(as_of)?;
+        }
+        for day in self.traces()? {
+            if !is_expired(day, as_of, self.config.days) {
+                continue;
+            }
+            let deleted = match mode {
+                SweepMode::DryRun => self.measure(day)?,
+                SweepMode::Delete => self.delete_day(day, &run, now)?,
+            };
+            report.days.push(deleted);
+        }
+        report.elapsed = started.elapsed();
+        if let Some(metrics) = &self.metrics
+            && mode == SweepMode::Delete
+        {
+            metrics.retention_days_deleted.inc_by(report.days.len() as u64);
+            metrics.retention_rows_deleted.inc_by(report.days.iter().map(|d| d.rows).sum());
+            metrics.retention_sweep_duration.observe(report.elapsed.as_secs_f64());
+            metrics.retention_last_success.set(now.timestamp_millis() as f64 / 1000.0);
+            self.update_gauges(as_of)?;
+        }
+        Ok(report)
+    }
+
+    /// Refreshes the age of the oldest live day and the count of overdue days.
+    pub fn update_gauges(&self, as_of: PartitionDate) -> Result<(), RetentionError> {
+        let Some(metrics) = &self.metrics else { return Ok(()) };
+        let days = read::list_days(&self.data_dir)?;
+        let oldest_age = days.first().map_or(0, |d| as_of.days_since_epoch() - d.days_since_epoch());
+        let overdue = days.iter().filter(|d| is_expired(**d, as_of, self.config.days)).count();
+        metrics.retention_oldest_day_age.set(oldest_age);
+        metrics.retention_days_overdue.set(overdue as i64);
+        Ok(())
+    }
+
+    fn measure(&self, day: PartitionDate) -> Result<DeletedDay, RetentionError> {
+        let files = read::list_files(&self.data_dir, day)?;
+        let rows = files.iter().map(|f| row_count(f)).sum();
+        let key_id = self.keys.existing_day_key(day)?.map(|k| k.id.to_string());
+        Ok(DeletedDay { day, files: files.len() as u64, rows, key_id })
+    }
+
+    fn crash(&self, point: CrashPoint) -> Result<(), RetentionError> {
+        if self.crash_at == Some(point) { Err(RetentionError::Injected(point)) } else { Ok(()) }
+    }
+
+    fn delete_day(&self, day: PartitionDate, run: &str, now: DateTime<Utc>) -> Result<DeletedDay, RetentionError> {
+        // 1-2. Evidence first, in the tombstone. A deletion that was
+        // interrupted keeps the evidence it recorded then.
+        let mut tombstone = match self.tombstone(day)? {
+            Some(existing) => existing,
+            None => {
+                // Preservation comes before anything irreversible: once the
+                // tombstone exists the day key may be gone.
+                if let Some((orders, parquet)) = &self.orders {
+                    for order in orders.active()?.iter().filter(|o| o.covers(day)) {
+                        let targets = orders.unseal_targets(order)?;
+                        let rows = preserve::preserve_day(&self.data_dir, &self.keys, order, &targets, day, parquet)?;
+                        self.audit.append(
+                            "retention",
+                            &AuditEvent::RecordsPreserved { order: order.id.clone(), day: day.to_string(), rows },
+                            now,
+                        )?;
+                    }
+                }
+                let tombstone = Tombstone { deleted: self.measure(day)?, run: run.to_string(), audited: false };
+                self.keys.write_tombstone(day, &serde_json::to_vec(&tombstone).unwrap_or_default())?;
+                tombstone
+            }
+        };
+        self.crash(CrashPoint::AfterTombstone)?;
+
+        // 3. The key: after this the sealed columns are gone for good.
+        if let Some(id) = self.keys.destroy_day_key(day)? {
+            tombstone.deleted.key_id.get_or_insert(id.to_string());
+        }
+        self.crash(CrashPoint::AfterKeyDestroyed)?;
+
+        // 4. The files (token indexes and temporaries included) and the
+        // directory: everything in it goes, so no derived file outlives its
+        // day.
+        let dir = day_dir(&self.data_dir, day);
+        if dir.exists() {
+            let entries = std::fs::read_dir(&dir).map_err(|e| DurableError::io("list", &dir, e))?;
+            for (n, entry) in entries.enumerate() {
+                let entry = entry.map_err(|e| DurableError::io("list", &dir, e))?;
+                durable::remove_file(&entry.path())?;
+                if n == 0 {
+                    self.crash(CrashPoint::AfterFirstFileDeleted)?;
+                }
+            }
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(DurableError::io("rmdir", &dir, e).into()),
+            }
+            durable::fsync_dir(&self.data_dir.join(CDR_DIR))?;
+        }
+        self.crash(CrashPoint::BeforeAudit)?;
+
+        // 5. The evidence, durable, then the tombstone marked audited.
+        let deleted = tombstone.deleted.clone();
+        self.audit.append(
+            "retention",
+            &AuditEvent::DayDeleted {
+                day: day.to_string(),
+                files: deleted.files,
+                rows: deleted.rows,
+                key_id: deleted.key_id.clone(),
+                run: tombstone.run.clone(),
+            },
+            now,
+        )?;
+        tombstone.audited = true;
+        self.keys.write_tombstone(day, &serde_json::to_vec(&tombstone).unwrap_or_default())?;
+        tracing::info!(day = %day, files = deleted.files, rows = deleted.rows, "day destroyed");
+        Ok(deleted)
+    }
+
+    /// Checks that no expired day has files, a directory or a key, that no
+    /// deletion is left half done, that every live day has its key, and that
+    /// the audit trail verifies. The check itself is audited.
+    pub fn verify(
+        &self,
+        as_of: Option<PartitionDate>,
+        public_key: &[u8],
+        audit_path: &Path,
+    ) -> Result<VerifyReport, RetentionError> {
+        let as_of = as_of.unwrap_or_else(|| self.today());
+        let mut violations = Vec::new();
+        let days_with_files = read::list_days(&self.data_dir)?;
+        let days_with_keys = self.keys.days_with_keys()?;
+        let mut live_days = Vec::new();
+        let mut live_files = 0;
+        for &day in &days_with_files {
+            if is_expired(day, as_of, self.config.days) {
+                violations.push(Violation::ExpiredDayHasFiles(day));
+            } else {
+                let files = read::list_files(&self.data_dir, day)?;
+                live_files += files.len() as u64;
+                if !files.is_empty() && !days_with_keys.contains(&day) {
+                    violations.push(Violation::LiveDayWithoutKey(day));
+                }
+                live_days.push(day);
+            }
+        }
+        for &day in &days_with_keys {
+            if is_expired(day, as_of, self.config.days) {
+                violations.push(Violation::ExpiredDayHasKey(day));
+            }
+        }
+        let destroyed_days = self.keys.destroyed_days()?;
+        for &day in &destroyed_days {
+            if !self.tombstone(day)?.is_some_and(|t| t.audited) {
+                violations.push(Violation::DeletionIncomplete(day));
+            }
+        }
+        if let Some((orders, _)) = &self.orders {
+            for order in orders.list()? {
+                if order.status == OrderStatus::Lifted && orders.has_data(&order.id)? {
+                    violations.push(Violation::LiftedOrderHasData(order.id.clone()));
+                }
+            }
+        }
+        let check = audit::verify(audit_path, public_key, &self.keys.audit_head_path())?;
+        if let Some((seq, problem)) = &check.problem {
+            violations.push(Violation::AuditTrailDamaged(format!("entry {seq}: {problem}")));
+        }
+        violations.sort_by_key(|v| v.to_string());
+        let report = VerifyReport {
+            as_of,
+            oldest_retained: oldest_retained(as_of, self.config.days),
+            live_days,
+            live_files,
+            destroyed_days,
+            audit_entries: check.entries,
+            violations,
+        };
+        if check.problem.is_none() {
+            self.audit.append(
+                "retention-verify",
+                &AuditEvent::RetentionVerified {
+                    as_of: as_of.to_string(),
+                    violations: report.violations.len() as u64,
+                    run: format!("verify-{}", self.clock.now().format("%Y%m%dT%H%M%S%.6fZ")),
+                },
+                self.clock.now(),
+            )?;
+        }
+        Ok(report)
+    }
+}
+
+/// The service sweeps periodically ([`periodic`]), deleting.
+impl periodic::Job for Sweeper {
+    type Report = SweepReport;
+    type Error = RetentionError;
+    const NAME: &'static str = "retention sweep";
+
+    fn run_once(&self) -> Result<SweepReport, RetentionError> {
+        self.run(None, SweepMode::Delete)
+    }
+
+    fn is_fatal(error: &RetentionError) -> bool {
+        matches!(error, RetentionError::Durable(e) if e.is_fatal())
+    }
+
+    fn log(report: &SweepReport) {
+        tracing::info!(
+            days = report.days.len(),
+            elapsed_ms = report.elapsed.as_millis() as u64,
+            "retention sweep done"
+        );
+    }
+}
+
+/// Rows of a file from its plaintext footer; 0 if the footer is unreadable
+/// (the file is deleted all the same).
+fn row_count(path: &Path) -> u64 {
+    std::fs::File::open(path)
+        .ok()
+        .and_then(|f| SerializedFileReader::new(f).ok())
+        .map_or(0, |r| r.metadata().file_metadata().num_rows().max(0) as u64)
+}

@@ -1,0 +1,166 @@
+//! Durable file-system operations: write to a temporary name, fsync the file,
+//! rename it into place, fsync the directory.
+//!
+//! This module owns the one rule every writer of cdrvault follows: a file is
+//! either absent or complete and durable under its final name. It never
+//! retries an fsync: after a failed fsync the kernel may have dropped the
+//! dirty pages and a second fsync can report success for data that is gone,
+//! so a failure is returned as [`DurableError::Fsync`] and the caller stops.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// An error from a durable operation. [`DurableError::Fsync`] is fatal.
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    #[error("fsync of {path} failed: {source}")]
+    Fsync { path: PathBuf, source: io::Error },
+    #[error("{op} of {path} failed: {source}")]
+    Io { op: &'static str, path: PathBuf, source: io::Error },
+}
+
+impl DurableError {
+    pub fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
+        DurableError::Io { op, path: path.to_path_buf(), source }
+    }
+
+    /// True when the process must stop: the state of the disk is unknown.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, DurableError::Fsync { .. })
+    }
+}
+
+/// Fsyncs a file's data and metadata.
+pub fn fsync_file(file: &File, path: &Path) -> Result<(), DurableError> {
+    file.sync_all().map_err(|source| DurableError::Fsync { path: path.to_path_buf(), source })
+}
+
+/// Fsyncs a directory so that entries created, renamed or removed in it are
+/// durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), DurableError> {
+    let handle = File::open(dir).map_err(|e| DurableError::io("open", dir, e))?;
+    handle.sync_all().map_err(|source| DurableError::Fsync { path: dir.to_path_buf(), source })
+}
+
+/// Creates `dir` and any missing parents, fsyncing each parent whose entry
+/// list changed, so the new directory survives a crash.
+pub fn create_dir_all(dir: &Path) -> Result<(), DurableError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        create_dir_all(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        // Another writer created it between the check and here.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(DurableError::io("mkdir", dir, e)),
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Who may read a file written by [`write_atomically`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileMode {
+    /// Owner read/write only (0600): key material.
+    Private,
+    /// The default mode under the process umask.
+    Default,
+}
+
+/// Moves a fully written and fsynced temporary file to its final name and
+/// fsyncs the directory. Both paths must be in the same directory.
+pub fn publish(tmp: &Path, target: &Path) -> Result<(), DurableError> {
+    fs::rename(tmp, target).map_err(|e| DurableError::io("rename", target, e))?;
+    let dir = target.parent().unwrap_or(Path::new("."));
+    fsync_dir(dir)
+}
+
+/// Writes `bytes` to `target` so that it is either absent or complete and
+/// durable: temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomically(target: &Path, bytes: &[u8], mode: FileMode) -> Result<(), DurableError> {
+    let tmp = temporary_path(target);
+    // A temporary left by a crashed run (the pid in its name can repeat, as
+    // in a container where the service is always pid 1) is garbage: replace
+    // it rather than reuse it, so its mode cannot be inherited.
+    remove_file(&tmp)?;
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    if mode == FileMode::Private {
+        options.mode(0o600);
+    }
+    let mut file = options.open(&tmp).map_err(|e| DurableError::io("create", &tmp, e))?;
+    file.write_all(bytes).map_err(|e| DurableError::io("write", &tmp, e))?;
+    fsync_file(&file, &tmp)?;
+    drop(file);
+    publish(&tmp, target)
+}
+
+/// The temporary name used while `target` is written: hidden (leading dot) and
+/// with a `.tmp` suffix, so that no reader globbing `*.parquet` or `*.key`
+/// ever picks it up.
+pub fn temporary_path(target: &Path) -> PathBuf {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    target.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// True for a name made by [`temporary_path`]: never a reader's business.
+pub fn is_temporary_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Removes a file and fsyncs its directory. A file that is already gone is
+/// not an error: removal is how interrupted work is finished.
+pub fn remove_file(path: &Path) -> Result<(), DurableError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(DurableError::io("remove", path, e)),
+    }
+    fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn write_atomically_leaves_only_the_final_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("a/b/key.bin");
+        create_dir_all(target.parent().unwrap()).unwrap();
+        write_atomically(&target, b"secret", FileMode::Private).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"secret");
+        let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = fs::read_dir(target.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("key.bin")]);
+    }
+
+    #[test]
+    fn a_leftover_temporary_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x");
+        fs::write(temporary_path(&target), b"partial from a crashed run").unwrap();
+        write_atomically(&target, b"new", FileMode::Private).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        assert!(!temporary_path(&target).exists());
+    }
+
+    #[test]
+    fn removing_a_missing_file_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        remove_file(&dir.path().join("gone")).unwrap();
+    }
+}

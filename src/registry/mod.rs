@@ -1,0 +1,79 @@
+//! The registry: what cdrvault keeps about authorities, principals and
+//! their roles, warrants, lawful requests and preservation orders, behind
+//! three traits ([`AccessRegistry`], [`RequestRegistry`], [`OrderRegistry`])
+//! that only store. The rules over these records live with their subsystem
+//! (`access`, `lifecycle`); a backend never decides anything.
+//!
+//! The embedded backend is SQLite ([`sqlite`]): one database in the state
+//! directory, numbered migrations, durable commits (WAL with
+//! `synchronous = FULL`). A shared PostgreSQL registry for several instances
+//! implements the same traits. No constructor outside [`Registries`] opens a
+//! backend: the composition root opens it once and hands the traits down.
+
+mod access;
+mod orders;
+mod requests;
+pub mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use access::{AccessRegistry, Principal, PrincipalKey, Role, Warrant, WarrantStatus};
+pub use orders::{Order, OrderRegistry, OrderStatus, Which};
+pub use requests::{
+    AGE_BUCKETS, AuthorityStatistics, RequestError, RequestRecord, RequestRegistry, RequestStatus, age_bucket,
+};
+
+use crate::model::{IdentifierKind, KeyId, Token};
+
+/// An error of a registry backend. Messages name tables and columns, never
+/// a value.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// A unique key is taken (a reference, an id, a certificate).
+    #[error("an object with that key already exists")]
+    Conflict,
+    #[error("registry error: {0}")]
+    Backend(String),
+}
+
+/// The registry's file name in the state directory.
+pub const REGISTRY_FILE: &str = "registry.sqlite";
+
+/// A target of a warrant or an order as stored: its kind, its canonical
+/// value sealed under the record's key, and its token under each token key
+/// (to match rows without unsealing).
+#[derive(Clone)]
+pub struct StoredTarget {
+    pub kind: IdentifierKind,
+    pub sealed: Vec<u8>,
+    pub tokens: Vec<(KeyId, Token)>,
+}
+
+impl std::fmt::Debug for StoredTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoredTarget({}, {} tokens)", self.kind.as_str(), self.tokens.len())
+    }
+}
+
+/// The three traits over one backend, opened once by the composition root.
+#[derive(Clone)]
+pub struct Registries {
+    pub access: Arc<dyn AccessRegistry>,
+    pub requests: Arc<dyn RequestRegistry>,
+    pub orders: Arc<dyn OrderRegistry>,
+}
+
+impl std::fmt::Debug for Registries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Registries")
+    }
+}
+
+impl Registries {
+    /// The embedded SQLite registry in `state_dir` (created and migrated).
+    pub fn sqlite(state_dir: &Path) -> Result<Registries, RegistryError> {
+        let backend = Arc::new(sqlite::SqliteRegistry::open(state_dir)?);
+        Ok(Registries { access: backend.clone(), requests: backend.clone(), orders: backend })
+    }
+}

@@ -1,0 +1,151 @@
+//! The registry's schema: numbered migrations applied in order at open;
+//! `PRAGMA user_version` records how many ran. A shipped migration is never
+//! edited: the next change is a new one.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::registry::REGISTRY_FILE;
+
+/// Schema migrations, applied in order. Never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: preservation orders.
+    "CREATE TABLE preservation_orders (
+        id TEXT PRIMARY KEY,
+        authority TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        window_start_us INTEGER NOT NULL,
+        window_end_us INTEGER NOT NULL,
+        ends TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'lifted')),
+        placed_at TEXT NOT NULL,
+        lifted_at TEXT,
+        UNIQUE (authority, reference)
+    );
+    CREATE TABLE preservation_targets (
+        order_id TEXT NOT NULL REFERENCES preservation_orders(id),
+        position INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        PRIMARY KEY (order_id, position)
+    );
+    CREATE TABLE preservation_target_tokens (
+        order_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        token_key_id TEXT NOT NULL,
+        token INTEGER NOT NULL,
+        PRIMARY KEY (order_id, position, token_key_id)
+    );",
+    // 2: lawful access: authorities, principals, warrants.
+    "CREATE TABLE authorities (
+        id TEXT PRIMARY KEY,
+        country TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE principals (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        roles TEXT NOT NULL,
+        authority_id TEXT REFERENCES authorities(id),
+        token_sha256 BLOB NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE warrants (
+        id TEXT PRIMARY KEY,
+        authority_id TEXT NOT NULL REFERENCES authorities(id),
+        reference TEXT NOT NULL,
+        issued_by TEXT NOT NULL,
+        legal_basis TEXT NOT NULL,
+        period_start_us INTEGER NOT NULL,
+        period_end_us INTEGER NOT NULL,
+        categories TEXT NOT NULL,
+        valid_until_us INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        registered_by TEXT NOT NULL,
+        decided_by TEXT,
+        decision_reason TEXT,
+        registered_at TEXT NOT NULL,
+        UNIQUE (authority_id, reference)
+    );
+    CREATE TABLE warrant_targets (
+        warrant_id TEXT NOT NULL REFERENCES warrants(id),
+        position INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        PRIMARY KEY (warrant_id, position)
+    );
+    CREATE TABLE warrant_target_tokens (
+        warrant_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        token_key_id TEXT NOT NULL,
+        token INTEGER NOT NULL,
+        PRIMARY KEY (warrant_id, position, token_key_id)
+    );",
+    // 3: lawful requests, their outcome, and the age of the data delivered.
+    "CREATE TABLE requests (
+        request_id TEXT PRIMARY KEY,
+        authority_id TEXT NOT NULL REFERENCES authorities(id),
+        request_number INTEGER NOT NULL,
+        warrant_id TEXT NOT NULL,
+        principal_id TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('answered', 'answered_partially', 'unavailable', 'refused')),
+        reason TEXT,
+        submitted_at_us INTEGER NOT NULL,
+        records INTEGER NOT NULL DEFAULT 0,
+        format TEXT,
+        sha256 TEXT,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        days_unavailable INTEGER NOT NULL DEFAULT 0,
+        result_name TEXT,
+        result_expires_us INTEGER,
+        UNIQUE (authority_id, request_number)
+    );
+    CREATE TABLE request_ages (
+        request_id TEXT NOT NULL REFERENCES requests(request_id),
+        bucket INTEGER NOT NULL,
+        records INTEGER NOT NULL,
+        PRIMARY KEY (request_id, bucket)
+    );",
+    // 4: client certificates (mTLS) mapped to principals, by SHA-256 of the DER.
+    "ALTER TABLE principals ADD COLUMN cert_sha256 BLOB;
+    CREATE UNIQUE INDEX principals_cert_sha256 ON principals(cert_sha256) WHERE cert_sha256 IS NOT NULL;",
+];
+
+/// Opens (creating and migrating) the registry in `state_dir`.
+pub(super) fn open(state_dir: &Path) -> Result<Connection, rusqlite::Error> {
+    let mut connection = Connection::open(state_dir.join(REGISTRY_FILE))?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&mut connection)?;
+    Ok(connection)
+}
+
+fn migrate(connection: &mut Connection) -> Result<(), rusqlite::Error> {
+    let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (n, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = connection.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(None, "user_version", (n + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_run_once_and_record_their_number() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(dir.path()).unwrap());
+        let connection = open(dir.path()).unwrap();
+        let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let mode: String = connection.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+}

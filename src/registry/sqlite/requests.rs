@@ -1,0 +1,180 @@
+//! [`RequestRegistry`] over SQLite.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{OptionalExtension, params};
+
+use super::SqliteRegistry;
+use crate::model::TimestampMicros;
+use crate::registry::{
+    AGE_BUCKETS, AuthorityStatistics, RegistryError, RequestError, RequestRecord, RequestRegistry, RequestStatus,
+};
+
+const REQUEST_COLUMNS: &str = "request_id, authority_id, request_number, warrant_id, principal_id, status, reason,
+    submitted_at_us, records, format, sha256, bytes, days_unavailable, result_name, result_expires_us";
+
+fn request_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
+    Ok(RequestRecord {
+        request_id: r.get(0)?,
+        authority: r.get(1)?,
+        number: r.get::<_, i64>(2)? as u64,
+        warrant: r.get(3)?,
+        principal: r.get(4)?,
+        status: RequestStatus::parse(&r.get::<_, String>(5)?),
+        reason: r.get(6)?,
+        submitted_at: TimestampMicros(r.get(7)?),
+        records: r.get::<_, i64>(8)? as u64,
+        format: r.get(9)?,
+        sha256: r.get(10)?,
+        bytes: r.get::<_, i64>(11)? as u64,
+        days_unavailable: r.get::<_, i64>(12)? as u64,
+        result_name: r.get(13)?,
+        result_expires: r.get::<_, Option<i64>>(14)?.map(TimestampMicros),
+    })
+}
+
+impl RequestRegistry for SqliteRegistry {
+    fn number_used(&self, authority: &str, number: u64) -> Result<bool, RequestError> {
+        let found: Option<i64> = self
+            .db()
+            .query_row(
+                "SELECT 1 FROM requests WHERE authority_id = ?1 AND request_number = ?2",
+                params![authority, number as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(RegistryError::from)?;
+        Ok(found.is_some())
+    }
+
+    fn record(&self, request: &RequestRecord, ages: &[u64; AGE_BUCKETS.len()]) -> Result<(), RequestError> {
+        let write = || -> Result<bool, rusqlite::Error> {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let inserted = tx.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO requests ({REQUEST_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                ),
+                params![
+                    request.request_id,
+                    request.authority,
+                    request.number as i64,
+                    request.warrant,
+                    request.principal,
+                    request.status.as_str(),
+                    request.reason,
+                    request.submitted_at.0,
+                    request.records as i64,
+                    request.format,
+                    request.sha256,
+                    request.bytes as i64,
+                    request.days_unavailable as i64,
+                    request.result_name,
+                    request.result_expires.map(|t| t.0),
+                ],
+            )?;
+            if inserted == 0 {
+                return Ok(false);
+            }
+            for (bucket, records) in ages.iter().enumerate().filter(|(_, n)| **n > 0) {
+                tx.execute(
+                    "INSERT INTO request_ages (request_id, bucket, records) VALUES (?1, ?2, ?3)",
+                    params![request.request_id, bucket as i64, *records as i64],
+                )?;
+            }
+            tx.commit()?;
+            Ok(true)
+        };
+        match write().map_err(RegistryError::from)? {
+            true => Ok(()),
+            false => Err(RequestError::Replayed { authority: request.authority.clone(), number: request.number }),
+        }
+    }
+
+    fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, RequestError> {
+        Ok(self
+            .db()
+            .query_row(
+                &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ?1"),
+                params![request_id],
+                request_from,
+            )
+            .optional()
+            .map_err(RegistryError::from)?)
+    }
+
+    fn list(&self, authority: Option<&str>) -> Result<Vec<RequestRecord>, RequestError> {
+        let query = || -> Result<Vec<RequestRecord>, rusqlite::Error> {
+            let db = self.db();
+            let mut statement = db.prepare(&format!(
+                "SELECT {REQUEST_COLUMNS} FROM requests WHERE ?1 IS NULL OR authority_id = ?1
+                 ORDER BY submitted_at_us DESC, request_number DESC"
+            ))?;
+            statement.query_map(params![authority], request_from)?.collect()
+        };
+        Ok(query().map_err(RegistryError::from)?)
+    }
+
+    fn expired_results(&self, now: TimestampMicros) -> Result<Vec<RequestRecord>, RequestError> {
+        let query = || -> Result<Vec<RequestRecord>, rusqlite::Error> {
+            let db = self.db();
+            let mut statement = db.prepare(&format!(
+                "SELECT {REQUEST_COLUMNS} FROM requests WHERE result_name IS NOT NULL AND result_expires_us < ?1"
+            ))?;
+            statement.query_map(params![now.0], request_from)?.collect()
+        };
+        Ok(query().map_err(RegistryError::from)?)
+    }
+
+    fn clear_result(&self, request_id: &str) -> Result<(), RequestError> {
+        self.db()
+            .execute("UPDATE requests SET result_name = NULL WHERE request_id = ?1", params![request_id])
+            .map_err(RegistryError::from)?;
+        Ok(())
+    }
+
+    fn statistics(&self, from: TimestampMicros, to: TimestampMicros) -> Result<Vec<AuthorityStatistics>, RequestError> {
+        let query = || -> Result<Vec<AuthorityStatistics>, rusqlite::Error> {
+            let db = self.db();
+            let mut by_authority: BTreeMap<String, AuthorityStatistics> = BTreeMap::new();
+            let mut statement = db.prepare(
+                "SELECT authority_id, status, COUNT(*) FROM requests
+                 WHERE submitted_at_us >= ?1 AND submitted_at_us < ?2 GROUP BY authority_id, status",
+            )?;
+            let rows = statement.query_map(params![from.0, to.0], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as u64))
+            })?;
+            for row in rows {
+                let (authority, status, count) = row?;
+                let entry = by_authority
+                    .entry(authority.clone())
+                    .or_insert_with(|| AuthorityStatistics { authority, ..AuthorityStatistics::default() });
+                entry.received += count;
+                match RequestStatus::parse(&status) {
+                    RequestStatus::Answered => entry.answered += count,
+                    RequestStatus::AnsweredPartially => entry.answered_partially += count,
+                    RequestStatus::Unavailable => entry.unavailable += count,
+                    RequestStatus::Refused => entry.refused += count,
+                }
+            }
+            let mut statement = db.prepare(
+                "SELECT r.authority_id, a.bucket, SUM(a.records) FROM request_ages a JOIN requests r USING (request_id)
+                 WHERE r.submitted_at_us >= ?1 AND r.submitted_at_us < ?2 GROUP BY r.authority_id, a.bucket",
+            )?;
+            let rows = statement.query_map(params![from.0, to.0], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })?;
+            for row in rows {
+                let (authority, bucket, records) = row?;
+                if let Some(entry) = by_authority.get_mut(&authority)
+                    && let Some(slot) = entry.ages.get_mut(bucket as usize)
+                {
+                    *slot += records as u64;
+                }
+            }
+            Ok(by_authority.into_values().collect())
+        };
+        Ok(query().map_err(RegistryError::from)?)
+    }
+}

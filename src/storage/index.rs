@@ -1,0 +1,399 @@
+//! The token index: one small sidecar file per data file that says in which
+//! rows each token occurs, so that a lookup reads one index page and then
+//! only the pages of the matching rows, instead of scanning token columns.
+//!
+//! Why a sidecar and not a column: the random token columns carry no useful
+//! min/max, and a subscriber with a handful of records a day appears in
+//! every row group, so neither statistics nor bloom filters can point at
+//! rows. A list sorted by token can.
+//!
+//! Format: itself a Parquet file (no hand-written binary format to get
+//! wrong), beside its data file ([`layout::index_path`]). Two `INT32`
+//! columns, sorted by (`token`, `granule`), deduplicated:
+//!
+//! - `token`: the high 32 bits of the 64-bit token (delta-encoded, page
+//!   statistics, so the column index finds the page of a token);
+//! - `granule`: the row within the data file, counted over its row groups,
+//!   divided by [`GRANULE_ROWS`] (8). A lookup reads the 8 rows of a
+//!   granule; it decodes whole pages anyway, and the writer sorts a file's
+//!   rows by calling number, so a subscriber's records as calling party
+//!   (with their IMSI, IMEI and SIP URI) share a few granules: one entry
+//!   instead of one per row, and 3 bits less per entry.
+//!
+//! 32 bits are enough: a lookup confirms every row against the unsealed
+//! value, so a prefix shared by two identifiers only costs the reading of a
+//! row that is then dropped. Cell fields are not indexed: a cell dump is
+//! bounded in time and scans the cell token columns of its day, and cell
+//! ids recur so much that their entries would cost more than they save.
+//!
+//! The index is derived data. It holds tokens (never a raw identifier, never
+//! anything sealed) and can be deleted and rebuilt from the data file's
+//! clear token columns at any time ([`rebuild`]). The writer publishes it
+//! durably before the data file is renamed into place, so a visible data
+//! file always has its index; the key-value metadata names the data file,
+//! its size and row count, so a stale or foreign index is recognised and
+//! ignored (lookups then fall back to bloom filters and a scan).
+
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int32Type, Int64Type};
+use arrow_array::{Array, Int32Array, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+};
+use parquet::basic::{Compression, Encoding};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{KeyValue, PageIndexPolicy};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use super::error::WriteError;
+use super::layout;
+use super::published::PublishedFile;
+use super::read::{self, ReadError};
+use crate::model::{IdentifierField, IdentifierKind, KeyId};
+use crate::ops::durable::{self, DurableError};
+
+/// The two columns of an index file.
+pub const TOKEN: &str = "token";
+pub const GRANULE: &str = "granule";
+
+/// Rows per granule, the unit an index entry points at.
+pub const GRANULE_ROWS: u32 = 8;
+
+/// Written into each index file as `cdrvault.index_version`.
+pub const INDEX_VERSION: &str = "1";
+
+/// Key-value metadata of an index file.
+pub mod meta {
+    pub const VERSION: &str = "cdrvault.index_version";
+    /// The data file's name (not its path: the pair moves together).
+    pub const DATA_FILE: &str = "cdrvault.data_file";
+    pub const DATA_BYTES: &str = "cdrvault.data_bytes";
+    pub const DATA_ROWS: &str = "cdrvault.data_rows";
+    pub const GRANULE_ROWS: &str = "cdrvault.granule_rows";
+    pub const TOKEN_KEY_ID: &str = "cdrvault.token_key_id";
+}
+
+/// Entries per index page: the unit a lookup decodes per token.
+const PAGE_ROWS: usize = 1_024;
+
+/// True for the kinds the index covers (all but cells).
+pub fn is_indexed(kind: IdentifierKind) -> bool {
+    kind != IdentifierKind::Cell
+}
+
+/// The fields whose tokens go into the index.
+pub fn indexed_fields() -> impl Iterator<Item = IdentifierField> {
+    IdentifierField::ALL.into_iter().filter(|f| is_indexed(f.kind()))
+}
+
+/// The part of a token kept in the index.
+pub fn prefix(token: i64) -> i32 {
+    (token >> 32) as i32
+}
+
+fn index_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new(TOKEN, DataType::Int32, false), Field::new(GRANULE, DataType::Int32, false)]))
+}
+
+/// Appends the entry keys of the rows of `batch`, whose first row is row
+/// `first_row` of the data file, to `keys` (unsorted, with duplicates; see
+/// [`sorted_entries`]). A file written group by group adds each group's.
+pub fn add_keys(batch: &RecordBatch, first_row: usize, keys: &mut Vec<u64>) {
+    for field in indexed_fields() {
+        let Some(column) = batch.column_by_name(field.token_column()) else { continue };
+        let Some(tokens) = column.as_primitive_opt::<Int64Type>() else { continue };
+        keys.reserve(tokens.len() - tokens.null_count());
+        for row in 0..tokens.len() {
+            if tokens.is_valid(row) {
+                // Flipping the sign bit makes the unsigned order of the key
+                // the signed order of the prefix.
+                let high = (prefix(tokens.value(row)) as u32) ^ 0x8000_0000;
+                let granule = ((first_row + row) / GRANULE_ROWS as usize) as u32;
+                keys.push((u64::from(high) << 32) | u64::from(granule));
+            }
+        }
+    }
+}
+
+/// The (token prefix, granule) entries of the keys, sorted and deduplicated.
+pub fn sorted_entries(mut keys: Vec<u64>) -> Vec<(i32, u32)> {
+    keys.sort_unstable();
+    keys.dedup();
+    keys.into_iter().map(|k| ((((k >> 32) as u32) ^ 0x8000_0000) as i32, k as u32)).collect()
+}
+
+/// What an index file describes.
+#[derive(Debug, Clone)]
+pub struct IndexedFile<'a> {
+    /// The data file's name.
+    pub name: &'a str,
+    pub bytes: u64,
+    pub rows: u64,
+    pub token_key_id: &'a KeyId,
+}
+
+/// Writes the index of a data file from its entries, sorted and
+/// deduplicated ([`sorted_entries`]), durably (temporary, fsync, rename,
+/// fsync of the directory). Returns its size in bytes.
+pub fn write(path: &Path, entries: &[(i32, u32)], data: &IndexedFile<'_>) -> Result<u64, WriteError> {
+    let tokens = Int32Array::from_iter_values(entries.iter().map(|(t, _)| *t));
+    // Granules fit: a data file (one day of one token key) is far below
+    // 2^34 rows.
+    let granules = Int32Array::from_iter_values(entries.iter().map(|(_, g)| *g as i32));
+    let index = RecordBatch::try_new(index_schema(), vec![Arc::new(tokens), Arc::new(granules)])?;
+    let properties = WriterProperties::builder()
+        .set_dictionary_enabled(false)
+        .set_encoding(Encoding::DELTA_BINARY_PACKED)
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_column_statistics_enabled(ColumnPath::from(TOKEN), EnabledStatistics::Page)
+        // Delta-packed granules are as random as their rows, and sorted
+        // random prefixes pack to their entropy: zstd gains little on
+        // either, and costs a lookup a decompression context per file.
+        .set_compression(Compression::UNCOMPRESSED)
+        .set_max_row_group_row_count(Some(entries.len().max(1)))
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(meta::VERSION.into(), INDEX_VERSION.to_string()),
+            KeyValue::new(meta::DATA_FILE.into(), data.name.to_string()),
+            KeyValue::new(meta::DATA_BYTES.into(), data.bytes.to_string()),
+            KeyValue::new(meta::DATA_ROWS.into(), data.rows.to_string()),
+            KeyValue::new(meta::GRANULE_ROWS.into(), GRANULE_ROWS.to_string()),
+            KeyValue::new(meta::TOKEN_KEY_ID.into(), data.token_key_id.to_string()),
+        ]))
+        .build();
+
+    let tmp = durable::temporary_path(path);
+    durable::remove_file(&tmp)?;
+    let written = (|| -> Result<u64, WriteError> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| DurableError::io("create", &tmp, e))?;
+        let mut writer = ArrowWriter::try_new(file, index_schema(), Some(properties))?;
+        writer.write(&index)?;
+        let file: File = writer.into_inner()?;
+        durable::fsync_file(&file, &tmp)?;
+        Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
+    })();
+    match written {
+        Ok(bytes) => {
+            durable::publish(&tmp, path)?;
+            Ok(bytes)
+        }
+        Err(e) => {
+            // Best effort: the temporary is hidden and never read.
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Rebuilds the index of a published data file from its clear token
+/// columns (no key needed): for a file whose index was lost or damaged.
+pub fn rebuild(data_file: &Path) -> Result<u64, WriteError> {
+    let unreadable = |e: ReadError| ParquetError::External(Box::new(e));
+    let bytes = std::fs::metadata(data_file).map_err(|e| DurableError::io("stat", data_file, e))?.len();
+    let (rows, token_key_id) = read::footer_facts(data_file).map_err(unreadable)?;
+    let token_key_id = token_key_id.ok_or_else(|| ParquetError::General("data file names no token key".into()))?;
+    let wanted: Vec<&str> = indexed_fields().map(IdentifierField::token_column).collect();
+    let mut keys = Vec::new();
+    let mut first_row = 0;
+    for batch in read::file_reader(data_file, None, &wanted, 8_192).map_err(unreadable)? {
+        let batch = batch?;
+        add_keys(&batch, first_row, &mut keys);
+        first_row += batch.num_rows();
+    }
+    let name = data_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let data = IndexedFile { name: &name, bytes, rows, token_key_id: &token_key_id };
+    write(&layout::index_path(data_file), &sorted_entries(keys), &data)
+}
+
+fn file_meta(metadata: &parquet::file::metadata::ParquetMetaData, key: &str) -> Option<String> {
+    metadata.file_metadata().key_value_metadata()?.iter().find(|kv| kv.key == key)?.value.clone()
+}
+
+/// An opened index: its footer and page index, parsed once and kept by the
+/// lookup engine's cache. Holds tokens only.
+#[derive(Debug, Clone)]
+pub struct IndexReader {
+    /// The index file, mapped where the system allows.
+    file: PublishedFile,
+    metadata: ArrowReaderMetadata,
+    pub data_file: String,
+    pub data_bytes: u64,
+    pub data_rows: u64,
+}
+
+impl IndexReader {
+    /// Opens the index of `data_file`; `None` if there is none.
+    pub fn open(data_file: &Path) -> Result<Option<IndexReader>, ParquetError> {
+        let path = layout::index_path(data_file);
+        let file = match PublishedFile::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(ParquetError::External(Box::new(e))),
+        };
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
+        let metadata = ArrowReaderMetadata::load(&file, options)?;
+        let field = |key: &str| file_meta(metadata.metadata(), key);
+        if field(meta::VERSION).as_deref() != Some(INDEX_VERSION)
+            || field(meta::GRANULE_ROWS).as_deref() != Some(&GRANULE_ROWS.to_string())
+        {
+            return Err(ParquetError::General("unknown index version".into()));
+        }
+        let number = |key: &str| field(key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(u64::MAX);
+        Ok(Some(IndexReader {
+            data_file: field(meta::DATA_FILE).unwrap_or_default(),
+            data_bytes: number(meta::DATA_BYTES),
+            data_rows: number(meta::DATA_ROWS),
+            file,
+            metadata,
+        }))
+    }
+
+    /// True if this index was written for `name` with this size and row count.
+    pub fn describes(&self, name: &str, bytes: u64, rows: u64) -> bool {
+        self.data_file == name && self.data_bytes == bytes && self.data_rows == rows
+    }
+
+    /// The rows (sorted, distinct) of the granules whose indexed tokens have
+    /// one of the given prefixes, and the index pages read to find them.
+    pub fn rows_for(&self, prefixes: &[i32]) -> Result<(Vec<u32>, u64), ParquetError> {
+        let metadata = self.metadata.metadata();
+        let mut ranges = Vec::new();
+        let mut pages = 0;
+        let mut offset = 0usize;
+        for rg in 0..metadata.num_row_groups() {
+            let group_rows = metadata.row_group(rg).num_rows().max(0) as usize;
+            let page_index = metadata.page_index_for_row_group(rg);
+            let locations = page_index.offset_index(0).map(|o| o.page_locations().clone()).unwrap_or_default();
+            let bounds = match page_index.column_index(0) {
+                Some(ColumnIndexMetaData::INT32(index)) => Some(index),
+                _ => None,
+            };
+            for (page, location) in locations.iter().enumerate() {
+                let hit = match bounds {
+                    Some(index) => match (index.min_value(page), index.max_value(page)) {
+                        (Some(min), Some(max)) => prefixes.iter().any(|p| min <= p && p <= max),
+                        _ => true,
+                    },
+                    None => true,
+                };
+                if hit {
+                    let start = offset + location.first_row_index.max(0) as usize;
+                    let end = locations
+                        .get(page + 1)
+                        .map_or(offset + group_rows, |next| offset + next.first_row_index.max(0) as usize);
+                    ranges.push(start..end);
+                    pages += 1;
+                }
+            }
+            offset += group_rows;
+        }
+        if ranges.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(self.file.clone(), self.metadata.clone())
+            .with_row_selection(RowSelection::from_consecutive_ranges(ranges.into_iter(), offset))
+            .with_batch_size(PAGE_ROWS * 2)
+            .build()?;
+        let mut rows = Vec::new();
+        for batch in reader {
+            let batch = batch?;
+            let (Some(tokens), Some(positions)) = (
+                batch.column_by_name(TOKEN).and_then(|c| c.as_primitive_opt::<Int32Type>()),
+                batch.column_by_name(GRANULE).and_then(|c| c.as_primitive_opt::<Int32Type>()),
+            ) else {
+                return Err(ParquetError::General("index without token or granule column".into()));
+            };
+            for i in 0..tokens.len() {
+                if prefixes.contains(&tokens.value(i)) {
+                    let first = positions.value(i).max(0) as u64 * u64::from(GRANULE_ROWS);
+                    let end = (first + u64::from(GRANULE_ROWS)).min(self.data_rows);
+                    rows.extend((first..end).map(|r| r as u32));
+                }
+            }
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        Ok((rows, pages))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Int64Array;
+
+    /// The entries of a data file whose rows are `batch`.
+    fn entries(batch: &RecordBatch) -> Vec<(i32, u32)> {
+        let mut keys = Vec::new();
+        add_keys(batch, 0, &mut keys);
+        sorted_entries(keys)
+    }
+
+    fn batch(columns: &[(&str, Vec<Option<i64>>)]) -> RecordBatch {
+        let fields: Vec<Field> = columns.iter().map(|(n, _)| Field::new(*n, DataType::Int64, true)).collect();
+        let arrays: Vec<Arc<dyn Array>> =
+            columns.iter().map(|(_, v)| Arc::new(Int64Array::from(v.clone())) as Arc<dyn Array>).collect();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap()
+    }
+
+    #[test]
+    fn entries_are_sorted_signed_deduplicated_and_skip_cells() {
+        let b = batch(&[
+            ("calling_number_token", vec![Some(5 << 32), Some(-3 << 32), None]),
+            ("redirecting_number_token", vec![Some(5 << 32), None, Some((7 << 32) + 99)]),
+            ("cell_id_start_token", vec![Some(1 << 32), Some(1 << 32), Some(1 << 32)]),
+        ]);
+        assert_eq!(entries(&b), vec![(-3, 0), (5, 0), (7, 0)]);
+        // Rows 0-7 are granule 0, rows 8-15 granule 1.
+        let many = batch(&[("calling_number_token", (0..20).map(|i| Some((i % 2) << 32)).collect())]);
+        assert_eq!(entries(&many), vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn keys_added_part_by_part_with_their_first_row_give_the_entries_of_the_whole() {
+        let whole = batch(&[("called_number_token", (0..100).map(|i| Some((i % 7) << 32)).collect())]);
+        let mut keys = Vec::new();
+        add_keys(&whole.slice(0, 37), 0, &mut keys);
+        add_keys(&whole.slice(37, 63), 37, &mut keys);
+        assert_eq!(sorted_entries(keys), entries(&whole));
+        // Without the offset, the second part's rows would be misplaced.
+        let mut wrong = Vec::new();
+        add_keys(&whole.slice(0, 37), 0, &mut wrong);
+        add_keys(&whole.slice(37, 63), 0, &mut wrong);
+        assert_ne!(sorted_entries(wrong), entries(&whole));
+    }
+
+    #[test]
+    fn rows_are_found_through_the_page_index_only_where_the_token_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("part-x.parquet");
+        // 20,000 rows: several index pages; token i has prefix i % 5000.
+        let tokens: Vec<Option<i64>> = (0..20_000i64).map(|i| Some(((i % 5_000) - 2_500) << 32)).collect();
+        let b = batch(&[("calling_number_token", tokens)]);
+        let key = KeyId::new("tk-0001").unwrap();
+        let described = IndexedFile { name: "part-x.parquet", bytes: 1, rows: 20_000, token_key_id: &key };
+        write(&layout::index_path(&data), &entries(&b), &described).unwrap();
+        let index = IndexReader::open(&data).unwrap().unwrap();
+        assert!(index.describes("part-x.parquet", 1, 20_000));
+        assert!(!index.describes("part-y.parquet", 1, 20_000));
+        let (rows, pages) = index.rows_for(&[-2_500 + 17]).unwrap();
+        let granule = |row: u32| (row / 8 * 8..row / 8 * 8 + 8).collect::<Vec<u32>>();
+        let expected: Vec<u32> = [17, 5_017, 10_017, 15_017].into_iter().flat_map(granule).collect();
+        assert_eq!(rows, expected, "the granules of rows 17, 5017, 10017 and 15017");
+        assert_eq!(pages, 1, "one page of the sorted index holds the token");
+        assert!(index.rows_for(&[9_999]).unwrap().0.is_empty());
+        assert!(IndexReader::open(&dir.path().join("other.parquet")).unwrap().is_none());
+    }
+}

@@ -1,0 +1,259 @@
+//! Writes date-partitioned, pseudonymised Parquet files, atomically and
+//! durably, each with its token index ([`crate::storage::index`]).
+//!
+//! A file becomes visible only once complete: it is written under a hidden
+//! temporary name, fsynced, its token index published, then it is renamed
+//! into place and its directory fsynced ([`SortedFile::finish`]). This
+//! module must never leave a partial file under a data file's name. How a
+//! file is encoded and sealed is [`properties`]'s business; the rows of a
+//! file are sorted by calling number token, which [`SortedFile`] enforces.
+
+mod properties;
+mod sorted_file;
+
+use std::path::{Path, PathBuf};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+
+pub use sorted_file::SortedFile;
+
+use super::config::ParquetConfig;
+use super::error::WriteError;
+use super::layout::FileNamer;
+use super::schema;
+use crate::keys::DayKey;
+use crate::model::{KeyId, PartitionDate};
+
+/// A file that is complete and durable under its final name.
+#[derive(Debug, Clone)]
+pub struct WrittenFile {
+    pub date: PartitionDate,
+    pub path: PathBuf,
+    pub rows: usize,
+    pub bytes: u64,
+}
+
+/// Writes the files of the data directory.
+#[derive(Debug)]
+pub struct ParquetWriter {
+    data_dir: PathBuf,
+    config: ParquetConfig,
+    schema: SchemaRef,
+    namer: FileNamer,
+}
+
+impl ParquetWriter {
+    pub fn new(data_dir: &Path, config: ParquetConfig) -> Self {
+        ParquetWriter {
+            data_dir: data_dir.to_path_buf(),
+            config,
+            schema: schema::cdr_schema(),
+            namer: FileNamer::new(),
+        }
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A new file name, for [`Self::write_day_named`].
+    pub fn next_name(&self, now_millis: i64) -> String {
+        self.namer.next(now_millis)
+    }
+
+    /// Writes the records of one day into one new file and makes it durable.
+    /// `now_millis` only names the file.
+    pub fn write_day(
+        &self,
+        date: PartitionDate,
+        batches: &[RecordBatch],
+        day_key: &DayKey,
+        token_key_id: &KeyId,
+        now_millis: i64,
+    ) -> Result<WrittenFile, WriteError> {
+        let name = self.namer.next(now_millis);
+        self.write_day_named(date, &name, batches, day_key, token_key_id)
+    }
+
+    /// Like [`Self::write_day`] under a given file name, replacing a file of
+    /// that name atomically: for copies that must be idempotent (a
+    /// preservation copy made again after a crash).
+    pub fn write_day_named(
+        &self,
+        date: PartitionDate,
+        name: &str,
+        batches: &[RecordBatch],
+        day_key: &DayKey,
+        token_key_id: &KeyId,
+    ) -> Result<WrittenFile, WriteError> {
+        let all = sorted_file::sort_by_calling_party(&self.schema, batches)?;
+        let mut file = self.sorted_file(date, name, day_key, token_key_id, all.num_rows())?;
+        file.push(all)?;
+        file.finish()
+    }
+
+    /// A new file `name` of `date` that takes rows already in file order
+    /// (sorted by calling number token, see [`SortedFile`]); `rows` is the
+    /// number it will hold, which sizes the bloom filters.
+    pub fn sorted_file(
+        &self,
+        date: PartitionDate,
+        name: &str,
+        day_key: &DayKey,
+        token_key_id: &KeyId,
+        rows: usize,
+    ) -> Result<SortedFile<'_>, WriteError> {
+        SortedFile::create(self, date, name, day_key, token_key_id, rows)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::fs::File;
+    use std::sync::Arc;
+
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+    use crate::ingest::process::{Input, Processor, ProcessorConfig};
+    use crate::keys::KeyStore;
+    use crate::ops::clock::ManualClock;
+    use crate::storage::{layout, read};
+
+    pub(crate) fn write_one_file(root: &Path) -> (Arc<KeyStore>, PathBuf) {
+        let keys_dir = root.join("keys");
+        KeyStore::init(&keys_dir, None).unwrap();
+        let keys = Arc::new(KeyStore::open(&keys_dir, None).unwrap());
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z").unwrap().to_utc();
+        let clock = Arc::new(ManualClock::new(now));
+        let config = ParquetConfig { row_group_rows: 100, ..ParquetConfig::default() };
+        let writer = ParquetWriter::new(&root.join("data"), config);
+        let processor = Processor::new(
+            writer,
+            Arc::clone(&keys),
+            clock,
+            ProcessorConfig {
+                max_clock_skew: std::time::Duration::from_secs(60),
+                decode_threads: 2,
+                retention_days: Some(365),
+            },
+        );
+        let inputs: Vec<Input> = (0..250)
+            .map(|i| Input {
+                encoding: crate::ingest::decode::Encoding::Json,
+                payload: format!(
+                    r#"{{"record_id":"r-{i}","service":"voice","start_time":"2026-11-24T10:00:{:02}Z","calling_number":"+45200{i:05}","cell_id_start":"238-01-1-{i}"}}"#,
+                    i % 60
+                )
+                .into_bytes(),
+            })
+            .collect();
+        let outcome = processor.process(&inputs).unwrap();
+        assert_eq!(outcome.written, 250);
+        assert_eq!(outcome.files.len(), 1);
+        (keys, outcome.files[0].path.clone())
+    }
+
+    #[test]
+    fn files_carry_bloom_filters_on_tokens_and_nothing_revealing_on_sealed_columns() {
+        let root = tempfile::tempdir().unwrap();
+        let (_keys, path) = write_one_file(root.path());
+        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let metadata = reader.metadata();
+        assert_eq!(metadata.num_row_groups(), 3, "row groups of 100 rows");
+        let kv: std::collections::HashMap<_, _> = metadata
+            .file_metadata()
+            .key_value_metadata()
+            .unwrap()
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(kv[schema::meta::TOKEN_KEY_ID], "tk-0001");
+        assert!(kv[schema::meta::SEAL_KEY_ID].starts_with("day-2026-11-24-"));
+        assert_eq!(kv[schema::meta::PARTITION_DATE], "2026-11-24");
+        let row_group = metadata.row_group(0);
+        for column in row_group.columns() {
+            let name = column.column_path().string();
+            if name.ends_with("_token") {
+                assert!(column.bloom_filter_offset().is_some(), "{name} has a bloom filter");
+            }
+            if name.ends_with("_sealed") {
+                assert!(column.bloom_filter_offset().is_none(), "{name} has no bloom filter");
+                assert!(column.statistics().is_none(), "{name} has no statistics");
+            }
+        }
+        // No min/max or dictionary of a raw value in clear anywhere in the file.
+        let bytes = std::fs::read(&path).unwrap();
+        let needle = b"+4520000007";
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+    }
+
+    #[test]
+    fn a_sorted_file_refuses_rows_out_of_order_and_leaves_nothing_behind() {
+        let root = tempfile::tempdir().unwrap();
+        let (keys, path) = write_one_file(root.path());
+        let date = layout::date_of_dir("dt=2026-11-24").unwrap();
+        let day_key = keys.existing_day_key(date).unwrap().unwrap();
+        let writer = ParquetWriter::new(&root.path().join("data"), ParquetConfig::default());
+        let names: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
+        let batches = read::read_file(&path, Some(&day_key), &names).unwrap();
+        let all = arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap();
+        let listing = || {
+            let mut names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = listing();
+        let token_key = keys.active_token_key().id.clone();
+
+        // The file's rows are sorted: pushed in two parts, they are taken.
+        let mut sorted = writer.sorted_file(date, "part-sorted.parquet", &day_key, &token_key, all.num_rows()).unwrap();
+        sorted.push(all.slice(0, 120)).unwrap();
+        sorted.push(all.slice(120, all.num_rows() - 120)).unwrap();
+        let written = sorted.finish().unwrap();
+        assert_eq!(written.rows, all.num_rows());
+        assert!(layout::index_path(&written.path).exists());
+        std::fs::remove_file(layout::index_path(&written.path)).unwrap();
+        std::fs::remove_file(&written.path).unwrap();
+
+        // Reversed, they are refused, and neither the file, its index nor a
+        // temporary is left.
+        let reversed = arrow_array::UInt32Array::from_iter_values((0..all.num_rows() as u32).rev());
+        let reversed = arrow_select::take::take_record_batch(&all, &reversed).unwrap();
+        let mut file = writer.sorted_file(date, "part-reversed.parquet", &day_key, &token_key, all.num_rows()).unwrap();
+        assert!(file.push(reversed).is_err());
+        drop(file);
+        assert_eq!(listing(), before);
+    }
+
+    #[test]
+    fn sealed_columns_need_the_day_key_and_the_files_own_place() {
+        let root = tempfile::tempdir().unwrap();
+        let (keys, path) = write_one_file(root.path());
+        let date = PartitionDate::parse("2026-11-24").unwrap();
+        let key = keys.existing_day_key(date).unwrap().unwrap();
+        let sealed = ["calling_number_sealed"];
+        assert!(read::read_file(&path, None, &sealed).is_err(), "no key, no sealed column");
+        let batches = read::read_file(&path, Some(&key), &sealed).unwrap();
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 250);
+        assert!(
+            read::read_file(&path, None, &["calling_number_token", "start_time"]).is_ok(),
+            "clear columns need no key"
+        );
+
+        // Moved to another day's directory, the file no longer verifies.
+        let other = layout::day_dir(&root.path().join("data"), PartitionDate::parse("2026-11-23").unwrap());
+        std::fs::create_dir_all(&other).unwrap();
+        let moved = other.join(path.file_name().unwrap());
+        std::fs::rename(&path, &moved).unwrap();
+        assert!(read::read_file(&moved, Some(&key), &sealed).is_err());
+    }
+}
