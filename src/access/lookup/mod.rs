@@ -19,12 +19,9 @@
 //! Tokens are computed under every token key id the searched files name, so
 //! a token-key rotation inside the window loses nothing.
 //!
-//! [`plan`] chooses the days and keys, [`search`] searches one file, and
-//! [`LookupEngine`] runs the files of a query on its threads and caches,
-//! per file, a read-only memory mapping of it and of its index where the
-//! system allows ([`crate::storage::published`]), the parsed footer with its
-//! page index, the parsed index footer and the bloom filters read so far.
-//! These are immutable once a file is published and hold no identifier.
+//! `plan` chooses the days and keys, `search` searches one file, `cache`
+//! keeps what was read of each file, and [`LookupEngine`] runs the files of
+//! a query on its threads.
 //! The parsed footer of a sealed file carries the parquet crate's copy of
 //! the day key (its decryptor), so the cache forgets a day as soon as the
 //! day is destroyed (tombstone) or its key is gone, and an order's files as
@@ -38,6 +35,7 @@
 //! blocks (file reads, decryption, threads of its own): async callers use
 //! [`LookupEngine::find_async`], which runs it off the runtime's workers.
 
+mod cache;
 mod engine;
 mod plan;
 mod search;

@@ -7,17 +7,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{LookupEngine, LookupError, LookupStats, Query};
-use crate::keys::{DayKey, RecordKey};
+use std::path::Path;
+
+use super::cache::{Area, FileCache};
+use super::{LookupError, LookupStats, Query};
+use crate::keys::{DayKey, KeyStore, RecordKey};
 use crate::model::PartitionDate;
 use crate::storage::layout;
-
-/// Where a file's rows come from: the live data or an order's copies.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) enum Area {
-    Live,
-    Preserved(String),
-}
 
 /// One day directory to search (live data or an order's area), with the
 /// key that unseals its files. Workers list the directory themselves, so
@@ -29,67 +25,63 @@ pub(super) struct DayWork {
     pub(super) key: Arc<DayKey>,
 }
 
-/// One file to search, with the key that unseals it.
-pub(super) struct Work {
-    pub(super) path: PathBuf,
-    pub(super) area: Area,
-    pub(super) key: Arc<DayKey>,
-}
-
-impl LookupEngine {
-    /// The day directories to search, with their keys; forgets cached days
-    /// that are gone.
-    pub(super) fn plan(&self, query: &Query, stats: &mut LookupStats) -> Result<Vec<DayWork>, LookupError> {
-        let keys = &self.keys;
-        let (first, last) = (query.from.partition_date(), query.to.partition_date());
-        let orders = layout::orders_with_areas(&self.data_dir);
-        self.forget_gone(&orders)?;
-        let mut order_keys: HashMap<String, Option<RecordKey>> = HashMap::new();
-        let mut work = Vec::new();
-        let mut day = first;
-        while day <= last {
-            stats.days += 1;
-            // The tombstone comes before the key's destruction: a day being
-            // destroyed is no longer served, even if this process still
-            // holds its key in memory.
-            let key = if keys.is_destroyed(day) { None } else { keys.existing_day_key(day)? };
-            match key {
-                Some(key) => {
-                    work.push(DayWork { root: self.data_dir.clone(), day, area: Area::Live, key });
-                }
-                None => {
-                    stats.days_unavailable += 1;
-                    self.forget(&layout::day_dir(&self.data_dir, day));
-                    // Only a destroyed day is searched in the preservation
-                    // areas: while it is live, its own files are complete,
-                    // and searching both would return records twice.
-                    for order in &orders {
-                        let area = layout::order_dir(&self.data_dir, order);
-                        if !layout::day_dir(&area, day).exists() {
-                            continue;
-                        }
-                        let order_key = match order_keys.get(order) {
-                            Some(key) => key.clone(),
-                            None => {
-                                let key = keys.order_key(order)?;
-                                order_keys.insert(order.clone(), key.clone());
-                                key
-                            }
-                        };
-                        let Some(order_key) = order_key else {
-                            // The order was lifted: its copies are unreadable
-                            // and about to be deleted.
-                            self.forget(&layout::day_dir(&area, day));
-                            continue;
-                        };
-                        let key = Arc::new(order_key.for_day(day));
-                        work.push(DayWork { root: area, day, area: Area::Preserved(order.clone()), key });
+/// The day directories to search, with their keys; forgets cached days
+/// that are gone.
+pub(super) fn plan(
+    data_dir: &Path,
+    keys: &KeyStore,
+    cache: &FileCache,
+    query: &Query,
+    stats: &mut LookupStats,
+) -> Result<Vec<DayWork>, LookupError> {
+    let (first, last) = (query.from.partition_date(), query.to.partition_date());
+    let orders = layout::orders_with_areas(data_dir);
+    cache.forget_gone(data_dir, keys, &orders)?;
+    let mut order_keys: HashMap<String, Option<RecordKey>> = HashMap::new();
+    let mut work = Vec::new();
+    let mut day = first;
+    while day <= last {
+        stats.days += 1;
+        // The tombstone comes before the key's destruction: a day being
+        // destroyed is no longer served, even if this process still
+        // holds its key in memory.
+        let key = if keys.is_destroyed(day) { None } else { keys.existing_day_key(day)? };
+        match key {
+            Some(key) => {
+                work.push(DayWork { root: data_dir.to_path_buf(), day, area: Area::Live, key });
+            }
+            None => {
+                stats.days_unavailable += 1;
+                cache.forget(&layout::day_dir(data_dir, day));
+                // Only a destroyed day is searched in the preservation
+                // areas: while it is live, its own files are complete,
+                // and searching both would return records twice.
+                for order in &orders {
+                    let area = layout::order_dir(data_dir, order);
+                    if !layout::day_dir(&area, day).exists() {
+                        continue;
                     }
+                    let order_key = match order_keys.get(order) {
+                        Some(key) => key.clone(),
+                        None => {
+                            let key = keys.order_key(order)?;
+                            order_keys.insert(order.clone(), key.clone());
+                            key
+                        }
+                    };
+                    let Some(order_key) = order_key else {
+                        // The order was lifted: its copies are unreadable
+                        // and about to be deleted.
+                        cache.forget(&layout::day_dir(&area, day));
+                        continue;
+                    };
+                    let key = Arc::new(order_key.for_day(day));
+                    work.push(DayWork { root: area, day, area: Area::Preserved(order.clone()), key });
                 }
             }
-            let Some(next) = day.next() else { break };
-            day = next;
         }
-        Ok(work)
+        let Some(next) = day.next() else { break };
+        day = next;
     }
+    Ok(work)
 }

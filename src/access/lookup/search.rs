@@ -14,186 +14,181 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection
 use parquet::errors::ParquetError;
 use parquet::file::statistics::Statistics;
 
-use super::engine::CachedFile;
-use super::plan::{Area, Work};
-use super::{FoundRecord, LookupEngine, LookupStats, Query};
+use super::cache::{Area, CachedFile, FileCache, Work};
+use super::{FoundRecord, LookupStats, Query};
 use crate::model::{Category, IdentifierField, IdentifierKind, KeyId, TimestampMicros};
 use crate::storage::{index, schema};
 
-impl LookupEngine {
-    pub(super) fn search_file(
-        &self,
-        work: &Work,
-        tokens: &HashMap<KeyId, Vec<i64>>,
-        query: &Query,
-        stats: &mut LookupStats,
-        found: &mut Vec<FoundRecord>,
-    ) -> Result<(), ParquetError> {
-        stats.files += 1;
-        if work.area != Area::Live {
-            stats.preserved_files += 1;
-        }
-        let cached = self.cached(work, stats)?;
-        let metadata = Arc::clone(cached.metadata.metadata());
-        stats.row_groups += metadata.num_row_groups() as u64;
-        let Some(file_tokens) = cached.token_key.as_ref().and_then(|id| tokens.get(id)) else { return Ok(()) };
-        // (field, token, canonical value) for every field a target can be in.
-        let wanted: Vec<(IdentifierField, i64, &str)> = query
-            .targets
-            .iter()
-            .zip(file_tokens)
-            .flat_map(|((kind, value), token)| fields_of(*kind).map(move |f| (f, *token, value.as_str())))
-            .collect();
-        let parquet_schema = metadata.file_metadata().schema_descr();
-        let index_of = |name: &str| parquet_schema.columns().iter().position(|c| c.name() == name);
-        let Some(time_index) = index_of(schema::START_TIME) else { return Ok(()) };
-        // Row groups that overlap the window, by their time statistics.
-        let in_window: Vec<bool> = (0..metadata.num_row_groups())
-            .map(|rg| match metadata.row_group(rg).column(time_index).statistics() {
-                Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
-                    (Some(min), Some(max)) => *max >= query.from.0 && *min <= query.to.0,
-                    _ => true,
-                },
+/// Searches one file of a query, adding what it finds to `found`.
+pub(super) fn search_file(
+    cache: &FileCache,
+    work: &Work,
+    tokens: &HashMap<KeyId, Vec<i64>>,
+    query: &Query,
+    stats: &mut LookupStats,
+    found: &mut Vec<FoundRecord>,
+) -> Result<(), ParquetError> {
+    stats.files += 1;
+    if work.area != Area::Live {
+        stats.preserved_files += 1;
+    }
+    let cached = cache.get(&work.path, &work.key, stats)?;
+    let metadata = Arc::clone(cached.metadata.metadata());
+    stats.row_groups += metadata.num_row_groups() as u64;
+    let Some(file_tokens) = cached.token_key.as_ref().and_then(|id| tokens.get(id)) else { return Ok(()) };
+    // (field, token, canonical value) for every field a target can be in.
+    let wanted: Vec<(IdentifierField, i64, &str)> = query
+        .targets
+        .iter()
+        .zip(file_tokens)
+        .flat_map(|((kind, value), token)| fields_of(*kind).map(move |f| (f, *token, value.as_str())))
+        .collect();
+    let parquet_schema = metadata.file_metadata().schema_descr();
+    let index_of = |name: &str| parquet_schema.columns().iter().position(|c| c.name() == name);
+    let Some(time_index) = index_of(schema::START_TIME) else { return Ok(()) };
+    // Row groups that overlap the window, by their time statistics.
+    let in_window: Vec<bool> = (0..metadata.num_row_groups())
+        .map(|rg| match metadata.row_group(rg).column(time_index).statistics() {
+            Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
+                (Some(min), Some(max)) => *max >= query.from.0 && *min <= query.to.0,
                 _ => true,
-            })
-            .collect();
+            },
+            _ => true,
+        })
+        .collect();
 
-        let starts = group_starts(&metadata);
-        let all_indexed = query.targets.iter().all(|(kind, _)| index::is_indexed(*kind));
-        let prefixes: Vec<i32> = file_tokens.iter().map(|t| index::prefix(*t)).collect();
-        // The cached index is a mapping of the file as it was opened, which
-        // describes this very data file (checked at opening), so it stays
-        // right even if the index file is deleted since. One that cannot
-        // be decoded is derived data: the scan below finds the same rows.
-        let indexed = match (&cached.index, all_indexed) {
-            (Some(index), true) => index.rows_for(&prefixes).ok(),
-            _ => None,
-        };
-        let candidates: Vec<usize> = match indexed {
-            Some((rows, pages)) => {
-                stats.files_indexed += 1;
-                stats.index_pages += pages;
-                rows.into_iter()
-                    .map(|r| r as usize)
-                    .filter(|r| group_of(&starts, *r).is_some_and(|rg| in_window[rg]))
-                    .collect()
-            }
-            None => {
-                stats.files_scanned += 1;
-                self.scan(&cached, &wanted, &in_window, time_index, query, stats)?
-            }
-        };
-        let groups: BTreeSet<usize> = candidates.iter().filter_map(|r| group_of(&starts, *r)).collect();
-        stats.row_groups_read += groups.len() as u64;
-        if candidates.is_empty() {
-            return Ok(());
+    let starts = group_starts(&metadata);
+    let all_indexed = query.targets.iter().all(|(kind, _)| index::is_indexed(*kind));
+    let prefixes: Vec<i32> = file_tokens.iter().map(|t| index::prefix(*t)).collect();
+    // The cached index is a mapping of the file as it was opened, which
+    // describes this very data file (checked at opening), so it stays
+    // right even if the index file is deleted since. One that cannot
+    // be decoded is derived data: the scan below finds the same rows.
+    let indexed = match (&cached.index, all_indexed) {
+        (Some(index), true) => index.rows_for(&prefixes).ok(),
+        _ => None,
+    };
+    let candidates: Vec<usize> = match indexed {
+        Some((rows, pages)) => {
+            stats.files_indexed += 1;
+            stats.index_pages += pages;
+            rows.into_iter()
+                .map(|r| r as usize)
+                .filter(|r| group_of(&starts, *r).is_some_and(|rg| in_window[rg]))
+                .collect()
         }
-        stats.candidates += candidates.len() as u64;
+        None => {
+            stats.files_scanned += 1;
+            scan(&cached, &wanted, &in_window, time_index, query, stats)?
+        }
+    };
+    let groups: BTreeSet<usize> = candidates.iter().filter_map(|r| group_of(&starts, *r)).collect();
+    stats.row_groups_read += groups.len() as u64;
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    stats.candidates += candidates.len() as u64;
 
-        // Only the candidates' rows, with the sealed columns needed to
-        // confirm them and to answer.
-        let needed: BTreeSet<IdentifierField> = IdentifierField::ALL
-            .into_iter()
-            .filter(|f| query.categories.contains(&f.category()) || wanted.iter().any(|(w, _, _)| w == f))
-            .collect();
-        let mut returned =
-            vec![schema::RECORD_ID, schema::SERVICE, schema::DIRECTION, schema::START_TIME, schema::END_TIME];
-        // Ports belong to the ip category: not read unless it is allowed.
-        if query.categories.contains(&Category::Ip) {
-            returned.extend([schema::SRC_PORT, schema::DST_PORT]);
+    // Only the candidates' rows, with the sealed columns needed to
+    // confirm them and to answer.
+    let needed: BTreeSet<IdentifierField> = IdentifierField::ALL
+        .into_iter()
+        .filter(|f| query.categories.contains(&f.category()) || wanted.iter().any(|(w, _, _)| w == f))
+        .collect();
+    let mut returned =
+        vec![schema::RECORD_ID, schema::SERVICE, schema::DIRECTION, schema::START_TIME, schema::END_TIME];
+    // Ports belong to the ip category: not read unless it is allowed.
+    if query.categories.contains(&Category::Ip) {
+        returned.extend([schema::SRC_PORT, schema::DST_PORT]);
+    }
+    let mut columns: Vec<usize> = returned.iter().filter_map(|c| index_of(c)).collect();
+    columns.extend(needed.iter().filter_map(|f| index_of(f.sealed_column())));
+    let groups: Vec<usize> = groups.into_iter().collect();
+    let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone())
+        .with_row_groups(groups)
+        .with_row_selection(selection)
+        .with_projection(ProjectionMask::leaves(parquet_schema, columns))
+        .build()?;
+    let preserved_under = match &work.area {
+        Area::Live => None,
+        Area::Preserved(order) => Some(order.as_str()),
+    };
+    for batch in reader {
+        let batch = batch?;
+        collect(&batch, &wanted, query, preserved_under, stats, found);
+    }
+    Ok(())
+}
+
+/// Candidate rows without an index: row groups pruned by bloom filters,
+/// then the clear token and time columns scanned.
+fn scan(
+    cached: &CachedFile,
+    wanted: &[(IdentifierField, i64, &str)],
+    in_window: &[bool],
+    time_index: usize,
+    query: &Query,
+    stats: &mut LookupStats,
+) -> Result<Vec<usize>, ParquetError> {
+    let metadata = cached.metadata.metadata();
+    let parquet_schema = metadata.file_metadata().schema_descr();
+    let index_of = |name: &str| parquet_schema.columns().iter().position(|c| c.name() == name);
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone());
+    let mut groups = Vec::new();
+    for (rg, overlaps) in in_window.iter().enumerate() {
+        if !overlaps {
+            continue;
         }
-        let mut columns: Vec<usize> = returned.iter().filter_map(|c| index_of(c)).collect();
-        columns.extend(needed.iter().filter_map(|f| index_of(f.sealed_column())));
-        let groups: Vec<usize> = groups.into_iter().collect();
-        let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
+        let mut maybe = false;
+        for (field, token, _) in wanted {
+            let Some(column) = index_of(field.token_column()) else { continue };
+            let bloom = {
+                let blooms = cached.blooms.lock().unwrap_or_else(|p| p.into_inner());
+                blooms.get(&(rg, column)).cloned()
+            };
+            let bloom = match bloom {
+                Some(bloom) => bloom,
+                None => {
+                    let bloom = builder.get_row_group_column_bloom_filter(rg, column)?.map(Arc::new);
+                    cached.blooms.lock().unwrap_or_else(|p| p.into_inner()).insert((rg, column), bloom.clone());
+                    bloom
+                }
+            };
+            maybe |= bloom.is_none_or(|b| b.check(token));
+            if maybe {
+                break;
+            }
+        }
+        if maybe {
+            groups.push(rg);
+        }
+    }
+    if groups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut clear: Vec<usize> = vec![time_index];
+    clear.extend(wanted.iter().filter_map(|(f, _, _)| index_of(f.token_column())));
+    clear.sort_unstable();
+    clear.dedup();
+    stats.token_chunks_scanned += (groups.len() * (clear.len() - 1)) as u64;
+    let starts = group_starts(metadata);
+    let mut rows = Vec::new();
+    for rg in groups {
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone())
-            .with_row_groups(groups)
-            .with_row_selection(selection)
-            .with_projection(ProjectionMask::leaves(parquet_schema, columns))
+            .with_row_groups(vec![rg])
+            .with_projection(ProjectionMask::leaves(parquet_schema, clear.clone()))
+            .with_batch_size(16_384)
             .build()?;
-        let preserved_under = match &work.area {
-            Area::Live => None,
-            Area::Preserved(order) => Some(order.as_str()),
-        };
+        let mut offset = starts[rg];
         for batch in reader {
             let batch = batch?;
-            collect(&batch, &wanted, query, preserved_under, stats, found);
+            let mask = candidate_rows(&batch, wanted, query);
+            rows.extend(mask.iter().enumerate().filter(|(_, m)| *m == Some(true)).map(|(i, _)| offset + i));
+            offset += batch.num_rows();
         }
-        Ok(())
     }
-
-    /// Candidate rows without an index: row groups pruned by bloom filters,
-    /// then the clear token and time columns scanned.
-    #[allow(clippy::too_many_arguments)]
-    fn scan(
-        &self,
-        cached: &CachedFile,
-        wanted: &[(IdentifierField, i64, &str)],
-        in_window: &[bool],
-        time_index: usize,
-        query: &Query,
-        stats: &mut LookupStats,
-    ) -> Result<Vec<usize>, ParquetError> {
-        let metadata = cached.metadata.metadata();
-        let parquet_schema = metadata.file_metadata().schema_descr();
-        let index_of = |name: &str| parquet_schema.columns().iter().position(|c| c.name() == name);
-        let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone());
-        let mut groups = Vec::new();
-        for (rg, overlaps) in in_window.iter().enumerate() {
-            if !overlaps {
-                continue;
-            }
-            let mut maybe = false;
-            for (field, token, _) in wanted {
-                let Some(column) = index_of(field.token_column()) else { continue };
-                let bloom = {
-                    let blooms = cached.blooms.lock().unwrap_or_else(|p| p.into_inner());
-                    blooms.get(&(rg, column)).cloned()
-                };
-                let bloom = match bloom {
-                    Some(bloom) => bloom,
-                    None => {
-                        let bloom = builder.get_row_group_column_bloom_filter(rg, column)?.map(Arc::new);
-                        cached.blooms.lock().unwrap_or_else(|p| p.into_inner()).insert((rg, column), bloom.clone());
-                        bloom
-                    }
-                };
-                maybe |= bloom.is_none_or(|b| b.check(token));
-                if maybe {
-                    break;
-                }
-            }
-            if maybe {
-                groups.push(rg);
-            }
-        }
-        if groups.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut clear: Vec<usize> = vec![time_index];
-        clear.extend(wanted.iter().filter_map(|(f, _, _)| index_of(f.token_column())));
-        clear.sort_unstable();
-        clear.dedup();
-        stats.token_chunks_scanned += (groups.len() * (clear.len() - 1)) as u64;
-        let starts = group_starts(metadata);
-        let mut rows = Vec::new();
-        for rg in groups {
-            let reader =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone())
-                    .with_row_groups(vec![rg])
-                    .with_projection(ProjectionMask::leaves(parquet_schema, clear.clone()))
-                    .with_batch_size(16_384)
-                    .build()?;
-            let mut offset = starts[rg];
-            for batch in reader {
-                let batch = batch?;
-                let mask = candidate_rows(&batch, wanted, query);
-                rows.extend(mask.iter().enumerate().filter(|(_, m)| *m == Some(true)).map(|(i, _)| offset + i));
-                offset += batch.num_rows();
-            }
-        }
-        Ok(rows)
-    }
+    Ok(rows)
 }
 
 /// The first row of each row group, and the total after the last.

@@ -1,0 +1,147 @@
+//! What the engine keeps of each published file it read: a read-only memory
+//! mapping of it and of its index where the system allows
+//! ([`crate::storage::published`]), the parsed footer with its page index,
+//! the parsed index footer and the bloom filters read so far. All of it is
+//! immutable once a file is published and holds no identifier, except that
+//! a parsed footer carries the parquet crate's copy of the key that unseals
+//! the file: the cache forgets a day as soon as its key is gone.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::bloom_filter::Sbbf;
+use parquet::errors::ParquetError;
+use parquet::file::metadata::PageIndexPolicy;
+
+use super::{LookupError, LookupStats};
+use crate::keys::{DayKey, KeyStore};
+use crate::model::{KeyId, PartitionDate};
+use crate::storage::index::IndexReader;
+use crate::storage::published::PublishedFile;
+use crate::storage::{layout, read};
+
+/// The bloom filter of one column chunk, `None` if it has none.
+pub(super) type BloomFilter = Option<Arc<Sbbf>>;
+
+/// What the cache keeps of one published file. Immutable after loading.
+pub(super) struct CachedFile {
+    stamp: (u64, SystemTime),
+    /// The file, mapped where the system allows.
+    pub(super) file: PublishedFile,
+    pub(super) metadata: ArrowReaderMetadata,
+    pub(super) token_key: Option<KeyId>,
+    pub(super) index: Option<IndexReader>,
+    pub(super) blooms: Mutex<HashMap<(usize, usize), BloomFilter>>,
+}
+
+/// Where a file's rows come from: the live data or an order's copies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) enum Area {
+    Live,
+    Preserved(String),
+}
+
+/// One file to search, with the key that unseals it.
+pub(super) struct Work {
+    pub(super) path: PathBuf,
+    pub(super) area: Area,
+    pub(super) key: Arc<DayKey>,
+}
+/// The cached files, per day directory (live or preserved).
+#[derive(Default)]
+pub(super) struct FileCache {
+    files: Mutex<HashMap<PathBuf, HashMap<PathBuf, Arc<CachedFile>>>>,
+}
+
+impl FileCache {
+    /// How many files the cache holds.
+    pub(super) fn len(&self) -> usize {
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).values().map(HashMap::len).sum()
+    }
+
+    pub(super) fn clear(&self) {
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The files of a day, dropping cache entries of files no longer there.
+    pub(super) fn list(&self, root: &Path, day: PartitionDate) -> Result<Vec<PathBuf>, LookupError> {
+        let files = read::list_files(root, day)?;
+        let dir = layout::day_dir(root, day);
+        let mut cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if files.is_empty() {
+            cache.remove(&dir);
+        } else if let Some(entries) = cache.get_mut(&dir) {
+            entries.retain(|path, _| files.contains(path));
+        }
+        Ok(files)
+    }
+
+    pub(super) fn forget(&self, dir: &Path) {
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).remove(dir);
+    }
+
+    /// Forgets cached days outside this query's window too, once their key
+    /// is gone (or their order's area, which goes with the order's key): a
+    /// cached footer holds the parquet crate's copy of the key, which must
+    /// not outlive the key itself. One listing of the keystore's day keys.
+    pub(super) fn forget_gone(&self, data_dir: &Path, keys: &KeyStore, orders: &[String]) -> Result<(), LookupError> {
+        let live: BTreeSet<PartitionDate> = keys.days_with_keys()?.into_iter().collect();
+        let live_root = data_dir.join(layout::CDR_DIR);
+        let areas: Vec<PathBuf> = orders.iter().map(|o| layout::order_dir(data_dir, o)).collect();
+        let mut cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|dir, _| {
+            if dir.parent() == Some(live_root.as_path()) {
+                let day = dir.file_name().and_then(|n| n.to_str()).and_then(layout::date_of_dir);
+                return day.is_some_and(|d| live.contains(&d));
+            }
+            areas.iter().any(|area| dir.starts_with(area))
+        });
+        Ok(())
+    }
+
+    /// The cached footer of the file at `path`, sealed under `key`, loaded
+    /// on first use or when the file was replaced (a preservation copy made
+    /// again).
+    pub(super) fn get(
+        &self,
+        path: &Path,
+        key: &DayKey,
+        stats: &mut LookupStats,
+    ) -> Result<Arc<CachedFile>, ParquetError> {
+        let io = |e: std::io::Error| ParquetError::External(Box::new(e));
+        let file_meta = std::fs::metadata(path).map_err(io)?;
+        let stamp = (file_meta.len(), file_meta.modified().map_err(io)?);
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let hit = {
+            let cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            cache.get(&dir).and_then(|files| files.get(path)).filter(|c| c.stamp == stamp).cloned()
+        };
+        if let Some(cached) = hit {
+            // An index rebuilt since the file was cached is picked up.
+            if cached.index.is_some() || !layout::index_path(path).exists() {
+                stats.cache_hits += 1;
+                return Ok(cached);
+            }
+        }
+        stats.cache_misses += 1;
+        let file = PublishedFile::open(path).map_err(io)?;
+        let options = ArrowReaderOptions::new()
+            .with_file_decryption_properties(read::decryption(path, key)?)
+            .with_page_index_policy(PageIndexPolicy::Optional);
+        let metadata = ArrowReaderMetadata::load(&file, options)?;
+        let token_key = read::token_key_of(metadata.metadata());
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let rows = metadata.metadata().file_metadata().num_rows().max(0) as u64;
+        // A damaged, stale or foreign index is ignored: the scan finds the
+        // same rows, more slowly.
+        let index = IndexReader::open(path).ok().flatten().filter(|i| i.describes(&name, stamp.0, rows));
+        let cached =
+            Arc::new(CachedFile { stamp, file, metadata, token_key, index, blooms: Mutex::new(HashMap::new()) });
+        let mut cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        cache.entry(dir).or_default().insert(path.to_path_buf(), Arc::clone(&cached));
+        Ok(cached)
+    }
+}
