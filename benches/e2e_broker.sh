@@ -16,7 +16,8 @@
 # BROKER_PORT (29092), HTTP_PORT (29464), DECODE_THREADS (0 = one per core),
 # FETCH_QUEUE_KIB (16384, ingest.fetch_queue_kib), KAFKA_PROPERTIES (extra
 # TOML lines for [kafka.properties], e.g. '"max.partition.fetch.bytes" = "8388608"'),
-# CARGO_TARGET_DIR (/work/target-bench), TANSU (tansu on PATH or
+# CARGO_TARGET_DIR (the project's target/), CDRVAULT_BIN (a binary built
+# before, e.g. of another revision, instead of building), TANSU (tansu on PATH or
 # ~/.cargo/bin/tansu). Everything listens on 127.0.0.1 only. The ports must
 # be free: the script refuses to share a broker with anyone else.
 set -euo pipefail
@@ -30,7 +31,7 @@ HTTP_PORT=${HTTP_PORT:-29464}
 DECODE_THREADS=${DECODE_THREADS:-0}
 FETCH_QUEUE_KIB=${FETCH_QUEUE_KIB:-16384}
 KAFKA_PROPERTIES=${KAFKA_PROPERTIES:-}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TANSU=${TANSU:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}
 BROKER_URL="tcp://127.0.0.1:${BROKER_PORT}"
 TOPIC=cdr
@@ -78,9 +79,13 @@ for port in "$BROKER_PORT" "$HTTP_PORT"; do
 done
 [[ -x "$TANSU" ]] || { echo "tansu not found (scripts/kafka-broker.sh install)" >&2; exit 1; }
 
-echo "building cdrvault (release) into $CARGO_TARGET_DIR" >&2
-(cd "$ROOT" && cargo build --release --quiet --bin cdrvault)
-bin="$CARGO_TARGET_DIR/release/cdrvault"
+if [[ -n "${CDRVAULT_BIN:-}" ]]; then
+  bin=$CDRVAULT_BIN
+else
+  echo "building cdrvault (release) into $CARGO_TARGET_DIR" >&2
+  (cd "$ROOT" && cargo build --release --quiet --bin cdrvault)
+  bin="$CARGO_TARGET_DIR/release/cdrvault"
+fi
 
 "$TANSU" broker \
   --listener-url "$BROKER_URL" \

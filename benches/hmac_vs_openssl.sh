@@ -16,7 +16,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 ROUNDS=${ROUNDS:-2}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-3}
 TOKENS=${TOKENS:-10000000}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-bench}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 echo "building the hmac bench target" >&2
 # Build once and run the executable itself, so that no round pays for a

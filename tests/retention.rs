@@ -80,26 +80,28 @@ impl World {
         self.sweeper.verify(None, &public, &self.vault.state().join(AUDIT_FILE)).unwrap().violations
     }
 
-    /// Places an order for `target` over the days `from..to` (exclusive),
-    /// ending on `until`.
-    fn place(
-        &self,
-        reference: &str,
-        target: &str,
-        days: (PartitionDate, PartitionDate),
-        until: PartitionDate,
-    ) -> cdrvault::registry::Order {
-        let (window_start, window_end) = NewOrder::days(days.0, days.1).unwrap();
+    /// Places dk-police's order `freeze`.
+    fn place(&self, freeze: Freeze<'_>) -> cdrvault::registry::Order {
+        let (window_start, window_end) = NewOrder::days(*freeze.days.start(), *freeze.days.end()).unwrap();
         let order = NewOrder {
             authority: "dk-police".into(),
-            reference: reference.into(),
-            targets: vec![TargetInput::parse(target, 1).unwrap()],
+            reference: freeze.reference.into(),
+            targets: vec![TargetInput::parse(freeze.target, 1).unwrap()],
             window_start,
             window_end,
-            ends: until,
+            ends: freeze.until,
         };
         self.orders.place(order, "test", self.vault.now()).unwrap()
     }
+}
+
+/// A preservation order: its reference, its target (`kind:value`), the
+/// days of communications it covers, and its last day.
+struct Freeze<'a> {
+    reference: &'a str,
+    target: &'a str,
+    days: std::ops::RangeInclusive<PartitionDate>,
+    until: PartitionDate,
 }
 
 fn day_files(data: &Path, day: PartitionDate) -> Vec<PathBuf> {
@@ -265,7 +267,12 @@ fn preserved_records_survive_their_day_and_die_with_their_order() {
     // preserved until day 380.
     // The window is days 2 to 4, whole days.
     let place = |reference: &str, until: i64| {
-        world.place(reference, "msisdn:+4520000005", (date_of(2), date_of(4)), date_of(until))
+        world.place(Freeze {
+            reference,
+            target: "msisdn:+4520000005",
+            days: date_of(2)..=date_of(4),
+            until: date_of(until),
+        })
     };
     let order = place("QF-1", 380);
     let other = place("QF-2", 500);
@@ -331,12 +338,8 @@ fn preservation_follows_a_token_key_rotation() {
     let today = world.today();
 
     // The order is placed under token key tk-0001...
-    let order = world.place(
-        "QF-R",
-        "msisdn:+4520000007",
-        (today, today),
-        PartitionDate::from_days_since_epoch(today.days_since_epoch() + 400).unwrap(),
-    );
+    let until = PartitionDate::from_days_since_epoch(today.days_since_epoch() + 400).unwrap();
+    let order = world.place(Freeze { reference: "QF-R", target: "msisdn:+4520000007", days: today..=today, until });
     assert_eq!(order.targets[0].tokens.len(), 1);
 
     // ...then the token key is rotated, and today's data is tokenised under tk-0002.
@@ -388,7 +391,12 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
         world.vault.clock.set(at(n));
         world.ingest_today("r");
     }
-    let order = world.place("QF-9", "msisdn:+4520000005", (date_of(2), date_of(4)), date_of(400));
+    let order = world.place(Freeze {
+        reference: "QF-9",
+        target: "msisdn:+4520000005",
+        days: date_of(2)..=date_of(4),
+        until: date_of(400),
+    });
     let index_files = |dir: &Path| -> usize {
         std::fs::read_dir(dir)
             .map(|entries| entries.flatten().filter(|e| layout::is_index(&e.file_name().to_string_lossy())).count())

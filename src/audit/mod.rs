@@ -1,5 +1,5 @@
 //! The audit trail: an append-only, hash-chained, signed record of every
-//! deletion, preservation order and (later) lawful-access step.
+//! deletion, preservation order and lawful-access step.
 //!
 //! One JSON object per line in `<state_dir>/audit.jsonl`:
 //!

@@ -8,9 +8,8 @@
 //! read), and [`store`] hands them to the consumer, which commits them in
 //! the background and on shutdown.
 //!
-//! Today Kafka holds the committed offsets (at-least-once). Exactly-once will
-//! move the source of truth into storage: a checkpoint written atomically
-//! with the files; this module is where that will live.
+//! Kafka holds the committed offsets, so ingest is at-least-once: a crash
+//! between a batch's files and its commit writes those records again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

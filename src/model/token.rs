@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// A keyed token: the first 64 bits of HMAC-SHA256 over the identifier's
-/// domain tag and canonical value. See ARCHITECTURE.md for the width.
+/// domain tag and canonical value. `docs/storage-format.md` says why 64 bits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Token(pub i64);
 
