@@ -126,6 +126,7 @@ fn main() {
             from: TimestampMicros::from_datetime(from),
             to: TimestampMicros::from_datetime(until),
             categories: [Category::Traffic, Category::Location].into(),
+            preserved: vec![],
         };
         let started = Instant::now();
         let (found, stats) = engine.find(&query).unwrap();
@@ -164,6 +165,7 @@ fn main() {
         from: TimestampMicros::from_datetime(hour_end - chrono::Duration::hours(1)),
         to: TimestampMicros::from_datetime(hour_end),
         categories: [Category::Traffic, Category::Location, Category::Device].into(),
+        preserved: vec![],
     };
     let mut dump_times = Vec::new();
     let mut dump_rows = 0;

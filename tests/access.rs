@@ -17,12 +17,12 @@ use serde_json::Value;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
-use cdrvault::access::AccessStore;
 use cdrvault::access::api::tls::TlsFiles;
 use cdrvault::access::api::{self, AccessService};
 use cdrvault::access::client::collect;
 use cdrvault::access::config::AccessSettings;
 use cdrvault::access::render::sha256_hex;
+use cdrvault::access::{AccessStore, Desk};
 use cdrvault::audit::AuditTrail;
 use cdrvault::ops::metrics::Metrics;
 use cdrvault::proto;
@@ -44,6 +44,7 @@ struct World {
     audit: Arc<AuditTrail>,
     registries: Registries,
     metrics: Arc<Metrics>,
+    desk: Arc<Desk>,
 }
 
 impl World {
@@ -151,9 +152,10 @@ async fn world(settings: AccessSettings) -> World {
     let desk = vault.desk(&audit, registries.clone(), settings, Arc::clone(&metrics));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(api::serve(listener, AccessService::new(desk), None, std::future::pending()));
+    tokio::spawn(api::serve(listener, AccessService::new(Arc::clone(&desk)), None, std::future::pending()));
     let client = LawfulAccessClient::connect(format!("http://{address}")).await.unwrap();
-    World { vault, until, records, generator, client, admin: admin.expose().to_string(), audit, registries, metrics }
+    let admin = admin.expose().to_string();
+    World { vault, until, records, generator, client, admin, audit, registries, metrics, desk }
 }
 
 /// Creates a principal through the API and returns its token.
@@ -174,6 +176,8 @@ struct Cast {
     stranger: String,
     auditor: String,
     dpo: String,
+    /// se-police's handler who is also an auditor.
+    watcher: String,
 }
 
 async fn cast(w: &mut World) -> Cast {
@@ -188,6 +192,7 @@ async fn cast(w: &mut World) -> Cast {
         stranger: principal(w, "stranger", &["authority_handler"], "se-police").await,
         auditor: principal(w, "auditor", &["auditor"], "").await,
         dpo: principal(w, "dpo", &["dpo"], "").await,
+        watcher: principal(w, "watcher", &["authority_handler", "auditor"], "se-police").await,
     }
 }
 
@@ -334,6 +339,29 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
     assert_eq!(export_doc["records"].as_array().unwrap().len(), all.len());
     assert_eq!(export_info.sha256, sha256_hex(&export));
     assert!(w.audit_entries().iter().any(|e| e["action"] == "subject_exported" && e["reference"] == "DSAR-7"));
+    // As the called party of someone else's call, the subject gets the
+    // caller's number (an itemised bill shows it), never the caller's IMSI,
+    // IMEI or cells; as the caller, its own.
+    let exported: std::collections::HashMap<&str, &Value> =
+        export_doc["records"].as_array().unwrap().iter().map(|r| (r["record_id"].as_str().unwrap(), r)).collect();
+    let mut theirs = 0;
+    for record in w.records.iter().filter(|r| r.involves_number(&target)) {
+        let shown = exported[record.record_id.as_str()];
+        let called_only = record.direction == Some("mo")
+            && record.called_number.as_deref() == Some(target.as_str())
+            && record.calling_number.as_deref() != Some(target.as_str());
+        if called_only && record.imsi.is_some() {
+            theirs += 1;
+            for field in ["imsi", "imei", "cell_id_start", "cell_id_end", "src_ip", "dst_ip"] {
+                assert!(shown[field].is_null(), "{field} of another party's record: {shown}");
+            }
+            assert_eq!(shown["calling_number"].as_str(), record.calling_number.as_deref());
+        }
+        if record.direction == Some("mo") && record.calling_number.as_deref() == Some(target.as_str()) {
+            assert_eq!(shown["imsi"].as_str(), record.imsi.as_deref(), "the subject's own IMSI");
+        }
+    }
+    assert!(theirs > 0, "the subject was called by others in the data");
 
     // Nothing the service wrote holds a raw identifier: results are sealed,
     // targets sealed, the trail holds tokens.
@@ -369,18 +397,21 @@ impl Hostile {
 }
 
 /// Runs an attempt: it must fail with its code and reason, and be audited
-/// as a refusal or an authentication failure, and as nothing else.
+/// as a refusal or an authentication failure (at once, or in the summary
+/// of the interval, which the test ends here), and as nothing else.
 async fn expect_refused(w: &World, attempt: Hostile) {
     let Hostile { case, call, code, reason } = attempt;
     let before = w.audit_entries().len();
     let status = call.await.expect_err("a hostile call must fail");
     assert_eq!(status.code(), code, "{case}: {status:?}");
     assert!(status.message().starts_with(reason), "{case}: expected {reason}, got {}", status.message());
+    w.desk.flush_failures().unwrap();
     let after = w.audit_entries();
     assert!(after.len() > before, "{case}: not audited");
     let new = &after[before..];
     assert!(
-        new.iter().all(|e| e["action"] == "access_refused" || e["action"] == "authentication_failed"),
+        new.iter().all(|e| ["access_refused", "authentication_failed", "authentication_failures"]
+            .contains(&e["action"].as_str().unwrap_or_default())),
         "{case}: {new:?}"
     );
 }
@@ -444,6 +475,16 @@ fn creating_an_admin(
         },
     );
     async move { c.create_principal(request).await }
+}
+
+fn exporting(
+    w: &World,
+    token: &str,
+    target: &str,
+) -> impl Future<Output = Result<tonic::Response<tonic::Streaming<proto::ResultChunk>>, Status>> + Send + 'static {
+    let mut c = w.client.clone();
+    let request = authed(token, proto::ExportSubjectRequest { target: target.into(), reference: "DSAR-9".into() });
+    async move { c.export_subject(request).await }
 }
 
 fn peeking(
@@ -517,10 +558,42 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
             "unknown_request",
         ),
         Hostile::new("another authority peeks", peeking(&w, &cast.stranger, &warrant), NotFound, "not_found"),
+        Hostile::new(
+            "another authority's handler who is also an auditor fetches",
+            fetching(&w, &cast.watcher, &answered.request_id),
+            NotFound,
+            "unknown_request",
+        ),
+        Hostile::new(
+            "a warrant that does not exist",
+            submitting(&w, Some(&cast.handler), Ask { number: 20, ..Ask::to("w-000000000000", &target) }),
+            NotFound,
+            "not_found",
+        ),
+        Hostile::new(
+            "the DPO exports a cell",
+            exporting(&w, &cast.dpo, "cell:238-01-1-1"),
+            InvalidArgument,
+            "not_a_subject",
+        ),
+        Hostile::new(
+            "the DPO exports an address",
+            exporting(&w, &cast.dpo, "ip:10.0.0.1"),
+            InvalidArgument,
+            "not_a_subject",
+        ),
     ];
     for attempt in attempts {
         expect_refused(&w, attempt).await;
     }
+    // Another authority's warrant and no warrant at all look the same from
+    // outside; the trail keeps the precise reason of each.
+    let theirs = submitting(&w, Some(&cast.stranger), Ask { number: 3, ..ask }).await.unwrap_err();
+    let nothing = submitting(&w, Some(&cast.stranger), Ask { number: 4, ..Ask::to("w-000000000000", &target) });
+    let nothing = nothing.await.unwrap_err();
+    assert_eq!((theirs.code(), theirs.message()), (nothing.code(), nothing.message()));
+    let reasons: Vec<Value> = w.audit_entries().iter().rev().take(2).map(|e| e["reason"].clone()).collect();
+    assert_eq!(reasons, ["unknown_warrant", "other_authority"]);
 
     // Warrant state: unapproved, self-approval.
     let pending = Grant { categories: &["traffic", "device"], ..Grant::of(std::slice::from_ref(&target)) };
@@ -680,6 +753,51 @@ async fn tampering_with_the_trail_is_reported_through_the_api() {
     std::fs::write(&path, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
     let report = w.client.verify_audit(authed(&cast.auditor, proto::VerifyAuditRequest {})).await.unwrap().into_inner();
     assert!(!report.intact, "a truncated trail must not verify");
+
+    // Any call that would be audited, even one without credentials, finds
+    // the cut and fails: the service does not re-sign the shortened trail,
+    // and refuses every audited action from then on.
+    let anonymous = w.client.who_am_i(authed("cdv_forged", proto::WhoAmIRequest {})).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unavailable, "{anonymous:?}");
+    let approved = w.client.who_am_i(authed(&cast.handler, proto::WhoAmIRequest {})).await;
+    assert!(approved.is_ok(), "a call that audits nothing still works");
+    let submit = authed(&cast.handler, w.submission(Ask::to("w-unknown", &w.target(1))));
+    assert_eq!(w.client.submit_request(submit).await.unwrap_err().code(), Code::Unavailable);
+    assert!(w.audit.damage().is_some());
+    let report = w.client.verify_audit(authed(&cast.auditor, proto::VerifyAuditRequest {})).await.unwrap().into_inner();
+    assert!(!report.intact, "still cut, never re-signed");
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), lines.len() - 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_without_credentials_cost_the_trail_two_entries_an_interval() {
+    let mut w = world(AccessSettings::default()).await;
+    let before = w.audit_entries().len();
+    for n in 0..300 {
+        let token = if n % 2 == 0 { "cdv_forged".to_string() } else { format!("cdv_{n:060}") };
+        let refused = w.client.who_am_i(authed(&token, proto::WhoAmIRequest {})).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated);
+    }
+    let plain = w.client.who_am_i(Request::new(proto::WhoAmIRequest {})).await.unwrap_err();
+    assert_eq!(plain.code(), Code::Unauthenticated);
+    let during = w.audit_entries();
+    assert_eq!(during.len(), before + 1, "only the interval's first failure is audited at once");
+    assert_eq!(
+        (&during[before]["action"], &during[before]["peer"]),
+        (&"authentication_failed".into(), &"127.0.0.1".into())
+    );
+
+    // The interval ends: one summary with the count and the reasons.
+    assert_eq!(w.desk.flush_failures().unwrap(), 1);
+    let after = w.audit_entries();
+    assert_eq!(after.len(), before + 2);
+    let summary = &after[before + 1];
+    assert_eq!(summary["action"], "authentication_failures");
+    assert_eq!(summary["count"], 300);
+    assert_eq!(summary["reasons"], serde_json::json!(["missing_credentials", "unknown_token"]));
+    let refusals = common::metric(&w.metrics.encode(), "cdrvault_access_refusals_total{reason=\"unknown_token\"}");
+    assert_eq!(refusals, Some(300.0), "every failure is still counted in the metrics");
+    assert_eq!(w.desk.flush_failures().unwrap(), 0, "nothing left to report");
 }
 
 /// A CA, a server certificate for localhost, and two client certificates.
@@ -716,7 +834,8 @@ async fn a_client_certificate_authenticates_the_principal_it_is_mapped_to() {
     let (_, admin) = AccessStore::new(Arc::clone(&registries.access))
         .create_principal(None, "bootstrap admin", [Role::Admin].into(), None, vault.now())
         .unwrap();
-    let service = AccessService::new(vault.desk(&vault.audit(), registries, AccessSettings::default(), Metrics::new()));
+    let desk = vault.desk(&vault.audit(), registries, AccessSettings::default(), Metrics::new());
+    let service = AccessService::new(Arc::clone(&desk));
     let pki = pki();
     let file = |name: &str, text: &str| {
         let path = vault.root.path().join(name);
@@ -772,9 +891,23 @@ async fn a_client_certificate_authenticates_the_principal_it_is_mapped_to() {
     assert!(refused.message().starts_with("unknown_certificate"), "{}", refused.message());
     let bare = plain.who_am_i(Request::new(proto::WhoAmIRequest {})).await.unwrap_err();
     assert!(bare.message().starts_with("missing_credentials"), "{}", bare.message());
-    let trail = std::fs::read_to_string(vault.state().join("audit.jsonl")).unwrap();
-    assert!(
-        trail.contains("\"reason\":\"unknown_certificate\"") && trail.contains("\"reason\":\"missing_credentials\"")
+    // The first failure from 127.0.0.1 is audited at once; the second is
+    // counted into the interval's summary.
+    let entries = || -> Vec<Value> {
+        let trail = std::fs::read_to_string(vault.state().join("audit.jsonl")).unwrap();
+        trail.lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    };
+    let first = entries().pop().unwrap();
+    assert_eq!(
+        (&first["action"], &first["peer"], &first["reason"]),
+        (&"authentication_failed".into(), &"127.0.0.1".into(), &"unknown_certificate".into())
+    );
+    assert_eq!(desk.flush_failures().unwrap(), 1);
+    let summary = entries().pop().unwrap();
+    assert_eq!(summary["action"], "authentication_failures");
+    assert_eq!(
+        (summary["count"].as_u64(), &summary["reasons"]),
+        (Some(1), &serde_json::json!(["missing_credentials"]))
     );
 }
 
@@ -835,4 +968,125 @@ async fn preserved_records_answer_only_the_authority_that_froze_them() {
         ("unavailable", 0),
         "another authority's freeze is not theirs"
     );
+
+    // The copies answer only for the order's own target: a dk-police
+    // warrant for someone the target talked to gets none of their records.
+    let from = w.until - chrono::Duration::days(3);
+    let counterpart = w
+        .records
+        .iter()
+        .filter(|r| r.involves_number(&target) && r.start_time.is_some_and(|t| t >= from && t <= w.until))
+        .flat_map(|r| [&r.calling_number, &r.called_number])
+        .flatten()
+        .find(|n| **n != target)
+        .cloned()
+        .expect("the target talked to someone that week");
+    let others = [counterpart.clone()];
+    let mut second = w.warrant_request(Grant { valid: chrono::Duration::days(400), ..Grant::of(&others) });
+    second.reference = "K-counterpart".into();
+    let second = w.client.register_warrant(authed(&cast.alice, second)).await.unwrap().into_inner().id;
+    let decide = proto::DecideWarrantRequest { warrant: second.clone(), approve: true, reason: String::new() };
+    w.client.decide_warrant(authed(&cast.bob, decide)).await.unwrap();
+    let ask = Ask { number: 2, ..Ask::to(&second, &counterpart) };
+    let answer = w.client.submit_request(authed(&cast.handler, w.submission(ask))).await.unwrap().into_inner();
+    assert_eq!((answer.status.as_str(), answer.records), ("unavailable", 0), "not the order's target");
+
+    // A subject export never reads the copies, so never names the order.
+    let export = w.client.export_subject(authed(
+        &cast.dpo,
+        proto::ExportSubjectRequest { target: format!("msisdn:{target}"), reference: "DSAR-8".into() },
+    ));
+    let (_, bytes) = collect(export.await.unwrap().into_inner()).await.unwrap();
+    let document: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(document["records"].as_array().map(Vec::len), Some(0), "the subject's week is destroyed");
+    assert!(!String::from_utf8_lossy(&bytes).contains("po-"), "no order named");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_end_with_their_keep_time_or_their_warrant_whether_or_not_anyone_calls() {
+    use cdrvault::ops::periodic::Job;
+    let keep = std::time::Duration::from_secs(3600);
+    let mut w = world(AccessSettings { result_keep: keep, ..AccessSettings::default() }).await;
+    let cast = cast(&mut w).await;
+    let (first, second) = (w.target(4), w.target(9));
+    let kept = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&first))).await;
+    let mut closing = w.warrant_request(Grant::of(std::slice::from_ref(&second)));
+    closing.reference = "K-closing".into();
+    let closing = w.client.register_warrant(authed(&cast.alice, closing)).await.unwrap().into_inner().id;
+    let decide = proto::DecideWarrantRequest { warrant: closing.clone(), approve: true, reason: String::new() };
+    w.client.decide_warrant(authed(&cast.bob, decide)).await.unwrap();
+
+    let mut client = w.client.clone();
+    let one = authed(&cast.handler, w.submission(Ask { number: 1, ..Ask::to(&kept, &first) }));
+    let one = client.submit_request(one).await.unwrap().into_inner();
+    let two = authed(&cast.handler, w.submission(Ask { number: 2, ..Ask::to(&closing, &second) }));
+    let two = client.submit_request(two).await.unwrap().into_inner();
+    let results_dir = w.state().join("results");
+    let results = || common::files_below(&results_dir).len();
+    assert_eq!(results(), 2);
+    // A result may be fetched again while it is kept (a delivery that broke
+    // on the way is retried), each delivery audited.
+    for _ in 0..2 {
+        fetch(&mut client, &cast.handler, &two.request_id).await.unwrap();
+    }
+
+    // Closing the warrant ends access to its results at once.
+    let close = proto::CloseWarrantRequest { warrant: closing.clone() };
+    client.close_warrant(authed(&cast.alice, close)).await.unwrap();
+    let gone = fetch(&mut client, &cast.handler, &two.request_id).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    assert_eq!(results(), 1);
+    let destroyed = |reason: &str| {
+        w.audit_entries().iter().filter(|e| e["action"] == "result_destroyed" && e["reason"] == reason).count()
+    };
+    assert_eq!(destroyed("warrant closed"), 1);
+
+    // Past its keep time the other goes at the next housekeeping, with no
+    // call on the API in between.
+    w.vault.clock.advance(chrono::Duration::seconds(3601));
+    assert_eq!(w.desk.run_once().unwrap(), (1, 0));
+    assert_eq!(results(), 0, "the sealed result is gone without waiting for a call");
+    assert_eq!(destroyed("expired"), 1);
+    let gone = fetch(&mut client, &cast.handler, &one.request_id).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn neither_the_trail_nor_a_closed_warrant_holds_a_token_that_matches_the_data() {
+    use cdrvault::model::IdentifierKind;
+    use cdrvault::privacy::token::Tokeniser;
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let target = w.target(4);
+    let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
+    w.client.submit_request(authed(&cast.handler, w.submission(Ask::to(&warrant, &target)))).await.unwrap();
+
+    // The data files' token of the target, as a local user reading the
+    // Parquet files without a key sees it.
+    let token = Tokeniser::new(w.vault.keys.active_token_key()).token(IdentifierKind::Msisdn, target.as_bytes()).0;
+    let trail = std::fs::read_to_string(w.state().join("audit.jsonl")).unwrap();
+    for form in [format!("{token:016x}"), token.to_string()] {
+        assert!(!trail.contains(&form), "the trail holds the target's data token");
+    }
+    // The trail names the target by a keyed reference, the same in every
+    // entry about it.
+    let entries = w.audit_entries();
+    let registered = entries.iter().find(|e| e["action"] == "warrant_registered").unwrap();
+    let answered = entries.iter().find(|e| e["action"] == "request_answered").unwrap();
+    let reference = registered["target_refs"][0].as_str().unwrap();
+    assert_eq!(reference.len(), 32);
+    assert_eq!(answered["target_refs"][0].as_str(), Some(reference));
+    assert_eq!(w.audit.target_ref(IdentifierKind::Msisdn, &target), reference);
+
+    // Closing the warrant removes the target's tokens from the registry.
+    let registry = w.state().join("registry.sqlite");
+    let tokens = || -> i64 {
+        let db = rusqlite::Connection::open(&registry).unwrap();
+        db.query_row("SELECT count(*) FROM warrant_target_tokens WHERE warrant_id = ?1", [&warrant], |r| r.get(0))
+            .unwrap()
+    };
+    assert!(tokens() > 0);
+    let close = proto::CloseWarrantRequest { warrant: warrant.clone() };
+    w.client.close_warrant(authed(&cast.alice, close)).await.unwrap();
+    assert_eq!(tokens(), 0);
 }

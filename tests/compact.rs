@@ -60,6 +60,7 @@ fn a_compacted_day_holds_the_same_rows_and_answers_the_same_lookups() {
         from: TimestampMicros::from_datetime(until - chrono::Duration::days(3)),
         to: TimestampMicros::from_datetime(until),
         categories: [Category::Traffic].into(),
+        preserved: vec![],
     };
     let engine = LookupEngine::new(data.clone(), Arc::clone(&keys));
     let ids = |found: &[FoundRecord]| found.iter().map(|r| r.record_id.clone()).collect::<BTreeSet<_>>();
@@ -240,6 +241,7 @@ fn large_days_are_merged_batch_by_batch_into_sorted_row_groups_with_a_working_in
             from: TimestampMicros::from_datetime(until - chrono::Duration::days(1)),
             to: TimestampMicros::from_datetime(until),
             categories: [Category::Traffic].into(),
+            preserved: vec![],
         };
         let (found, stats) = engine.find(&query).unwrap();
         assert_eq!(stats.files_indexed, stats.files, "{stats:?}");

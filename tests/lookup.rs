@@ -39,6 +39,7 @@ fn a_lookup_returns_exactly_the_targets_records_within_scope() {
         from: TimestampMicros::from_datetime(from),
         to: TimestampMicros::from_datetime(until),
         categories: [Category::Traffic].into(),
+        preserved: vec![],
     };
     let (found, stats) = engine.find(&query).unwrap();
     let truth: HashSet<&str> = records
@@ -117,6 +118,7 @@ impl Fixture {
             from: TimestampMicros::from_datetime(until - chrono::Duration::days(days)),
             to: TimestampMicros::from_datetime(until),
             categories: [Category::Traffic, Category::Location, Category::Device, Category::Ip].into(),
+            preserved: vec![],
         }
     }
 }

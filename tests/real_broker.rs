@@ -127,7 +127,11 @@ fn serve_ingests_from_a_real_broker_and_stops_cleanly() {
         "2",
     ]);
 
-    let port = free_port();
+    let (port, api_port) = (free_port(), free_port());
+    let state_dir = root.path().join("state");
+    let state = state_dir.display();
+    let witness_path = root.path().join("audit-heads.jsonl");
+    let witness = witness_path.display();
     let config_path = root.path().join("cdrvault.toml");
     std::fs::write(
         &config_path,
@@ -146,6 +150,12 @@ batch_max_records = 2000
 batch_linger = "300ms"
 [http]
 listen = "127.0.0.1:{port}"
+[state]
+dir = "{state}"
+[access]
+listen = "127.0.0.1:{api_port}"
+[audit]
+witness_file = "{witness}"
 [compaction]
 interval = "1s"
 [log]
@@ -155,6 +165,9 @@ filter = "debug"
         ),
     )
     .unwrap();
+    let dirs = ["--data-dir", data.to_str().unwrap(), "--keys-dir", keys.to_str().unwrap()];
+    let bootstrap = run(&[&["--config", config_path.to_str().unwrap()], &dirs[..], &["access", "bootstrap"]].concat());
+    let admin = String::from_utf8_lossy(&bootstrap.stdout).rsplit(' ').next().unwrap().trim().to_string();
     let log_path = root.path().join("serve.log");
     let mut serve = Command::new(BINARY)
         .args([
@@ -205,11 +218,20 @@ filter = "debug"
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(common::metric(&metrics, "cdrvault_compaction_failures_total"), Some(0.0), "{metrics}");
+    a_cut_trail_fails_closed(address, api_port, &state_dir, &admin);
 
     let status = Command::new("kill").args(["-TERM", &serve.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exit = serve.wait().unwrap();
     assert!(exit.success(), "serve exits 0 after SIGTERM: {exit:?}");
+    // The trail stays cut, and says so, against its head and its witness.
+    let config = ["--config", config_path.to_str().unwrap()];
+    for witness in [&[][..], &["--witness", witness_path.to_str().unwrap()][..]] {
+        let args = [&config[..], &dirs[..], &["audit", "verify"], witness].concat();
+        let verify = Command::new(BINARY).args(&args).output().unwrap();
+        assert!(!verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+        assert!(String::from_utf8_lossy(&verify.stdout).contains("truncated"));
+    }
 
     // Ground truth: the same generator, same seed.
     let mut generator = Generator::new(SynthConfig { seed: 11, days: 2, ..SynthConfig::default() });
@@ -247,6 +269,42 @@ filter = "debug"
             .to_string_lossy()
             .starts_with('.'))
     );
+}
+
+fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Someone who can write the state directory cuts the trail's last entry
+/// under the running service. The next call that would be audited (here a
+/// refused one) finds the cut: it fails, the service turns not ready, and
+/// the metric shows it, instead of re-signing the shortened trail.
+fn a_cut_trail_fails_closed(http: SocketAddr, api_port: u16, state: &Path, admin: &str) {
+    use cdrvault::proto::lawful_access_client::LawfulAccessClient;
+    use cdrvault::proto::{SubmitRequestRequest, WhoAmIRequest};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = LawfulAccessClient::connect(format!("http://127.0.0.1:{api_port}")).await.unwrap();
+        client.who_am_i(authed(admin, WhoAmIRequest {})).await.unwrap();
+        let forged = client.who_am_i(authed("cdv_forged", WhoAmIRequest {})).await.unwrap_err();
+        assert_eq!(forged.code(), tonic::Code::Unauthenticated);
+        let trail = state.join("audit.jsonl");
+        let text = std::fs::read_to_string(&trail).unwrap();
+        assert!(text.lines().last().unwrap().contains("authentication_failed"));
+        let cut: String = text.split_inclusive('\n').take(text.lines().count() - 1).collect();
+        std::fs::write(&trail, cut).unwrap();
+
+        let refused = client.submit_request(authed(admin, SubmitRequestRequest::default())).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        let me = client.who_am_i(authed(admin, WhoAmIRequest {})).await;
+        assert!(me.is_ok(), "calls that audit nothing still answer");
+    });
+    let response = common::http_get(http, "/readyz").unwrap();
+    assert!(response.contains("audit trail damaged"), "{response}");
+    let metrics = common::http_get(http, "/metrics").unwrap();
+    assert_eq!(common::metric(&metrics, "cdrvault_audit_damaged"), Some(1.0), "{metrics}");
 }
 
 fn rand_suffix() -> u32 {

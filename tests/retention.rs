@@ -380,7 +380,7 @@ fn preservation_follows_a_token_key_rotation() {
 
 #[test]
 fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_removes_the_indexes() {
-    use cdrvault::access::lookup::{LookupEngine, Query};
+    use cdrvault::access::lookup::{LookupEngine, PreservedScope, Query};
     use cdrvault::model::{Category, IdentifierKind, TimestampMicros};
     let start = Utc.with_ymd_and_hms(2025, 1, 1, 12, 0, 0).unwrap();
     let world = World::new(start);
@@ -407,13 +407,15 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     }
 
     // Every record has the same called number: a lookup over the ten days
-    // finds all 400, through the indexes, and caches the footers.
+    // finds all 400, through the indexes, and caches the footers. The
+    // order's copies may answer for its own target (the query's second).
     let engine = LookupEngine::new(world.data(), Arc::clone(&world.vault.keys));
     let query = Query {
-        targets: vec![(IdentifierKind::Msisdn, "+4530000001".into())],
+        targets: vec![(IdentifierKind::Msisdn, "+4530000001".into()), (IdentifierKind::Msisdn, "+4520000005".into())],
         from: TimestampMicros::from_datetime(date_of(0).start().to_datetime().unwrap()),
         to: TimestampMicros(date_of(10).start().0 - 1),
         categories: [Category::Traffic].into(),
+        preserved: vec![PreservedScope { order: order.id.clone(), targets: vec![1] }],
     };
     let (found, stats) = engine.find(&query).unwrap();
     assert_eq!(found.len(), 10 * RECORDS_PER_DAY);
@@ -459,6 +461,9 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
         "one record of the target per preserved day"
     );
     assert_eq!(found.len(), 5 * RECORDS_PER_DAY + 3);
+    // Without the order in its scope, a query never sees the copies.
+    let (found, stats) = engine.find(&Query { preserved: vec![], ..query.clone() }).unwrap();
+    assert_eq!((stats.preserved_files, found.len()), (0, 5 * RECORDS_PER_DAY));
 
     // Another process destroys day 5 (tombstone, then key) while this
     // process still holds the day's key in memory: the engine stops serving
@@ -482,4 +487,32 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     assert_eq!(stats.preserved_files, 0);
     assert_eq!(found.len(), 4 * RECORDS_PER_DAY);
     assert_eq!(engine.cached_files(), 4, "the lifted order's copies forgotten");
+}
+
+#[test]
+fn an_fsync_failure_in_any_step_of_a_sweep_stops_the_service() {
+    use cdrvault::audit::AuditError;
+    use cdrvault::keys::KeyError;
+    use cdrvault::lifecycle::orders::OrderError;
+    use cdrvault::lifecycle::preserve::PreserveError;
+    use cdrvault::lifecycle::retention::RetentionError;
+    use cdrvault::ops::durable::DurableError;
+    use cdrvault::ops::periodic::Job;
+
+    let fsync = || DurableError::Fsync { path: "day.key".into(), source: std::io::Error::other("EIO") };
+    let failed_fsyncs = [
+        RetentionError::Durable(fsync()),
+        RetentionError::Keys(KeyError::Durable(fsync())),
+        RetentionError::Audit(AuditError::Durable(fsync())),
+        RetentionError::Audit(AuditError::Keys(KeyError::Durable(fsync()))),
+        RetentionError::Preserve(PreserveError::Durable(fsync())),
+        RetentionError::Preserve(PreserveError::Keys(KeyError::Durable(fsync()))),
+        RetentionError::Order(OrderError::Audit(AuditError::Durable(fsync()))),
+        RetentionError::Order(OrderError::Preserve(PreserveError::Durable(fsync()))),
+    ];
+    for error in &failed_fsyncs {
+        assert!(<Sweeper as Job>::is_fatal(error), "{error:?} must stop the service, not be retried");
+    }
+    let other = DurableError::io("read", std::path::Path::new("day.key"), std::io::Error::other("EACCES"));
+    assert!(!<Sweeper as Job>::is_fatal(&RetentionError::Audit(AuditError::Durable(other))), "retried");
 }

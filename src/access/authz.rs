@@ -126,11 +126,17 @@ pub fn may_see_request(principal: &Principal, request: &RequestRecord) -> Result
     }
 }
 
-/// Whether `principal` may fetch `request`'s result: a handler that may see
-/// the request.
+/// Whether `principal` may fetch `request`'s result: a handler of the
+/// request's own authority, and no one else, whatever other roles it holds
+/// (an auditor sees every request, never another authority's result).
+/// Another authority's request is an unknown one.
 pub fn may_fetch(principal: &Principal, request: &RequestRecord) -> Result<(), Refusal> {
     permit(principal, Action::FetchResult)?;
-    may_see_request(principal, request)
+    if principal.authority.as_deref() == Some(request.authority.as_str()) {
+        Ok(())
+    } else {
+        Err(Refusal::UnknownRequest)
+    }
 }
 
 /// The requests a listing by `principal` shows, when it asks for `asked`'s.

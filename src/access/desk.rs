@@ -12,12 +12,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 
 use super::config::AccessSettings;
+use super::failures::FailureTally;
 use super::lookup::{FoundRecord, LookupEngine, LookupStats, Query};
 use super::refusal::{AccessError, Refusal};
 use super::results::ResultStore;
@@ -27,15 +29,17 @@ use crate::keys::KeyStore;
 use crate::model::IdentifierKind;
 use crate::ops::clock::Clock;
 use crate::ops::metrics::{Metrics, ReasonLabel};
-use crate::privacy::token::Tokeniser;
+use crate::ops::periodic;
 use crate::registry::{OrderRegistry, Principal, Registries, RequestRegistry};
 
 /// What a call presents: a bearer token and, over mTLS, the SHA-256 of the
-/// client certificate's DER. A token, when present, decides.
+/// client certificate's DER. A token, when present, decides. The peer's
+/// address names the caller in the audit of a failure.
 #[derive(Default, Clone)]
 pub struct Credentials {
     pub token: Option<String>,
     pub certificate: Option<Vec<u8>>,
+    pub peer: Option<IpAddr>,
 }
 
 impl fmt::Debug for Credentials {
@@ -43,6 +47,7 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("certificate", &self.certificate.is_some())
+            .field("peer", &self.peer)
             .finish()
     }
 }
@@ -86,6 +91,7 @@ pub struct Desk {
     clock: Arc<dyn Clock>,
     pub(super) settings: AccessSettings,
     limiter: RateLimiter,
+    pub(super) failures: FailureTally,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -108,6 +114,7 @@ impl Desk {
             results,
             clock: parts.clock,
             limiter: RateLimiter::new(parts.settings.requests_per_minute),
+            failures: FailureTally::default(),
             settings: parts.settings,
             metrics: parts.metrics,
         })
@@ -131,15 +138,15 @@ impl Desk {
         self.clock.now()
     }
 
-    /// The call of the principal `credentials` name, or an audited
-    /// authentication failure.
+    /// The call of the principal `credentials` name, or an authentication
+    /// failure, counted and audited per peer ([`super::failures`]).
     pub fn authenticate(&self, credentials: &Credentials, method: &'static str) -> Result<Call, AccessError> {
         match self.store.identify(credentials) {
             Ok(principal) => Ok(Call { principal, method, warrant: None, request_id: None }),
             Err(AccessError::Unauthenticated(failure)) => {
                 self.count_refusal(failure.code());
-                let event = AuditEvent::AuthenticationFailed { method: method.into(), reason: failure.code().into() };
-                self.append("anonymous", event)?;
+                let peer = credentials.peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+                self.authentication_failed(&peer, method, failure.code())?;
                 Err(failure.into())
             }
             Err(error) => Err(error),
@@ -173,6 +180,28 @@ impl Desk {
         }
     }
 
+    /// Counts and, if it is the peer's first in this interval, audits a
+    /// failed authentication.
+    fn authentication_failed(&self, peer: &str, method: &'static str, reason: &'static str) -> Result<(), AccessError> {
+        if self.failures.record(peer, reason, self.now()) {
+            let event =
+                AuditEvent::AuthenticationFailed { peer: peer.into(), method: method.into(), reason: reason.into() };
+            self.append("anonymous", event)?;
+        }
+        Ok(())
+    }
+
+    /// Audits the failed authentications of the interval that ends now, one
+    /// entry per peer; returns how many entries. Run by the service's
+    /// housekeeping and at shutdown.
+    pub fn flush_failures(&self) -> Result<usize, AccessError> {
+        let summaries = self.failures.summaries();
+        for event in &summaries {
+            self.append("anonymous", event.clone())?;
+        }
+        Ok(summaries.len())
+    }
+
     fn count_refusal(&self, reason: &'static str) {
         self.metrics.access_refusals.get_or_create(&ReasonLabel { reason }).inc();
     }
@@ -201,10 +230,10 @@ impl Desk {
         }
     }
 
-    /// Tokens of targets under the active token key, for audit entries.
-    pub(super) fn target_tokens(&self, targets: &[(IdentifierKind, String)]) -> Vec<String> {
-        let tokeniser = Tokeniser::new(self.keys.active_token_key());
-        targets.iter().map(|(kind, value)| format!("{:016x}", tokeniser.token(*kind, value.as_bytes()).0)).collect()
+    /// The audit trail's references of targets: keyed apart from the data's
+    /// tokens, so that no entry can be matched against a data file.
+    pub(super) fn target_refs(&self, targets: &[(IdentifierKind, String)]) -> Vec<String> {
+        targets.iter().map(|(kind, value)| self.trail.target_ref(*kind, value)).collect()
     }
 
     /// A lookup, timed into the metrics.
@@ -213,6 +242,29 @@ impl Desk {
         let result = self.engine.find(query);
         self.metrics.access_lookup_duration.observe(started.elapsed().as_secs_f64());
         Ok(result?)
+    }
+}
+
+/// The service's lawful-access housekeeping, every minute whether or not
+/// anyone calls: expired results destroyed, and the interval's failed
+/// authentications audited.
+impl periodic::Job for Desk {
+    type Report = (usize, usize);
+    type Error = AccessError;
+    const NAME: &'static str = "lawful-access housekeeping";
+
+    fn run_once(&self) -> Result<(usize, usize), AccessError> {
+        Ok((self.sweep_results()?, self.flush_failures()?))
+    }
+
+    fn is_fatal(error: &AccessError) -> bool {
+        error.is_fatal()
+    }
+
+    fn log(&(results, peers): &(usize, usize)) {
+        if results > 0 || peers > 0 {
+            tracing::info!(results, peers, "expired results destroyed, failed authentications audited");
+        }
     }
 }
 

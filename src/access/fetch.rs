@@ -1,6 +1,12 @@
 //! Delivery: a request's result fetched by its authority's handler, the
 //! delivery audited with the digest of the exact bytes before they leave;
-//! and the sweep that destroys results past their keep time.
+//! and the destruction of results: when they expire, swept every minute by
+//! the service's housekeeping and before every submission and fetch, and
+//! when their warrant is closed.
+//!
+//! A result may be fetched again while it is kept (a delivery that failed
+//! on the way is retried), each delivery audited; closing its warrant ends
+//! that at once.
 
 use super::authz::{self, Action};
 use super::desk::{Call, Desk};
@@ -8,21 +14,26 @@ use super::refusal::{AccessError, Refusal};
 use super::render;
 use crate::audit::AuditEvent;
 use crate::model::TimestampMicros;
-use crate::registry::RequestRecord;
+use crate::registry::{KeptResults, RequestRecord};
 
 impl Desk {
     /// Destroys the sealed results past their expiry, each audited.
-    pub(super) fn sweep_results(&self) -> Result<(), AccessError> {
-        let expired = self.requests.expired_results(TimestampMicros::from_datetime(self.now()))?;
-        for request in expired {
+    pub(super) fn sweep_results(&self) -> Result<usize, AccessError> {
+        self.destroy_results(KeptResults::ExpiredAt(TimestampMicros::from_datetime(self.now())), "expired")
+    }
+
+    /// Destroys the kept results `which` names, key first, each audited
+    /// under `reason`. Returns how many.
+    pub(super) fn destroy_results(&self, which: KeptResults<'_>, reason: &str) -> Result<usize, AccessError> {
+        let kept = self.requests.kept_results(which)?;
+        for request in &kept {
             let Some(name) = &request.result_name else { continue };
             self.results.destroy(name)?;
             self.requests.clear_result(&request.request_id)?;
-            let event =
-                AuditEvent::ResultDestroyed { request_id: request.request_id.clone(), reason: "expired".into() };
+            let event = AuditEvent::ResultDestroyed { request_id: request.request_id.clone(), reason: reason.into() };
             self.append("cdrvault", event)?;
         }
-        Ok(())
+        Ok(kept.len())
     }
 
     /// A request's result, for its authority's handler: the delivery is

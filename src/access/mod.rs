@@ -28,6 +28,7 @@ pub mod client;
 pub mod config;
 pub mod desk;
 pub mod export;
+mod failures;
 pub mod fetch;
 pub mod input;
 pub mod lookup;

@@ -190,7 +190,8 @@ mod tests {
     #[test]
     fn tokens_are_shown_once_and_stored_hashed() {
         let root = tempfile::tempdir().unwrap();
-        let registries = Registries::sqlite(root.path()).unwrap();
+        let state = root.path().join("state");
+        let registries = Registries::sqlite(&state).unwrap();
         let store = AccessStore::new(registries.access);
         let now = Utc::now();
         let (admin, _) = store.create_principal(None, "root", [Role::Admin].into(), None, now).unwrap();
@@ -199,13 +200,12 @@ mod tests {
         assert_eq!(store.authenticate(token.expose()).unwrap(), Some(principal.clone()));
         assert_eq!(store.authenticate("cdv_0000").unwrap(), None);
         assert!(!format!("{token:?}").contains(token.expose()));
-        let bytes = std::fs::read(root.path().join(crate::registry::REGISTRY_FILE)).unwrap();
-        let wal =
-            std::fs::read(root.path().join(format!("{}-wal", crate::registry::REGISTRY_FILE))).unwrap_or_default();
+        let bytes = std::fs::read(state.join(crate::registry::REGISTRY_FILE)).unwrap();
+        let wal = std::fs::read(state.join(format!("{}-wal", crate::registry::REGISTRY_FILE))).unwrap_or_default();
         for haystack in [&bytes, &wal] {
             assert!(!haystack.windows(token.expose().len()).any(|w| w == token.expose().as_bytes()));
         }
-        let credentials = Credentials { token: Some(token.expose().to_string()), certificate: None };
+        let credentials = Credentials { token: Some(token.expose().to_string()), certificate: None, peer: None };
         assert_eq!(store.identify(&credentials).unwrap(), principal);
         assert!(matches!(
             store.identify(&Credentials::default()),

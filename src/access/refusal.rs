@@ -92,6 +92,8 @@ pub enum Refusal {
     BadYear,
     #[error("name the case reference")]
     ReferenceRequired,
+    #[error("a data subject is named by an msisdn, imsi, imei or sip identity, not by {0}")]
+    NotASubject(&'static str),
 }
 
 fn role_names(roles: &[Role]) -> String {
@@ -135,6 +137,7 @@ impl Refusal {
             Refusal::ResultUnsealable | Refusal::ResultDigestMismatch => "result_damaged",
             Refusal::BadYear => "bad_year",
             Refusal::ReferenceRequired => "reference_required",
+            Refusal::NotASubject(_) => "not_a_subject",
         }
     }
 }
@@ -184,6 +187,19 @@ pub enum AccessError {
     Durable(#[from] crate::ops::durable::DurableError),
     #[error("{0}")]
     Internal(&'static str),
+}
+
+impl AccessError {
+    /// True when the process must stop: an fsync failed somewhere below,
+    /// so the state of the disk is unknown.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            AccessError::Durable(e) => e.is_fatal(),
+            AccessError::Keys(e) => e.is_fatal(),
+            AccessError::AuditUnavailable(e) => e.is_fatal(),
+            _ => false,
+        }
+    }
 }
 
 impl From<RegistryError> for AccessError {

@@ -10,20 +10,18 @@
 //! before the retention horizon; `unavailable` when all of it does and
 //! nothing (preserved) was found; `refused`.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 
 use super::authz::{self, Action, Listing};
 use super::desk::{Call, Desk};
 use super::input;
-use super::lookup::{FoundRecord, Query};
+use super::lookup::{FoundRecord, PreservedScope, Query};
 use super::refusal::{AccessError, Refusal};
 use super::render::{self, ResultFormat, ResultHeader};
 use super::warrants::RequestScope;
 use crate::audit::AuditEvent;
 use crate::model::retention::oldest_retained;
-use crate::model::{MICROS_PER_DAY, PartitionDate, TimestampMicros};
+use crate::model::{IdentifierKind, MICROS_PER_DAY, PartitionDate, TimestampMicros};
 use crate::registry::{AGE_BUCKETS, RequestRecord, RequestStatus, Which, age_bucket};
 
 /// A request as the handler submits it; the fields in their text forms
@@ -127,13 +125,13 @@ impl Desk {
             self.store.check_request(&call.principal, &submission.warrant, &scope, &self.keys, now)?;
 
         let query = Query {
+            preserved: self.preserved_for(&targets, &recording.authority)?,
             targets: targets.clone(),
             from: TimestampMicros::from_datetime(scope.window_start),
             to: TimestampMicros::from_datetime(scope.window_end),
             categories: scope.categories.clone(),
         };
         let (found, _) = self.lookup(&query)?;
-        let found = self.preserved_for(found, &recording.authority)?;
         let (first, last) = (query.from.partition_date(), query.to.partition_date());
         let days = (last.days_since_epoch() - first.days_since_epoch() + 1).max(1) as u64;
         let beyond = self.days_beyond_retention(first, last);
@@ -186,7 +184,7 @@ impl Desk {
                 request_id: record.request_id.clone(),
                 warrant: warrant.id.clone(),
                 status: status.as_str().to_string(),
-                target_tokens: self.target_tokens(&targets),
+                target_refs: self.target_refs(&targets),
                 window_start: query.from.rfc3339(),
                 window_end: query.to.rfc3339(),
                 categories: scope.categories.iter().map(|c| c.as_str().to_string()).collect(),
@@ -199,30 +197,32 @@ impl Desk {
         Ok(record)
     }
 
-    /// Drops records found only in preservation copies of orders placed by
-    /// another authority: preserved data answers the authority that froze it.
-    fn preserved_for(&self, found: Vec<FoundRecord>, authority: &str) -> Result<Vec<FoundRecord>, AccessError> {
-        let mut owners: HashMap<String, bool> = HashMap::new();
-        let mut kept = Vec::with_capacity(found.len());
-        for record in found {
-            let Some(order) = &record.preserved_under else {
-                kept.push(record);
+    /// The preservation copies a request may be answered from: those of the
+    /// active orders of the requesting authority, each for the request's
+    /// targets that the order itself names. Another authority's copies, and
+    /// an order's copies for anyone else's number, never answer.
+    fn preserved_for(
+        &self,
+        targets: &[(IdentifierKind, String)],
+        authority: &str,
+    ) -> Result<Vec<PreservedScope>, AccessError> {
+        let mut scopes = Vec::new();
+        for order in self.orders.load_orders(Which::Active)? {
+            if order.authority != authority {
                 continue;
-            };
-            let ours = match owners.get(order) {
-                Some(ours) => *ours,
-                None => {
-                    let placed = self.orders.load_orders(Which::One(order))?;
-                    let ours = placed.first().is_some_and(|o| o.authority == authority);
-                    owners.insert(order.clone(), ours);
-                    ours
-                }
-            };
-            if ours {
-                kept.push(record);
+            }
+            let Some(frozen) = order.unseal_targets(&self.keys)? else { continue };
+            let positions: Vec<usize> = targets
+                .iter()
+                .enumerate()
+                .filter(|(_, target)| frozen.contains(target))
+                .map(|(position, _)| position)
+                .collect();
+            if !positions.is_empty() {
+                scopes.push(PreservedScope { order: order.id, targets: positions });
             }
         }
-        Ok(kept)
+        Ok(scopes)
     }
 
     /// Days of `[first, last]` that lie beyond retention today.

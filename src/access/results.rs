@@ -30,7 +30,8 @@ pub struct ResultStore {
 impl ResultStore {
     /// The store in `dir`, created if needed.
     pub fn open(dir: PathBuf, keys: Arc<KeyStore>) -> Result<ResultStore, DurableError> {
-        durable::create_dir_all(&dir)?;
+        durable::create_private_dir(&dir)?;
+        durable::ensure_private(&dir)?;
         Ok(ResultStore { dir, keys, rng: SystemRandom::new() })
     }
 

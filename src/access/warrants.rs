@@ -21,7 +21,7 @@ use crate::keys::{self, KeyStore, RecordKeyScope};
 use crate::model::{Category, IdentifierKind, TimestampMicros};
 use crate::privacy::target::TargetInput;
 use crate::privacy::token::Tokeniser;
-use crate::registry::{Principal, StoredTarget, Warrant, WarrantStatus};
+use crate::registry::{KeptResults, Principal, StoredTarget, Warrant, WarrantStatus};
 
 /// A warrant to register.
 #[derive(Debug)]
@@ -231,7 +231,7 @@ impl Desk {
                 authority: warrant.authority.clone(),
                 reference: warrant.reference.clone(),
                 target_kinds: warrant.target_kinds.iter().map(|k| k.as_str().to_string()).collect(),
-                target_tokens: self.target_tokens(&canonical),
+                target_refs: self.target_refs(&canonical),
                 period_start: warrant.period_start.rfc3339(),
                 period_end: warrant.period_end.rfc3339(),
                 categories: warrant.categories.iter().map(|c| c.as_str().to_string()).collect(),
@@ -261,11 +261,13 @@ impl Desk {
         Ok(decided)
     }
 
-    /// Closes a warrant (legal reviewer), audited; its key goes.
+    /// Closes a warrant (legal reviewer), audited; its key goes, and the
+    /// results of its requests with it, fetched or not.
     pub fn close_warrant(&self, call: &mut Call, id: &str) -> Result<Warrant, AccessError> {
         call.warrant = Some(id.to_string());
         self.store.close_warrant(&call.principal, id, &self.keys)?;
         self.audit(call, AuditEvent::WarrantClosed { warrant: id.to_string() })?;
+        self.destroy_results(KeptResults::OfWarrant(id), "warrant closed")?;
         Ok(self.store.warrant(id)?.ok_or(Refusal::UnknownWarrant)?)
     }
 

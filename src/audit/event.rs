@@ -49,10 +49,21 @@ pub enum AuditEvent {
         day: String,
         rows: u64,
     },
-    /// A call came without a valid bearer token. The token is never kept.
+    /// A call came without valid credentials: the first from its peer in
+    /// an interval. The token is never kept.
     AuthenticationFailed {
+        peer: String,
         method: String,
         reason: String,
+    },
+    /// The further failed authentications of a peer in one interval,
+    /// summarised: attempts stay visible without costing an entry each.
+    AuthenticationFailures {
+        peer: String,
+        count: u64,
+        reasons: Vec<String>,
+        since: String,
+        until: String,
     },
     /// A call was refused: role, object, scope, replay, rate or size.
     AccessRefused {
@@ -71,13 +82,14 @@ pub enum AuditEvent {
         roles: Vec<String>,
         authority: Option<String>,
     },
-    /// A warrant was registered; its targets appear as kinds and tokens.
+    /// A warrant was registered; its targets appear as kinds and keyed
+    /// references ([`crate::audit::AuditTrail::target_ref`]).
     WarrantRegistered {
         warrant: String,
         authority: String,
         reference: String,
         target_kinds: Vec<String>,
-        target_tokens: Vec<String>,
+        target_refs: Vec<String>,
         period_start: String,
         period_end: String,
         categories: Vec<String>,
@@ -97,7 +109,7 @@ pub enum AuditEvent {
         request_id: String,
         warrant: String,
         status: String,
-        target_tokens: Vec<String>,
+        target_refs: Vec<String>,
         window_start: String,
         window_end: String,
         categories: Vec<String>,
@@ -121,7 +133,7 @@ pub enum AuditEvent {
     SubjectExported {
         reference: String,
         kind: String,
-        target_token: String,
+        target_ref: String,
         records: u64,
         sha256: String,
         bytes: u64,
@@ -129,6 +141,12 @@ pub enum AuditEvent {
     AuditVerified {
         entries: u64,
         intact: bool,
+    },
+    /// A torn last line (a write interrupted by a crash, never
+    /// acknowledged) was cut from the trail after entry `after_seq`.
+    TrailRepaired {
+        cut_bytes: u64,
+        after_seq: u64,
     },
     StatisticsReported {
         year: i32,

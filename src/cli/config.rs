@@ -19,6 +19,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::access::config::AccessConfig;
+use crate::audit::config::AuditConfig;
 use crate::ingest::config::{IngestConfig, KafkaConfig};
 use crate::keys::{self, KeysConfig};
 use crate::lifecycle::config::RetentionConfig;
@@ -36,6 +37,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub compaction: CompactionConfig,
     pub state: StateConfig,
+    pub audit: AuditConfig,
     pub http: HttpConfig,
     pub access: AccessConfig,
     pub log: LogConfig,
@@ -186,6 +188,17 @@ impl Config {
                 "state.dir",
                 "lies inside storage.data_dir".into(),
                 "keep the audit trail apart from the data it records the deletion of",
+            );
+        }
+        if let Some(witness) = &self.audit.witness_file
+            && [&self.state.dir, &self.keys.dir, &self.storage.data_dir]
+                .iter()
+                .any(|dir| keys::ensure_apart(witness, dir).is_err())
+        {
+            return err(
+                "audit.witness_file",
+                "lies inside the state, keys or data directory".into(),
+                "publish the heads where the trail's writer cannot rewrite them unseen, e.g. a file an auditor copies away",
             );
         }
         if keys::ensure_apart(&self.keys.dir, &self.storage.data_dir).is_err() {

@@ -158,22 +158,34 @@ pub(super) fn preserve(config: &Config, command: PreserveCommand) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn verify_audit(config: &Config) -> anyhow::Result<ExitCode> {
+/// `cdrvault audit verify`: the local trail against its signed head and,
+/// given a witness copy, against every head the witness kept.
+pub(super) fn verify_audit(config: &Config, witness: Option<&Path>) -> anyhow::Result<ExitCode> {
     let keys = KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?;
     let public = audit::public_key(&keys)?;
     let path = config.state.dir.join(AUDIT_FILE);
     let check = audit::verify(&path, &public, &keys.audit_head_path())?;
-    match check.problem {
+    if let Some((seq, problem)) = check.problem {
+        println!("audit trail {} is damaged: first bad entry {seq}: {problem}", path.display());
+        return Ok(ExitCode::FAILURE);
+    }
+    println!(
+        "audit trail {} verifies: {} entries, chain, signatures and signed head intact",
+        path.display(),
+        check.entries
+    );
+    if check.torn_bytes > 0 {
+        println!("a torn last line of {} bytes (an interrupted write) is cut at the next append", check.torn_bytes);
+    }
+    let Some(witness) = witness else { return Ok(ExitCode::SUCCESS) };
+    let seen = audit::verify_witness(&path, &public, witness)?;
+    match seen.problem {
         None => {
-            println!(
-                "audit trail {} verifies: {} entries, chain, signatures and signed head intact",
-                path.display(),
-                check.entries
-            );
+            println!("the trail extends all {} heads of the witness {}", seen.heads, witness.display());
             Ok(ExitCode::SUCCESS)
         }
         Some((seq, problem)) => {
-            println!("audit trail {} is damaged: first bad entry {seq}: {problem}", path.display());
+            println!("the trail does not extend the witness {} at entry {seq}: {problem}", witness.display());
             Ok(ExitCode::FAILURE)
         }
     }

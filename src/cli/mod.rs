@@ -239,6 +239,11 @@ enum AuditCommand {
     Verify {
         #[arg(long)]
         remote: bool,
+        /// Also check that the trail extends every head in this copy of the
+        /// witness file (`audit.witness_file`): a rollback or rewrite by a
+        /// holder of the signing key fails here.
+        #[arg(long, conflicts_with = "remote")]
+        witness: Option<PathBuf>,
         #[command(flatten)]
         server: access::ServerArgs,
     },
@@ -319,8 +324,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retention { command } => local::retention(&config, command),
         Command::Preserve { command } => local::preserve(&config, command),
         Command::Compact { day } => local::compact(&config, day),
-        Command::Audit { command: AuditCommand::Verify { remote: false, .. } } => local::verify_audit(&config),
-        Command::Audit { command: AuditCommand::Verify { remote: true, server } } => {
+        Command::Audit { command: AuditCommand::Verify { remote: false, witness, .. } } => {
+            local::verify_audit(&config, witness.as_deref())
+        }
+        Command::Audit { command: AuditCommand::Verify { remote: true, server, .. } } => {
             let intact = block_on(access::verify_audit(server))?;
             Ok(if intact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

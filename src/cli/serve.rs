@@ -38,6 +38,24 @@ use crate::storage::write::ParquetWriter;
 /// days (their footers hold a copy of the destroyed key).
 const CACHE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How often the lawful-access service destroys expired results and audits
+/// the interval's failed authentications.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Starts the lawful-access service's background jobs on `runtime`.
+fn spawn_access_jobs(runtime: &tokio::runtime::Runtime, desk: &Arc<Desk>, shutdown: &Shutdown) {
+    runtime.spawn(run_periodically(desk.lookup_engine(), CACHE_SWEEP_INTERVAL, shutdown.clone()));
+    runtime.spawn(run_periodically(Arc::clone(desk), HOUSEKEEPING_INTERVAL, shutdown.clone()));
+}
+
+/// Audits the failed authentications counted since the last housekeeping,
+/// so that a shutdown loses none.
+fn flush_at_shutdown(desk: &Desk) {
+    if let Err(error) = desk.flush_failures() {
+        tracing::error!(%error, "could not audit the last failed authentications");
+    }
+}
+
 /// What the commands open once and share.
 pub(super) struct Root {
     pub config: Config,
@@ -57,8 +75,14 @@ impl Root {
         Ok(Root { config, keys, clock: Arc::new(SystemClock), metrics: Metrics::new() })
     }
 
+    /// The audit trail, publishing its heads to the witness if one is
+    /// configured.
     pub fn audit(&self) -> anyhow::Result<Arc<AuditTrail>> {
-        Ok(Arc::new(AuditTrail::open(&self.config.state.dir, &self.keys)?))
+        let mut trail = AuditTrail::open(&self.config.state.dir, &self.keys)?.with_metrics(Arc::clone(&self.metrics));
+        if let Some(witness) = &self.config.audit.witness_file {
+            trail = trail.with_witness(witness)?;
+        }
+        Ok(Arc::new(trail))
     }
 
     pub fn registries(&self) -> anyhow::Result<Registries> {
@@ -132,23 +156,32 @@ pub(super) fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let registries = root.registries()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let readiness = {
+        let (ready, audit) = (Arc::clone(&ready), Arc::clone(&audit));
+        move || match (ready.load(Ordering::Relaxed), audit.damage()) {
+            (_, Some(_)) => Err("audit trail damaged: audited actions are refused"),
+            (false, None) => Err("starting"),
+            (true, None) => Ok(()),
+        }
+    };
     let (address, http) = runtime.block_on(http::serve(
         config.http.listen,
         Arc::clone(&root.metrics),
-        Arc::clone(&ready),
+        Arc::new(readiness),
         shutdown.clone(),
     ))?;
     tracing::info!(%address, "metrics and health endpoints listening");
 
     let access = match config.access.listen {
         Some(listen) => {
-            let service = AccessService::new(root.desk(&audit, registries.clone())?);
-            runtime.spawn(run_periodically(service.lookup_engine(), CACHE_SWEEP_INTERVAL, shutdown.clone()));
+            let desk = root.desk(&audit, registries.clone())?;
+            spawn_access_jobs(&runtime, &desk, &shutdown);
             let tls = config.access.tls().map(|files| files.server_config()).transpose()?;
             let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
             tracing::info!(address = %listener.local_addr()?, "lawful-access API listening");
             let stop = shutdown.clone();
-            Some(runtime.spawn(api::serve(listener, service, tls, async move { stop.wait().await })))
+            let service = AccessService::new(Arc::clone(&desk));
+            Some((desk, runtime.spawn(api::serve(listener, service, tls, async move { stop.wait().await }))))
         }
         None => None,
     };
@@ -176,8 +209,9 @@ pub(super) fn serve(config: Config) -> anyhow::Result<ExitCode> {
     if let Some(compactions) = compactions {
         let _ = runtime.block_on(compactions);
     }
-    if let Some(access) = access {
+    if let Some((desk, access)) = access {
         let _ = runtime.block_on(access);
+        flush_at_shutdown(&desk);
     }
     result?;
     Ok(ExitCode::SUCCESS)
@@ -188,12 +222,13 @@ pub(super) fn serve_access(config: Config, listen: Option<SocketAddr>) -> anyhow
     let root = Root::open(config)?;
     let listen = listen.or(root.config.access.listen).context("no address: set access.listen or pass --listen")?;
     let audit = root.audit()?;
-    let service = AccessService::new(root.desk(&audit, root.registries()?)?);
+    let desk = root.desk(&audit, root.registries()?)?;
+    let service = AccessService::new(Arc::clone(&desk));
     let tls =
         root.config.access.tls().map(|files| files.server_config()).transpose().context("reading the TLS files")?;
     let shutdown = Shutdown::on_signals()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.spawn(run_periodically(service.lookup_engine(), CACHE_SWEEP_INTERVAL, shutdown.clone()));
+    spawn_access_jobs(&runtime, &desk, &shutdown);
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
@@ -205,5 +240,6 @@ pub(super) fn serve_access(config: Config, listen: Option<SocketAddr>) -> anyhow
         api::serve(listener, service, tls, async move { shutdown.wait().await }).await?;
         anyhow::Ok(())
     })?;
+    flush_at_shutdown(&desk);
     Ok(ExitCode::SUCCESS)
 }

@@ -26,7 +26,7 @@ mod token;
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ring::rand::SystemRandom;
@@ -83,6 +83,11 @@ pub enum KeyError {
 }
 
 impl KeyError {
+    /// True when the process must stop: an fsync failed.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, KeyError::Durable(e) if e.is_fatal())
+    }
+
     fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
         KeyError::Durable(DurableError::io(op, path, source))
     }
@@ -201,51 +206,17 @@ impl KeyStore {
 }
 
 pub(super) fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent()
-        && !parent.as_os_str().is_empty()
-    {
-        durable::create_dir_all(parent)?;
-    }
-    fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| KeyError::io("mkdir", dir, e))?;
-    durable::fsync_dir(dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
-    Ok(())
+    Ok(durable::create_private_dir(dir)?)
 }
 
 /// Refuses a keys directory inside (or equal to) the data directory.
 pub fn ensure_apart(keys_dir: &Path, data_dir: &Path) -> Result<(), KeyError> {
-    let keys = resolved(keys_dir);
-    let data = resolved(data_dir);
+    let keys = durable::resolved(keys_dir);
+    let data = durable::resolved(data_dir);
     if keys.starts_with(&data) {
         return Err(KeyError::InsideDataDir { keys: keys_dir.to_path_buf(), data: data_dir.to_path_buf() });
     }
     Ok(())
-}
-
-/// The absolute path with symlinks of its existing part resolved, so that
-/// `data/../data/keys` or a symlink cannot disguise where keys would live.
-fn resolved(path: &Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut existing = absolute.as_path();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(canonical) = existing.canonicalize() {
-            let mut result = canonical;
-            for part in rest.iter().rev() {
-                result.push(part);
-            }
-            return result;
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => return absolute,
-        }
-    }
 }
 
 #[cfg(test)]

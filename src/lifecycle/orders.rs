@@ -49,6 +49,18 @@ pub enum OrderError {
     Sealing,
 }
 
+impl OrderError {
+    /// True when the process must stop: an fsync failed.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            OrderError::Keys(e) => e.is_fatal(),
+            OrderError::Audit(e) => e.is_fatal(),
+            OrderError::Preserve(e) => e.is_fatal(),
+            _ => false,
+        }
+    }
+}
+
 /// A new order.
 #[derive(Debug)]
 pub struct NewOrder {
@@ -217,16 +229,7 @@ impl OrderStore {
     /// The canonical values of an order's targets, unsealed with its key: for
     /// confirming matches only, never for display.
     pub fn unseal_targets(&self, order: &Order) -> Result<Vec<(IdentifierKind, String)>, OrderError> {
-        let key = self.keys.order_key(&order.id)?.ok_or(OrderError::Sealing)?;
-        order
-            .targets
-            .iter()
-            .map(|t| {
-                keys::open_value(&key.secret, order.id.as_bytes(), &t.sealed)
-                    .map(|value| (t.kind, value))
-                    .ok_or(OrderError::Sealing)
-            })
-            .collect()
+        order.unseal_targets(&self.keys)?.ok_or(OrderError::Sealing)
     }
 }
 

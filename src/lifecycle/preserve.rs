@@ -42,6 +42,18 @@ pub enum PreserveError {
     OrderKeyMissing(String),
 }
 
+impl PreserveError {
+    /// True when the process must stop: an fsync failed.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            PreserveError::Write(e) => e.is_fatal(),
+            PreserveError::Keys(e) => e.is_fatal(),
+            PreserveError::Durable(e) => e.is_fatal(),
+            PreserveError::Read(_) | PreserveError::OrderKeyMissing(_) => false,
+        }
+    }
+}
+
 /// Copies the records of `order`'s targets (`targets`, unsealed) from `day`
 /// (read with the day's key) into the order's area, sealed under the
 /// order's key. Returns the rows preserved.

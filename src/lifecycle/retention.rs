@@ -61,6 +61,21 @@ pub enum RetentionError {
     Injected(CrashPoint),
 }
 
+impl RetentionError {
+    /// True when the process must stop: an fsync failed, whichever step
+    /// (keys, audit, preservation, deletion) it failed in.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            RetentionError::Keys(e) => e.is_fatal(),
+            RetentionError::Durable(e) => e.is_fatal(),
+            RetentionError::Audit(e) => e.is_fatal(),
+            RetentionError::Order(e) => e.is_fatal(),
+            RetentionError::Preserve(e) => e.is_fatal(),
+            RetentionError::Read(_) | RetentionError::Injected(_) => false,
+        }
+    }
+}
+
 /// Points at which a test can make the sweep stop as if the process died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
@@ -454,7 +469,7 @@ impl periodic::Job for Sweeper {
     }
 
     fn is_fatal(error: &RetentionError) -> bool {
-        matches!(error, RetentionError::Durable(e) if e.is_fatal())
+        error.is_fatal()
     }
 
     fn log(report: &SweepReport) {

@@ -9,7 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// An error from a durable operation. [`DurableError::Fsync`] is fatal.
@@ -19,6 +19,9 @@ pub enum DurableError {
     Fsync { path: PathBuf, source: io::Error },
     #[error("{op} of {path} failed: {source}")]
     Io { op: &'static str, path: PathBuf, source: io::Error },
+    /// A private file or directory that others may read or enter.
+    #[error("{path} has mode {mode:o}: group and other must have no access (chmod go-rwx)")]
+    Exposed { path: PathBuf, mode: u32 },
 }
 
 impl DurableError {
@@ -69,10 +72,61 @@ pub fn create_dir_all(dir: &Path) -> Result<(), DurableError> {
     Ok(())
 }
 
+/// Creates `dir` (mode 0700) and any missing parents, as [`create_dir_all`]:
+/// a directory only its owner may list and enter. An existing directory is
+/// left as it is ([`ensure_private`] checks it).
+pub fn create_private_dir(dir: &Path) -> Result<(), DurableError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        create_dir_all(parent)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(DurableError::io("mkdir", dir, e)),
+    }
+    fsync_dir(dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+}
+
+/// Refuses a file or directory that its group or others may access at all.
+/// A missing path is fine: it will be created private.
+pub fn ensure_private(path: &Path) -> Result<(), DurableError> {
+    match fs::metadata(path) {
+        Ok(metadata) if metadata.permissions().mode() & 0o077 != 0 => {
+            Err(DurableError::Exposed { path: path.to_path_buf(), mode: metadata.permissions().mode() & 0o7777 })
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DurableError::io("stat", path, e)),
+    }
+}
+
+/// Opens `path` for appending, creating it with mode 0600 (and fsyncing its
+/// directory) if it is missing; an existing file must be private.
+pub fn open_private_append(path: &Path) -> Result<File, DurableError> {
+    ensure_private(path)?;
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| DurableError::io("open", path, e))?;
+    if !existed {
+        fsync_dir(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))?;
+    }
+    Ok(file)
+}
+
 /// Who may read a file written by [`write_atomically`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileMode {
-    /// Owner read/write only (0600): key material.
+    /// Owner read/write only (0600): key material, the state.
     Private,
     /// The default mode under the process umask.
     Default,
@@ -128,6 +182,30 @@ pub fn remove_file(path: &Path) -> Result<(), DurableError> {
         Err(e) => return Err(DurableError::io("remove", path, e)),
     }
     fsync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// The absolute path with symlinks of its existing part resolved, so that
+/// `data/../data/keys` or a symlink cannot disguise where keys would live.
+pub fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(canonical) = existing.canonicalize() {
+            let mut result = canonical;
+            for part in rest.iter().rev() {
+                result.push(part);
+            }
+            return result;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return absolute,
+        }
+    }
 }
 
 #[cfg(test)]

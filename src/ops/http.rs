@@ -1,12 +1,13 @@
 //! The operational HTTP endpoint: `/metrics` (Prometheus text format),
-//! `/healthz` (the process is alive) and `/readyz` (ingest is running).
+//! `/healthz` (the process is alive) and `/readyz` (ingest is running and
+//! nothing the service depends on has failed; the body says what is not
+//! ready).
 //!
 //! It serves no data and takes no input beyond the path, so it never sees
 //! an identifier.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -17,10 +18,13 @@ use axum::routing::get;
 use super::metrics::Metrics;
 use super::shutdown::Shutdown;
 
+/// Whether the service is ready, or why not.
+pub type Readiness = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
+
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
 }
 
 /// Binds the listener and serves until `shutdown`. Returns the bound
@@ -28,7 +32,7 @@ struct AppState {
 pub async fn serve(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    ready: Readiness,
     shutdown: Shutdown,
 ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let app = Router::new()
@@ -50,9 +54,8 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    match (state.ready)() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }

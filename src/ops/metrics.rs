@@ -65,6 +65,8 @@ pub struct Metrics {
     pub access_refusals: Family<ReasonLabel, Counter>,
     pub access_lookup_duration: Histogram,
     pub access_records_disclosed: Counter,
+    pub audit_entries: Counter,
+    pub audit_damaged: Gauge,
 }
 
 impl Metrics {
@@ -103,6 +105,8 @@ impl Metrics {
         let access_lookup_duration =
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15));
         let access_records_disclosed = Counter::default();
+        let audit_entries = Counter::default();
+        let audit_damaged = Gauge::default();
 
         // prometheus-client appends `_total` to counters itself.
         registry.register("ingest_records_received", "Records read from the source", records_received.clone());
@@ -211,6 +215,12 @@ impl Metrics {
             "Records in results delivered to authorities and data subjects",
             access_records_disclosed.clone(),
         );
+        registry.register("audit_entries", "Audit entries appended by this process", audit_entries.clone());
+        registry.register(
+            "audit_damaged",
+            "1 once the audit trail was found cut or rewritten against its signed head: audited actions are refused",
+            audit_damaged.clone(),
+        );
 
         // Every reason exists from the start, so dashboards and alerts see a
         // zero rather than a missing series.
@@ -246,6 +256,8 @@ impl Metrics {
             access_refusals,
             access_lookup_duration,
             access_records_disclosed,
+            audit_entries,
+            audit_damaged,
         })
     }
 

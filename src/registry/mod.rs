@@ -21,7 +21,8 @@ use std::sync::Arc;
 pub use access::{AccessRegistry, Principal, PrincipalKey, Role, Warrant, WarrantStatus};
 pub use orders::{Order, OrderRegistry, OrderStatus, Which};
 pub use requests::{
-    AGE_BUCKETS, AuthorityStatistics, RequestError, RequestRecord, RequestRegistry, RequestStatus, age_bucket,
+    AGE_BUCKETS, AuthorityStatistics, KeptResults, RequestError, RequestRecord, RequestRegistry, RequestStatus,
+    age_bucket,
 };
 
 use crate::model::{IdentifierKind, KeyId, Token};

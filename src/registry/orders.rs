@@ -4,7 +4,8 @@
 use chrono::{DateTime, Utc};
 
 use super::{RegistryError, StoredTarget};
-use crate::model::{PartitionDate, TimestampMicros};
+use crate::keys::{self, KeyError, KeyStore};
+use crate::model::{IdentifierKind, PartitionDate, TimestampMicros};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderStatus {
@@ -28,6 +29,19 @@ impl Order {
     /// True if the order's window touches `day`.
     pub fn covers(&self, day: PartitionDate) -> bool {
         self.window_start <= day.end() && self.window_end >= day.start()
+    }
+
+    /// The canonical values of the targets, unsealed with the order's key:
+    /// for confirming matches only, never for display. `None` once the
+    /// order's key is gone (it was lifted) or a target does not unseal.
+    pub fn unseal_targets(&self, keys: &KeyStore) -> Result<Option<Vec<(IdentifierKind, String)>>, KeyError> {
+        let Some(key) = keys.order_key(&self.id)? else { return Ok(None) };
+        let targets: Option<Vec<_>> = self
+            .targets
+            .iter()
+            .map(|t| keys::open_value(&key.secret, self.id.as_bytes(), &t.sealed).map(|value| (t.kind, value)))
+            .collect();
+        Ok(targets)
     }
 }
 

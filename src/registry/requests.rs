@@ -95,6 +95,15 @@ pub enum RequestError {
     Registry(#[from] RegistryError),
 }
 
+/// Which kept results [`RequestRegistry::kept_results`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptResults<'a> {
+    /// Those past their expiry at this instant.
+    ExpiredAt(TimestampMicros),
+    /// Those of the requests under this warrant.
+    OfWarrant(&'a str),
+}
+
 /// Where request records live (SQLite by default, see [`super::sqlite`]).
 pub trait RequestRegistry: Send + Sync {
     /// Whether the authority already used this request number.
@@ -105,8 +114,8 @@ pub trait RequestRegistry: Send + Sync {
     fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, RequestError>;
     /// Requests, optionally of one authority, newest first.
     fn list(&self, authority: Option<&str>) -> Result<Vec<RequestRecord>, RequestError>;
-    /// Requests whose sealed result is past its expiry.
-    fn expired_results(&self, now: TimestampMicros) -> Result<Vec<RequestRecord>, RequestError>;
+    /// Requests whose sealed result is still kept, of those `which` names.
+    fn kept_results(&self, which: KeptResults<'_>) -> Result<Vec<RequestRecord>, RequestError>;
     /// Forgets a request's result once its file and key are destroyed.
     fn clear_result(&self, request_id: &str) -> Result<(), RequestError>;
     /// The statistics of the requests received in `[from, to)`, per
@@ -123,7 +132,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, SqliteRegistry) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteRegistry::open(dir.path()).unwrap();
+        let store = SqliteRegistry::open(&dir.path().join("state")).unwrap();
         for id in ["dk-police", "dk-tax"] {
             assert!(store.insert_authority(id, "DK", "x", chrono::Utc::now()).unwrap());
         }
@@ -192,10 +201,12 @@ mod tests {
     fn expired_results_are_listed_until_cleared() {
         let (_dir, store) = store();
         store.record(&request("dk-police", 1, RequestStatus::Answered, 100), &[0; 4]).unwrap();
-        assert!(store.expired_results(TimestampMicros(105)).unwrap().is_empty());
-        assert_eq!(store.expired_results(TimestampMicros(200)).unwrap().len(), 1);
+        assert!(store.kept_results(KeptResults::ExpiredAt(TimestampMicros(105))).unwrap().is_empty());
+        assert_eq!(store.kept_results(KeptResults::ExpiredAt(TimestampMicros(200))).unwrap().len(), 1);
+        assert_eq!(store.kept_results(KeptResults::OfWarrant("w-1")).unwrap().len(), 1);
+        assert!(store.kept_results(KeptResults::OfWarrant("w-2")).unwrap().is_empty());
         store.clear_result("DK-dk-police-1").unwrap();
-        assert!(store.expired_results(TimestampMicros(200)).unwrap().is_empty());
+        assert!(store.kept_results(KeptResults::ExpiredAt(TimestampMicros(200))).unwrap().is_empty());
     }
 
     #[test]

@@ -69,7 +69,8 @@ impl CompactError {
         match self {
             CompactError::Durable(e) => e.is_fatal(),
             CompactError::Write(e) => e.is_fatal(),
-            _ => false,
+            CompactError::Keys(e) => e.is_fatal(),
+            CompactError::Read(_) => false,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! What a gRPC call presents: the bearer token of its `authorization`
-//! header and, over mTLS, the SHA-256 of its client certificate's DER.
+//! header, over mTLS the SHA-256 of its client certificate's DER, and the
+//! peer's address.
 
 use tonic::Request;
 
@@ -15,5 +16,6 @@ pub fn credentials<T>(request: &Request<T>) -> Credentials {
     let certificate = request.peer_certs().and_then(|chain| {
         chain.first().map(|leaf| ring::digest::digest(&ring::digest::SHA256, leaf).as_ref().to_vec())
     });
-    Credentials { token, certificate }
+    let peer = request.remote_addr().map(|address| address.ip());
+    Credentials { token, certificate, peer }
 }

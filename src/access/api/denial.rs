@@ -8,8 +8,9 @@
 //! `already_exists`, `resource_exhausted` (rate, message size),
 //! `unavailable` (the audit trail cannot be written), `data_loss` (a sealed
 //! result fails authentication), `internal` (logged; the caller learns
-//! nothing). A warrant of another authority is `not_found` to the caller,
-//! so its existence does not leak; the audit entry keeps the precise reason.
+//! nothing). A warrant of another authority and a warrant that does not
+//! exist look the same to the caller (`not_found: no such object`), so
+//! existence does not leak; the audit entry keeps the precise reason.
 
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Status};
@@ -49,7 +50,8 @@ pub fn code(refusal: &Refusal) -> Code {
         | Refusal::BadCertificate
         | Refusal::BadRequestNumber
         | Refusal::BadYear
-        | Refusal::ReferenceRequired => Code::InvalidArgument,
+        | Refusal::ReferenceRequired
+        | Refusal::NotASubject(_) => Code::InvalidArgument,
         Refusal::Duplicate | Refusal::RequestNumberReused(_) => Code::AlreadyExists,
         Refusal::MessageTooLarge { .. } | Refusal::RateLimited(_) => Code::ResourceExhausted,
         Refusal::ResultUnsealable | Refusal::ResultDigestMismatch => Code::DataLoss,
@@ -66,8 +68,10 @@ fn with_reason(code: Code, reason: &'static str, detail: &str) -> Status {
 /// The status a failed call returns.
 pub fn status(error: AccessError) -> Status {
     match error {
-        // Another authority's warrant looks like no warrant at all.
-        AccessError::Refused(Refusal::OtherAuthority) => with_reason(Code::NotFound, "not_found", "no such object"),
+        // Another authority's warrant looks exactly like no warrant at all.
+        AccessError::Refused(Refusal::OtherAuthority | Refusal::UnknownWarrant) => {
+            with_reason(Code::NotFound, "not_found", "no such object")
+        }
         AccessError::Refused(refusal) => with_reason(code(&refusal), refusal.code(), &refusal.to_string()),
         AccessError::Unauthenticated(failure) => {
             with_reason(Code::Unauthenticated, failure.code(), "a valid bearer token or client certificate is required")

@@ -41,7 +41,12 @@ pub(super) struct CachedFile {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) enum Area {
     Live,
-    Preserved(String),
+    /// An order's copies, searched only for the query's targets at these
+    /// positions: the ones the order itself targets.
+    Preserved {
+        order: String,
+        targets: Arc<[usize]>,
+    },
 }
 
 /// One file to search, with the key that unseals it.

@@ -61,6 +61,18 @@ pub struct Query {
     pub to: TimestampMicros,
     /// The categories whose identifiers may be disclosed.
     pub categories: BTreeSet<Category>,
+    /// The preservation orders whose copies may answer, for days already
+    /// destroyed, and for which targets. Empty: copies are never searched.
+    pub preserved: Vec<PreservedScope>,
+}
+
+/// An order whose copies a query may search, and the positions (in
+/// [`Query::targets`]) of the targets it may search them for: an order's
+/// copies answer only for the order's own targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreservedScope {
+    pub order: String,
+    pub targets: Vec<usize>,
 }
 
 /// One record found, with the identifiers of the allowed categories.

@@ -1,13 +1,12 @@
 //! Which day directories a query searches, each with the key that unseals
 //! its files: the days of the window that still have their key, and, for a
-//! day destroyed by retention, the preservation areas that hold copies of
-//! it, each under its order's key.
+//! day destroyed by retention, the areas of the orders the query names
+//! ([`super::PreservedScope`]) that hold copies of it, each under its
+//! order's key.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use std::path::Path;
 
 use super::cache::{Area, FileCache};
 use super::{LookupError, LookupStats, Query};
@@ -56,7 +55,8 @@ pub(super) fn plan(
                 // Only a destroyed day is searched in the preservation
                 // areas: while it is live, its own files are complete,
                 // and searching both would return records twice.
-                for order in &orders {
+                for scope in query.preserved.iter().filter(|s| !s.targets.is_empty()) {
+                    let order = &scope.order;
                     let area = layout::order_dir(data_dir, order);
                     if !layout::day_dir(&area, day).exists() {
                         continue;
@@ -76,7 +76,13 @@ pub(super) fn plan(
                         continue;
                     };
                     let key = Arc::new(order_key.for_day(day));
-                    work.push(DayWork { root: area, day, area: Area::Preserved(order.clone()), key });
+                    let targets: Arc<[usize]> = scope.targets.clone().into();
+                    work.push(DayWork {
+                        root: area,
+                        day,
+                        area: Area::Preserved { order: order.clone(), targets },
+                        key,
+                    });
                 }
             }
         }

@@ -37,12 +37,22 @@ pub(super) fn search_file(
     stats.row_groups += metadata.num_row_groups() as u64;
     let Some(file_tokens) = cached.token_key.as_ref().and_then(|id| tokens.get(id)) else { return Ok(()) };
     // (field, token, canonical value) for every field a target can be in.
+    // An order's copies are searched only for the targets the order names.
+    let searched = |position: usize| match &work.area {
+        Area::Live => true,
+        Area::Preserved { targets, .. } => targets.contains(&position),
+    };
     let wanted: Vec<(IdentifierField, i64, &str)> = query
         .targets
         .iter()
         .zip(file_tokens)
-        .flat_map(|((kind, value), token)| fields_of(*kind).map(move |f| (f, *token, value.as_str())))
+        .enumerate()
+        .filter(|(position, _)| searched(*position))
+        .flat_map(|(_, ((kind, value), token))| fields_of(*kind).map(move |f| (f, *token, value.as_str())))
         .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
     let parquet_schema = metadata.file_metadata().schema_descr();
     let index_of = |name: &str| parquet_schema.columns().iter().position(|c| c.name() == name);
     let Some(time_index) = index_of(schema::START_TIME) else { return Ok(()) };
@@ -112,7 +122,7 @@ pub(super) fn search_file(
         .build()?;
     let preserved_under = match &work.area {
         Area::Live => None,
-        Area::Preserved(order) => Some(order.as_str()),
+        Area::Preserved { order, .. } => Some(order.as_str()),
     };
     for batch in reader {
         let batch = batch?;

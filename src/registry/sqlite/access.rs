@@ -183,7 +183,13 @@ impl AccessRegistry for SqliteRegistry {
     }
 
     fn close_warrant(&self, id: &str) -> Result<(), RegistryError> {
-        self.db().execute("UPDATE warrants SET status = 'closed' WHERE id = ?1", params![id])?;
+        // The targets' tokens match rows of the data files: a closed
+        // warrant keeps none (its sealed values die with its key).
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute("UPDATE warrants SET status = 'closed' WHERE id = ?1", params![id])?;
+        tx.execute("DELETE FROM warrant_target_tokens WHERE warrant_id = ?1", params![id])?;
+        tx.commit()?;
         Ok(())
     }
 

@@ -119,6 +119,9 @@ pub(super) fn open(state_dir: &Path) -> Result<Connection, rusqlite::Error> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
+    // Deleted rows (the tokens of closed warrants and lifted orders) are
+    // overwritten, not left in free pages.
+    connection.pragma_update(None, "secure_delete", "ON")?;
     migrate(&mut connection)?;
     Ok(connection)
 }

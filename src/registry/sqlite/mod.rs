@@ -14,8 +14,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
-use super::RegistryError;
-use crate::ops::durable;
+use super::{REGISTRY_FILE, RegistryError};
+use crate::ops::durable::{self, DurableError};
 
 /// One connection, serialised by a mutex (SQLite writes are serial anyway).
 pub struct SqliteRegistry {
@@ -43,8 +43,19 @@ impl From<rusqlite::Error> for RegistryError {
 impl SqliteRegistry {
     /// Opens (creating and migrating) the registry in `state_dir`, creating
     /// the directory if needed.
+    /// Opens (creating if needed) the registry in `state_dir`. The
+    /// directory, the database and its WAL files must be private to the
+    /// service's user: they hold warrants, principals and sealed targets.
     pub fn open(state_dir: &Path) -> Result<SqliteRegistry, RegistryError> {
-        durable::create_dir_all(state_dir).map_err(|e| RegistryError::Backend(e.to_string()))?;
+        let backend = |e: DurableError| RegistryError::Backend(e.to_string());
+        durable::create_private_dir(state_dir).map_err(backend)?;
+        durable::ensure_private(state_dir).map_err(backend)?;
+        let path = state_dir.join(REGISTRY_FILE);
+        for suffix in ["", "-wal", "-shm"] {
+            durable::ensure_private(&path.with_file_name(format!("{}{suffix}", REGISTRY_FILE))).map_err(backend)?;
+        }
+        // SQLite gives the WAL files the database's mode: create it 0600.
+        durable::open_private_append(&path).map_err(backend)?;
         Ok(SqliteRegistry { connection: Mutex::new(migrations::open(state_dir)?) })
     }
 

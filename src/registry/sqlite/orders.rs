@@ -120,10 +120,14 @@ impl OrderRegistry for SqliteRegistry {
     }
 
     fn mark_order_lifted(&self, id: &str, at: DateTime<Utc>) -> Result<bool, RegistryError> {
-        let changed = self.db().execute(
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let changed = tx.execute(
             "UPDATE preservation_orders SET status = 'lifted', lifted_at = ?2 WHERE id = ?1 AND status = 'active'",
             params![id, at.to_rfc3339()],
         )?;
+        tx.execute("DELETE FROM preservation_target_tokens WHERE order_id = ?1", params![id])?;
+        tx.commit()?;
         Ok(changed == 1)
     }
 }

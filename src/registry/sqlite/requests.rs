@@ -7,7 +7,8 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteRegistry;
 use crate::model::TimestampMicros;
 use crate::registry::{
-    AGE_BUCKETS, AuthorityStatistics, RegistryError, RequestError, RequestRecord, RequestRegistry, RequestStatus,
+    AGE_BUCKETS, AuthorityStatistics, KeptResults, RegistryError, RequestError, RequestRecord, RequestRegistry,
+    RequestStatus,
 };
 
 const REQUEST_COLUMNS: &str = "request_id, authority_id, request_number, warrant_id, principal_id, status, reason,
@@ -116,13 +117,17 @@ impl RequestRegistry for SqliteRegistry {
         Ok(query().map_err(RegistryError::from)?)
     }
 
-    fn expired_results(&self, now: TimestampMicros) -> Result<Vec<RequestRecord>, RequestError> {
+    fn kept_results(&self, which: KeptResults<'_>) -> Result<Vec<RequestRecord>, RequestError> {
         let query = || -> Result<Vec<RequestRecord>, rusqlite::Error> {
             let db = self.db();
+            let (condition, value): (&str, rusqlite::types::Value) = match which {
+                KeptResults::ExpiredAt(now) => ("result_expires_us < ?1", now.0.into()),
+                KeptResults::OfWarrant(warrant) => ("warrant_id = ?1", warrant.to_string().into()),
+            };
             let mut statement = db.prepare(&format!(
-                "SELECT {REQUEST_COLUMNS} FROM requests WHERE result_name IS NOT NULL AND result_expires_us < ?1"
+                "SELECT {REQUEST_COLUMNS} FROM requests WHERE result_name IS NOT NULL AND {condition}"
             ))?;
-            statement.query_map(params![now.0], request_from)?.collect()
+            statement.query_map(params![value], request_from)?.collect()
         };
         Ok(query().map_err(RegistryError::from)?)
     }

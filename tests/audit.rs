@@ -1,0 +1,245 @@
+//! The audit trail against someone who can write the state directory but
+//! holds no key, and against someone who holds the signing key: a trail cut
+//! short is never re-signed, a torn write from a crash is repaired with a
+//! record of the repair, a rollback shows against the witness, and the
+//! state is private to the service's user.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use cdrvault::audit::{AUDIT_FILE, AuditError, AuditEvent, AuditTrail, verify, verify_witness};
+use cdrvault::ops::metrics::Metrics;
+use common::{TestVault, noon};
+
+fn event(n: u64) -> AuditEvent {
+    AuditEvent::DayDeleted { day: format!("2025-01-{n:02}"), files: n, rows: n * 10, key_id: None, run: "r".into() }
+}
+
+struct Trail {
+    vault: TestVault,
+    trail: AuditTrail,
+}
+
+impl Trail {
+    fn new() -> Trail {
+        let vault = TestVault::new(noon());
+        let trail = AuditTrail::open(&vault.state(), &vault.keys).unwrap();
+        Trail { vault, trail }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.vault.state().join(AUDIT_FILE)
+    }
+
+    fn append(&self, n: u64) -> Result<u64, AuditError> {
+        self.trail.append("retention", &event(n), noon())
+    }
+
+    fn fill(&self, range: std::ops::RangeInclusive<u64>) {
+        for n in range {
+            self.append(n).unwrap();
+        }
+    }
+
+    fn verify(&self) -> cdrvault::audit::Verification {
+        verify(&self.path(), &self.trail.public_key(), &self.vault.keys.audit_head_path()).unwrap()
+    }
+
+    fn reopen(&self) -> Result<AuditTrail, AuditError> {
+        AuditTrail::open(&self.vault.state(), &self.vault.keys)
+    }
+
+    fn entries(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.path()).unwrap();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Keeps only the first `n` lines of the trail, as someone with write
+    /// access to the state directory would.
+    fn cut_to(&self, n: usize) {
+        let text = std::fs::read_to_string(self.path()).unwrap();
+        let kept: String = text.split_inclusive('\n').take(n).collect();
+        std::fs::write(self.path(), kept).unwrap();
+    }
+}
+
+#[test]
+fn a_trail_cut_short_under_the_running_service_is_never_re_signed() {
+    let t = Trail::new();
+    let metrics = Metrics::new();
+    let trail = t.reopen().unwrap().with_metrics(Arc::clone(&metrics));
+    for n in 1..=5 {
+        trail.append("access", &event(n), noon()).unwrap();
+    }
+    // Two deliveries' entries cut away while the service runs.
+    t.cut_to(3);
+
+    // The next append, whoever causes it, finds the cut: it refuses, and so
+    // does every append after it; the signed head still names entry 5.
+    let refused = trail.append("anonymous", &event(6), noon()).unwrap_err();
+    assert!(matches!(refused, AuditError::Damaged { seq: 4, .. }), "{refused}");
+    assert!(trail.damage().is_some());
+    assert!(trail.append("anonymous", &event(7), noon()).is_err());
+    assert_eq!(cdrvault_gauge(&metrics, "cdrvault_audit_damaged"), 1.0);
+    let check = t.verify();
+    assert_eq!(check.problem.map(|(seq, _)| seq), Some(4), "still reported as truncated at entry 4");
+    assert_eq!(t.entries().len(), 3, "nothing appended to the cut trail");
+    assert!(t.reopen().is_err(), "nor by a new process");
+}
+
+#[test]
+fn a_trail_rewritten_to_its_original_length_is_found_too() {
+    let t = Trail::new();
+    t.fill(1..=4);
+    // Entry 4 replaced by a copy of entry 3 padded to the same length: the
+    // file's length does not change.
+    let text = std::fs::read_to_string(t.path()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut forged = lines[2].to_string();
+    forged.push_str(&" ".repeat(lines[3].len().saturating_sub(forged.len())));
+    forged.truncate(lines[3].len());
+    let rewritten = format!("{}\n{}\n{}\n{}\n", lines[0], lines[1], lines[2], forged);
+    assert_eq!(rewritten.len(), text.len());
+    std::fs::write(t.path(), rewritten).unwrap();
+    assert!(matches!(t.append(5), Err(AuditError::Damaged { .. })));
+}
+
+#[test]
+fn a_torn_last_line_is_cut_with_an_entry_recording_the_cut() {
+    let t = Trail::new();
+    t.fill(1..=3);
+    // A crash in the middle of writing entry 4: never acknowledged.
+    let torn = br#"{"action":"day_deleted","day":"2025-01-04","fi"#;
+    let mut file = std::fs::OpenOptions::new().append(true).open(t.path()).unwrap();
+    std::io::Write::write_all(&mut file, torn).unwrap();
+    drop(file);
+    assert_eq!(t.verify().torn_bytes, torn.len() as u64);
+    assert!(t.verify().is_intact(), "a torn write beyond the head is not tampering");
+
+    // The next start cuts it and says so; the trail goes on.
+    let reopened = t.reopen().unwrap();
+    let entries = t.entries();
+    assert_eq!(entries.len(), 4);
+    assert_eq!(entries[3]["action"], "trail_repaired");
+    assert_eq!(entries[3]["cut_bytes"], torn.len() as u64);
+    assert_eq!(entries[3]["after_seq"], 3);
+    assert_eq!(reopened.append("retention", &event(5), noon()).unwrap(), 5);
+    let check = t.verify();
+    assert_eq!((check.entries, check.problem, check.torn_bytes), (5, None, 0));
+}
+
+#[test]
+fn a_torn_line_written_by_another_process_is_repaired_by_the_running_one() {
+    let t = Trail::new();
+    t.fill(1..=2);
+    let mut file = std::fs::OpenOptions::new().append(true).open(t.path()).unwrap();
+    std::io::Write::write_all(&mut file, b"{\"action\":").unwrap();
+    drop(file);
+    assert_eq!(t.append(3).unwrap(), 4, "entry 3 records the repair");
+    assert_eq!(t.entries()[2]["action"], "trail_repaired");
+    assert!(t.verify().is_intact());
+}
+
+#[test]
+fn a_head_left_one_entry_behind_by_a_crash_is_moved_up_at_start() {
+    let t = Trail::new();
+    t.fill(1..=3);
+    let head_path = t.vault.keys.audit_head_path();
+    let head_at_3 = std::fs::read(&head_path).unwrap();
+    t.append(4).unwrap();
+    // A crash between entry 4 and its head.
+    std::fs::write(&head_path, head_at_3).unwrap();
+    assert!(t.verify().is_intact());
+    drop(t.reopen().unwrap());
+    let head: Value = serde_json::from_slice(&std::fs::read(&head_path).unwrap()).unwrap();
+    assert_eq!(head["seq"], 4);
+}
+
+#[test]
+fn the_witness_shows_a_rollback_by_a_holder_of_the_signing_key() {
+    let t = Trail::new();
+    let outside = tempfile::tempdir().unwrap();
+    let witness = outside.path().join("audit-heads.jsonl");
+    let trail = t.reopen().unwrap().with_witness(&witness).unwrap();
+    for n in 1..=3 {
+        trail.append("retention", &event(n), noon()).unwrap();
+    }
+    let saved_trail = std::fs::read(t.path()).unwrap();
+    let saved_head = std::fs::read(t.vault.keys.audit_head_path()).unwrap();
+    for n in 4..=5 {
+        trail.append("access", &event(n), noon()).unwrap();
+    }
+    let public = trail.public_key();
+    drop(trail);
+    let seen = verify_witness(&t.path(), &public, &witness).unwrap();
+    assert_eq!((seen.heads, seen.problem), (5, None));
+
+    // Someone with the keys rolls trail and head back to entry 3: the trail
+    // and its head agree, but the witness saw entry 5.
+    std::fs::write(t.path(), &saved_trail).unwrap();
+    std::fs::write(t.vault.keys.audit_head_path(), &saved_head).unwrap();
+    assert!(t.verify().is_intact(), "trail and head alone cannot show it");
+    let seen = verify_witness(&t.path(), &public, &witness).unwrap();
+    assert_eq!(seen.problem.as_ref().map(|p| p.0), Some(4), "{seen:?}");
+
+    // ... and writes other entries in place of the removed ones: rewritten.
+    let rewriter = t.reopen().unwrap();
+    for n in 14..=15 {
+        rewriter.append("retention", &event(n), noon()).unwrap();
+    }
+    let seen = verify_witness(&t.path(), &public, &witness).unwrap();
+    let (seq, problem) = seen.problem.unwrap();
+    assert_eq!(seq, 4);
+    assert!(problem.contains("rewritten"), "{problem}");
+}
+
+#[test]
+fn the_witness_lives_outside_the_state_and_keys() {
+    let t = Trail::new();
+    for inside in [t.vault.state().join("heads.jsonl"), t.vault.keys_dir().join("heads.jsonl")] {
+        let refused = t.reopen().unwrap().with_witness(&inside).unwrap_err();
+        assert!(matches!(refused, AuditError::WitnessInside(_)), "{refused}");
+    }
+}
+
+#[test]
+fn the_state_is_private_to_the_service_user_and_checked_at_start() {
+    let vault = TestVault::new(noon());
+    let registries = vault.registries();
+    let audit = vault.audit();
+    audit.append("test", &event(1), noon()).unwrap();
+    let desk = vault.desk(&audit, registries, Default::default(), Metrics::new());
+    drop(desk);
+    let state = vault.state();
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    for name in [AUDIT_FILE, "registry.sqlite", "registry.sqlite-wal", "registry.sqlite-shm"] {
+        let path = state.join(name);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{name}");
+        }
+    }
+    assert_eq!(mode(&state.join("results")), 0o700);
+
+    // Loosened by hand: every opener refuses, naming the path.
+    for (path, loose) in [(state.join(AUDIT_FILE), 0o644), (state.clone(), 0o755)] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(loose)).unwrap();
+        let refused = AuditTrail::open(&state, &vault.keys).unwrap_err().to_string();
+        assert!(refused.contains("go-rwx"), "{refused}");
+        if path == state {
+            assert!(cdrvault::registry::Registries::sqlite(&state).is_err());
+        }
+        let tight = if path == state { 0o700 } else { 0o600 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(tight)).unwrap();
+    }
+    assert!(AuditTrail::open(&state, &vault.keys).is_ok());
+}
+
+fn cdrvault_gauge(metrics: &Metrics, name: &str) -> f64 {
+    common::metric(&metrics.encode(), name).unwrap_or(f64::NAN)
+}
