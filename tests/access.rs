@@ -8,231 +8,22 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
+use cdrvault::access::AccessStore;
 use cdrvault::access::api::tls::TlsFiles;
 use cdrvault::access::api::{self, AccessService};
 use cdrvault::access::client::collect;
 use cdrvault::access::config::AccessSettings;
 use cdrvault::access::render::sha256_hex;
-use cdrvault::access::{AccessStore, Desk};
-use cdrvault::audit::AuditTrail;
 use cdrvault::ops::metrics::Metrics;
 use cdrvault::proto;
 use cdrvault::proto::lawful_access_client::LawfulAccessClient;
-use cdrvault::registry::{Registries, Role};
-use cdrvault::tools::synth::{Generator, SynthConfig, SyntheticCdr};
-use common::{TestVault, generated, noon};
-
-type Client = LawfulAccessClient<Channel>;
-
-/// A vault with 8,000 records over six days, served by the API.
-struct World {
-    vault: TestVault,
-    until: DateTime<Utc>,
-    records: Vec<SyntheticCdr>,
-    generator: Generator,
-    client: Client,
-    admin: String,
-    audit: Arc<AuditTrail>,
-    registries: Registries,
-    metrics: Arc<Metrics>,
-    desk: Arc<Desk>,
-}
-
-impl World {
-    fn state(&self) -> PathBuf {
-        self.vault.state()
-    }
-
-    fn audit_entries(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.state().join("audit.jsonl")).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    }
-
-    fn target(&self, n: usize) -> String {
-        self.generator.subscribers()[n].msisdn.clone()
-    }
-
-    /// A dk-police warrant over the last five days.
-    fn warrant_request(&self, grant: Grant<'_>) -> proto::RegisterWarrantRequest {
-        proto::RegisterWarrantRequest {
-            authority: "dk-police".into(),
-            reference: format!(
-                "K-{}",
-                grant.targets.len() * 1000 + grant.categories.len() + grant.valid.num_hours() as usize
-            ),
-            issued_by: "Copenhagen City Court".into(),
-            legal_basis: "Retsplejeloven § 781".into(),
-            targets: grant.targets.iter().map(|t| format!("msisdn:{t}")).collect(),
-            period_start: time(self.until - chrono::Duration::days(5)),
-            period_end: time(self.until),
-            categories: grant.categories.iter().map(|c| c.to_string()).collect(),
-            valid_until: time(self.until + grant.valid),
-        }
-    }
-
-    /// A request for one MSISDN over the last `ask.days` days.
-    fn submission(&self, ask: Ask<'_>) -> proto::SubmitRequestRequest {
-        proto::SubmitRequestRequest {
-            warrant: ask.warrant.into(),
-            request_number: ask.number,
-            targets: vec![format!("msisdn:{}", ask.target)],
-            window_start: time(self.until - chrono::Duration::days(ask.days)),
-            window_end: time(self.until),
-            categories: vec!["traffic".into()],
-            format: ask.format as i32,
-        }
-    }
-}
-
-/// What a warrant grants: MSISDN targets, categories, and how long it holds.
-#[derive(Clone, Copy)]
-struct Grant<'a> {
-    targets: &'a [String],
-    categories: &'a [&'a str],
-    valid: chrono::Duration,
-}
-
-impl<'a> Grant<'a> {
-    /// Traffic data of `targets`, for 30 days.
-    fn of(targets: &'a [String]) -> Grant<'a> {
-        Grant { targets, categories: &["traffic"], valid: chrono::Duration::days(30) }
-    }
-}
-
-/// A request to submit: under `warrant`, for `target`, as number `number`,
-/// over the last `days`, rendered as `format`.
-#[derive(Clone, Copy)]
-struct Ask<'a> {
-    warrant: &'a str,
-    target: &'a str,
-    number: u64,
-    days: i64,
-    format: proto::ResultFormat,
-}
-
-impl<'a> Ask<'a> {
-    /// Request number 1, three days, JSON.
-    fn to(warrant: &'a str, target: &'a str) -> Ask<'a> {
-        Ask { warrant, target, number: 1, days: 3, format: proto::ResultFormat::Json }
-    }
-}
-
-fn authed<T>(token: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-async fn world(settings: AccessSettings) -> World {
-    let until = noon();
-    let vault = TestVault::new(until);
-    let (generator, records) =
-        generated(SynthConfig { seed: 5, subscribers: 500, days: 6, until, invalid_ratio: 0.0 }, 8_000);
-    assert_eq!(vault.ingest(&records), records.len());
-
-    let registries = vault.registries();
-    let (_, admin) = AccessStore::new(Arc::clone(&registries.access))
-        .create_principal(None, "bootstrap admin", [Role::Admin].into(), None, until)
-        .unwrap();
-    let audit = vault.audit();
-    let metrics = Metrics::new();
-    let desk = vault.desk(&audit, registries.clone(), settings, Arc::clone(&metrics));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(api::serve(listener, AccessService::new(Arc::clone(&desk)), None, std::future::pending()));
-    let client = LawfulAccessClient::connect(format!("http://{address}")).await.unwrap();
-    let admin = admin.expose().to_string();
-    World { vault, until, records, generator, client, admin, audit, registries, metrics, desk }
-}
-
-/// Creates a principal through the API and returns its token.
-async fn principal(w: &mut World, name: &str, roles: &[&str], authority: &str) -> String {
-    let request = proto::CreatePrincipalRequest {
-        name: name.into(),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
-        authority: authority.into(),
-        client_certificate_sha256: String::new(),
-    };
-    w.client.create_principal(authed(&w.admin, request)).await.unwrap().into_inner().token
-}
-
-struct Cast {
-    alice: String,
-    bob: String,
-    handler: String,
-    stranger: String,
-    auditor: String,
-    dpo: String,
-    /// se-police's handler who is also an auditor.
-    watcher: String,
-}
-
-async fn cast(w: &mut World) -> Cast {
-    for (id, country) in [("dk-police", "dk"), ("se-police", "se")] {
-        let request = proto::CreateAuthorityRequest { id: id.into(), country: country.into(), name: id.into() };
-        w.client.create_authority(authed(&w.admin.clone(), request)).await.unwrap();
-    }
-    Cast {
-        alice: principal(w, "alice", &["legal_reviewer"], "").await,
-        bob: principal(w, "bob", &["legal_reviewer"], "").await,
-        handler: principal(w, "handler", &["authority_handler"], "dk-police").await,
-        stranger: principal(w, "stranger", &["authority_handler"], "se-police").await,
-        auditor: principal(w, "auditor", &["auditor"], "").await,
-        dpo: principal(w, "dpo", &["dpo"], "").await,
-        watcher: principal(w, "watcher", &["authority_handler", "auditor"], "se-police").await,
-    }
-}
-
-/// A warrant registered by alice and approved by bob; its id.
-async fn approved_warrant(w: &mut World, cast: &Cast, grant: Grant<'_>) -> String {
-    let request = w.warrant_request(grant);
-    let warrant = w.client.register_warrant(authed(&cast.alice, request)).await.unwrap().into_inner();
-    let decide = proto::DecideWarrantRequest { warrant: warrant.id.clone(), approve: true, reason: String::new() };
-    let decided = w.client.decide_warrant(authed(&cast.bob, decide)).await.unwrap().into_inner();
-    assert_eq!(decided.status, "approved");
-    warrant.id
-}
-
-/// Fetches a result: the info message, then the bytes.
-async fn fetch(
-    client: &mut Client,
-    token: &str,
-    request_id: &str,
-) -> Result<(proto::RequestInfo, Vec<u8>), tonic::Status> {
-    let stream = client
-        .fetch_result(authed(token, proto::FetchResultRequest { request_id: request_id.into() }))
-        .await?
-        .into_inner();
-    Ok(collect(stream).await.expect("an info message, then the bytes it announces"))
-}
-
-fn truth(w: &World, target: &str, days: i64) -> BTreeSet<String> {
-    let from = w.until - chrono::Duration::days(days);
-    w.records
-        .iter()
-        .filter(|r| r.involves_number(target))
-        .filter(|r| r.start_time.is_some_and(|t| t >= from && t <= w.until))
-        .map(|r| r.record_id.clone())
-        .collect()
-}
-
-fn leaks_in(dir: &Path, records: &[SyntheticCdr]) -> Vec<String> {
-    let files = common::files_below(dir);
-    common::find_leaks(&files, &[], &common::raw_identifiers(records))
-}
+use common::api::*;
+use common::{TestVault, noon};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
@@ -376,46 +167,6 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
     assert!(common::files_below(&w.state().join("results")).is_empty());
 }
 
-/// One hostile attempt: the call, and the status code and reason code it
-/// must be refused with.
-struct Hostile {
-    case: &'static str,
-    call: Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>,
-    code: Code,
-    reason: &'static str,
-}
-
-impl Hostile {
-    fn new<T>(
-        case: &'static str,
-        call: impl Future<Output = Result<T, Status>> + Send + 'static,
-        code: Code,
-        reason: &'static str,
-    ) -> Hostile {
-        Hostile { case, call: Box::pin(async move { call.await.map(|_| ()) }), code, reason }
-    }
-}
-
-/// Runs an attempt: it must fail with its code and reason, and be audited
-/// as a refusal or an authentication failure (at once, or in the summary
-/// of the interval, which the test ends here), and as nothing else.
-async fn expect_refused(w: &World, attempt: Hostile) {
-    let Hostile { case, call, code, reason } = attempt;
-    let before = w.audit_entries().len();
-    let status = call.await.expect_err("a hostile call must fail");
-    assert_eq!(status.code(), code, "{case}: {status:?}");
-    assert!(status.message().starts_with(reason), "{case}: expected {reason}, got {}", status.message());
-    w.desk.flush_failures().unwrap();
-    let after = w.audit_entries();
-    assert!(after.len() > before, "{case}: not audited");
-    let new = &after[before..];
-    assert!(
-        new.iter().all(|e| ["access_refused", "authentication_failed", "authentication_failures"]
-            .contains(&e["action"].as_str().unwrap_or_default())),
-        "{case}: {new:?}"
-    );
-}
-
 /// Submits `message` (a hostile attempt owns its client).
 fn sending(
     w: &World,
@@ -469,9 +220,9 @@ fn creating_an_admin(
         token,
         proto::CreatePrincipalRequest {
             name: "me".into(),
+            person: "me".into(),
             roles: vec!["admin".into()],
-            authority: String::new(),
-            client_certificate_sha256: String::new(),
+            ..proto::CreatePrincipalRequest::default()
         },
     );
     async move { c.create_principal(request).await }
@@ -831,10 +582,11 @@ async fn a_client_certificate_authenticates_the_principal_it_is_mapped_to() {
 
     let vault = TestVault::new(noon());
     let registries = vault.registries();
+    let audit = vault.audit();
     let (_, admin) = AccessStore::new(Arc::clone(&registries.access))
-        .create_principal(None, "bootstrap admin", [Role::Admin].into(), None, vault.now())
+        .bootstrap(&audit, "bootstrap admin", "root", vault.now())
         .unwrap();
-    let desk = vault.desk(&vault.audit(), registries, AccessSettings::default(), Metrics::new());
+    let desk = vault.desk(&audit, registries, AccessSettings::default(), Metrics::new());
     let service = AccessService::new(Arc::clone(&desk));
     let pki = pki();
     let file = |name: &str, text: &str| {
@@ -870,9 +622,11 @@ async fn a_client_certificate_authenticates_the_principal_it_is_mapped_to() {
             admin.expose(),
             proto::CreatePrincipalRequest {
                 name: "handler".into(),
+                person: "handler".into(),
                 roles: vec!["authority_handler".into()],
                 authority: "dk-police".into(),
                 client_certificate_sha256: sha256_hex(&pki.handler.2),
+                ..proto::CreatePrincipalRequest::default()
             },
         ))
         .await
@@ -913,10 +667,8 @@ async fn a_client_certificate_authenticates_the_principal_it_is_mapped_to() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preserved_records_answer_only_the_authority_that_froze_them() {
-    use cdrvault::lifecycle::orders::NewOrder;
     use cdrvault::lifecycle::retention::SweepMode;
     use cdrvault::model::PartitionDate;
-    use cdrvault::privacy::target::TargetInput;
 
     let mut w = world(AccessSettings::default()).await;
     let cast = cast(&mut w).await;
@@ -924,26 +676,38 @@ async fn preserved_records_answer_only_the_authority_that_froze_them() {
     let expected = truth(&w, &target, 3);
     assert!(!expected.is_empty());
 
-    // dk-police freezes the target's week, then the year passes and
-    // retention destroys those days, copying the frozen records first.
-    let orders = w.vault.orders(&w.registries, &w.audit);
-    let today = w.vault.today();
-    let ends = PartitionDate::from_days_since_epoch(today.days_since_epoch() + 800).unwrap();
-    let order = NewOrder {
+    // dk-police's order, registered by alice and approved by bob, freezes
+    // the target's week. Each end date is at most 90 days out, so the order
+    // is extended every 80 days, each extension approved by the other
+    // reviewer; it outlives the year after which retention destroys those
+    // days, copying the frozen records first.
+    let register = proto::RegisterOrderRequest {
         authority: "dk-police".into(),
         reference: "QF-1".into(),
-        targets: vec![TargetInput::parse(&format!("msisdn:{target}"), 1).unwrap()],
-        window_start: w.until - chrono::Duration::days(7),
-        window_end: w.until,
-        ends,
+        targets: vec![format!("msisdn:{target}")],
+        window_start: time(w.until - chrono::Duration::days(7)),
+        window_end: time(w.until),
+        ends: PartitionDate::from_days_since_epoch(w.vault.today().days_since_epoch() + 90).unwrap().to_string(),
     };
-    orders.place(order, "test", w.until).unwrap();
-    w.vault.clock.advance(chrono::Duration::days(380));
-    let sweeper = w.vault.sweeper(&w.audit, orders);
+    let order = w.client.register_order(authed(&cast.alice, register)).await.unwrap().into_inner();
+    assert_eq!(order.status, "registered");
+    let approve = |order: &str| proto::DecideOrderRequest { order: order.into(), approve: true, reason: String::new() };
+    let active = w.client.decide_order(authed(&cast.bob, approve(&order.id))).await.unwrap().into_inner();
+    assert_eq!(active.status, "active");
+    for _ in 0..5 {
+        w.vault.clock.advance(chrono::Duration::days(80));
+        let ends = PartitionDate::from_days_since_epoch(w.vault.today().days_since_epoch() + 90).unwrap();
+        let extend = proto::ExtendOrderRequest { order: order.id.clone(), ends: ends.to_string() };
+        let pending = w.client.extend_order(authed(&cast.bob, extend)).await.unwrap().into_inner();
+        assert_eq!(pending.pending_ends, ends.to_string());
+        let extended = w.client.decide_order(authed(&cast.alice, approve(&order.id))).await.unwrap().into_inner();
+        assert_eq!((extended.ends, extended.pending_ends), (ends.to_string(), String::new()));
+    }
+    let sweeper = w.vault.sweeper(&w.audit, w.vault.orders(&w.registries, &w.audit));
     assert!(sweeper.run(None, SweepMode::Delete).unwrap().days.len() >= 6, "the week is destroyed");
 
     // Both authorities hold approved warrants over that week.
-    let grant = Grant { valid: chrono::Duration::days(400), ..Grant::of(std::slice::from_ref(&target)) };
+    let grant = Grant { valid: chrono::Duration::days(500), ..Grant::of(std::slice::from_ref(&target)) };
     let police = approved_warrant(&mut w, &cast, grant).await;
     let mut foreign = w.warrant_request(grant);
     foreign.authority = "se-police".into();
@@ -982,7 +746,7 @@ async fn preserved_records_answer_only_the_authority_that_froze_them() {
         .cloned()
         .expect("the target talked to someone that week");
     let others = [counterpart.clone()];
-    let mut second = w.warrant_request(Grant { valid: chrono::Duration::days(400), ..Grant::of(&others) });
+    let mut second = w.warrant_request(Grant { valid: chrono::Duration::days(500), ..Grant::of(&others) });
     second.reference = "K-counterpart".into();
     let second = w.client.register_warrant(authed(&cast.alice, second)).await.unwrap().into_inner().id;
     let decide = proto::DecideWarrantRequest { warrant: second.clone(), approve: true, reason: String::new() };

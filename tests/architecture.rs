@@ -15,8 +15,10 @@ const LAYERS: &[&[&str]] = &[
     &["model"],
     &["ops"],
     &["keys"],
-    &["privacy", "storage", "registry", "audit"],
-    &["ingest", "lifecycle", "access"],
+    &["privacy", "storage", "audit"],
+    &["registry"],
+    &["ingest", "lifecycle"],
+    &["access"],
     &["tools"],
     &["cli"],
 ];

@@ -214,7 +214,7 @@ fn with_config(config: &std::path::Path, args: &[&str]) -> Output {
 }
 
 #[test]
-fn retention_audit_and_preservation_from_the_command_line() {
+fn retention_and_audit_from_the_command_line() {
     let root = tempfile::tempdir().unwrap();
     let config = operator_config(root.path());
     let (data, state) = (root.path().join("data"), root.path().join("state"));
@@ -235,29 +235,8 @@ fn retention_audit_and_preservation_from_the_command_line() {
     std::fs::write(&file, lines.join("\n")).unwrap();
     assert!(run(&["import", file.to_str().unwrap()]).status.success());
 
-    let placed = run(&[
-        "preserve",
-        "add",
-        "--authority",
-        "dk-police",
-        "--reference",
-        "QF-9",
-        "--target",
-        "msisdn:+4520000003",
-        "--from",
-        &day(-5),
-        "--to",
-        &day(-1),
-        "--until",
-        &day(500),
-    ]);
-    assert!(placed.status.success(), "{}", text(&placed.stderr));
-    let listed = text(&run(&["preserve", "list"]).stdout);
-    assert!(listed.contains("dk-police") && listed.contains("QF-9") && listed.contains("targets=1"), "{listed}");
-    assert!(!listed.contains("4520000003"), "target values are never listed");
-
-    // A year and more on: a dry run lists the day, a real run destroys it
-    // (after copying the order's records), and verification passes.
+    // A year and more on: a dry run lists the day, a real run destroys it,
+    // and verification passes.
     let later = day(400);
     let preview = text(&run(&["retention", "run", "--as-of", &later, "--dry-run"]).stdout);
     assert!(preview.contains(&format!("would destroy {}: 1 files, 20 rows", day(-3))), "{preview}");
@@ -270,13 +249,10 @@ fn retention_audit_and_preservation_from_the_command_line() {
     let verified = run(&["retention", "verify", "--as-of", &later]);
     assert!(verified.status.success(), "{}", text(&verified.stdout));
     assert!(text(&verified.stdout).contains("OK: no expired day"));
-    assert!(data.join("preserved").read_dir().unwrap().count() == 1, "the order's copy exists");
+    assert!(!data.join("cdr").join(format!("dt={}", day(-3))).exists());
 
     let audit = run(&["audit", "verify"]);
     assert!(audit.status.success(), "{}", text(&audit.stdout));
-    let order_id = listed.split_whitespace().next().unwrap().to_string();
-    let lifted = run(&["preserve", "lift", &order_id]);
-    assert!(text(&lifted.stdout).contains("1 preserved files deleted"), "{}", text(&lifted.stdout));
 
     // An edited audit line is found, by entry number.
     let trail = state.join("audit.jsonl");
@@ -360,7 +336,7 @@ fn an_authority_handler_goes_from_warrant_to_result_with_the_command_line_client
     };
     ok(client(&admin, &["authority", "create", "dk-police", "--country", "dk", "--name", "Police"]));
     let token_of = |name: &str, role: &str, extra: &[&str]| {
-        let mut args = vec!["principal", "create", "--name", name, "--role", role];
+        let mut args = vec!["principal", "create", "--name", name, "--person", name, "--role", role];
         args.extend_from_slice(extra);
         after(&ok(client(&admin, &args)), "token (shown once): ").to_string()
     };
@@ -438,9 +414,41 @@ fn an_authority_handler_goes_from_warrant_to_result_with_the_command_line_client
     let row = report.lines().find(|l| l.starts_with("dk-police")).unwrap();
     assert_eq!(row.split_whitespace().skip(1).take(5).collect::<Vec<_>>(), ["1", "1", "0", "0", "0"], "{report}");
     assert!(ok(client(&auditor, &["audit", "verify", "--remote"])).contains("intact"));
+
+    // A preservation order: registered by alice, approved by bob, listed
+    // without its target, lifted.
+    let targets = root.path().join("freeze.txt");
+    std::fs::write(&targets, "# the suspect\nmsisdn:+4520000001\n").unwrap();
+    let until = (chrono::Utc::now() + chrono::Duration::days(60)).format("%Y-%m-%d").to_string();
+    let order = [
+        "preserve",
+        "add",
+        "--authority",
+        "dk-police",
+        "--reference",
+        "QF-1",
+        "--targets-file",
+        targets.to_str().unwrap(),
+        "--from",
+        &start,
+        "--to",
+        &end,
+        "--until",
+        &until,
+    ];
+    let registered = ok(client(&alice, &order));
+    assert!(registered.contains("registered"), "{registered}");
+    let order_id = after(&registered, "order ").to_string();
+    let self_approval = client(&alice, &["preserve", "approve", &order_id]);
+    assert!(!self_approval.status.success() && text(&self_approval.stderr).contains("self_approval"));
+    assert!(ok(client(&bob, &["preserve", "approve", &order_id])).contains("active"));
+    let listed = ok(client(&auditor, &["preserve", "list"]));
+    assert!(listed.contains("QF-1") && listed.contains("targets 1 (msisdn)"), "{listed}");
+    assert!(ok(client(&alice, &["preserve", "lift", &order_id, "--reason", "case closed"])).contains("lifted"));
+
     let trail = std::fs::read_to_string(root.path().join("state/audit.jsonl")).unwrap();
     assert!(trail.contains("\"result_delivered\"") && trail.contains(&digest));
-    assert!(!trail.contains("+4520000001"), "the trail holds tokens, never numbers");
+    assert!(!trail.contains("+4520000001"), "the trail holds references, never numbers");
     server.kill().unwrap();
     server.wait().unwrap();
 }

@@ -48,7 +48,11 @@ impl World {
         };
         let vault = TestVault::with(options);
         let audit = vault.audit();
-        let orders = vault.orders(&vault.registries(), &audit);
+        // Orders here outlive the year they preserve past.
+        let orders = Arc::new(
+            OrderStore::new(vault.registries().orders, Arc::clone(&vault.keys), Arc::clone(&audit), vault.data())
+                .with_max_days(3 * DAYS as u32),
+        );
         let sweeper = vault.sweeper(&audit, Arc::clone(&orders));
         World { vault, audit, orders, sweeper }
     }
@@ -88,10 +92,11 @@ impl World {
             reference: freeze.reference.into(),
             targets: vec![TargetInput::parse(freeze.target, 1).unwrap()],
             window_start,
-            window_end,
+            // An order preserves what is stored: its window ends by now.
+            window_end: window_end.min(self.vault.now()),
             ends: freeze.until,
         };
-        self.orders.place(order, "test", self.vault.now()).unwrap()
+        common::approved_order(&self.orders, order, self.vault.now())
     }
 }
 

@@ -23,6 +23,9 @@ pub struct AccessConfig {
     /// How long a sealed result stays fetchable before its key is destroyed.
     #[serde(with = "humantime_serde")]
     pub result_keep: Duration,
+    /// The longest a preservation order runs, in days from its approval (or
+    /// from the approval of a new end date).
+    pub order_max_days: u32,
     /// TLS for the API: the server's certificate and key (PEM).
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -40,6 +43,7 @@ impl Default for AccessConfig {
             requests_per_minute: defaults.requests_per_minute,
             max_targets: defaults.max_targets,
             result_keep: defaults.result_keep,
+            order_max_days: crate::lifecycle::orders::DEFAULT_MAX_DAYS,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,

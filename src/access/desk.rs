@@ -26,11 +26,12 @@ use super::results::ResultStore;
 use super::store::AccessStore;
 use crate::audit::{AuditEvent, AuditTrail};
 use crate::keys::KeyStore;
+use crate::lifecycle::orders::OrderStore;
 use crate::model::IdentifierKind;
 use crate::ops::clock::Clock;
 use crate::ops::metrics::{Metrics, ReasonLabel};
 use crate::ops::periodic;
-use crate::registry::{OrderRegistry, Principal, Registries, RequestRegistry};
+use crate::registry::{AuditHook, Audited, Principal, Registries, RequestRegistry, with_audit};
 
 /// What a call presents: a bearer token and, over mTLS, the SHA-256 of the
 /// client certificate's DER. A token, when present, decides. The peer's
@@ -62,6 +63,11 @@ pub struct Call {
     pub method: &'static str,
     pub warrant: Option<String>,
     pub request_id: Option<String>,
+    /// The preservation order the call concerns.
+    pub order: Option<String>,
+    /// Set once the operation audited its own refusal, in the transaction
+    /// that recorded it ([`Desk::handle`] then appends nothing more).
+    pub refusal_audited: bool,
 }
 
 /// What a desk works with, opened once by the composition root and handed
@@ -74,6 +80,8 @@ pub struct DeskParts {
     pub keys: Arc<KeyStore>,
     pub audit: Arc<AuditTrail>,
     pub registries: Registries,
+    /// The preservation orders, over the same registry.
+    pub orders: Arc<OrderStore>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub settings: AccessSettings,
@@ -83,7 +91,7 @@ pub struct DeskParts {
 pub struct Desk {
     pub(super) store: AccessStore,
     pub(super) requests: Arc<dyn RequestRegistry>,
-    pub(super) orders: Arc<dyn OrderRegistry>,
+    pub(super) orders: Arc<OrderStore>,
     pub(super) keys: Arc<KeyStore>,
     pub(super) trail: Arc<AuditTrail>,
     pub(super) engine: Arc<LookupEngine>,
@@ -107,7 +115,7 @@ impl Desk {
         Ok(Desk {
             store: AccessStore::new(parts.registries.access),
             requests: parts.registries.requests,
-            orders: parts.registries.orders,
+            orders: parts.orders,
             engine: Arc::new(LookupEngine::new(parts.data_dir, Arc::clone(&parts.keys))),
             keys: parts.keys,
             trail: parts.audit,
@@ -141,8 +149,10 @@ impl Desk {
     /// The call of the principal `credentials` name, or an authentication
     /// failure, counted and audited per peer ([`super::failures`]).
     pub fn authenticate(&self, credentials: &Credentials, method: &'static str) -> Result<Call, AccessError> {
-        match self.store.identify(credentials) {
-            Ok(principal) => Ok(Call { principal, method, warrant: None, request_id: None }),
+        match self.store.identify(credentials, self.now()) {
+            Ok(principal) => {
+                Ok(Call { principal, method, warrant: None, request_id: None, order: None, refusal_audited: false })
+            }
             Err(AccessError::Unauthenticated(failure)) => {
                 self.count_refusal(failure.code());
                 let peer = credentials.peer.map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
@@ -164,6 +174,10 @@ impl Desk {
         operation: impl FnOnce(&Desk, &mut Call) -> Result<T, AccessError>,
     ) -> Result<T, AccessError> {
         match operation(self, call) {
+            Err(AccessError::Refused(refusal)) if call.refusal_audited => {
+                self.count_refusal(refusal.code());
+                Err(refusal.into())
+            }
             Err(AccessError::Refused(refusal)) => {
                 self.count_refusal(refusal.code());
                 let event = AuditEvent::AccessRefused {
@@ -172,6 +186,7 @@ impl Desk {
                     detail: refusal.to_string(),
                     warrant: call.warrant.clone(),
                     request_id: call.request_id.clone(),
+                    order: call.order.clone(),
                 };
                 self.audit(call, event)?;
                 Err(refusal.into())
@@ -211,6 +226,25 @@ impl Desk {
     /// disclosed.
     pub(super) fn audit(&self, call: &Call, event: AuditEvent) -> Result<(), AccessError> {
         self.append(&call.principal.id, event)
+    }
+
+    /// Runs a registry change whose audit entry, `event` under `actor`, is
+    /// appended inside the change's transaction ([`AuditHook`]): the change
+    /// commits only once its entry is durable, and fails with the audit's
+    /// error if the entry cannot be written.
+    pub(super) fn audited<T, E: Into<AccessError>>(
+        &self,
+        actor: &str,
+        event: AuditEvent,
+        change: impl FnOnce(AuditHook<'_>) -> Result<T, E>,
+    ) -> Result<T, AccessError> {
+        with_audit(&self.trail, actor, &event, self.now(), change).map_err(|error| match error {
+            Audited::Audit(error) => {
+                tracing::error!(%error, "audit trail cannot be written; the change is rolled back");
+                AccessError::AuditUnavailable(error)
+            }
+            Audited::Change(error) => error.into(),
+        })
     }
 
     pub(super) fn append(&self, actor: &str, event: AuditEvent) -> Result<(), AccessError> {

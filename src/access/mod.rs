@@ -32,6 +32,7 @@ mod failures;
 pub mod fetch;
 pub mod input;
 pub mod lookup;
+pub mod orders;
 pub mod oversight;
 pub mod principals;
 pub mod refusal;

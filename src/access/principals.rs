@@ -1,7 +1,11 @@
 //! Authorities and principals: who exists, and how a caller proves who it
-//! is. A bearer token is shown once, at creation, and only its SHA-256 is
-//! stored; a client certificate authenticates the principal its SHA-256 is
-//! mapped to.
+//! is. A bearer token is shown once, at creation or rotation, and only its
+//! SHA-256 is stored; a client certificate authenticates the principal its
+//! SHA-256 is mapped to. A principal belongs to a person; the roles a
+//! person may hold together are [`authz::compatible_roles`]'s to decide.
+//! Credentials stop working when revoked or past their expiry.
+//!
+//! Every change commits together with its audit entry ([`AuditHook`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -13,8 +17,9 @@ use super::authz::{self, Action};
 use super::desk::{Call, Credentials, Desk};
 use super::refusal::{AccessError, AuthFailure, Refusal};
 use super::store::AccessStore;
-use crate::audit::AuditEvent;
-use crate::registry::{Principal, PrincipalKey, Role};
+use crate::audit::{AuditEvent, AuditTrail};
+use crate::model::TimestampMicros;
+use crate::registry::{AuditHook, Audited, NewPrincipalRow, Principal, PrincipalKey, Role, with_audit};
 
 /// A bearer token, shown once. `Debug` never prints it.
 pub struct BearerToken(String);
@@ -48,12 +53,13 @@ impl AccessStore {
         country: &str,
         name: &str,
         now: DateTime<Utc>,
+        audit: AuditHook<'_>,
     ) -> Result<(), AccessError> {
         authz::permit(by, Action::CreateAuthority)?;
         if !authority_id_valid(id) || country.len() != 2 {
             return Err(Refusal::BadAuthority(id.to_string()).into());
         }
-        if !self.registry.insert_authority(id, &country.to_ascii_uppercase(), name, now)? {
+        if !self.registry.insert_authority(id, &country.to_ascii_uppercase(), name, now, audit)? {
             return Err(Refusal::BadAuthority(id.to_string()).into());
         }
         Ok(())
@@ -64,49 +70,168 @@ impl AccessStore {
         Ok(self.registry.authority_country(id)?)
     }
 
-    /// Creates a principal and its bearer token, shown only now. The first
-    /// principal (the bootstrap admin) needs no creator; every later one is
-    /// created by an admin.
+    /// A principal as `by` asks for it, checked but not yet stored, with
+    /// its bearer token. The first principal (the bootstrap admin) needs no
+    /// creator; every later one is created by an admin. Its roles must be
+    /// compatible with each other and with those of the person's other live
+    /// principals.
+    pub fn prepare_principal(
+        &self,
+        by: Option<&Principal>,
+        new: &NewPrincipal,
+        now: DateTime<Utc>,
+    ) -> Result<(Principal, BearerToken), AccessError> {
+        match by {
+            Some(admin) => authz::permit(admin, Action::CreatePrincipal)?,
+            None if self.registry.principal_count()? == 0 => {}
+            None => return Err(Refusal::MissingRole(Action::CreatePrincipal.roles()).into()),
+        }
+        if new.roles.is_empty() {
+            return Err(Refusal::NoRole.into());
+        }
+        if !person_valid(&new.person) {
+            return Err(Refusal::PersonRequired.into());
+        }
+        if new.roles.contains(&Role::AuthorityHandler) && new.authority.is_none() {
+            return Err(Refusal::HandlerWithoutAuthority.into());
+        }
+        if let Some(authority) = &new.authority
+            && self.authority_country(authority)?.is_none()
+        {
+            return Err(Refusal::BadAuthority(authority.clone()).into());
+        }
+        if new.expires_at.is_some_and(|t| t <= now) {
+            return Err(Refusal::BadTime("valid_until").into());
+        }
+        let mut held = new.roles.clone();
+        for other in self.registry.principals_of_person(&new.person)?.into_iter().filter(|p| !p.revoked) {
+            held.extend(other.roles);
+        }
+        authz::compatible_roles(&held)?;
+        let principal = Principal {
+            id: format!("p-{}", self.random_hex(6)?),
+            name: new.name.clone(),
+            person: new.person.clone(),
+            roles: new.roles.clone(),
+            authority: new.authority.clone(),
+            expires_at: new.expires_at.map(TimestampMicros::from_datetime),
+            revoked: false,
+        };
+        Ok((principal, self.new_token()?))
+    }
+
+    /// Stores a prepared principal with its token and certificate, in one
+    /// transaction with its audit entry.
+    pub fn insert_principal(
+        &self,
+        principal: &Principal,
+        token: &BearerToken,
+        certificate: Option<&[u8]>,
+        now: DateTime<Utc>,
+        audit: AuditHook<'_>,
+    ) -> Result<(), AccessError> {
+        if certificate.is_some_and(|c| c.len() != 32) {
+            return Err(Refusal::BadCertificate.into());
+        }
+        let token_sha256 = token_hash(token.expose());
+        let row = NewPrincipalRow { principal, token_sha256: &token_sha256, certificate_sha256: certificate };
+        self.registry.insert_principal(row, now, audit)?;
+        Ok(())
+    }
+
+    /// Creates the first admin, while the registry has no principal, audited
+    /// under `bootstrap` in the same transaction.
+    pub fn bootstrap(
+        &self,
+        trail: &AuditTrail,
+        name: &str,
+        person: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Principal, BearerToken), AccessError> {
+        let new = NewPrincipal { person: person.to_string(), ..NewPrincipal::of(name, Role::Admin, None) };
+        let (admin, token) = self.prepare_principal(None, &new, now)?;
+        let event = AuditEvent::PrincipalCreated {
+            principal: admin.id.clone(),
+            person: admin.person.clone(),
+            roles: vec![Role::Admin.as_str().to_string()],
+            authority: None,
+            expires_at: None,
+        };
+        with_audit(trail, "bootstrap", &event, now, |hook| self.insert_principal(&admin, &token, None, now, hook))
+            .map_err(|error| match error {
+                Audited::Audit(error) => AccessError::AuditUnavailable(error),
+                Audited::Change(error) => error,
+            })?;
+        Ok((admin, token))
+    }
+
+    /// Prepares and stores a principal in one step (tests).
     pub fn create_principal(
         &self,
         by: Option<&Principal>,
-        name: &str,
-        roles: BTreeSet<Role>,
-        authority: Option<&str>,
+        new: &NewPrincipal,
         now: DateTime<Utc>,
+        audit: AuditHook<'_>,
     ) -> Result<(Principal, BearerToken), AccessError> {
-        let existing = self.registry.principal_count()?;
-        match by {
-            Some(admin) => authz::permit(admin, Action::CreatePrincipal)?,
-            None if existing == 0 => {}
-            None => return Err(Refusal::MissingRole(Action::CreatePrincipal.roles()).into()),
-        }
-        if let Some(authority) = authority
-            && self.authority_country(authority)?.is_none()
-        {
-            return Err(Refusal::BadAuthority(authority.to_string()).into());
-        }
-        let id = format!("p-{}", self.random_hex(6)?);
-        let token = BearerToken(format!("cdv_{}", self.random_hex(32)?));
-        let principal = Principal { id, name: name.to_string(), roles, authority: authority.map(str::to_string) };
-        self.registry.insert_principal(&principal, &token_hash(token.expose()), now)?;
+        let (principal, token) = self.prepare_principal(by, new, now)?;
+        self.insert_principal(&principal, &token, new.certificate.as_deref(), now, audit)?;
         Ok((principal, token))
     }
 
-    /// The principal holding `token`, if any.
-    pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, AccessError> {
-        Ok(self.registry.find_principal(PrincipalKey::TokenSha256(&token_hash(token)))?)
+    fn new_token(&self) -> Result<BearerToken, AccessError> {
+        Ok(BearerToken(format!("cdv_{}", self.random_hex(32)?)))
     }
 
-    /// Maps a client certificate (SHA-256 of its DER) to a principal, so that
-    /// mTLS authenticates it. Admins only; a certificate maps to one
-    /// principal.
-    pub fn bind_certificate(&self, by: &Principal, principal: &str, cert_sha256: &[u8]) -> Result<(), AccessError> {
-        authz::permit(by, Action::CreatePrincipal)?;
-        if cert_sha256.len() != 32 || !self.registry.bind_certificate(principal, cert_sha256)? {
-            return Err(Refusal::BadCertificate.into());
+    /// A principal by id.
+    pub fn principal(&self, id: &str) -> Result<Option<Principal>, AccessError> {
+        Ok(self.registry.find_principal(PrincipalKey::Id(id))?)
+    }
+
+    /// Revokes a principal (admin): its token and certificate never
+    /// authenticate again. The last live admin cannot be revoked, so that
+    /// the registry is never locked.
+    pub fn revoke_principal(
+        &self,
+        by: &Principal,
+        id: &str,
+        now: DateTime<Utc>,
+        audit: AuditHook<'_>,
+    ) -> Result<(), AccessError> {
+        authz::permit(by, Action::ManagePrincipals)?;
+        let target = self.principal(id)?.ok_or(Refusal::UnknownPrincipal)?;
+        if target.revoked {
+            return Err(Refusal::UnknownPrincipal.into());
+        }
+        if target.has(Role::Admin) && self.live_admins()? <= 1 {
+            return Err(Refusal::LastAdmin.into());
+        }
+        if !self.registry.revoke_principal(id, now, audit)? {
+            return Err(Refusal::UnknownPrincipal.into());
         }
         Ok(())
+    }
+
+    fn live_admins(&self) -> Result<usize, AccessError> {
+        Ok(self.registry.live_principals_with(Role::Admin)?)
+    }
+
+    /// A new token for a live principal (itself, or an admin for anyone):
+    /// the old one stops working at once. Returns the new token, shown once.
+    pub fn rotate_token(&self, by: &Principal, id: &str, audit: AuditHook<'_>) -> Result<BearerToken, AccessError> {
+        if by.id != id {
+            authz::permit(by, Action::ManagePrincipals)?;
+        }
+        let token = self.new_token()?;
+        if !self.registry.replace_token(id, &token_hash(token.expose()), audit)? {
+            return Err(Refusal::UnknownPrincipal.into());
+        }
+        Ok(token)
+    }
+
+    /// The principal holding `token`, if any (revoked and expired ones
+    /// included: [`AccessStore::identify`] refuses them).
+    pub fn authenticate(&self, token: &str) -> Result<Option<Principal>, AccessError> {
+        Ok(self.registry.find_principal(PrincipalKey::TokenSha256(&token_hash(token)))?)
     }
 
     /// The principal a client certificate is mapped to, if any.
@@ -114,71 +239,113 @@ impl AccessStore {
         Ok(self.registry.find_principal(PrincipalKey::CertificateSha256(cert_sha256))?)
     }
 
-    /// The principal `credentials` name: a bearer token, when present,
-    /// decides; otherwise a client certificate mapped to a principal.
-    pub fn identify(&self, credentials: &Credentials) -> Result<Principal, AccessError> {
+    /// The live principal `credentials` name at `now`: a bearer token, when
+    /// present, decides; otherwise a client certificate mapped to a
+    /// principal. Revoked and expired credentials are refused with their
+    /// own reasons.
+    pub fn identify(&self, credentials: &Credentials, now: DateTime<Utc>) -> Result<Principal, AccessError> {
         let found = match (&credentials.token, &credentials.certificate) {
             (Some(token), _) => self.authenticate(token)?.ok_or(AuthFailure::UnknownToken),
             (None, Some(certificate)) => {
                 self.authenticate_certificate(certificate)?.ok_or(AuthFailure::UnknownCertificate)
             }
             (None, None) => Err(AuthFailure::MissingCredentials),
-        };
-        Ok(found?)
+        }?;
+        if found.revoked {
+            return Err(AuthFailure::Revoked.into());
+        }
+        if found.expires_at.is_some_and(|t| t.0 <= now.timestamp_micros()) {
+            return Err(AuthFailure::Expired.into());
+        }
+        Ok(found)
     }
+}
+
+/// A person's id: an employee or system id, 1 to 64 printable characters.
+fn person_valid(person: &str) -> bool {
+    !person.trim().is_empty() && person.len() <= 64 && !person.chars().any(char::is_control)
 }
 
 /// A new principal, as an admin asks for it.
 #[derive(Debug)]
 pub struct NewPrincipal {
     pub name: String,
+    /// The person it belongs to.
+    pub person: String,
     pub roles: BTreeSet<Role>,
     pub authority: Option<String>,
     /// The SHA-256 of a client certificate that authenticates it.
     pub certificate: Option<Vec<u8>>,
+    /// When its credentials stop working, if they should.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl NewPrincipal {
+    /// A principal with one role, for the person of its name, without a
+    /// certificate or an expiry.
+    pub fn of(name: &str, role: Role, authority: Option<&str>) -> NewPrincipal {
+        NewPrincipal {
+            name: name.to_string(),
+            person: name.to_string(),
+            roles: [role].into(),
+            authority: authority.map(str::to_string),
+            certificate: None,
+            expires_at: None,
+        }
+    }
 }
 
 impl Desk {
-    /// Registers an authority (admin), audited.
+    /// Registers an authority (admin), audited in the same transaction.
     pub fn create_authority(&self, call: &mut Call, id: &str, country: &str, name: &str) -> Result<(), AccessError> {
-        self.store.create_authority(&call.principal, id, country, name, self.now())?;
         let country = country.to_ascii_uppercase();
-        self.audit(call, AuditEvent::AuthorityCreated { authority: id.to_string(), country })
+        let event = AuditEvent::AuthorityCreated { authority: id.to_string(), country: country.clone() };
+        let now = self.now();
+        self.audited(&call.principal.id, event, |audit| {
+            self.store.create_authority(&call.principal, id, &country, name, now, audit)
+        })
     }
 
-    /// Creates a principal (admin), maps its certificate, audits it, and
-    /// returns it with its token (shown once).
+    /// Creates a principal (admin) with its certificate, audited in the
+    /// same transaction, and returns it with its token (shown once). A
+    /// principal whose roles break the separation of duties is refused, and
+    /// the refusal audited.
     pub fn create_principal(
         &self,
         call: &mut Call,
         new: NewPrincipal,
     ) -> Result<(Principal, BearerToken), AccessError> {
-        authz::permit(&call.principal, Action::CreatePrincipal)?;
-        if new.roles.is_empty() {
-            return Err(Refusal::NoRole.into());
-        }
-        if new.roles.contains(&Role::AuthorityHandler) && new.authority.is_none() {
-            return Err(Refusal::HandlerWithoutAuthority.into());
-        }
-        let (created, token) = self.store.create_principal(
-            Some(&call.principal),
-            &new.name,
-            new.roles,
-            new.authority.as_deref(),
-            self.now(),
-        )?;
-        if let Some(certificate) = &new.certificate {
-            self.store.bind_certificate(&call.principal, &created.id, certificate)?;
-        }
-        self.audit(
-            call,
-            AuditEvent::PrincipalCreated {
-                principal: created.id.clone(),
-                roles: created.roles.iter().map(|r| r.as_str().to_string()).collect(),
-                authority: created.authority.clone(),
-            },
-        )?;
+        let now = self.now();
+        let (created, token) = self.store.prepare_principal(Some(&call.principal), &new, now)?;
+        let event = AuditEvent::PrincipalCreated {
+            principal: created.id.clone(),
+            person: created.person.clone(),
+            roles: created.roles.iter().map(|r| r.as_str().to_string()).collect(),
+            authority: created.authority.clone(),
+            expires_at: created.expires_at.map(|t| t.rfc3339()),
+        };
+        self.audited(&call.principal.id, event, |audit| {
+            self.store.insert_principal(&created, &token, new.certificate.as_deref(), now, audit)
+        })?;
         Ok((created, token))
+    }
+
+    /// Revokes a principal (admin), audited in the same transaction.
+    pub fn revoke_principal(&self, call: &mut Call, id: &str, reason: &str) -> Result<Principal, AccessError> {
+        if reason.trim().is_empty() {
+            return Err(Refusal::ReasonRequired.into());
+        }
+        let event = AuditEvent::PrincipalRevoked { principal: id.to_string(), reason: reason.trim().to_string() };
+        let now = self.now();
+        self.audited(&call.principal.id, event, |audit| self.store.revoke_principal(&call.principal, id, now, audit))?;
+        Ok(self.store.principal(id)?.ok_or(Refusal::UnknownPrincipal)?)
+    }
+
+    /// A new token for a principal (itself, or any principal for an admin),
+    /// audited in the same transaction; shown once.
+    pub fn rotate_token(&self, call: &mut Call, id: &str) -> Result<BearerToken, AccessError> {
+        let event = AuditEvent::TokenRotated { principal: id.to_string() };
+        self.audited(&call.principal.id, event, |audit| self.store.rotate_token(&call.principal, id, audit))
     }
 }
 
@@ -188,15 +355,20 @@ mod tests {
     use crate::registry::Registries;
 
     #[test]
-    fn tokens_are_shown_once_and_stored_hashed() {
+    fn tokens_are_shown_once_stored_hashed_and_stop_working_when_revoked_rotated_or_expired() {
         let root = tempfile::tempdir().unwrap();
         let state = root.path().join("state");
         let registries = Registries::sqlite(&state).unwrap();
         let store = AccessStore::new(registries.access);
         let now = Utc::now();
-        let (admin, _) = store.create_principal(None, "root", [Role::Admin].into(), None, now).unwrap();
-        let (principal, token) =
-            store.create_principal(Some(&admin), "carol", [Role::Auditor].into(), None, now).unwrap();
+        let unaudited = &mut || Ok(());
+        let (admin, _) =
+            store.create_principal(None, &NewPrincipal::of("root", Role::Admin, None), now, unaudited).unwrap();
+        let carol = NewPrincipal {
+            expires_at: Some(now + chrono::Duration::days(1)),
+            ..NewPrincipal::of("carol", Role::Auditor, None)
+        };
+        let (principal, token) = store.create_principal(Some(&admin), &carol, now, unaudited).unwrap();
         assert_eq!(store.authenticate(token.expose()).unwrap(), Some(principal.clone()));
         assert_eq!(store.authenticate("cdv_0000").unwrap(), None);
         assert!(!format!("{token:?}").contains(token.expose()));
@@ -205,15 +377,34 @@ mod tests {
         for haystack in [&bytes, &wal] {
             assert!(!haystack.windows(token.expose().len()).any(|w| w == token.expose().as_bytes()));
         }
-        let credentials = Credentials { token: Some(token.expose().to_string()), certificate: None, peer: None };
-        assert_eq!(store.identify(&credentials).unwrap(), principal);
-        assert!(matches!(
-            store.identify(&Credentials::default()),
-            Err(AccessError::Unauthenticated(AuthFailure::MissingCredentials))
-        ));
+        let credentials =
+            |token: &BearerToken| Credentials { token: Some(token.expose().to_string()), ..Credentials::default() };
+        assert_eq!(store.identify(&credentials(&token), now).unwrap(), principal);
+        let refused = |result: Result<Principal, AccessError>| match result {
+            Err(AccessError::Unauthenticated(failure)) => failure,
+            other => panic!("expected an authentication failure, got {other:?}"),
+        };
+        assert_eq!(refused(store.identify(&Credentials::default(), now)), AuthFailure::MissingCredentials);
+        assert_eq!(
+            refused(store.identify(&credentials(&token), now + chrono::Duration::days(2))),
+            AuthFailure::Expired
+        );
+
+        let rotated = store.rotate_token(&principal, &principal.id, unaudited).unwrap();
+        assert_eq!(refused(store.identify(&credentials(&token), now)), AuthFailure::UnknownToken);
+        assert_eq!(store.identify(&credentials(&rotated), now).unwrap().id, principal.id);
+        store.revoke_principal(&admin, &principal.id, now, unaudited).unwrap();
+        assert_eq!(refused(store.identify(&credentials(&rotated), now)), AuthFailure::Revoked);
         assert!(
             matches!(
-                store.create_principal(None, "intruder", [Role::Admin].into(), None, now),
+                store.revoke_principal(&admin, &admin.id, now, unaudited),
+                Err(AccessError::Refused(Refusal::LastAdmin))
+            ),
+            "the last admin stays"
+        );
+        assert!(
+            matches!(
+                store.create_principal(None, &NewPrincipal::of("intruder", Role::Admin, None), now, unaudited),
                 Err(AccessError::Refused(Refusal::MissingRole(_)))
             ),
             "only the very first principal needs no admin"

@@ -94,6 +94,28 @@ pub enum Refusal {
     ReferenceRequired,
     #[error("a data subject is named by an msisdn, imsi, imei or sip identity, not by {0}")]
     NotASubject(&'static str),
+    #[error("name the person the principal belongs to (1 to 64 printable characters)")]
+    PersonRequired,
+    #[error("{0} cannot be held with {1}, by one principal or one person")]
+    IncompatibleRoles(&'static str, &'static str),
+    #[error("no such live principal")]
+    UnknownPrincipal,
+    #[error("the last live admin cannot be revoked")]
+    LastAdmin,
+    #[error("a cell target needs a warrant that grants cell dumps and the location category")]
+    CellDumpNotGranted,
+    #[error("no such preservation order")]
+    UnknownOrder,
+    #[error("the order is {0}, not {1}")]
+    OrderState(&'static str, &'static str),
+    #[error("the order has no pending end date")]
+    NoPendingEnd,
+    #[error("an order ends at most {0} days from today")]
+    OrderTooLong(u32),
+    #[error(
+        "an order preserves past communications of subscribers: its window must end by now and its targets must not be cells"
+    )]
+    BadOrderScope,
 }
 
 fn role_names(roles: &[Role]) -> String {
@@ -138,6 +160,16 @@ impl Refusal {
             Refusal::BadYear => "bad_year",
             Refusal::ReferenceRequired => "reference_required",
             Refusal::NotASubject(_) => "not_a_subject",
+            Refusal::PersonRequired => "person_required",
+            Refusal::IncompatibleRoles(..) => "incompatible_roles",
+            Refusal::UnknownPrincipal => "unknown_principal",
+            Refusal::LastAdmin => "last_admin",
+            Refusal::CellDumpNotGranted => "cell_dump_not_granted",
+            Refusal::UnknownOrder => "unknown_order",
+            Refusal::OrderState(..) => "order_state",
+            Refusal::NoPendingEnd => "no_pending_end",
+            Refusal::OrderTooLong(_) => "order_too_long",
+            Refusal::BadOrderScope => "bad_order_scope",
         }
     }
 }
@@ -152,6 +184,10 @@ pub enum AuthFailure {
     UnknownToken,
     #[error("unknown_certificate")]
     UnknownCertificate,
+    #[error("revoked_credentials")]
+    Revoked,
+    #[error("expired_credentials")]
+    Expired,
 }
 
 impl AuthFailure {
@@ -161,6 +197,8 @@ impl AuthFailure {
             AuthFailure::MissingCredentials => "missing_credentials",
             AuthFailure::UnknownToken => "unknown_token",
             AuthFailure::UnknownCertificate => "unknown_certificate",
+            AuthFailure::Revoked => "revoked_credentials",
+            AuthFailure::Expired => "expired_credentials",
         }
     }
 }

@@ -22,7 +22,7 @@ use super::warrants::RequestScope;
 use crate::audit::AuditEvent;
 use crate::model::retention::oldest_retained;
 use crate::model::{IdentifierKind, MICROS_PER_DAY, PartitionDate, TimestampMicros};
-use crate::registry::{AGE_BUCKETS, RequestRecord, RequestStatus, Which, age_bucket};
+use crate::registry::{AGE_BUCKETS, RequestRecord, RequestStatus, age_bucket};
 
 /// A request as the handler submits it; the fields in their text forms
 /// ([`input`]).
@@ -85,8 +85,9 @@ impl Desk {
     }
 
     /// Records a refused request, so that its number is used and the
-    /// statistics count it; returns what the caller is refused with.
-    fn record_refusal(&self, recording: &Recording<'_>, call: &Call, refusal: Refusal) -> AccessError {
+    /// statistics count it, together with the refusal's audit entry;
+    /// returns what the caller is refused with.
+    fn record_refusal(&self, recording: &Recording<'_>, call: &mut Call, refusal: Refusal) -> AccessError {
         let record = RequestRecord {
             request_id: recording.request_id.clone(),
             authority: recording.authority.clone(),
@@ -104,9 +105,22 @@ impl Desk {
             result_name: None,
             result_expires: None,
         };
-        match self.requests.record(&record, &[0; AGE_BUCKETS.len()]) {
-            Ok(()) => refusal.into(),
-            Err(error) => error.into(),
+        let event = AuditEvent::AccessRefused {
+            method: call.method.to_string(),
+            reason: refusal.code().to_string(),
+            detail: refusal.to_string(),
+            warrant: call.warrant.clone(),
+            request_id: call.request_id.clone(),
+            order: None,
+        };
+        let recorded = self
+            .audited(&call.principal.id, event, |audit| self.requests.record(&record, &[0; AGE_BUCKETS.len()], audit));
+        match recorded {
+            Ok(()) => {
+                call.refusal_audited = true;
+                refusal.into()
+            }
+            Err(error) => error,
         }
     }
 
@@ -172,28 +186,28 @@ impl Desk {
             result_name: Some(name.clone()),
             result_expires: Some(TimestampMicros::from_datetime(expires)),
         };
-        if let Err(error) = self.requests.record(&record, &ages_of(&found, now)) {
-            // Lost a race for the number: the sealed result goes. Best
-            // effort; what the caller needs is the record's error.
+        let event = AuditEvent::RequestAnswered {
+            request_id: record.request_id.clone(),
+            warrant: warrant.id.clone(),
+            status: status.as_str().to_string(),
+            target_refs: self.target_refs(&targets),
+            window_start: query.from.rfc3339(),
+            window_end: query.to.rfc3339(),
+            categories: scope.categories.iter().map(|c| c.as_str().to_string()).collect(),
+            records: found.len() as u64,
+            format: submission.format.as_str().to_string(),
+            sha256: rendered.sha256.clone(),
+            bytes: rendered.bytes.len() as u64,
+        };
+        let ages = ages_of(&found, now);
+        let recorded = self.audited(&call.principal.id, event, |audit| self.requests.record(&record, &ages, audit));
+        if let Err(error) = recorded {
+            // Lost a race for the number, or the trail cannot take the
+            // entry: the request does not exist, and its sealed result goes.
+            // Best effort; what the caller needs is the record's error.
             let _ = self.results.destroy(&name);
-            return Err(error.into());
+            return Err(error);
         }
-        self.audit(
-            call,
-            AuditEvent::RequestAnswered {
-                request_id: record.request_id.clone(),
-                warrant: warrant.id.clone(),
-                status: status.as_str().to_string(),
-                target_refs: self.target_refs(&targets),
-                window_start: query.from.rfc3339(),
-                window_end: query.to.rfc3339(),
-                categories: scope.categories.iter().map(|c| c.as_str().to_string()).collect(),
-                records: found.len() as u64,
-                format: submission.format.as_str().to_string(),
-                sha256: rendered.sha256.clone(),
-                bytes: rendered.bytes.len() as u64,
-            },
-        )?;
         Ok(record)
     }
 
@@ -207,7 +221,7 @@ impl Desk {
         authority: &str,
     ) -> Result<Vec<PreservedScope>, AccessError> {
         let mut scopes = Vec::new();
-        for order in self.orders.load_orders(Which::Active)? {
+        for order in self.orders.active()? {
             if order.authority != authority {
                 continue;
             }

@@ -7,6 +7,13 @@
 //! key and so its targets. A request is executed only under an approved,
 //! unexpired warrant of the requesting handler's own authority, with
 //! targets, window and categories inside the warrant's.
+//!
+//! A cell target asks for a cell dump: every communication in the cell,
+//! which is location data of everyone there. It needs a warrant that
+//! grants cell dumps explicitly and the location category, and a request
+//! that asks for the location category.
+//!
+//! Every change commits together with its audit entry.
 
 use std::collections::BTreeSet;
 
@@ -21,7 +28,7 @@ use crate::keys::{self, KeyStore, RecordKeyScope};
 use crate::model::{Category, IdentifierKind, TimestampMicros};
 use crate::privacy::target::TargetInput;
 use crate::privacy::token::Tokeniser;
-use crate::registry::{KeptResults, Principal, StoredTarget, Warrant, WarrantStatus};
+use crate::registry::{AuditHook, KeptResults, Principal, StoredTarget, Warrant, WarrantStatus};
 
 /// A warrant to register.
 #[derive(Debug)]
@@ -34,7 +41,20 @@ pub struct NewWarrant {
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
     pub categories: BTreeSet<Category>,
+    /// Whether cell targets (cell dumps) are granted.
+    pub cell_dump: bool,
     pub valid_until: DateTime<Utc>,
+}
+
+impl NewWarrant {
+    /// A cell target needs the cell-dump grant and the location category.
+    fn check_cell_dump(&self) -> Result<(), Refusal> {
+        let has_cell = self.targets.iter().any(|t| t.kind == IdentifierKind::Cell);
+        if has_cell && !(self.cell_dump && self.categories.contains(&Category::Location)) {
+            return Err(Refusal::CellDumpNotGranted);
+        }
+        Ok(())
+    }
 }
 
 /// A legal reviewer's decision on a registered warrant.
@@ -54,19 +74,27 @@ pub struct RequestScope {
 }
 
 impl AccessStore {
-    /// Registers a warrant (legal reviewers only). Targets are sealed under
-    /// the warrant's own key and tokenised under every token key.
+    /// A new warrant's id.
+    pub fn new_warrant_id(&self) -> Result<String, AccessError> {
+        Ok(format!("w-{}", self.random_hex(6)?))
+    }
+
+    /// Registers warrant `id` (legal reviewers only). Targets are sealed
+    /// under the warrant's own key and tokenised under every token key.
     pub fn register_warrant(
         &self,
         by: &Principal,
+        id: &str,
         warrant: NewWarrant,
         keys: &KeyStore,
         now: DateTime<Utc>,
+        audit: AuditHook<'_>,
     ) -> Result<Warrant, AccessError> {
         authz::permit(by, Action::RegisterWarrant)?;
         if warrant.targets.is_empty() || warrant.categories.is_empty() {
             return Err(Refusal::EmptyScope.into());
         }
+        warrant.check_cell_dump()?;
         if warrant.period_end < warrant.period_start {
             return Err(Refusal::EmptyWindow.into());
         }
@@ -74,8 +102,7 @@ impl AccessStore {
             return Err(Refusal::BadAuthority(warrant.authority).into());
         }
         let canonical = canonical_targets(&warrant.targets)?;
-        let id = format!("w-{}", self.random_hex(6)?);
-        let key = keys.create_record_key(RecordKeyScope::Warrant, &id)?;
+        let key = keys.create_record_key(RecordKeyScope::Warrant, id)?;
         let mut targets = Vec::with_capacity(canonical.len());
         for (kind, value) in &canonical {
             targets.push(StoredTarget {
@@ -89,7 +116,7 @@ impl AccessStore {
             });
         }
         let stored = Warrant {
-            id: id.clone(),
+            id: id.to_string(),
             authority: warrant.authority,
             reference: warrant.reference,
             issued_by: warrant.issued_by,
@@ -98,19 +125,32 @@ impl AccessStore {
             period_start: TimestampMicros::from_datetime(warrant.period_start),
             period_end: TimestampMicros::from_datetime(warrant.period_end),
             categories: warrant.categories,
+            cell_dump: warrant.cell_dump,
             valid_until: TimestampMicros::from_datetime(warrant.valid_until),
             status: WarrantStatus::Registered,
             registered_by: by.id.clone(),
+            registered_by_person: by.person.clone(),
             decided_by: None,
             decision_reason: None,
         };
-        self.registry.insert_warrant(&stored, &targets, now)?;
-        self.warrant(&id)?.ok_or(Refusal::UnknownWarrant.into())
+        if let Err(error) = self.registry.insert_warrant(&stored, &targets, now, audit) {
+            // The warrant does not exist: its new key must not either. Best
+            // effort; the insert's error is what the caller needs.
+            let _ = keys.destroy_record_key(RecordKeyScope::Warrant, id);
+            return Err(error.into());
+        }
+        self.warrant(id)?.ok_or(Refusal::UnknownWarrant.into())
     }
 
     /// Approves or rejects a registered warrant: four eyes, so never by its
     /// registrar.
-    pub fn decide_warrant(&self, by: &Principal, id: &str, decision: Decision) -> Result<Warrant, AccessError> {
+    pub fn decide_warrant(
+        &self,
+        by: &Principal,
+        id: &str,
+        decision: &Decision,
+        audit: AuditHook<'_>,
+    ) -> Result<Warrant, AccessError> {
         authz::permit(by, Action::DecideWarrant)?;
         let warrant = self.warrant(id)?.ok_or(Refusal::UnknownWarrant)?;
         authz::may_decide(by, &warrant)?;
@@ -119,19 +159,27 @@ impl AccessStore {
         }
         let (status, reason) = match decision {
             Decision::Approve => (WarrantStatus::Approved, None),
-            Decision::Reject(reason) => (WarrantStatus::Rejected, Some(reason)),
+            Decision::Reject(reason) => (WarrantStatus::Rejected, Some(reason.as_str())),
         };
-        if !self.registry.decide_warrant(id, status, &by.id, reason.as_deref())? {
+        if !self.registry.decide_warrant(id, status, &by.id, reason, audit)? {
             return Err(Refusal::AlreadyDecided.into());
         }
         self.warrant(id)?.ok_or(Refusal::UnknownWarrant.into())
     }
 
     /// Closes a warrant and destroys its key: its targets become unreadable.
-    pub fn close_warrant(&self, by: &Principal, id: &str, keys: &KeyStore) -> Result<(), AccessError> {
+    /// Closing a closed warrant finishes what a crash may have left (the
+    /// key), without a second entry.
+    pub fn close_warrant(
+        &self,
+        by: &Principal,
+        id: &str,
+        keys: &KeyStore,
+        audit: AuditHook<'_>,
+    ) -> Result<(), AccessError> {
         authz::permit(by, Action::CloseWarrant)?;
         self.warrant(id)?.ok_or(Refusal::UnknownWarrant)?;
-        self.registry.close_warrant(id)?;
+        self.registry.close_warrant(id, audit)?;
         keys.destroy_record_key(RecordKeyScope::Warrant, id)?;
         Ok(())
     }
@@ -195,6 +243,10 @@ impl AccessStore {
         if let Some(category) = scope.categories.iter().find(|c| !warrant.categories.contains(c)) {
             return Err(Refusal::CategoryOutOfScope(category.as_str()).into());
         }
+        let cell_dump = scope.targets.iter().any(|t| t.kind == IdentifierKind::Cell);
+        if cell_dump && !(warrant.cell_dump && scope.categories.contains(&Category::Location)) {
+            return Err(Refusal::CellDumpNotGranted.into());
+        }
         let allowed = self.warrant_targets(warrant_id, keys)?;
         let targets = canonical_targets(&scope.targets)?;
         for (position, (kind, value)) in targets.iter().enumerate() {
@@ -220,25 +272,26 @@ impl Desk {
     /// Registers a warrant (legal reviewer), audited with its targets' kinds
     /// and tokens.
     pub fn register_warrant(&self, call: &mut Call, new: NewWarrant) -> Result<Warrant, AccessError> {
+        let id = self.store.new_warrant_id()?;
+        call.warrant = Some(id.clone());
         let canonical: Vec<(IdentifierKind, String)> =
             new.targets.iter().filter_map(|t| t.canonical().map(|v| (t.kind, v))).collect();
-        let warrant = self.store.register_warrant(&call.principal, new, &self.keys, self.now())?;
-        call.warrant = Some(warrant.id.clone());
-        self.audit(
-            call,
-            AuditEvent::WarrantRegistered {
-                warrant: warrant.id.clone(),
-                authority: warrant.authority.clone(),
-                reference: warrant.reference.clone(),
-                target_kinds: warrant.target_kinds.iter().map(|k| k.as_str().to_string()).collect(),
-                target_refs: self.target_refs(&canonical),
-                period_start: warrant.period_start.rfc3339(),
-                period_end: warrant.period_end.rfc3339(),
-                categories: warrant.categories.iter().map(|c| c.as_str().to_string()).collect(),
-                valid_until: warrant.valid_until.rfc3339(),
-            },
-        )?;
-        Ok(warrant)
+        let event = AuditEvent::WarrantRegistered {
+            warrant: id.clone(),
+            authority: new.authority.clone(),
+            reference: new.reference.clone(),
+            target_kinds: new.targets.iter().map(|t| t.kind.as_str().to_string()).collect(),
+            target_refs: self.target_refs(&canonical),
+            period_start: TimestampMicros::from_datetime(new.period_start).rfc3339(),
+            period_end: TimestampMicros::from_datetime(new.period_end).rfc3339(),
+            categories: new.categories.iter().map(|c| c.as_str().to_string()).collect(),
+            cell_dump: new.cell_dump,
+            valid_until: TimestampMicros::from_datetime(new.valid_until).rfc3339(),
+        };
+        let now = self.now();
+        self.audited(&call.principal.id, event, |audit| {
+            self.store.register_warrant(&call.principal, &id, new, &self.keys, now, audit)
+        })
     }
 
     /// Approves or rejects a warrant (another legal reviewer), audited.
@@ -249,24 +302,25 @@ impl Desk {
         {
             return Err(Refusal::ReasonRequired.into());
         }
-        let decided = self.store.decide_warrant(&call.principal, id, decision)?;
-        self.audit(
-            call,
-            AuditEvent::WarrantDecided {
-                warrant: decided.id.clone(),
-                decision: decided.status.as_str().to_string(),
-                reason: decided.decision_reason.clone(),
-            },
-        )?;
-        Ok(decided)
+        let (status, reason) = match &decision {
+            Decision::Approve => (WarrantStatus::Approved, None),
+            Decision::Reject(reason) => (WarrantStatus::Rejected, Some(reason.clone())),
+        };
+        let event =
+            AuditEvent::WarrantDecided { warrant: id.to_string(), decision: status.as_str().to_string(), reason };
+        self.audited(&call.principal.id, event, |audit| {
+            self.store.decide_warrant(&call.principal, id, &decision, audit)
+        })
     }
 
     /// Closes a warrant (legal reviewer), audited; its key goes, and the
     /// results of its requests with it, fetched or not.
     pub fn close_warrant(&self, call: &mut Call, id: &str) -> Result<Warrant, AccessError> {
         call.warrant = Some(id.to_string());
-        self.store.close_warrant(&call.principal, id, &self.keys)?;
-        self.audit(call, AuditEvent::WarrantClosed { warrant: id.to_string() })?;
+        let event = AuditEvent::WarrantClosed { warrant: id.to_string() };
+        self.audited(&call.principal.id, event, |audit| {
+            self.store.close_warrant(&call.principal, id, &self.keys, audit)
+        })?;
         self.destroy_results(KeptResults::OfWarrant(id), "warrant closed")?;
         Ok(self.store.warrant(id)?.ok_or(Refusal::UnknownWarrant)?)
     }
@@ -289,6 +343,7 @@ impl Desk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::principals::NewPrincipal;
     use crate::registry::{Registries, Role};
     use chrono::TimeZone;
 
@@ -309,11 +364,13 @@ mod tests {
         let keys = KeyStore::open(&root.path().join("keys"), None).unwrap();
         let store = AccessStore::new(Registries::sqlite(&root.path().join("state")).unwrap().access);
         let now = Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap();
-        let (admin, _) = store.create_principal(None, "root", [Role::Admin].into(), None, now).unwrap();
-        store.create_authority(&admin, "dk-politi", "dk", "Danish National Police", now).unwrap();
-        store.create_authority(&admin, "se-polisen", "se", "Swedish Police", now).unwrap();
-        let person = |name, role, authority| {
-            store.create_principal(Some(&admin), name, [role].into(), authority, now).unwrap().0
+        let admin = store.create_principal(None, &NewPrincipal::of("root", Role::Admin, None), now, &mut || Ok(()));
+        let admin = admin.unwrap().0;
+        store.create_authority(&admin, "dk-politi", "dk", "Danish National Police", now, &mut || Ok(())).unwrap();
+        store.create_authority(&admin, "se-polisen", "se", "Swedish Police", now, &mut || Ok(())).unwrap();
+        let person = |name: &str, role, authority: Option<&str>| {
+            let new = NewPrincipal::of(name, role, authority);
+            store.create_principal(Some(&admin), &new, now, &mut || Ok(())).unwrap().0
         };
         let (alice, bob) = (person("alice", Role::LegalReviewer, None), person("bob", Role::LegalReviewer, None));
         let handler = person("dk handler", Role::AuthorityHandler, Some("dk-politi"));
@@ -334,8 +391,19 @@ mod tests {
             period_start: f.now - chrono::Duration::days(90),
             period_end: f.now,
             categories: [Category::Traffic, Category::Location].into(),
+            cell_dump: false,
             valid_until: f.now + chrono::Duration::days(30),
         }
+    }
+
+    /// Registers the fixture's warrant by `by`, unaudited.
+    fn register(f: &Fixture, by: &Principal, new: NewWarrant) -> Result<Warrant, AccessError> {
+        let id = f.store.new_warrant_id()?;
+        f.store.register_warrant(by, &id, new, &f.keys, f.now, &mut || Ok(()))
+    }
+
+    fn decide(f: &Fixture, by: &Principal, id: &str, decision: Decision) -> Result<Warrant, AccessError> {
+        f.store.decide_warrant(by, id, &decision, &mut || Ok(()))
     }
 
     fn scope(f: &Fixture, target: &str) -> RequestScope {
@@ -357,27 +425,21 @@ mod tests {
     #[test]
     fn warrants_need_a_second_reviewer() {
         let f = fixture();
-        let warrant = f.store.register_warrant(&f.alice, new_warrant(&f), &f.keys, f.now).unwrap();
+        let warrant = register(&f, &f.alice, new_warrant(&f)).unwrap();
         assert_eq!(warrant.status, WarrantStatus::Registered);
         assert_eq!(warrant.target_kinds, vec![IdentifierKind::Msisdn, IdentifierKind::Imsi]);
-        assert_eq!(refusal(f.store.decide_warrant(&f.alice, &warrant.id, Decision::Approve)), Refusal::SelfApproval);
-        assert!(matches!(
-            refusal(f.store.decide_warrant(&f.handler, &warrant.id, Decision::Approve)),
-            Refusal::MissingRole(_)
-        ));
-        let approved = f.store.decide_warrant(&f.bob, &warrant.id, Decision::Approve).unwrap();
+        assert_eq!(refusal(decide(&f, &f.alice, &warrant.id, Decision::Approve)), Refusal::SelfApproval);
+        assert!(matches!(refusal(decide(&f, &f.handler, &warrant.id, Decision::Approve)), Refusal::MissingRole(_)));
+        let approved = decide(&f, &f.bob, &warrant.id, Decision::Approve).unwrap();
         assert_eq!(approved.status, WarrantStatus::Approved);
         assert_eq!(approved.decided_by.as_deref(), Some(f.bob.id.as_str()));
-        assert_eq!(
-            refusal(f.store.decide_warrant(&f.bob, &warrant.id, Decision::Reject("late".into()))),
-            Refusal::AlreadyDecided
-        );
+        assert_eq!(refusal(decide(&f, &f.bob, &warrant.id, Decision::Reject("late".into()))), Refusal::AlreadyDecided);
     }
 
     #[test]
     fn requests_stay_inside_the_warrant() {
         let f = fixture();
-        let warrant = f.store.register_warrant(&f.alice, new_warrant(&f), &f.keys, f.now).unwrap();
+        let warrant = register(&f, &f.alice, new_warrant(&f)).unwrap();
         let check = |by: &Principal, scope: &RequestScope, at: DateTime<Utc>| {
             f.store.check_request(by, &warrant.id, scope, &f.keys, at)
         };
@@ -385,7 +447,7 @@ mod tests {
             refusal(check(&f.handler, &scope(&f, "msisdn:+4520000001"), f.now)),
             Refusal::NotApproved("registered")
         );
-        f.store.decide_warrant(&f.bob, &warrant.id, Decision::Approve).unwrap();
+        decide(&f, &f.bob, &warrant.id, Decision::Approve).unwrap();
 
         // In scope, with the number written another way.
         let (_, targets) = check(&f.handler, &scope(&f, "msisdn:0045 2000 0001"), f.now).unwrap();
@@ -407,7 +469,7 @@ mod tests {
         );
 
         // Closing destroys the warrant's key: its targets are gone.
-        f.store.close_warrant(&f.alice, &warrant.id, &f.keys).unwrap();
+        f.store.close_warrant(&f.alice, &warrant.id, &f.keys, &mut || Ok(())).unwrap();
         assert_eq!(refusal(f.store.warrant_targets(&warrant.id, &f.keys)), Refusal::WarrantClosed);
         assert_eq!(refusal(check(&f.handler, &scope(&f, "msisdn:+4520000001"), f.now)), Refusal::NotApproved("closed"));
     }
@@ -415,7 +477,7 @@ mod tests {
     #[test]
     fn warrant_targets_are_not_stored_in_clear() {
         let f = fixture();
-        f.store.register_warrant(&f.alice, new_warrant(&f), &f.keys, f.now).unwrap();
+        register(&f, &f.alice, new_warrant(&f)).unwrap();
         let state = f.root.path().join("state");
         for file in ["registry.sqlite", "registry.sqlite-wal"] {
             let bytes = std::fs::read(state.join(file)).unwrap_or_default();

@@ -22,19 +22,37 @@ pub enum AuditEvent {
         violations: u64,
         run: String,
     },
-    /// A preservation order was placed.
-    OrderPlaced {
+    /// A preservation order was registered by a legal reviewer, to be
+    /// decided by another; its targets appear as kinds and keyed references.
+    OrderRegistered {
         order: String,
         authority: String,
-        targets: u64,
+        reference: String,
+        target_kinds: Vec<String>,
+        target_refs: Vec<String>,
         window_start: String,
         window_end: String,
         ends: String,
     },
-    /// A preservation order's end was moved.
-    OrderExtended {
+    /// A registered order was approved (it preserves from now on) or
+    /// rejected.
+    OrderDecided {
+        order: String,
+        decision: String,
+        reason: Option<String>,
+    },
+    /// A new end date was asked for an active order, to be approved by
+    /// another reviewer.
+    OrderEndRequested {
         order: String,
         ends: String,
+    },
+    /// A pending end date was approved (the order now ends then) or
+    /// rejected.
+    OrderEndDecided {
+        order: String,
+        ends: String,
+        decision: String,
     },
     /// A preservation order was lifted (or ended) and its copies destroyed.
     OrderLifted {
@@ -72,6 +90,7 @@ pub enum AuditEvent {
         detail: String,
         warrant: Option<String>,
         request_id: Option<String>,
+        order: Option<String>,
     },
     AuthorityCreated {
         authority: String,
@@ -79,8 +98,19 @@ pub enum AuditEvent {
     },
     PrincipalCreated {
         principal: String,
+        person: String,
         roles: Vec<String>,
         authority: Option<String>,
+        expires_at: Option<String>,
+    },
+    /// A principal was revoked: its credentials never work again.
+    PrincipalRevoked {
+        principal: String,
+        reason: String,
+    },
+    /// A principal's bearer token was replaced; the old one stopped working.
+    TokenRotated {
+        principal: String,
     },
     /// A warrant was registered; its targets appear as kinds and keyed
     /// references ([`crate::audit::AuditTrail::target_ref`]).
@@ -93,6 +123,7 @@ pub enum AuditEvent {
         period_start: String,
         period_end: String,
         categories: Vec<String>,
+        cell_dump: bool,
         valid_until: String,
     },
     WarrantDecided {

@@ -39,7 +39,7 @@ pub struct ServerArgs {
 }
 
 /// A client connected as `args` say.
-pub async fn connect(args: &ServerArgs) -> anyhow::Result<Client> {
+pub(super) async fn connect(args: &ServerArgs) -> anyhow::Result<Client> {
     let token = match &args.token_file {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -112,6 +112,13 @@ pub enum PrincipalCommand {
     Create {
         #[arg(long)]
         name: String,
+        /// The person it belongs to (an employee or system id): four eyes
+        /// means two persons.
+        #[arg(long)]
+        person: String,
+        /// When its credentials stop working (RFC 3339).
+        #[arg(long)]
+        valid_until: Option<String>,
         /// admin, legal_reviewer, authority_handler, auditor, dpo; repeat for several.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
@@ -126,6 +133,22 @@ pub enum PrincipalCommand {
     },
     /// Show who the token belongs to.
     Whoami {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke a principal: its credentials never work again (admin).
+    Revoke {
+        principal: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Replace a token and print the new one, once: the caller's own, or
+    /// (admin) another principal's.
+    RotateToken {
+        /// Default: the caller.
+        principal: Option<String>,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -156,6 +179,10 @@ pub enum WarrantCommand {
         categories: Vec<String>,
         #[arg(long)]
         valid_until: String,
+        /// Grant cell dumps: cell targets (which also need the location
+        /// category).
+        #[arg(long)]
+        cell_dump: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -294,7 +321,7 @@ pub async fn authority(command: AuthorityCommand) -> anyhow::Result<()> {
 
 pub async fn principal(command: PrincipalCommand) -> anyhow::Result<()> {
     match command {
-        PrincipalCommand::Create { name, roles, authority, certificate, server } => {
+        PrincipalCommand::Create { name, person, valid_until, roles, authority, certificate, server } => {
             let mut client = connect(&server).await?;
             let client_certificate_sha256 = match certificate {
                 Some(path) => certificate_sha256(&path)?,
@@ -302,9 +329,11 @@ pub async fn principal(command: PrincipalCommand) -> anyhow::Result<()> {
             };
             let request = proto::CreatePrincipalRequest {
                 name,
+                person,
                 roles,
                 authority: authority.unwrap_or_default(),
                 client_certificate_sha256,
+                valid_until: valid_until.unwrap_or_default(),
             };
             let created = client.create_principal(request).await?;
             let principal = created.principal.unwrap_or_default();
@@ -320,7 +349,27 @@ pub async fn principal(command: PrincipalCommand) -> anyhow::Result<()> {
             let mut client = connect(&server).await?;
             let request = client.call(proto::WhoAmIRequest {})?;
             let me = client.raw().who_am_i(request).await?.into_inner();
-            println!("{} ({}), roles {}, authority {}", me.id, me.name, me.roles.join(","), me.authority);
+            println!(
+                "{} ({}, person {}), roles {}, authority {}",
+                me.id,
+                me.name,
+                me.person,
+                me.roles.join(","),
+                me.authority
+            );
+        }
+        PrincipalCommand::Revoke { principal, reason, server } => {
+            let mut client = connect(&server).await?;
+            let request = client.call(proto::RevokePrincipalRequest { principal, reason })?;
+            let revoked = client.raw().revoke_principal(request).await?.into_inner();
+            println!("principal {} ({}) revoked", revoked.id, revoked.name);
+        }
+        PrincipalCommand::RotateToken { principal, server } => {
+            let mut client = connect(&server).await?;
+            let request = client.call(proto::RotateTokenRequest { principal: principal.unwrap_or_default() })?;
+            let rotated = client.raw().rotate_token(request).await?.into_inner();
+            println!("token replaced; the old one no longer works");
+            println!("token (shown once): {}", rotated.token);
         }
     }
     Ok(())
@@ -338,6 +387,7 @@ pub async fn warrant(command: WarrantCommand) -> anyhow::Result<()> {
             period_end,
             categories,
             valid_until,
+            cell_dump,
             server,
         } => {
             let mut client = connect(&server).await?;
@@ -351,6 +401,7 @@ pub async fn warrant(command: WarrantCommand) -> anyhow::Result<()> {
                 period_end,
                 categories,
                 valid_until,
+                cell_dump,
             };
             client.register_warrant(request).await?
         }

@@ -103,6 +103,13 @@ impl Config {
                 "set both PEM files, or neither for a plain-text API behind a TLS proxy",
             );
         }
+        if !(1..=3660).contains(&self.access.order_max_days) {
+            return err(
+                "access.order_max_days",
+                format!("is {}", self.access.order_max_days),
+                "use 1 to 3660 days (default 90); an order is extended by a new approval",
+            );
+        }
         if self.access.result_keep.is_zero() {
             return err("access.result_keep", "is 0".into(), "keep results for a while, e.g. 7d (default)");
         }

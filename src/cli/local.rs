@@ -11,15 +11,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::config::Config;
 use super::serve::Root;
-use super::{KeysCommand, PreserveCommand, RetentionCommand};
+use super::{KeysCommand, RetentionCommand};
 use crate::access::AccessStore;
-use crate::audit::{self, AUDIT_FILE, AuditEvent};
+use crate::audit::{self, AUDIT_FILE};
 use crate::keys::KeyStore;
-use crate::lifecycle::orders::NewOrder;
 use crate::lifecycle::retention::SweepMode;
 use crate::model::PartitionDate;
-use crate::privacy::target::TargetInput;
-use crate::registry::Role;
 use crate::tools::import;
 
 pub(super) fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -111,53 +108,6 @@ pub(super) fn compact(config: &Config, day: Option<PartitionDate>) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn preserve(config: &Config, command: PreserveCommand) -> anyhow::Result<ExitCode> {
-    /// The actor of the audit entries of this command.
-    const ACTOR: &str = "cli";
-    let root = Root::open(config.clone())?;
-    let audit = root.audit()?;
-    let orders = root.orders(&root.registries()?, &audit);
-    let now = root.clock.now();
-    match command {
-        PreserveCommand::Add { authority, reference, targets, from, to, until } => {
-            let targets =
-                targets.iter().enumerate().map(|(i, t)| TargetInput::parse(t, i + 1)).collect::<Result<Vec<_>, _>>()?;
-            let (window_start, window_end) = NewOrder::days(from, to).context("the window is out of range")?;
-            let new = NewOrder { authority, reference, targets, window_start, window_end, ends: until };
-            let order = orders.place(new, ACTOR, now)?;
-            println!(
-                "placed preservation order {} ({} targets, {from} .. {to}, until {until})",
-                order.id,
-                order.targets.len()
-            );
-        }
-        PreserveCommand::List => {
-            for order in orders.list()? {
-                println!(
-                    "{}  {:?}  authority={} reference={} targets={} window={}..{} until={}",
-                    order.id,
-                    order.status,
-                    order.authority,
-                    order.reference,
-                    order.targets.len(),
-                    order.window_start.partition_date(),
-                    order.window_end.partition_date(),
-                    order.ends
-                );
-            }
-        }
-        PreserveCommand::Extend { order, until } => {
-            orders.extend(&order, until, ACTOR, now)?;
-            println!("order {order} now ends {until}");
-        }
-        PreserveCommand::Lift { order } => {
-            let files = orders.lift(&order, "lifted", ACTOR, now)?;
-            println!("order {order} lifted: key destroyed, {files} preserved files deleted");
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// `cdrvault audit verify`: the local trail against its signed head and,
 /// given a witness copy, against every head the witness kept.
 pub(super) fn verify_audit(config: &Config, witness: Option<&Path>) -> anyhow::Result<ExitCode> {
@@ -193,16 +143,12 @@ pub(super) fn verify_audit(config: &Config, witness: Option<&Path>) -> anyhow::R
 
 /// `cdrvault access bootstrap`: the first admin, while the registry has no
 /// principal.
-pub(super) fn bootstrap(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+pub(super) fn bootstrap(config: &Config, name: &str, person: &str) -> anyhow::Result<ExitCode> {
     let root = Root::open(config.clone())?;
     let store = AccessStore::new(root.registries()?.access);
-    let now = root.clock.now();
     let (admin, token) = store
-        .create_principal(None, name, [Role::Admin].into(), None, now)
+        .bootstrap(&*root.audit()?, name, person, root.clock.now())
         .context("bootstrap works only while the registry has no principal")?;
-    let event =
-        AuditEvent::PrincipalCreated { principal: admin.id.clone(), roles: vec!["admin".into()], authority: None };
-    root.audit()?.append("bootstrap", &event, now)?;
     println!("admin {} created; token (shown once): {}", admin.id, token.expose());
     Ok(ExitCode::SUCCESS)
 }

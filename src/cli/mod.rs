@@ -13,7 +13,9 @@ mod access;
 pub mod config;
 mod demo;
 mod local;
+mod orders;
 mod serve;
+mod targets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -104,10 +106,11 @@ enum Command {
         #[command(subcommand)]
         command: RetentionCommand,
     },
-    /// Preservation orders ("quick freeze"): keep named targets' records beyond retention.
+    /// Preservation orders ("quick freeze") through the lawful-access API:
+    /// keep named subscribers' records beyond retention, under review.
     Preserve {
         #[command(subcommand)]
-        command: PreserveCommand,
+        command: orders::PreserveCommand,
     },
     /// Check the audit trail.
     Audit {
@@ -167,6 +170,9 @@ enum AccessCommand {
     Bootstrap {
         #[arg(long, default_value = "admin")]
         name: String,
+        /// The person the admin principal belongs to (default: its name).
+        #[arg(long)]
+        person: Option<String>,
     },
     /// Serve the lawful-access gRPC API alone (no ingest).
     Serve {
@@ -194,41 +200,6 @@ enum RetentionCommand {
         #[arg(long, value_parser = parse_date)]
         as_of: Option<PartitionDate>,
     },
-}
-
-#[derive(Subcommand)]
-enum PreserveCommand {
-    /// Place an order.
-    Add {
-        /// The ordering authority.
-        #[arg(long)]
-        authority: String,
-        /// The order's reference at that authority.
-        #[arg(long)]
-        reference: String,
-        /// A target as kind:value (msisdn, imsi, imei, sip, cell, ip); repeat for several.
-        #[arg(long = "target", required = true)]
-        targets: Vec<String>,
-        /// First day of communications covered (YYYY-MM-DD, UTC).
-        #[arg(long, value_parser = parse_date)]
-        from: PartitionDate,
-        /// Last day of communications covered (inclusive).
-        #[arg(long, value_parser = parse_date)]
-        to: PartitionDate,
-        /// The day the order ends; its copies are destroyed after it.
-        #[arg(long, value_parser = parse_date)]
-        until: PartitionDate,
-    },
-    /// List orders (no target values are shown).
-    List,
-    /// Move an order's end date.
-    Extend {
-        order: String,
-        #[arg(long, value_parser = parse_date)]
-        until: PartitionDate,
-    },
-    /// Lift an order: destroy its key and copies now.
-    Lift { order: String },
 }
 
 #[derive(Subcommand)]
@@ -318,11 +289,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Serve => serve::serve(config),
         Command::Access { command: AccessCommand::Serve { listen } } => serve::serve_access(config, listen),
-        Command::Access { command: AccessCommand::Bootstrap { name } } => local::bootstrap(&config, &name),
+        Command::Access { command: AccessCommand::Bootstrap { name, person } } => {
+            local::bootstrap(&config, &name, person.as_deref().unwrap_or(&name))
+        }
         Command::Import { file, strict } => local::import(&config, &file, strict),
         Command::Keys { command } => local::keys(&config, command),
         Command::Retention { command } => local::retention(&config, command),
-        Command::Preserve { command } => local::preserve(&config, command),
+        Command::Preserve { command } => block_on(orders::preserve(command)).map(|()| ExitCode::SUCCESS),
         Command::Compact { day } => local::compact(&config, day),
         Command::Audit { command: AuditCommand::Verify { remote: false, witness, .. } } => {
             local::verify_audit(&config, witness.as_deref())

@@ -94,12 +94,15 @@ impl Root {
     }
 
     pub fn orders(&self, registries: &Registries, audit: &Arc<AuditTrail>) -> Arc<OrderStore> {
-        Arc::new(OrderStore::new(
-            Arc::clone(&registries.orders),
-            Arc::clone(&self.keys),
-            Arc::clone(audit),
-            self.config.storage.data_dir.clone(),
-        ))
+        Arc::new(
+            OrderStore::new(
+                Arc::clone(&registries.orders),
+                Arc::clone(&self.keys),
+                Arc::clone(audit),
+                self.config.storage.data_dir.clone(),
+            )
+            .with_max_days(self.config.access.order_max_days),
+        )
     }
 
     /// The retention sweeper, honouring the preservation orders.
@@ -138,6 +141,7 @@ impl Root {
             results_dir: config.state.dir.join(results::RESULTS_DIR),
             keys: Arc::clone(&self.keys),
             audit: Arc::clone(audit),
+            orders: self.orders(&registries, audit),
             registries,
             clock: Arc::clone(&self.clock),
             metrics: Arc::clone(&self.metrics),

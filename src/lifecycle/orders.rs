@@ -1,14 +1,23 @@
 //! Preservation orders ("quick freeze"): the rules over the
-//! [`OrderRegistry`], and their audit entries.
+//! [`OrderRegistry`], their keys, and their audit entries.
 //!
 //! An order names an authority, its reference, targets (kind and value), a
-//! window of communications and an end date. Target values are never stored
-//! in clear: the registry keeps, per target, its token under every token key
-//! (to match rows) and the canonical value sealed with the order's own key
-//! (to confirm matches and to re-tokenise after a key rotation). Lifting an
-//! order destroys that key, and with it the targets and every preserved
-//! copy ([`super::preserve`]). Every change is audited under the actor that
-//! made it.
+//! window of past communications and an end date. It is registered by one
+//! legal reviewer and preserves nothing until another person approves it;
+//! a new end date waits for approval the same way. Who may do which step
+//! is lawful access's to decide ([`crate::access::authz`]); this module
+//! keeps the order's own rules: targets are subscriber identifiers (a cell
+//! would freeze everyone in it), the window lies in the past, and an order
+//! ends at most [`OrderStore::max_days`] after the day it is approved or
+//! extended.
+//!
+//! Target values are never stored in clear: the registry keeps, per
+//! target, its token under every token key (to match rows) and the
+//! canonical value sealed with the order's own key (to confirm matches and
+//! to re-tokenise after a key rotation). Lifting or rejecting an order
+//! destroys that key, and with it the targets and every preserved copy
+//! ([`super::preserve`]). Every change commits together with its audit
+//! entry, under the principal that made it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,13 +31,16 @@ use crate::keys::{self, KeyError, KeyStore};
 use crate::model::{IdentifierKind, PartitionDate, TimestampMicros};
 use crate::privacy::target::{TargetInput, TargetSyntax};
 use crate::privacy::token::Tokeniser;
-use crate::registry::{Order, OrderRegistry, OrderStatus, RegistryError, StoredTarget, Which};
+use crate::registry::{
+    Actor, AuditHook, Audited, Order, OrderRegistry, OrderStatus, PendingEnd, RegistryError, StoredTarget, Which,
+    with_audit,
+};
 use crate::storage::layout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OrderError {
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(RegistryError),
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error(transparent)]
@@ -39,14 +51,28 @@ pub enum OrderError {
     InvalidTarget { position: usize, kind: &'static str },
     #[error(transparent)]
     TargetSyntax(#[from] TargetSyntax),
-    #[error("the window must end after it starts, and the order must end on or after today")]
+    #[error("the window must end after it starts and by now, and the order must end on or after today")]
     InvalidPeriod,
-    #[error("no active preservation order {0}")]
+    #[error("an order ends at most {0} days after today")]
+    TooLong(u32),
+    #[error("target {0} is a cell: an order preserves subscribers, not everyone in an area")]
+    CellTarget(usize),
+    #[error("no preservation order {0}")]
     NotFound(String),
+    #[error("the order is {0}, not {1}")]
+    State(&'static str, &'static str),
+    #[error("the order has no pending end date")]
+    NoPendingEnd,
     #[error("authority {0} already has an order with that reference")]
     Duplicate(String),
     #[error("order key is missing or a target cannot be unsealed")]
     Sealing,
+}
+
+impl From<RegistryError> for OrderError {
+    fn from(error: RegistryError) -> Self {
+        OrderError::Registry(error)
+    }
 }
 
 impl OrderError {
@@ -80,6 +106,10 @@ impl NewOrder {
     }
 }
 
+/// The default longest time an order runs from its approval (or from the
+/// approval of a new end date), in days.
+pub const DEFAULT_MAX_DAYS: u32 = 90;
+
 /// The orders: their rules over an [`OrderRegistry`], their keys, their
 /// areas in the data directory and their audit entries.
 pub struct OrderStore {
@@ -88,6 +118,7 @@ pub struct OrderStore {
     audit: Arc<AuditTrail>,
     /// The data directory holding the orders' areas.
     data_dir: PathBuf,
+    max_days: u32,
     rng: SystemRandom,
 }
 
@@ -104,27 +135,69 @@ impl OrderStore {
         audit: Arc<AuditTrail>,
         data_dir: PathBuf,
     ) -> OrderStore {
-        OrderStore { registry, keys, audit, data_dir, rng: SystemRandom::new() }
+        OrderStore { registry, keys, audit, data_dir, max_days: DEFAULT_MAX_DAYS, rng: SystemRandom::new() }
     }
 
-    /// Places an order: creates its key, stores its targets sealed and
-    /// tokenised under every token key, and audits it under `actor`.
-    /// Returns the new order.
-    pub fn place(&self, order: NewOrder, actor: &str, now: DateTime<Utc>) -> Result<Order, OrderError> {
+    /// Orders end at most `days` after the day they are approved or
+    /// extended.
+    pub fn with_max_days(mut self, days: u32) -> OrderStore {
+        self.max_days = days;
+        self
+    }
+
+    /// The longest an order runs, in days from its approval.
+    pub fn max_days(&self) -> u32 {
+        self.max_days
+    }
+
+    /// Runs a registry change with `event` appended under `actor` inside
+    /// its transaction ([`AuditHook`]).
+    fn audited<T>(
+        &self,
+        actor: &str,
+        event: AuditEvent,
+        now: DateTime<Utc>,
+        change: impl FnOnce(AuditHook<'_>) -> Result<T, RegistryError>,
+    ) -> Result<T, OrderError> {
+        with_audit(&self.audit, actor, &event, now, change).map_err(|error| match error {
+            Audited::Audit(error) => error.into(),
+            Audited::Change(error) => error.into(),
+        })
+    }
+
+    fn check_ends(&self, ends: PartitionDate, now: DateTime<Utc>) -> Result<(), OrderError> {
         let today = TimestampMicros::from_datetime(now).partition_date();
-        if order.window_end <= order.window_start || order.ends < today {
+        if ends < today {
             return Err(OrderError::InvalidPeriod);
         }
+        if ends.days_since_epoch() - today.days_since_epoch() > i64::from(self.max_days) {
+            return Err(OrderError::TooLong(self.max_days));
+        }
+        Ok(())
+    }
+
+    /// Registers an order for `by`'s decision by another reviewer: creates
+    /// its key, stores its targets sealed and tokenised under every token
+    /// key, audited in the same transaction (targets as keyed references).
+    /// It preserves nothing until approved.
+    pub fn register(&self, order: NewOrder, by: &Actor, now: DateTime<Utc>) -> Result<Order, OrderError> {
+        if order.window_end <= order.window_start || order.window_end > now {
+            return Err(OrderError::InvalidPeriod);
+        }
+        self.check_ends(order.ends, now)?;
         let mut canonical = Vec::with_capacity(order.targets.len());
         for (position, target) in order.targets.iter().enumerate() {
+            if target.kind == IdentifierKind::Cell {
+                return Err(OrderError::CellTarget(position + 1));
+            }
             let value = target
                 .canonical()
                 .ok_or(OrderError::InvalidTarget { position: position + 1, kind: target.kind.as_str() })?;
             canonical.push((target.kind, value));
         }
-        let mut suffix = [0u8; 4];
+        let mut suffix = [0u8; 8];
         self.rng.fill(&mut suffix).map_err(|_| KeyError::Random)?;
-        let id = format!("po-{:08x}", u32::from_be_bytes(suffix));
+        let id = format!("po-{}", hex::encode(suffix));
         if self.registry.order_exists(&order.authority, &order.reference)? {
             return Err(OrderError::Duplicate(order.authority));
         }
@@ -141,39 +214,136 @@ impl OrderStore {
                 .collect();
             targets.push(StoredTarget { kind: *kind, tokens, sealed });
         }
-        let placed = Order {
+        let registered = Order {
             id: id.clone(),
             authority: order.authority.clone(),
             reference: order.reference,
             window_start: TimestampMicros::from_datetime(order.window_start),
             window_end: TimestampMicros::from_datetime(order.window_end),
             ends: order.ends,
-            status: OrderStatus::Active,
+            status: OrderStatus::Registered,
             targets,
+            registered_by: by.clone(),
+            decided_by: None,
+            decision_reason: None,
+            pending: None,
         };
-        if let Err(e) = self.registry.insert_order(&placed, now) {
+        let event = AuditEvent::OrderRegistered {
+            order: id.clone(),
+            authority: registered.authority.clone(),
+            reference: registered.reference.clone(),
+            target_kinds: canonical.iter().map(|(kind, _)| kind.as_str().to_string()).collect(),
+            target_refs: canonical.iter().map(|(kind, value)| self.audit.target_ref(*kind, value)).collect(),
+            window_start: registered.window_start.rfc3339(),
+            window_end: registered.window_end.rfc3339(),
+            ends: registered.ends.to_string(),
+        };
+        let inserted =
+            self.audited(&by.principal, event, now, |audit| self.registry.insert_order(&registered, now, audit));
+        if let Err(error) = inserted {
             // The order does not exist: its new key must not either. Best
             // effort; the insert's error is what the caller needs.
             let _ = self.keys.destroy_order_key(&id);
-            return Err(match e {
-                // Placed concurrently under the same reference.
-                RegistryError::Conflict => OrderError::Duplicate(order.authority),
-                e => e.into(),
+            return Err(match error {
+                // Registered concurrently under the same reference.
+                OrderError::Registry(RegistryError::Conflict) => OrderError::Duplicate(order.authority),
+                error => error,
             });
         }
-        self.audit.append(
-            actor,
-            &AuditEvent::OrderPlaced {
-                order: placed.id.clone(),
-                authority: placed.authority.clone(),
-                targets: placed.targets.len() as u64,
-                window_start: placed.window_start.partition_date().to_string(),
-                window_end: placed.window_end.partition_date().to_string(),
-                ends: placed.ends.to_string(),
-            },
-            now,
-        )?;
         self.get(&id)?.ok_or(OrderError::NotFound(id))
+    }
+
+    /// Approves (the order is active and preserves from now on) or rejects
+    /// (its key and targets are destroyed) a registered order, audited
+    /// under `by`. The end date must still be within the bound from today.
+    pub fn decide(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        reason: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Order, OrderError> {
+        let order = self.registered(id)?;
+        let status = if approve {
+            self.check_ends(order.ends, now)?;
+            OrderStatus::Active
+        } else {
+            OrderStatus::Rejected
+        };
+        let event = AuditEvent::OrderDecided {
+            order: id.to_string(),
+            decision: status.as_str().to_string(),
+            reason: reason.map(str::to_string),
+        };
+        let decided =
+            self.audited(by, event, now, |audit| self.registry.decide_order(id, status, by, reason, audit))?;
+        if !decided {
+            return Err(OrderError::State(self.status_of(id)?, "registered"));
+        }
+        if !approve {
+            self.keys.destroy_order_key(id)?;
+        }
+        self.get(id)?.ok_or(OrderError::NotFound(id.to_string()))
+    }
+
+    /// Asks for a new end date of an active order, to be approved by
+    /// another reviewer; audited under `by`.
+    pub fn request_end(
+        &self,
+        id: &str,
+        ends: PartitionDate,
+        by: &Actor,
+        now: DateTime<Utc>,
+    ) -> Result<Order, OrderError> {
+        self.active_order(id)?;
+        self.check_ends(ends, now)?;
+        let pending = PendingEnd { ends, by: by.clone() };
+        let event = AuditEvent::OrderEndRequested { order: id.to_string(), ends: ends.to_string() };
+        if !self.audited(&by.principal, event, now, |audit| self.registry.request_end(id, &pending, audit))? {
+            return Err(OrderError::State(self.status_of(id)?, "active"));
+        }
+        self.get(id)?.ok_or(OrderError::NotFound(id.to_string()))
+    }
+
+    /// Applies (`approve`) or drops an active order's pending end date,
+    /// audited under `by`. An approved end must still be within the bound
+    /// from today.
+    pub fn decide_end(&self, id: &str, approve: bool, by: &str, now: DateTime<Utc>) -> Result<Order, OrderError> {
+        let order = self.active_order(id)?;
+        let pending = order.pending.ok_or(OrderError::NoPendingEnd)?;
+        if approve {
+            self.check_ends(pending.ends, now)?;
+        }
+        let event = AuditEvent::OrderEndDecided {
+            order: id.to_string(),
+            ends: pending.ends.to_string(),
+            decision: if approve { "approved" } else { "rejected" }.to_string(),
+        };
+        if !self.audited(by, event, now, |audit| self.registry.decide_end(id, approve, audit))? {
+            return Err(OrderError::NoPendingEnd);
+        }
+        self.get(id)?.ok_or(OrderError::NotFound(id.to_string()))
+    }
+
+    fn registered(&self, id: &str) -> Result<Order, OrderError> {
+        let order = self.get(id)?.ok_or(OrderError::NotFound(id.to_string()))?;
+        match order.status {
+            OrderStatus::Registered => Ok(order),
+            other => Err(OrderError::State(other.as_str(), "registered")),
+        }
+    }
+
+    fn active_order(&self, id: &str) -> Result<Order, OrderError> {
+        let order = self.get(id)?.ok_or(OrderError::NotFound(id.to_string()))?;
+        match order.status {
+            OrderStatus::Active => Ok(order),
+            other => Err(OrderError::State(other.as_str(), "active")),
+        }
+    }
+
+    fn status_of(&self, id: &str) -> Result<&'static str, OrderError> {
+        Ok(self.get(id)?.map_or("missing", |o| o.status.as_str()))
     }
 
     /// One order by id.
@@ -181,7 +351,7 @@ impl OrderStore {
         Ok(self.registry.load_orders(Which::One(id))?.pop())
     }
 
-    /// Every order (active and lifted), oldest first.
+    /// Every order, oldest first.
     pub fn list(&self) -> Result<Vec<Order>, OrderError> {
         Ok(self.registry.load_orders(Which::All)?)
     }
@@ -191,33 +361,22 @@ impl OrderStore {
         Ok(self.registry.load_orders(Which::Active)?)
     }
 
-    /// Moves an active order's end date, audited under `actor`.
-    pub fn extend(&self, id: &str, ends: PartitionDate, actor: &str, now: DateTime<Utc>) -> Result<(), OrderError> {
-        if !self.registry.set_order_end(id, ends)? {
-            return Err(OrderError::NotFound(id.to_string()));
-        }
-        self.audit.append(actor, &AuditEvent::OrderExtended { order: id.to_string(), ends: ends.to_string() }, now)?;
-        Ok(())
-    }
-
     /// Lifts an order (or finishes lifting it): no more copies, its key
     /// destroyed (which makes its copies and stored targets unreadable), its
-    /// area deleted, and the lifting audited under `actor` with `reason`.
-    /// Returns the files deleted.
+    /// area deleted. The lifting is audited under `actor` with `reason` and
+    /// the number of preserved files, in the transaction that marks it;
+    /// finishing a lift a crash interrupted adds no second entry. Returns
+    /// the files deleted.
     pub fn lift(&self, id: &str, reason: &str, actor: &str, now: DateTime<Utc>) -> Result<u64, OrderError> {
-        if self.get(id)?.is_none() {
-            return Err(OrderError::NotFound(id.to_string()));
+        let order = self.get(id)?.ok_or(OrderError::NotFound(id.to_string()))?;
+        if order.status == OrderStatus::Rejected {
+            return Err(OrderError::State("rejected", "active"));
         }
-        // Already lifted: this finishes a lift a crash interrupted.
-        self.registry.mark_order_lifted(id, now)?;
+        let files = preserve::area_files(&self.data_dir, id)?;
+        let event = AuditEvent::OrderLifted { order: id.to_string(), files, reason: reason.to_string() };
+        self.audited(actor, event, now, |audit| self.registry.mark_order_lifted(id, now, audit))?;
         self.keys.destroy_order_key(id)?;
-        let files = preserve::destroy_area(&self.data_dir, id)?;
-        self.audit.append(
-            actor,
-            &AuditEvent::OrderLifted { order: id.to_string(), files, reason: reason.to_string() },
-            now,
-        )?;
-        Ok(files)
+        Ok(preserve::destroy_area(&self.data_dir, id)?)
     }
 
     /// True while an order still has a key or an area: a lifted order that
@@ -247,8 +406,12 @@ mod tests {
         OrderStore::new(registries.orders, keys, audit, root.join("data"))
     }
 
+    fn actor(name: &str) -> Actor {
+        Actor { principal: format!("p-{name}"), person: name.to_string() }
+    }
+
     #[test]
-    fn orders_round_trip_without_storing_targets_in_clear_and_are_audited() {
+    fn orders_go_through_review_without_storing_targets_in_clear_and_are_audited() {
         let root = tempfile::tempdir().unwrap();
         let store = store(root.path());
         let now = Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).unwrap();
@@ -259,10 +422,12 @@ mod tests {
             targets,
             window_start: now - chrono::Duration::days(30),
             window_end: now,
-            ends: PartitionDate::parse("2027-06-01").unwrap(),
+            ends: PartitionDate::parse("2027-01-31").unwrap(),
         };
         let target = || vec![TargetInput::parse("msisdn:0045 20 00 00 01", 1).unwrap()];
-        let order = store.place(new_order("QF-2026-17", target()), "test", now).unwrap();
+        let order = store.register(new_order("QF-2026-17", target()), &actor("alice"), now).unwrap();
+        assert_eq!(order.status, OrderStatus::Registered);
+        assert!(store.active().unwrap().is_empty(), "nothing is preserved before approval");
         assert_eq!(order.targets[0].tokens.len(), 1);
         assert_eq!(store.unseal_targets(&order).unwrap(), vec![(IdentifierKind::Msisdn, "+4520000001".to_string())]);
         assert!(order.covers(today) && !order.covers(PartitionDate::parse("2026-11-25").unwrap()));
@@ -273,41 +438,62 @@ mod tests {
             assert!(!haystack.windows(10).any(|w| w == b"4520000001"), "target stored in clear");
         }
 
-        let duplicate = store.place(new_order("QF-2026-17", vec![]), "test", now);
+        let duplicate = store.register(new_order("QF-2026-17", target()), &actor("alice"), now);
         assert!(matches!(duplicate, Err(OrderError::Duplicate(_))));
-        store.extend(&order.id, PartitionDate::parse("2027-07-01").unwrap(), "test", now).unwrap();
+        let order = store.decide(&order.id, true, "p-bob", None, now).unwrap();
+        assert_eq!((order.status, store.active().unwrap().len()), (OrderStatus::Active, 1));
+        let asked = store.request_end(&order.id, PartitionDate::parse("2027-02-20").unwrap(), &actor("alice"), now);
+        assert_eq!(asked.unwrap().pending.map(|p| p.ends.to_string()), Some("2027-02-20".to_string()));
+        let extended = store.decide_end(&order.id, true, "p-bob", now).unwrap();
+        assert_eq!((extended.ends.to_string(), extended.pending), ("2027-02-20".to_string(), None));
         assert!(store.has_data(&order.id).unwrap(), "its key exists");
-        store.lift(&order.id, "lifted", "test", now).unwrap();
+        store.lift(&order.id, "lifted", "p-alice", now).unwrap();
         assert!(store.active().unwrap().is_empty());
         assert_eq!(store.list().unwrap().len(), 1);
         assert!(!store.has_data(&order.id).unwrap());
         assert!(matches!(store.unseal_targets(&order), Err(OrderError::Sealing)), "the key went with the lift");
 
         let trail = std::fs::read_to_string(root.path().join("state").join(crate::audit::AUDIT_FILE)).unwrap();
-        let actions: Vec<&str> = ["order_placed", "order_extended", "order_lifted"]
-            .into_iter()
-            .filter(|action| trail.contains(&format!("\"action\":\"{action}\"")))
+        let actions: Vec<String> = trail
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["action"].to_string())
+            .map(|action| action.trim_matches('"').to_string())
             .collect();
-        assert_eq!(actions.len(), 3, "{trail}");
+        assert_eq!(
+            actions,
+            ["order_registered", "order_decided", "order_end_requested", "order_end_decided", "order_lifted"]
+        );
     }
 
     #[test]
-    fn malformed_targets_are_refused_by_position() {
+    fn orders_are_bounded_in_time_and_never_freeze_a_cell() {
         let root = tempfile::tempdir().unwrap();
         let store = store(root.path());
-        let now = Utc::now();
-        let result = store.place(
-            NewOrder {
-                authority: "a".into(),
-                reference: "r".into(),
-                targets: vec![TargetInput::parse("imsi:123", 1).unwrap()],
-                window_start: now - chrono::Duration::days(1),
-                window_end: now,
-                ends: PartitionDate::parse("2099-01-01").unwrap(),
-            },
-            "test",
-            now,
-        );
-        assert!(matches!(result, Err(OrderError::InvalidTarget { position: 1, kind: "imsi" })));
+        let now = Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).unwrap();
+        let order = |targets: &[&str], window_end, ends: &str| NewOrder {
+            authority: "a".into(),
+            reference: "r".into(),
+            targets: targets.iter().enumerate().map(|(n, t)| TargetInput::parse(t, n + 1).unwrap()).collect(),
+            window_start: now - chrono::Duration::days(1),
+            window_end,
+            ends: PartitionDate::parse(ends).unwrap(),
+        };
+        let by = actor("alice");
+        let register = |new| store.register(new, &by, now);
+        assert!(matches!(
+            register(order(&["imsi:123"], now, "2027-01-01")),
+            Err(OrderError::InvalidTarget { position: 1, kind: "imsi" })
+        ));
+        assert!(matches!(register(order(&["msisdn:+4520000001"], now, "2099-12-31")), Err(OrderError::TooLong(90))));
+        assert!(matches!(
+            register(order(&["msisdn:+4520000001", "cell:238-01-1-1"], now, "2027-01-01")),
+            Err(OrderError::CellTarget(2))
+        ));
+        let future = now + chrono::Duration::days(3);
+        assert!(matches!(
+            register(order(&["msisdn:+4520000001"], future, "2027-01-01")),
+            Err(OrderError::InvalidPeriod)
+        ));
+        assert!(store.list().unwrap().is_empty(), "nothing was stored");
     }
 }

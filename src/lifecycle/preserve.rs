@@ -173,6 +173,16 @@ fn reseal(batch: RecordBatch, key_id: &KeyId) -> Result<RecordBatch, WriteError>
     Ok(RecordBatch::try_new(schema, columns)?)
 }
 
+/// The data files in an order's area.
+pub fn area_files(data_dir: &Path, order: &str) -> Result<u64, PreserveError> {
+    let root = order_dir(data_dir, order);
+    let mut files = 0;
+    for day in read::list_days(&root)? {
+        files += read::list_files(&root, day)?.len() as u64;
+    }
+    Ok(files)
+}
+
 /// Deletes an order's area (data files, their indexes, anything left),
 /// durably. Returns the data files removed.
 pub fn destroy_area(data_dir: &Path, order: &str) -> Result<u64, PreserveError> {

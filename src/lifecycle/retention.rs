@@ -205,7 +205,8 @@ impl Sweeper {
     fn end_orders(&self, as_of: PartitionDate) -> Result<(), RetentionError> {
         let Some((orders, _)) = &self.orders else { return Ok(()) };
         for order in orders.list()? {
-            let ended = order.status == OrderStatus::Active && order.ends < as_of;
+            // An order that was never decided ends too: its key goes.
+            let ended = matches!(order.status, OrderStatus::Active | OrderStatus::Registered) && order.ends < as_of;
             let unfinished = order.status == OrderStatus::Lifted && orders.has_data(&order.id)?;
             if ended || unfinished {
                 let reason = if ended { "ended" } else { "lift completed" };

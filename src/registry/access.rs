@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use super::{RegistryError, StoredTarget};
+use super::{AuditHook, RegistryError, StoredTarget};
 use crate::model::{Category, IdentifierKind, TimestampMicros};
 
 /// What a principal may do.
@@ -41,14 +41,23 @@ impl Role {
     }
 }
 
-/// An authenticated (or to-be-authenticated) person or system.
+/// A credential holder: one person (or system) acting in some roles. A
+/// person may hold several principals (one per authority they handle for,
+/// say); the four-eyes rule and the separation of duties look at the
+/// person, not at the principal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub id: String,
     pub name: String,
+    /// The person the principal belongs to (an employee or system id).
+    pub person: String,
     pub roles: BTreeSet<Role>,
     /// The authority a handler acts for.
     pub authority: Option<String>,
+    /// When its credentials stop working, if they expire.
+    pub expires_at: Option<TimestampMicros>,
+    /// Revoked principals never authenticate again.
+    pub revoked: bool,
 }
 
 impl Principal {
@@ -98,9 +107,14 @@ pub struct Warrant {
     pub period_start: TimestampMicros,
     pub period_end: TimestampMicros,
     pub categories: BTreeSet<Category>,
+    /// Whether the warrant grants cell dumps: every record in its cell
+    /// targets' areas (which needs the location category too).
+    pub cell_dump: bool,
     pub valid_until: TimestampMicros,
     pub status: WarrantStatus,
     pub registered_by: String,
+    /// The person behind `registered_by`, for the four-eyes rule.
+    pub registered_by_person: String,
     pub decided_by: Option<String>,
     pub decision_reason: Option<String>,
 }
@@ -108,8 +122,18 @@ pub struct Warrant {
 /// How a principal is looked up.
 #[derive(Debug, Clone, Copy)]
 pub enum PrincipalKey<'a> {
+    Id(&'a str),
     TokenSha256(&'a [u8]),
     CertificateSha256(&'a [u8]),
+}
+
+/// A principal to insert, with the SHA-256 of its bearer token and, for
+/// mTLS, of its client certificate.
+#[derive(Debug)]
+pub struct NewPrincipalRow<'a> {
+    pub principal: &'a Principal,
+    pub token_sha256: &'a [u8],
+    pub certificate_sha256: Option<&'a [u8]>,
 }
 
 /// Where authorities, principals and warrants live. The rules are in
@@ -118,25 +142,43 @@ pub enum PrincipalKey<'a> {
 /// registry.
 pub trait AccessRegistry: Send + Sync {
     /// Inserts an authority; `false` if the id is taken.
-    fn insert_authority(&self, id: &str, country: &str, name: &str, at: DateTime<Utc>) -> Result<bool, RegistryError>;
+    fn insert_authority(
+        &self,
+        id: &str,
+        country: &str,
+        name: &str,
+        at: DateTime<Utc>,
+        audit: AuditHook<'_>,
+    ) -> Result<bool, RegistryError>;
     fn authority_country(&self, id: &str) -> Result<Option<String>, RegistryError>;
     fn principal_count(&self) -> Result<u64, RegistryError>;
+    /// Inserts a principal with its token and certificate digests, in one
+    /// transaction; [`RegistryError::Conflict`] if the id, token or
+    /// certificate is taken.
     fn insert_principal(
         &self,
-        principal: &Principal,
-        token_sha256: &[u8],
+        new: NewPrincipalRow<'_>,
         at: DateTime<Utc>,
+        audit: AuditHook<'_>,
     ) -> Result<(), RegistryError>;
     fn find_principal(&self, key: PrincipalKey<'_>) -> Result<Option<Principal>, RegistryError>;
-    /// Maps a certificate to a principal; `false` if there is no such
-    /// principal, [`RegistryError::Conflict`] if the certificate is taken.
-    fn bind_certificate(&self, principal: &str, cert_sha256: &[u8]) -> Result<bool, RegistryError>;
-    /// Inserts a warrant and its targets atomically.
+    /// Every principal of a person, revoked ones included.
+    fn principals_of_person(&self, person: &str) -> Result<Vec<Principal>, RegistryError>;
+    /// How many live (unrevoked) principals hold `role`.
+    fn live_principals_with(&self, role: Role) -> Result<usize, RegistryError>;
+    /// Revokes a principal; `false` if there is no such principal or it is
+    /// already revoked.
+    fn revoke_principal(&self, id: &str, at: DateTime<Utc>, audit: AuditHook<'_>) -> Result<bool, RegistryError>;
+    /// Replaces a live principal's token digest; `false` if there is no
+    /// such live principal.
+    fn replace_token(&self, id: &str, token_sha256: &[u8], audit: AuditHook<'_>) -> Result<bool, RegistryError>;
+    /// Inserts a warrant and its targets in one transaction.
     fn insert_warrant(
         &self,
         warrant: &Warrant,
         targets: &[StoredTarget],
         at: DateTime<Utc>,
+        audit: AuditHook<'_>,
     ) -> Result<(), RegistryError>;
     /// A warrant with its target kinds.
     fn warrant(&self, id: &str) -> Result<Option<Warrant>, RegistryError>;
@@ -150,8 +192,11 @@ pub trait AccessRegistry: Send + Sync {
         status: WarrantStatus,
         by: &str,
         reason: Option<&str>,
+        audit: AuditHook<'_>,
     ) -> Result<bool, RegistryError>;
-    fn close_warrant(&self, id: &str) -> Result<(), RegistryError>;
+    /// Closes a warrant and forgets its targets' tokens; `false` if it was
+    /// already closed.
+    fn close_warrant(&self, id: &str, audit: AuditHook<'_>) -> Result<bool, RegistryError>;
     /// Warrants, optionally of one authority, newest first.
     fn list_warrants(&self, authority: Option<&str>) -> Result<Vec<Warrant>, RegistryError>;
 }

@@ -11,6 +11,7 @@
 //! backend: the composition root opens it once and hands the traits down.
 
 mod access;
+mod audited;
 mod orders;
 mod requests;
 pub mod sqlite;
@@ -18,8 +19,9 @@ pub mod sqlite;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use access::{AccessRegistry, Principal, PrincipalKey, Role, Warrant, WarrantStatus};
-pub use orders::{Order, OrderRegistry, OrderStatus, Which};
+pub use access::{AccessRegistry, NewPrincipalRow, Principal, PrincipalKey, Role, Warrant, WarrantStatus};
+pub use audited::{Audited, with_audit};
+pub use orders::{Actor, Order, OrderRegistry, OrderStatus, PendingEnd, Which};
 pub use requests::{
     AGE_BUCKETS, AuthorityStatistics, KeptResults, RequestError, RequestRecord, RequestRegistry, RequestStatus,
     age_bucket,
@@ -36,7 +38,20 @@ pub enum RegistryError {
     Conflict,
     #[error("registry error: {0}")]
     Backend(String),
+    /// The change's audit entry could not be written; the change was rolled
+    /// back. The caller holds the audit error.
+    #[error("the change's audit entry could not be written; the change was rolled back")]
+    AuditFailed,
 }
+
+/// Appends the audit entry of a change from inside the change's
+/// transaction, after the change is applied and before it commits: a change
+/// commits only once its entry is durable, and an entry that cannot be
+/// written rolls the change back ([`RegistryError::AuditFailed`]). A crash
+/// between the two can leave an entry for a change that did not commit,
+/// never a change without its entry. A backend calls it exactly once per
+/// change it applies, and not at all for a change it does not apply.
+pub type AuditHook<'a> = &'a mut dyn FnMut() -> Result<(), RegistryError>;
 
 /// The registry's file name in the state directory.
 pub const REGISTRY_FILE: &str = "registry.sqlite";

@@ -3,14 +3,50 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{RegistryError, StoredTarget};
+use super::{AuditHook, RegistryError, StoredTarget};
 use crate::keys::{self, KeyError, KeyStore};
 use crate::model::{IdentifierKind, PartitionDate, TimestampMicros};
 
+/// Where an order stands. Only an active order preserves anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderStatus {
+    /// Registered by one legal reviewer, waiting for another's decision.
+    Registered,
     Active,
+    Rejected,
     Lifted,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Registered => "registered",
+            OrderStatus::Active => "active",
+            OrderStatus::Rejected => "rejected",
+            OrderStatus::Lifted => "lifted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<OrderStatus> {
+        [OrderStatus::Registered, OrderStatus::Active, OrderStatus::Rejected, OrderStatus::Lifted]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// Who did something to an order: a principal and the person behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub principal: String,
+    pub person: String,
+}
+
+/// A new end date asked for by one reviewer, waiting for another's
+/// approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEnd {
+    pub ends: PartitionDate,
+    pub by: Actor,
 }
 
 #[derive(Debug, Clone)]
@@ -23,6 +59,10 @@ pub struct Order {
     pub ends: PartitionDate,
     pub status: OrderStatus,
     pub targets: Vec<StoredTarget>,
+    pub registered_by: Actor,
+    pub decided_by: Option<String>,
+    pub decision_reason: Option<String>,
+    pub pending: Option<PendingEnd>,
 }
 
 impl Order {
@@ -54,18 +94,35 @@ pub trait OrderRegistry: Send + Sync {
     /// True if the authority already has an order with this reference.
     fn order_exists(&self, authority: &str, reference: &str) -> Result<bool, RegistryError>;
 
-    /// Stores a new active order with its targets, in one transaction;
-    /// `Conflict` if its id or (authority, reference) is taken.
-    fn insert_order(&self, order: &Order, placed_at: DateTime<Utc>) -> Result<(), RegistryError>;
+    /// Stores a new order with its targets, in one transaction; `Conflict`
+    /// if its id or (authority, reference) is taken.
+    fn insert_order(&self, order: &Order, placed_at: DateTime<Utc>, audit: AuditHook<'_>) -> Result<(), RegistryError>;
 
     /// The orders asked for, oldest first.
     fn load_orders(&self, which: Which<'_>) -> Result<Vec<Order>, RegistryError>;
 
-    /// Moves an active order's end date; false if there is no such order.
-    fn set_order_end(&self, id: &str, ends: PartitionDate) -> Result<bool, RegistryError>;
+    /// Decides a registered order: `Active` or `Rejected`; false if it is
+    /// not (or no longer) registered.
+    fn decide_order(
+        &self,
+        id: &str,
+        status: OrderStatus,
+        by: &str,
+        reason: Option<&str>,
+        audit: AuditHook<'_>,
+    ) -> Result<bool, RegistryError>;
 
-    /// Marks an active order lifted; false if there is no such order.
-    fn mark_order_lifted(&self, id: &str, at: DateTime<Utc>) -> Result<bool, RegistryError>;
+    /// Asks for a new end date of an active order, pending approval; false
+    /// if there is no such active order.
+    fn request_end(&self, id: &str, pending: &PendingEnd, audit: AuditHook<'_>) -> Result<bool, RegistryError>;
+
+    /// Applies (`approve`) or drops an active order's pending end date;
+    /// false if there is none.
+    fn decide_end(&self, id: &str, approve: bool, audit: AuditHook<'_>) -> Result<bool, RegistryError>;
+
+    /// Marks a registered or active order lifted and forgets its targets'
+    /// tokens; false if there is no such order.
+    fn mark_order_lifted(&self, id: &str, at: DateTime<Utc>, audit: AuditHook<'_>) -> Result<bool, RegistryError>;
 }
 
 /// Which orders [`OrderRegistry::load_orders`] returns.

@@ -7,7 +7,7 @@
 //! unique key `(authority, number)` is what refuses a replayed request.
 //! Rows hold ids, counts and digests, never a target value.
 
-use super::RegistryError;
+use super::{AuditHook, RegistryError};
 use crate::model::TimestampMicros;
 
 /// The outcome of a request.
@@ -109,8 +109,14 @@ pub trait RequestRegistry: Send + Sync {
     /// Whether the authority already used this request number.
     fn number_used(&self, authority: &str, number: u64) -> Result<bool, RequestError>;
     /// Records a request and the ages of the records it delivered, in one
-    /// transaction. A used number is refused as [`RequestError::Replayed`].
-    fn record(&self, request: &RequestRecord, ages: &[u64; AGE_BUCKETS.len()]) -> Result<(), RequestError>;
+    /// transaction with its audit entry. A used number is refused as
+    /// [`RequestError::Replayed`], unaudited.
+    fn record(
+        &self,
+        request: &RequestRecord,
+        ages: &[u64; AGE_BUCKETS.len()],
+        audit: AuditHook<'_>,
+    ) -> Result<(), RequestError>;
     fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, RequestError>;
     /// Requests, optionally of one authority, newest first.
     fn list(&self, authority: Option<&str>) -> Result<Vec<RequestRecord>, RequestError>;
@@ -134,7 +140,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteRegistry::open(&dir.path().join("state")).unwrap();
         for id in ["dk-police", "dk-tax"] {
-            assert!(store.insert_authority(id, "DK", "x", chrono::Utc::now()).unwrap());
+            assert!(store.insert_authority(id, "DK", "x", chrono::Utc::now(), &mut || Ok(())).unwrap());
         }
         (dir, store)
     }
@@ -162,24 +168,26 @@ mod tests {
     #[test]
     fn a_request_number_is_used_once_per_authority() {
         let (_dir, store) = store();
-        store.record(&request("dk-police", 1, RequestStatus::Answered, 5), &[3, 0, 0, 0]).unwrap();
+        store.record(&request("dk-police", 1, RequestStatus::Answered, 5), &[3, 0, 0, 0], &mut || Ok(())).unwrap();
         assert!(store.number_used("dk-police", 1).unwrap());
         assert!(!store.number_used("dk-tax", 1).unwrap());
-        let replay = store.record(&request("dk-police", 1, RequestStatus::Refused, 6), &[0; 4]);
+        let replay = store.record(&request("dk-police", 1, RequestStatus::Refused, 6), &[0; 4], &mut || Ok(()));
         assert!(matches!(replay, Err(RequestError::Replayed { number: 1, .. })), "{replay:?}");
-        store.record(&request("dk-tax", 1, RequestStatus::Refused, 6), &[0; 4]).unwrap();
+        store.record(&request("dk-tax", 1, RequestStatus::Refused, 6), &[0; 4], &mut || Ok(())).unwrap();
         assert_eq!(store.get("DK-dk-police-1").unwrap().unwrap().status, RequestStatus::Answered);
     }
 
     #[test]
     fn statistics_count_outcomes_and_ages_per_authority_within_the_year() {
         let (_dir, store) = store();
-        store.record(&request("dk-police", 1, RequestStatus::Answered, 100), &[2, 1, 0, 0]).unwrap();
-        store.record(&request("dk-police", 2, RequestStatus::AnsweredPartially, 200), &[0, 0, 4, 0]).unwrap();
-        store.record(&request("dk-police", 3, RequestStatus::Refused, 300), &[0; 4]).unwrap();
-        store.record(&request("dk-tax", 1, RequestStatus::Unavailable, 400), &[0; 4]).unwrap();
+        store.record(&request("dk-police", 1, RequestStatus::Answered, 100), &[2, 1, 0, 0], &mut || Ok(())).unwrap();
+        store
+            .record(&request("dk-police", 2, RequestStatus::AnsweredPartially, 200), &[0, 0, 4, 0], &mut || Ok(()))
+            .unwrap();
+        store.record(&request("dk-police", 3, RequestStatus::Refused, 300), &[0; 4], &mut || Ok(())).unwrap();
+        store.record(&request("dk-tax", 1, RequestStatus::Unavailable, 400), &[0; 4], &mut || Ok(())).unwrap();
         // Outside the year.
-        store.record(&request("dk-tax", 2, RequestStatus::Answered, 5_000), &[9, 0, 0, 0]).unwrap();
+        store.record(&request("dk-tax", 2, RequestStatus::Answered, 5_000), &[9, 0, 0, 0], &mut || Ok(())).unwrap();
         let stats = store.statistics(TimestampMicros(0), TimestampMicros(1_000)).unwrap();
         assert_eq!(stats.len(), 2);
         assert_eq!(
@@ -200,7 +208,7 @@ mod tests {
     #[test]
     fn expired_results_are_listed_until_cleared() {
         let (_dir, store) = store();
-        store.record(&request("dk-police", 1, RequestStatus::Answered, 100), &[0; 4]).unwrap();
+        store.record(&request("dk-police", 1, RequestStatus::Answered, 100), &[0; 4], &mut || Ok(())).unwrap();
         assert!(store.kept_results(KeptResults::ExpiredAt(TimestampMicros(105))).unwrap().is_empty());
         assert_eq!(store.kept_results(KeptResults::ExpiredAt(TimestampMicros(200))).unwrap().len(), 1);
         assert_eq!(store.kept_results(KeptResults::OfWarrant("w-1")).unwrap().len(), 1);

@@ -35,11 +35,12 @@ use crate::ingest::source::KafkaSource;
 use crate::ingest::{Ingest, IngestReport, StopAfter};
 use crate::keys::KeyStore;
 use crate::lifecycle::config::RetentionConfig;
+use crate::lifecycle::orders::OrderStore;
 use crate::ops::clock::{Clock, SystemClock};
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
 use crate::proto;
-use crate::registry::{Registries, Role};
+use crate::registry::Registries;
 use crate::storage::config::ParquetConfig;
 use crate::storage::recover;
 use crate::storage::write::ParquetWriter;
@@ -168,19 +169,21 @@ pub fn lawful_access(options: &DemoOptions, state_dir: &std::path::Path) -> anyh
     let state_dir = state_dir.join(format!("demo-{}", now.format("%Y%m%dT%H%M%S%.3f")));
     let keys = Arc::new(KeyStore::open(&options.keys_dir, Some(&options.data_dir))?);
     let registries = Registries::sqlite(&state_dir)?;
-    let (_, admin) = AccessStore::new(Arc::clone(&registries.access)).create_principal(
-        None,
-        "demo admin",
-        [Role::Admin].into(),
-        None,
-        now,
-    )?;
     let audit = Arc::new(AuditTrail::open(&state_dir, &keys)?);
+    let (_, admin) =
+        AccessStore::new(Arc::clone(&registries.access)).bootstrap(&audit, "demo admin", "demo admin", now)?;
+    let orders = Arc::new(OrderStore::new(
+        Arc::clone(&registries.orders),
+        Arc::clone(&keys),
+        Arc::clone(&audit),
+        options.data_dir.clone(),
+    ));
     let desk = Desk::new(DeskParts {
         data_dir: options.data_dir.clone(),
         results_dir: state_dir.join(crate::access::results::RESULTS_DIR),
         keys,
         audit,
+        orders,
         registries,
         clock: Arc::new(SystemClock),
         metrics: Metrics::new(),
@@ -215,9 +218,10 @@ pub fn lawful_access(options: &DemoOptions, state_dir: &std::path::Path) -> anyh
             let created = admin
                 .create_principal(proto::CreatePrincipalRequest {
                     name: name.into(),
+                    person: name.into(),
                     roles: vec![role.into()],
                     authority: authority.into(),
-                    client_certificate_sha256: String::new(),
+                    ..proto::CreatePrincipalRequest::default()
                 })
                 .await?;
             Client::connect(&url, Some(created.token), None).await
@@ -238,6 +242,7 @@ pub fn lawful_access(options: &DemoOptions, state_dir: &std::path::Path) -> anyh
                 period_end: window_end.clone(),
                 categories: vec!["traffic".into(), "location".into()],
                 valid_until: time(now + chrono::Duration::days(30)),
+                cell_dump: false,
             })
             .await?;
         bob.decide_warrant(proto::DecideWarrantRequest {

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -26,12 +28,12 @@ use cdrvault::ingest::decode::Encoding;
 use cdrvault::ingest::process::{BatchOutcome, Input, Processor, ProcessorConfig};
 use cdrvault::keys::KeyStore;
 use cdrvault::lifecycle::config::RetentionConfig;
-use cdrvault::lifecycle::orders::OrderStore;
+use cdrvault::lifecycle::orders::{NewOrder, OrderStore};
 use cdrvault::lifecycle::retention::Sweeper;
 use cdrvault::model::{IdentifierField, PartitionDate, TimestampMicros};
 use cdrvault::ops::clock::{Clock, ManualClock};
 use cdrvault::ops::metrics::Metrics;
-use cdrvault::registry::Registries;
+use cdrvault::registry::{Actor, Order, Registries};
 use cdrvault::storage::config::ParquetConfig;
 use cdrvault::storage::read;
 use cdrvault::storage::write::ParquetWriter;
@@ -168,6 +170,7 @@ impl TestVault {
                 results_dir: self.state().join(results::RESULTS_DIR),
                 keys: Arc::clone(&self.keys),
                 audit: Arc::clone(audit),
+                orders: self.orders(&registries, audit),
                 registries,
                 clock: self.clock.clone() as Arc<dyn Clock>,
                 metrics,
@@ -189,6 +192,14 @@ fn processor(data: &Path, options: &VaultOptions, keys: Arc<KeyStore>, clock: &A
             retention_days: Some(RetentionConfig::default().days),
         },
     )
+}
+
+/// Registers `new` as one reviewer and approves it as another: an active
+/// order, as the API would make it.
+pub fn approved_order(orders: &OrderStore, new: NewOrder, now: DateTime<Utc>) -> Order {
+    let alice = Actor { principal: "p-alice".into(), person: "alice".into() };
+    let order = orders.register(new, &alice, now).unwrap();
+    orders.decide(&order.id, true, "p-bob", None, now).unwrap()
 }
 
 /// A generated population and `count` of its records, no defects.

@@ -4,14 +4,16 @@
 use std::collections::BTreeSet;
 
 use crate::access::input;
+use crate::access::orders::order_end;
 use crate::access::render::ResultFormat;
 use crate::access::requests::Submission;
 use crate::access::warrants::{Decision, NewWarrant};
 use crate::access::{NewPrincipal, Refusal};
 use crate::audit::Verification;
+use crate::lifecycle::orders::NewOrder;
 use crate::model::Category;
 use crate::proto;
-use crate::registry::{AGE_BUCKETS, AuthorityStatistics, Principal, RequestRecord, Role, Warrant};
+use crate::registry::{AGE_BUCKETS, AuthorityStatistics, Order, Principal, RequestRecord, Role, Warrant};
 
 pub fn result_format(value: i32) -> ResultFormat {
     match proto::ResultFormat::try_from(value) {
@@ -40,7 +42,7 @@ fn category_names(categories: &BTreeSet<Category>) -> Vec<String> {
 }
 
 pub fn new_principal(body: proto::CreatePrincipalRequest) -> Result<NewPrincipal, Refusal> {
-    input::within_limit(&[("name", &body.name), ("authority", &body.authority)])?;
+    input::within_limit(&[("name", &body.name), ("authority", &body.authority), ("person", &body.person)])?;
     let roles: BTreeSet<Role> =
         body.roles.iter().map(|r| Role::parse(r)).collect::<Option<_>>().ok_or(Refusal::UnknownRole)?;
     let certificate = match body.client_certificate_sha256.trim() {
@@ -50,11 +52,17 @@ pub fn new_principal(body: proto::CreatePrincipalRequest) -> Result<NewPrincipal
             _ => return Err(Refusal::BadCertificate),
         },
     };
+    let expires_at = match input::optional(&body.valid_until) {
+        Some(text) => Some(input::time(text, "valid_until")?),
+        None => None,
+    };
     Ok(NewPrincipal {
         name: body.name,
+        person: body.person.trim().to_string(),
         roles,
         authority: input::optional(&body.authority).map(str::to_string),
         certificate,
+        expires_at,
     })
 }
 
@@ -71,6 +79,7 @@ pub fn new_warrant(body: proto::RegisterWarrantRequest, max_targets: usize) -> R
         period_end: input::time(&body.period_end, "period_end")?,
         categories: input::categories(&body.categories)?,
         valid_until: input::time(&body.valid_until, "valid_until")?,
+        cell_dump: body.cell_dump,
         authority: body.authority,
         reference: body.reference,
         issued_by: body.issued_by,
@@ -101,6 +110,9 @@ pub fn principal_info(principal: &Principal) -> proto::PrincipalInfo {
         name: principal.name.clone(),
         roles: principal.roles.iter().map(|r| r.as_str().to_string()).collect(),
         authority: principal.authority.clone().unwrap_or_default(),
+        person: principal.person.clone(),
+        valid_until: principal.expires_at.map(|t| t.rfc3339()).unwrap_or_default(),
+        revoked: principal.revoked,
     }
 }
 
@@ -120,6 +132,42 @@ pub fn warrant_info(w: &Warrant) -> proto::Warrant {
         registered_by: w.registered_by.clone(),
         decided_by: w.decided_by.clone().unwrap_or_default(),
         decision_reason: w.decision_reason.clone().unwrap_or_default(),
+        cell_dump: w.cell_dump,
+    }
+}
+
+pub fn new_order(body: proto::RegisterOrderRequest, max_targets: usize) -> Result<NewOrder, Refusal> {
+    input::within_limit(&[("authority", &body.authority), ("reference", &body.reference), ("ends", &body.ends)])?;
+    Ok(NewOrder {
+        targets: input::targets(&body.targets, max_targets)?,
+        window_start: input::time(&body.window_start, "window_start")?,
+        window_end: input::time(&body.window_end, "window_end")?,
+        ends: order_end(&body.ends)?,
+        authority: body.authority,
+        reference: body.reference,
+    })
+}
+
+pub fn order_decision(body: &proto::DecideOrderRequest) -> Result<Decision, Refusal> {
+    input::within_limit(&[("order", &body.order), ("reason", &body.reason)])?;
+    Ok(if body.approve { Decision::Approve } else { Decision::Reject(body.reason.trim().to_string()) })
+}
+
+pub fn order_info(o: &Order) -> proto::Order {
+    proto::Order {
+        id: o.id.clone(),
+        authority: o.authority.clone(),
+        reference: o.reference.clone(),
+        target_kinds: o.targets.iter().map(|t| t.kind.as_str().to_string()).collect(),
+        window_start: o.window_start.rfc3339(),
+        window_end: o.window_end.rfc3339(),
+        ends: o.ends.to_string(),
+        status: o.status.as_str().to_string(),
+        registered_by: o.registered_by.principal.clone(),
+        decided_by: o.decided_by.clone().unwrap_or_default(),
+        decision_reason: o.decision_reason.clone().unwrap_or_default(),
+        pending_ends: o.pending.as_ref().map(|p| p.ends.to_string()).unwrap_or_default(),
+        pending_by: o.pending.as_ref().map(|p| p.by.principal.clone()).unwrap_or_default(),
     }
 }
 

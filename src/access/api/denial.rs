@@ -23,6 +23,9 @@ pub fn code(refusal: &Refusal) -> Code {
         Refusal::MissingRole(_)
         | Refusal::NoAuthority
         | Refusal::SelfApproval
+        | Refusal::IncompatibleRoles(..)
+        | Refusal::LastAdmin
+        | Refusal::CellDumpNotGranted
         | Refusal::TargetOutOfScope(_)
         | Refusal::WindowOutOfScope
         | Refusal::CategoryOutOfScope(_) => Code::PermissionDenied,
@@ -30,10 +33,15 @@ pub fn code(refusal: &Refusal) -> Code {
         | Refusal::UnknownWarrant
         | Refusal::UnknownRequest
         | Refusal::NoResult
-        | Refusal::ResultDestroyed => Code::NotFound,
-        Refusal::NotApproved(_) | Refusal::WarrantExpired | Refusal::WarrantClosed | Refusal::AlreadyDecided => {
-            Code::FailedPrecondition
-        }
+        | Refusal::ResultDestroyed
+        | Refusal::UnknownPrincipal
+        | Refusal::UnknownOrder => Code::NotFound,
+        Refusal::NotApproved(_)
+        | Refusal::WarrantExpired
+        | Refusal::WarrantClosed
+        | Refusal::AlreadyDecided
+        | Refusal::OrderState(..)
+        | Refusal::NoPendingEnd => Code::FailedPrecondition,
         Refusal::ReasonRequired
         | Refusal::MalformedTarget(_)
         | Refusal::TargetSyntax(_)
@@ -51,7 +59,10 @@ pub fn code(refusal: &Refusal) -> Code {
         | Refusal::BadRequestNumber
         | Refusal::BadYear
         | Refusal::ReferenceRequired
-        | Refusal::NotASubject(_) => Code::InvalidArgument,
+        | Refusal::NotASubject(_)
+        | Refusal::PersonRequired
+        | Refusal::OrderTooLong(_)
+        | Refusal::BadOrderScope => Code::InvalidArgument,
         Refusal::Duplicate | Refusal::RequestNumberReused(_) => Code::AlreadyExists,
         Refusal::MessageTooLarge { .. } | Refusal::RateLimited(_) => Code::ResourceExhausted,
         Refusal::ResultUnsealable | Refusal::ResultDigestMismatch => Code::DataLoss,

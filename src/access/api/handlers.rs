@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::{AccessService, ChunkStream, chunks, convert};
 use crate::access::input;
+use crate::access::orders::order_end;
 use crate::proto;
 use crate::proto::lawful_access_server::LawfulAccess;
 
@@ -41,6 +42,28 @@ impl LawfulAccess for AccessService {
             })
             .await?;
         Ok(Response::new(created))
+    }
+
+    async fn revoke_principal(&self, request: Request<proto::RevokePrincipalRequest>) -> Reply<proto::PrincipalInfo> {
+        let revoked = self
+            .call("RevokePrincipal", request, |desk, call, body| {
+                input::within_limit(&[("principal", &body.principal), ("reason", &body.reason)])?;
+                Ok(convert::principal_info(&desk.revoke_principal(call, &body.principal, &body.reason)?))
+            })
+            .await?;
+        Ok(Response::new(revoked))
+    }
+
+    async fn rotate_token(&self, request: Request<proto::RotateTokenRequest>) -> Reply<proto::RotateTokenResponse> {
+        let rotated = self
+            .call("RotateToken", request, |desk, call, body| {
+                input::within_limit(&[("principal", &body.principal)])?;
+                let id = input::optional(&body.principal).map_or_else(|| call.principal.id.clone(), str::to_string);
+                let token = desk.rotate_token(call, &id)?;
+                Ok(proto::RotateTokenResponse { token: token.expose().to_string() })
+            })
+            .await?;
+        Ok(Response::new(rotated))
     }
 
     async fn register_warrant(&self, request: Request<proto::RegisterWarrantRequest>) -> Reply<proto::Warrant> {
@@ -146,6 +169,64 @@ impl LawfulAccess for AccessService {
             })
             .await?;
         Ok(Response::new(report))
+    }
+
+    async fn register_order(&self, request: Request<proto::RegisterOrderRequest>) -> Reply<proto::Order> {
+        let order = self
+            .call("RegisterOrder", request, |desk, call, body| {
+                let new = convert::new_order(body, desk.settings().max_targets)?;
+                Ok(convert::order_info(&desk.register_order(call, new)?))
+            })
+            .await?;
+        Ok(Response::new(order))
+    }
+
+    async fn decide_order(&self, request: Request<proto::DecideOrderRequest>) -> Reply<proto::Order> {
+        let order = self
+            .call("DecideOrder", request, |desk, call, body| {
+                let decision = convert::order_decision(&body)?;
+                Ok(convert::order_info(&desk.decide_order(call, &body.order, decision)?))
+            })
+            .await?;
+        Ok(Response::new(order))
+    }
+
+    async fn extend_order(&self, request: Request<proto::ExtendOrderRequest>) -> Reply<proto::Order> {
+        let order = self
+            .call("ExtendOrder", request, |desk, call, body| {
+                input::within_limit(&[("order", &body.order), ("ends", &body.ends)])?;
+                let ends = order_end(&body.ends)?;
+                Ok(convert::order_info(&desk.extend_order(call, &body.order, ends)?))
+            })
+            .await?;
+        Ok(Response::new(order))
+    }
+
+    async fn lift_order(&self, request: Request<proto::LiftOrderRequest>) -> Reply<proto::Order> {
+        let order = self
+            .call("LiftOrder", request, |desk, call, body| {
+                input::within_limit(&[("order", &body.order), ("reason", &body.reason)])?;
+                Ok(convert::order_info(&desk.lift_order(call, &body.order, &body.reason)?))
+            })
+            .await?;
+        Ok(Response::new(order))
+    }
+
+    async fn get_order(&self, request: Request<proto::GetOrderRequest>) -> Reply<proto::Order> {
+        let order = self
+            .call("GetOrder", request, |desk, call, body| Ok(convert::order_info(&desk.order(call, &body.order)?)))
+            .await?;
+        Ok(Response::new(order))
+    }
+
+    async fn list_orders(&self, request: Request<proto::ListOrdersRequest>) -> Reply<proto::ListOrdersResponse> {
+        let listed = self
+            .call("ListOrders", request, |desk, call, body| {
+                let orders = desk.list_orders(call, input::optional(&body.authority))?;
+                Ok(proto::ListOrdersResponse { orders: orders.iter().map(convert::order_info).collect() })
+            })
+            .await?;
+        Ok(Response::new(listed))
     }
 
     type ExportSubjectStream = ChunkStream;

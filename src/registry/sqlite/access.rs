@@ -6,20 +6,40 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteRegistry;
 use crate::model::{Category, IdentifierKind, TimestampMicros};
 use crate::registry::{
-    AccessRegistry, Principal, PrincipalKey, RegistryError, Role, StoredTarget, Warrant, WarrantStatus,
+    AccessRegistry, AuditHook, NewPrincipalRow, Principal, PrincipalKey, RegistryError, Role, StoredTarget, Warrant,
+    WarrantStatus,
 };
 
-fn principal_from(id: String, name: String, roles: String, authority: Option<String>) -> Principal {
-    Principal { id, name, roles: roles.split(',').filter_map(Role::parse).collect(), authority }
+const PRINCIPAL_COLUMNS: &str = "id, name, person, roles, authority_id, expires_at_us, revoked_at";
+
+fn principal_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Principal> {
+    Ok(Principal {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        person: r.get(2)?,
+        roles: r.get::<_, String>(3)?.split(',').filter_map(Role::parse).collect(),
+        authority: r.get(4)?,
+        expires_at: r.get::<_, Option<i64>>(5)?.map(TimestampMicros),
+        revoked: r.get::<_, Option<String>>(6)?.is_some(),
+    })
 }
 
 impl AccessRegistry for SqliteRegistry {
-    fn insert_authority(&self, id: &str, country: &str, name: &str, at: DateTime<Utc>) -> Result<bool, RegistryError> {
-        let inserted = self.db().execute(
-            "INSERT OR IGNORE INTO authorities (id, country, name, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![id, country, name, at.to_rfc3339()],
-        )?;
-        Ok(inserted == 1)
+    fn insert_authority(
+        &self,
+        id: &str,
+        country: &str,
+        name: &str,
+        at: DateTime<Utc>,
+        audit: AuditHook<'_>,
+    ) -> Result<bool, RegistryError> {
+        self.audited(audit, |tx| {
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO authorities (id, country, name, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, country, name, at.to_rfc3339()],
+            )? == 1;
+            Ok((inserted, inserted))
+        })
     }
 
     fn authority_country(&self, id: &str) -> Result<Option<String>, RegistryError> {
@@ -36,39 +56,77 @@ impl AccessRegistry for SqliteRegistry {
 
     fn insert_principal(
         &self,
-        principal: &Principal,
-        token_sha256: &[u8],
+        new: NewPrincipalRow<'_>,
         at: DateTime<Utc>,
+        audit: AuditHook<'_>,
     ) -> Result<(), RegistryError> {
+        let principal = new.principal;
         let roles = principal.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
-        self.db().execute(
-            "INSERT INTO principals (id, name, roles, authority_id, token_sha256, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![principal.id, principal.name, roles, principal.authority, token_sha256, at.to_rfc3339()],
-        )?;
-        Ok(())
+        self.audited(audit, |tx| {
+            tx.execute(
+                "INSERT INTO principals (id, name, person, roles, authority_id, token_sha256, cert_sha256,
+                    expires_at_us, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    principal.id,
+                    principal.name,
+                    principal.person,
+                    roles,
+                    principal.authority,
+                    new.token_sha256,
+                    new.certificate_sha256,
+                    principal.expires_at.map(|t| t.0),
+                    at.to_rfc3339()
+                ],
+            )?;
+            Ok(((), true))
+        })
     }
 
     fn find_principal(&self, key: PrincipalKey<'_>) -> Result<Option<Principal>, RegistryError> {
-        let (column, value) = match key {
-            PrincipalKey::TokenSha256(v) => ("token_sha256", v),
-            PrincipalKey::CertificateSha256(v) => ("cert_sha256", v),
+        let db = self.db();
+        let query = |column: &str| format!("SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE {column} = ?1");
+        let row = match key {
+            PrincipalKey::Id(id) => db.query_row(&query("id"), params![id], principal_row),
+            PrincipalKey::TokenSha256(v) => db.query_row(&query("token_sha256"), params![v], principal_row),
+            PrincipalKey::CertificateSha256(v) => db.query_row(&query("cert_sha256"), params![v], principal_row),
         };
-        let row = self
-            .db()
-            .query_row(
-                &format!("SELECT id, name, roles, authority_id FROM principals WHERE {column} = ?1"),
-                params![value],
-                |r| Ok(principal_from(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()?;
-        Ok(row)
+        Ok(row.optional()?)
     }
 
-    fn bind_certificate(&self, principal: &str, cert_sha256: &[u8]) -> Result<bool, RegistryError> {
-        let updated = self
-            .db()
-            .execute("UPDATE principals SET cert_sha256 = ?2 WHERE id = ?1", params![principal, cert_sha256])?;
-        Ok(updated == 1)
+    fn principals_of_person(&self, person: &str) -> Result<Vec<Principal>, RegistryError> {
+        let db = self.db();
+        let mut statement =
+            db.prepare(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE person = ?1 ORDER BY id"))?;
+        let principals = statement.query_map(params![person], principal_row)?.collect::<Result<_, _>>()?;
+        Ok(principals)
+    }
+
+    fn live_principals_with(&self, role: Role) -> Result<usize, RegistryError> {
+        let db = self.db();
+        let mut statement = db.prepare("SELECT roles FROM principals WHERE revoked_at IS NULL")?;
+        let roles = statement.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+        Ok(roles.iter().filter(|roles| roles.split(',').any(|r| r == role.as_str())).count())
+    }
+
+    fn revoke_principal(&self, id: &str, at: DateTime<Utc>, audit: AuditHook<'_>) -> Result<bool, RegistryError> {
+        self.audited(audit, |tx| {
+            let revoked = tx.execute(
+                "UPDATE principals SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, at.to_rfc3339()],
+            )? == 1;
+            Ok((revoked, revoked))
+        })
+    }
+
+    fn replace_token(&self, id: &str, token_sha256: &[u8], audit: AuditHook<'_>) -> Result<bool, RegistryError> {
+        self.audited(audit, |tx| {
+            let replaced = tx.execute(
+                "UPDATE principals SET token_sha256 = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                params![id, token_sha256],
+            )? == 1;
+            Ok((replaced, replaced))
+        })
     }
 
     fn insert_warrant(
@@ -76,14 +134,14 @@ impl AccessRegistry for SqliteRegistry {
         warrant: &Warrant,
         targets: &[StoredTarget],
         at: DateTime<Utc>,
+        audit: AuditHook<'_>,
     ) -> Result<(), RegistryError> {
         let categories = warrant.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",");
-        let mut db = self.db();
-        let tx = db.transaction()?;
+        self.audited(audit, |tx| {
         tx.execute(
             "INSERT INTO warrants (id, authority_id, reference, issued_by, legal_basis, period_start_us, period_end_us,
-                categories, valid_until_us, status, registered_by, registered_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                categories, valid_until_us, status, registered_by, registered_at, cell_dump, registered_by_person)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 warrant.id,
                 warrant.authority,
@@ -97,6 +155,8 @@ impl AccessRegistry for SqliteRegistry {
                 warrant.status.as_str(),
                 warrant.registered_by,
                 at.to_rfc3339(),
+                warrant.cell_dump,
+                warrant.registered_by_person,
             ],
         )?;
         for (position, target) in targets.iter().enumerate() {
@@ -111,8 +171,8 @@ impl AccessRegistry for SqliteRegistry {
                 )?;
             }
         }
-        tx.commit()?;
-        Ok(())
+        Ok(((), true))
+        })
     }
 
     fn warrant(&self, id: &str) -> Result<Option<Warrant>, RegistryError> {
@@ -120,7 +180,8 @@ impl AccessRegistry for SqliteRegistry {
         let row = db
             .query_row(
                 "SELECT id, authority_id, reference, issued_by, legal_basis, period_start_us, period_end_us, categories,
-                    valid_until_us, status, registered_by, decided_by, decision_reason FROM warrants WHERE id = ?1",
+                    valid_until_us, status, registered_by, decided_by, decision_reason, cell_dump, registered_by_person
+                 FROM warrants WHERE id = ?1",
                 params![id],
                 |r| {
                     Ok(Warrant {
@@ -133,9 +194,11 @@ impl AccessRegistry for SqliteRegistry {
                         period_start: TimestampMicros(r.get(5)?),
                         period_end: TimestampMicros(r.get(6)?),
                         categories: r.get::<_, String>(7)?.split(',').filter_map(Category::parse).collect(),
+                        cell_dump: r.get(13)?,
                         valid_until: TimestampMicros(r.get(8)?),
                         status: WarrantStatus::parse(&r.get::<_, String>(9)?),
                         registered_by: r.get(10)?,
+                        registered_by_person: r.get(14)?,
                         decided_by: r.get(11)?,
                         decision_reason: r.get(12)?,
                     })
@@ -174,23 +237,28 @@ impl AccessRegistry for SqliteRegistry {
         status: WarrantStatus,
         by: &str,
         reason: Option<&str>,
+        audit: AuditHook<'_>,
     ) -> Result<bool, RegistryError> {
-        let updated = self.db().execute(
-            "UPDATE warrants SET status = ?2, decided_by = ?3, decision_reason = ?4 WHERE id = ?1 AND status = 'registered'",
-            params![id, status.as_str(), by, reason],
-        )?;
-        Ok(updated == 1)
+        self.audited(audit, |tx| {
+            let decided = tx.execute(
+                "UPDATE warrants SET status = ?2, decided_by = ?3, decision_reason = ?4
+                 WHERE id = ?1 AND status = 'registered'",
+                params![id, status.as_str(), by, reason],
+            )? == 1;
+            Ok((decided, decided))
+        })
     }
 
-    fn close_warrant(&self, id: &str) -> Result<(), RegistryError> {
+    fn close_warrant(&self, id: &str, audit: AuditHook<'_>) -> Result<bool, RegistryError> {
         // The targets' tokens match rows of the data files: a closed
         // warrant keeps none (its sealed values die with its key).
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        tx.execute("UPDATE warrants SET status = 'closed' WHERE id = ?1", params![id])?;
-        tx.execute("DELETE FROM warrant_target_tokens WHERE warrant_id = ?1", params![id])?;
-        tx.commit()?;
-        Ok(())
+        self.audited(audit, |tx| {
+            let closed = tx
+                .execute("UPDATE warrants SET status = 'closed' WHERE id = ?1 AND status != 'closed'", params![id])?
+                == 1;
+            tx.execute("DELETE FROM warrant_target_tokens WHERE warrant_id = ?1", params![id])?;
+            Ok((closed, closed))
+        })
     }
 
     fn list_warrants(&self, authority: Option<&str>) -> Result<Vec<Warrant>, RegistryError> {

@@ -111,6 +111,49 @@ const MIGRATIONS: &[&str] = &[
     // 4: client certificates (mTLS) mapped to principals, by SHA-256 of the DER.
     "ALTER TABLE principals ADD COLUMN cert_sha256 BLOB;
     CREATE UNIQUE INDEX principals_cert_sha256 ON principals(cert_sha256) WHERE cert_sha256 IS NOT NULL;",
+    // 5: persons behind principals (each existing principal its own), expiry
+    // and revocation; cell dumps granted explicitly; the registrar's person
+    // kept with each warrant for the four-eyes rule.
+    "ALTER TABLE principals ADD COLUMN person TEXT;
+    UPDATE principals SET person = id;
+    ALTER TABLE principals ADD COLUMN expires_at_us INTEGER;
+    ALTER TABLE principals ADD COLUMN revoked_at TEXT;
+    CREATE INDEX principals_person ON principals(person);
+    ALTER TABLE warrants ADD COLUMN cell_dump INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE warrants ADD COLUMN registered_by_person TEXT NOT NULL DEFAULT '';
+    UPDATE warrants SET registered_by_person =
+        COALESCE((SELECT person FROM principals WHERE principals.id = warrants.registered_by), registered_by);",
+    // 6: preservation orders are reviewed like warrants: registered by one
+    // reviewer, approved (active) or rejected by another; an extension waits
+    // for its own approval. Orders placed before stay active, their
+    // registrar unknown. (The table is rebuilt to widen its status check;
+    // foreign keys are enforced only after the migrations.)
+    "CREATE TABLE preservation_orders_v6 (
+        id TEXT PRIMARY KEY,
+        authority TEXT NOT NULL,
+        reference TEXT NOT NULL,
+        window_start_us INTEGER NOT NULL,
+        window_end_us INTEGER NOT NULL,
+        ends TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('registered', 'active', 'rejected', 'lifted')),
+        placed_at TEXT NOT NULL,
+        lifted_at TEXT,
+        registered_by TEXT NOT NULL,
+        registered_by_person TEXT NOT NULL,
+        decided_by TEXT,
+        decision_reason TEXT,
+        pending_ends TEXT,
+        pending_by TEXT,
+        pending_by_person TEXT,
+        UNIQUE (authority, reference)
+    );
+    INSERT INTO preservation_orders_v6 (id, authority, reference, window_start_us, window_end_us, ends, status,
+        placed_at, lifted_at, registered_by, registered_by_person)
+        SELECT id, authority, reference, window_start_us, window_end_us, ends, status, placed_at, lifted_at,
+            'unknown', 'unknown'
+        FROM preservation_orders;
+    DROP TABLE preservation_orders;
+    ALTER TABLE preservation_orders_v6 RENAME TO preservation_orders;",
 ];
 
 /// Opens (creating and migrating) the registry in `state_dir`.
@@ -118,11 +161,13 @@ pub(super) fn open(state_dir: &Path) -> Result<Connection, rusqlite::Error> {
     let mut connection = Connection::open(state_dir.join(REGISTRY_FILE))?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
-    connection.pragma_update(None, "foreign_keys", "ON")?;
     // Deleted rows (the tokens of closed warrants and lifted orders) are
     // overwritten, not left in free pages.
     connection.pragma_update(None, "secure_delete", "ON")?;
+    // A migration may rebuild a table that others reference: foreign keys
+    // are checked once they are all applied.
     migrate(&mut connection)?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
     Ok(connection)
 }
 

@@ -12,9 +12,9 @@ use std::fmt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Transaction};
 
-use super::{REGISTRY_FILE, RegistryError};
+use super::{AuditHook, REGISTRY_FILE, RegistryError};
 use crate::ops::durable::{self, DurableError};
 
 /// One connection, serialised by a mutex (SQLite writes are serial anyway).
@@ -41,9 +41,7 @@ impl From<rusqlite::Error> for RegistryError {
 }
 
 impl SqliteRegistry {
-    /// Opens (creating and migrating) the registry in `state_dir`, creating
-    /// the directory if needed.
-    /// Opens (creating if needed) the registry in `state_dir`. The
+    /// Opens (creating and migrating if needed) the registry in `state_dir`. The
     /// directory, the database and its WAL files must be private to the
     /// service's user: they hold warrants, principals and sealed targets.
     pub fn open(state_dir: &Path) -> Result<SqliteRegistry, RegistryError> {
@@ -61,5 +59,24 @@ impl SqliteRegistry {
 
     pub(super) fn db(&self) -> MutexGuard<'_, Connection> {
         self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `change` in a transaction. If it reports that it changed
+    /// something, the change's audit entry is appended before the commit
+    /// ([`AuditHook`]); otherwise the transaction is rolled back and nothing
+    /// is audited.
+    pub(super) fn audited<T>(
+        &self,
+        audit: AuditHook<'_>,
+        change: impl FnOnce(&Transaction<'_>) -> Result<(T, bool), RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let (value, changed) = change(&tx)?;
+        if changed {
+            audit()?;
+            tx.commit()?;
+        }
+        Ok(value)
     }
 }

@@ -5,7 +5,9 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteRegistry;
 use crate::model::{IdentifierKind, KeyId, PartitionDate, TimestampMicros, Token};
-use crate::registry::{Order, OrderRegistry, OrderStatus, RegistryError, StoredTarget, Which};
+use crate::registry::{
+    Actor, AuditHook, Order, OrderRegistry, OrderStatus, PendingEnd, RegistryError, StoredTarget, Which,
+};
 
 impl OrderRegistry for SqliteRegistry {
     fn order_exists(&self, authority: &str, reference: &str) -> Result<bool, RegistryError> {
@@ -20,36 +22,40 @@ impl OrderRegistry for SqliteRegistry {
         Ok(found.is_some())
     }
 
-    fn insert_order(&self, order: &Order, placed_at: DateTime<Utc>) -> Result<(), RegistryError> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        tx.execute(
-            "INSERT INTO preservation_orders (id, authority, reference, window_start_us, window_end_us, ends, status, placed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', ?7)",
-            params![
-                order.id,
-                order.authority,
-                order.reference,
-                order.window_start.0,
-                order.window_end.0,
-                order.ends.to_string(),
-                placed_at.to_rfc3339(),
-            ],
-        )?;
-        for (position, target) in order.targets.iter().enumerate() {
+    fn insert_order(&self, order: &Order, placed_at: DateTime<Utc>, audit: AuditHook<'_>) -> Result<(), RegistryError> {
+        self.audited(audit, |tx| {
             tx.execute(
-                "INSERT INTO preservation_targets (order_id, position, kind, sealed) VALUES (?1, ?2, ?3, ?4)",
-                params![order.id, position as i64, target.kind.as_str(), target.sealed],
+                "INSERT INTO preservation_orders (id, authority, reference, window_start_us, window_end_us, ends, status,
+                    placed_at, registered_by, registered_by_person)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    order.id,
+                    order.authority,
+                    order.reference,
+                    order.window_start.0,
+                    order.window_end.0,
+                    order.ends.to_string(),
+                    order.status.as_str(),
+                    placed_at.to_rfc3339(),
+                    order.registered_by.principal,
+                    order.registered_by.person,
+                ],
             )?;
-            for (key, token) in &target.tokens {
+            for (position, target) in order.targets.iter().enumerate() {
                 tx.execute(
-                    "INSERT INTO preservation_target_tokens (order_id, position, token_key_id, token) VALUES (?1, ?2, ?3, ?4)",
-                    params![order.id, position as i64, key.as_str(), token.0],
+                    "INSERT INTO preservation_targets (order_id, position, kind, sealed) VALUES (?1, ?2, ?3, ?4)",
+                    params![order.id, position as i64, target.kind.as_str(), target.sealed],
                 )?;
+                for (key, token) in &target.tokens {
+                    tx.execute(
+                        "INSERT INTO preservation_target_tokens (order_id, position, token_key_id, token)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![order.id, position as i64, key.as_str(), token.0],
+                    )?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(((), true))
+        })
     }
 
     fn load_orders(&self, which: Which<'_>) -> Result<Vec<Order>, RegistryError> {
@@ -60,28 +66,41 @@ impl OrderRegistry for SqliteRegistry {
         };
         let db = self.db();
         let mut statement = db.prepare(
-            "SELECT id, authority, reference, window_start_us, window_end_us, ends, status FROM preservation_orders
+            "SELECT id, authority, reference, window_start_us, window_end_us, ends, status, registered_by,
+                registered_by_person, decided_by, decision_reason, pending_ends, pending_by, pending_by_person
+             FROM preservation_orders
              WHERE (?1 IS NULL OR id = ?1) AND (?2 = 0 OR status = 'active') ORDER BY placed_at, id",
         )?;
         let rows = statement.query_map(params![id, active_only as i64], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, String>(6)?,
-            ))
+            let date = |text: String| PartitionDate::parse(&text).unwrap_or(PartitionDate::EPOCH);
+            let pending = match (r.get::<_, Option<String>>(11)?, r.get(12)?, r.get(13)?) {
+                (Some(ends), Some(principal), Some(person)) => {
+                    Some(PendingEnd { ends: date(ends), by: Actor { principal, person } })
+                }
+                _ => None,
+            };
+            Ok(Order {
+                id: r.get(0)?,
+                authority: r.get(1)?,
+                reference: r.get(2)?,
+                window_start: TimestampMicros(r.get(3)?),
+                window_end: TimestampMicros(r.get(4)?),
+                ends: date(r.get(5)?),
+                // The column's check admits nothing else.
+                status: OrderStatus::parse(&r.get::<_, String>(6)?).unwrap_or(OrderStatus::Lifted),
+                targets: Vec::new(),
+                registered_by: Actor { principal: r.get(7)?, person: r.get(8)? },
+                decided_by: r.get(9)?,
+                decision_reason: r.get(10)?,
+                pending,
+            })
         })?;
-        let mut orders = Vec::new();
-        for row in rows {
-            let (id, authority, reference, start, end, ends, status) = row?;
-            let mut targets = Vec::new();
+        let mut orders: Vec<Order> = rows.collect::<Result<_, _>>()?;
+        for order in &mut orders {
             let mut stored = db.prepare(
                 "SELECT position, kind, sealed FROM preservation_targets WHERE order_id = ?1 ORDER BY position",
             )?;
-            let stored = stored.query_map(params![id], |r| {
+            let stored = stored.query_map(params![order.id], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?))
             })?;
             for target in stored {
@@ -91,43 +110,69 @@ impl OrderRegistry for SqliteRegistry {
                     "SELECT token_key_id, token FROM preservation_target_tokens WHERE order_id = ?1 AND position = ?2",
                 )?;
                 let tokens = tokens
-                    .query_map(params![id, position], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                    .query_map(params![order.id, position], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
                     .filter_map(|r| r.ok())
                     .filter_map(|(key, token)| KeyId::new(key).map(|key| (key, Token(token))))
                     .collect();
-                targets.push(StoredTarget { kind, tokens, sealed });
+                order.targets.push(StoredTarget { kind, tokens, sealed });
             }
-            orders.push(Order {
-                id,
-                authority,
-                reference,
-                window_start: TimestampMicros(start),
-                window_end: TimestampMicros(end),
-                ends: PartitionDate::parse(&ends).unwrap_or(PartitionDate::EPOCH),
-                status: if status == "active" { OrderStatus::Active } else { OrderStatus::Lifted },
-                targets,
-            });
         }
         Ok(orders)
     }
 
-    fn set_order_end(&self, id: &str, ends: PartitionDate) -> Result<bool, RegistryError> {
-        let changed = self.db().execute(
-            "UPDATE preservation_orders SET ends = ?2 WHERE id = ?1 AND status = 'active'",
-            params![id, ends.to_string()],
-        )?;
-        Ok(changed == 1)
+    fn decide_order(
+        &self,
+        id: &str,
+        status: OrderStatus,
+        by: &str,
+        reason: Option<&str>,
+        audit: AuditHook<'_>,
+    ) -> Result<bool, RegistryError> {
+        self.audited(audit, |tx| {
+            let decided = tx.execute(
+                "UPDATE preservation_orders SET status = ?2, decided_by = ?3, decision_reason = ?4
+                 WHERE id = ?1 AND status = 'registered'",
+                params![id, status.as_str(), by, reason],
+            )? == 1;
+            Ok((decided, decided))
+        })
     }
 
-    fn mark_order_lifted(&self, id: &str, at: DateTime<Utc>) -> Result<bool, RegistryError> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let changed = tx.execute(
-            "UPDATE preservation_orders SET status = 'lifted', lifted_at = ?2 WHERE id = ?1 AND status = 'active'",
-            params![id, at.to_rfc3339()],
-        )?;
-        tx.execute("DELETE FROM preservation_target_tokens WHERE order_id = ?1", params![id])?;
-        tx.commit()?;
-        Ok(changed == 1)
+    fn request_end(&self, id: &str, pending: &PendingEnd, audit: AuditHook<'_>) -> Result<bool, RegistryError> {
+        self.audited(audit, |tx| {
+            let asked = tx.execute(
+                "UPDATE preservation_orders SET pending_ends = ?2, pending_by = ?3, pending_by_person = ?4
+                 WHERE id = ?1 AND status = 'active'",
+                params![id, pending.ends.to_string(), pending.by.principal, pending.by.person],
+            )? == 1;
+            Ok((asked, asked))
+        })
+    }
+
+    fn decide_end(&self, id: &str, approve: bool, audit: AuditHook<'_>) -> Result<bool, RegistryError> {
+        self.audited(audit, |tx| {
+            let decided = tx.execute(
+                "UPDATE preservation_orders
+                 SET ends = CASE WHEN ?2 THEN pending_ends ELSE ends END,
+                     pending_ends = NULL, pending_by = NULL, pending_by_person = NULL
+                 WHERE id = ?1 AND status = 'active' AND pending_ends IS NOT NULL",
+                params![id, approve],
+            )? == 1;
+            Ok((decided, decided))
+        })
+    }
+
+    fn mark_order_lifted(&self, id: &str, at: DateTime<Utc>, audit: AuditHook<'_>) -> Result<bool, RegistryError> {
+        self.audited(audit, |tx| {
+            let lifted = tx.execute(
+                "UPDATE preservation_orders SET status = 'lifted', lifted_at = ?2, pending_ends = NULL,
+                    pending_by = NULL, pending_by_person = NULL
+                 WHERE id = ?1 AND status IN ('registered', 'active')",
+                params![id, at.to_rfc3339()],
+            )? == 1;
+            // A lifted order keeps no token that matches the data.
+            tx.execute("DELETE FROM preservation_target_tokens WHERE order_id = ?1", params![id])?;
+            Ok((lifted, lifted))
+        })
     }
 }

@@ -7,8 +7,8 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteRegistry;
 use crate::model::TimestampMicros;
 use crate::registry::{
-    AGE_BUCKETS, AuthorityStatistics, KeptResults, RegistryError, RequestError, RequestRecord, RequestRegistry,
-    RequestStatus,
+    AGE_BUCKETS, AuditHook, AuthorityStatistics, KeptResults, RegistryError, RequestError, RequestRecord,
+    RequestRegistry, RequestStatus,
 };
 
 const REQUEST_COLUMNS: &str = "request_id, authority_id, request_number, warrant_id, principal_id, status, reason,
@@ -48,10 +48,13 @@ impl RequestRegistry for SqliteRegistry {
         Ok(found.is_some())
     }
 
-    fn record(&self, request: &RequestRecord, ages: &[u64; AGE_BUCKETS.len()]) -> Result<(), RequestError> {
-        let write = || -> Result<bool, rusqlite::Error> {
-            let mut db = self.db();
-            let tx = db.transaction()?;
+    fn record(
+        &self,
+        request: &RequestRecord,
+        ages: &[u64; AGE_BUCKETS.len()],
+        audit: AuditHook<'_>,
+    ) -> Result<(), RequestError> {
+        let inserted = self.audited(audit, |tx| {
             let inserted = tx.execute(
                 &format!(
                     "INSERT OR IGNORE INTO requests ({REQUEST_COLUMNS})
@@ -74,22 +77,21 @@ impl RequestRegistry for SqliteRegistry {
                     request.result_name,
                     request.result_expires.map(|t| t.0),
                 ],
-            )?;
-            if inserted == 0 {
-                return Ok(false);
+            )? == 1;
+            if inserted {
+                for (bucket, records) in ages.iter().enumerate().filter(|(_, n)| **n > 0) {
+                    tx.execute(
+                        "INSERT INTO request_ages (request_id, bucket, records) VALUES (?1, ?2, ?3)",
+                        params![request.request_id, bucket as i64, *records as i64],
+                    )?;
+                }
             }
-            for (bucket, records) in ages.iter().enumerate().filter(|(_, n)| **n > 0) {
-                tx.execute(
-                    "INSERT INTO request_ages (request_id, bucket, records) VALUES (?1, ?2, ?3)",
-                    params![request.request_id, bucket as i64, *records as i64],
-                )?;
-            }
-            tx.commit()?;
-            Ok(true)
-        };
-        match write().map_err(RegistryError::from)? {
-            true => Ok(()),
-            false => Err(RequestError::Replayed { authority: request.authority.clone(), number: request.number }),
+            Ok((inserted, inserted))
+        })?;
+        if inserted {
+            Ok(())
+        } else {
+            Err(RequestError::Replayed { authority: request.authority.clone(), number: request.number })
         }
     }
 

@@ -1,0 +1,294 @@
+//! The lawful-access promises against insiders, through the API: an admin
+//! who wants several roles, a reviewer with a second principal, a principal
+//! that should no longer work, a warrant stretched into a cell dump, an
+//! order placed without review, and a change whose audit entry cannot be
+//! written.
+
+mod common;
+
+use tonic::Code;
+
+use cdrvault::access::config::AccessSettings;
+use cdrvault::model::PartitionDate;
+use cdrvault::proto;
+use common::api::*;
+
+fn creating(name: &str, person: &str, roles: &[&str], authority: &str) -> proto::CreatePrincipalRequest {
+    proto::CreatePrincipalRequest {
+        name: name.into(),
+        person: person.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        authority: authority.into(),
+        ..proto::CreatePrincipalRequest::default()
+    }
+}
+
+/// The reason code of a refused call.
+fn reason(status: &tonic::Status) -> &str {
+    status.message().split(':').next().unwrap_or_default()
+}
+
+fn order_request(w: &World, reference: &str, targets: &[String], days: i64) -> proto::RegisterOrderRequest {
+    proto::RegisterOrderRequest {
+        authority: "dk-police".into(),
+        reference: reference.into(),
+        targets: targets.to_vec(),
+        window_start: time(w.until - chrono::Duration::days(3)),
+        window_end: time(w.until),
+        ends: PartitionDate::from_days_since_epoch(w.vault.today().days_since_epoch() + days).unwrap().to_string(),
+    }
+}
+
+fn approve_order(order: &str) -> proto::DecideOrderRequest {
+    proto::DecideOrderRequest { order: order.into(), approve: true, reason: String::new() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_eyes_are_two_persons_and_duties_stay_apart() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let admin = w.admin.clone();
+    let mut c = w.client.clone();
+
+    // An admin cannot make itself, or anyone, admin and anything else.
+    for roles in [&["admin", "legal_reviewer"][..], &["admin", "auditor"], &["legal_reviewer", "authority_handler"]] {
+        let request = creating("mallory", "mallory", roles, "dk-police");
+        let refused = c.create_principal(authed(&admin, request)).await.unwrap_err();
+        assert_eq!((refused.code(), reason(&refused)), (Code::PermissionDenied, "incompatible_roles"), "{roles:?}");
+    }
+    let refusals = w.audit_entries().iter().filter(|e| e["reason"] == "incompatible_roles").count();
+    assert_eq!(refusals, 3, "each refusal is audited");
+
+    // Nor across a person's principals: the reviewer alice may not also
+    // handle for an authority under a second principal.
+    let second = creating("alice as handler", "alice", &["authority_handler"], "dk-police");
+    let refused = c.create_principal(authed(&admin, second)).await.unwrap_err();
+    assert_eq!(reason(&refused), "incompatible_roles");
+
+    // A second reviewer principal of alice is possible (say for another
+    // team), but it is still alice: it cannot approve alice's warrant.
+    let alias = creating("alice (second desk)", "alice", &["legal_reviewer"], "");
+    let alias = c.create_principal(authed(&admin, alias)).await.unwrap().into_inner().token;
+    let warrant = w.warrant_request(Grant::of(&[w.target(1)]));
+    let warrant = c.register_warrant(authed(&cast.alice, warrant)).await.unwrap().into_inner();
+    let decide = proto::DecideWarrantRequest { warrant: warrant.id.clone(), approve: true, reason: String::new() };
+    let refused = c.decide_warrant(authed(&alias, decide.clone())).await.unwrap_err();
+    assert_eq!(reason(&refused), "self_approval");
+    assert_eq!(c.decide_warrant(authed(&cast.bob, decide)).await.unwrap().into_inner().status, "approved");
+
+    // A person without a name is refused.
+    let nobody = creating("ghost", " ", &["auditor"], "");
+    assert_eq!(reason(&c.create_principal(authed(&admin, nobody)).await.unwrap_err()), "person_required");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_rotated_and_expired_credentials_stop_working() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let admin = w.admin.clone();
+    let mut c = w.client.clone();
+    let whoami = |token: &str| authed(token, proto::WhoAmIRequest {});
+
+    // Rotation: the old token stops working at once, the new one works.
+    let rotated = c.rotate_token(authed(&cast.handler, proto::RotateTokenRequest::default())).await.unwrap();
+    let handler = rotated.into_inner().token;
+    assert_eq!(reason(&c.who_am_i(whoami(&cast.handler)).await.unwrap_err()), "unknown_token");
+    let me = c.who_am_i(whoami(&handler)).await.unwrap().into_inner();
+    assert_eq!(me.authority, "dk-police");
+    // Another principal's token is the admin's to rotate.
+    let theirs = proto::RotateTokenRequest { principal: me.id.clone() };
+    assert_eq!(reason(&c.rotate_token(authed(&cast.auditor, theirs)).await.unwrap_err()), "missing_role");
+
+    // Revocation: audited, and the credentials never work again.
+    let revoke = proto::RevokePrincipalRequest { principal: me.id.clone(), reason: "left the unit".into() };
+    assert!(c.revoke_principal(authed(&handler, revoke.clone())).await.is_err(), "only an admin revokes");
+    let revoked = c.revoke_principal(authed(&admin, revoke)).await.unwrap().into_inner();
+    assert!(revoked.revoked);
+    let refused = c.who_am_i(whoami(&handler)).await.unwrap_err();
+    assert_eq!((refused.code(), reason(&refused)), (Code::Unauthenticated, "revoked_credentials"));
+    assert!(w.audit_entries().iter().any(|e| e["action"] == "principal_revoked" && e["principal"] == me.id.as_str()));
+    let me_admin = c.who_am_i(whoami(&admin)).await.unwrap().into_inner();
+    let last = proto::RevokePrincipalRequest { principal: me_admin.id, reason: "oops".into() };
+    assert_eq!(reason(&c.revoke_principal(authed(&admin, last)).await.unwrap_err()), "last_admin");
+
+    // Expiry, on the injected clock.
+    let mut temporary = creating("contractor", "carol", &["auditor"], "");
+    temporary.valid_until = time(w.until + chrono::Duration::hours(1));
+    let temporary = c.create_principal(authed(&admin, temporary)).await.unwrap().into_inner().token;
+    assert!(c.who_am_i(whoami(&temporary)).await.is_ok());
+    w.vault.clock.advance(chrono::Duration::hours(2));
+    assert_eq!(reason(&c.who_am_i(whoami(&temporary)).await.unwrap_err()), "expired_credentials");
+    w.desk.flush_failures().unwrap();
+    let reasons: Vec<String> = w
+        .audit_entries()
+        .iter()
+        .filter(|e| e["action"].as_str().is_some_and(|a| a.starts_with("authentication_failure")))
+        .flat_map(|e| e["reasons"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r.as_str().map(str::to_string))
+        .collect();
+    let first = w.audit_entries().iter().find(|e| e["action"] == "authentication_failed").map(|e| e["reason"].clone());
+    assert_eq!(first, Some("unknown_token".into()), "the first failure of the interval, audited at once");
+    assert!(reasons.contains(&"revoked_credentials".to_string()) && reasons.contains(&"expired_credentials".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_dump_needs_its_own_grant_and_the_location_category() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let mut c = w.client.clone();
+    let cell = w.records.iter().find_map(|r| r.cell_id_start.clone()).expect("a cell in the data");
+    let cells = [cell.clone()];
+
+    // A warrant that grants traffic only cannot name a cell, nor can one
+    // without the explicit cell-dump grant.
+    for (categories, cell_dump) in [(&["traffic"][..], true), (&["traffic", "location"], false)] {
+        let mut request = w.warrant_request(Grant { categories, ..Grant::of(&cells) });
+        request.targets = vec![format!("cell:{cell}")];
+        request.cell_dump = cell_dump;
+        let refused = c.register_warrant(authed(&cast.alice, request)).await.unwrap_err();
+        assert_eq!(reason(&refused), "cell_dump_not_granted", "{categories:?}, cell_dump {cell_dump}");
+    }
+
+    // Granted: a request must still ask for location.
+    let mut request = w.warrant_request(Grant { categories: &["traffic", "location"], ..Grant::of(&cells) });
+    request.targets = vec![format!("cell:{cell}")];
+    request.cell_dump = true;
+    let warrant = c.register_warrant(authed(&cast.alice, request)).await.unwrap().into_inner();
+    assert!(warrant.cell_dump);
+    let decide = proto::DecideWarrantRequest { warrant: warrant.id.clone(), approve: true, reason: String::new() };
+    c.decide_warrant(authed(&cast.bob, decide)).await.unwrap();
+    let mut ask = w.submission(Ask { days: 5, ..Ask::to(&warrant.id, "") });
+    ask.targets = vec![format!("cell:{cell}")];
+    let refused = c.submit_request(authed(&cast.handler, ask.clone())).await.unwrap_err();
+    assert_eq!(reason(&refused), "cell_dump_not_granted");
+    ask.request_number = 2;
+    ask.categories = vec!["traffic".into(), "location".into()];
+    let answered = c.submit_request(authed(&cast.handler, ask)).await.unwrap().into_inner();
+    assert!(answered.records > 0, "{answered:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preservation_order_is_reviewed_bounded_and_audited_under_its_principals() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let mut c = w.client.clone();
+    let target = [format!("msisdn:{}", w.target(3))];
+
+    let refusals = [
+        (cast.handler.clone(), order_request(&w, "QF-1", &target, 30), "missing_role"),
+        (
+            cast.alice.clone(),
+            proto::RegisterOrderRequest { authority: "xx-nobody".into(), ..order_request(&w, "QF-1", &target, 30) },
+            "bad_authority",
+        ),
+        (cast.alice.clone(), order_request(&w, "QF-1", &target, 20_000), "order_too_long"),
+        (cast.alice.clone(), order_request(&w, "QF-1", &["cell:238-01-1-1".to_string()], 30), "bad_order_scope"),
+    ];
+    for (token, request, expected) in refusals {
+        let refused = c.register_order(authed(&token, request)).await.unwrap_err();
+        assert_eq!(reason(&refused), expected);
+    }
+
+    let order = c.register_order(authed(&cast.alice, order_request(&w, "QF-1", &target, 30))).await.unwrap();
+    let order = order.into_inner();
+    assert_eq!((order.status.as_str(), order.target_kinds.as_slice()), ("registered", &["msisdn".to_string()][..]));
+    let refused = c.decide_order(authed(&cast.alice, approve_order(&order.id))).await.unwrap_err();
+    assert_eq!(reason(&refused), "self_approval");
+    let active = c.decide_order(authed(&cast.bob, approve_order(&order.id))).await.unwrap().into_inner();
+    assert_eq!(active.status, "active");
+
+    // A new end date waits for another person's approval.
+    let too_far = proto::ExtendOrderRequest { order: order.id.clone(), ends: "2099-12-31".into() };
+    assert_eq!(reason(&c.extend_order(authed(&cast.alice, too_far)).await.unwrap_err()), "order_too_long");
+    let ends = PartitionDate::from_days_since_epoch(w.vault.today().days_since_epoch() + 80).unwrap().to_string();
+    let extend = proto::ExtendOrderRequest { order: order.id.clone(), ends: ends.clone() };
+    let pending = c.extend_order(authed(&cast.alice, extend)).await.unwrap().into_inner();
+    assert_eq!((pending.ends.as_str(), pending.pending_ends.as_str()), (active.ends.as_str(), ends.as_str()));
+    assert_eq!(
+        reason(&c.decide_order(authed(&cast.alice, approve_order(&order.id))).await.unwrap_err()),
+        "self_approval"
+    );
+    let extended = c.decide_order(authed(&cast.bob, approve_order(&order.id))).await.unwrap().into_inner();
+    assert_eq!(extended.ends, ends);
+
+    // Handlers see their own authority's orders; another authority's is
+    // unknown to them.
+    let mine = c.list_orders(authed(&cast.handler, proto::ListOrdersRequest::default())).await.unwrap();
+    assert_eq!(mine.into_inner().orders.len(), 1);
+    let get = proto::GetOrderRequest { order: order.id.clone() };
+    assert_eq!(reason(&c.get_order(authed(&cast.stranger, get)).await.unwrap_err()), "unknown_order");
+
+    // Every step is in the trail under the principal who took it.
+    let alice = c.who_am_i(authed(&cast.alice, proto::WhoAmIRequest {})).await.unwrap().into_inner().id;
+    let bob = c.who_am_i(authed(&cast.bob, proto::WhoAmIRequest {})).await.unwrap().into_inner().id;
+    let steps: Vec<(String, String)> = w
+        .audit_entries()
+        .iter()
+        .filter(|e| e["order"] == order.id.as_str() && e["action"] != "access_refused")
+        .map(|e| (e["action"].as_str().unwrap().to_string(), e["actor"].as_str().unwrap().to_string()))
+        .collect();
+    let expected = [
+        ("order_registered", &alice),
+        ("order_decided", &bob),
+        ("order_end_requested", &alice),
+        ("order_end_decided", &bob),
+    ];
+    assert_eq!(steps, expected.map(|(a, p)| (a.to_string(), p.clone())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_change_commits_without_its_audit_entry() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let admin = w.admin.clone();
+    let mut c = w.client.clone();
+    let target = w.target(2);
+    let approved = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
+    let mut registered = w.warrant_request(Grant::of(std::slice::from_ref(&target)));
+    registered.reference = "K-pending".into();
+    let registered = c.register_warrant(authed(&cast.alice, registered)).await.unwrap().into_inner().id;
+    let entries_before = w.audit_entries().len();
+    let results_before = common::files_below(&w.state().join("results")).len();
+
+    // The trail refuses every append: each change fails as unavailable and
+    // leaves the registry as it was.
+    w.audit.fail_appends(true);
+    let unavailable = |status: tonic::Status| assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let authority = proto::CreateAuthorityRequest { id: "fi-police".into(), country: "fi".into(), name: "x".into() };
+    unavailable(c.create_authority(authed(&admin, authority.clone())).await.unwrap_err());
+    let principal = creating("dave", "dave", &["auditor"], "");
+    unavailable(c.create_principal(authed(&admin, principal.clone())).await.unwrap_err());
+    let mut warrant = w.warrant_request(Grant::of(std::slice::from_ref(&target)));
+    warrant.reference = "K-unaudited".into();
+    unavailable(c.register_warrant(authed(&cast.alice, warrant.clone())).await.unwrap_err());
+    let decide = proto::DecideWarrantRequest { warrant: registered.clone(), approve: true, reason: String::new() };
+    unavailable(c.decide_warrant(authed(&cast.bob, decide.clone())).await.unwrap_err());
+    let close = proto::CloseWarrantRequest { warrant: approved.clone() };
+    unavailable(c.close_warrant(authed(&cast.alice, close)).await.unwrap_err());
+    let submit = w.submission(Ask::to(&approved, &target));
+    unavailable(c.submit_request(authed(&cast.handler, submit.clone())).await.unwrap_err());
+    let order = order_request(&w, "QF-unaudited", &[format!("msisdn:{target}")], 30);
+    unavailable(c.register_order(authed(&cast.alice, order.clone())).await.unwrap_err());
+    let revoke = proto::RevokePrincipalRequest { principal: "p-unknown".into(), reason: "x".into() };
+    assert!(c.revoke_principal(authed(&admin, revoke)).await.is_err());
+    let rotate = c.rotate_token(authed(&cast.auditor, proto::RotateTokenRequest::default())).await.unwrap_err();
+    unavailable(rotate);
+    assert_eq!(w.audit_entries().len(), entries_before, "nothing was written");
+
+    // Nothing happened: with the trail back, each change is still to do,
+    // and succeeds once.
+    w.audit.fail_appends(false);
+    c.who_am_i(authed(&cast.auditor, proto::WhoAmIRequest {})).await.expect("the old token still works");
+    let listed = c.list_warrants(authed(&cast.alice, proto::ListWarrantsRequest::default())).await.unwrap();
+    let warrants = listed.into_inner().warrants;
+    assert!(!warrants.iter().any(|w| w.reference == "K-unaudited"), "no warrant without its entry");
+    assert_eq!(warrants.iter().find(|w| w.id == registered).unwrap().status, "registered");
+    assert_eq!(warrants.iter().find(|w| w.id == approved).unwrap().status, "approved");
+    assert_eq!(common::files_below(&w.state().join("results")).len(), results_before, "no sealed result left behind");
+    c.create_authority(authed(&admin, authority)).await.expect("the authority was never created");
+    c.create_principal(authed(&admin, principal)).await.expect("nor the principal");
+    c.register_warrant(authed(&cast.alice, warrant)).await.expect("nor the warrant");
+    c.decide_warrant(authed(&cast.bob, decide)).await.expect("nor the decision");
+    c.submit_request(authed(&cast.handler, submit)).await.expect("the request number was never used");
+    c.register_order(authed(&cast.alice, order)).await.expect("nor the order");
+}
