@@ -317,7 +317,7 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
         ),
         Hostile::new(
             "a warrant that does not exist",
-            submitting(&w, Some(&cast.handler), Ask { number: 20, ..Ask::to("w-000000000000", &target) }),
+            submitting(&w, Some(&cast.handler), Ask { number: 20, ..Ask::to("w-0000000000000000", &target) }),
             NotFound,
             "not_found",
         ),
@@ -340,7 +340,7 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
     // Another authority's warrant and no warrant at all look the same from
     // outside; the trail keeps the precise reason of each.
     let theirs = submitting(&w, Some(&cast.stranger), Ask { number: 3, ..ask }).await.unwrap_err();
-    let nothing = submitting(&w, Some(&cast.stranger), Ask { number: 4, ..Ask::to("w-000000000000", &target) });
+    let nothing = submitting(&w, Some(&cast.stranger), Ask { number: 4, ..Ask::to("w-0000000000000000", &target) });
     let nothing = nothing.await.unwrap_err();
     assert_eq!((theirs.code(), theirs.message()), (nothing.code(), nothing.message()));
     let reasons: Vec<Value> = w.audit_entries().iter().rev().take(2).map(|e| e["reason"].clone()).collect();
@@ -374,6 +374,13 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
     // An expired warrant; then scope (target, window, category), replay and size.
     let short = Grant { valid: chrono::Duration::hours(1), ..Grant::of(std::slice::from_ref(&target)) };
     let short = approved_warrant(&mut w, &cast, short).await;
+    // A warrant over a century: a request may still span only twice the
+    // retention period.
+    let mut century = w.warrant_request(Grant::of(std::slice::from_ref(&target)));
+    century.reference = "K-century".into();
+    century.period_start = time(w.until - chrono::Duration::days(36_500));
+    let century = approved(&mut w, &cast, century).await;
+    let too_long = 2 * i64::from(AccessSettings::default().retention_days);
     w.vault.clock.advance(chrono::Duration::hours(2));
     let stranger_target = w.target(7);
     let mut devices = w.submission(Ask { number: 7, ..ask });
@@ -402,6 +409,12 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
             submitting(&w, Some(&cast.handler), Ask { number: 6, days: 30, ..ask }),
             PermissionDenied,
             "window_out_of_scope",
+        ),
+        Hostile::new(
+            "a window longer than twice the retention, inside the warrant",
+            submitting(&w, Some(&cast.handler), Ask { number: 10, days: too_long, ..Ask::to(&century, &target) }),
+            InvalidArgument,
+            "window_too_long",
         ),
         Hostile::new("a category outside the warrant", devices, PermissionDenied, "category_out_of_scope"),
         Hostile::new(
@@ -704,7 +717,9 @@ async fn preserved_records_answer_only_the_authority_that_froze_them() {
         assert_eq!((extended.ends, extended.pending_ends), (ends.to_string(), String::new()));
     }
     let sweeper = w.vault.sweeper(&w.audit, w.vault.orders(&w.registries, &w.audit));
-    assert!(sweeper.run(None, SweepMode::Delete).unwrap().days.len() >= 6, "the week is destroyed");
+    // A year without data or sweeps: the operator vouches for the clock.
+    sweeper.confirm_clock("operator").unwrap();
+    assert!(sweeper.run(SweepMode::Delete).unwrap().days.len() >= 6, "the week is destroyed");
 
     // Both authorities hold approved warrants over that week.
     let grant = Grant { valid: chrono::Duration::days(500), ..Grant::of(std::slice::from_ref(&target)) };

@@ -213,44 +213,74 @@ fn with_config(config: &std::path::Path, args: &[&str]) -> Output {
     cdrvault(&all)
 }
 
+/// The day `offset` days from today, as `YYYY-MM-DD`.
+fn day(offset: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::days(offset)).format("%Y-%m-%d").to_string()
+}
+
+/// The actions of the audit trail in `state`, in order.
+fn audit_actions(state: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(state.join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["action"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn retention_and_audit_from_the_command_line() {
-    let root = tempfile::tempdir().unwrap();
-    let config = operator_config(root.path());
-    let (data, state) = (root.path().join("data"), root.path().join("state"));
+    // Records of a day 400 days back, written while that day was today.
+    let then = chrono::Utc::now() - chrono::Duration::days(400);
+    let vault = common::TestVault::new(then);
+    let old_day = vault.today().to_string();
+    let written = vault.ingest_payloads((0..20).map(|i| {
+        format!(
+            r#"{{"record_id":"x-{i}","service":"sms","start_time":"{old_day}T00:00:{i:02}Z","calling_number":"+452000000{}","called_number":"+4530000001"}}"#,
+            i % 10
+        )
+        .into_bytes()
+    }));
+    assert_eq!(written.written, 20);
+    let root = vault.root.path();
+    let config = operator_config(root);
+    let (data, state) = (root.join("data"), root.join("state"));
     let run = |args: &[&str]| with_config(&config, args);
-    assert!(run(&["keys", "init"]).status.success());
+    let day_dir = data.join("cdr").join(format!("dt={old_day}"));
 
-    let day = |offset: i64| (chrono::Utc::now() + chrono::Duration::days(offset)).format("%Y-%m-%d").to_string();
-    let file = root.path().join("old.jsonl");
-    let lines: Vec<String> = (0..20)
-        .map(|i| {
-            format!(
-                r#"{{"record_id":"x-{i}","service":"sms","start_time":"{}T10:00:00Z","calling_number":"+452000000{}","called_number":"+4530000001"}}"#,
-                day(-3),
-                i % 10
-            )
-        })
-        .collect();
-    std::fs::write(&file, lines.join("\n")).unwrap();
-    assert!(run(&["import", file.to_str().unwrap()]).status.success());
+    // A date given to a deleting run is refused: it only ever previews.
+    let refused = run(&["retention", "run", "--as-of", &day(30)]);
+    assert!(!refused.status.success(), "{}", text(&refused.stdout));
+    assert!(text(&refused.stderr).contains("add --dry-run"), "{}", text(&refused.stderr));
+    let preview = text(&run(&["retention", "run", "--as-of", &day(30), "--dry-run"]).stdout);
+    assert!(preview.contains(&format!("would destroy {old_day}: 1 files, 20 rows")), "{preview}");
 
-    // A year and more on: a dry run lists the day, a real run destroys it,
-    // and verification passes.
-    let later = day(400);
-    let preview = text(&run(&["retention", "run", "--as-of", &later, "--dry-run"]).stdout);
-    assert!(preview.contains(&format!("would destroy {}: 1 files, 20 rows", day(-3))), "{preview}");
-    let destroyed = run(&["retention", "run", "--as-of", &later]);
+    // The day is expired. A real run distrusts a clock far beyond the
+    // newest data with no sweep on record, and destroys nothing until an
+    // operator confirms the clock.
+    let refused = run(&["retention", "run"]);
+    assert!(!refused.status.success(), "{}", text(&refused.stdout));
+    assert!(text(&refused.stderr).contains("confirm-clock"), "{}", text(&refused.stderr));
+    assert!(day_dir.read_dir().unwrap().count() > 0, "nothing destroyed");
+    assert!(!audit_actions(&state).iter().any(|a| a == "day_deleted"));
+    let confirmed = run(&["retention", "confirm-clock"]);
+    assert!(confirmed.status.success(), "{}", text(&confirmed.stderr));
+    let confirmed = text(&confirmed.stdout);
+    assert!(confirmed.contains(&format!("newest day {old_day}")) && confirmed.contains("jumped"), "{confirmed}");
+
+    // Now the run destroys it, and verification passes.
+    let destroyed = run(&["retention", "run"]);
     assert!(
-        text(&destroyed.stdout).contains(&format!("destroyed {}: 1 files, 20 rows, key day-", day(-3))),
+        text(&destroyed.stdout).contains(&format!("destroyed {old_day}: 1 files, 20 rows, key day-")),
         "{}",
         text(&destroyed.stdout)
     );
-    let verified = run(&["retention", "verify", "--as-of", &later]);
+    let verified = run(&["retention", "verify"]);
     assert!(verified.status.success(), "{}", text(&verified.stdout));
     assert!(text(&verified.stdout).contains("OK: no expired day"));
-    assert!(!data.join("cdr").join(format!("dt={}", day(-3))).exists());
-
+    assert!(!day_dir.exists());
+    let actions = audit_actions(&state);
+    let position = |action: &str| actions.iter().position(|a| a == action).unwrap();
+    assert!(position("clock_confirmed") < position("day_deleted"), "{actions:?}");
     let audit = run(&["audit", "verify"]);
     assert!(audit.status.success(), "{}", text(&audit.stdout));
 
@@ -261,20 +291,33 @@ fn retention_and_audit_from_the_command_line() {
     let audit = run(&["audit", "verify"]);
     assert!(!audit.status.success());
     assert!(text(&audit.stdout).contains("first bad entry"), "{}", text(&audit.stdout));
-    let verified = run(&["retention", "verify", "--as-of", &later]);
+    let verified = run(&["retention", "verify"]);
     assert!(!verified.status.success(), "retention verify fails on a damaged trail");
 }
 
 /// Runs `cdrvault` as a client of the API at `server`, holding `token`.
 fn as_client(config: &std::path::Path, server: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(BINARY)
+    as_client_with_input(config, server, token, args, "")
+}
+
+/// [`as_client`], with `input` on the command's stdin.
+fn as_client_with_input(config: &std::path::Path, server: &str, token: &str, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BINARY)
         .arg("--config")
         .arg(config)
         .args(args)
         .env("CDRVAULT_SERVER", server)
         .env("CDRVAULT_TOKEN", token)
-        .output()
-        .unwrap()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A command that fails before reading its stdin closes the pipe: its
+    // output says why, so a broken pipe here is not the test's failure.
+    let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+    child.wait_with_output().unwrap()
 }
 
 /// The text after `label` on the line holding it.
@@ -347,6 +390,9 @@ fn an_authority_handler_goes_from_warrant_to_result_with_the_command_line_client
 
     let start = format!("{yesterday}T00:00:00Z");
     let end = format!("{yesterday}T23:59:59Z");
+    // Targets come from a file (or stdin), never from the command line.
+    let targets = root.path().join("targets.txt");
+    std::fs::write(&targets, "# K-1, the subscriber of the case\n\nmsisdn:+4520000001\n").unwrap();
     let registered = ok(client(
         &alice,
         &[
@@ -360,8 +406,8 @@ fn an_authority_handler_goes_from_warrant_to_result_with_the_command_line_client
             "Court",
             "--legal-basis",
             "§ 781",
-            "--target",
-            "msisdn:+4520000001",
+            "--targets-file",
+            targets.to_str().unwrap(),
             "--period-start",
             &start,
             "--period-end",
@@ -385,8 +431,8 @@ fn an_authority_handler_goes_from_warrant_to_result_with_the_command_line_client
         &warrant,
         "--number",
         "1",
-        "--target",
-        "msisdn:+4520000001",
+        "--targets-file",
+        "-",
         "--from",
         &start,
         "--to",
@@ -396,7 +442,9 @@ fn an_authority_handler_goes_from_warrant_to_result_with_the_command_line_client
         "--format",
         "csv",
     ];
-    let submitted = ok(client(&handler, &submit));
+    let submit_with_stdin =
+        |token: &str| as_client_with_input(&config, &url, token, &submit, "msisdn:0045 2000 0001\n");
+    let submitted = ok(submit_with_stdin(&handler));
     assert!(submitted.contains("request DK-dk-police-1: answered, 6 records"), "{submitted}");
     let digest = after(&submitted, "sha256 ").to_string();
     let out = root.path().join("result.csv");
@@ -408,7 +456,7 @@ fn an_authority_handler_goes_from_warrant_to_result_with_the_command_line_client
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
 
-    let replay = client(&handler, &submit);
+    let replay = submit_with_stdin(&handler);
     assert!(!replay.status.success() && text(&replay.stderr).contains("request_number_reused"));
     let report = ok(client(&auditor, &["report", "--year", &yesterday[..4]]));
     let row = report.lines().find(|l| l.starts_with("dk-police")).unwrap();
@@ -451,4 +499,84 @@ fn an_authority_handler_goes_from_warrant_to_result_with_the_command_line_client
     assert!(!trail.contains("+4520000001"), "the trail holds references, never numbers");
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+#[test]
+fn targets_given_as_arguments_are_refused_without_being_repeated() {
+    let root = tempfile::tempdir().unwrap();
+    let config = operator_config(root.path());
+    // Nothing listens here: a refusal must come before any connection.
+    let client = |args: &[&str]| as_client(&config, "http://127.0.0.1:9", "cdv_unused", args);
+    let number = "+4520000009";
+    let given = format!("msisdn:{number}");
+    let targets = root.path().join("targets.txt");
+    std::fs::write(&targets, "msisdn:+4520000001\n").unwrap();
+    let register = |extra: &[&str]| {
+        let mut args = vec![
+            "warrant",
+            "register",
+            "--authority",
+            "dk-police",
+            "--reference",
+            "K-9",
+            "--issued-by",
+            "Court",
+            "--legal-basis",
+            "§ 781",
+            "--period-start",
+            "2026-11-01T00:00:00Z",
+            "--period-end",
+            "2026-11-02T00:00:00Z",
+            "--category",
+            "traffic",
+            "--valid-until",
+            "2099-01-01T00:00:00Z",
+        ];
+        args.extend_from_slice(extra);
+        client(&args)
+    };
+    let submit = |extra: &[&str]| {
+        let mut args = vec![
+            "request",
+            "submit",
+            "--warrant",
+            "w-0000000000000000",
+            "--number",
+            "1",
+            "--from",
+            "2026-11-01T00:00:00Z",
+            "--to",
+            "2026-11-02T00:00:00Z",
+            "--category",
+            "traffic",
+        ];
+        args.extend_from_slice(extra);
+        client(&args)
+    };
+    let with_equals = format!("--target={given}");
+    let attempts = [
+        ("warrant register --target", register(&["--target", &given])),
+        ("warrant register --target=", register(&[&with_equals])),
+        (
+            "warrant register with a file too",
+            register(&["--targets-file", targets.to_str().unwrap(), "--target", &given]),
+        ),
+        ("request submit --target", submit(&["--target", &given])),
+        ("request submit --target twice", submit(&["--target", &given, "--target", "msisdn:+4520000001"])),
+        (
+            "subject export --target",
+            client(&["subject", "export", "--target", &given, "--reference", "DSAR-1", "--out", "/nonexistent/x"]),
+        ),
+    ];
+    for (case, output) in attempts {
+        let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+        assert!(!output.status.success(), "{case}: {stdout}");
+        assert!(stderr.contains("--targets-file"), "{case}: the refusal says what to use instead: {stderr}");
+        for shown in [&stdout, &stderr] {
+            assert!(
+                !shown.contains("4520000009") && !shown.contains("20000009"),
+                "{case}: the value is repeated: {shown}"
+            );
+        }
+    }
 }

@@ -307,3 +307,75 @@ fn a_day_that_cannot_be_merged_stays_as_it_was_and_does_not_hold_back_the_others
     let last_success = common::metric(&text, "cdrvault_compaction_last_success_timestamp_seconds");
     assert_eq!(last_success, Some(0.0), "no success yet: {text}");
 }
+
+#[test]
+fn a_manifest_naming_anything_but_a_data_file_of_its_day_deletes_nothing_outside_it() {
+    let until = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
+    let vault = TestVault::new(until);
+    let data = vault.data();
+    let mut generator = Generator::new(SynthConfig { seed: 6, subscribers: 50, days: 0, until, invalid_ratio: 0.0 });
+    for _ in 0..2 {
+        vault.ingest(&(0..100).map(|_| generator.next_record()).collect::<Vec<_>>());
+    }
+    let day = read::list_days(&data).unwrap()[0];
+    let dir = layout::day_dir(&data, day);
+    let files = read::list_files(&data, day).unwrap();
+    assert_eq!(files.len(), 2);
+    let stem = |f: &std::path::Path| f.file_stem().unwrap().to_string_lossy().into_owned();
+
+    // Files outside the day: beside the data directory (with an index, as a
+    // data file would have), one level up inside it, and the master key.
+    let outside = vault.root.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let victim = outside.join("victim.parquet");
+    let victim_index = outside.join("_victim.index");
+    let above = data.join("x.parquet");
+    let master = vault.keys_dir().join("master.key");
+    for file in [&victim, &victim_index, &above] {
+        std::fs::write(file, b"not cdrvault's to delete").unwrap();
+    }
+    let master_before = std::fs::read(&master).unwrap();
+    let sub = dir.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let nested = sub.join("part-1.parquet");
+    std::fs::write(&nested, b"below the day").unwrap();
+
+    // A manifest whose new file exists (the second data file), naming the
+    // first data file and every one of those.
+    let hostile = [
+        victim.to_str().unwrap().to_string(),
+        "../../x.parquet".to_string(),
+        "sub/part-1.parquet".to_string(),
+        master.to_str().unwrap().to_string(),
+        "../../../keys/master.key".to_string(),
+    ];
+    let manifest = dir.join(format!("_{}{}", stem(&files[1]), MANIFEST_SUFFIX));
+    let listed = [files[0].file_name().unwrap().to_string_lossy().into_owned()].into_iter().chain(hostile.clone());
+    std::fs::write(&manifest, listed.collect::<Vec<_>>().join("\n") + "\n").unwrap();
+
+    // Readers hide only the plain data file it names.
+    assert_eq!(read::list_files(&data, day).unwrap(), vec![files[1].clone()]);
+
+    // Recovery deletes that one, refuses and reports the others, and drops
+    // the manifest.
+    assert_eq!(compact::recover(&dir).unwrap(), hostile.len());
+    assert!(!files[0].exists() && files[1].exists() && !manifest.exists());
+    for file in [&victim, &victim_index, &above, &nested] {
+        assert!(file.exists(), "{} was deleted", file.display());
+    }
+    assert_eq!(std::fs::read(&master).unwrap(), master_before, "the master key is untouched");
+
+    // The start-up recovery and a compaction run refuse them the same way.
+    std::fs::write(&manifest, hostile.join("\n") + "\n").unwrap();
+    let found = cdrvault::storage::recover::remove_leftovers(&data).unwrap();
+    assert_eq!(found.refused_manifest_entries, hostile.len() as u64);
+    std::fs::write(&manifest, hostile.join("\n") + "\n").unwrap();
+    let writer = ParquetWriter::new(&data, ParquetConfig::default());
+    let report = compact::compact_day(&writer, &vault.keys, day, 1_800_000_000_000).unwrap();
+    assert_eq!(report.refused_manifest_entries, hostile.len());
+    assert!(!manifest.exists());
+    for file in [&victim, &victim_index, &above, &nested, &files[1]] {
+        assert!(file.exists(), "{} was deleted", file.display());
+    }
+    assert_eq!(std::fs::read(&master).unwrap(), master_before, "the master key is untouched");
+}

@@ -344,3 +344,46 @@ fn the_index_path_discloses_only_allowed_categories_and_nothing_outside_the_wind
         assert!(record.preserved_under.is_none());
     }
 }
+
+#[test]
+fn sip_users_that_differ_only_in_case_are_found_apart() {
+    let vault = TestVault::new(noon());
+    let day = vault.now().format("%Y-%m-%d").to_string();
+    let record = |id: &str, sip: &str| {
+        format!(
+            r#"{{"record_id":"{id}","service":"voice","start_time":"{day}T08:00:00Z","calling_number":"+4520000001","sip_uri":"{sip}"}}"#
+        )
+        .into_bytes()
+    };
+    let payloads = [
+        record("upper", "sip:Alice@Example.COM"),
+        record("lower", "sip:alice@example.com"),
+        record("shouted", "SIP:alice@EXAMPLE.com"),
+    ];
+    assert_eq!(vault.ingest_payloads(payloads).written, 3);
+
+    let engine = LookupEngine::new(vault.data(), Arc::clone(&vault.keys));
+    let find = |target: &str| {
+        let value = canonical_value(IdentifierKind::Sip, target).unwrap();
+        let query = Query {
+            targets: vec![(IdentifierKind::Sip, value)],
+            from: TimestampMicros::from_datetime(vault.now() - chrono::Duration::days(1)),
+            to: TimestampMicros::from_datetime(vault.now()),
+            categories: [Category::Traffic].into(),
+            preserved: vec![],
+        };
+        engine.find(&query).unwrap().0
+    };
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+    let alice_upper = find("sip:Alice@Example.COM");
+    assert_eq!(ids(&alice_upper), set(&["upper"]), "the user part is case-sensitive");
+    assert_eq!(ids(&find("sip:alice@example.com")), set(&["lower", "shouted"]), "scheme and host are not");
+    assert_eq!(ids(&find("SIP:alice@EXAMPLE.com")), set(&["lower", "shouted"]));
+    let disclosed: Vec<&str> = alice_upper[0]
+        .identifiers
+        .iter()
+        .filter(|(field, _)| *field == IdentifierField::SipUri)
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(disclosed, ["sip:Alice@example.com"], "stored with its user as written, its host lower-cased");
+}

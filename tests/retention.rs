@@ -2,7 +2,9 @@
 //! data arrive day by day, the sweep runs daily, and at the end nothing
 //! older than the window is readable, the keys of expired days are gone,
 //! the audit trail and `retention verify` pass; then tampering is caught,
-//! and a sweep killed mid-deletion is finished by the next one.
+//! and a sweep killed mid-deletion is finished by the next one. A clock
+//! that jumps destroys nothing until an operator confirms it, and a
+//! previewed date never destroys anything.
 
 mod common;
 
@@ -15,14 +17,17 @@ use chrono::{DateTime, TimeZone, Utc};
 use cdrvault::audit::{AUDIT_FILE, AuditTrail};
 use cdrvault::ingest::decode::Encoding;
 use cdrvault::ingest::process::Input;
-use cdrvault::keys::KeyStore;
+use cdrvault::keys::{KeyStore, RecordKeyScope};
+use cdrvault::lifecycle::clock_check::ClockSuspicion;
 use cdrvault::lifecycle::config::RetentionConfig;
 use cdrvault::lifecycle::orders::{NewOrder, OrderStore};
-use cdrvault::lifecycle::retention::{CrashPoint, SweepMode, Sweeper, Violation};
+use cdrvault::lifecycle::retention::{CrashPoint, RetentionError, SweepMode, Sweeper, Violation};
 use cdrvault::model::retention::is_expired;
 use cdrvault::model::{PartitionDate, RefuseReason};
 use cdrvault::ops::clock::Clock;
+use cdrvault::ops::metrics::Metrics;
 use cdrvault::privacy::target::TargetInput;
+use cdrvault::registry::OrderStatus;
 use cdrvault::storage::config::ParquetConfig;
 use cdrvault::storage::{layout, read};
 use common::{TestVault, VaultOptions};
@@ -30,12 +35,14 @@ use common::{TestVault, VaultOptions};
 const DAYS: i64 = 400;
 const RECORDS_PER_DAY: usize = 40;
 
-/// A vault with its audit trail, preservation orders and sweeper.
+/// A vault with its audit trail, preservation orders, and sweeper with
+/// its metrics.
 struct World {
     vault: TestVault,
     audit: Arc<AuditTrail>,
     orders: Arc<OrderStore>,
     sweeper: Sweeper,
+    metrics: Arc<Metrics>,
 }
 
 impl World {
@@ -53,8 +60,35 @@ impl World {
             OrderStore::new(vault.registries().orders, Arc::clone(&vault.keys), Arc::clone(&audit), vault.data())
                 .with_max_days(3 * DAYS as u32),
         );
-        let sweeper = vault.sweeper(&audit, Arc::clone(&orders));
-        World { vault, audit, orders, sweeper }
+        let metrics = Metrics::new();
+        let sweeper = vault.sweeper(&audit, Arc::clone(&orders)).with_metrics(Arc::clone(&metrics));
+        World { vault, audit, orders, sweeper, metrics }
+    }
+
+    /// Moves the clock to `at` as after a pause with neither data nor
+    /// sweeps: the operator confirms the clock, which the sweep would
+    /// otherwise distrust.
+    fn jump_to(&self, at: DateTime<Utc>) {
+        self.vault.clock.set(at);
+        self.sweeper.confirm_clock("operator").unwrap();
+    }
+
+    /// `cdrvault_retention_clock_suspect`.
+    fn clock_suspect(&self) -> Option<f64> {
+        common::metric(&self.metrics.encode(), "cdrvault_retention_clock_suspect")
+    }
+
+    /// The actions of the audit trail, in order.
+    fn actions(&self) -> Vec<String> {
+        std::fs::read_to_string(self.vault.state().join(AUDIT_FILE))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["action"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn order_status(&self, id: &str) -> OrderStatus {
+        self.orders.list().unwrap().into_iter().find(|o| o.id == id).unwrap().status
     }
 
     fn data(&self) -> PathBuf {
@@ -130,11 +164,13 @@ fn a_simulated_year_destroys_every_expired_day_and_proves_it() {
             let file = day_files(&world.data(), first_day).remove(0);
             backup = Some((file.clone(), std::fs::read(&file).unwrap()));
         }
-        let report = world.sweeper.run(None, SweepMode::Delete).unwrap();
+        let report = world.sweeper.run(SweepMode::Delete).unwrap();
         deleted_days += report.days.len();
         deleted_rows += report.days.iter().map(|d| d.rows).sum::<u64>();
-        // Never more than one day expires per simulated day.
+        // Never more than one day expires per simulated day, and a clock
+        // moving a day at a time is never distrusted.
         assert!(report.days.len() <= 1);
+        assert_eq!(world.clock_suspect(), Some(0.0));
     }
 
     let today = world.today();
@@ -215,15 +251,15 @@ fn a_sweep_killed_mid_deletion_is_finished_by_the_next() {
         world.ingest_today("a");
         world.ingest_today("b");
         assert_eq!(day_files(&world.data(), first_day).len(), 2);
-        world.vault.clock.set(start + chrono::Duration::days(366));
+        world.jump_to(start + chrono::Duration::days(366));
 
         world.sweeper.crash_at(Some(point));
-        assert!(world.sweeper.run(None, SweepMode::Delete).is_err(), "{point:?}");
+        assert!(world.sweeper.run(SweepMode::Delete).is_err(), "{point:?}");
         // Interrupted: the day is on its way out, and verify says so.
         assert!(!world.verify().is_empty(), "{point:?}: an interrupted deletion is a violation");
 
         world.sweeper.crash_at(None);
-        let report = world.sweeper.run(None, SweepMode::Delete).unwrap();
+        let report = world.sweeper.run(SweepMode::Delete).unwrap();
         assert_eq!(report.days.len(), 1, "{point:?}");
         assert_eq!(report.days[0].rows, 2 * RECORDS_PER_DAY as u64, "{point:?}: the evidence counted before the crash");
         assert!(report.days[0].key_id.is_some(), "{point:?}");
@@ -234,24 +270,152 @@ fn a_sweep_killed_mid_deletion_is_finished_by_the_next() {
         assert_eq!(trail.lines().filter(|l| l.contains("day_deleted")).count(), 1, "{point:?}: audited once");
 
         // A second sweep finds nothing more to do.
-        assert!(world.sweeper.run(None, SweepMode::Delete).unwrap().days.is_empty());
+        assert!(world.sweeper.run(SweepMode::Delete).unwrap().days.is_empty());
     }
 }
 
 #[test]
-fn a_dry_run_previews_without_deleting() {
+fn a_preview_of_a_future_date_destroys_nothing_and_ends_no_order() {
     let start = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
     let world = World::new(start);
     world.ingest_today("a");
     let day = world.today();
-    let preview_date = PartitionDate::from_days_since_epoch(day.days_since_epoch() + 366).unwrap();
-    let report = world.sweeper.run(Some(preview_date), SweepMode::DryRun).unwrap();
+    let later = |n: i64| PartitionDate::from_days_since_epoch(day.days_since_epoch() + n).unwrap();
+    let order =
+        world.place(Freeze { reference: "QF-P", target: "msisdn:+4520000001", days: day..=day, until: later(5) });
+
+    // A date a year and more ahead: the day would go, and the order would
+    // have ended, but a preview does neither.
+    let report = world.sweeper.run(SweepMode::DryRun { as_of: Some(later(366)) }).unwrap();
     assert_eq!(report.days.len(), 1);
     assert_eq!(report.days[0].rows, RECORDS_PER_DAY as u64);
     assert_eq!(day_files(&world.data(), day).len(), 1, "nothing deleted");
     assert!(world.vault.keys.existing_day_key(day).unwrap().is_some());
-    let today_report = world.sweeper.run(None, SweepMode::DryRun).unwrap();
+    assert_eq!(world.order_status(&order.id), OrderStatus::Active);
+    assert!(world.vault.keys.order_key(&order.id).unwrap().is_some());
+    let today_report = world.sweeper.run(SweepMode::DryRun { as_of: None }).unwrap();
     assert!(today_report.days.is_empty(), "nothing is expired today");
+
+    // The only deletion there is measures at the clock's today: nothing
+    // live goes, and the order holds.
+    let deleted = world.sweeper.run(SweepMode::Delete).unwrap();
+    assert_eq!((deleted.as_of, deleted.days.len()), (day, 0));
+    assert_eq!(day_files(&world.data(), day).len(), 1);
+    assert_eq!(world.order_status(&order.id), OrderStatus::Active);
+    assert!(!world.actions().iter().any(|a| a == "day_deleted" || a == "order_lifted"));
+    assert_eq!(world.verify(), vec![]);
+}
+
+#[test]
+fn a_clock_jumping_a_year_ahead_destroys_nothing_until_an_operator_confirms_it() {
+    let start = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
+    let world = World::new(start);
+    let first = world.today();
+    let date_of = |n: i64| PartitionDate::from_days_since_epoch(first.days_since_epoch() + n).unwrap();
+    for n in 0..3 {
+        world.vault.clock.set(start + chrono::Duration::days(n));
+        world.ingest_today("r");
+        world.sweeper.run(SweepMode::Delete).unwrap();
+    }
+    let last_sweep = world.vault.now();
+    let order = world.place(Freeze {
+        reference: "QF-J",
+        target: "msisdn:+4520000001",
+        days: date_of(0)..=date_of(2),
+        until: date_of(30),
+    });
+
+    // The clock jumps a year ahead: every sweep is refused, and refused
+    // again, until someone vouches for the clock.
+    let jumped = start + chrono::Duration::days(2 + 366);
+    world.vault.clock.set(jumped);
+    for _ in 0..2 {
+        let error = world.sweeper.run(SweepMode::Delete).unwrap_err();
+        let RetentionError::ClockSuspect { suspicion, reading } = &error else { panic!("{error}") };
+        assert_eq!(*suspicion, ClockSuspicion::JumpedAhead);
+        assert_eq!((reading.now, reading.last_sweep, reading.newest_day), (jumped, Some(last_sweep), Some(date_of(2))));
+        assert!(!error.is_fatal(), "the service keeps running and retries");
+        let message = error.to_string();
+        assert!(message.contains("2026-06-04T12:00:00Z") && message.contains("confirm-clock"), "{message}");
+        assert_eq!(world.clock_suspect(), Some(1.0));
+    }
+    for n in 0..3 {
+        assert_eq!(day_files(&world.data(), date_of(n)).len(), 1, "day {n} intact");
+        assert!(world.vault.keys.existing_day_key(date_of(n)).unwrap().is_some());
+    }
+    assert_eq!(world.order_status(&order.id), OrderStatus::Active, "no order ended");
+    assert!(world.vault.keys.order_key(&order.id).unwrap().is_some());
+    assert!(!world.actions().iter().any(|a| a == "day_deleted" || a == "order_lifted"));
+
+    // The operator confirms the clock: audited first, then the sweep
+    // destroys as of the new today and ends the order.
+    let before = world.sweeper.confirm_clock("operator").unwrap();
+    assert_eq!((before.last_sweep, before.newest_day), (Some(last_sweep), Some(date_of(2))));
+    let report = world.sweeper.run(SweepMode::Delete).unwrap();
+    assert_eq!(report.days.iter().map(|d| d.day).collect::<Vec<_>>(), vec![date_of(0), date_of(1), date_of(2)]);
+    assert_eq!(world.order_status(&order.id), OrderStatus::Lifted);
+    assert_eq!(world.clock_suspect(), Some(0.0));
+    let actions = world.actions();
+    let confirmed = actions.iter().position(|a| a == "clock_confirmed").unwrap();
+    let first_deletion = actions.iter().position(|a| a == "day_deleted").unwrap();
+    let lifted = actions.iter().position(|a| a == "order_lifted").unwrap();
+    assert!(confirmed < first_deletion && confirmed < lifted, "{actions:?}");
+    assert_eq!(world.verify(), vec![]);
+}
+
+#[test]
+fn a_clock_going_back_before_the_last_sweep_is_refused() {
+    let start = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
+    let world = World::new(start);
+    let first = world.today();
+    world.ingest_today("r");
+    world.sweeper.run(SweepMode::Delete).unwrap();
+
+    // Within the tolerance (a stepped clock, an interleaved sweep): fine.
+    world.vault.clock.set(start - chrono::Duration::minutes(30));
+    world.sweeper.run(SweepMode::Delete).unwrap();
+
+    // Two days back: refused, and still refused after the tolerated step,
+    // which did not drag the reference back.
+    world.vault.clock.set(start - chrono::Duration::days(2));
+    let error = world.sweeper.run(SweepMode::Delete).unwrap_err();
+    assert!(matches!(error, RetentionError::ClockSuspect { suspicion: ClockSuspicion::WentBack, .. }), "{error}");
+    assert!(!error.is_fatal());
+    assert_eq!(world.clock_suspect(), Some(1.0));
+    world.vault.clock.set(start - chrono::Duration::minutes(90));
+    assert!(world.sweeper.run(SweepMode::Delete).is_err(), "the reference stayed at the latest sweep");
+
+    // The clock is put right: the sweep proceeds with no confirmation.
+    world.vault.clock.set(start + chrono::Duration::hours(1));
+    world.sweeper.run(SweepMode::Delete).unwrap();
+    assert_eq!(world.clock_suspect(), Some(0.0));
+
+    // Or the operator vouches for the earlier time, and it becomes the
+    // reference.
+    world.vault.clock.set(start - chrono::Duration::days(2));
+    assert!(world.sweeper.run(SweepMode::Delete).is_err());
+    world.sweeper.confirm_clock("operator").unwrap();
+    world.sweeper.run(SweepMode::Delete).unwrap();
+    assert_eq!(day_files(&world.data(), first).len(), 1, "a clock going back destroys nothing more");
+    assert_eq!(world.actions().iter().filter(|a| *a == "clock_confirmed").count(), 1);
+}
+
+#[test]
+fn daily_sweeps_without_data_and_a_fresh_install_trust_the_clock() {
+    let start = Utc.with_ymd_and_hms(2025, 6, 1, 12, 0, 0).unwrap();
+    let world = World::new(start);
+    // A fresh install: no sweep on record, no data. The sweep proceeds and
+    // becomes the reference.
+    world.sweeper.run(SweepMode::Delete).unwrap();
+    assert!(world.vault.keys.retention_clock_path().exists());
+    // The mediation falls silent for a year; the service keeps sweeping
+    // every day, and every sweep vouches for the next.
+    for day in 1..=400 {
+        world.vault.clock.set(start + chrono::Duration::days(day));
+        world.sweeper.run(SweepMode::Delete).unwrap();
+    }
+    assert_eq!(world.clock_suspect(), Some(0.0));
+    assert!(!world.actions().iter().any(|a| a == "clock_confirmed"));
 }
 
 #[test]
@@ -285,8 +449,8 @@ fn preserved_records_survive_their_day_and_die_with_their_order() {
 
     // Day 370: days 0 to 4 are expired and destroyed; the order's records
     // of days 2 to 4 were copied first.
-    world.vault.clock.set(at(370));
-    let report = world.sweeper.run(None, SweepMode::Delete).unwrap();
+    world.jump_to(at(370));
+    let report = world.sweeper.run(SweepMode::Delete).unwrap();
     assert_eq!(report.days.iter().map(|d| d.day).collect::<Vec<_>>(), (0..5).map(date_of).collect::<Vec<_>>());
     let area = layout::order_dir(&world.data(), &order.id);
     assert_eq!(read::list_days(&area).unwrap(), vec![date_of(2), date_of(3), date_of(4)]);
@@ -320,8 +484,8 @@ fn preserved_records_survive_their_day_and_die_with_their_order() {
     assert_eq!(world.verify(), vec![]);
 
     // Day 381: the first order has ended: its key and copies are destroyed.
-    world.vault.clock.set(at(381));
-    world.sweeper.run(None, SweepMode::Delete).unwrap();
+    world.jump_to(at(381));
+    world.sweeper.run(SweepMode::Delete).unwrap();
     assert!(!area.exists());
     assert!(world.vault.keys.order_key(&order.id).unwrap().is_none());
     assert!(layout::order_dir(&world.data(), &other.id).exists(), "the other order still holds");
@@ -369,8 +533,8 @@ fn preservation_follows_a_token_key_rotation() {
         RetentionConfig::default(),
     )
     .with_orders(Arc::clone(&world.orders), ParquetConfig::default());
-    world.vault.clock.set(start + chrono::Duration::days(367));
-    let report = sweeper.run(None, SweepMode::Delete).unwrap();
+    world.jump_to(start + chrono::Duration::days(367));
+    let report = sweeper.run(SweepMode::Delete).unwrap();
     assert_eq!(report.days.len(), 1);
     let area = layout::order_dir(&world.data(), &order.id);
     let key = keys.order_key(&order.id).unwrap().unwrap().for_day(today);
@@ -430,8 +594,8 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
 
     // Day 370: days 0 to 4 are destroyed, their indexes with their files;
     // the order's copies (days 2 to 4) have indexes of their own.
-    world.vault.clock.set(at(370));
-    world.sweeper.run(None, SweepMode::Delete).unwrap();
+    world.jump_to(at(370));
+    world.sweeper.run(SweepMode::Delete).unwrap();
     for n in 0..5 {
         let dir = layout::day_dir(&world.data(), date_of(n));
         assert!(!dir.exists(), "day {n}: no data file, no index, no directory");
@@ -520,4 +684,46 @@ fn an_fsync_failure_in_any_step_of_a_sweep_stops_the_service() {
     }
     let other = DurableError::io("read", std::path::Path::new("day.key"), std::io::Error::other("EACCES"));
     assert!(!<Sweeper as Job>::is_fatal(&RetentionError::Audit(AuditError::Durable(other))), "retried");
+}
+
+#[test]
+fn a_record_key_is_created_once_and_an_existing_one_is_never_replaced() {
+    let start = Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap();
+    let world = World::new(start);
+    let today = world.today();
+    let until = PartitionDate::from_days_since_epoch(today.days_since_epoch() + 30).unwrap();
+    let order = world.place(Freeze { reference: "QF-K", target: "msisdn:+4520000008", days: today..=today, until });
+    let keys = &world.vault.keys;
+    let key_file = world.vault.keys_dir().join("order").join(format!("{}.key", order.id));
+    let wrapped = std::fs::read(&key_file).unwrap();
+
+    // Creating the key of an order that drew the same id fails, and the
+    // order's key still unseals the target it sealed.
+    let error = keys.create_order_key(&order.id).unwrap_err();
+    assert!(error.to_string().contains("exists already"), "{error}");
+    assert_eq!(std::fs::read(&key_file).unwrap(), wrapped, "the key file is the original");
+    let key = keys.order_key(&order.id).unwrap().unwrap();
+    let target = cdrvault::keys::open_value(&key.secret, order.id.as_bytes(), &order.targets[0].sealed);
+    assert_eq!(target.as_deref(), Some("+4520000008"));
+
+    // The same holds for the keys of warrants and results.
+    let rng = ring::rand::SystemRandom::new();
+    for scope in [RecordKeyScope::Warrant, RecordKeyScope::Result] {
+        let first = keys.create_record_key(scope, "r-0001").unwrap();
+        let sealed = cdrvault::keys::seal_value(&first.secret, &rng, b"r-0001", "+4520000009").unwrap();
+        let again = keys.create_record_key(scope, "r-0001").unwrap_err();
+        assert!(again.to_string().contains("exists already"), "{scope:?}: {again}");
+        let kept = keys.record_key(scope, "r-0001").unwrap().unwrap();
+        let opened = cdrvault::keys::open_value(&kept.secret, b"r-0001", &sealed);
+        assert_eq!(opened.as_deref(), Some("+4520000009"), "{scope:?}");
+    }
+    let leftovers: Vec<PathBuf> = common::files_below(&world.vault.keys_dir())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Order ids carry 64 random bits.
+    let random = order.id.strip_prefix("po-").unwrap();
+    assert!(random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit()), "{}", order.id);
 }

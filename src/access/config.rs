@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::api::tls::TlsFiles;
+use super::lookup::MAX_WINDOW_DAYS;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -20,6 +21,11 @@ pub struct AccessConfig {
     pub requests_per_minute: u32,
     /// Most targets in one request or warrant.
     pub max_targets: usize,
+    /// The longest window of one request, in days (counted by UTC date,
+    /// both ends included). Unset: twice `retention.days`, so that a
+    /// request can reach preserved copies older than retention; older
+    /// ones take several requests. At most [`MAX_WINDOW_DAYS`].
+    pub max_window_days: Option<u32>,
     /// How long a sealed result stays fetchable before its key is destroyed.
     #[serde(with = "humantime_serde")]
     pub result_keep: Duration,
@@ -42,6 +48,7 @@ impl Default for AccessConfig {
             csp_id: defaults.csp_id,
             requests_per_minute: defaults.requests_per_minute,
             max_targets: defaults.max_targets,
+            max_window_days: None,
             result_keep: defaults.result_keep,
             order_max_days: crate::lifecycle::orders::DEFAULT_MAX_DAYS,
             tls_cert: None,
@@ -66,10 +73,17 @@ impl AccessConfig {
             csp_id: self.csp_id.clone(),
             requests_per_minute: self.requests_per_minute,
             max_targets: self.max_targets,
+            max_window_days: self.max_window_days.unwrap_or_else(|| default_max_window_days(retention_days)),
             result_keep: self.result_keep,
             retention_days,
         }
     }
+}
+
+/// The longest request window when `access.max_window_days` is unset:
+/// twice the retention period, within [`MAX_WINDOW_DAYS`].
+pub fn default_max_window_days(retention_days: u32) -> u32 {
+    retention_days.saturating_mul(2).min(MAX_WINDOW_DAYS)
 }
 
 /// How the lawful-access desk behaves, from `[access]` and the retention
@@ -82,6 +96,9 @@ pub struct AccessSettings {
     pub requests_per_minute: u32,
     /// Most targets in one request or warrant.
     pub max_targets: usize,
+    /// The longest window of one request, in days; a longer one is refused
+    /// as `window_too_long`.
+    pub max_window_days: u32,
     /// How long a sealed result stays fetchable.
     pub result_keep: Duration,
     /// The retention period, to tell "beyond retention" from "no data".
@@ -94,6 +111,7 @@ impl Default for AccessSettings {
             csp_id: "cdrvault".into(),
             requests_per_minute: 60,
             max_targets: 64,
+            max_window_days: default_max_window_days(365),
             result_keep: Duration::from_secs(7 * 86_400),
             retention_days: 365,
         }

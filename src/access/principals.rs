@@ -18,6 +18,7 @@ use super::desk::{Call, Credentials, Desk};
 use super::refusal::{AccessError, AuthFailure, Refusal};
 use super::store::AccessStore;
 use crate::audit::{AuditEvent, AuditTrail};
+use crate::keys;
 use crate::model::TimestampMicros;
 use crate::registry::{AuditHook, Audited, NewPrincipalRow, Principal, PrincipalKey, Role, with_audit};
 
@@ -109,7 +110,7 @@ impl AccessStore {
         }
         authz::compatible_roles(&held)?;
         let principal = Principal {
-            id: format!("p-{}", self.random_hex(6)?),
+            id: keys::new_record_id(&self.rng, "p")?,
             name: new.name.clone(),
             person: new.person.clone(),
             roles: new.roles.clone(),

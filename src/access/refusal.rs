@@ -46,6 +46,8 @@ pub enum Refusal {
     WindowOutOfScope,
     #[error("the window ends before it starts")]
     EmptyWindow,
+    #[error("the window spans more than {0} days; split it into several requests")]
+    WindowTooLong(u32),
     #[error("category {0} is not allowed by the warrant")]
     CategoryOutOfScope(&'static str),
     #[error("categories are traffic, location, device, ip")]
@@ -141,6 +143,7 @@ impl Refusal {
             Refusal::MalformedTarget(_) | Refusal::TargetSyntax(_) => "malformed_target",
             Refusal::WindowOutOfScope => "window_out_of_scope",
             Refusal::EmptyWindow => "empty_window",
+            Refusal::WindowTooLong(_) => "window_too_long",
             Refusal::CategoryOutOfScope(_) => "category_out_of_scope",
             Refusal::BadCategory => "bad_category",
             Refusal::BadTime(_) => "bad_time",

@@ -6,6 +6,10 @@
 //! with a number is recorded, refused ones too, so that the yearly
 //! statistics count it and the number cannot be used again.
 //!
+//! A window spans at most `access.max_window_days` days
+//! ([`super::config::AccessSettings::max_window_days`]); a longer one is
+//! refused as `window_too_long`, whatever the warrant's period.
+//!
 //! Statuses: `answered`; `answered_partially` when part of the window lies
 //! before the retention horizon; `unavailable` when all of it does and
 //! nothing (preserved) was found; `refused`.
@@ -15,7 +19,7 @@ use chrono::{DateTime, Utc};
 use super::authz::{self, Action, Listing};
 use super::desk::{Call, Desk};
 use super::input;
-use super::lookup::{FoundRecord, PreservedScope, Query};
+use super::lookup::{FoundRecord, PreservedScope, Query, window_days};
 use super::refusal::{AccessError, Refusal};
 use super::render::{self, ResultFormat, ResultHeader};
 use super::warrants::RequestScope;
@@ -135,6 +139,15 @@ impl Desk {
             window_end: input::time(&submission.window_end, "window_end")?,
             categories: input::categories(&submission.categories)?,
         };
+        // The window's length is the request's own: bounded before the
+        // warrant is read, so that no lookup plans more days than that.
+        let days = window_days(
+            TimestampMicros::from_datetime(scope.window_start),
+            TimestampMicros::from_datetime(scope.window_end),
+        );
+        if days > i64::from(self.settings.max_window_days) {
+            return Err(Refusal::WindowTooLong(self.settings.max_window_days).into());
+        }
         let (warrant, targets) =
             self.store.check_request(&call.principal, &submission.warrant, &scope, &self.keys, now)?;
 

@@ -76,7 +76,7 @@ pub struct RequestScope {
 impl AccessStore {
     /// A new warrant's id.
     pub fn new_warrant_id(&self) -> Result<String, AccessError> {
-        Ok(format!("w-{}", self.random_hex(6)?))
+        Ok(keys::new_record_id(&self.rng, "w")?)
     }
 
     /// Registers warrant `id` (legal reviewers only). Targets are sealed

@@ -16,6 +16,16 @@ pub enum AuditEvent {
         key_id: Option<String>,
         run: String,
     },
+    /// An operator vouched for the clock after retention distrusted it:
+    /// `now` (RFC 3339) becomes the last sweep, and sweeps destroy again as
+    /// of its date. `last_sweep` (RFC 3339) and `newest_day` (YYYY-MM-DD) are
+    /// the references the clock was checked against, absent if there were
+    /// none.
+    ClockConfirmed {
+        now: String,
+        last_sweep: Option<String>,
+        newest_day: Option<String>,
+    },
     /// A retention verification ran.
     RetentionVerified {
         as_of: String,

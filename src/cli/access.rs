@@ -3,8 +3,9 @@
 //! talk to a running server over gRPC, as any other gRPC client would.
 //!
 //! The bearer token comes from `CDRVAULT_TOKEN` or from the file named by
-//! `--token-file` (never from an argument, which other users of the machine
-//! could read in the process list). Results are written to files created
+//! `--token-file`, and targets from the file named by `--targets-file`
+//! ([`super::targets`]): never from an argument, which other users of the
+//! machine could read in the process list. Results are written to files created
 //! with mode 0600, and their SHA-256 is checked against the digest the
 //! server recorded in its audit trail before the file is kept.
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
+use super::targets::TargetsArgs;
 use crate::access::client::Client;
 use crate::access::render::{ResultFormat, sha256_hex};
 use crate::proto;
@@ -166,9 +168,8 @@ pub enum WarrantCommand {
         issued_by: String,
         #[arg(long)]
         legal_basis: String,
-        /// kind:value (msisdn, imsi, imei, sip, ip, cell); repeat for several.
-        #[arg(long = "target", required = true)]
-        targets: Vec<String>,
+        #[command(flatten)]
+        targets: TargetsArgs,
         /// Communications covered, RFC 3339 (e.g. 2026-11-01T00:00:00Z).
         #[arg(long)]
         period_start: String,
@@ -206,6 +207,8 @@ pub enum WarrantCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// One warrant: its state, period, categories and validity (the kinds of
+    /// its targets, never their values).
     Show {
         warrant: String,
         #[command(flatten)]
@@ -236,8 +239,9 @@ pub enum RequestCommand {
         /// The authority's request number, never reused.
         #[arg(long)]
         number: u64,
-        #[arg(long = "target", required = true)]
-        targets: Vec<String>,
+        // The targets, a subset of the warrant's.
+        #[command(flatten)]
+        targets: TargetsArgs,
         /// Window start and end, RFC 3339.
         #[arg(long)]
         from: String,
@@ -250,6 +254,8 @@ pub enum RequestCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// One request: its state, record count, size, SHA-256 and how long its
+    /// result is kept.
     Show {
         request_id: String,
         #[command(flatten)]
@@ -276,8 +282,9 @@ pub enum RequestCommand {
 pub enum SubjectCommand {
     /// Export every retained record of one subscriber as JSON (DPO).
     Export {
-        #[arg(long)]
-        target: String,
+        // The subscriber: a targets file naming one target.
+        #[command(flatten)]
+        target: TargetsArgs,
         /// The data-subject request's case reference.
         #[arg(long)]
         reference: String,
@@ -390,6 +397,7 @@ pub async fn warrant(command: WarrantCommand) -> anyhow::Result<()> {
             cell_dump,
             server,
         } => {
+            let targets = targets.texts()?;
             let mut client = connect(&server).await?;
             let request = proto::RegisterWarrantRequest {
                 authority,
@@ -443,6 +451,7 @@ pub async fn warrant(command: WarrantCommand) -> anyhow::Result<()> {
 pub async fn request(command: RequestCommand) -> anyhow::Result<()> {
     match command {
         RequestCommand::Submit { warrant, number, targets, from, to, categories, format, server } => {
+            let targets = targets.texts()?;
             let mut client = connect(&server).await?;
             let format = proto::ResultFormat::from(match format {
                 FormatArg::Json => ResultFormat::Json,
@@ -528,6 +537,10 @@ pub async fn verify_audit(server: ServerArgs) -> anyhow::Result<bool> {
 
 pub async fn subject(command: SubjectCommand) -> anyhow::Result<()> {
     let SubjectCommand::Export { target, reference, out, server } = command;
+    let target = match target.texts()?.as_slice() {
+        [target] => target.clone(),
+        more => bail!("a subject export names one subscriber; the targets file names {}", more.len()),
+    };
     let mut client = connect(&server).await?;
     let (info, bytes) = client.export_subject(proto::ExportSubjectRequest { target, reference }).await?;
     write_private(&out, &bytes)?;

@@ -19,6 +19,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::access::config::AccessConfig;
+use crate::access::lookup::MAX_WINDOW_DAYS;
 use crate::audit::config::AuditConfig;
 use crate::ingest::config::{IngestConfig, KafkaConfig};
 use crate::keys::{self, KeysConfig};
@@ -110,6 +111,15 @@ impl Config {
                 "use 1 to 3660 days (default 90); an order is extended by a new approval",
             );
         }
+        if let Some(days) = self.access.max_window_days
+            && !(1..=MAX_WINDOW_DAYS).contains(&days)
+        {
+            return err(
+                "access.max_window_days",
+                format!("is {days}"),
+                "use 1 to 3660, or leave it unset for twice retention.days",
+            );
+        }
         if self.access.result_keep.is_zero() {
             return err("access.result_keep", "is 0".into(), "keep results for a while, e.g. 7d (default)");
         }
@@ -190,6 +200,20 @@ impl Config {
         if self.retention.interval.is_zero() {
             return err("retention.interval", "is 0".into(), "sweep at least hourly (default 1h)");
         }
+        if self.retention.max_clock_jump.is_zero() {
+            return err(
+                "retention.max_clock_jump",
+                "is 0".into(),
+                "allow the clock a plausible advance between sweeps (default 7d)",
+            );
+        }
+        if self.retention.max_clock_jump <= self.retention.interval {
+            return err(
+                "retention.max_clock_jump",
+                "is not longer than retention.interval".into(),
+                "allow more than one interval between sweeps, or every sweep distrusts the clock (default 7d)",
+            );
+        }
         if keys::ensure_apart(&self.state.dir, &self.storage.data_dir).is_err() {
             return err(
                 "state.dir",
@@ -257,6 +281,31 @@ mod tests {
         let mut config = Config::default();
         config.kafka.properties.insert("enable.auto.offset.store".into(), "true".into());
         assert!(config.validate().unwrap_err().to_string().contains("kafka.properties"));
+
+        let mut config = Config::default();
+        config.access.max_window_days = Some(0);
+        assert!(config.validate().unwrap_err().to_string().contains("access.max_window_days"));
+    }
+
+    #[test]
+    fn a_request_window_spans_twice_the_retention_unless_configured() {
+        let mut config = Config::default();
+        config.retention.days = 400;
+        assert_eq!(config.access.settings(config.retention.days).max_window_days, 800);
+        config.retention.days = 5_000;
+        assert_eq!(config.access.settings(config.retention.days).max_window_days, MAX_WINDOW_DAYS);
+        config.access.max_window_days = Some(31);
+        assert_eq!(config.access.settings(config.retention.days).max_window_days, 31);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn the_clock_may_jump_more_than_one_interval() {
+        let mut config = Config::default();
+        config.retention.max_clock_jump = Duration::ZERO;
+        assert!(config.validate().unwrap_err().to_string().contains("retention.max_clock_jump"));
+        config.retention.max_clock_jump = config.retention.interval;
+        assert!(config.validate().unwrap_err().to_string().contains("retention.max_clock_jump"));
     }
 
     #[test]
@@ -266,5 +315,9 @@ mod tests {
         std::fs::write(&path, "[ingest]\nbatch_linger = \"250ms\"\n").unwrap();
         let config = Config::load(Some(&path)).unwrap();
         assert_eq!(config.ingest.batch_linger, Duration::from_millis(250));
+
+        std::fs::write(&path, "[retention]\nmax_clock_jump = \"2d\"\n").unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.retention.max_clock_jump, Duration::from_secs(2 * 24 * 3600));
     }
 }

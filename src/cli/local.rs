@@ -15,8 +15,9 @@ use super::{KeysCommand, RetentionCommand};
 use crate::access::AccessStore;
 use crate::audit::{self, AUDIT_FILE};
 use crate::keys::KeyStore;
+use crate::lifecycle::clock_check;
 use crate::lifecycle::retention::SweepMode;
-use crate::model::PartitionDate;
+use crate::model::{PartitionDate, TimestampMicros};
 use crate::tools::import;
 
 pub(super) fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -37,14 +38,22 @@ pub(super) fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<Exit
 }
 
 pub(super) fn retention(config: &Config, command: RetentionCommand) -> anyhow::Result<ExitCode> {
+    /// The actor of the audit entries of this command.
+    const ACTOR: &str = "cli";
     let root = Root::open(config.clone())?;
     let audit = root.audit()?;
     let orders = root.orders(&root.registries()?, &audit);
     let sweeper = root.sweeper(&audit, orders);
     match command {
         RetentionCommand::Run { as_of, dry_run } => {
-            let mode = if dry_run { SweepMode::DryRun } else { SweepMode::Delete };
-            let report = sweeper.run(as_of, mode)?;
+            let mode = match (dry_run, as_of) {
+                (true, as_of) => SweepMode::DryRun { as_of },
+                (false, None) => SweepMode::Delete,
+                (false, Some(_)) => {
+                    anyhow::bail!("--as-of only previews: add --dry-run (deletion always happens at the clock's today)")
+                }
+            };
+            let report = sweeper.run(mode)?;
             let verb = if dry_run { "would destroy" } else { "destroyed" };
             println!(
                 "retention {} as of {}: days before {} are expired",
@@ -60,6 +69,22 @@ pub(super) fn retention(config: &Config, command: RetentionCommand) -> anyhow::R
                 );
             }
             println!("{} days {verb} in {:.3}s", report.days.len(), report.elapsed.as_secs_f64());
+            Ok(ExitCode::SUCCESS)
+        }
+        RetentionCommand::ConfirmClock => {
+            let before = sweeper.confirm_clock(ACTOR)?;
+            let none = || "none".to_string();
+            println!(
+                "clock confirmed at {} (last sweep {}, newest day {}); retention now destroys as of {}",
+                clock_check::rfc3339(before.now),
+                before.last_sweep_text().unwrap_or_else(none),
+                before.newest_day_text().unwrap_or_else(none),
+                TimestampMicros::from_datetime(before.now).partition_date()
+            );
+            match before.suspicion(config.retention.max_clock_jump) {
+                Some(suspicion) => println!("until now {suspicion}"),
+                None => println!("the clock was not suspect"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         RetentionCommand::Verify { as_of } => {
@@ -93,6 +118,13 @@ pub(super) fn retention(config: &Config, command: RetentionCommand) -> anyhow::R
 pub(super) fn compact(config: &Config, day: Option<PartitionDate>) -> anyhow::Result<ExitCode> {
     let root = Root::open(config.clone())?;
     for report in root.compactor().run(day)? {
+        if report.refused_manifest_entries > 0 {
+            let day = report.day.map(|d| d.to_string()).unwrap_or_default();
+            println!(
+                "{day}: {} compaction manifest entries refused (not data files of the day; left alone)",
+                report.refused_manifest_entries
+            );
+        }
         if report.files_after < report.files_before {
             let day = report.day.map(|d| d.to_string()).unwrap_or_default();
             println!(

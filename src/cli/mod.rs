@@ -2,8 +2,9 @@
 //! operator's commands on local data (`keys`, `retention`, `compact`,
 //! `preserve`, `audit verify`, `import`, `access bootstrap`), the clients of
 //! the lawful-access API (`authority`, `principal`, `warrant`, `request`,
-//! `report`, `subject`), the tools (`demo`, `produce`), and the
-//! configuration they all read ([`config`]).
+//! `report`, `subject`), the tools (`demo`, `produce`), the configuration
+//! they all read ([`config`]), and the targets files the clients read
+//! targets from ([`targets`]: never from an argument).
 //!
 //! The binary is [`main`]. Commands open what they need once
 //! ([`serve`] is the composition root of the service) and hand it down;
@@ -184,15 +185,23 @@ enum AccessCommand {
 
 #[derive(Subcommand)]
 enum RetentionCommand {
-    /// Destroy every expired day now (the service also does this on its schedule).
+    /// Destroy every day expired today (the service also does this on its
+    /// schedule). Refused while the clock is suspect: see confirm-clock.
     Run {
-        /// Act as if today were this date (YYYY-MM-DD); with --dry-run, a preview.
+        /// With --dry-run only: preview as if today were this date
+        /// (YYYY-MM-DD). Deletion always happens at the clock's today.
         #[arg(long, value_parser = parse_date)]
         as_of: Option<PartitionDate>,
         /// Only list what would be destroyed.
         #[arg(long)]
         dry_run: bool,
     },
+    /// Vouch for the clock after a sweep was refused because the clock went
+    /// back before the last sweep or jumped beyond it and the newest data:
+    /// audited, then "now" is recorded as the last sweep, so the next sweep
+    /// destroys as of today. Check the time first, and what would go with
+    /// `retention run --dry-run`.
+    ConfirmClock,
     /// Check that no expired day has files, a directory or a key, that every
     /// live day has its key and that the audit trail verifies. Exits non-zero
     /// on any violation.

@@ -3,12 +3,10 @@
 //! The command line places nothing by itself: an order is registered by
 //! one reviewer and approved by another, under their own principals.
 
-use std::path::PathBuf;
-
 use clap::Subcommand;
 
 use super::access::{ServerArgs, connect};
-use super::targets::read_targets;
+use super::targets::TargetsArgs;
 use crate::proto;
 
 #[derive(Subcommand, Debug)]
@@ -21,10 +19,10 @@ pub enum PreserveCommand {
         /// The order's reference at that authority.
         #[arg(long)]
         reference: String,
-        /// A file (or - for standard input) with one subscriber target per
-        /// line as kind:value (msisdn, imsi, imei, sip, ip).
-        #[arg(long)]
-        targets_file: PathBuf,
+        /// The subscribers to preserve (msisdn, imsi, imei, sip, ip; never a
+        /// cell).
+        #[command(flatten)]
+        targets: TargetsArgs,
         /// Communications covered, RFC 3339 (e.g. 2026-11-01T00:00:00Z).
         #[arg(long)]
         from: String,
@@ -67,6 +65,8 @@ pub enum PreserveCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// One order: its state, window, end date and any pending new end (the
+    /// kinds of its targets, never their values).
     Show {
         order: String,
         #[command(flatten)]
@@ -103,8 +103,8 @@ fn print_order(o: &proto::Order) {
 
 pub async fn preserve(command: PreserveCommand) -> anyhow::Result<()> {
     let shown = match command {
-        PreserveCommand::Add { authority, reference, targets_file, from, to, until, server } => {
-            let targets = read_targets(&targets_file)?;
+        PreserveCommand::Add { authority, reference, targets, from, to, until, server } => {
+            let targets = targets.texts()?;
             let mut client = connect(&server).await?;
             let request = client.call(proto::RegisterOrderRequest {
                 authority,

@@ -125,8 +125,17 @@ impl Root {
     /// directory.
     pub fn processor(&self) -> Processor {
         match recover::remove_leftovers(&self.config.storage.data_dir) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(files = n, "removed temporaries left by a crashed writer"),
+            Ok(found) => {
+                if found.removed > 0 {
+                    tracing::info!(files = found.removed, "removed temporaries left by a crashed writer");
+                }
+                if found.refused_manifest_entries > 0 {
+                    tracing::warn!(
+                        entries = found.refused_manifest_entries,
+                        "compaction manifests named files outside their day; those were refused and left alone"
+                    );
+                }
+            }
             Err(e) => tracing::warn!(reason = %e, "could not remove leftover temporaries"),
         }
         let config = ProcessorConfig::new(&self.config.ingest, self.config.retention.days);

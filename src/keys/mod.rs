@@ -6,6 +6,7 @@
 //! master.key            32 random bytes, mode 0600: wraps every other key
 //! token/tk-0001.key     a token key (HMAC-SHA256), wrapped; the highest id is active
 //! day/2026-11-24.key    the data key of one day, wrapped; seals that day's identifiers
+//! retention.clock       when retention last swept (RFC 3339): the reference of its clock check
 //! ```
 //!
 //! Wrapping is AES-256-GCM under the master key with a random nonce; the
@@ -33,7 +34,7 @@ use ring::rand::SystemRandom;
 use serde::Deserialize;
 
 pub use day::DayKey;
-pub use record::{RecordKey, RecordKeyScope};
+pub use record::{RECORD_ID_RANDOM_BYTES, RecordKey, RecordKeyScope, new_record_id};
 pub use secret::{KEY_LEN, SecretKey, open_bytes, open_value, seal_bytes, seal_value};
 pub use token::TokenKey;
 
@@ -43,6 +44,7 @@ use crate::ops::durable::{self, DurableError, FileMode};
 const MASTER_FILE: &str = "master.key";
 const AUDIT_KEY_FILE: &str = "audit-signing.key";
 const AUDIT_HEAD_FILE: &str = "audit.head";
+const RETENTION_CLOCK_FILE: &str = "retention.clock";
 const AUDIT_AAD: &[u8] = b"audit-signing";
 
 /// The `[keys]` config section.
@@ -76,6 +78,8 @@ pub enum KeyError {
     NoTokenKey(PathBuf),
     #[error("day {0} was destroyed by retention and cannot be re-created")]
     DayDestroyed(PartitionDate),
+    #[error("key file {0} exists already: a record's key is created once and never replaced")]
+    RecordKeyExists(PathBuf),
     #[error("the system random generator failed")]
     Random,
     #[error(transparent)]
@@ -202,6 +206,14 @@ impl KeyStore {
     /// that truncating the trail alone is detected.
     pub fn audit_head_path(&self) -> PathBuf {
         self.dir.join(AUDIT_HEAD_FILE)
+    }
+
+    /// Where retention records when it last swept: with the tombstones, so
+    /// that the record of how far destruction went and the time it went
+    /// there share one directory, one owner and one backup, and a data
+    /// directory restored from an older copy cannot roll either back.
+    pub fn retention_clock_path(&self) -> PathBuf {
+        self.dir.join(RETENTION_CLOCK_FILE)
     }
 }
 

@@ -8,11 +8,13 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 
+use ring::rand::{SecureRandom, SystemRandom};
+
 use super::day::DayKey;
 use super::secret::{SecretKey, unwrap_key, wrap_key};
 use super::{KeyError, KeyStore, create_private_dir};
 use crate::model::{KeyId, PartitionDate};
-use crate::ops::durable::{self, FileMode};
+use crate::ops::durable::{self, DurableError, FileMode};
 
 const ORDER_DIR: &str = "order";
 const WARRANT_DIR: &str = "warrant";
@@ -20,6 +22,21 @@ const RESULT_DIR: &str = "result";
 const ORDER_AAD: &[u8] = b"order";
 const WARRANT_AAD: &[u8] = b"warrant";
 const RESULT_AAD: &[u8] = b"result";
+
+/// Random bytes in the id of a registry record (an order, a warrant, a
+/// principal): 64 bits, 16 hex digits. Among a million records of a kind
+/// the chance that any two drew the same id is about 3·10⁻⁸, and a record
+/// key is never replaced ([`KeyStore::create_record_key`]): a collision
+/// fails a creation, it never destroys another record's key.
+pub const RECORD_ID_RANDOM_BYTES: usize = 8;
+
+/// A new registry record id: `prefix`, a dash and
+/// [`RECORD_ID_RANDOM_BYTES`] random bytes in hex, e.g. `w-0f3a…`.
+pub fn new_record_id(rng: &SystemRandom, prefix: &str) -> Result<String, KeyError> {
+    let mut random = [0u8; RECORD_ID_RANDOM_BYTES];
+    rng.fill(&mut random).map_err(|_| KeyError::Random)?;
+    Ok(format!("{prefix}-{}", hex::encode(random)))
+}
 
 /// The kinds of registry record that have a key of their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,16 +91,25 @@ impl RecordKey {
 
 impl KeyStore {
     /// Creates the key of one record of the registry (a preservation order,
-    /// a warrant): it seals that record's targets (and an order's copies),
-    /// so destroying it when the record ends destroys them at once.
+    /// a warrant, a result): it seals that record's targets (and an order's
+    /// copies), so destroying it when the record ends destroys them at once.
+    ///
+    /// A key is created only if the record has none:
+    /// [`KeyError::RecordKeyExists`] otherwise, and the existing key is left
+    /// as it is. Replacing it would make everything it sealed unreadable,
+    /// so two records that drew the same id can never destroy each other's
+    /// data.
     pub fn create_record_key(&self, scope: RecordKeyScope, record: &str) -> Result<RecordKey, KeyError> {
         let path = self.record_key_path(scope, record);
         let id = KeyId::new(format!("{}-{record}", scope.prefix())).ok_or_else(|| KeyError::Corrupt(path.clone()))?;
         let secret = SecretKey::random(&self.rng)?;
         let wrapped = wrap_key(&self.master, &self.rng, &id, &secret, scope.aad())?;
         create_private_dir(&self.dir.join(scope.dir()))?;
-        durable::write_atomically(&path, &wrapped, FileMode::Private)?;
-        Ok(RecordKey { id, secret })
+        match durable::write_new(&path, &wrapped, FileMode::Private) {
+            Ok(()) => Ok(RecordKey { id, secret }),
+            Err(DurableError::Exists { path }) => Err(KeyError::RecordKeyExists(path)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The key of a registry record, if it still exists.
@@ -119,5 +145,21 @@ impl KeyStore {
 
     fn record_key_path(&self, scope: RecordKeyScope, record: &str) -> PathBuf {
         self.dir.join(scope.dir()).join(format!("{record}.key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_ids_carry_64_random_bits() {
+        let rng = SystemRandom::new();
+        let id = new_record_id(&rng, "w").unwrap();
+        let random = id.strip_prefix("w-").unwrap();
+        assert_eq!(random.len(), 2 * RECORD_ID_RANDOM_BYTES);
+        assert!(random.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{id}");
+        assert_ne!(new_record_id(&rng, "w").unwrap(), id);
+        assert!(KeyId::new(format!("{}-{id}", RecordKeyScope::Warrant.prefix())).is_some(), "a valid key id");
     }
 }

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use ring::rand::{SecureRandom, SystemRandom};
+use ring::rand::SystemRandom;
 
 use super::preserve::{self, PreserveError};
 use crate::audit::{AuditError, AuditEvent, AuditTrail};
@@ -195,9 +195,7 @@ impl OrderStore {
                 .ok_or(OrderError::InvalidTarget { position: position + 1, kind: target.kind.as_str() })?;
             canonical.push((target.kind, value));
         }
-        let mut suffix = [0u8; 8];
-        self.rng.fill(&mut suffix).map_err(|_| KeyError::Random)?;
-        let id = format!("po-{}", hex::encode(suffix));
+        let id = keys::new_record_id(&self.rng, "po")?;
         if self.registry.order_exists(&order.authority, &order.reference)? {
             return Err(OrderError::Duplicate(order.authority));
         }

@@ -17,6 +17,11 @@
 //!
 //! A crash anywhere leaves the day intact (before 2) or on its way out; the
 //! next sweep sees the pending tombstone or the expired files and finishes.
+//!
+//! A deleting sweep measures expiry only at the clock's today ([`SweepMode`]
+//! gives a date to previews alone), and only once [`super::clock_check`]
+//! trusts the clock; otherwise it destroys nothing, ends no order, and waits
+//! for an operator to confirm the clock ([`Sweeper::confirm_clock`]).
 //! This module must never delete a day that is not expired.
 
 use std::path::{Path, PathBuf};
@@ -27,6 +32,7 @@ use chrono::{DateTime, Utc};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use serde::{Deserialize, Serialize};
 
+use super::clock_check::{ClockCheck, ClockError, ClockReading, ClockSuspicion};
 use super::config::RetentionConfig;
 use super::orders::{OrderError, OrderStore};
 use super::preserve::{self, PreserveError};
@@ -57,6 +63,13 @@ pub enum RetentionError {
     Order(#[from] OrderError),
     #[error(transparent)]
     Preserve(#[from] PreserveError),
+    #[error(transparent)]
+    Clock(#[from] ClockError),
+    #[error(
+        "retention refused: {suspicion} ({reading}); nothing was destroyed and no order ended: if the clock is \
+         right, run `cdrvault retention confirm-clock`"
+    )]
+    ClockSuspect { suspicion: ClockSuspicion, reading: ClockReading },
     #[error("sweep interrupted at {0:?} (crash injection)")]
     Injected(CrashPoint),
 }
@@ -71,7 +84,8 @@ impl RetentionError {
             RetentionError::Audit(e) => e.is_fatal(),
             RetentionError::Order(e) => e.is_fatal(),
             RetentionError::Preserve(e) => e.is_fatal(),
-            RetentionError::Read(_) | RetentionError::Injected(_) => false,
+            RetentionError::Clock(e) => e.is_fatal(),
+            RetentionError::Read(_) | RetentionError::ClockSuspect { .. } | RetentionError::Injected(_) => false,
         }
     }
 }
@@ -85,11 +99,18 @@ pub enum CrashPoint {
     BeforeAudit,
 }
 
-/// Whether a run deletes or only reports what it would delete.
+/// Whether a run deletes or only reports what it would delete. Only a
+/// preview takes a date: a deletion always measures expiry at the clock's
+/// today, so no argument can make it destroy a live day or end an order
+/// early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SweepMode {
+    /// Destroys every day expired today, after ending the orders whose end
+    /// has passed; refused while the clock is suspect.
     Delete,
-    DryRun,
+    /// Lists the days a deletion as of `as_of` (default: today) would
+    /// destroy. Destroys nothing and ends no order.
+    DryRun { as_of: Option<PartitionDate> },
 }
 
 /// What one day's deletion removed.
@@ -169,6 +190,7 @@ pub struct Sweeper {
     config: RetentionConfig,
     metrics: Option<Arc<Metrics>>,
     orders: Option<(Arc<OrderStore>, ParquetConfig)>,
+    clock_check: ClockCheck,
     crash_at: Option<CrashPoint>,
 }
 
@@ -182,6 +204,7 @@ impl Sweeper {
     ) -> Self {
         Sweeper {
             data_dir: data_dir.to_path_buf(),
+            clock_check: ClockCheck::new(&keys.retention_clock_path(), data_dir, config.max_clock_jump),
             keys,
             audit,
             clock,
@@ -200,13 +223,14 @@ impl Sweeper {
         self
     }
 
-    /// Ends the orders whose end date has passed, and finishes lifts that a
-    /// crash interrupted.
-    fn end_orders(&self, as_of: PartitionDate) -> Result<(), RetentionError> {
+    /// Ends the orders whose end date has passed today, and finishes lifts
+    /// that a crash interrupted. Only a deleting sweep calls it, with a
+    /// trusted clock.
+    fn end_orders(&self, today: PartitionDate) -> Result<(), RetentionError> {
         let Some((orders, _)) = &self.orders else { return Ok(()) };
         for order in orders.list()? {
             // An order that was never decided ends too: its key goes.
-            let ended = matches!(order.status, OrderStatus::Active | OrderStatus::Registered) && order.ends < as_of;
+            let ended = matches!(order.status, OrderStatus::Active | OrderStatus::Registered) && order.ends < today;
             let unfinished = order.status == OrderStatus::Lifted && orders.has_data(&order.id)?;
             if ended || unfinished {
                 let reason = if ended { "ended" } else { "lift completed" };
@@ -249,45 +273,79 @@ impl Sweeper {
         Ok(self.keys.tombstone(day)?.and_then(|bytes| serde_json::from_slice(&bytes).ok()))
     }
 
-    /// Deletes every expired day (or lists them, in a dry run). `as_of`
-    /// previews another date; it defaults to today from the clock.
-    pub fn run(&self, as_of: Option<PartitionDate>, mode: SweepMode) -> Result<SweepReport, RetentionError> {
-        let started = Instant::now();
-        let now = self.clock.now();
-        let as_of = as_of.unwrap_or_else(|| self.today());
-        let run = format!("sweep-{}", now.format("%Y%m%dT%H%M%S%.6fZ"));
-        let mut report = SweepReport {
-            run: run.clone(),
+    /// Deletes every day expired today, or, in a dry run, lists the days
+    /// expired at the date it previews.
+    pub fn run(&self, mode: SweepMode) -> Result<SweepReport, RetentionError> {
+        match mode {
+            SweepMode::Delete => self.delete_expired(),
+            SweepMode::DryRun { as_of } => self.preview(as_of.unwrap_or_else(|| self.today())),
+        }
+    }
+
+    fn report(&self, now: DateTime<Utc>, as_of: PartitionDate, mode: SweepMode) -> SweepReport {
+        SweepReport {
+            run: format!("sweep-{}", now.format("%Y%m%dT%H%M%S%.6fZ")),
             as_of,
             oldest_retained: oldest_retained(as_of, self.config.days),
             mode,
             days: Vec::new(),
             elapsed: Default::default(),
-        };
-        if mode == SweepMode::Delete {
-            self.end_orders(as_of)?;
         }
-        for day in self.traces()? {
-            if !is_expired(day, as_of, self.config.days) {
-                continue;
-            }
-            let deleted = match mode {
-                SweepMode::DryRun => self.measure(day)?,
-                SweepMode::Delete => self.delete_day(day, &run, now)?,
-            };
-            report.days.push(deleted);
+    }
+
+    /// The days with a trace that are expired at `as_of`.
+    fn expired(&self, as_of: PartitionDate) -> Result<Vec<PartitionDate>, RetentionError> {
+        Ok(self.traces()?.into_iter().filter(|day| is_expired(*day, as_of, self.config.days)).collect())
+    }
+
+    fn preview(&self, as_of: PartitionDate) -> Result<SweepReport, RetentionError> {
+        let started = Instant::now();
+        let mut report = self.report(self.clock.now(), as_of, SweepMode::DryRun { as_of: Some(as_of) });
+        for day in self.expired(as_of)? {
+            report.days.push(self.measure(day)?);
         }
         report.elapsed = started.elapsed();
-        if let Some(metrics) = &self.metrics
-            && mode == SweepMode::Delete
-        {
+        Ok(report)
+    }
+
+    fn delete_expired(&self) -> Result<SweepReport, RetentionError> {
+        let started = Instant::now();
+        // One reading of the clock for the whole sweep: the check, the
+        // expiry and the evidence all speak of the same instant.
+        let now = self.clock.now();
+        let reading = self.clock_check.read(now)?;
+        if let Some(suspicion) = self.clock_check.suspicion(&reading) {
+            if let Some(metrics) = &self.metrics {
+                metrics.retention_clock_suspect.set(1);
+            }
+            return Err(RetentionError::ClockSuspect { suspicion, reading });
+        }
+        let today = TimestampMicros::from_datetime(now).partition_date();
+        let mut report = self.report(now, today, SweepMode::Delete);
+        self.end_orders(today)?;
+        for day in self.expired(today)? {
+            let deleted = self.delete_day(day, &report.run, now)?;
+            report.days.push(deleted);
+        }
+        self.clock_check.record_sweep(&reading)?;
+        report.elapsed = started.elapsed();
+        if let Some(metrics) = &self.metrics {
             metrics.retention_days_deleted.inc_by(report.days.len() as u64);
             metrics.retention_rows_deleted.inc_by(report.days.iter().map(|d| d.rows).sum());
             metrics.retention_sweep_duration.observe(report.elapsed.as_secs_f64());
             metrics.retention_last_success.set(now.timestamp_millis() as f64 / 1000.0);
-            self.update_gauges(as_of)?;
+            metrics.retention_clock_suspect.set(0);
+            self.update_gauges(today)?;
         }
         Ok(report)
+    }
+
+    /// An operator vouches for the clock: the confirmation is audited under
+    /// `actor`, then "now" is recorded as the last sweep, so that the next
+    /// sweep trusts the clock and destroys as of its today. Returns what the
+    /// clock was checked against until then.
+    pub fn confirm_clock(&self, actor: &str) -> Result<ClockReading, RetentionError> {
+        Ok(self.clock_check.confirm(self.clock.now(), &self.audit, actor)?)
     }
 
     /// Refreshes the age of the oldest live day and the count of overdue days.
@@ -466,7 +524,7 @@ impl periodic::Job for Sweeper {
     const NAME: &'static str = "retention sweep";
 
     fn run_once(&self) -> Result<SweepReport, RetentionError> {
-        self.run(None, SweepMode::Delete)
+        self.run(SweepMode::Delete)
     }
 
     fn is_fatal(error: &RetentionError) -> bool {

@@ -1,5 +1,6 @@
 //! Durable file-system operations: write to a temporary name, fsync the file,
-//! rename it into place, fsync the directory.
+//! rename it into place (or, for a file that must never replace another,
+//! hard-link it into place), fsync the directory.
 //!
 //! This module owns the one rule every writer of cdrvault follows: a file is
 //! either absent or complete and durable under its final name. It never
@@ -22,6 +23,9 @@ pub enum DurableError {
     /// A private file or directory that others may read or enter.
     #[error("{path} has mode {mode:o}: group and other must have no access (chmod go-rwx)")]
     Exposed { path: PathBuf, mode: u32 },
+    /// A file created by [`write_new`] exists already; it was left as it is.
+    #[error("{path} exists already and is never replaced")]
+    Exists { path: PathBuf },
 }
 
 impl DurableError {
@@ -140,9 +144,47 @@ pub fn publish(tmp: &Path, target: &Path) -> Result<(), DurableError> {
     fsync_dir(dir)
 }
 
+/// Moves a fully written and fsynced temporary file to `target` only if no
+/// file has that name, and fsyncs the directory. A rename would replace an
+/// existing target; a hard link fails instead, atomically, so the check and
+/// the creation cannot be raced. The temporary is then removed. If the
+/// target exists, it is left as it is, the temporary is removed, and the
+/// error is [`DurableError::Exists`]. Both paths must be in the same
+/// directory, on a file system with hard links.
+pub fn publish_new(tmp: &Path, target: &Path) -> Result<(), DurableError> {
+    if let Err(e) = fs::hard_link(tmp, target) {
+        // Best effort: a temporary left behind is hidden, and replaced by
+        // the next write of the same target.
+        let _ = fs::remove_file(tmp);
+        return Err(match e.kind() {
+            io::ErrorKind::AlreadyExists => DurableError::Exists { path: target.to_path_buf() },
+            _ => DurableError::io("link", target, e),
+        });
+    }
+    fs::remove_file(tmp).map_err(|e| DurableError::io("remove", tmp, e))?;
+    let dir = target.parent().unwrap_or(Path::new("."));
+    fsync_dir(dir)
+}
+
 /// Writes `bytes` to `target` so that it is either absent or complete and
-/// durable: temporary file, fsync, rename, fsync of the directory.
+/// durable: temporary file, fsync, rename, fsync of the directory. An
+/// existing `target` is replaced.
 pub fn write_atomically(target: &Path, bytes: &[u8], mode: FileMode) -> Result<(), DurableError> {
+    let tmp = write_temporary(target, bytes, mode)?;
+    publish(&tmp, target)
+}
+
+/// Creates `target` with `bytes`, durably, as [`write_atomically`] does, but
+/// never replaces an existing file: [`DurableError::Exists`] then, and the
+/// existing file is left as it is ([`publish_new`]).
+pub fn write_new(target: &Path, bytes: &[u8], mode: FileMode) -> Result<(), DurableError> {
+    let tmp = write_temporary(target, bytes, mode)?;
+    publish_new(&tmp, target)
+}
+
+/// Writes `bytes` to the temporary of `target` and fsyncs it; returns its
+/// path.
+fn write_temporary(target: &Path, bytes: &[u8], mode: FileMode) -> Result<PathBuf, DurableError> {
     let tmp = temporary_path(target);
     // A temporary left by a crashed run (the pid in its name can repeat, as
     // in a container where the service is always pid 1) is garbage: replace
@@ -156,8 +198,7 @@ pub fn write_atomically(target: &Path, bytes: &[u8], mode: FileMode) -> Result<(
     let mut file = options.open(&tmp).map_err(|e| DurableError::io("create", &tmp, e))?;
     file.write_all(bytes).map_err(|e| DurableError::io("write", &tmp, e))?;
     fsync_file(&file, &tmp)?;
-    drop(file);
-    publish(&tmp, target)
+    Ok(tmp)
 }
 
 /// The temporary name used while `target` is written: hidden (leading dot) and
@@ -234,6 +275,37 @@ mod tests {
         write_atomically(&target, b"new", FileMode::Private).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"new");
         assert!(!temporary_path(&target).exists());
+    }
+
+    #[test]
+    fn write_new_creates_once_and_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("record.key");
+        write_new(&target, b"first", FileMode::Private).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"first");
+        assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o600);
+        let again = write_new(&target, b"second", FileMode::Private).unwrap_err();
+        assert!(matches!(&again, DurableError::Exists { path } if path == &target), "{again}");
+        assert!(!again.is_fatal());
+        assert_eq!(fs::read(&target).unwrap(), b"first", "the existing file is kept");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("record.key")], "no temporary is left");
+    }
+
+    #[test]
+    fn publish_new_refuses_an_existing_target_and_drops_the_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tmp, target) = (dir.path().join(".t.tmp"), dir.path().join("t"));
+        fs::write(&tmp, b"new").unwrap();
+        fs::write(&target, b"old").unwrap();
+        assert!(matches!(publish_new(&tmp, &target), Err(DurableError::Exists { .. })));
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        assert!(!tmp.exists());
+        fs::write(&tmp, b"new").unwrap();
+        let fresh = dir.path().join("u");
+        publish_new(&tmp, &fresh).unwrap();
+        assert_eq!(fs::read(&fresh).unwrap(), b"new");
+        assert!(!tmp.exists());
     }
 
     #[test]

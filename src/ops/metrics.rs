@@ -56,6 +56,7 @@ pub struct Metrics {
     pub retention_days_overdue: Gauge,
     pub retention_sweep_duration: Histogram,
     pub retention_last_success: Gauge<f64, AtomicU64>,
+    pub retention_clock_suspect: Gauge,
     pub compaction_days: Counter,
     pub compaction_files_replaced: Counter,
     pub compaction_failures: Counter,
@@ -91,6 +92,7 @@ impl Metrics {
         let retention_sweep_duration =
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 14));
         let retention_last_success = Gauge::<f64, AtomicU64>::default();
+        let retention_clock_suspect = Gauge::default();
         let compaction_days = Counter::default();
         let compaction_files_replaced = Counter::default();
         let compaction_failures = Counter::default();
@@ -168,6 +170,13 @@ impl Metrics {
             "Unix time of the last successful retention sweep",
             prometheus_client::registry::Unit::Seconds,
             retention_last_success.clone(),
+        );
+        registry.register(
+            "retention_clock_suspect",
+            "1 while retention refuses to destroy because the clock went back before the last sweep or jumped \
+             beyond it and the newest data (alert on it; if the clock is right, run `cdrvault retention \
+             confirm-clock`), 0 after a sweep",
+            retention_clock_suspect.clone(),
         );
 
         registry.register("compaction_days", "Days compacted into one file per token key", compaction_days.clone());
@@ -247,6 +256,7 @@ impl Metrics {
             retention_days_overdue,
             retention_sweep_duration,
             retention_last_success,
+            retention_clock_suspect,
             compaction_days,
             compaction_files_replaced,
             compaction_failures,
@@ -290,5 +300,37 @@ mod tests {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("cdrvault_"), "{line}");
         }
+    }
+
+    /// The alerting rules shipped in deploy/prometheus name only metrics
+    /// that exist: a renamed metric must not silently disarm an alert.
+    #[test]
+    fn every_metric_an_alert_names_is_exported() {
+        let metrics = Metrics::new();
+        // A labelled family is exported once it has a series.
+        metrics.consumer_lag.get_or_create(&PartitionLabels { topic: "cdr".into(), partition: 0 }).set(1);
+        metrics.access_calls.get_or_create(&CallLabels { method: "submit", outcome: "ok" }).inc();
+        metrics.access_refusals.get_or_create(&ReasonLabel { reason: "unknown_token" }).inc();
+        let families: Vec<String> = metrics
+            .encode()
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split(' ').next())
+            .map(str::to_owned)
+            .collect();
+        let rules = include_str!("../../deploy/prometheus/alerts.yml");
+        let mut named = 0;
+        for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with("cdrvault_") {
+                continue;
+            }
+            named += 1;
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .unwrap_or(word);
+            assert!(families.iter().any(|f| f == family), "alerts.yml names {word}, which is not among {families:?}");
+        }
+        assert!(named >= 8, "alerts.yml names only {named} metrics");
     }
 }

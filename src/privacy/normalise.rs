@@ -68,18 +68,32 @@ pub fn imei(text: Cow<'_, str>) -> Option<Imei<'_>> {
     valid(&stripped).then(|| Imei::from_canonical(Cow::Owned(stripped)))
 }
 
-/// A `sip:`, `sips:` or `tel:` URI, lower-cased as a whole.
+/// A `sip:`, `sips:` or `tel:` URI, with what compares case-insensitively
+/// lower-cased and nothing else:
+///
+/// - the scheme (`SIP:` is `sip:`);
+/// - in a SIP URI, the host (RFC 3261 §19.1.4). The user part (and a
+///   password) is case-sensitive and kept as written, so `sip:Alice@…` and
+///   `sip:alice@…` are two identities. The port, the URI parameters and
+///   the headers are kept as written too: cdrvault does not reorder,
+///   default or case-fold them, so a URI with a parameter or an explicit
+///   port is another value than the same URI without (as RFC 3261 compares
+///   an explicit default port);
+/// - a `tel:` URI (RFC 3966) has no case-sensitive part and is lower-cased
+///   whole.
+///
+/// The userinfo ends at the first `@`: RFC 3261 allows no unescaped `@`
+/// elsewhere. Without one, the host starts right after the scheme. The host
+/// ends at the first `;` (parameters) or `?` (headers). Ingest and every
+/// target go through this one function (see [`super::target`]), so a
+/// warrant finds exactly what ingest stored.
 pub fn sip_uri(text: Cow<'_, str>) -> Option<SipUri<'_>> {
     if text.len() > SIP_URI_MAX_LEN || !text.is_ascii() {
         return None;
     }
-    // Most URIs arrive lower-case already: then nothing is allocated.
-    let lower: Cow<'_, str> = if text.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(text.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(text.as_ref())
-    };
-    let rest = ["sip:", "sips:", "tel:"].iter().find_map(|scheme| lower.strip_prefix(scheme))?;
+    let colon = text.find(':')?;
+    let scheme = ["sip", "sips", "tel"].into_iter().find(|s| text[..colon].eq_ignore_ascii_case(s))?;
+    let rest = &text[colon + 1..];
     let well_formed = !rest.is_empty()
         && rest.bytes().all(|b| b.is_ascii_graphic())
         && !rest.starts_with('@')
@@ -87,10 +101,25 @@ pub fn sip_uri(text: Cow<'_, str>) -> Option<SipUri<'_>> {
     if !well_formed {
         return None;
     }
-    match lower {
-        Cow::Borrowed(_) => Some(SipUri::from_canonical(text)),
-        Cow::Owned(lower) => Some(SipUri::from_canonical(Cow::Owned(lower))),
+    // The part after the scheme that compares case-insensitively.
+    let folded = if scheme == "tel" { colon + 1..text.len() } else { host_range(rest, colon + 1) };
+    let has_upper = |range: std::ops::Range<usize>| text[range].bytes().any(|b| b.is_ascii_uppercase());
+    // Most URIs arrive canonical already: then nothing is allocated.
+    if !has_upper(0..colon) && !has_upper(folded.clone()) {
+        return Some(SipUri::from_canonical(text));
     }
+    let mut canonical = text.into_owned();
+    canonical[..colon].make_ascii_lowercase();
+    canonical[folded].make_ascii_lowercase();
+    Some(SipUri::from_canonical(Cow::Owned(canonical)))
+}
+
+/// Where the host of a SIP URI lies, as a range of the whole URI, given the
+/// text after the scheme (`rest`) and where it starts (`offset`).
+fn host_range(rest: &str, offset: usize) -> std::ops::Range<usize> {
+    let start = rest.find('@').map_or(0, |at| at + 1);
+    let end = rest[start..].find([';', '?']).map_or(rest.len(), |end| start + end);
+    offset + start..offset + end
 }
 
 /// A cell id `MCC-MNC-LAC/TAC-CI`: a 3-digit MCC, a 2- or 3-digit MNC (its
@@ -187,11 +216,43 @@ mod tests {
     }
 
     #[test]
-    fn sip_uris_are_lower_cased() {
-        assert_eq!(sip_uri("SIP:Alice@IMS.Example.NET".into()).unwrap().expose(), "sip:alice@ims.example.net");
+    fn sip_scheme_and_host_are_lower_cased_and_the_user_is_kept() {
+        let canonical = |text: &str| sip_uri(text.into()).map(|uri| uri.expose().to_string());
+        assert_eq!(canonical("SIP:Alice@IMS.Example.NET").as_deref(), Some("sip:Alice@ims.example.net"));
+        assert_eq!(canonical("SIP:alice@EXAMPLE.com"), canonical("sip:alice@example.com"));
+        assert_ne!(canonical("sip:Alice@Example.COM"), canonical("sip:alice@example.com"), "users differ in case");
+        assert_eq!(
+            canonical("Sips:Bob:PassWord@Host.Example:5061").as_deref(),
+            Some("sips:Bob:PassWord@host.example:5061")
+        );
+        assert_eq!(
+            canonical("sip:Carol;Day=Tue@Example.COM;Transport=TCP?Subject=Hi").as_deref(),
+            Some("sip:Carol;Day=Tue@example.com;Transport=TCP?Subject=Hi"),
+            "the user may hold ; and ?, parameters and headers are kept"
+        );
+        assert_eq!(canonical("sip:Example.COM;Maddr=X").as_deref(), Some("sip:example.com;Maddr=X"), "no user");
+        assert_eq!(canonical("sip:[2001:DB8::1]:5060").as_deref(), Some("sip:[2001:db8::1]:5060"));
+        assert_ne!(canonical("sip:a@example.com:5060"), canonical("sip:a@example.com"), "the port is kept");
+        assert_eq!(
+            canonical("TEL:+45-1234-ABCD;Phone-Context=X").as_deref(),
+            Some("tel:+45-1234-abcd;phone-context=x")
+        );
+    }
+
+    #[test]
+    fn sip_uris_already_canonical_are_borrowed() {
+        let text = "sip:Alice@ims.example.net;Transport=TCP";
+        assert!(matches!(sip_uri(Cow::Borrowed(text)).unwrap().expose(), t if std::ptr::eq(t, text)));
+    }
+
+    #[test]
+    fn malformed_sip_uris_are_refused() {
         assert!(sip_uri("tel:+4512345678".into()).is_some());
         assert!(sip_uri("http://example.net".into()).is_none());
         assert!(sip_uri("sip:".into()).is_none());
+        assert!(sip_uri("sip:@example.net".into()).is_none());
+        assert!(sip_uri("sip:alice@".into()).is_none());
+        assert!(sip_uri("sipx:alice@example.net".into()).is_none());
         assert!(sip_uri("sip:a b@c".into()).is_none());
         assert!(sip_uri("sip:ålice@example.net".into()).is_none());
     }
@@ -244,6 +305,15 @@ mod tests {
             let b = IpAddr::from(std::net::Ipv4Addr::from(v4));
             let text = canonical_ip(b);
             prop_assert_eq!(text.as_str(), b.to_string());
+        }
+
+        #[test]
+        fn sip_normalisation_is_idempotent_and_keeps_the_user(user in "[A-Za-z0-9.+_-]{1,20}", host in "[A-Za-z0-9.-]{1,30}", upper in any::<bool>()) {
+            let scheme = if upper { "SIP" } else { "sip" };
+            let first = sip_uri(format!("{scheme}:{user}@{host}").into()).unwrap().expose().to_owned();
+            prop_assert_eq!(&first, &format!("sip:{user}@{}", host.to_ascii_lowercase()));
+            let again = sip_uri(first.as_str().into()).unwrap();
+            prop_assert_eq!(again.expose(), first.as_str());
         }
 
         #[test]

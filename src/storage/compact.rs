@@ -84,11 +84,20 @@ pub struct CompactReport {
     pub rows: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Manifest entries refused by the recovery that ran first: names that
+    /// are not data files of the day (see [`manifest`]); nothing they named
+    /// was touched.
+    pub refused_manifest_entries: usize,
 }
 
-/// Finishes or drops interrupted compactions in one day directory.
-pub fn recover(dir: &Path) -> Result<(), DurableError> {
+/// Finishes or drops interrupted compactions in one day directory. Only the
+/// plain data file names a manifest lists are deleted; returns how many
+/// entries were refused (each such manifest is logged as a warning).
+pub fn recover(dir: &Path) -> Result<usize, DurableError> {
+    let mut refused = 0;
     for manifest in manifest::list(dir) {
+        debug_assert!(manifest.sources.iter().all(|s| layout::is_plain_data_name(s)));
+        refused += manifest.refused;
         if dir.join(&manifest.new_file).exists() {
             for source in &manifest.sources {
                 remove_data_file(&dir.join(source))?;
@@ -96,7 +105,7 @@ pub fn recover(dir: &Path) -> Result<(), DurableError> {
         }
         durable::remove_file(&manifest.path)?;
     }
-    Ok(())
+    Ok(refused)
 }
 
 fn remove_data_file(path: &Path) -> Result<(), DurableError> {
@@ -113,8 +122,8 @@ pub fn compact_day(
     now_millis: i64,
 ) -> Result<CompactReport, CompactError> {
     let dir = day_dir(writer.data_dir(), day);
-    recover(&dir)?;
-    let mut report = CompactReport { day: Some(day), ..CompactReport::default() };
+    let refused_manifest_entries = recover(&dir)?;
+    let mut report = CompactReport { day: Some(day), refused_manifest_entries, ..CompactReport::default() };
     let files = read::list_files(writer.data_dir(), day)?;
     report.files_before = files.len();
     report.files_after = files.len();

@@ -13,19 +13,30 @@ use crate::ops::durable::{self, DurableError};
 /// writer takes this long over one file, so it belongs to a dead process.
 pub const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// What a start-up recovery found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Temporaries and orphan indexes removed.
+    pub removed: u64,
+    /// Compaction manifest entries refused: not data files of their day
+    /// (see [`super::manifest`]). Nothing they named was touched.
+    pub refused_manifest_entries: u64,
+}
+
 /// Finishes or drops interrupted compactions, then removes the hidden
 /// temporaries (`.part-….parquet.<pid>.tmp`) that a crashed writer left in
 /// the day directories, and token indexes whose data file was never
 /// published (a crash between the two renames), once older than
 /// [`LEFTOVER_AGE`]. Those were never visible to readers; this only returns
-/// their space. Returns how many were removed.
-pub fn remove_leftovers(data_dir: &Path) -> Result<u64, DurableError> {
+/// their space. Returns how many were removed, and how many manifest
+/// entries were refused.
+pub fn remove_leftovers(data_dir: &Path) -> Result<Leftovers, DurableError> {
     let root = data_dir.join(CDR_DIR);
-    let Ok(days) = std::fs::read_dir(&root) else { return Ok(0) };
-    let mut removed = 0;
+    let mut found = Leftovers::default();
+    let Ok(days) = std::fs::read_dir(&root) else { return Ok(found) };
     for day in days.flatten() {
         // Interrupted compactions first: finished or dropped, never half.
-        compact::recover(&day.path())?;
+        found.refused_manifest_entries += compact::recover(&day.path())? as u64;
         let Ok(files) = std::fs::read_dir(day.path()) else { continue };
         for file in files.flatten() {
             let name = file.file_name();
@@ -43,11 +54,11 @@ pub fn remove_leftovers(data_dir: &Path) -> Result<u64, DurableError> {
                 .is_some_and(|age| age >= LEFTOVER_AGE);
             if old {
                 durable::remove_file(&file.path())?;
-                removed += 1;
+                found.removed += 1;
             }
         }
     }
-    Ok(removed)
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -72,7 +83,8 @@ mod tests {
         File::options().write(true).open(&old).unwrap().set_modified(long_ago).unwrap();
         File::options().write(true).open(&orphan).unwrap().set_modified(long_ago).unwrap();
         File::options().write(true).open(layout::index_path(&path)).unwrap().set_modified(long_ago).unwrap();
-        assert_eq!(remove_leftovers(&root.path().join("data")).unwrap(), 2);
+        let found = remove_leftovers(&root.path().join("data")).unwrap();
+        assert_eq!(found, Leftovers { removed: 2, refused_manifest_entries: 0 });
         assert!(!old.exists() && !orphan.exists());
         assert!(layout::index_path(&path).exists(), "the index of a published file stays");
         assert!(fresh.exists(), "a temporary that may still be written is left alone");

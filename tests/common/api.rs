@@ -196,6 +196,11 @@ pub async fn cast(w: &mut World) -> Cast {
 /// A warrant registered by alice and approved by bob; its id.
 pub async fn approved_warrant(w: &mut World, cast: &Cast, grant: Grant<'_>) -> String {
     let request = w.warrant_request(grant);
+    approved(w, cast, request).await
+}
+
+/// The warrant `request` registered by alice and approved by bob; its id.
+pub async fn approved(w: &mut World, cast: &Cast, request: proto::RegisterWarrantRequest) -> String {
     let warrant = w.client.register_warrant(authed(&cast.alice, request)).await.unwrap().into_inner();
     let decide = proto::DecideWarrantRequest { warrant: warrant.id.clone(), approve: true, reason: String::new() };
     let decided = w.client.decide_warrant(authed(&cast.bob, decide)).await.unwrap().into_inner();

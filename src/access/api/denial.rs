@@ -4,7 +4,8 @@
 //! Status codes: `unauthenticated` (no or unknown credentials),
 //! `permission_denied` (role, self-approval, out of scope), `not_found`,
 //! `failed_precondition` (warrant not approved, expired, closed),
-//! `invalid_argument` (syntax, too many targets, fields too long),
+//! `invalid_argument` (syntax, too many targets, fields too long, a window
+//! too long),
 //! `already_exists`, `resource_exhausted` (rate, message size),
 //! `unavailable` (the audit trail cannot be written), `data_loss` (a sealed
 //! result fails authentication), `internal` (logged; the caller learns
@@ -46,6 +47,7 @@ pub fn code(refusal: &Refusal) -> Code {
         | Refusal::MalformedTarget(_)
         | Refusal::TargetSyntax(_)
         | Refusal::EmptyWindow
+        | Refusal::WindowTooLong(_)
         | Refusal::BadCategory
         | Refusal::BadTime(_)
         | Refusal::EmptyScope

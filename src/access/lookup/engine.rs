@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::cache::{FileCache, Work};
 use super::plan;
 use super::search;
-use super::{FoundRecord, LookupError, LookupStats, Query};
+use super::{FoundRecord, LookupError, LookupStats, MAX_WINDOW_DAYS, Query};
 use crate::keys::KeyStore;
 use crate::model::KeyId;
 use crate::ops::{periodic, pool};
@@ -37,8 +37,13 @@ impl LookupEngine {
         self
     }
 
-    /// Runs a query. Blocks; see [`Self::find_async`].
+    /// Runs a query. Blocks; see [`Self::find_async`]. A window of more
+    /// than [`MAX_WINDOW_DAYS`] is refused before any day is planned.
     pub fn find(&self, query: &Query) -> Result<(Vec<FoundRecord>, LookupStats), LookupError> {
+        let days = query.days();
+        if days > i64::from(MAX_WINDOW_DAYS) {
+            return Err(LookupError::WindowTooLong { days, limit: MAX_WINDOW_DAYS });
+        }
         let mut stats = LookupStats::default();
         let work = plan::plan(&self.data_dir, &self.keys, &self.cache, query, &mut stats)?;
         // The targets' tokens under every token key: a file is searched
@@ -134,5 +139,29 @@ mod tests {
     #[test]
     fn the_engine_is_shared_between_threads() {
         assert_send_sync::<LookupEngine>();
+    }
+
+    #[test]
+    fn a_window_beyond_the_hard_cap_is_refused_before_any_day_is_planned() {
+        use crate::model::{Category, IdentifierKind, MICROS_PER_DAY, TimestampMicros};
+        let root = tempfile::tempdir().unwrap();
+        let keys_dir = root.path().join("keys");
+        KeyStore::init(&keys_dir, None).unwrap();
+        let engine = LookupEngine::new(root.path().join("data"), Arc::new(KeyStore::open(&keys_dir, None).unwrap()));
+        let to = TimestampMicros(1_800_000_000_000_000);
+        let query = |days: i64| Query {
+            targets: vec![(IdentifierKind::Msisdn, "+4520000001".into())],
+            from: TimestampMicros(to.0 - (days - 1) * MICROS_PER_DAY),
+            to,
+            categories: [Category::Traffic].into(),
+            preserved: vec![],
+        };
+        let (found, stats) = engine.find(&query(i64::from(MAX_WINDOW_DAYS))).unwrap();
+        assert!(found.is_empty());
+        assert_eq!(stats.days, u64::from(MAX_WINDOW_DAYS));
+        let error = engine.find(&query(i64::from(MAX_WINDOW_DAYS) + 1)).unwrap_err();
+        assert!(matches!(error, LookupError::WindowTooLong { days, .. } if days == i64::from(MAX_WINDOW_DAYS) + 1));
+        let centuries = Query { from: TimestampMicros(i64::MIN / 2), ..query(1) };
+        assert!(matches!(engine.find(&centuries), Err(LookupError::WindowTooLong { .. })));
     }
 }

@@ -50,6 +50,12 @@ use crate::keys::KeyError;
 use crate::model::{Category, IdentifierField, IdentifierKind, PartitionDate, TimestampMicros};
 use crate::storage::read::ReadError;
 
+/// The most days one query may span: ten years. The lawful-access desk
+/// bounds requests well below this (`access.max_window_days`); this bound
+/// keeps the engine from planning an unbounded number of days for any
+/// caller.
+pub const MAX_WINDOW_DAYS: u32 = 3_660;
+
 /// What to look for.
 #[derive(Debug, Clone)]
 pub struct Query {
@@ -64,6 +70,20 @@ pub struct Query {
     /// The preservation orders whose copies may answer, for days already
     /// destroyed, and for which targets. Empty: copies are never searched.
     pub preserved: Vec<PreservedScope>,
+}
+
+impl Query {
+    /// The days of the window, by UTC date with both ends included; zero
+    /// or less if it ends before it starts.
+    pub fn days(&self) -> i64 {
+        window_days(self.from, self.to)
+    }
+}
+
+/// The days from `from` to `to`, by UTC date with both ends included; zero
+/// or less if `to` is before `from`'s date.
+pub fn window_days(from: TimestampMicros, to: TimestampMicros) -> i64 {
+    to.partition_date().days_since_epoch() - from.partition_date().days_since_epoch() + 1
 }
 
 /// An order whose copies a query may search, and the positions (in
@@ -155,6 +175,8 @@ pub enum LookupError {
     Parquet { path: String, source: ParquetError },
     #[error("lookup worker failed")]
     Worker,
+    #[error("the window spans {days} days; a lookup spans at most {limit}")]
+    WindowTooLong { days: i64, limit: u32 },
 }
 
 impl From<crate::ops::pool::Panicked> for LookupError {
