@@ -30,10 +30,11 @@ fn main() {
     let keys = KeyStore::open(&keys_dir, None).unwrap();
     let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
 
+    // A trail left in AUDIT_DIR by an earlier run is extended, not rebuilt.
+    let mut seq = std::fs::read(trail_path(&state_dir)).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count() as u64);
     let trail = AuditTrail::open(&state_dir, &keys).unwrap();
     let appending = Instant::now();
     let mut appended = 0u64;
-    let mut seq = 0;
     while seq < entries {
         let event = AuditEvent::AuthenticationFailures {
             peer: format!("127.0.0.{}", appended % 250),
@@ -52,7 +53,7 @@ fn main() {
         println!(
             "RESULT append: {appended} entries in {append_seconds:.1} s, {:.0} entries/s ({} B/entry)",
             appended as f64 / append_seconds,
-            bytes / seq
+            bytes / seq.max(1)
         );
     }
 

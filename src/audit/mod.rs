@@ -43,7 +43,7 @@ use crate::keys::{KeyError, KeyStore};
 use crate::model::IdentifierKind;
 use crate::ops::durable::{self, DurableError, FileMode};
 use crate::ops::metrics::Metrics;
-use verify::{entry_hash, inspect};
+use verify::{Signatures, entry_hash, inspect};
 
 /// The file name of the trail in the state directory.
 pub const AUDIT_FILE: &str = "audit.jsonl";
@@ -265,7 +265,7 @@ impl AuditTrail {
         if len == tail.len && self.ends_with_last_line(tail)? {
             return Ok(());
         }
-        let found = inspect(&self.path, self.signer.public_key().as_ref(), &self.head_path)?;
+        let found = inspect(&self.path, self.signer.public_key().as_ref(), &self.head_path, Signatures::BeyondHead)?;
         if let Some((seq, problem)) = found.verification.problem {
             return Err(AuditError::Damaged { path: self.path.clone(), seq, problem });
         }
@@ -476,5 +476,32 @@ mod tests {
         });
         let result = check(root.path(), &keys, &public);
         assert_eq!(result.problem.unwrap().0, 2);
+        assert!(
+            AuditTrail::open(&root.path().join("state"), &keys).is_err(),
+            "the check before appending finds it through the signed head"
+        );
+    }
+
+    /// The check before appending verifies the chain up to the signed head
+    /// and the signatures beyond it: an edit anywhere is found, while a
+    /// damaged signature on intact content up to the head is left to
+    /// `audit verify`, which names it.
+    #[test]
+    fn the_check_before_appending_relies_on_the_signed_head_for_the_entries_it_covers() {
+        let (root, keys, trail) = setup();
+        fill(&trail, 4);
+        let public = trail.public_key();
+        drop(trail);
+        rewrite(root.path(), |lines| {
+            let Value::Object(mut entry) = serde_json::from_str(&lines[1]).unwrap() else { panic!() };
+            entry.insert("sig".into(), hex::encode([7u8; 64]).into());
+            lines[1] = serde_json::to_string(&entry).unwrap();
+        });
+        assert_eq!(check(root.path(), &keys, &public).problem.unwrap().0, 2, "audit verify names it");
+        let reopened = AuditTrail::open(&root.path().join("state"), &keys).unwrap();
+        assert_eq!(reopened.append("retention", &day(5), Utc::now()).unwrap(), 5);
+        drop(reopened);
+        rewrite(root.path(), |l| l[1] = l[1].replace("\"rows\":20", "\"rows\":21"));
+        assert!(AuditTrail::open(&root.path().join("state"), &keys).is_err(), "an edit is found all the same");
     }
 }

@@ -117,13 +117,29 @@ pub(super) fn head_message(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
     message
 }
 
-/// Checks one line as entry `number` chained to `prev`; its hash, or why
-/// it fails.
+/// Which entries' own signatures [`inspect`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Signatures {
+    /// Every entry's: names a forged entry as such, wherever it is
+    /// (`audit verify`, `VerifyAudit`).
+    Every,
+    /// Only those of entries beyond the signed head. The head signs the
+    /// hash at its number and every hash covers the one before, so an
+    /// entry up to the head cannot change without the head failing to
+    /// match: its own signature adds no assurance, only time (the check
+    /// before appending). A signature field damaged on an entry whose
+    /// content is intact is then left to `audit verify` to name.
+    BeyondHead,
+}
+
+/// Checks one line as entry `number` chained to `prev`, and its signature
+/// when `signed`; its hash, or why it fails.
 fn check_line(
     line: &[u8],
     number: u64,
     prev: &[u8; 32],
     key: &UnparsedPublicKey<&[u8]>,
+    signed: bool,
 ) -> Result<[u8; 32], &'static str> {
     let Ok(Value::Object(mut entry)) = serde_json::from_slice::<Value>(line) else {
         return Err("not a JSON object (edited)");
@@ -142,16 +158,26 @@ fn check_line(
     if hash != computed {
         return Err("content does not match its hash (edited)");
     }
-    if key.verify(&computed, &sig).is_err() {
+    if signed && key.verify(&computed, &sig).is_err() {
         return Err("signature does not verify (forged)");
     }
     Ok(computed)
 }
 
 /// Reads the whole trail against the public key and the signed head.
-pub(super) fn inspect(path: &Path, public_key: &[u8], head_path: &Path) -> Result<Inspection, AuditError> {
+pub(super) fn inspect(
+    path: &Path,
+    public_key: &[u8],
+    head_path: &Path,
+    signatures: Signatures,
+) -> Result<Inspection, AuditError> {
     let key = UnparsedPublicKey::new(&ED25519, public_key);
     let head = Head::read(head_path)?;
+    // Without a head that verifies, every signature counts.
+    let signed_up_to = match (&head, signatures) {
+        (Some(head), Signatures::BeyondHead) if head.verified(&key).is_ok() => head.seq,
+        _ => 0,
+    };
     let mut entries = 0u64;
     let mut last = (0u64, [0u8; 32]);
     let mut verified_len = 0u64;
@@ -171,7 +197,7 @@ pub(super) fn inspect(path: &Path, public_key: &[u8], head_path: &Path) -> Resul
             }
             let number = entries + 1;
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            match check_line(text, number, &last.1, &key) {
+            match check_line(text, number, &last.1, &key, number > signed_up_to) {
                 Ok(hash) => {
                     entries = number;
                     last = (number, hash);
@@ -237,7 +263,7 @@ pub(super) fn inspect(path: &Path, public_key: &[u8], head_path: &Path) -> Resul
 /// reordered (sequence or chain), truncated (ends before the head),
 /// rewritten (differs from the head). Reads the trail as a stream.
 pub fn verify(path: &Path, public_key: &[u8], head_path: &Path) -> Result<Verification, AuditError> {
-    Ok(inspect(path, public_key, head_path)?.verification)
+    Ok(inspect(path, public_key, head_path, Signatures::Every)?.verification)
 }
 
 /// The outcome of [`verify_witness`].
@@ -291,7 +317,7 @@ pub fn verify_witness(path: &Path, public_key: &[u8], witness_path: &Path) -> Re
                 );
             }
             let text = entry.strip_suffix(b"\n").unwrap_or(&entry);
-            match check_line(text, trail_seq + 1, &trail_hash, &key) {
+            match check_line(text, trail_seq + 1, &trail_hash, &key, true) {
                 Ok(next) => (trail_seq, trail_hash) = (trail_seq + 1, next),
                 Err(text) => return problem(trail_seq + 1, text.into()),
             }
