@@ -177,6 +177,64 @@ fn import_reports_refused_lines_by_number_and_reason_only() {
     assert_eq!(output.status.code(), Some(2), "--strict fails when a line was refused");
 }
 
+/// Two processes (two backfills here; the service and a backfill alike)
+/// that first write the same new days at the same time create one key a
+/// day between them, and every file either wrote is readable with it.
+#[test]
+fn two_imports_racing_over_the_same_new_days_share_one_key_a_day() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, keys) = (root.path().join("data"), root.path().join("keys"));
+    assert!(cdrvault(&["keys", "init", "--dir", keys.to_str().unwrap()]).status.success());
+    let days = 300;
+    let backfills: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|writer| {
+            let lines: Vec<String> = (1..=days)
+                .map(|back| {
+                    let day = (chrono::Utc::now() - chrono::Duration::days(back)).format("%Y-%m-%d");
+                    format!(
+                        r#"{{"record_id":"{writer}-{back}","service":"sms","start_time":"{day}T12:00:00Z","calling_number":"+4520{back:06}"}}"#
+                    )
+                })
+                .collect();
+            let file = root.path().join(format!("{writer}.jsonl"));
+            std::fs::write(&file, lines.join("\n")).unwrap();
+            file
+        })
+        .collect();
+    let imports: Vec<_> = backfills
+        .iter()
+        .map(|file| {
+            Command::new(BINARY)
+                .args(["import", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+                .args(["--keys-dir", keys.to_str().unwrap()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for import in imports {
+        let output = import.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", text(&output.stderr));
+    }
+
+    let store = cdrvault::keys::KeyStore::open(&keys, None).unwrap();
+    let key_files = std::fs::read_dir(keys.join("day")).unwrap().count();
+    assert_eq!(key_files, days as usize, "one key file a day, nothing else");
+    let mut rows = 0;
+    for day in cdrvault::storage::read::list_days(&data).unwrap() {
+        let key = store.existing_day_key(day).unwrap().unwrap();
+        for file in cdrvault::storage::read::list_files(&data, day).unwrap() {
+            let batches =
+                cdrvault::storage::read::read_file(&file, Some(&key), &["record_id", "calling_number_sealed"])
+                    .unwrap_or_else(|e| panic!("{day}: a file sealed under a key that is not the day's: {e}"));
+            rows += batches.iter().map(|b| b.num_rows()).sum::<usize>();
+        }
+    }
+    assert_eq!(rows, 2 * days as usize, "every record of both writers is readable");
+}
+
 #[test]
 fn configuration_errors_name_the_key() {
     let root = tempfile::tempdir().unwrap();

@@ -15,7 +15,7 @@ use ring::rand::SecureRandom;
 use super::secret::{SecretKey, unwrap_key, wrap_key};
 use super::{KeyError, KeyStore};
 use crate::model::{KeyId, PartitionDate};
-use crate::ops::durable::{self, FileMode};
+use crate::ops::durable::{self, DurableError, FileMode};
 
 pub(super) const DAY_DIR: &str = "day";
 
@@ -29,8 +29,8 @@ pub struct DayKey {
 }
 
 /// Day keys already unwrapped or created by this process. The mutex also
-/// serialises creation, so two writers of one process never create two keys
-/// for a day.
+/// serialises creation within the process; across processes, the key file
+/// is created only if absent, and the loser of a race takes the winner's.
 pub(super) type DayKeyCache = std::sync::Mutex<HashMap<PartitionDate, Arc<DayKey>>>;
 
 impl KeyStore {
@@ -109,7 +109,7 @@ impl KeyStore {
             Some(key) => Some(key.id.clone()),
             None => self.read_day_key(date)?.map(|k| k.id),
         };
-        durable::remove_file(&self.day_key_path(date))?;
+        durable::remove_with_temporaries(&self.day_key_path(date))?;
         Ok(id)
     }
 
@@ -158,7 +158,26 @@ impl KeyStore {
             .expect("a date and hex digits form a valid key id");
         let secret = SecretKey::random(&self.rng)?;
         let wrapped = wrap_key(&self.master, &self.rng, &id, &secret, &day_aad(date))?;
-        durable::write_atomically(&self.day_key_path(date), &wrapped, FileMode::Private)?;
+        let path = self.day_key_path(date);
+        match durable::write_new(&path, &wrapped, FileMode::Private) {
+            Ok(()) => {}
+            // Another process created the day's key first: every file of
+            // the day must be sealed under that one.
+            Err(DurableError::Exists { .. }) => {
+                return match self.read_day_key(date)? {
+                    Some(key) => Ok(key),
+                    None if self.is_destroyed(date) => Err(KeyError::DayDestroyed(date)),
+                    None => Err(KeyError::Corrupt(path)),
+                };
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // A sweep that destroyed the day after the check above must not
+        // leave a key behind it.
+        if self.is_destroyed(date) {
+            durable::remove_with_temporaries(&path)?;
+            return Err(KeyError::DayDestroyed(date));
+        }
         Ok(DayKey { id, date, secret })
     }
 }
@@ -203,5 +222,57 @@ mod tests {
         assert!(matches!(fresh.day_key(date), Err(KeyError::DayDestroyed(_))));
         assert_eq!(fresh.destroyed_days().unwrap(), vec![date]);
         assert!(fresh.days_with_keys().unwrap().is_empty());
+    }
+
+    /// Two keystores on one directory (the service and a backfill import,
+    /// say) that first write the same new days at the same time end up
+    /// with one key per day: the loser of each race takes the winner's.
+    #[test]
+    fn writers_racing_to_create_a_day_key_share_one_key() {
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(root.path(), None).unwrap();
+        let stores = [KeyStore::open(root.path(), None).unwrap(), KeyStore::open(root.path(), None).unwrap()];
+        let days: Vec<PartitionDate> =
+            (0..200).map(|n| PartitionDate::from_days_since_epoch(20_000 + n).unwrap()).collect();
+        let start = std::sync::Barrier::new(stores.len());
+        let ids: Vec<Vec<String>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = stores
+                .iter()
+                .map(|store| {
+                    let (days, start) = (&days, &start);
+                    scope.spawn(move || {
+                        start.wait();
+                        days.iter().map(|&day| store.day_key(day).unwrap().id.to_string()).collect()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let fresh = KeyStore::open(root.path(), None).unwrap();
+        for (n, day) in days.iter().enumerate() {
+            let stored = fresh.existing_day_key(*day).unwrap().unwrap().id.to_string();
+            assert_eq!(ids[0][n], stored, "{day}: the first writer's key is the stored one");
+            assert_eq!(ids[1][n], stored, "{day}: the second writer's key is the stored one");
+        }
+        let left: Vec<_> = fs::read_dir(root.path().join("day")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), days.len(), "one file a day, no temporary left: {left:?}");
+    }
+
+    /// A crash between linking a new key into place and removing its
+    /// temporary leaves a second name of the key file: destruction removes
+    /// that too.
+    #[test]
+    fn destroying_a_key_removes_every_name_of_its_file() {
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(root.path(), None).unwrap();
+        let store = KeyStore::open(root.path(), None).unwrap();
+        let date = PartitionDate::parse("2025-03-01").unwrap();
+        store.day_key(date).unwrap();
+        let key = root.path().join("day/2025-03-01.key");
+        let leftover = root.path().join("day/.2025-03-01.key.4242.7.tmp");
+        fs::hard_link(&key, &leftover).unwrap();
+        store.write_tombstone(date, b"{}").unwrap();
+        store.destroy_day_key(date).unwrap();
+        assert!(!key.exists() && !leftover.exists(), "no name of the key file survives");
     }
 }

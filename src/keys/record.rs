@@ -126,7 +126,7 @@ impl KeyStore {
 
     /// Destroys the key of a registry record. Idempotent.
     pub fn destroy_record_key(&self, scope: RecordKeyScope, record: &str) -> Result<(), KeyError> {
-        durable::remove_file(&self.record_key_path(scope, record))?;
+        durable::remove_with_temporaries(&self.record_key_path(scope, record))?;
         Ok(())
     }
 

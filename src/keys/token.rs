@@ -10,7 +10,7 @@ use ring::rand::SystemRandom;
 use super::secret::{SecretKey, unwrap_key, wrap_key};
 use super::{KeyError, KeyStore};
 use crate::model::KeyId;
-use crate::ops::durable::{self, FileMode};
+use crate::ops::durable::{self, DurableError, FileMode};
 
 pub(super) const TOKEN_DIR: &str = "token";
 const TOKEN_AAD: &[u8] = b"token";
@@ -41,11 +41,26 @@ impl KeyStore {
 
     /// Creates a new token key and makes it the active one. Data already
     /// written keeps the id of the key it was tokenised under.
+    /// Another process rotating at the same time takes the next number;
+    /// no key file is ever replaced.
     pub fn rotate_token_key(&mut self) -> Result<KeyId, KeyError> {
-        let next = self.token_keys.len() as u32 + 1;
-        let id = write_token_key(&self.dir, &self.master, &self.rng, next)?;
-        self.token_keys = self.load_token_keys()?;
-        Ok(id)
+        loop {
+            let highest = self
+                .load_token_keys()?
+                .iter()
+                .filter_map(|key| key.id.as_str().strip_prefix("tk-")?.parse::<u32>().ok())
+                .max()
+                .unwrap_or(0);
+            match write_token_key(&self.dir, &self.master, &self.rng, highest + 1) {
+                Ok(id) => {
+                    self.token_keys = self.load_token_keys()?;
+                    return Ok(id);
+                }
+                // Taken since the listing: list again.
+                Err(KeyError::AlreadyInitialised(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     pub(super) fn load_token_keys(&self) -> Result<Vec<TokenKey>, KeyError> {
@@ -83,16 +98,17 @@ pub(super) fn write_token_key(
     let secret = SecretKey::random(rng)?;
     let wrapped = wrap_key(master, rng, &id, &secret, TOKEN_AAD)?;
     let path = dir.join(TOKEN_DIR).join(format!("{id}.key"));
-    if path.exists() {
-        return Err(KeyError::AlreadyInitialised(path));
+    match durable::write_new(&path, &wrapped, FileMode::Private) {
+        Ok(()) => Ok(id),
+        Err(DurableError::Exists { path }) => Err(KeyError::AlreadyInitialised(path)),
+        Err(e) => Err(e.into()),
     }
-    durable::write_atomically(&path, &wrapped, FileMode::Private)?;
-    Ok(id)
 }
 
 #[cfg(test)]
 mod tests {
     use crate::keys::KeyStore;
+    use crate::model::KeyId;
 
     #[test]
     fn rotation_adds_a_new_active_key_and_keeps_the_old() {
@@ -105,5 +121,38 @@ mod tests {
         assert_eq!(store.active_token_key().id, new_id);
         assert_ne!(store.active_token_key().secret.expose(), old.secret.expose());
         assert!(store.token_key(&old.id).is_some());
+    }
+
+    /// Two processes rotating at once each get a key of their own, and no
+    /// key file is replaced (the tokens written under it would be lost).
+    #[test]
+    fn concurrent_rotations_never_replace_a_key() {
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(root.path(), None).unwrap();
+        let mut stores = [KeyStore::open(root.path(), None).unwrap(), KeyStore::open(root.path(), None).unwrap()];
+        let start = std::sync::Barrier::new(2);
+        let rotated: Vec<Vec<(KeyId, Vec<u8>)>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = stores
+                .iter_mut()
+                .map(|store| {
+                    let start = &start;
+                    scope.spawn(move || {
+                        start.wait();
+                        (0..40)
+                            .map(|_| {
+                                let id = store.rotate_token_key().unwrap();
+                                (id.clone(), store.token_key(&id).unwrap().secret.expose().to_vec())
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let fresh = KeyStore::open(root.path(), None).unwrap();
+        for (id, secret) in rotated.iter().flatten() {
+            assert_eq!(fresh.token_key(id).unwrap().secret.expose(), &secret[..], "{id} was replaced");
+        }
+        assert_eq!(rotated.iter().flatten().count(), 80);
     }
 }

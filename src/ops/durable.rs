@@ -12,6 +12,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An error from a durable operation. [`DurableError::Fsync`] is fatal.
 #[derive(Debug, thiserror::Error)]
@@ -177,28 +178,61 @@ pub fn write_atomically(target: &Path, bytes: &[u8], mode: FileMode) -> Result<(
 /// Creates `target` with `bytes`, durably, as [`write_atomically`] does, but
 /// never replaces an existing file: [`DurableError::Exists`] then, and the
 /// existing file is left as it is ([`publish_new`]).
+///
+/// Writers racing to create one file, in this process or in several, each
+/// write a temporary of their own: exactly one links it into place.
 pub fn write_new(target: &Path, bytes: &[u8], mode: FileMode) -> Result<(), DurableError> {
-    let tmp = write_temporary(target, bytes, mode)?;
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let tmp = temporary_path(target).with_extension(format!("{}.tmp", WRITES.fetch_add(1, Ordering::Relaxed)));
+    write_temporary_at(&tmp, bytes, mode)?;
     publish_new(&tmp, target)
+}
+
+/// Removes `target` and every temporary of it (a crash between the link
+/// of [`publish_new`] and the removal of its temporary leaves a second name
+/// of the same file), then fsyncs the directory. For files whose every
+/// copy must go, such as keys.
+pub fn remove_with_temporaries(target: &Path) -> Result<(), DurableError> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let prefix = format!(".{}.", target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(DurableError::io("list", dir, e)),
+    };
+    for entry in entries {
+        let name = entry.map_err(|e| DurableError::io("list", dir, e))?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && is_temporary_name(&name) {
+            remove_file(&dir.join(name.as_ref()))?;
+        }
+    }
+    remove_file(target)
 }
 
 /// Writes `bytes` to the temporary of `target` and fsyncs it; returns its
 /// path.
 fn write_temporary(target: &Path, bytes: &[u8], mode: FileMode) -> Result<PathBuf, DurableError> {
     let tmp = temporary_path(target);
+    write_temporary_at(&tmp, bytes, mode)?;
+    Ok(tmp)
+}
+
+/// Writes `bytes` to the temporary file `tmp` and fsyncs it.
+fn write_temporary_at(tmp: &Path, bytes: &[u8], mode: FileMode) -> Result<(), DurableError> {
     // A temporary left by a crashed run (the pid in its name can repeat, as
     // in a container where the service is always pid 1) is garbage: replace
     // it rather than reuse it, so its mode cannot be inherited.
-    remove_file(&tmp)?;
+    remove_file(tmp)?;
     let mut options = OpenOptions::new();
     options.write(true).create_new(true);
     if mode == FileMode::Private {
         options.mode(0o600);
     }
-    let mut file = options.open(&tmp).map_err(|e| DurableError::io("create", &tmp, e))?;
-    file.write_all(bytes).map_err(|e| DurableError::io("write", &tmp, e))?;
-    fsync_file(&file, &tmp)?;
-    Ok(tmp)
+    let mut file = options.open(tmp).map_err(|e| DurableError::io("create", tmp, e))?;
+    file.write_all(bytes).map_err(|e| DurableError::io("write", tmp, e))?;
+    fsync_file(&file, tmp)?;
+    Ok(())
 }
 
 /// The temporary name used while `target` is written: hidden (leading dot) and
