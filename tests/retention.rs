@@ -635,12 +635,15 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     assert_eq!((stats.preserved_files, found.len()), (0, 5 * RECORDS_PER_DAY));
 
     // Another process destroys day 5 (tombstone, then key) while this
-    // process still holds the day's key in memory: the engine stops serving
-    // it even though its files are still there.
+    // process still holds the day's key in memory: the keystore drops its
+    // copy at the next use, and the engine stops serving the day even though
+    // its files are still there.
     let other = KeyStore::open(&world.vault.keys_dir(), None).unwrap();
+    assert!(world.vault.keys.cached_days().contains(&date_of(5)), "this process holds day 5's key");
     other.write_tombstone(date_of(5), b"{}").unwrap();
     other.destroy_day_key(date_of(5)).unwrap();
-    assert!(world.vault.keys.existing_day_key(date_of(5)).unwrap().is_some(), "still cached by this process");
+    assert!(world.vault.keys.existing_day_key(date_of(5)).unwrap().is_none(), "no key for a destroyed day");
+    assert!(!world.vault.keys.cached_days().contains(&date_of(5)), "the copy is dropped");
     assert!(!day_files(&world.data(), date_of(5)).is_empty());
     let (found, stats) = engine.find(&query).unwrap();
     assert_eq!(stats.days_unavailable, 6);
@@ -656,6 +659,13 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     assert_eq!(stats.preserved_files, 0);
     assert_eq!(found.len(), 4 * RECORDS_PER_DAY);
     assert_eq!(engine.cached_files(), 4, "the lifted order's copies forgotten");
+    // A day destroyed by another process that nobody asks for again: the
+    // service's minute job drops this process's copy of its key.
+    assert!(world.vault.keys.cached_days().contains(&date_of(6)));
+    other.write_tombstone(date_of(6), b"{}").unwrap();
+    other.destroy_day_key(date_of(6)).unwrap();
+    engine.forget_destroyed().unwrap();
+    assert!(!world.vault.keys.cached_days().contains(&date_of(6)), "no copy of a destroyed key is kept");
 }
 
 #[test]

@@ -35,9 +35,15 @@ pub(super) type DayKeyCache = std::sync::Mutex<HashMap<PartitionDate, Arc<DayKey
 
 impl KeyStore {
     /// The data key of `date`, created (durably, before it is ever used) if
-    /// the day has none yet.
+    /// the day has none yet. A destroyed day has none, even if another
+    /// process destroyed it while this one held the key: the copy is then
+    /// dropped.
     pub fn day_key(&self, date: PartitionDate) -> Result<Arc<DayKey>, KeyError> {
         let mut cache = self.day_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_destroyed(date) {
+            cache.remove(&date);
+            return Err(KeyError::DayDestroyed(date));
+        }
         if let Some(key) = cache.get(&date) {
             return Ok(Arc::clone(key));
         }
@@ -50,9 +56,14 @@ impl KeyStore {
         Ok(key)
     }
 
-    /// The data key of `date` if the day has one; never creates a key.
+    /// The data key of `date` if the day has one; never creates a key. A
+    /// destroyed day has none, as for [`KeyStore::day_key`].
     pub fn existing_day_key(&self, date: PartitionDate) -> Result<Option<Arc<DayKey>>, KeyError> {
         let mut cache = self.day_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_destroyed(date) {
+            cache.remove(&date);
+            return Ok(None);
+        }
         if let Some(key) = cache.get(&date) {
             return Ok(Some(Arc::clone(key)));
         }
@@ -60,6 +71,25 @@ impl KeyStore {
         let key = Arc::new(key);
         cache.insert(date, Arc::clone(&key));
         Ok(Some(key))
+    }
+
+    /// Drops from this process's cache every day key whose day another
+    /// process destroyed; returns how many. The service runs it every
+    /// minute, so such a copy does not outlive its key by more than that
+    /// even for a day nobody asks for.
+    pub fn forget_destroyed(&self) -> usize {
+        let mut cache = self.day_keys.lock().unwrap_or_else(|p| p.into_inner());
+        let before = cache.len();
+        cache.retain(|date, _| !self.is_destroyed(*date));
+        before - cache.len()
+    }
+
+    /// The days whose key this process holds in memory, sorted.
+    pub fn cached_days(&self) -> Vec<PartitionDate> {
+        let cache = self.day_keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut days: Vec<PartitionDate> = cache.keys().copied().collect();
+        days.sort();
+        days
     }
 
     /// The days that have a data key, sorted.

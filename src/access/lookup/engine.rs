@@ -94,9 +94,11 @@ impl LookupEngine {
     /// Forgets the cached files of days destroyed (or whose key is gone)
     /// and of lifted orders, without waiting for the next query: their
     /// footers hold the parquet crate's copy of a key that no longer
-    /// exists. Returns how many files were forgotten. The service runs it
+    /// exists. The keystore drops its copies of destroyed day keys too.
+    /// Returns how many files were forgotten. The service runs it
     /// every minute ([`periodic`]).
     pub fn forget_destroyed(&self) -> Result<usize, LookupError> {
+        self.keys.forget_destroyed();
         let before = self.cached_files();
         self.cache.forget_gone(&self.data_dir, &self.keys, &layout::orders_with_areas(&self.data_dir))?;
         Ok(before.saturating_sub(self.cached_files()))
