@@ -42,9 +42,9 @@ pub(super) fn plan(
     while day <= last {
         stats.days += 1;
         // The tombstone comes before the key's destruction: a day being
-        // destroyed is no longer served, even if this process still
-        // holds its key in memory.
-        let key = if keys.is_destroyed(day) { None } else { keys.existing_day_key(day)? };
+        // destroyed has no key any more, even if this process held it in
+        // memory (the keystore checks the tombstone first).
+        let key = keys.existing_day_key(day)?;
         match key {
             Some(key) => {
                 work.push(DayWork { root: data_dir.to_path_buf(), day, area: Area::Live, key });
