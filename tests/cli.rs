@@ -335,6 +335,11 @@ fn retention_and_audit_from_the_command_line() {
     let verified = run(&["retention", "verify"]);
     assert!(verified.status.success(), "{}", text(&verified.stdout));
     assert!(text(&verified.stdout).contains("OK: no expired day"));
+    assert!(
+        text(&verified.stdout).contains("limit: key custody is file")
+            && text(&verified.stdout).contains("limit: token keys"),
+        "the evidence names what destruction does not reach"
+    );
     assert!(!day_dir.exists());
     let actions = audit_actions(&state);
     let position = |action: &str| actions.iter().position(|a| a == action).unwrap();

@@ -101,6 +101,16 @@ pub(super) fn retention(config: &Config, command: RetentionCommand) -> anyhow::R
             }
             println!("destroyed days on record: {}", report.destroyed_days.len());
             println!("audit trail: {} entries", report.audit_entries);
+            // What destruction does not reach, said with the evidence (README, "Backups").
+            println!(
+                "limit: key custody is file: a copy of the keys directory taken while a day was live, with \
+                 master.key, still opens a retained copy of that day's files; keep no key backup longer than \
+                 the retention window"
+            );
+            println!(
+                "limit: token keys are never destroyed: the token columns of a retained copy of a destroyed day \
+                 can still be matched against candidate identifiers by whoever holds the live token keys"
+            );
             for violation in &report.violations {
                 println!("VIOLATION: {violation}");
             }
