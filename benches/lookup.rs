@@ -26,7 +26,7 @@ use cdrvault::access::lookup::{LookupEngine, LookupStats, Query};
 use cdrvault::ingest::decode::Encoding;
 use cdrvault::ingest::process::{Input, Processor, ProcessorConfig};
 use cdrvault::keys::KeyStore;
-use cdrvault::model::{Category, IdentifierKind, TimestampMicros};
+use cdrvault::model::{Category, IdentifierKind, PartitionDate, TimestampMicros};
 use cdrvault::ops::clock::{Clock, ManualClock};
 use cdrvault::privacy::token::Tokeniser;
 use cdrvault::storage::config::ParquetConfig;
@@ -109,7 +109,12 @@ fn main() {
         engine = engine.with_threads(threads);
     }
     let mut population = Generator::new(SynthConfig { seed: 1, subscribers, days: 1, until, invalid_ratio: 0.0 });
-    let tokeniser = Tokeniser::new(keys.active_token_key());
+    // Each day has its own token key: the number's token of each day.
+    let day_tokenisers: Vec<Tokeniser> = (0..=days)
+        .map(|back| PartitionDate::new((until - chrono::Duration::days(back)).date_naive()))
+        .filter_map(|day| keys.existing_day_key(day).unwrap())
+        .map(|key| Tokeniser::new(&key.token))
+        .collect();
     // Subscribers from the busy fifth and from the rest.
     let picks: Vec<String> = (0..20)
         .map(|i| population.subscribers()[if i % 2 == 0 { i * 7 } else { 30_000 + i * 997 }].msisdn.clone())
@@ -118,7 +123,7 @@ fn main() {
     let mut times = Vec::new();
     let mut rows = 0;
     let mut totals = LookupStats::default();
-    let mut script = String::from("# token, first day, last day\n");
+    let mut script = String::from("# first day, last day, the number's token of each day (comma-separated)\n");
     let rounds = env("LOOKUP_ROUNDS", 3).max(2);
     for (round, number) in picks.iter().cycle().take(picks.len() * rounds).enumerate() {
         let query = Query {
@@ -137,8 +142,16 @@ fn main() {
             rows += found.len();
             totals = stats;
         } else {
-            let token = tokeniser.token(IdentifierKind::Msisdn, number.as_bytes()).0;
-            script.push_str(&format!("{token} {} {}\n", from.format("%Y-%m-%d"), until.format("%Y-%m-%d")));
+            let tokens: Vec<String> = day_tokenisers
+                .iter()
+                .map(|t| t.token(IdentifierKind::Msisdn, number.as_bytes()).0.to_string())
+                .collect();
+            script.push_str(&format!(
+                "{} {} {}\n",
+                from.format("%Y-%m-%d"),
+                until.format("%Y-%m-%d"),
+                tokens.join(",")
+            ));
             if round == 0 {
                 println!(
                     "first (cold) query: {} records in {:.1} ms, {stats:?}",

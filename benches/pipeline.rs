@@ -94,7 +94,7 @@ fn columns_benches(c: &mut Criterion) {
     group.bench_function("append", |b| {
         b.iter(|| {
             let mut columns = DayColumns::with_capacity(SMALL_BATCH);
-            let mut tokens = cdrvault::privacy::token::TokenMemo::new(&tokeniser);
+            let mut tokens = cdrvault::privacy::token::TokenMemo::new(tokeniser.clone());
             for (index, cdr) in cdrs.iter().enumerate() {
                 columns.append(index, cdr, &mut tokens);
             }
@@ -114,7 +114,7 @@ fn parquet_write_benches(c: &mut Criterion) {
     let day_key = keys.day_key(common::day()).expect("day key");
     let schema = schema::cdr_schema();
     let mut columns = DayColumns::with_capacity(BATCH);
-    let mut tokens = cdrvault::privacy::token::TokenMemo::new(&tokeniser);
+    let mut tokens = cdrvault::privacy::token::TokenMemo::new(tokeniser.clone());
     for (index, payload) in payloads.iter().enumerate() {
         let cdr = decode::decode(Encoding::Json, payload, &ctx).expect("valid record");
         columns.append(index, &cdr, &mut tokens);

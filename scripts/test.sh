@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (the Tansu broker from
 # crates.io, pyarrow from PyPI as the independent Parquet reader, promtool
-# from Debian's prometheus package), checks the shipped alerting rules,
+# and SoftHSM2 from Debian), checks the shipped alerting rules,
 # starts the broker on 127.0.0.1, and runs the whole test suite against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,10 +11,15 @@ if ! python3 -c "import pyarrow" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check "pyarrow>=15"
 fi
 
-if ! command -v promtool >/dev/null; then
+# promtool (Debian's prometheus) checks the alerting rules; SoftHSM2
+# (Debian's softhsm2) is the HSM of the PKCS#11 key custody tests.
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+{ command -v softhsm2-util >/dev/null && [ -e /usr/lib/softhsm/libsofthsm2.so ]; } || missing+=(softhsm2)
+if [ ${#missing[@]} -gt 0 ]; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 (cd deploy/prometheus && promtool check rules alerts.yml && promtool test rules alerts.test.yml)
 

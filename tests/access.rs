@@ -831,7 +831,7 @@ async fn results_end_with_their_keep_time_or_their_warrant_whether_or_not_anyone
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn neither_the_trail_nor_a_closed_warrant_holds_a_token_that_matches_the_data() {
+async fn neither_the_trail_nor_the_registry_holds_a_token_that_matches_the_data() {
     use cdrvault::model::IdentifierKind;
     use cdrvault::privacy::token::Tokeniser;
     let mut w = world(AccessSettings::default()).await;
@@ -840,12 +840,22 @@ async fn neither_the_trail_nor_a_closed_warrant_holds_a_token_that_matches_the_d
     let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
     w.client.submit_request(authed(&cast.handler, w.submission(Ask::to(&warrant, &target)))).await.unwrap();
 
-    // The data files' token of the target, as a local user reading the
-    // Parquet files without a key sees it.
-    let token = Tokeniser::new(w.vault.keys.active_token_key()).token(IdentifierKind::Msisdn, target.as_bytes()).0;
+    // The data files' tokens of the target (one per day), as a local user
+    // reading the Parquet files without a key sees them.
+    let days = w.vault.keys.days_with_keys().unwrap();
+    assert!(!days.is_empty());
+    let tokens: Vec<i64> = days
+        .iter()
+        .map(|day| {
+            let key = w.vault.keys.day_key(*day).unwrap();
+            Tokeniser::new(&key.token).token(IdentifierKind::Msisdn, target.as_bytes()).0
+        })
+        .collect();
     let trail = std::fs::read_to_string(w.state().join("audit.jsonl")).unwrap();
-    for form in [format!("{token:016x}"), token.to_string()] {
-        assert!(!trail.contains(&form), "the trail holds the target's data token");
+    for token in &tokens {
+        for form in [format!("{token:016x}"), token.to_string()] {
+            assert!(!trail.contains(&form), "the trail holds the target's data token");
+        }
     }
     // The trail names the target by a keyed reference, the same in every
     // entry about it.
@@ -857,15 +867,16 @@ async fn neither_the_trail_nor_a_closed_warrant_holds_a_token_that_matches_the_d
     assert_eq!(answered["target_refs"][0].as_str(), Some(reference));
     assert_eq!(w.audit.target_ref(IdentifierKind::Msisdn, &target), reference);
 
-    // Closing the warrant removes the target's tokens from the registry.
+    // The registry stores no token of a target: a warrant's targets are
+    // sealed under its own key, their tokens computed when used.
     let registry = w.state().join("registry.sqlite");
-    let tokens = || -> i64 {
-        let db = rusqlite::Connection::open(&registry).unwrap();
-        db.query_row("SELECT count(*) FROM warrant_target_tokens WHERE warrant_id = ?1", [&warrant], |r| r.get(0))
-            .unwrap()
-    };
-    assert!(tokens() > 0);
-    let close = proto::CloseWarrantRequest { warrant: warrant.clone() };
-    w.client.close_warrant(authed(&cast.alice, close)).await.unwrap();
-    assert_eq!(tokens(), 0);
+    let mut bytes = std::fs::read(&registry).unwrap();
+    bytes.extend(std::fs::read(w.state().join("registry.sqlite-wal")).unwrap_or_default());
+    for token in &tokens {
+        assert!(!bytes.windows(8).any(|window| window == token.to_be_bytes()), "the registry holds a data token");
+    }
+    let db = rusqlite::Connection::open(&registry).unwrap();
+    let tables: i64 =
+        db.query_row("SELECT count(*) FROM sqlite_master WHERE name LIKE '%target_tokens'", [], |r| r.get(0)).unwrap();
+    assert_eq!(tables, 0);
 }

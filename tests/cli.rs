@@ -124,9 +124,11 @@ fn keys_are_refused_inside_the_data_directory_and_never_overwritten() {
     assert!(text(&again.stderr).contains("already initialised"));
     assert_eq!(std::fs::read(keys.join("master.key")).unwrap(), master, "an existing master key is never replaced");
 
+    assert!(text(&first.stdout).contains("file custody"), "{}", text(&first.stdout));
+    assert_eq!(std::fs::read_to_string(keys.join("custody")).unwrap(), "file\n");
+    // Token keys are per day, derived from each day's key: none to rotate.
     let rotated = cdrvault(&["keys", "rotate-token", "--dir", keys.to_str().unwrap()]);
-    assert!(rotated.status.success());
-    assert!(text(&rotated.stdout).contains("tk-0002"));
+    assert!(!rotated.status.success());
 }
 
 #[test]
@@ -154,8 +156,17 @@ fn import_reports_refused_lines_by_number_and_reason_only() {
         ),
     ];
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let args =
-        ["import", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--keys-dir", keys.to_str().unwrap()];
+    let state = root.path().join("state");
+    let args = [
+        "import",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ];
 
     let output = cdrvault(&args);
     let stderr = text(&output.stderr);
@@ -208,6 +219,7 @@ fn two_imports_racing_over_the_same_new_days_share_one_key_a_day() {
             Command::new(BINARY)
                 .args(["import", file.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
                 .args(["--keys-dir", keys.to_str().unwrap()])
+                .args(["--state-dir", root.path().join("state").to_str().unwrap()])
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
@@ -233,6 +245,9 @@ fn two_imports_racing_over_the_same_new_days_share_one_key_a_day() {
         }
     }
     assert_eq!(rows, 2 * days as usize, "every record of both writers is readable");
+    // Each day's keys were created once, and that creation audited once.
+    let created = audit_actions(&root.path().join("state")).iter().filter(|a| *a == "day_keys_created").count();
+    assert_eq!(created, days as usize);
 }
 
 #[test]
@@ -335,11 +350,10 @@ fn retention_and_audit_from_the_command_line() {
     let verified = run(&["retention", "verify"]);
     assert!(verified.status.success(), "{}", text(&verified.stdout));
     assert!(text(&verified.stdout).contains("OK: no expired day"));
-    assert!(
-        text(&verified.stdout).contains("limit: key custody is file")
-            && text(&verified.stdout).contains("limit: token keys"),
-        "the evidence names what destruction does not reach"
-    );
+    let evidence = text(&verified.stdout);
+    assert!(evidence.contains("limit: key custody is file"), "the evidence names what destruction does not reach");
+    assert!(evidence.contains("1 destroyed days checked, none has a token key left"), "{evidence}");
+    assert!(evidence.contains("cdrvault_keys_cached_destroyed"), "{evidence}");
     assert!(!day_dir.exists());
     let actions = audit_actions(&state);
     let position = |action: &str| actions.iter().position(|a| a == action).unwrap();

@@ -192,15 +192,26 @@ fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
 
     // A lookup by token finds exactly the ground truth, and unsealing gives
     // back the canonical number.
-    let tokeniser = Tokeniser::new(setup.vault.keys.active_token_key());
+    // Each day's rows carry its own token key: the target's token is
+    // computed under the key each row names.
     let population = Generator::new(SynthConfig { seed: 7, subscribers: 300, ..SynthConfig::default() });
     let target = &population.subscribers()[0].msisdn;
-    let token = tokeniser.token_for_query(IdentifierKind::Msisdn, target).unwrap().0;
+    let mut tokens_by_key: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    for row in &rows {
+        tokens_by_key.entry(row.token_key_id.clone()).or_insert_with(|| {
+            let id = cdrvault::model::KeyId::new(row.token_key_id.as_str()).unwrap();
+            let key = setup.vault.keys.token_key(&id).unwrap().expect("every row's token key exists");
+            Tokeniser::new(&key).token_for_query(IdentifierKind::Msisdn, target).unwrap().0
+        });
+    }
+    assert!(tokens_by_key.len() > 1, "the records span several days, each with its own token key");
+    let distinct: HashSet<i64> = tokens_by_key.values().copied().collect();
+    assert_eq!(distinct.len(), tokens_by_key.len(), "one number has a different token each day");
     let number_fields =
         [IdentifierField::CallingNumber, IdentifierField::CalledNumber, IdentifierField::RedirectingNumber];
     let found: HashSet<&str> = rows
         .iter()
-        .filter(|r| number_fields.iter().any(|f| r.tokens.get(f) == Some(&token)))
+        .filter(|r| number_fields.iter().any(|f| r.tokens.get(f) == Some(&tokens_by_key[&r.token_key_id])))
         .map(|r| r.record_id.as_str())
         .collect();
     let truth: HashSet<&str> =
@@ -209,8 +220,9 @@ fn ingest_writes_exactly_the_valid_records_and_dead_letters_the_rest() {
     assert_eq!(found, truth);
     for row in rows.iter().filter(|r| found.contains(r.record_id.as_str())) {
         assert!(number_fields.iter().any(|f| row.sealed.get(f) == Some(target)));
-        assert_eq!(row.token_key_id, "tk-0001");
+        assert!(row.token_key_id.starts_with("tok-"));
         assert!(row.seal_key_id.starts_with("day-"));
+        assert_eq!(row.token_key_id[4..], row.seal_key_id[4..], "the token key is the day's");
     }
 
     // Refused records are in the dead-letter topic with their reason.

@@ -291,39 +291,46 @@ fn index_files_hold_tokens_and_never_an_identifier() {
 }
 
 #[test]
-fn a_lookup_searches_under_every_token_key_of_the_window() {
-    let mut fixture = Fixture::new(14);
-    // Rotate the token key and write five more days' worth under the new one.
-    let mut keys = KeyStore::open(&fixture.vault.keys_dir(), None).unwrap();
-    let new_key = keys.rotate_token_key().unwrap();
-    let keys = Arc::new(keys);
-    // The same population, new records (the sequence goes on).
-    let more: Vec<_> = (0..10_000).map(|_| fixture.generator.next_record()).collect();
-    let inputs: Vec<Input> = more.iter().map(|r| Input { encoding: Encoding::Json, payload: r.to_json() }).collect();
-    assert_eq!(fixture.vault.processor_over(Arc::clone(&keys)).process(&inputs).unwrap().written, more.len());
-    let token_keys: HashSet<String> = fixture
-        .data_files()
-        .iter()
-        .map(|f| {
-            let reader = parquet::file::serialized_reader::SerializedFileReader::new(std::fs::File::open(f).unwrap());
-            let metadata = parquet::file::reader::FileReader::metadata(&reader.unwrap()).file_metadata().clone();
-            let kv = metadata.key_value_metadata().unwrap().clone();
-            kv.into_iter().find(|e| e.key == "cdrvault.token_key_id").unwrap().value.unwrap()
+fn each_day_is_searched_under_its_own_token_key_even_a_day_made_after_the_engine_started() {
+    let fixture = Fixture::new(14);
+    let engine = LookupEngine::new(fixture.data(), fixture.keys());
+    let subscriber = fixture.generator.subscribers()[0].msisdn.clone();
+    let query = fixture.query(vec![(IdentifierKind::Msisdn, subscriber.clone())], 7);
+    let (before, _) = engine.find(&query).unwrap();
+    assert_eq!(ids(&before), ground_truth(&fixture.records, &query));
+
+    // Every file names its day's token key, derived from the day's data key.
+    let mut token_keys = HashSet::new();
+    for file in fixture.data_files() {
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(std::fs::File::open(&file).unwrap());
+        let metadata = parquet::file::reader::FileReader::metadata(&reader.unwrap()).file_metadata().clone();
+        let kv = metadata.key_value_metadata().unwrap().clone();
+        let value = |key: &str| kv.iter().find(|e| e.key == key).unwrap().value.clone().unwrap();
+        let (token, seal) = (value("cdrvault.token_key_id"), value("cdrvault.seal_key_id"));
+        assert_eq!(token[4..], seal[4..], "{} is tokenised under its own day's key", file.display());
+        token_keys.insert(token);
+    }
+    assert_eq!(token_keys.len(), read::list_days(&fixture.data()).unwrap().len());
+
+    // Another process writes a day that had no key when the engine started.
+    let new_day = (fixture.vault.now() - chrono::Duration::days(6)).date_naive();
+    let other = Arc::new(KeyStore::open(&fixture.vault.keys_dir(), None).unwrap());
+    let inputs: Vec<Input> = (0..3)
+        .map(|i| Input {
+            encoding: Encoding::Json,
+            payload: format!(
+                r#"{{"record_id":"late-{i}","service":"voice","start_time":"{new_day}T0{i}:00:00Z","end_time":"{new_day}T0{i}:01:00Z","calling_number":"{subscriber}","called_number":"+4599999999{i}"}}"#
+            )
+            .into_bytes(),
         })
         .collect();
-    assert_eq!(token_keys, HashSet::from(["tk-0001".to_string(), new_key.to_string()]));
+    assert_eq!(fixture.vault.processor_over(other).process(&inputs).unwrap().written, 3);
 
-    let engine = LookupEngine::new(fixture.data(), Arc::clone(&keys));
-    let all: Vec<SyntheticCdr> = fixture.records.iter().chain(&more).cloned().collect();
-    for subscriber in &fixture.generator.subscribers()[..5] {
-        let query = fixture.query(vec![(IdentifierKind::Msisdn, subscriber.msisdn.clone())], 5);
-        let (found, stats) = engine.find(&query).unwrap();
-        let truth = ground_truth(&all, &query);
-        assert_eq!(ids(&found), truth);
-        assert_eq!(stats.files_indexed, stats.files);
-        let old: BTreeSet<String> = ground_truth(&fixture.records, &query);
-        assert!(!old.is_empty() && old.len() < truth.len(), "records under both keys");
-    }
+    // The running engine finds them, under the new day's token key.
+    let (after, _) = engine.find(&query).unwrap();
+    let mut expected = ground_truth(&fixture.records, &query);
+    expected.extend((0..3).map(|i| format!("late-{i}")));
+    assert_eq!(ids(&after), expected);
 }
 
 #[test]

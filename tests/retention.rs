@@ -501,19 +501,17 @@ fn preserved_records_survive_their_day_and_die_with_their_order() {
 }
 
 #[test]
-fn preservation_follows_a_token_key_rotation() {
+fn preservation_follows_a_day_whose_keys_are_made_after_the_order() {
     let start = Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap();
     let world = World::new(start);
     let today = world.today();
 
-    // The order is placed under token key tk-0001...
+    // The order is placed before the day has a key...
     let until = PartitionDate::from_days_since_epoch(today.days_since_epoch() + 400).unwrap();
     let order = world.place(Freeze { reference: "QF-R", target: "msisdn:+4520000007", days: today..=today, until });
-    assert_eq!(order.targets[0].tokens.len(), 1);
+    assert!(world.vault.keys.existing_day_key(today).unwrap().is_none());
 
-    // ...then the token key is rotated, and today's data is tokenised under tk-0002.
-    let mut rotating = KeyStore::open(&world.vault.keys_dir(), None).unwrap();
-    assert_eq!(rotating.rotate_token_key().unwrap().as_str(), "tk-0002");
+    // ...then another process writes the day, under the day's new token key.
     let keys = Arc::new(KeyStore::open(&world.vault.keys_dir(), None).unwrap());
     let inputs: Vec<Input> = (0..10)
         .map(|i| Input {
@@ -544,7 +542,16 @@ fn preservation_follows_a_token_key_rotation() {
         .flat_map(|f| read::read_file(f, Some(&key), &["record_id"]).unwrap())
         .map(|b| b.num_rows())
         .sum();
-    assert_eq!(rows, 1, "the target's record, tokenised under the newer key, was preserved");
+    assert_eq!(rows, 1, "the target's record, tokenised under the day's key, was preserved");
+    // The copy is tokenised under the order's own token key: the day's is gone.
+    let copies = read::list_files(&area, today).unwrap();
+    let ids: Vec<String> = read::read_file(&copies[0], Some(&key), &["token_key_id"])
+        .unwrap()
+        .iter()
+        .map(|b| arrow_array::cast::AsArray::as_string::<i32>(b.column(0)).value(0).to_string())
+        .collect();
+    assert_eq!(ids, vec![key.token.id.to_string()]);
+    assert!(key.token.id.as_str().starts_with("tok-order-"), "{}", key.token.id);
 }
 
 #[test]
@@ -578,7 +585,8 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     // Every record has the same called number: a lookup over the ten days
     // finds all 400, through the indexes, and caches the footers. The
     // order's copies may answer for its own target (the query's second).
-    let engine = LookupEngine::new(world.data(), Arc::clone(&world.vault.keys));
+    let engine =
+        LookupEngine::new(world.data(), Arc::clone(&world.vault.keys)).with_metrics(Arc::clone(&world.metrics));
     let query = Query {
         targets: vec![(IdentifierKind::Msisdn, "+4530000001".into()), (IdentifierKind::Msisdn, "+4520000005".into())],
         from: TimestampMicros::from_datetime(date_of(0).start().to_datetime().unwrap()),
@@ -664,8 +672,12 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     assert!(world.vault.keys.cached_days().contains(&date_of(6)));
     other.write_tombstone(date_of(6), b"{}").unwrap();
     other.destroy_day_key(date_of(6)).unwrap();
-    engine.forget_destroyed().unwrap();
+    assert_eq!(engine.key_cache_report().destroyed, vec![date_of(6)], "the report sees the copy");
+    cdrvault::ops::periodic::Job::run_once(&engine).unwrap();
     assert!(!world.vault.keys.cached_days().contains(&date_of(6)), "no copy of a destroyed key is kept");
+    let metrics = world.metrics.encode();
+    assert_eq!(common::metric(&metrics, "cdrvault_keys_cached_destroyed"), Some(0.0));
+    assert_eq!(common::metric(&metrics, "cdrvault_keys_cached_days"), Some(3.0), "days 7 to 9 stay cached");
 }
 
 #[test]

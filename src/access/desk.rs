@@ -116,7 +116,9 @@ impl Desk {
             store: AccessStore::new(parts.registries.access),
             requests: parts.registries.requests,
             orders: parts.orders,
-            engine: Arc::new(LookupEngine::new(parts.data_dir, Arc::clone(&parts.keys))),
+            engine: Arc::new(
+                LookupEngine::new(parts.data_dir, Arc::clone(&parts.keys)).with_metrics(Arc::clone(&parts.metrics)),
+            ),
             keys: parts.keys,
             trail: parts.audit,
             results,

@@ -27,7 +27,6 @@ use crate::audit::AuditEvent;
 use crate::keys::{self, KeyStore, RecordKeyScope};
 use crate::model::{Category, IdentifierKind, TimestampMicros};
 use crate::privacy::target::TargetInput;
-use crate::privacy::token::Tokeniser;
 use crate::registry::{AuditHook, KeptResults, Principal, StoredTarget, Warrant, WarrantStatus};
 
 /// A warrant to register.
@@ -108,11 +107,6 @@ impl AccessStore {
             targets.push(StoredTarget {
                 kind: *kind,
                 sealed: keys::seal_value(&key.secret, &self.rng, id.as_bytes(), value)?,
-                tokens: keys
-                    .token_keys()
-                    .iter()
-                    .map(|k| (k.id.clone(), Tokeniser::new(k).token(*kind, value.as_bytes())))
-                    .collect(),
             });
         }
         let stored = Warrant {

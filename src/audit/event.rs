@@ -26,6 +26,13 @@ pub enum AuditEvent {
         last_sweep: Option<String>,
         newest_day: Option<String>,
     },
+    /// A process created a day's data key, and with it the day's token key
+    /// (the automatic rotation of token keys: one a day).
+    DayKeysCreated {
+        day: String,
+        data_key_id: String,
+        token_key_id: String,
+    },
     /// A retention verification ran.
     RetentionVerified {
         as_of: String,

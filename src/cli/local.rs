@@ -23,15 +23,10 @@ use crate::tools::import;
 pub(super) fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
         KeysCommand::Init { dir } => {
-            let dir = dir.unwrap_or(config.keys.dir.clone());
-            let report = KeyStore::init(&dir, Some(&config.storage.data_dir))?;
-            println!("initialised keys in {} (token key {})", report.dir.display(), report.token_key);
-        }
-        KeysCommand::RotateToken { dir } => {
-            let dir = dir.unwrap_or(config.keys.dir.clone());
-            let mut store = KeyStore::open(&dir, Some(&config.storage.data_dir))?;
-            let id = store.rotate_token_key()?;
-            println!("token key {id} is now active; earlier keys remain for lookups");
+            let mut keys = config.keys.clone();
+            keys.dir = dir.unwrap_or(keys.dir);
+            let report = KeyStore::init_with(&keys, Some(&config.storage.data_dir))?;
+            println!("initialised keys in {} ({} custody)", report.dir.display(), report.custody);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -99,18 +94,36 @@ pub(super) fn retention(config: &Config, command: RetentionCommand) -> anyhow::R
                 ),
                 _ => println!("live days: none"),
             }
-            println!("destroyed days on record: {}", report.destroyed_days.len());
+            println!(
+                "destroyed days on record: {}, none with a wrapped key file in {}",
+                report.destroyed_days.len(),
+                root.keys.dir().display()
+            );
+            println!(
+                "token keys: one per day, derived from its data key; {} destroyed days checked, none has a token \
+                 key left to reverse its tokens",
+                report.token_keys_gone
+            );
+            match &report.hsm_day_keys {
+                Some(days) => println!(
+                    "key custody: {}: {} day key-encryption keys listed through the module, none for a destroyed \
+                     or expired day; a copy of the keys directory does not open a destroyed day",
+                    report.custody,
+                    days.len()
+                ),
+                // What destruction does not reach, said with the evidence (README, "Backups").
+                None => println!(
+                    "limit: key custody is {}: a copy of the keys directory taken while a day was live, with \
+                     master.key, still opens a retained copy of that day's files, sealed and token columns alike; \
+                     keep no key backup longer than the retention window, or use custody = \"pkcs11\"",
+                    report.custody
+                ),
+            }
+            println!(
+                "cached copies: a running service reports destroyed days whose key it still caches as \
+                 cdrvault_keys_cached_destroyed (alert CdrvaultDestroyedDayKeyCached)"
+            );
             println!("audit trail: {} entries", report.audit_entries);
-            // What destruction does not reach, said with the evidence (README, "Backups").
-            println!(
-                "limit: key custody is file: a copy of the keys directory taken while a day was live, with \
-                 master.key, still opens a retained copy of that day's files; keep no key backup longer than \
-                 the retention window"
-            );
-            println!(
-                "limit: token keys are never destroyed: the token columns of a retained copy of a destroyed day \
-                 can still be matched against candidate identifiers by whoever holds the live token keys"
-            );
             for violation in &report.violations {
                 println!("VIOLATION: {violation}");
             }
@@ -153,7 +166,7 @@ pub(super) fn compact(config: &Config, day: Option<PartitionDate>) -> anyhow::Re
 /// `cdrvault audit verify`: the local trail against its signed head and,
 /// given a witness copy, against every head the witness kept.
 pub(super) fn verify_audit(config: &Config, witness: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let keys = KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))?;
+    let keys = KeyStore::open_with(&config.keys, Some(&config.storage.data_dir))?;
     let public = audit::public_key(&keys)?;
     let path = config.state.dir.join(AUDIT_FILE);
     let check = audit::verify(&path, &public, &keys.audit_head_path())?;
@@ -196,7 +209,10 @@ pub(super) fn bootstrap(config: &Config, name: &str, person: &str) -> anyhow::Re
 }
 
 pub(super) fn import(config: &Config, file: &Path, strict: bool) -> anyhow::Result<ExitCode> {
-    let processor = Root::open(config.clone())?.processor();
+    let root = Root::open(config.clone())?;
+    // Days this import creates keys for are audited.
+    let _audit = root.audit()?;
+    let processor = root.processor();
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let bar = ProgressBar::new(size).with_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")

@@ -235,14 +235,11 @@ fn parse_date(text: &str) -> Result<PartitionDate, String> {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Create the master key and the first token key.
+    /// Create the root key (in `master.key`, or in the HSM with
+    /// `[keys] custody = "pkcs11"`) and the audit signing key. Each day's
+    /// data and token keys are created when the day is first written.
     Init {
         /// The keys directory (same as --keys-dir).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-    },
-    /// Create a new token key and make it the active one.
-    RotateToken {
         #[arg(long)]
         dir: Option<PathBuf>,
     },

@@ -16,7 +16,7 @@ use anyhow::Context;
 use super::config::Config;
 use crate::access::api::{self, AccessService};
 use crate::access::{Desk, DeskParts, results};
-use crate::audit::AuditTrail;
+use crate::audit::{AuditEvent, AuditTrail};
 use crate::ingest::dead_letter::DeadLetter;
 use crate::ingest::process::{Processor, ProcessorConfig};
 use crate::ingest::source::KafkaSource;
@@ -69,20 +69,37 @@ impl Root {
     pub fn open(config: Config) -> anyhow::Result<Root> {
         config.validate()?;
         let keys = Arc::new(
-            KeyStore::open(&config.keys.dir, Some(&config.storage.data_dir))
+            KeyStore::open_with(&config.keys, Some(&config.storage.data_dir))
                 .with_context(|| format!("opening keys in {}", config.keys.dir.display()))?,
         );
         Ok(Root { config, keys, clock: Arc::new(SystemClock), metrics: Metrics::new() })
     }
 
     /// The audit trail, publishing its heads to the witness if one is
-    /// configured.
+    /// configured. The first trail opened also records every day whose
+    /// keys this process creates (`day_keys_created`: the automatic
+    /// rotation of token keys) and counts it.
     pub fn audit(&self) -> anyhow::Result<Arc<AuditTrail>> {
         let mut trail = AuditTrail::open(&self.config.state.dir, &self.keys)?.with_metrics(Arc::clone(&self.metrics));
         if let Some(witness) = &self.config.audit.witness_file {
             trail = trail.with_witness(witness)?;
         }
-        Ok(Arc::new(trail))
+        let trail = Arc::new(trail);
+        let (audit, metrics, clock) = (Arc::clone(&trail), Arc::clone(&self.metrics), Arc::clone(&self.clock));
+        self.keys.on_day_keys_created(Box::new(move |key| {
+            metrics.token_keys_created.inc();
+            let event = AuditEvent::DayKeysCreated {
+                day: key.date.to_string(),
+                data_key_id: key.id.to_string(),
+                token_key_id: key.token.id.to_string(),
+            };
+            // The key is durable already; a trail that refuses the entry
+            // has failed closed and says so itself (metric, readiness).
+            if let Err(error) = audit.append("keystore", &event, clock.now()) {
+                tracing::error!(%error, day = %key.date, "the creation of a day's keys was not audited");
+            }
+        }));
+        Ok(trail)
     }
 
     pub fn registries(&self) -> anyhow::Result<Registries> {

@@ -74,7 +74,7 @@ impl DayColumns {
 
     /// Appends one record (input `index` of its batch), tokenising each of
     /// its identifiers.
-    pub fn append(&mut self, index: usize, cdr: &Cdr<'_>, tokens: &mut TokenMemo<'_>) {
+    pub fn append(&mut self, index: usize, cdr: &Cdr<'_>, tokens: &mut TokenMemo) {
         self.inputs.push(index);
         self.record_id.append_value(&cdr.record_id);
         self.service.append_value(cdr.service.as_str());

@@ -12,6 +12,7 @@
 //! [`super::checkpoint`]).
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::Arc;
 
 use super::columns::DayColumns;
@@ -92,7 +93,6 @@ impl ProcessorConfig {
 pub struct Processor {
     writer: ParquetWriter,
     keys: Arc<KeyStore>,
-    tokeniser: Tokeniser,
     clock: Arc<dyn Clock>,
     config: ProcessorConfig,
 }
@@ -102,8 +102,7 @@ type DayMap = BTreeMap<PartitionDate, DayColumns>;
 
 impl Processor {
     pub fn new(writer: ParquetWriter, keys: Arc<KeyStore>, clock: Arc<dyn Clock>, config: ProcessorConfig) -> Self {
-        let tokeniser = Tokeniser::new(keys.active_token_key());
-        Processor { writer, keys, tokeniser, clock, config }
+        Processor { writer, keys, clock, config }
     }
 
     pub fn writer(&self) -> &ParquetWriter {
@@ -123,9 +122,7 @@ impl Processor {
         let threads = self.config.decode_threads.clamp(1, inputs.len().max(1));
         let chunk_len = inputs.len().div_ceil(threads).max(1);
         let chunks: Vec<(usize, &[Input])> = inputs.chunks(chunk_len).enumerate().collect();
-        let parts = pool::map(chunks, threads, |(n, chunk)| {
-            Ok::<_, PipelineError>(decode_chunk(chunk, n * chunk_len, &ctx, &self.tokeniser))
-        })?;
+        let parts = pool::map(chunks, threads, |(n, chunk)| decode_chunk(chunk, n * chunk_len, &ctx, &self.keys))?;
 
         let mut outcome = BatchOutcome::default();
         let mut days: BTreeMap<PartitionDate, Vec<DayColumns>> = BTreeMap::new();
@@ -136,7 +133,6 @@ impl Processor {
             }
         }
 
-        let token_key_id = self.tokeniser.key_id();
         for (date, parts) in days {
             // A day destroyed by retention is never re-created, even if the
             // clock went back: its records are refused as expired.
@@ -151,6 +147,7 @@ impl Processor {
             // The day key is created and made durable before any file that
             // depends on it exists.
             let day_key = self.keys.day_key(date)?;
+            let token_key_id = &day_key.token.id;
             let batches = parts
                 .into_iter()
                 .map(|columns| columns.finish(self.writer.schema(), token_key_id, &day_key.id))
@@ -165,29 +162,45 @@ impl Processor {
     }
 }
 
+/// Decodes a chunk into the columns of each day, tokenising every
+/// identifier under the token key of its record's day (the day's key is
+/// created, durably, before the first token of the day is computed). A
+/// record of a day destroyed by retention is refused as expired.
 fn decode_chunk(
     chunk: &[Input],
     first_index: usize,
     ctx: &ValidationContext,
-    tokeniser: &Tokeniser,
-) -> (DayMap, Vec<(usize, Refusal)>) {
-    let mut days = DayMap::new();
+    keys: &KeyStore,
+) -> Result<(DayMap, Vec<(usize, Refusal)>), PipelineError> {
+    let mut days: BTreeMap<PartitionDate, (DayColumns, TokenMemo)> = BTreeMap::new();
     let mut refused = Vec::new();
-    let mut tokens = TokenMemo::new(tokeniser);
     for (i, input) in chunk.iter().enumerate() {
-        match decode::decode(input.encoding, &input.payload, ctx) {
-            Ok(cdr) => {
-                // Most records of a batch share one day: the first day met
-                // gets room for the whole chunk, later ones grow as needed.
-                let capacity = if days.is_empty() { chunk.len() } else { chunk.len().min(4096) };
-                days.entry(cdr.partition_date()).or_insert_with(|| DayColumns::with_capacity(capacity)).append(
-                    first_index + i,
-                    &cdr,
-                    &mut tokens,
-                )
+        let index = first_index + i;
+        let cdr = match decode::decode(input.encoding, &input.payload, ctx) {
+            Ok(cdr) => cdr,
+            Err(refusal) => {
+                refused.push((index, refusal));
+                continue;
             }
-            Err(refusal) => refused.push((first_index + i, refusal)),
-        }
+        };
+        // Most records of a batch share one day: the first day met gets
+        // room for the whole chunk, later ones grow as needed.
+        let capacity = if days.is_empty() { chunk.len() } else { chunk.len().min(4096) };
+        let (columns, tokens) = match days.entry(cdr.partition_date()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let key = match keys.day_key(*entry.key()) {
+                    Ok(key) => key,
+                    Err(KeyError::DayDestroyed(_)) => {
+                        refused.push((index, Refusal::on(RefuseReason::Expired, "start_time")));
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                entry.insert((DayColumns::with_capacity(capacity), TokenMemo::new(Tokeniser::new(&key.token))))
+            }
+        };
+        columns.append(index, &cdr, tokens);
     }
-    (days, refused)
+    Ok((days.into_iter().map(|(date, (columns, _))| (date, columns)).collect(), refused))
 }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use ring::rand::SecureRandom;
 
+use super::custody::Kek;
 use super::secret::{SecretKey, unwrap_key, wrap_key};
+use super::token::{self, TokenKey};
 use super::{KeyError, KeyStore};
 use crate::model::{KeyId, PartitionDate};
 use crate::ops::durable::{self, DurableError, FileMode};
@@ -20,12 +22,23 @@ use crate::ops::durable::{self, DurableError, FileMode};
 pub(super) const DAY_DIR: &str = "day";
 
 /// The data key of one day: seals that day's identifier columns and signs
-/// its files' footers.
+/// its files' footers. It carries the day's token key, derived from it.
 #[derive(Debug)]
 pub struct DayKey {
     pub id: KeyId,
     pub date: PartitionDate,
     pub secret: SecretKey,
+    /// The token key of the day's tokens (see [`super::token`]).
+    pub token: TokenKey,
+}
+
+impl DayKey {
+    /// The key `id`/`secret` as the key of `date`'s files, with the token
+    /// key derived from it.
+    pub fn new(id: KeyId, date: PartitionDate, secret: SecretKey) -> DayKey {
+        let token = token::derive(&id, &secret);
+        DayKey { id, date, secret, token }
+    }
 }
 
 /// Day keys already unwrapped or created by this process. The mutex also
@@ -140,6 +153,9 @@ impl KeyStore {
             None => self.read_day_key(date)?.map(|k| k.id),
         };
         durable::remove_with_temporaries(&self.day_key_path(date))?;
+        // In HSM custody the day's KEK goes too: a copy of the wrapped key
+        // file kept elsewhere no longer opens.
+        self.custody().destroy_day(date)?;
         Ok(id)
     }
 
@@ -154,9 +170,9 @@ impl KeyStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(KeyError::io("read", &path, e)),
         };
-        let (id, secret) =
-            unwrap_key(&self.master, &bytes, &day_aad(date)).ok_or_else(|| KeyError::Corrupt(path.clone()))?;
-        Ok(Some(DayKey { id, date, secret }))
+        let (id, secret) = unwrap_key(self.custody(), Kek::Day(date), &bytes, &day_aad(date))?
+            .ok_or_else(|| KeyError::Corrupt(path.clone()))?;
+        Ok(Some(DayKey::new(id, date, secret)))
     }
 
     fn tombstone_path(&self, date: PartitionDate) -> PathBuf {
@@ -187,7 +203,7 @@ impl KeyStore {
         let id = KeyId::new(format!("day-{date}-{:08x}", u32::from_be_bytes(suffix)))
             .expect("a date and hex digits form a valid key id");
         let secret = SecretKey::random(&self.rng)?;
-        let wrapped = wrap_key(&self.master, &self.rng, &id, &secret, &day_aad(date))?;
+        let wrapped = wrap_key(self.custody(), Kek::Day(date), &id, &secret, &day_aad(date))?;
         let path = self.day_key_path(date);
         match durable::write_new(&path, &wrapped, FileMode::Private) {
             Ok(()) => {}
@@ -208,7 +224,11 @@ impl KeyStore {
             durable::remove_with_temporaries(&path)?;
             return Err(KeyError::DayDestroyed(date));
         }
-        Ok(DayKey { id, date, secret })
+        let key = DayKey::new(id, date, secret);
+        if let Some(hook) = self.on_created.get() {
+            hook(&key);
+        }
+        Ok(key)
     }
 }
 

@@ -1,24 +1,34 @@
-//! The keystore: the master key, the token keys and the per-day data keys.
+//! The keystore: the custody of the key-encryption keys, the per-day data
+//! keys and the token keys derived from them, and the keys of registry
+//! records.
 //!
 //! Layout of the keys directory (never inside the data directory):
 //!
 //! ```text
-//! master.key            32 random bytes, mode 0600: wraps every other key
-//! token/tk-0001.key     a token key (HMAC-SHA256), wrapped; the highest id is active
-//! day/2026-11-24.key    the data key of one day, wrapped; seals that day's identifiers
+//! custody               `file` or `pkcs11`: the custody the directory was made for
+//! master.key            file custody only: 32 random bytes, mode 0600, every KEK
+//! day/2026-11-24.key    the data key of one day, wrapped under the day's KEK
+//! day/2026-11-24.destroyed  the tombstone of a destroyed day
+//! order/ warrant/ result/   the keys of registry records, wrapped under the root
+//! audit-signing.key     the audit trail's signing seed, wrapped under the root
 //! retention.clock       when retention last swept (RFC 3339): the reference of its clock check
 //! ```
 //!
-//! Wrapping is AES-256-GCM under the master key with a random nonce; the
-//! additional data binds each wrapped key to its kind, id and day, so a
-//! wrapped key file cannot be renamed into another role. Key material lives
+//! Wrapping is AES-256-GCM under a key-encryption key of the [`custody`]
+//! (the master key, or an HSM object); the additional data binds each
+//! wrapped key to its kind, id and day, so a wrapped key file cannot be
+//! renamed into another role. A day's token key is derived from its data
+//! key ([`token`]), so destroying the day destroys both. Key material lives
 //! in [`SecretKey`], which is zeroised on drop and never printed.
 //!
 //! This module must never write key material in clear anywhere but
 //! `master.key`, and never inside the data directory. Destroying a day key
-//! (retention) removes its only wrapped copy, after which that day's sealed
-//! columns cannot be decrypted by anyone.
+//! (retention) removes its wrapped copy and, in HSM custody, the day's KEK,
+//! after which that day's sealed and token columns cannot be opened or
+//! reproduced by anyone (see `docs/threat-model.md` for file custody's
+//! limit).
 
+pub mod custody;
 mod day;
 mod record;
 mod secret;
@@ -36,12 +46,15 @@ use serde::Deserialize;
 pub use day::DayKey;
 pub use record::{RECORD_ID_RANDOM_BYTES, RecordKey, RecordKeyScope, new_record_id};
 pub use secret::{KEY_LEN, SecretKey, open_bytes, open_value, seal_bytes, seal_value};
-pub use token::TokenKey;
+pub use token::{TokenKey, day_of_token_key};
+
+use custody::{Custody, FileCustody, Kek, Pkcs11Config, Pkcs11Custody};
 
 use crate::model::{KeyId, PartitionDate};
 use crate::ops::durable::{self, DurableError, FileMode};
 
 const MASTER_FILE: &str = "master.key";
+const CUSTODY_FILE: &str = "custody";
 const AUDIT_KEY_FILE: &str = "audit-signing.key";
 const AUDIT_HEAD_FILE: &str = "audit.head";
 const RETENTION_CLOCK_FILE: &str = "retention.clock";
@@ -54,11 +67,41 @@ pub struct KeysConfig {
     /// The keys directory, created by `cdrvault keys init`. Must not be
     /// inside the data directory.
     pub dir: PathBuf,
+    /// Who holds the key-encryption keys.
+    pub custody: CustodyKind,
+    /// The HSM, for `custody = "pkcs11"`.
+    pub pkcs11: Option<Pkcs11Config>,
 }
 
 impl Default for KeysConfig {
     fn default() -> Self {
-        KeysConfig { dir: PathBuf::from("cdrvault-keys") }
+        KeysConfig { dir: PathBuf::from("cdrvault-keys"), custody: CustodyKind::File, pkcs11: None }
+    }
+}
+
+impl KeysConfig {
+    /// File custody of `dir`.
+    pub fn file(dir: &Path) -> KeysConfig {
+        KeysConfig { dir: dir.to_path_buf(), ..KeysConfig::default() }
+    }
+}
+
+/// `[keys] custody`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CustodyKind {
+    /// `master.key` in the keys directory holds every KEK.
+    File,
+    /// A PKCS#11 token holds the KEKs as non-extractable objects.
+    Pkcs11,
+}
+
+impl CustodyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CustodyKind::File => "file",
+            CustodyKind::Pkcs11 => "pkcs11",
+        }
     }
 }
 
@@ -74,14 +117,18 @@ pub enum KeyError {
     InsecurePermissions(PathBuf),
     #[error("key file {0} is corrupt or was wrapped under another master key")]
     Corrupt(PathBuf),
-    #[error("no token key in {0}")]
-    NoTokenKey(PathBuf),
+    #[error("keys directory {dir} was made for {made_for} custody, not {configured}")]
+    WrongCustody { dir: PathBuf, made_for: String, configured: &'static str },
+    #[error("[keys] custody = \"pkcs11\" needs a [keys.pkcs11] section")]
+    NoPkcs11Config,
     #[error("day {0} was destroyed by retention and cannot be re-created")]
     DayDestroyed(PartitionDate),
     #[error("key file {0} exists already: a record's key is created once and never replaced")]
     RecordKeyExists(PathBuf),
     #[error("the system random generator failed")]
     Random,
+    #[error("HSM: {0}")]
+    Hsm(String),
     #[error(transparent)]
     Durable(#[from] DurableError),
 }
@@ -101,83 +148,123 @@ impl KeyError {
 #[derive(Debug)]
 pub struct InitReport {
     pub dir: PathBuf,
-    pub token_key: KeyId,
+    pub custody: &'static str,
 }
 
 /// The keystore of one keys directory.
 pub struct KeyStore {
     dir: PathBuf,
-    master: SecretKey,
-    /// Sorted by id; the last one is active for new data.
-    token_keys: Vec<TokenKey>,
+    custody: Box<dyn Custody>,
     /// Day keys already unwrapped or created by this process. The mutex also
     /// serialises creation, so two writers never create two keys for a day.
     day_keys: day::DayKeyCache,
+    /// Told of every day whose keys this process creates.
+    on_created: std::sync::OnceLock<KeysCreatedHook>,
     rng: SystemRandom,
 }
 
+/// Called with each day key this process creates (after it is durable, and
+/// only by the process that won a race to create it), so the creation is
+/// audited and counted. It must not call back into the keystore.
+pub type KeysCreatedHook = Box<dyn Fn(&DayKey) + Send + Sync>;
+
 impl fmt::Debug for KeyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyStore").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("KeyStore").field("dir", &self.dir).field("custody", &self.custody).finish_non_exhaustive()
     }
 }
 
 impl KeyStore {
-    /// Creates a new keys directory with a master key and a first token key.
-    /// Refuses a directory inside `data_dir` and one that already has keys.
+    /// Creates a new keys directory in file custody. Refuses a directory
+    /// inside `data_dir` and one that already has keys.
     pub fn init(dir: &Path, data_dir: Option<&Path>) -> Result<InitReport, KeyError> {
+        KeyStore::init_with(&KeysConfig::file(dir), data_dir)
+    }
+
+    /// Creates a new keys directory in the configured custody: in file
+    /// custody a master key, in PKCS#11 custody a root key inside the token
+    /// (refused if the token already holds one under the label prefix).
+    /// Then the audit signing seed, wrapped under the root.
+    pub fn init_with(config: &KeysConfig, data_dir: Option<&Path>) -> Result<InitReport, KeyError> {
+        let dir = config.dir.as_path();
         if let Some(data_dir) = data_dir {
             ensure_apart(dir, data_dir)?;
         }
-        if dir.join(MASTER_FILE).exists() {
+        if dir.join(MASTER_FILE).exists() || dir.join(CUSTODY_FILE).exists() {
             return Err(KeyError::AlreadyInitialised(dir.to_path_buf()));
         }
         create_private_dir(dir)?;
-        create_private_dir(&dir.join(token::TOKEN_DIR))?;
         create_private_dir(&dir.join(day::DAY_DIR))?;
         create_private_dir(&dir.join(RecordKeyScope::Order.dir()))?;
         let rng = SystemRandom::new();
-        let master = SecretKey::random(&rng)?;
-        durable::write_atomically(&dir.join(MASTER_FILE), master.expose(), FileMode::Private)?;
-        let token_key = token::write_token_key(dir, &master, &rng, 1)?;
+        let custody: Box<dyn Custody> = match config.custody {
+            CustodyKind::File => {
+                let master = SecretKey::random(&rng)?;
+                durable::write_atomically(&dir.join(MASTER_FILE), master.expose(), FileMode::Private)?;
+                Box::new(FileCustody::new(master))
+            }
+            CustodyKind::Pkcs11 => {
+                let hsm = Pkcs11Custody::open(config.pkcs11.as_ref().ok_or(KeyError::NoPkcs11Config)?)?;
+                hsm.create_root()?;
+                Box::new(hsm)
+            }
+        };
         let audit_seed = SecretKey::random(&rng)?;
         // A constant of lower-case letters, digits and a dash: a valid id.
         let audit_id = KeyId::new("audit-0001").expect("a valid key id");
-        let wrapped = secret::wrap_key(&master, &rng, &audit_id, &audit_seed, AUDIT_AAD)?;
+        let wrapped = secret::wrap_key(custody.as_ref(), Kek::Root, &audit_id, &audit_seed, AUDIT_AAD)?;
         durable::write_atomically(&dir.join(AUDIT_KEY_FILE), &wrapped, FileMode::Private)?;
-        Ok(InitReport { dir: dir.to_path_buf(), token_key })
+        let marker = format!("{}\n", config.custody.as_str());
+        durable::write_atomically(&dir.join(CUSTODY_FILE), marker.as_bytes(), FileMode::Private)?;
+        Ok(InitReport { dir: dir.to_path_buf(), custody: config.custody.as_str() })
     }
 
-    /// Opens an initialised keys directory.
+    /// Opens an initialised keys directory in file custody.
     pub fn open(dir: &Path, data_dir: Option<&Path>) -> Result<KeyStore, KeyError> {
+        KeyStore::open_with(&KeysConfig::file(dir), data_dir)
+    }
+
+    /// Opens an initialised keys directory in the configured custody, which
+    /// must be the one it was made for.
+    pub fn open_with(config: &KeysConfig, data_dir: Option<&Path>) -> Result<KeyStore, KeyError> {
+        let dir = config.dir.as_path();
         if let Some(data_dir) = data_dir {
             ensure_apart(dir, data_dir)?;
         }
-        let master_path = dir.join(MASTER_FILE);
-        let metadata = match fs::metadata(&master_path) {
-            Ok(m) => m,
+        let marker_path = dir.join(CUSTODY_FILE);
+        let made_for = match fs::read_to_string(&marker_path) {
+            Ok(text) => text.trim().to_string(),
+            // Directories made before the marker existed are file custody.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir.join(MASTER_FILE).exists() => "file".to_string(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(KeyError::NotInitialised(dir.to_path_buf()));
             }
-            Err(e) => return Err(KeyError::io("stat", &master_path, e)),
+            Err(e) => return Err(KeyError::io("read", &marker_path, e)),
         };
-        if metadata.permissions().mode() & 0o077 != 0 {
-            return Err(KeyError::InsecurePermissions(master_path));
+        if made_for != config.custody.as_str() {
+            return Err(KeyError::WrongCustody {
+                dir: dir.to_path_buf(),
+                made_for,
+                configured: config.custody.as_str(),
+            });
         }
-        let bytes = fs::read(&master_path).map_err(|e| KeyError::io("read", &master_path, e))?;
-        let master = SecretKey::from_slice(&bytes).ok_or(KeyError::Corrupt(master_path))?;
-        let mut store = KeyStore {
+        let custody: Box<dyn Custody> = match config.custody {
+            CustodyKind::File => Box::new(FileCustody::new(read_master(dir)?)),
+            CustodyKind::Pkcs11 => {
+                let hsm = Pkcs11Custody::open(config.pkcs11.as_ref().ok_or(KeyError::NoPkcs11Config)?)?;
+                if !hsm.has_root()? {
+                    return Err(KeyError::NotInitialised(dir.to_path_buf()));
+                }
+                Box::new(hsm)
+            }
+        };
+        Ok(KeyStore {
             dir: dir.to_path_buf(),
-            master,
-            token_keys: Vec::new(),
+            custody,
             day_keys: Default::default(),
+            on_created: std::sync::OnceLock::new(),
             rng: SystemRandom::new(),
-        };
-        store.token_keys = store.load_token_keys()?;
-        if store.token_keys.is_empty() {
-            return Err(KeyError::NoTokenKey(dir.to_path_buf()));
-        }
-        Ok(store)
+        })
     }
 
     /// Opens the keys directory, creating it first if it does not exist yet.
@@ -189,6 +276,17 @@ impl KeyStore {
         KeyStore::open(dir, data_dir)
     }
 
+    /// Sets the hook told of every day key (and so token key) this process
+    /// creates; false if one was set already.
+    pub fn on_day_keys_created(&self, hook: KeysCreatedHook) -> bool {
+        self.on_created.set(hook).is_ok()
+    }
+
+    /// The custody of the key-encryption keys.
+    pub fn custody(&self) -> &dyn Custody {
+        self.custody.as_ref()
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -198,7 +296,8 @@ impl KeyStore {
     pub fn audit_signing_seed(&self) -> Result<SecretKey, KeyError> {
         let path = self.dir.join(AUDIT_KEY_FILE);
         let bytes = fs::read(&path).map_err(|e| KeyError::io("read", &path, e))?;
-        let (_, secret) = secret::unwrap_key(&self.master, &bytes, AUDIT_AAD).ok_or(KeyError::Corrupt(path))?;
+        let (_, secret) =
+            secret::unwrap_key(self.custody(), Kek::Root, &bytes, AUDIT_AAD)?.ok_or(KeyError::Corrupt(path))?;
         Ok(secret)
     }
 
@@ -215,6 +314,24 @@ impl KeyStore {
     pub fn retention_clock_path(&self) -> PathBuf {
         self.dir.join(RETENTION_CLOCK_FILE)
     }
+}
+
+/// The master key of a keys directory in file custody, refused if group or
+/// others may read it.
+fn read_master(dir: &Path) -> Result<SecretKey, KeyError> {
+    let master_path = dir.join(MASTER_FILE);
+    let metadata = match fs::metadata(&master_path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(KeyError::NotInitialised(dir.to_path_buf()));
+        }
+        Err(e) => return Err(KeyError::io("stat", &master_path, e)),
+    };
+    if metadata.permissions().mode() & 0o077 != 0 {
+        return Err(KeyError::InsecurePermissions(master_path));
+    }
+    let bytes = fs::read(&master_path).map_err(|e| KeyError::io("read", &master_path, e))?;
+    SecretKey::from_slice(&bytes).ok_or(KeyError::Corrupt(master_path))
 }
 
 pub(super) fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
@@ -241,7 +358,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let keys = root.path().join("keys");
         let report = KeyStore::init(&keys, Some(&root.path().join("data"))).unwrap();
-        assert_eq!(report.token_key.as_str(), "tk-0001");
+        assert_eq!(report.custody, "file");
         let mode = fs::metadata(keys.join(MASTER_FILE)).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
 
@@ -254,7 +371,7 @@ mod tests {
         let read = reopened.existing_day_key(date).unwrap().unwrap();
         assert_eq!(read.id, created.id);
         assert_eq!(read.secret.expose(), created.secret.expose());
-        assert_eq!(reopened.active_token_key().secret.expose(), store.active_token_key().secret.expose());
+        assert_eq!(read.token.secret.expose(), created.token.secret.expose());
         assert_eq!(reopened.days_with_keys().unwrap(), vec![date]);
     }
 
@@ -284,9 +401,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         KeyStore::init(root.path(), None).unwrap();
         let store = KeyStore::open(root.path(), None).unwrap();
-        let key = store.active_token_key();
+        let key = store.day_key(PartitionDate::parse("2026-11-24").unwrap()).unwrap();
         let shown = format!("{key:?}");
         assert!(shown.contains("redacted"));
         assert!(!shown.contains(&format!("{:?}", key.secret.expose())));
+        assert!(!shown.contains(&format!("{:?}", key.token.secret.expose())));
     }
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use ring::rand::{SecureRandom, SystemRandom};
 
+use super::custody::Kek;
 use super::day::DayKey;
 use super::secret::{SecretKey, unwrap_key, wrap_key};
 use super::{KeyError, KeyStore, create_private_dir};
@@ -83,9 +84,11 @@ pub struct RecordKey {
 impl RecordKey {
     /// An order's key as the key that seals its copies of `date`: the
     /// shape the writer and the readers take. The one place an order key
-    /// becomes a file key.
+    /// becomes a file key. Its token key, derived from the order key,
+    /// tokenises the copies, so they stay searchable after their day's
+    /// token key is destroyed, and only while the order's key exists.
     pub fn for_day(&self, date: PartitionDate) -> DayKey {
-        DayKey { id: self.id.clone(), date, secret: self.secret.clone() }
+        DayKey::new(self.id.clone(), date, self.secret.clone())
     }
 }
 
@@ -103,7 +106,7 @@ impl KeyStore {
         let path = self.record_key_path(scope, record);
         let id = KeyId::new(format!("{}-{record}", scope.prefix())).ok_or_else(|| KeyError::Corrupt(path.clone()))?;
         let secret = SecretKey::random(&self.rng)?;
-        let wrapped = wrap_key(&self.master, &self.rng, &id, &secret, scope.aad())?;
+        let wrapped = wrap_key(self.custody(), Kek::Root, &id, &secret, scope.aad())?;
         create_private_dir(&self.dir.join(scope.dir()))?;
         match durable::write_new(&path, &wrapped, FileMode::Private) {
             Ok(()) => Ok(RecordKey { id, secret }),
@@ -120,7 +123,8 @@ impl KeyStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(KeyError::io("read", &path, e)),
         };
-        let (id, secret) = unwrap_key(&self.master, &bytes, scope.aad()).ok_or(KeyError::Corrupt(path))?;
+        let (id, secret) =
+            unwrap_key(self.custody(), Kek::Root, &bytes, scope.aad())?.ok_or(KeyError::Corrupt(path))?;
         Ok(Some(RecordKey { id, secret }))
     }
 

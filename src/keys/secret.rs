@@ -1,7 +1,8 @@
-//! Key material and the two ciphers over it: wrapping keys under the
-//! master key (AES-256-GCM, the additional data binding each wrapped key to
-//! its role and id, so a wrapped key file cannot be renamed into another
-//! role), and sealing short values and results under a record's key.
+//! Key material and the two ciphers over it: wrapping keys under a
+//! key-encryption key of the custody (the additional data binding each
+//! wrapped key to its role and id, so a wrapped key file cannot be renamed
+//! into another role), and sealing short values and results under a
+//! record's key (AES-256-GCM).
 //!
 //! Key material lives in [`SecretKey`], which is zeroised on drop and never
 //! printed.
@@ -13,6 +14,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroize;
 
 use super::KeyError;
+use super::custody::{Custody, Kek};
 use crate::model::KeyId;
 
 /// Length of every key: 256 bits.
@@ -58,51 +60,44 @@ impl fmt::Debug for SecretKey {
     }
 }
 
-/// `magic | id length | id | nonce | AES-256-GCM(secret)`; the additional data
-/// is `magic | role | id`.
+/// `magic | id length | id | the custody's encryption of the secret`; the
+/// additional data is `magic | role | id`.
 pub(super) fn wrap_key(
-    master: &SecretKey,
-    rng: &SystemRandom,
+    custody: &dyn Custody,
+    kek: Kek,
     id: &KeyId,
     secret: &SecretKey,
     role: &[u8],
 ) -> Result<Vec<u8>, KeyError> {
-    let cipher = aes_gcm(master);
-    let mut nonce = [0u8; NONCE_LEN];
-    rng.fill(&mut nonce).map_err(|_| KeyError::Random)?;
-    let mut sealed = secret.expose().to_vec();
     let aad = wrap_aad(role, id.as_str());
-    let result = cipher.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut sealed);
-    if result.is_err() {
-        sealed.zeroize();
-        return Err(KeyError::Random);
-    }
-    let mut out = Vec::with_capacity(WRAP_MAGIC.len() + 1 + id.as_str().len() + NONCE_LEN + sealed.len());
+    let sealed = custody.encrypt(kek, &aad, secret.expose())?;
+    let mut out = Vec::with_capacity(WRAP_MAGIC.len() + 1 + id.as_str().len() + sealed.len());
     out.extend_from_slice(WRAP_MAGIC);
     out.push(id.as_str().len() as u8);
     out.extend_from_slice(id.as_str().as_bytes());
-    out.extend_from_slice(&nonce);
     out.extend_from_slice(&sealed);
     Ok(out)
 }
 
-pub(super) fn unwrap_key(master: &SecretKey, bytes: &[u8], role: &[u8]) -> Option<(KeyId, SecretKey)> {
-    let rest = bytes.strip_prefix(WRAP_MAGIC)?;
-    let (&id_len, rest) = rest.split_first()?;
+/// Opens a key wrapped by [`wrap_key`]: `Ok(None)` if the bytes are not a
+/// wrapped key of `role` that opens under `kek`.
+pub(super) fn unwrap_key(
+    custody: &dyn Custody,
+    kek: Kek,
+    bytes: &[u8],
+    role: &[u8],
+) -> Result<Option<(KeyId, SecretKey)>, KeyError> {
+    let Some(rest) = bytes.strip_prefix(WRAP_MAGIC) else { return Ok(None) };
+    let Some((&id_len, rest)) = rest.split_first() else { return Ok(None) };
     let id_len = usize::from(id_len);
-    if rest.len() < id_len + NONCE_LEN {
-        return None;
+    if rest.len() < id_len {
+        return Ok(None);
     }
-    let (id, rest) = rest.split_at(id_len);
-    let id = KeyId::new(std::str::from_utf8(id).ok()?)?;
-    let (nonce, sealed) = rest.split_at(NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-    let mut buffer = sealed.to_vec();
+    let (id, sealed) = rest.split_at(id_len);
+    let Some(id) = std::str::from_utf8(id).ok().and_then(KeyId::new) else { return Ok(None) };
     let aad = wrap_aad(role, id.as_str());
-    let plain = aes_gcm(master).open_in_place(nonce, Aad::from(&aad), &mut buffer).ok();
-    let secret = plain.and_then(|p| SecretKey::from_slice(p));
-    buffer.zeroize();
-    Some((id, secret?))
+    let Some(plain) = custody.decrypt(kek, &aad, sealed)? else { return Ok(None) };
+    Ok(SecretKey::from_slice(&plain).map(|secret| (id, secret)))
 }
 
 /// Seals a short value (a registry target) with AES-256-GCM under `key`,
@@ -145,8 +140,9 @@ pub fn open_bytes(key: &SecretKey, context: &[u8], sealed: &[u8]) -> Option<Vec<
     let (nonce, body) = sealed.split_at(NONCE_LEN);
     let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
     let mut buffer = body.to_vec();
-    let plain = aes_gcm(key).open_in_place(nonce, Aad::from(context), &mut buffer).ok()?;
-    Some(plain.to_vec())
+    let plain = aes_gcm(key).open_in_place(nonce, Aad::from(context), &mut buffer).ok().map(|p| p.to_vec());
+    buffer.zeroize();
+    plain
 }
 
 fn wrap_aad(role: &[u8], id: &str) -> Vec<u8> {
@@ -165,6 +161,7 @@ fn aes_gcm(key: &SecretKey) -> LessSafeKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::custody::FileCustody;
 
     #[test]
     fn a_value_opens_only_with_its_key_and_context() {
@@ -180,12 +177,14 @@ mod tests {
     #[test]
     fn a_wrapped_key_unwraps_only_in_its_role() {
         let rng = SystemRandom::new();
-        let master = SecretKey::random(&rng).unwrap();
+        let custody = FileCustody::new(SecretKey::random(&rng).unwrap());
         let secret = SecretKey::random(&rng).unwrap();
-        let id = KeyId::new("tk-0001").unwrap();
-        let wrapped = wrap_key(&master, &rng, &id, &secret, b"token").unwrap();
-        let (unwrapped_id, unwrapped) = unwrap_key(&master, &wrapped, b"token").unwrap();
+        let id = KeyId::new("warrant-w-0001").unwrap();
+        let wrapped = wrap_key(&custody, Kek::Root, &id, &secret, b"warrant").unwrap();
+        let (unwrapped_id, unwrapped) = unwrap_key(&custody, Kek::Root, &wrapped, b"warrant").unwrap().unwrap();
         assert_eq!((unwrapped_id, unwrapped.expose()), (id, secret.expose()));
-        assert!(unwrap_key(&master, &wrapped, b"order").is_none());
+        assert!(unwrap_key(&custody, Kek::Root, &wrapped, b"order").unwrap().is_none());
+        let other = FileCustody::new(SecretKey::random(&rng).unwrap());
+        assert!(unwrap_key(&other, Kek::Root, &wrapped, b"warrant").unwrap().is_none());
     }
 }

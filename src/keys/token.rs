@@ -1,158 +1,88 @@
-//! Token keys: the HMAC-SHA256 keys of the keyed tokens. The highest id is
-//! active for new data; older ones stay so that lookups find data
-//! tokenised under them.
+//! Token keys: the HMAC-SHA256 keys of the keyed tokens. Each day has its
+//! own, derived from the day's data key, so every token of a day is
+//! computed under a key used for no other day, and destroying the day's key
+//! destroys its token key with it: the tokens of a destroyed day can no
+//! longer be reproduced, by enumeration or otherwise. Lookups compute a
+//! target's token under the key of each day they search.
+//!
+//! The id of a day's token key is `tok-` followed by what follows `day-` in
+//! its data key's id (`tok-2026-11-24-1a2b3c4d`): it names the day, and a
+//! data key created anew for a day (never the case today) would give a new
+//! token key id too.
 
-use std::fs;
-use std::path::Path;
+use ring::hmac;
 
-use ring::rand::SystemRandom;
-
-use super::secret::{SecretKey, unwrap_key, wrap_key};
+use super::secret::SecretKey;
 use super::{KeyError, KeyStore};
-use crate::model::KeyId;
-use crate::ops::durable::{self, DurableError, FileMode};
+use crate::model::{KeyId, PartitionDate};
 
-pub(super) const TOKEN_DIR: &str = "token";
-const TOKEN_AAD: &[u8] = b"token";
+/// The context of the derivation: the token key is HMAC-SHA256(data key,
+/// this label), which no other use of the data key computes.
+const DERIVATION_LABEL: &[u8] = b"cdrvault/v1/token-key";
 
-/// A token key: the HMAC-SHA256 key of the keyed tokens.
+/// A token key: the HMAC-SHA256 key of one day's keyed tokens.
 #[derive(Debug, Clone)]
 pub struct TokenKey {
     pub id: KeyId,
     pub secret: SecretKey,
 }
 
-impl KeyStore {
-    /// The token key used for new data.
-    pub fn active_token_key(&self) -> &TokenKey {
-        // `open` refuses a keystore without token keys, so there is a last one.
-        self.token_keys.last().expect("keystore has at least one token key")
-    }
-
-    /// Every token key, oldest first: lookups compute tokens under each key
-    /// id present in the searched window.
-    pub fn token_keys(&self) -> &[TokenKey] {
-        &self.token_keys
-    }
-
-    pub fn token_key(&self, id: &KeyId) -> Option<&TokenKey> {
-        self.token_keys.iter().find(|k| &k.id == id)
-    }
-
-    /// Creates a new token key and makes it the active one. Data already
-    /// written keeps the id of the key it was tokenised under.
-    /// Another process rotating at the same time takes the next number;
-    /// no key file is ever replaced.
-    pub fn rotate_token_key(&mut self) -> Result<KeyId, KeyError> {
-        loop {
-            let highest = self
-                .load_token_keys()?
-                .iter()
-                .filter_map(|key| key.id.as_str().strip_prefix("tk-")?.parse::<u32>().ok())
-                .max()
-                .unwrap_or(0);
-            match write_token_key(&self.dir, &self.master, &self.rng, highest + 1) {
-                Ok(id) => {
-                    self.token_keys = self.load_token_keys()?;
-                    return Ok(id);
-                }
-                // Taken since the listing: list again.
-                Err(KeyError::AlreadyInitialised(_)) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    pub(super) fn load_token_keys(&self) -> Result<Vec<TokenKey>, KeyError> {
-        let dir = self.dir.join(TOKEN_DIR);
-        let mut keys = Vec::new();
-        for entry in fs::read_dir(&dir).map_err(|e| KeyError::io("list", &dir, e))? {
-            let entry = entry.map_err(|e| KeyError::io("list", &dir, e))?;
-            let path = entry.path();
-            let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".key")) else {
-                continue;
-            };
-            if stem.starts_with('.') {
-                continue;
-            }
-            let bytes = fs::read(&path).map_err(|e| KeyError::io("read", &path, e))?;
-            let (id, secret) =
-                unwrap_key(&self.master, &bytes, TOKEN_AAD).ok_or_else(|| KeyError::Corrupt(path.clone()))?;
-            if id.as_str() != stem {
-                return Err(KeyError::Corrupt(path));
-            }
-            keys.push(TokenKey { id, secret });
-        }
-        keys.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(keys)
-    }
+/// The token key of the day whose data key is `day_key_id`/`day_secret`.
+pub(super) fn derive(day_key_id: &KeyId, day_secret: &SecretKey) -> TokenKey {
+    let suffix = day_key_id.as_str().strip_prefix("day-").unwrap_or(day_key_id.as_str());
+    let id = KeyId::new(format!("tok-{suffix}")).expect("tok- and a valid key id's characters form a valid key id");
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, day_secret.expose()), DERIVATION_LABEL);
+    let secret = SecretKey::from_slice(tag.as_ref()).expect("an HMAC-SHA256 tag is 32 bytes");
+    TokenKey { id, secret }
 }
 
-pub(super) fn write_token_key(
-    dir: &Path,
-    master: &SecretKey,
-    rng: &SystemRandom,
-    number: u32,
-) -> Result<KeyId, KeyError> {
-    let id = KeyId::new(format!("tk-{number:04}")).expect("tk- and digits form a valid key id");
-    let secret = SecretKey::random(rng)?;
-    let wrapped = wrap_key(master, rng, &id, &secret, TOKEN_AAD)?;
-    let path = dir.join(TOKEN_DIR).join(format!("{id}.key"));
-    match durable::write_new(&path, &wrapped, FileMode::Private) {
-        Ok(()) => Ok(id),
-        Err(DurableError::Exists { path }) => Err(KeyError::AlreadyInitialised(path)),
-        Err(e) => Err(e.into()),
+/// The day a token key id names, if it is one.
+pub fn day_of_token_key(id: &KeyId) -> Option<PartitionDate> {
+    PartitionDate::parse(id.as_str().strip_prefix("tok-")?.get(..10)?)
+}
+
+impl KeyStore {
+    /// The token key of `date`, creating the day's data key if it has none
+    /// (as [`KeyStore::day_key`]): ingest tokenises each record under the
+    /// key of its day.
+    pub fn token_key_of_day(&self, date: PartitionDate) -> Result<TokenKey, KeyError> {
+        Ok(self.day_key(date)?.token.clone())
+    }
+
+    /// The token key a file names, if its day still has one. Read from the
+    /// keys directory when not cached, so a key created by another process
+    /// after this one started is found.
+    pub fn token_key(&self, id: &KeyId) -> Result<Option<TokenKey>, KeyError> {
+        let Some(date) = day_of_token_key(id) else { return Ok(None) };
+        Ok(self.existing_day_key(date)?.map(|key| key.token.clone()).filter(|key| &key.id == id))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use crate::keys::KeyStore;
-    use crate::model::KeyId;
+    use crate::model::PartitionDate;
 
     #[test]
-    fn rotation_adds_a_new_active_key_and_keeps_the_old() {
+    fn each_day_has_a_token_key_of_its_own_that_dies_with_it() {
         let root = tempfile::tempdir().unwrap();
         KeyStore::init(root.path(), None).unwrap();
-        let mut store = KeyStore::open(root.path(), None).unwrap();
-        let old = store.active_token_key().clone();
-        let new_id = store.rotate_token_key().unwrap();
-        assert_eq!(new_id.as_str(), "tk-0002");
-        assert_eq!(store.active_token_key().id, new_id);
-        assert_ne!(store.active_token_key().secret.expose(), old.secret.expose());
-        assert!(store.token_key(&old.id).is_some());
-    }
+        let store = KeyStore::open(root.path(), None).unwrap();
+        let monday = PartitionDate::parse("2026-11-23").unwrap();
+        let tuesday = PartitionDate::parse("2026-11-24").unwrap();
+        let first = store.token_key_of_day(monday).unwrap();
+        let second = store.token_key_of_day(tuesday).unwrap();
+        assert!(first.id.as_str().starts_with("tok-2026-11-23-"), "{}", first.id);
+        assert_ne!(first.secret.expose(), second.secret.expose());
+        assert_ne!(first.secret.expose(), store.day_key(monday).unwrap().secret.expose(), "derived, not the data key");
 
-    /// Two processes rotating at once each get a key of their own, and no
-    /// key file is replaced (the tokens written under it would be lost).
-    #[test]
-    fn concurrent_rotations_never_replace_a_key() {
-        let root = tempfile::tempdir().unwrap();
-        KeyStore::init(root.path(), None).unwrap();
-        let mut stores = [KeyStore::open(root.path(), None).unwrap(), KeyStore::open(root.path(), None).unwrap()];
-        let start = std::sync::Barrier::new(2);
-        let rotated: Vec<Vec<(KeyId, Vec<u8>)>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = stores
-                .iter_mut()
-                .map(|store| {
-                    let start = &start;
-                    scope.spawn(move || {
-                        start.wait();
-                        (0..40)
-                            .map(|_| {
-                                let id = store.rotate_token_key().unwrap();
-                                (id.clone(), store.token_key(&id).unwrap().secret.expose().to_vec())
-                            })
-                            .collect()
-                    })
-                })
-                .collect();
-            workers.into_iter().map(|w| w.join().unwrap()).collect()
-        });
-        let fresh = KeyStore::open(root.path(), None).unwrap();
-        for (id, secret) in rotated.iter().flatten() {
-            assert_eq!(fresh.token_key(id).unwrap().secret.expose(), &secret[..], "{id} was replaced");
-        }
-        assert_eq!(rotated.iter().flatten().count(), 80);
+        let other_process = KeyStore::open(root.path(), None).unwrap();
+        let found = other_process.token_key(&first.id).unwrap().unwrap();
+        assert_eq!(found.secret.expose(), first.secret.expose());
+
+        store.write_tombstone(monday, b"destroyed").unwrap();
+        store.destroy_day_key(monday).unwrap();
+        assert!(other_process.token_key(&first.id).unwrap().is_none());
+        assert!(other_process.token_key(&second.id).unwrap().is_some());
     }
 }

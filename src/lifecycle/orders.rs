@@ -30,7 +30,6 @@ use crate::audit::{AuditError, AuditEvent, AuditTrail};
 use crate::keys::{self, KeyError, KeyStore};
 use crate::model::{IdentifierKind, PartitionDate, TimestampMicros};
 use crate::privacy::target::{TargetInput, TargetSyntax};
-use crate::privacy::token::Tokeniser;
 use crate::registry::{
     Actor, AuditHook, Audited, Order, OrderRegistry, OrderStatus, PendingEnd, RegistryError, StoredTarget, Which,
     with_audit,
@@ -204,13 +203,7 @@ impl OrderStore {
         for (kind, value) in &canonical {
             let sealed =
                 keys::seal_value(&key.secret, &self.rng, id.as_bytes(), value).map_err(|_| OrderError::Sealing)?;
-            let tokens = self
-                .keys
-                .token_keys()
-                .iter()
-                .map(|token_key| (token_key.id.clone(), Tokeniser::new(token_key).token(*kind, value.as_bytes())))
-                .collect();
-            targets.push(StoredTarget { kind: *kind, tokens, sealed });
+            targets.push(StoredTarget { kind: *kind, sealed });
         }
         let registered = Order {
             id: id.clone(),
@@ -426,7 +419,6 @@ mod tests {
         let order = store.register(new_order("QF-2026-17", target()), &actor("alice"), now).unwrap();
         assert_eq!(order.status, OrderStatus::Registered);
         assert!(store.active().unwrap().is_empty(), "nothing is preserved before approval");
-        assert_eq!(order.targets[0].tokens.len(), 1);
         assert_eq!(store.unseal_targets(&order).unwrap(), vec![(IdentifierKind::Msisdn, "+4520000001".to_string())]);
         assert!(order.covers(today) && !order.covers(PartitionDate::parse("2026-11-25").unwrap()));
 

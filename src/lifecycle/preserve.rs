@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
 
 use crate::keys::{KeyError, KeyStore};
 use crate::model::{IdentifierField, IdentifierKind, KeyId, PartitionDate};
@@ -70,38 +70,40 @@ pub fn preserve_day(
     let order_key = order_key.for_day(day);
     let writer = ParquetWriter::new(&order_dir(data_dir, &order.id), config.clone());
     let columns: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
+    let day_tokens = Tokeniser::new(&day_key.token);
+    let order_tokens = Tokeniser::new(&order_key.token);
+    let target_tokens: Vec<i64> =
+        targets.iter().map(|(kind, value)| day_tokens.token(*kind, value.as_bytes()).0).collect();
     let mut preserved = 0;
     for file in read::list_files(data_dir, day)? {
         let mut kept = Vec::new();
-        let mut token_key: Option<KeyId> = None;
         for batch in read::read_file(&file, Some(&day_key), &columns)? {
-            let mask = matching_rows(&batch, keys, order, targets);
+            let mask = matching_rows(&batch, &day_key.token.id, order, targets, &target_tokens);
             if mask.true_count() == 0 {
                 continue;
             }
             let filtered = arrow_select::filter::filter_record_batch(&batch, &mask).map_err(WriteError::from)?;
-            if token_key.is_none() {
-                let ids =
-                    filtered.column_by_name(schema::TOKEN_KEY_ID).map(|c| c.as_string::<i32>().value(0).to_string());
-                token_key = ids.and_then(KeyId::new);
-            }
-            kept.push(reseal(filtered, &order_key.id)?);
+            kept.push(reseal(filtered, &order_key.id, &order_tokens)?);
         }
-        let (Some(token_key), false) = (token_key, kept.is_empty()) else { continue };
+        if kept.is_empty() {
+            continue;
+        }
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let written = writer.write_day_named(day, &name, &kept, &order_key, &token_key)?;
+        let written = writer.write_day_named(day, &name, &kept, &order_key, &order_key.token.id)?;
         preserved += written.rows as u64;
     }
     Ok(preserved)
 }
 
-/// Rows within the order's window that carry one of its targets, confirmed
+/// Rows within the order's window that carry one of its targets (whose
+/// tokens under the day's token key are `target_tokens`), confirmed
 /// against the unsealed value.
 fn matching_rows(
     batch: &RecordBatch,
-    keys: &KeyStore,
+    day_token_key: &KeyId,
     order: &Order,
     targets: &[(IdentifierKind, String)],
+    target_tokens: &[i64],
 ) -> BooleanArray {
     let start = batch.column_by_name(schema::START_TIME).map(|c| c.as_primitive::<TimestampMicrosecondType>().clone());
     let token_keys = batch.column_by_name(schema::TOKEN_KEY_ID).map(|c| c.as_string::<i32>().clone());
@@ -116,44 +118,17 @@ fn matching_rows(
             Some((f, tokens, sealed))
         })
         .collect();
-    // The targets' tokens under each token key of the batch: stored when
-    // the order was placed, computed from the unsealed value for keys
-    // created since (a rotation).
-    let mut tokens_by_key: std::collections::HashMap<String, Vec<Option<i64>>> = std::collections::HashMap::new();
-    for key_id in token_keys.iter().flatten() {
-        if tokens_by_key.contains_key(key_id) {
-            continue;
-        }
-        let tokeniser = KeyId::new(key_id).and_then(|id| keys.token_key(&id)).map(Tokeniser::new);
-        let tokens = order
-            .targets
-            .iter()
-            .zip(targets)
-            .map(|(stored, (kind, value))| {
-                stored
-                    .tokens
-                    .iter()
-                    .find(|(k, _)| k.as_str() == key_id)
-                    .map(|(_, t)| t.0)
-                    .or_else(|| tokeniser.as_ref().map(|t| t.token(*kind, value.as_bytes()).0))
-            })
-            .collect();
-        tokens_by_key.insert(key_id.to_string(), tokens);
-    }
     let mut mask = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
         let t = start.value(row);
         let in_window = t >= order.window_start.0 && t <= order.window_end.0;
-        let row_tokens = tokens_by_key.get(token_keys.value(row));
         let hit = in_window
-            && targets.iter().enumerate().any(|(position, (kind, value))| {
-                let Some(token) = row_tokens.and_then(|t| t[position]) else {
-                    return false;
-                };
+            && token_keys.value(row) == day_token_key.as_str()
+            && targets.iter().zip(target_tokens).any(|((kind, value), token)| {
                 fields.iter().any(|(f, tokens, sealed)| {
                     f.kind() == *kind
                         && !tokens.is_null(row)
-                        && tokens.value(row) == token
+                        && tokens.value(row) == *token
                         && sealed.value(row) == value
                 })
             });
@@ -162,13 +137,31 @@ fn matching_rows(
     BooleanArray::from(mask)
 }
 
-/// The copy is sealed with the order's key: its `seal_key_id` says so.
-fn reseal(batch: RecordBatch, key_id: &KeyId) -> Result<RecordBatch, WriteError> {
+/// The copy is sealed with the order's key (its `seal_key_id` says so) and
+/// tokenised anew under the order's token key: it stays searchable once
+/// its day's token key is destroyed, for as long as the order's key lives,
+/// and its tokens match nothing in the day's files.
+fn reseal(batch: RecordBatch, key_id: &KeyId, tokens: &Tokeniser) -> Result<RecordBatch, WriteError> {
     let schema = batch.schema();
+    let rows = batch.num_rows();
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
     if let Ok(index) = schema.index_of(schema::SEAL_KEY_ID) {
-        columns[index] =
-            Arc::new(StringArray::from_iter_values(std::iter::repeat_n(key_id.as_str(), batch.num_rows())));
+        columns[index] = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(key_id.as_str(), rows)));
+    }
+    if let Ok(index) = schema.index_of(schema::TOKEN_KEY_ID) {
+        columns[index] = Arc::new(StringArray::from_iter_values(std::iter::repeat_n(tokens.key_id().as_str(), rows)));
+    }
+    for field in IdentifierField::ALL {
+        let (Ok(token_index), Some(sealed)) =
+            (schema.index_of(field.token_column()), batch.column_by_name(field.sealed_column()))
+        else {
+            continue;
+        };
+        // The sealed column holds the canonical value: what ingest tokenised.
+        let sealed = sealed.as_string::<i32>();
+        let retokenised: Int64Array =
+            sealed.iter().map(|value| value.map(|v| tokens.token(field.kind(), v.as_bytes()).0)).collect();
+        columns[token_index] = Arc::new(retokenised);
     }
     Ok(RecordBatch::try_new(schema, columns)?)
 }

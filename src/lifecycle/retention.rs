@@ -39,7 +39,7 @@ use super::preserve::{self, PreserveError};
 use crate::audit::{self, AuditError, AuditEvent, AuditTrail};
 use crate::keys::{KeyError, KeyStore};
 use crate::model::retention::{is_expired, oldest_retained};
-use crate::model::{PartitionDate, TimestampMicros};
+use crate::model::{KeyId, PartitionDate, TimestampMicros};
 use crate::ops::clock::Clock;
 use crate::ops::durable::{self, DurableError};
 use crate::ops::metrics::Metrics;
@@ -152,6 +152,13 @@ pub enum Violation {
     AuditTrailDamaged(String),
     /// A lifted or ended order still has copies or a key.
     LiftedOrderHasData(String),
+    /// A destroyed day's wrapped key file is still in the keys directory.
+    DestroyedDayHasKey(PartitionDate),
+    /// The HSM still holds the key-encryption key of a destroyed or
+    /// expired day.
+    DestroyedDayHasHsmKey(PartitionDate),
+    /// The token key a destroyed day's files name can still be had.
+    DestroyedDayHasTokenKey(PartitionDate),
 }
 
 impl std::fmt::Display for Violation {
@@ -165,6 +172,11 @@ impl std::fmt::Display for Violation {
             Violation::LiftedOrderHasData(order) => {
                 write!(f, "lifted order {order} still has preserved copies or a key")
             }
+            Violation::DestroyedDayHasKey(d) => write!(f, "destroyed day {d} still has a wrapped key file"),
+            Violation::DestroyedDayHasHsmKey(d) => {
+                write!(f, "the HSM still holds the key-encryption key of destroyed or expired day {d}")
+            }
+            Violation::DestroyedDayHasTokenKey(d) => write!(f, "the token key of destroyed day {d} can still be had"),
         }
     }
 }
@@ -177,6 +189,13 @@ pub struct VerifyReport {
     pub live_days: Vec<PartitionDate>,
     pub live_files: u64,
     pub destroyed_days: Vec<PartitionDate>,
+    /// `file` or `pkcs11`.
+    pub custody: &'static str,
+    /// The days whose key-encryption key the HSM holds, as listed through
+    /// its module; `None` in file custody (days have no KEK of their own).
+    pub hsm_day_keys: Option<Vec<PartitionDate>>,
+    /// Destroyed days whose token key was looked for and not found.
+    pub token_keys_gone: usize,
     pub audit_entries: u64,
     pub violations: Vec<Violation>,
 }
@@ -476,9 +495,31 @@ impl Sweeper {
             }
         }
         let destroyed_days = self.keys.destroyed_days()?;
+        let mut token_keys_gone = 0;
         for &day in &destroyed_days {
-            if !self.tombstone(day)?.is_some_and(|t| t.audited) {
+            let tombstone = self.tombstone(day)?;
+            if !tombstone.as_ref().is_some_and(|t| t.audited) {
                 violations.push(Violation::DeletionIncomplete(day));
+            }
+            if days_with_keys.contains(&day) {
+                violations.push(Violation::DestroyedDayHasKey(day));
+            }
+            // The token key of the day, named after its data key: derived
+            // from it, it must be gone with it.
+            let token_key =
+                tombstone.and_then(|t| t.deleted.key_id).and_then(|id| KeyId::new(id.replacen("day-", "tok-", 1)));
+            if let Some(token_key) = token_key {
+                if self.keys.token_key(&token_key)?.is_some() {
+                    violations.push(Violation::DestroyedDayHasTokenKey(day));
+                } else {
+                    token_keys_gone += 1;
+                }
+            }
+        }
+        let hsm_day_keys = self.keys.custody().days_with_keks()?;
+        for &day in hsm_day_keys.iter().flatten() {
+            if destroyed_days.contains(&day) || is_expired(day, as_of, self.config.days) {
+                violations.push(Violation::DestroyedDayHasHsmKey(day));
             }
         }
         if let Some((orders, _)) = &self.orders {
@@ -499,6 +540,9 @@ impl Sweeper {
             live_days,
             live_files,
             destroyed_days,
+            custody: self.keys.custody().name(),
+            hsm_day_keys,
+            token_keys_gone,
             audit_entries: check.entries,
             violations,
         };

@@ -15,7 +15,7 @@ impl fmt::Debug for Token {
     }
 }
 
-/// The id of a key: a token key (`tk-0001`) or a day's data key
+/// The id of a key: a day's token key (`tok-2026-11-24-1a2b3c4d`) or data key
 /// (`day-2026-11-24-1a2b3c4d`). Ids are written into every file's metadata
 /// so that keys can be rotated and destroyed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

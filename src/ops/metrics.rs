@@ -57,6 +57,9 @@ pub struct Metrics {
     pub retention_sweep_duration: Histogram,
     pub retention_last_success: Gauge<f64, AtomicU64>,
     pub retention_clock_suspect: Gauge,
+    pub token_keys_created: Counter,
+    pub keys_cached_destroyed: Gauge,
+    pub keys_cached_days: Gauge,
     pub compaction_days: Counter,
     pub compaction_files_replaced: Counter,
     pub compaction_failures: Counter,
@@ -93,6 +96,9 @@ impl Metrics {
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 14));
         let retention_last_success = Gauge::<f64, AtomicU64>::default();
         let retention_clock_suspect = Gauge::default();
+        let token_keys_created = Counter::default();
+        let keys_cached_destroyed = Gauge::default();
+        let keys_cached_days = Gauge::default();
         let compaction_days = Counter::default();
         let compaction_files_replaced = Counter::default();
         let compaction_failures = Counter::default();
@@ -178,6 +184,24 @@ impl Metrics {
              confirm-clock`), 0 after a sweep",
             retention_clock_suspect.clone(),
         );
+        registry.register(
+            "token_keys_created",
+            "Days whose data and token keys this process created (each day's token key is its own: the automatic \
+             rotation)",
+            token_keys_created.clone(),
+        );
+        registry.register(
+            "keys_cached_destroyed",
+            "Destroyed days of which a cache of this process still holds a key (the keystore's day keys, the \
+             lookup cache's footers), measured every minute after the caches are swept; anything but 0 is a \
+             destroyed key in memory",
+            keys_cached_destroyed.clone(),
+        );
+        registry.register(
+            "keys_cached_days",
+            "Days whose key the caches of this process hold, measured every minute",
+            keys_cached_days.clone(),
+        );
 
         registry.register("compaction_days", "Days compacted into one file per token key", compaction_days.clone());
         registry.register(
@@ -257,6 +281,9 @@ impl Metrics {
             retention_sweep_duration,
             retention_last_success,
             retention_clock_suspect,
+            token_keys_created,
+            keys_cached_destroyed,
+            keys_cached_days,
             compaction_days,
             compaction_files_replaced,
             compaction_failures,

@@ -77,16 +77,16 @@ impl Tokeniser {
 /// canonical values, which already sit in the same batch's sealed-column
 /// builders; it lives exactly as long as the batch's decoding and is dropped
 /// with it. It must never outlive the batch or be shared.
-pub struct TokenMemo<'t> {
-    tokeniser: &'t Tokeniser,
+pub struct TokenMemo {
+    tokeniser: Tokeniser,
     /// One map per kind. ahash with per-process random keys: fast on short
     /// strings, and an attacker who controls identifiers cannot aim for
     /// collisions.
     seen: [std::collections::HashMap<Box<str>, Token, ahash::RandomState>; 6],
 }
 
-impl<'t> TokenMemo<'t> {
-    pub fn new(tokeniser: &'t Tokeniser) -> Self {
+impl TokenMemo {
+    pub fn new(tokeniser: Tokeniser) -> Self {
         TokenMemo { tokeniser, seen: Default::default() }
     }
 
@@ -106,7 +106,7 @@ impl<'t> TokenMemo<'t> {
     }
 }
 
-impl std::fmt::Debug for TokenMemo<'_> {
+impl std::fmt::Debug for TokenMemo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenMemo").field("key_id", self.tokeniser.key_id()).finish_non_exhaustive()
     }
@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn the_memo_gives_the_tokeniser_s_tokens() {
         let t = tokeniser(3);
-        let mut memo = TokenMemo::new(&t);
+        let mut memo = TokenMemo::new(t.clone());
         for value in ["+4520000001", "+4520000002", "+4520000001"] {
             assert_eq!(memo.token(IdentifierKind::Msisdn, value), t.token(IdentifierKind::Msisdn, value.as_bytes()));
         }

@@ -27,7 +27,7 @@ pub use requests::{
     age_bucket,
 };
 
-use crate::model::{IdentifierKind, KeyId, Token};
+use crate::model::IdentifierKind;
 
 /// An error of a registry backend. Messages name tables and columns, never
 /// a value.
@@ -56,19 +56,19 @@ pub type AuditHook<'a> = &'a mut dyn FnMut() -> Result<(), RegistryError>;
 /// The registry's file name in the state directory.
 pub const REGISTRY_FILE: &str = "registry.sqlite";
 
-/// A target of a warrant or an order as stored: its kind, its canonical
-/// value sealed under the record's key, and its token under each token key
-/// (to match rows without unsealing).
+/// A target of a warrant or an order as stored: its kind and its canonical
+/// value sealed under the record's key. No token is stored: tokens are
+/// computed from the unsealed value under each day's token key when used,
+/// so a record holds nothing that matches the data without its key.
 #[derive(Clone)]
 pub struct StoredTarget {
     pub kind: IdentifierKind,
     pub sealed: Vec<u8>,
-    pub tokens: Vec<(KeyId, Token)>,
 }
 
 impl std::fmt::Debug for StoredTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StoredTarget({}, {} tokens)", self.kind.as_str(), self.tokens.len())
+        write!(f, "StoredTarget({})", self.kind.as_str())
     }
 }
 

@@ -26,7 +26,8 @@ use cdrvault::access::{Desk, DeskParts, results};
 use cdrvault::audit::AuditTrail;
 use cdrvault::ingest::decode::Encoding;
 use cdrvault::ingest::process::{BatchOutcome, Input, Processor, ProcessorConfig};
-use cdrvault::keys::KeyStore;
+use cdrvault::keys::custody::Pkcs11Config;
+use cdrvault::keys::{CustodyKind, KeyStore, KeysConfig};
 use cdrvault::lifecycle::config::RetentionConfig;
 use cdrvault::lifecycle::orders::{NewOrder, OrderStore};
 use cdrvault::lifecycle::retention::Sweeper;
@@ -38,6 +39,13 @@ use cdrvault::storage::config::ParquetConfig;
 use cdrvault::storage::read;
 use cdrvault::storage::write::ParquetWriter;
 use cdrvault::tools::synth::{Generator, SynthConfig, SyntheticCdr};
+
+fn keys_config(dir: &Path, options: &VaultOptions) -> KeysConfig {
+    match &options.pkcs11 {
+        None => KeysConfig::file(dir),
+        Some(hsm) => KeysConfig { dir: dir.to_path_buf(), custody: CustodyKind::Pkcs11, pkcs11: Some(hsm.clone()) },
+    }
+}
 
 /// The instant most tests stand at: 2026-11-24 12:00 UTC.
 pub fn noon() -> DateTime<Utc> {
@@ -62,6 +70,8 @@ pub struct VaultOptions {
     pub parquet: ParquetConfig,
     pub decode_threads: usize,
     pub max_clock_skew: Duration,
+    /// Key custody in an HSM instead of `master.key`.
+    pub pkcs11: Option<Pkcs11Config>,
 }
 
 impl Default for VaultOptions {
@@ -71,6 +81,7 @@ impl Default for VaultOptions {
             parquet: ParquetConfig::default(),
             decode_threads: 2,
             max_clock_skew: Duration::from_secs(60),
+            pkcs11: None,
         }
     }
 }
@@ -83,8 +94,9 @@ impl TestVault {
 
     pub fn with(options: VaultOptions) -> TestVault {
         let root = tempfile::tempdir().unwrap();
-        KeyStore::init(&root.path().join("keys"), Some(&root.path().join("data"))).unwrap();
-        let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
+        let config = keys_config(&root.path().join("keys"), &options);
+        KeyStore::init_with(&config, Some(&root.path().join("data"))).unwrap();
+        let keys = Arc::new(KeyStore::open_with(&config, None).unwrap());
         let clock = Arc::new(ManualClock::new(options.now));
         let processor = processor(&root.path().join("data"), &options, Arc::clone(&keys), &clock);
         TestVault { root, clock, keys, processor, options }
@@ -105,6 +117,12 @@ impl TestVault {
 
     pub fn keys_dir(&self) -> PathBuf {
         self.root.path().join("keys")
+    }
+
+    /// The vault's keys configuration, for opening `dir` (its keys
+    /// directory, or a copy of it) as another process would.
+    pub fn keys_config(&self, dir: &Path) -> KeysConfig {
+        keys_config(dir, &self.options)
     }
 
     pub fn now(&self) -> DateTime<Utc> {

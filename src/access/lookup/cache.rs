@@ -107,6 +107,18 @@ impl FileCache {
         Ok(())
     }
 
+    /// The live days of which the cache holds files (and so their footers,
+    /// with the parquet crate's copy of the day's key).
+    pub(super) fn live_days(&self, data_dir: &Path) -> BTreeSet<PartitionDate> {
+        let live_root = data_dir.join(layout::CDR_DIR);
+        let cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .iter()
+            .filter(|(dir, files)| !files.is_empty() && dir.parent() == Some(live_root.as_path()))
+            .filter_map(|(dir, _)| dir.file_name().and_then(|n| n.to_str()).and_then(layout::date_of_dir))
+            .collect()
+    }
+
     /// The cached footer of the file at `path`, sealed under `key`, loaded
     /// on first use or when the file was replaced (a preservation copy made
     /// again).

@@ -1,7 +1,7 @@
 //! The engine: plans a query, searches its files on the engine's threads
 //! (one per core), and keeps the cache of what it read of each file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,7 +10,8 @@ use super::plan;
 use super::search;
 use super::{FoundRecord, LookupError, LookupStats, MAX_WINDOW_DAYS, Query};
 use crate::keys::KeyStore;
-use crate::model::KeyId;
+use crate::model::{KeyId, PartitionDate};
+use crate::ops::metrics::Metrics;
 use crate::ops::{periodic, pool};
 use crate::privacy::token::Tokeniser;
 use crate::storage::layout;
@@ -23,12 +24,29 @@ pub struct LookupEngine {
     /// At most this many threads per query.
     threads: usize,
     cache: FileCache,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Which days' keys the caches of a process hold: the keystore's day keys
+/// and the lookup cache's footers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyCacheReport {
+    /// Days whose key some cache holds.
+    pub days: usize,
+    /// Of those, the days retention destroyed: a destroyed key in memory.
+    pub destroyed: Vec<PartitionDate>,
 }
 
 impl LookupEngine {
     pub fn new(data_dir: PathBuf, keys: Arc<KeyStore>) -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        LookupEngine { data_dir, keys, threads, cache: FileCache::default() }
+        LookupEngine { data_dir, keys, threads, cache: FileCache::default(), metrics: None }
+    }
+
+    /// Reports [`KeyCacheReport`] to `metrics` after each cache sweep.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// At most `threads` threads per query (at least one).
@@ -46,20 +64,16 @@ impl LookupEngine {
         }
         let mut stats = LookupStats::default();
         let work = plan::plan(&self.data_dir, &self.keys, &self.cache, query, &mut stats)?;
-        // The targets' tokens under every token key: a file is searched
-        // under the key it names.
-        let tokens: HashMap<KeyId, Vec<i64>> = self
-            .keys
-            .token_keys()
-            .iter()
-            .map(|key| {
-                let tokeniser = Tokeniser::new(key);
-                (
-                    key.id.clone(),
-                    query.targets.iter().map(|(kind, value)| tokeniser.token(*kind, value.as_bytes()).0).collect(),
-                )
-            })
-            .collect();
+        // The targets' tokens under the token key of each day searched (and
+        // of each order area's copies): a file is searched under the key it
+        // names. A day's key is the only one its tokens were computed under.
+        let mut tokens: HashMap<KeyId, Vec<i64>> = HashMap::with_capacity(work.len());
+        for day in &work {
+            tokens.entry(day.key.token.id.clone()).or_insert_with(|| {
+                let tokeniser = Tokeniser::new(&day.key.token);
+                query.targets.iter().map(|(kind, value)| tokeniser.token(*kind, value.as_bytes()).0).collect()
+            });
+        }
         // Workers list each day directory themselves, so listing runs in
         // parallel too.
         let days = pool::map(work.iter().collect(), self.threads, |day| {
@@ -104,6 +118,15 @@ impl LookupEngine {
         Ok(before.saturating_sub(self.cached_files()))
     }
 
+    /// Which days' keys this process's caches hold (the keystore's and
+    /// the lookup cache's), and which of them were destroyed.
+    pub fn key_cache_report(&self) -> KeyCacheReport {
+        let mut days: BTreeSet<PartitionDate> = self.keys.cached_days().into_iter().collect();
+        days.extend(self.cache.live_days(&self.data_dir));
+        let destroyed = days.iter().copied().filter(|day| self.keys.is_destroyed(*day)).collect();
+        KeyCacheReport { days: days.len(), destroyed }
+    }
+
     /// Forgets every cached footer.
     pub fn clear_cache(&self) {
         self.cache.clear();
@@ -118,7 +141,16 @@ impl periodic::Job for LookupEngine {
     const NAME: &'static str = "lookup cache sweep";
 
     fn run_once(&self) -> Result<usize, LookupError> {
-        self.forget_destroyed()
+        let forgotten = self.forget_destroyed()?;
+        let report = self.key_cache_report();
+        if let Some(metrics) = &self.metrics {
+            metrics.keys_cached_days.set(report.days as i64);
+            metrics.keys_cached_destroyed.set(report.destroyed.len() as i64);
+        }
+        if !report.destroyed.is_empty() {
+            tracing::error!(days = ?report.destroyed, "keys of destroyed days are still cached");
+        }
+        Ok(forgotten)
     }
 
     fn is_fatal(_: &LookupError) -> bool {

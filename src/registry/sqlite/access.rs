@@ -138,7 +138,7 @@ impl AccessRegistry for SqliteRegistry {
     ) -> Result<(), RegistryError> {
         let categories = warrant.categories.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",");
         self.audited(audit, |tx| {
-        tx.execute(
+            tx.execute(
             "INSERT INTO warrants (id, authority_id, reference, issued_by, legal_basis, period_start_us, period_end_us,
                 categories, valid_until_us, status, registered_by, registered_at, cell_dump, registered_by_person)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
@@ -159,19 +159,13 @@ impl AccessRegistry for SqliteRegistry {
                 warrant.registered_by_person,
             ],
         )?;
-        for (position, target) in targets.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO warrant_targets (warrant_id, position, kind, sealed) VALUES (?1, ?2, ?3, ?4)",
-                params![warrant.id, position as i64, target.kind.as_str(), target.sealed],
-            )?;
-            for (key_id, token) in &target.tokens {
+            for (position, target) in targets.iter().enumerate() {
                 tx.execute(
-                    "INSERT INTO warrant_target_tokens (warrant_id, position, token_key_id, token) VALUES (?1, ?2, ?3, ?4)",
-                    params![warrant.id, position as i64, key_id.as_str(), token.0],
+                    "INSERT INTO warrant_targets (warrant_id, position, kind, sealed) VALUES (?1, ?2, ?3, ?4)",
+                    params![warrant.id, position as i64, target.kind.as_str(), target.sealed],
                 )?;
             }
-        }
-        Ok(((), true))
+            Ok(((), true))
         })
     }
 
@@ -250,13 +244,11 @@ impl AccessRegistry for SqliteRegistry {
     }
 
     fn close_warrant(&self, id: &str, audit: AuditHook<'_>) -> Result<bool, RegistryError> {
-        // The targets' tokens match rows of the data files: a closed
-        // warrant keeps none (its sealed values die with its key).
+        // A closed warrant's sealed values die with its key.
         self.audited(audit, |tx| {
             let closed = tx
                 .execute("UPDATE warrants SET status = 'closed' WHERE id = ?1 AND status != 'closed'", params![id])?
                 == 1;
-            tx.execute("DELETE FROM warrant_target_tokens WHERE warrant_id = ?1", params![id])?;
             Ok((closed, closed))
         })
     }

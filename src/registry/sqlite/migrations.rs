@@ -154,6 +154,12 @@ const MIGRATIONS: &[&str] = &[
         FROM preservation_orders;
     DROP TABLE preservation_orders;
     ALTER TABLE preservation_orders_v6 RENAME TO preservation_orders;",
+    // 7: tokens are computed under each day's own token key when used, so
+    // no record stores one (secure_delete overwrites the rows dropped).
+    "DELETE FROM warrant_target_tokens;
+    DELETE FROM preservation_target_tokens;
+    DROP TABLE warrant_target_tokens;
+    DROP TABLE preservation_target_tokens;",
 ];
 
 /// Opens (creating and migrating) the registry in `state_dir`.
@@ -161,7 +167,7 @@ pub(super) fn open(state_dir: &Path) -> Result<Connection, rusqlite::Error> {
     let mut connection = Connection::open(state_dir.join(REGISTRY_FILE))?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
-    // Deleted rows (the tokens of closed warrants and lifted orders) are
+    // Deleted rows (the targets of closed warrants and lifted orders) are
     // overwritten, not left in free pages.
     connection.pragma_update(None, "secure_delete", "ON")?;
     // A migration may rebuild a table that others reference: foreign keys

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteRegistry;
-use crate::model::{IdentifierKind, KeyId, PartitionDate, TimestampMicros, Token};
+use crate::model::{IdentifierKind, PartitionDate, TimestampMicros};
 use crate::registry::{
     Actor, AuditHook, Order, OrderRegistry, OrderStatus, PendingEnd, RegistryError, StoredTarget, Which,
 };
@@ -46,13 +46,6 @@ impl OrderRegistry for SqliteRegistry {
                     "INSERT INTO preservation_targets (order_id, position, kind, sealed) VALUES (?1, ?2, ?3, ?4)",
                     params![order.id, position as i64, target.kind.as_str(), target.sealed],
                 )?;
-                for (key, token) in &target.tokens {
-                    tx.execute(
-                        "INSERT INTO preservation_target_tokens (order_id, position, token_key_id, token)
-                         VALUES (?1, ?2, ?3, ?4)",
-                        params![order.id, position as i64, key.as_str(), token.0],
-                    )?;
-                }
             }
             Ok(((), true))
         })
@@ -104,17 +97,9 @@ impl OrderRegistry for SqliteRegistry {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?))
             })?;
             for target in stored {
-                let (position, kind, sealed) = target?;
+                let (_position, kind, sealed) = target?;
                 let kind = IdentifierKind::parse(&kind).unwrap_or(IdentifierKind::Msisdn);
-                let mut tokens = db.prepare(
-                    "SELECT token_key_id, token FROM preservation_target_tokens WHERE order_id = ?1 AND position = ?2",
-                )?;
-                let tokens = tokens
-                    .query_map(params![order.id, position], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-                    .filter_map(|r| r.ok())
-                    .filter_map(|(key, token)| KeyId::new(key).map(|key| (key, Token(token))))
-                    .collect();
-                order.targets.push(StoredTarget { kind, tokens, sealed });
+                order.targets.push(StoredTarget { kind, sealed });
             }
         }
         Ok(orders)
@@ -170,8 +155,6 @@ impl OrderRegistry for SqliteRegistry {
                  WHERE id = ?1 AND status IN ('registered', 'active')",
                 params![id, at.to_rfc3339()],
             )? == 1;
-            // A lifted order keeps no token that matches the data.
-            tx.execute("DELETE FROM preservation_target_tokens WHERE order_id = ?1", params![id])?;
             Ok((lifted, lifted))
         })
     }

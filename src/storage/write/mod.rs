@@ -173,7 +173,7 @@ pub(crate) mod tests {
             .iter()
             .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
             .collect();
-        assert_eq!(kv[schema::meta::TOKEN_KEY_ID], "tk-0001");
+        assert!(kv[schema::meta::TOKEN_KEY_ID].starts_with("tok-2026-11-24-"));
         assert!(kv[schema::meta::SEAL_KEY_ID].starts_with("day-2026-11-24-"));
         assert_eq!(kv[schema::meta::PARTITION_DATE], "2026-11-24");
         let row_group = metadata.row_group(0);
@@ -212,7 +212,7 @@ pub(crate) mod tests {
             names
         };
         let before = listing();
-        let token_key = keys.active_token_key().id.clone();
+        let token_key = day_key.token.id.clone();
 
         // The file's rows are sorted: pushed in two parts, they are taken.
         let mut sorted = writer.sorted_file(date, "part-sorted.parquet", &day_key, &token_key, all.num_rows()).unwrap();
