@@ -110,10 +110,9 @@ fn main() {
     }
     let mut population = Generator::new(SynthConfig { seed: 1, subscribers, days: 1, until, invalid_ratio: 0.0 });
     // Each day has its own token key: the number's token of each day.
-    let day_tokenisers: Vec<Tokeniser> = (0..=days)
+    let day_tokenisers: Vec<(PartitionDate, Tokeniser)> = (0..=days)
         .map(|back| PartitionDate::new((until - chrono::Duration::days(back)).date_naive()))
-        .filter_map(|day| keys.existing_day_key(day).unwrap())
-        .map(|key| Tokeniser::new(&key.token))
+        .filter_map(|day| Some((day, Tokeniser::new(&keys.existing_day_key(day).unwrap()?.token))))
         .collect();
     // Subscribers from the busy fifth and from the rest.
     let picks: Vec<String> = (0..20)
@@ -123,7 +122,7 @@ fn main() {
     let mut times = Vec::new();
     let mut rows = 0;
     let mut totals = LookupStats::default();
-    let mut script = String::from("# first day, last day, the number's token of each day (comma-separated)\n");
+    let mut script = String::from("# the number's token of each day: day:token, comma-separated\n");
     let rounds = env("LOOKUP_ROUNDS", 3).max(2);
     for (round, number) in picks.iter().cycle().take(picks.len() * rounds).enumerate() {
         let query = Query {
@@ -144,14 +143,10 @@ fn main() {
         } else {
             let tokens: Vec<String> = day_tokenisers
                 .iter()
-                .map(|t| t.token(IdentifierKind::Msisdn, number.as_bytes()).0.to_string())
+                .map(|(day, t)| format!("{day}:{}", t.token(IdentifierKind::Msisdn, number.as_bytes()).0))
                 .collect();
-            script.push_str(&format!(
-                "{} {} {}\n",
-                from.format("%Y-%m-%d"),
-                until.format("%Y-%m-%d"),
-                tokens.join(",")
-            ));
+            script.push_str(&tokens.join(","));
+            script.push('\n');
             if round == 0 {
                 println!(
                     "first (cold) query: {} records in {:.1} ms, {stats:?}",
