@@ -46,7 +46,7 @@ use serde::Deserialize;
 pub use day::DayKey;
 pub use record::{RECORD_ID_RANDOM_BYTES, RecordKey, RecordKeyScope, new_record_id};
 pub use secret::{KEY_LEN, SecretKey, open_bytes, open_value, seal_bytes, seal_value};
-pub use token::{TokenKey, day_of_token_key};
+pub use token::{TokenKey, day_of_token_key, token_key_id};
 
 use custody::{Custody, FileCustody, Kek, Pkcs11Config, Pkcs11Custody};
 

@@ -29,11 +29,16 @@ pub struct TokenKey {
 
 /// The token key of the day whose data key is `day_key_id`/`day_secret`.
 pub(super) fn derive(day_key_id: &KeyId, day_secret: &SecretKey) -> TokenKey {
-    let suffix = day_key_id.as_str().strip_prefix("day-").unwrap_or(day_key_id.as_str());
-    let id = KeyId::new(format!("tok-{suffix}")).expect("tok- and a valid key id's characters form a valid key id");
+    let id = token_key_id(day_key_id);
     let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, day_secret.expose()), DERIVATION_LABEL);
     let secret = SecretKey::from_slice(tag.as_ref()).expect("an HMAC-SHA256 tag is 32 bytes");
     TokenKey { id, secret }
+}
+
+/// The id of the token key derived from the data key `day_key_id`.
+pub fn token_key_id(day_key_id: &KeyId) -> KeyId {
+    let suffix = day_key_id.as_str().strip_prefix("day-").unwrap_or(day_key_id.as_str());
+    KeyId::new(format!("tok-{suffix}")).expect("tok- and a valid key id's characters form a valid key id")
 }
 
 /// The day a token key id names, if it is one.
@@ -42,13 +47,6 @@ pub fn day_of_token_key(id: &KeyId) -> Option<PartitionDate> {
 }
 
 impl KeyStore {
-    /// The token key of `date`, creating the day's data key if it has none
-    /// (as [`KeyStore::day_key`]): ingest tokenises each record under the
-    /// key of its day.
-    pub fn token_key_of_day(&self, date: PartitionDate) -> Result<TokenKey, KeyError> {
-        Ok(self.day_key(date)?.token.clone())
-    }
-
     /// The token key a file names, if its day still has one. Read from the
     /// keys directory when not cached, so a key created by another process
     /// after this one started is found.
@@ -70,8 +68,8 @@ mod tests {
         let store = KeyStore::open(root.path(), None).unwrap();
         let monday = PartitionDate::parse("2026-11-23").unwrap();
         let tuesday = PartitionDate::parse("2026-11-24").unwrap();
-        let first = store.token_key_of_day(monday).unwrap();
-        let second = store.token_key_of_day(tuesday).unwrap();
+        let first = store.day_key(monday).unwrap().token.clone();
+        let second = store.day_key(tuesday).unwrap().token.clone();
         assert!(first.id.as_str().starts_with("tok-2026-11-23-"), "{}", first.id);
         assert_ne!(first.secret.expose(), second.secret.expose());
         assert_ne!(first.secret.expose(), store.day_key(monday).unwrap().secret.expose(), "derived, not the data key");

@@ -37,7 +37,7 @@ use super::config::RetentionConfig;
 use super::orders::{OrderError, OrderStore};
 use super::preserve::{self, PreserveError};
 use crate::audit::{self, AuditError, AuditEvent, AuditTrail};
-use crate::keys::{KeyError, KeyStore};
+use crate::keys::{KeyError, KeyStore, token_key_id};
 use crate::model::retention::{is_expired, oldest_retained};
 use crate::model::{KeyId, PartitionDate, TimestampMicros};
 use crate::ops::clock::Clock;
@@ -506,8 +506,7 @@ impl Sweeper {
             }
             // The token key of the day, named after its data key: derived
             // from it, it must be gone with it.
-            let token_key =
-                tombstone.and_then(|t| t.deleted.key_id).and_then(|id| KeyId::new(id.replacen("day-", "tok-", 1)));
+            let token_key = tombstone.and_then(|t| t.deleted.key_id).and_then(KeyId::new).map(|id| token_key_id(&id));
             if let Some(token_key) = token_key {
                 if self.keys.token_key(&token_key)?.is_some() {
                     violations.push(Violation::DestroyedDayHasTokenKey(day));

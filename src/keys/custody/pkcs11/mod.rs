@@ -204,12 +204,29 @@ impl Held {
         Ok(())
     }
 
-    /// The handles of `label`, listing afresh if it is not known.
-    fn keys(&mut self, prefix: &str, label: &str) -> Result<Vec<ObjectHandle>, KeyError> {
-        if !self.handles.contains_key(label) {
+    /// The handles of `label`, listing afresh if it is not known; and
+    /// whether this call listed.
+    fn keys(&mut self, prefix: &str, label: &str) -> Result<(Vec<ObjectHandle>, bool), KeyError> {
+        let listed = !self.handles.contains_key(label);
+        if listed {
             self.refresh(prefix)?;
         }
-        Ok(self.handles.get(label).cloned().unwrap_or_default())
+        Ok((self.handles.get(label).cloned().unwrap_or_default(), listed))
+    }
+
+    /// The object that encrypts under `kek` (labelled `label`): the first
+    /// listed, or for a day that has none a new one. A missing root is an
+    /// error: it is never created past `keys init`.
+    fn kek(&mut self, prefix: &str, kek: Kek, label: &str) -> Result<ObjectHandle, KeyError> {
+        match (kek, self.keys(prefix, label)?.0.first()) {
+            (_, Some(&key)) => Ok(key),
+            (Kek::Day(_), None) => {
+                let key = generate_key(&self.session, label)?;
+                self.handles.insert(label.to_string(), vec![key]);
+                Ok(key)
+            }
+            (Kek::Root, None) => Err(KeyError::Hsm(format!("the token holds no root key labelled {label:?}"))),
+        }
     }
 }
 
@@ -302,30 +319,14 @@ impl Custody for Pkcs11Custody {
         let mut held = self.session();
         // Finding and creating under one lock: this custody never creates
         // two objects for a day. Other processes may; see the module doc.
-        let key = match (kek, held.keys(&self.label_prefix, &label)?.first()) {
-            (_, Some(&key)) => key,
-            (Kek::Day(_), None) => {
-                let key = generate_key(&held.session, &label)?;
-                held.handles.insert(label.clone(), vec![key]);
-                key
-            }
-            (Kek::Root, None) => {
-                return Err(KeyError::Hsm(format!("the token holds no root key labelled {label:?}")));
-            }
-        };
+        let key = held.kek(&self.label_prefix, kek, &label)?;
         match seal(&held.session, &self.rng, key, aad, plain) {
             Ok(sealed) => Ok(sealed),
             // A handle gone stale (another process destroyed the object):
-            // list again once, and never create past a root that is gone.
+            // list again once.
             Err(_) => {
                 held.refresh(&self.label_prefix)?;
-                let key = match (kek, held.handles.get(&label).and_then(|keys| keys.first())) {
-                    (_, Some(&key)) => key,
-                    (Kek::Day(_), None) => generate_key(&held.session, &label)?,
-                    (Kek::Root, None) => {
-                        return Err(KeyError::Hsm(format!("the token holds no root key labelled {label:?}")));
-                    }
-                };
+                let key = held.kek(&self.label_prefix, kek, &label)?;
                 seal(&held.session, &self.rng, key, aad, plain)
             }
         }
@@ -337,11 +338,15 @@ impl Custody for Pkcs11Custody {
         }
         let label = self.label(kek);
         let mut held = self.session();
-        for key in held.keys(&self.label_prefix, &label)? {
+        let (keys, listed) = held.keys(&self.label_prefix, &label)?;
+        for key in keys {
             // A failure here may be a handle gone stale: listed again below.
             if let Ok(Some(plain)) = open(&held.session, key, aad, sealed) {
                 return Ok(Some(plain));
             }
+        }
+        if listed {
+            return Ok(None);
         }
         // Another process may have made an object for the day (a race) or
         // destroyed one since the listing: list again, once.
@@ -366,27 +371,13 @@ impl Custody for Pkcs11Custody {
     }
 
     fn days_with_keks(&self) -> Result<Option<Vec<PartitionDate>>, KeyError> {
+        // Listed afresh through the module: evidence, not this process's memory.
+        let mut held = self.session();
+        held.refresh(&self.label_prefix)?;
         let prefix = self.day_prefix();
-        let held = self.session();
-        let session = &held.session;
-        let template =
-            [Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(KeyType::AES), Attribute::Token(true)];
-        let keys = session.find_objects(&template).map_err(|e| hsm_error("cannot list the keys", e))?;
-        let mut days = Vec::new();
-        for key in keys {
-            let attributes = session
-                .get_attributes(key, &[AttributeType::Label])
-                .map_err(|e| hsm_error("cannot read a key's label", e))?;
-            for attribute in attributes {
-                if let Attribute::Label(label) = attribute
-                    && let Some(date) = day_of_label(&label, &prefix)
-                {
-                    days.push(date);
-                }
-            }
-        }
+        let mut days: Vec<PartitionDate> =
+            held.handles.keys().filter_map(|label| day_of_label(label.as_bytes(), &prefix)).collect();
         days.sort_unstable();
-        days.dedup();
         Ok(Some(days))
     }
 }
