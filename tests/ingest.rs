@@ -16,9 +16,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use cdrvault::ingest::config::{IngestConfig, KafkaConfig, TopicConfig};
-use cdrvault::ingest::dead_letter::{DeadLetter, headers};
+use cdrvault::ingest::dead_letter::headers;
 use cdrvault::ingest::decode::Encoding;
-use cdrvault::ingest::source::KafkaSource;
 use cdrvault::ingest::{Ingest, StopAfter};
 use cdrvault::model::{IdentifierField, IdentifierKind};
 use cdrvault::ops::metrics::Metrics;
@@ -77,12 +76,8 @@ fn setup(
 }
 
 fn ingest(setup: &Setup, metrics: Arc<Metrics>) -> Ingest {
-    Ingest {
-        source: KafkaSource::connect(&setup.kafka, &setup.ingest, Arc::clone(&metrics)).unwrap(),
-        dead_letter: DeadLetter::connect(&setup.kafka).unwrap(),
-        processor: setup.vault.processor_over(Arc::clone(&setup.vault.keys)),
-        metrics,
-    }
+    let processor = setup.vault.processor_over(Arc::clone(&setup.vault.keys));
+    Ingest::connect(&setup.kafka, &setup.ingest, "test-instance", processor, metrics).unwrap()
 }
 
 /// Log output captured in memory, to be scanned for identifiers.
@@ -284,12 +279,14 @@ fn protobuf_topics_are_ingested_like_json() {
 fn offsets_do_not_move_when_files_cannot_be_made_durable() {
     let cluster = MockCluster::new(1).unwrap();
     let setup = setup(&cluster, 500, Encoding::Json);
-    // A regular file where the data directory should be: every write fails.
-    std::fs::write(setup.vault.data(), b"not a directory").unwrap();
-    let result = ingest(&setup, Metrics::new()).run(&Shutdown::new(), StopAfter { records: Some(500) }, |_| {});
+    let ingest = ingest(&setup, Metrics::new());
+    // A regular file where the files of the days should go: every write fails.
+    let cdr = setup.vault.data().join("cdr");
+    std::fs::write(&cdr, b"not a directory").unwrap();
+    let result = ingest.run(&Shutdown::new(), StopAfter { records: Some(500) }, |_| {});
     assert!(result.is_err(), "a failed write stops ingest");
     assert_eq!(committed_total(&setup.kafka), 0, "no offset moved past records that are not durable");
-    assert!(!setup.vault.data().is_dir());
+    assert!(!cdr.is_dir());
 }
 
 #[test]

@@ -206,7 +206,15 @@ filter = "debug"
         assert!(Instant::now() < deadline, "ingest did not finish in time; last metrics:\n{metrics}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(common::http_get(address, "/readyz").unwrap(), "ready\n");
+    // Ready, and saying what it does: alone, it holds the maintenance lease
+    // and every partition, under the instance id it made and kept.
+    let ready = common::http_get(address, "/readyz").unwrap();
+    let instance = std::fs::read_to_string(state_dir.join("instance-id")).unwrap();
+    assert!(ready.starts_with("ready\n"), "{ready}");
+    assert!(ready.contains(&format!("instance: {}", instance.trim())), "{ready}");
+    assert!(ready.contains("role: ingest, maintenance"), "{ready}");
+    assert!(ready.contains(&format!("partitions owned: {PARTITIONS}")), "{ready}");
+    assert_eq!(common::metric(&metrics, "cdrvault_maintenance_leader"), Some(1.0), "{metrics}");
     // The records span today and the days before: serve compacts the closed
     // ones itself, beside ingest (checked below: every record still once).
     loop {

@@ -212,7 +212,7 @@ pub(super) fn import(config: &Config, file: &Path, strict: bool) -> anyhow::Resu
     let root = Root::open(config.clone())?;
     // Days this import creates keys for are audited.
     let _audit = root.audit()?;
-    let processor = root.processor();
+    let processor = root.processor("import");
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let bar = ProgressBar::new(size).with_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} ({bytes_per_sec}, eta {eta})")

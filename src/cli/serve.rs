@@ -17,22 +17,28 @@ use super::config::Config;
 use crate::access::api::{self, AccessService};
 use crate::access::{Desk, DeskParts, results};
 use crate::audit::{AuditEvent, AuditTrail};
-use crate::ingest::dead_letter::DeadLetter;
 use crate::ingest::process::{Processor, ProcessorConfig};
-use crate::ingest::source::KafkaSource;
 use crate::ingest::{Ingest, StopAfter};
 use crate::keys::KeyStore;
 use crate::lifecycle::orders::OrderStore;
 use crate::lifecycle::retention::Sweeper;
 use crate::ops::clock::{Clock, SystemClock};
+use crate::ops::durable::{self, FileMode};
 use crate::ops::http;
+use crate::ops::lease::{Lease, Leased};
 use crate::ops::metrics::Metrics;
 use crate::ops::periodic::run_periodically;
 use crate::ops::shutdown::Shutdown;
 use crate::registry::Registries;
 use crate::storage::compact::Compactor;
-use crate::storage::recover;
 use crate::storage::write::ParquetWriter;
+use crate::storage::{layout, recover};
+
+/// The environment variable that names the instance (a pod name).
+const INSTANCE_ID_ENV: &str = "CDRVAULT_INSTANCE_ID";
+
+/// The file in the state directory that keeps a made-up instance id.
+const INSTANCE_ID_FILE: &str = "instance-id";
 
 /// How often the lawful-access service forgets cached files of destroyed
 /// days (their footers hold a copy of the destroyed key).
@@ -138,9 +144,34 @@ impl Root {
         Compactor::new(self.writer(), Arc::clone(&self.keys), Arc::clone(&self.clock), self.config.retention.days)
     }
 
-    /// The ingest processor, after the start-up recovery of the data
-    /// directory.
-    pub fn processor(&self) -> Processor {
+    /// This instance's id: configured, from `CDRVAULT_INSTANCE_ID`, or made
+    /// once and kept in the state directory.
+    pub fn instance_id(&self) -> anyhow::Result<String> {
+        let chosen = self.config.kafka.instance_id.clone().or_else(|| std::env::var(INSTANCE_ID_ENV).ok());
+        let id = match chosen {
+            Some(id) => id,
+            None => {
+                let path = self.config.state.dir.join(INSTANCE_ID_FILE);
+                match std::fs::read_to_string(&path) {
+                    Ok(id) => id.trim().to_string(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let id = format!("cdrvault-{:08x}", rand::random::<u32>());
+                        durable::create_private_dir(&self.config.state.dir)?;
+                        durable::write_atomically(&path, format!("{id}\n").as_bytes(), FileMode::Private)?;
+                        id
+                    }
+                    Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+                }
+            }
+        };
+        anyhow::ensure!(layout::is_valid_instance(&id), "instance id {id:?}: 1 to 64 of A-Z a-z 0-9 - _");
+        Ok(id)
+    }
+
+    /// Removes what crashed writers left in the data directory. After the
+    /// checkpoint's recovery ([`Ingest::connect`]), which publishes the
+    /// files of committed batches however old.
+    pub fn remove_leftovers(&self) {
         match recover::remove_leftovers(&self.config.storage.data_dir) {
             Ok(found) => {
                 if found.removed > 0 {
@@ -155,8 +186,12 @@ impl Root {
             }
             Err(e) => tracing::warn!(reason = %e, "could not remove leftover temporaries"),
         }
+    }
+
+    /// The ingest processor of instance `instance`.
+    pub fn processor(&self, instance: &str) -> Processor {
         let config = ProcessorConfig::new(&self.config.ingest, self.config.retention.days);
-        Processor::new(self.writer(), Arc::clone(&self.keys), Arc::clone(&self.clock), config)
+        Processor::new(self.writer().with_instance(instance), Arc::clone(&self.keys), Arc::clone(&self.clock), config)
     }
 
     /// The lawful-access desk over the data directory and the registry.
@@ -180,18 +215,28 @@ impl Root {
 pub(super) fn serve(config: Config) -> anyhow::Result<ExitCode> {
     let root = Root::open(config)?;
     let config = &root.config;
+    let instance = root.instance_id()?;
     let shutdown = Shutdown::on_signals()?;
     let ready = Arc::new(AtomicBool::new(false));
     let audit = root.audit()?;
     let registries = root.registries()?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    // Retention and compaction run on one instance of those sharing the
+    // data directory at a time: the holder of the maintenance lease.
+    let lease = Arc::new(Lease::new(&layout::maintenance_lock(&config.storage.data_dir), Arc::clone(&root.metrics)));
     let readiness = {
-        let (ready, audit) = (Arc::clone(&ready), Arc::clone(&audit));
+        let (ready, audit, lease, metrics) =
+            (Arc::clone(&ready), Arc::clone(&audit), Arc::clone(&lease), Arc::clone(&root.metrics));
+        let instance = instance.clone();
         move || match (ready.load(Ordering::Relaxed), audit.damage()) {
             (_, Some(_)) => Err("audit trail damaged: audited actions are refused"),
             (false, None) => Err("starting"),
-            (true, None) => Ok(()),
+            (true, None) => Ok(format!(
+                "instance: {instance}\nrole: {}\npartitions owned: {}\n",
+                if lease.is_held() { "ingest, maintenance (retention, compaction)" } else { "ingest" },
+                metrics.partitions_owned.get()
+            )),
         }
     };
     let (address, http) = runtime.block_on(http::serve(
@@ -217,18 +262,17 @@ pub(super) fn serve(config: Config) -> anyhow::Result<ExitCode> {
     };
     let sweeper =
         Arc::new(root.sweeper(&audit, root.orders(&registries, &audit)).with_metrics(Arc::clone(&root.metrics)));
+    let sweeper = Arc::new(Leased::new(sweeper, Arc::clone(&lease)));
     let sweeps = runtime.spawn(run_periodically(sweeper, config.retention.interval, shutdown.clone()));
     let compactions = config.compaction.enabled.then(|| {
         let compactor = Arc::new(root.compactor().with_metrics(Arc::clone(&root.metrics)));
+        let compactor = Arc::new(Leased::new(compactor, Arc::clone(&lease)));
         runtime.spawn(run_periodically(compactor, config.compaction.interval, shutdown.clone()))
     });
 
-    let ingest = Ingest {
-        source: KafkaSource::connect(&config.kafka, &config.ingest, Arc::clone(&root.metrics))?,
-        dead_letter: DeadLetter::connect(&config.kafka)?,
-        processor: root.processor(),
-        metrics: Arc::clone(&root.metrics),
-    };
+    let processor = root.processor(&instance);
+    let ingest = Ingest::connect(&config.kafka, &config.ingest, &instance, processor, Arc::clone(&root.metrics))?;
+    root.remove_leftovers();
     ready.store(true, Ordering::Relaxed);
     tracing::info!(topics = config.kafka.topics.len(), data_dir = %config.storage.data_dir.display(), "ingest started");
     let result = ingest.run(&shutdown, StopAfter::default(), |_| {});

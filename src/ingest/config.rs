@@ -24,6 +24,12 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Consumer group id: every instance of one deployment shares it.
     pub group_id: String,
+    /// This instance's stable id: its static membership of the group
+    /// (`group.instance.id`) and its name in the checkpoint. Unique per
+    /// running instance; 1 to 64 of `A-Z a-z 0-9 - _` (a StatefulSet pod
+    /// name). If unset: the environment variable `CDRVAULT_INSTANCE_ID`,
+    /// else an id made once and kept in the state directory.
+    pub instance_id: Option<String>,
     /// The topics to consume and the encoding of each.
     pub topics: Vec<TopicConfig>,
     /// Where refused records go, with their reason in a header.
@@ -40,6 +46,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             group_id: "cdrvault".into(),
+            instance_id: None,
             topics: vec![TopicConfig { name: "cdr".into(), encoding: Encoding::Json }],
             dead_letter_topic: "cdr.dead-letter".into(),
             statistics_interval: Duration::from_secs(5),

@@ -18,6 +18,7 @@ pub mod columns;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
+pub mod ownership;
 pub mod process;
 pub mod run;
 pub mod source;

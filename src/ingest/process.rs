@@ -25,7 +25,7 @@ use crate::ops::clock::Clock;
 use crate::ops::pool;
 use crate::privacy::token::{TokenMemo, Tokeniser};
 use crate::storage::error::WriteError;
-use crate::storage::write::{ParquetWriter, WrittenFile};
+use crate::storage::write::{ParquetWriter, StagedFile, WrittenFile};
 
 /// One input record, as bytes, with the encoding of its topic or file.
 #[derive(Debug, Clone)]
@@ -35,14 +35,35 @@ pub struct Input {
 }
 
 /// What became of a batch.
-#[derive(Debug, Default)]
-pub struct BatchOutcome {
+#[derive(Debug)]
+pub struct BatchOutcome<F = WrittenFile> {
     /// Records written, over all files.
     pub written: usize,
     /// Refused inputs: their index in the batch and why.
     pub refused: Vec<(usize, Refusal)>,
-    /// The files created, complete and durable.
-    pub files: Vec<WrittenFile>,
+    /// The files created, complete and durable: published, or staged
+    /// ([`Processor::stage`]).
+    pub files: Vec<F>,
+}
+
+/// A batch whose files are durable but staged, invisible until published.
+pub type StagedBatch = BatchOutcome<StagedFile>;
+
+impl StagedBatch {
+    /// Publishes every staged file.
+    pub fn publish(self) -> Result<BatchOutcome, PipelineError> {
+        let files = self.files.into_iter().map(StagedFile::publish).collect::<Result<Vec<_>, _>>();
+        let files = files.map_err(WriteError::from)?;
+        Ok(BatchOutcome { written: self.written, refused: self.refused, files })
+    }
+
+    /// Removes every staged file: a batch that was not committed.
+    pub fn discard(&self) -> Result<(), PipelineError> {
+        for file in &self.files {
+            file.discard().map_err(WriteError::from)?;
+        }
+        Ok(())
+    }
 }
 
 /// Errors that stop the pipeline. None of them is about a single record:
@@ -110,8 +131,15 @@ impl Processor {
     }
 
     /// Processes one batch. On `Ok`, every record not refused is in a
-    /// durable file; on `Err`, nothing may be acknowledged to the source.
+    /// durable, published file; on `Err`, nothing may be acknowledged to
+    /// the source.
     pub fn process(&self, inputs: &[Input]) -> Result<BatchOutcome, PipelineError> {
+        self.stage(inputs)?.publish()
+    }
+
+    /// Processes one batch into staged files: durable, invisible until the
+    /// caller commits and publishes them ([`crate::storage::checkpoint`]).
+    pub fn stage(&self, inputs: &[Input]) -> Result<StagedBatch, PipelineError> {
         let now = self.clock.now();
         let now_micros = TimestampMicros::from_datetime(now);
         let ctx = ValidationContext {
@@ -124,7 +152,7 @@ impl Processor {
         let chunks: Vec<(usize, &[Input])> = inputs.chunks(chunk_len).enumerate().collect();
         let parts = pool::map(chunks, threads, |(n, chunk)| decode_chunk(chunk, n * chunk_len, &ctx, &self.keys))?;
 
-        let mut outcome = BatchOutcome::default();
+        let mut outcome = StagedBatch { written: 0, refused: Vec::new(), files: Vec::new() };
         let mut days: BTreeMap<PartitionDate, Vec<DayColumns>> = BTreeMap::new();
         for (map, refused) in parts {
             outcome.refused.extend(refused);
@@ -153,8 +181,8 @@ impl Processor {
                 .map(|columns| columns.finish(self.writer.schema(), token_key_id, &day_key.id))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(WriteError::from)?;
-            let file = self.writer.write_day(date, &batches, &day_key, token_key_id, now.timestamp_millis())?;
-            outcome.written += file.rows;
+            let file = self.writer.stage_day(date, &batches, &day_key, token_key_id, now.timestamp_millis())?;
+            outcome.written += file.file.rows;
             outcome.files.push(file);
         }
         outcome.refused.sort_by_key(|(i, _)| *i);

@@ -9,19 +9,22 @@
 //! restart, never lost.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::checkpoint;
+use super::config::{IngestConfig, KafkaConfig};
 use super::dead_letter::DeadLetter;
+use super::ownership::Ownership;
 use super::process::Processor;
 use super::source::{Batch, KafkaSource};
 use crate::model::{PartitionDate, RefuseReason};
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
+use crate::storage::checkpoint::{CheckpointError, CheckpointLog, Recovered};
 
 /// Totals of a run, for the summary and the demo's progress line.
 #[derive(Debug, Default, Clone)]
@@ -56,6 +59,38 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// Opens the checkpoint of the processor's data directory for
+    /// `instance`, finishing what a crash left (committed batches still
+    /// staged are published, this instance's uncommitted ones removed),
+    /// then joins the consumer group as `instance` and connects the
+    /// dead-letter producer.
+    pub fn connect(
+        kafka: &KafkaConfig,
+        config: &IngestConfig,
+        instance: &str,
+        processor: Processor,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Ingest> {
+        let data_dir = processor.writer().data_dir().to_path_buf();
+        let (log, recovered) = CheckpointLog::open(&data_dir, instance)?;
+        metrics.recovered_batches.inc_by(recovered.completed_batches);
+        metrics.discarded_staged_files.inc_by(recovered.discarded_files);
+        if recovered != Recovered::default() {
+            info!(
+                completed_batches = recovered.completed_batches,
+                discarded_files = recovered.discarded_files,
+                "recovered the checkpoint: committed batches published, uncommitted files removed"
+            );
+        }
+        let ownership = Ownership::new(Arc::clone(&metrics), Arc::new(Mutex::new(log)));
+        Ok(Ingest {
+            source: KafkaSource::connect(kafka, config, instance, ownership)?,
+            dead_letter: DeadLetter::connect(kafka)?,
+            processor,
+            metrics,
+        })
+    }
+
     /// Runs until `shutdown` or `stop_after` is reached, then commits the
     /// offsets of everything made durable. Blocking.
     pub fn run(
@@ -131,9 +166,16 @@ impl Ingest {
         report: &mut IngestReport,
         on_batch: &mut impl FnMut(&IngestReport),
     ) -> anyhow::Result<()> {
+        let ownership = self.source.ownership();
         for batch in receiver {
+            if batch.epoch != ownership.epoch() {
+                // Read before a rebalance or a resync: reading restarted
+                // from the checkpoint since, so these records come again.
+                self.metrics.batches_dropped.inc();
+                continue;
+            }
             let started = Instant::now();
-            let outcome = self.processor.process(&batch.inputs)?;
+            let outcome = self.processor.stage(&batch.inputs)?;
 
             let refused: Vec<_> = outcome
                 .refused
@@ -144,6 +186,18 @@ impl Ingest {
                 self.metrics.dead_letter_failures.inc_by(e.failed as u64);
                 return Err(e.into());
             }
+            match ownership.commit(&batch.ranges, &outcome.files) {
+                Ok(_) => {}
+                Err(e @ CheckpointError::Fenced { .. }) => {
+                    warn!(reason = %e, "batch discarded: its partitions were claimed since it was read");
+                    outcome.discard()?;
+                    self.metrics.fenced_commits.inc();
+                    ownership.request_resync(batch.epoch);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            // Kafka's committed offsets follow the checkpoint, for monitoring.
             checkpoint::store(self.source.consumer(), &batch.positions)?;
 
             let elapsed = started.elapsed();
@@ -153,7 +207,7 @@ impl Ingest {
             self.metrics.bytes_received.inc_by(batch.bytes as u64);
             self.metrics.records_written.inc_by(outcome.written as u64);
             self.metrics.files_written.inc_by(outcome.files.len() as u64);
-            let file_bytes: u64 = outcome.files.iter().map(|f| f.bytes).sum();
+            let file_bytes: u64 = outcome.files.iter().map(|f| f.file.bytes).sum();
             self.metrics.bytes_written.inc_by(file_bytes);
             self.metrics.last_commit_timestamp.set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
             let mut refused_here: BTreeMap<RefuseReason, u64> = BTreeMap::new();
@@ -170,7 +224,7 @@ impl Ingest {
             report.written += outcome.written as u64;
             report.files += outcome.files.len() as u64;
             report.bytes_written += file_bytes;
-            report.days.extend(outcome.files.iter().map(|f| f.date));
+            report.days.extend(outcome.files.iter().map(|f| f.file.date));
             info!(
                 records = batch.len(),
                 written = outcome.written,

@@ -11,15 +11,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, ClientContext, Statistics};
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::config::{IngestConfig, KafkaConfig};
 use super::decode::Encoding;
+use super::ownership::{Cursors, Ownership};
 use super::process::Input;
-use crate::ops::metrics::{Metrics, PartitionLabels};
+use crate::storage::checkpoint::{PartitionId, Range};
 
 /// Where a record came from: enough to store its offset and to point at it
 /// from the dead-letter topic, nothing about its content.
@@ -30,12 +31,16 @@ pub struct Position {
     pub offset: i64,
 }
 
-/// A batch: the inputs and, index for index, where each came from.
+/// A batch: the inputs and, index for index, where each came from; the
+/// range of each partition it covers, and the epoch it was read in
+/// ([`super::ownership`]).
 #[derive(Debug, Default)]
 pub struct Batch {
     pub inputs: Vec<Input>,
     pub positions: Vec<Position>,
     pub bytes: usize,
+    pub ranges: Vec<Range>,
+    pub epoch: u64,
 }
 
 impl Batch {
@@ -48,40 +53,7 @@ impl Batch {
     }
 }
 
-/// Reports the client's statistics into the metrics and logs rebalances.
-pub struct SourceContext {
-    metrics: Arc<Metrics>,
-}
-
-impl ClientContext for SourceContext {
-    fn stats(&self, statistics: Statistics) {
-        for (topic, stats) in statistics.topics {
-            for (partition, p) in stats.partitions {
-                // librdkafka reports an internal "unassigned" partition -1.
-                if partition < 0 || !p.desired {
-                    continue;
-                }
-                let lag = if p.consumer_lag_stored >= 0 { p.consumer_lag_stored } else { p.consumer_lag };
-                if lag >= 0 {
-                    let labels = PartitionLabels { topic: topic.clone(), partition };
-                    self.metrics.consumer_lag.get_or_create(&labels).set(lag);
-                }
-            }
-        }
-    }
-}
-
-impl ConsumerContext for SourceContext {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => info!(partitions = tpl.count(), "partitions assigned"),
-            Rebalance::Revoke(tpl) => info!(partitions = tpl.count(), "partitions revoked"),
-            Rebalance::Error(e) => warn!(reason = %e, "rebalance failed"),
-        }
-    }
-}
-
-pub type SourceConsumer = BaseConsumer<SourceContext>;
+pub type SourceConsumer = BaseConsumer<Ownership>;
 
 /// The consumer and the encoding of each subscribed topic.
 pub struct KafkaSource {
@@ -108,8 +80,16 @@ impl From<&IngestConfig> for BatchLimits {
 const POLL_SLICE: Duration = Duration::from_millis(100);
 
 impl KafkaSource {
-    /// Creates the consumer and subscribes to the configured topics.
-    pub fn connect(kafka: &KafkaConfig, ingest: &IngestConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    /// Creates the consumer, a static member of its group under `instance`
+    /// (`group.instance.id`: a restarted instance takes its partitions back
+    /// at once), and subscribes to the configured topics. Every assignment
+    /// is claimed in the checkpoint and read from there (`ownership`).
+    pub fn connect(
+        kafka: &KafkaConfig,
+        ingest: &IngestConfig,
+        instance: &str,
+        ownership: Ownership,
+    ) -> anyhow::Result<Self> {
         let mut config = ClientConfig::new();
         // Fetch pacing: while a batch is processed librdkafka's queue fills,
         // and by default it then backs off fetching for a second, and some
@@ -122,6 +102,7 @@ impl KafkaSource {
         config
             .set("bootstrap.servers", &kafka.brokers)
             .set("group.id", &kafka.group_id)
+            .set("group.instance.id", instance)
             .set("enable.auto.offset.store", "false")
             .set("enable.auto.commit", "true")
             .set("auto.offset.reset", "earliest")
@@ -129,7 +110,7 @@ impl KafkaSource {
             .set("queued.max.messages.kbytes", ingest.fetch_queue_kib.to_string())
             .set("statistics.interval.ms", kafka.statistics_interval.as_millis().to_string());
         let consumer: SourceConsumer = config
-            .create_with_context(SourceContext { metrics })
+            .create_with_context(ownership)
             .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer: {e}"))?;
         let topics: Vec<&str> = kafka.topics.iter().map(|t| t.name.as_str()).collect();
         consumer.subscribe(&topics).map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
@@ -141,13 +122,28 @@ impl KafkaSource {
         &self.consumer
     }
 
+    pub fn ownership(&self) -> &Ownership {
+        self.consumer.context()
+    }
+
     /// Polls until the batch is full, the linger time has passed since its
-    /// first record, or `should_stop` says so. Blocking: run on a dedicated
-    /// thread.
+    /// first record, or `should_stop` says so. Records of partitions this
+    /// instance does not own are skipped; a rebalance or a resync while the
+    /// batch fills drops what it held (reading restarted from the
+    /// checkpoint). Blocking: run on a dedicated thread.
     pub fn next_batch(&self, should_stop: &dyn Fn() -> bool) -> anyhow::Result<Batch> {
-        let mut batch = Batch::default();
+        let ownership = self.ownership();
+        let mut reading = Reading::new(ownership);
         let mut deadline: Option<Instant> = None;
-        while batch.len() < self.limits.max_records && batch.bytes < self.limits.max_bytes {
+        while reading.batch.len() < self.limits.max_records && reading.batch.bytes < self.limits.max_bytes {
+            if let Some(failure) = ownership.failure() {
+                anyhow::bail!("{failure}");
+            }
+            ownership.resync_if_asked(&self.consumer)?;
+            if ownership.epoch() != reading.batch.epoch {
+                reading = Reading::new(ownership);
+                deadline = None;
+            }
             if should_stop() {
                 break;
             }
@@ -171,18 +167,76 @@ impl KafkaSource {
                     continue;
                 }
             };
-            let topic = message.topic();
-            let Some((topic, encoding)) = self.encodings.get_key_value(topic) else { continue };
+            if ownership.epoch() != reading.batch.epoch {
+                // The poll served a rebalance before returning this record,
+                // the first of the new assignment: start the batch again
+                // from it (older records were purged with the assignment).
+                reading = Reading::new(ownership);
+                deadline = None;
+            }
+            let Some((topic, encoding)) = self.encodings.get_key_value(message.topic()) else { continue };
+            if !reading.take(topic, message.partition(), message.offset()) {
+                continue;
+            }
             let payload = message.payload().unwrap_or_default().to_vec();
-            batch.bytes += payload.len();
-            batch.positions.push(Position {
-                topic: Arc::clone(topic),
-                partition: message.partition(),
-                offset: message.offset(),
-            });
-            batch.inputs.push(Input { encoding: *encoding, payload });
+            reading.batch.bytes += payload.len();
+            reading.batch.inputs.push(Input { encoding: *encoding, payload });
             deadline.get_or_insert_with(|| Instant::now() + self.limits.linger);
         }
-        Ok(batch)
+        Ok(reading.finish(ownership))
+    }
+}
+
+/// What a batch took of a partition: the generation it was read under,
+/// where it started, the last offset.
+type Taken = (u64, Option<i64>, i64);
+
+/// A batch being read: the cursors it started from and, per partition,
+/// the generation, start and last offset of what it took.
+struct Reading {
+    batch: Batch,
+    cursors: Cursors,
+    partitions: HashMap<(Arc<str>, i32), Option<Taken>>,
+}
+
+impl Reading {
+    fn new(ownership: &Ownership) -> Self {
+        Reading {
+            batch: Batch { epoch: ownership.epoch(), ..Batch::default() },
+            cursors: ownership.cursors(),
+            partitions: HashMap::new(),
+        }
+    }
+
+    /// Takes the record at `offset` if its partition is owned.
+    fn take(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> bool {
+        let cursors = &self.cursors;
+        let entry = self.partitions.entry((Arc::clone(topic), partition)).or_insert_with(|| {
+            let id = PartitionId { topic: topic.to_string(), partition };
+            cursors.get(&id).map(|cursor| (cursor.generation, cursor.from, offset))
+        });
+        let Some((_, _, last)) = entry else { return false };
+        *last = (*last).max(offset);
+        self.batch.positions.push(Position { topic: Arc::clone(topic), partition, offset });
+        true
+    }
+
+    fn finish(mut self, ownership: &Ownership) -> Batch {
+        self.batch.ranges = self
+            .partitions
+            .into_iter()
+            .filter_map(|((topic, partition), taken)| {
+                let (generation, from, last) = taken?;
+                Some(Range {
+                    id: PartitionId { topic: topic.to_string(), partition },
+                    generation,
+                    from,
+                    next: last + 1,
+                })
+            })
+            .collect();
+        self.batch.ranges.sort_by(|a, b| a.id.cmp(&b.id));
+        ownership.advance(self.batch.epoch, &self.batch.ranges);
+        self.batch
     }
 }

@@ -18,8 +18,9 @@ use axum::routing::get;
 use super::metrics::Metrics;
 use super::shutdown::Shutdown;
 
-/// Whether the service is ready, or why not.
-pub type Readiness = Arc<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
+/// Whether the service is ready (with what it reports then: its role, the
+/// partitions it owns), or why not.
+pub type Readiness = Arc<dyn Fn() -> Result<String, &'static str> + Send + Sync>;
 
 #[derive(Clone)]
 struct AppState {
@@ -55,7 +56,7 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match (state.ready)() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+        Ok(status) => (StatusCode::OK, format!("ready\n{status}")),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
 }

@@ -49,6 +49,15 @@ pub struct Metrics {
     pub batches: Counter,
     pub consumer_lag: Family<PartitionLabels, Gauge>,
     pub dead_letter_failures: Counter,
+    pub checkpoint_lag: Family<PartitionLabels, Gauge>,
+    pub partitions_owned: Gauge,
+    pub rebalances: Counter,
+    pub fenced_commits: Counter,
+    pub batches_dropped: Counter,
+    pub recovered_batches: Counter,
+    pub discarded_staged_files: Counter,
+    pub maintenance_leader: Gauge,
+    pub maintenance_lease_acquired: Counter,
     pub last_commit_timestamp: Gauge<f64, AtomicU64>,
     pub retention_oldest_day_age: Gauge,
     pub retention_days_deleted: Counter,
@@ -87,6 +96,15 @@ impl Metrics {
         let batches = Counter::default();
         let consumer_lag = Family::<PartitionLabels, Gauge>::default();
         let dead_letter_failures = Counter::default();
+        let checkpoint_lag = Family::<PartitionLabels, Gauge>::default();
+        let partitions_owned = Gauge::default();
+        let rebalances = Counter::default();
+        let fenced_commits = Counter::default();
+        let batches_dropped = Counter::default();
+        let recovered_batches = Counter::default();
+        let discarded_staged_files = Counter::default();
+        let maintenance_leader = Gauge::default();
+        let maintenance_lease_acquired = Counter::default();
         let last_commit_timestamp = Gauge::<f64, AtomicU64>::default();
         let retention_oldest_day_age = Gauge::default();
         let retention_days_deleted = Counter::default();
@@ -139,6 +157,52 @@ impl Metrics {
             "Records behind the end of each partition, from the Kafka client's statistics",
             prometheus_client::registry::Unit::Other("records".into()),
             consumer_lag.clone(),
+        );
+        registry.register_with_unit(
+            "ingest_checkpoint_lag",
+            "Records behind the end of each partition, counted from the checkpoint committed with the data",
+            prometheus_client::registry::Unit::Other("records".into()),
+            checkpoint_lag.clone(),
+        );
+        registry.register(
+            "ingest_partitions_owned",
+            "Partitions this instance owns (claimed in the checkpoint)",
+            partitions_owned.clone(),
+        );
+        registry.register(
+            "ingest_rebalances",
+            "Partition assignments received from the consumer group",
+            rebalances.clone(),
+        );
+        registry.register(
+            "ingest_fenced_commits",
+            "Batch commits refused because their partitions were claimed since they were read",
+            fenced_commits.clone(),
+        );
+        registry.register(
+            "ingest_batches_dropped",
+            "Batches read before a rebalance or resync, dropped unprocessed (read again from the checkpoint)",
+            batches_dropped.clone(),
+        );
+        registry.register(
+            "ingest_recovered_batches",
+            "Committed batches whose files a start-up found staged and published",
+            recovered_batches.clone(),
+        );
+        registry.register(
+            "ingest_discarded_staged_files",
+            "Staged files of uncommitted batches removed at start-up",
+            discarded_staged_files.clone(),
+        );
+        registry.register(
+            "maintenance_leader",
+            "1 while this instance holds the maintenance lease (retention and compaction run here)",
+            maintenance_leader.clone(),
+        );
+        registry.register(
+            "maintenance_lease_acquired",
+            "Times this instance took the maintenance lease",
+            maintenance_lease_acquired.clone(),
         );
         registry.register(
             "ingest_dead_letter_failures",
@@ -273,6 +337,15 @@ impl Metrics {
             batches,
             consumer_lag,
             dead_letter_failures,
+            checkpoint_lag,
+            partitions_owned,
+            rebalances,
+            fenced_commits,
+            batches_dropped,
+            recovered_batches,
+            discarded_staged_files,
+            maintenance_leader,
+            maintenance_lease_acquired,
             last_commit_timestamp,
             retention_oldest_day_age,
             retention_days_deleted,

@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod durable;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod periodic;
 pub mod pool;

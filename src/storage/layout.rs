@@ -5,6 +5,11 @@
 //! <data_dir>/cdr/dt=YYYY-MM-DD/_part-….index                            its token index
 //! <data_dir>/cdr/dt=YYYY-MM-DD/_part-….replaces                         a compaction manifest
 //! <data_dir>/cdr/dt=YYYY-MM-DD/.part-….parquet.<pid>.tmp                a file being written
+//! <data_dir>/cdr/dt=YYYY-MM-DD/.part-….parquet.staged-<instance>.tmp    a file ingest staged, not yet committed
+//! <data_dir>/checkpoints/log/<seq>.json                                  an ingest commit (files and offsets)
+//! <data_dir>/checkpoints/log/snapshot-<seq>.json                         the checkpoint state at a commit
+//! <data_dir>/checkpoints/instances/<instance>.lock                       held by the running instance
+//! <data_dir>/checkpoints/maintenance.lock                                held by the instance that sweeps and compacts
 //! <data_dir>/preserved/<order>/cdr/dt=YYYY-MM-DD/<source name>          an order's copies
 //! ```
 //!
@@ -95,6 +100,45 @@ pub fn is_plain_data_name(name: &str) -> bool {
     is_data_file(name) && !name.contains('/') && !name.contains('\\') && name != ".." && !name.contains('\0')
 }
 
+/// The directory of the ingest checkpoint: its commit log, the locks of
+/// running instances and of maintenance.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+
+/// The commit log of ingest ([`crate::storage::checkpoint`]).
+pub fn checkpoint_log_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(CHECKPOINT_DIR).join("log")
+}
+
+/// The lock a running instance holds, so that one instance id runs once.
+pub fn instance_lock(data_dir: &Path, instance: &str) -> PathBuf {
+    data_dir.join(CHECKPOINT_DIR).join("instances").join(format!("{instance}.lock"))
+}
+
+/// The lock of the instance that runs retention and compaction.
+pub fn maintenance_lock(data_dir: &Path) -> PathBuf {
+    data_dir.join(CHECKPOINT_DIR).join("maintenance.lock")
+}
+
+/// The name under which ingest stages data file `name` for `instance`:
+/// hidden, a temporary to every other rule, and tagged with the instance
+/// so that its own recovery can tell its leftovers from another's work.
+pub fn staged_name(name: &str, instance: &str) -> String {
+    format!(".{name}.staged-{instance}.tmp")
+}
+
+/// The data file name and the instance of a staged name.
+pub fn parse_staged(staged: &str) -> Option<(&str, &str)> {
+    let inner = staged.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (name, instance) = inner.split_once(".staged-")?;
+    is_plain_data_name(name).then_some((name, instance))
+}
+
+/// True for an instance id that may appear in names: 1 to 64 characters
+/// of `[A-Za-z0-9_-]` (a pod name, a host name).
+pub fn is_valid_instance(instance: &str) -> bool {
+    (1..=64).contains(&instance.len()) && instance.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The area of one preservation order: a data directory of its own.
 pub fn order_dir(data_dir: &Path, order: &str) -> PathBuf {
     data_dir.join(PRESERVED_DIR).join(order)
@@ -164,6 +208,11 @@ mod tests {
         assert_eq!(new_file_of_manifest(manifest.file_name().unwrap().to_str().unwrap()), Some(name.clone()));
         assert_eq!(aad_prefix(&dir.join(&name)), format!("dt=2026-11-24/{name}"));
         assert!(!is_data_file(&format!(".{name}.7.tmp")) && is_temporary(&format!(".{name}.7.tmp")));
+        let staged = staged_name(&name, "cdrvault-0");
+        assert!(is_temporary(&staged) && !is_data_file(&staged));
+        assert_eq!(parse_staged(&staged), Some((name.as_str(), "cdrvault-0")));
+        assert_eq!(parse_staged(&format!(".{name}.7.tmp")), None);
+        assert!(is_valid_instance("cdrvault-0") && !is_valid_instance("../x") && !is_valid_instance(""));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! compaction, never half; and no name or clear column ever holds a raw
 //! identifier. `docs/storage-format.md` describes the files.
 
+pub mod checkpoint;
 pub mod compact;
 pub mod config;
 pub mod error;

@@ -28,10 +28,8 @@ use crate::access::config::AccessSettings;
 use crate::access::{AccessStore, Desk, DeskParts};
 use crate::audit::AuditTrail;
 use crate::ingest::config::{IngestConfig, KafkaConfig, TopicConfig};
-use crate::ingest::dead_letter::DeadLetter;
 use crate::ingest::decode::Encoding;
 use crate::ingest::process::{Processor, ProcessorConfig};
-use crate::ingest::source::KafkaSource;
 use crate::ingest::{Ingest, IngestReport, StopAfter};
 use crate::keys::KeyStore;
 use crate::lifecycle::config::RetentionConfig;
@@ -48,6 +46,8 @@ use crate::storage::write::ParquetWriter;
 pub const DEMO_TOPIC: &str = "cdr";
 pub const DEMO_DEAD_LETTER_TOPIC: &str = "cdr.dead-letter";
 const DEMO_PARTITIONS: i32 = 8;
+/// The demo's instance id in the checkpoint.
+const DEMO_INSTANCE: &str = "demo";
 /// How far the demo's producer may run ahead of ingest, in records. The mock
 /// cluster keeps only 5 MiB per partition and drops older messages, like a
 /// retention limit; this window stays well inside it.
@@ -96,19 +96,14 @@ pub fn run(
 
     let keys = Arc::new(KeyStore::open_or_init(&options.keys_dir, Some(&options.data_dir))?);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    recover::remove_leftovers(&options.data_dir)?;
     let processor = Processor::new(
-        ParquetWriter::new(&options.data_dir, ParquetConfig::default()),
+        ParquetWriter::new(&options.data_dir, ParquetConfig::default()).with_instance(DEMO_INSTANCE),
         keys,
         Arc::clone(&clock),
         ProcessorConfig::new(&ingest_config, RetentionConfig::default().days),
     );
-    let ingest = Ingest {
-        source: KafkaSource::connect(&kafka, &ingest_config, Arc::clone(&metrics))?,
-        dead_letter: DeadLetter::connect(&kafka)?,
-        processor,
-        metrics,
-    };
+    let ingest = Ingest::connect(&kafka, &ingest_config, DEMO_INSTANCE, processor, metrics)?;
+    recover::remove_leftovers(&options.data_dir)?;
     let produce_options = ProduceOptions {
         brokers,
         topic: DEMO_TOPIC.into(),

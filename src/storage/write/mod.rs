@@ -20,10 +20,15 @@ pub use sorted_file::SortedFile;
 
 use super::config::ParquetConfig;
 use super::error::WriteError;
-use super::layout::FileNamer;
+use super::layout::{self, FileNamer};
 use super::schema;
 use crate::keys::DayKey;
 use crate::model::{KeyId, PartitionDate};
+use crate::ops::durable::{self, DurableError};
+
+/// The instance tag of files staged by a writer that belongs to no
+/// instance (`import`, tools): they publish what they stage at once.
+const STAGED_BY_TOOLS: &str = "tool";
 
 /// A file that is complete and durable under its final name.
 #[derive(Debug, Clone)]
@@ -34,6 +39,34 @@ pub struct WrittenFile {
     pub bytes: u64,
 }
 
+/// A data file complete and durable under its staged name, with its token
+/// index published, but invisible to readers until [`StagedFile::publish`]
+/// renames it to its name. Ingest stages a batch's files, commits them
+/// with the batch's offsets ([`crate::storage::checkpoint`]) and only then
+/// publishes them.
+#[derive(Debug, Clone)]
+pub struct StagedFile {
+    /// The file as it will be once published (`path` is its final name).
+    pub file: WrittenFile,
+    /// Where it is until then.
+    pub staged: PathBuf,
+}
+
+impl StagedFile {
+    /// Renames the file into place and fsyncs its directory.
+    pub fn publish(self) -> Result<WrittenFile, DurableError> {
+        durable::publish(&self.staged, &self.file.path)?;
+        Ok(self.file)
+    }
+
+    /// Removes the staged file and its index: a batch that was not
+    /// committed leaves nothing behind.
+    pub fn discard(&self) -> Result<(), DurableError> {
+        durable::remove_file(&self.staged)?;
+        durable::remove_file(&layout::index_path(&self.file.path))
+    }
+}
+
 /// Writes the files of the data directory.
 #[derive(Debug)]
 pub struct ParquetWriter {
@@ -41,6 +74,8 @@ pub struct ParquetWriter {
     config: ParquetConfig,
     schema: SchemaRef,
     namer: FileNamer,
+    /// The instance whose name tags the files ingest stages.
+    instance: Option<String>,
 }
 
 impl ParquetWriter {
@@ -50,7 +85,16 @@ impl ParquetWriter {
             config,
             schema: schema::cdr_schema(),
             namer: FileNamer::new(),
+            instance: None,
         }
+    }
+
+    /// Stages files under names tagged with `instance`
+    /// ([`layout::staged_name`]), so that the instance's recovery can tell
+    /// its own uncommitted files from another instance's work.
+    pub fn with_instance(mut self, instance: &str) -> Self {
+        self.instance = Some(instance.to_string());
+        self
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -66,8 +110,32 @@ impl ParquetWriter {
         self.namer.next(now_millis)
     }
 
-    /// Writes the records of one day into one new file and makes it durable.
-    /// `now_millis` only names the file.
+    /// Writes the records of one day into one new file, durable but staged
+    /// ([`StagedFile`]). `now_millis` only names the file.
+    pub fn stage_day(
+        &self,
+        date: PartitionDate,
+        batches: &[RecordBatch],
+        day_key: &DayKey,
+        token_key_id: &KeyId,
+        now_millis: i64,
+    ) -> Result<StagedFile, WriteError> {
+        let name = self.namer.next(now_millis);
+        let all = sorted_file::sort_by_calling_party(&self.schema, batches)?;
+        let mut file = SortedFile::create(
+            self,
+            date,
+            &name,
+            day_key,
+            token_key_id,
+            all.num_rows(),
+            Some(self.instance.as_deref().unwrap_or(STAGED_BY_TOOLS)),
+        )?;
+        file.push(all)?;
+        file.stage()
+    }
+
+    /// Writes the records of one day into one new file and publishes it.
     pub fn write_day(
         &self,
         date: PartitionDate,
@@ -76,8 +144,7 @@ impl ParquetWriter {
         token_key_id: &KeyId,
         now_millis: i64,
     ) -> Result<WrittenFile, WriteError> {
-        let name = self.namer.next(now_millis);
-        self.write_day_named(date, &name, batches, day_key, token_key_id)
+        Ok(self.stage_day(date, batches, day_key, token_key_id, now_millis)?.publish()?)
     }
 
     /// Like [`Self::write_day`] under a given file name, replacing a file of
@@ -108,7 +175,7 @@ impl ParquetWriter {
         token_key_id: &KeyId,
         rows: usize,
     ) -> Result<SortedFile<'_>, WriteError> {
-        SortedFile::create(self, date, name, day_key, token_key_id, rows)
+        SortedFile::create(self, date, name, day_key, token_key_id, rows, None)
     }
 }
 

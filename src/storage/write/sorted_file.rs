@@ -19,7 +19,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::file::writer::SerializedFileWriter;
 
-use super::{ParquetWriter, WrittenFile, properties};
+use super::{ParquetWriter, StagedFile, WrittenFile, properties};
 use crate::keys::DayKey;
 use crate::model::{IdentifierField, KeyId, PartitionDate};
 use crate::ops::durable::{self, DurableError};
@@ -92,11 +92,15 @@ impl<'a> SortedFile<'a> {
         day_key: &DayKey,
         token_key_id: &KeyId,
         rows: usize,
+        staged_as: Option<&str>,
     ) -> Result<SortedFile<'a>, WriteError> {
         let dir = layout::day_dir(&parquet.data_dir, date);
         durable::create_dir_all(&dir)?;
         let target = dir.join(name);
-        let tmp = durable::temporary_path(&target);
+        let tmp = match staged_as {
+            Some(instance) => dir.join(layout::staged_name(name, instance)),
+            None => durable::temporary_path(&target),
+        };
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -194,7 +198,17 @@ impl<'a> SortedFile<'a> {
 
     /// Closes the last row group, makes the file durable, publishes its
     /// token index and then the file under its name.
-    pub fn finish(mut self) -> Result<WrittenFile, WriteError> {
+    pub fn finish(self) -> Result<WrittenFile, WriteError> {
+        let staged = self.stage()?;
+        durable::publish(&staged.staged, &staged.file.path)?;
+        Ok(staged.file)
+    }
+
+    /// Closes the last row group, makes the file durable under its
+    /// temporary name and publishes its token index, but leaves the file
+    /// invisible: whoever stages it publishes it ([`StagedFile::publish`])
+    /// or discards it.
+    pub fn stage(mut self) -> Result<StagedFile, WriteError> {
         self.close_group()?;
         let (file_writer, _) = self.writer.take().ok_or(WriteError::Finished)?;
         let file: File = file_writer.into_inner()?;
@@ -206,9 +220,12 @@ impl<'a> SortedFile<'a> {
         let described =
             index::IndexedFile { name: &self.name, bytes, rows: self.rows as u64, token_key_id: &self.token_key_id };
         index::write(&layout::index_path(&self.target), &entries, &described)?;
-        durable::publish(&self.tmp, &self.target)?;
+        // From here on the staged file is its caller's.
         self.published = true;
-        Ok(WrittenFile { date: self.date, path: self.target.clone(), rows: self.rows, bytes })
+        Ok(StagedFile {
+            file: WrittenFile { date: self.date, path: self.target.clone(), rows: self.rows, bytes },
+            staged: self.tmp.clone(),
+        })
     }
 }
 
