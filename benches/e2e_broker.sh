@@ -16,6 +16,9 @@
 # BROKER_PORT (29092), HTTP_PORT (29464), DECODE_THREADS (0 = one per core),
 # FETCH_QUEUE_KIB (16384, ingest.fetch_queue_kib), KAFKA_PROPERTIES (extra
 # TOML lines for [kafka.properties], e.g. '"max.partition.fetch.bytes" = "8388608"'),
+# KAFKA_SETTINGS (extra TOML lines for [kafka], e.g. 'static_membership = false':
+# the test broker holds a static member's JoinGroup and SyncGroup 3 s each,
+# so from process start a static member starts about 6 s later),
 # CARGO_TARGET_DIR (the project's target/), CDRVAULT_BIN (a binary built
 # before, e.g. of another revision, instead of building), TANSU (tansu on PATH or
 # ~/.cargo/bin/tansu). Everything listens on 127.0.0.1 only. The ports must
@@ -67,7 +70,8 @@ listening() { ss -Hltn "sport = :$1" | grep -q .; }
 owns_port() { ss -Hltnp "sport = :$1" | grep -q "pid=$2,"; }
 metric() {
   # The value of one unlabelled metric, 0 if absent or unreachable.
-  curl -fsS --max-time 2 "http://127.0.0.1:${HTTP_PORT}/metrics" 2>/dev/null \
+  # (before serve listens, curl fails: that reads as 0, not as an error)
+  { curl -fsS --max-time 2 "http://127.0.0.1:${HTTP_PORT}/metrics" 2>/dev/null || true; } \
     | awk -v name="$1" '$1 == name { print $2; found = 1 } END { if (!found) print 0 }'
 }
 
@@ -116,6 +120,7 @@ dir = "$work/state"
 [kafka]
 brokers = "127.0.0.1:${BROKER_PORT}"
 group_id = "cdrvault-bench"
+${KAFKA_SETTINGS:-}
 dead_letter_topic = "$DEAD_LETTER"
 topics = [{ name = "$TOPIC", encoding = "$FORMAT" }]
 

@@ -30,6 +30,11 @@ pub struct KafkaConfig {
     /// name). If unset: the environment variable `CDRVAULT_INSTANCE_ID`,
     /// else an id made once and kept in the state directory.
     pub instance_id: Option<String>,
+    /// Joins the group as a static member under the instance id, so that
+    /// a restarted instance takes its partitions back at once rather than
+    /// after the session timeout. Off: a dynamic member (each start is a
+    /// new member; the checkpoint keeps exactly once either way).
+    pub static_membership: bool,
     /// The topics to consume and the encoding of each.
     pub topics: Vec<TopicConfig>,
     /// Where refused records go, with their reason in a header.
@@ -47,6 +52,7 @@ impl Default for KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             group_id: "cdrvault".into(),
             instance_id: None,
+            static_membership: true,
             topics: vec![TopicConfig { name: "cdr".into(), encoding: Encoding::Json }],
             dead_letter_topic: "cdr.dead-letter".into(),
             statistics_interval: Duration::from_secs(5),

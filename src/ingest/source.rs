@@ -81,8 +81,8 @@ const POLL_SLICE: Duration = Duration::from_millis(100);
 
 impl KafkaSource {
     /// Creates the consumer, a static member of its group under `instance`
-    /// (`group.instance.id`: a restarted instance takes its partitions back
-    /// at once), and subscribes to the configured topics. Every assignment
+    /// unless configured otherwise (`group.instance.id`: a restarted
+    /// instance takes its partitions back at once), and subscribes to the configured topics. Every assignment
     /// is claimed in the checkpoint and read from there (`ownership`).
     pub fn connect(
         kafka: &KafkaConfig,
@@ -102,13 +102,15 @@ impl KafkaSource {
         config
             .set("bootstrap.servers", &kafka.brokers)
             .set("group.id", &kafka.group_id)
-            .set("group.instance.id", instance)
             .set("enable.auto.offset.store", "false")
             .set("enable.auto.commit", "true")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("queued.max.messages.kbytes", ingest.fetch_queue_kib.to_string())
             .set("statistics.interval.ms", kafka.statistics_interval.as_millis().to_string());
+        if kafka.static_membership {
+            config.set("group.instance.id", instance);
+        }
         let consumer: SourceConsumer = config
             .create_with_context(ownership)
             .map_err(|e| anyhow::anyhow!("cannot create the Kafka consumer: {e}"))?;
@@ -189,7 +191,8 @@ impl KafkaSource {
 
 /// What a batch took of a partition: the generation it was read under,
 /// where it started, the last offset.
-type Taken = (u64, Option<i64>, i64);
+/// `None` as the last offset until a record is taken.
+type Taken = (u64, Option<i64>, Option<i64>);
 
 /// A batch being read: the cursors it started from and, per partition,
 /// the generation, start and last offset of what it took.
@@ -197,6 +200,7 @@ struct Reading {
     batch: Batch,
     cursors: Cursors,
     partitions: HashMap<(Arc<str>, i32), Option<Taken>>,
+    below_checkpoint: u64,
 }
 
 impl Reading {
@@ -205,6 +209,7 @@ impl Reading {
             batch: Batch { epoch: ownership.epoch(), ..Batch::default() },
             cursors: ownership.cursors(),
             partitions: HashMap::new(),
+            below_checkpoint: 0,
         }
     }
 
@@ -213,20 +218,30 @@ impl Reading {
         let cursors = &self.cursors;
         let entry = self.partitions.entry((Arc::clone(topic), partition)).or_insert_with(|| {
             let id = PartitionId { topic: topic.to_string(), partition };
-            cursors.get(&id).map(|cursor| (cursor.generation, cursor.from, offset))
+            cursors.get(&id).map(|cursor| (cursor.generation, cursor.from, None))
         });
-        let Some((_, _, last)) = entry else { return false };
-        *last = (*last).max(offset);
+        let Some((_, from, last)) = entry else { return false };
+        if from.is_some_and(|from| offset < from) {
+            // Below the checkpoint: stored already (a fetch from before a
+            // seek, or a topic whose offsets went back). Never twice.
+            self.below_checkpoint += 1;
+            return false;
+        }
+        *last = Some(last.map_or(offset, |last| last.max(offset)));
         self.batch.positions.push(Position { topic: Arc::clone(topic), partition, offset });
         true
     }
 
     fn finish(mut self, ownership: &Ownership) -> Batch {
+        if self.below_checkpoint > 0 {
+            warn!(records = self.below_checkpoint, "skipped records below the checkpoint (stored already)");
+        }
         self.batch.ranges = self
             .partitions
             .into_iter()
             .filter_map(|((topic, partition), taken)| {
                 let (generation, from, last) = taken?;
+                let last = last?;
                 Some(Range {
                     id: PartitionId { topic: topic.to_string(), partition },
                     generation,

@@ -43,7 +43,12 @@ use crate::storage::config::ParquetConfig;
 use crate::storage::recover;
 use crate::storage::write::ParquetWriter;
 
-pub const DEMO_TOPIC: &str = "cdr";
+/// The demo's topic, named per run: each run has a new mock cluster whose
+/// offsets start again at 0, so the checkpoint of an earlier run in the
+/// same data directory must not apply to it.
+fn demo_topic(now: chrono::DateTime<chrono::Utc>) -> String {
+    format!("cdr-{}", now.timestamp_millis())
+}
 pub const DEMO_DEAD_LETTER_TOPIC: &str = "cdr.dead-letter";
 const DEMO_PARTITIONS: i32 = 8;
 /// The demo's instance id in the checkpoint.
@@ -80,14 +85,15 @@ pub fn run(
     mut on_batch: impl FnMut(&IngestReport) + Send,
 ) -> anyhow::Result<DemoSummary> {
     let cluster = MockCluster::new(1).map_err(|e| anyhow::anyhow!("cannot start the mock Kafka cluster: {e}"))?;
-    cluster.create_topic(DEMO_TOPIC, DEMO_PARTITIONS, 1)?;
+    let topic = demo_topic(chrono::Utc::now());
+    cluster.create_topic(&topic, DEMO_PARTITIONS, 1)?;
     cluster.create_topic(DEMO_DEAD_LETTER_TOPIC, 1, 1)?;
     let brokers = cluster.bootstrap_servers();
 
     let kafka = KafkaConfig {
         brokers: brokers.clone(),
         group_id: "cdrvault-demo".into(),
-        topics: vec![TopicConfig { name: DEMO_TOPIC.into(), encoding: options.format }],
+        topics: vec![TopicConfig { name: topic.clone(), encoding: options.format }],
         dead_letter_topic: DEMO_DEAD_LETTER_TOPIC.into(),
         ..KafkaConfig::default()
     };
@@ -106,7 +112,7 @@ pub fn run(
     recover::remove_leftovers(&options.data_dir)?;
     let produce_options = ProduceOptions {
         brokers,
-        topic: DEMO_TOPIC.into(),
+        topic,
         count: options.records,
         rate: None,
         format: options.format,

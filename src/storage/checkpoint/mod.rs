@@ -191,6 +191,10 @@ impl State {
                 return Some(fenced(FenceReason::ClaimedSince { generation: state.generation }));
             }
             match (state.next, range.from) {
+                // A range moves forward, or it is not a batch's.
+                (next, Some(from)) if range.next <= from => {
+                    Some(fenced(FenceReason::NotContiguous { next, from: Some(from) }))
+                }
                 (None, _) => None,
                 (Some(next), Some(from)) if next == from => None,
                 (next, from) => Some(fenced(FenceReason::NotContiguous { next, from })),
