@@ -59,8 +59,12 @@ fn main() {
 
     let baseline = reset_peak();
     let verifying = Instant::now();
-    let verification =
-        audit::verify(&trail_path(&state_dir), &audit::public_key(&keys).unwrap(), &keys.audit_head_path()).unwrap();
+    let verification = audit::verify(
+        &trail_path(&state_dir),
+        &audit::public_key(&keys).unwrap(),
+        &keys.audit_head_path(&trail_path(&state_dir)),
+    )
+    .unwrap();
     let verify_seconds = verifying.elapsed().as_secs_f64();
     let verify_peak = peak_kib();
     assert_eq!(verification.entries, seq, "every entry verified");

@@ -47,7 +47,7 @@ impl Trail {
     }
 
     fn verify(&self) -> cdrvault::audit::Verification {
-        verify(&self.path(), &self.trail.public_key(), &self.vault.keys.audit_head_path()).unwrap()
+        verify(&self.path(), &self.trail.public_key(), &self.vault.keys.audit_head_path(&self.path())).unwrap()
     }
 
     fn reopen(&self) -> Result<AuditTrail, AuditError> {
@@ -149,7 +149,7 @@ fn a_torn_line_written_by_another_process_is_repaired_by_the_running_one() {
 fn a_head_left_one_entry_behind_by_a_crash_is_moved_up_at_start() {
     let t = Trail::new();
     t.fill(1..=3);
-    let head_path = t.vault.keys.audit_head_path();
+    let head_path = t.vault.keys.audit_head_path(&t.path());
     let head_at_3 = std::fs::read(&head_path).unwrap();
     t.append(4).unwrap();
     // A crash between entry 4 and its head.
@@ -170,7 +170,7 @@ fn the_witness_shows_a_rollback_by_a_holder_of_the_signing_key() {
         trail.append("retention", &event(n), noon()).unwrap();
     }
     let saved_trail = std::fs::read(t.path()).unwrap();
-    let saved_head = std::fs::read(t.vault.keys.audit_head_path()).unwrap();
+    let saved_head = std::fs::read(t.vault.keys.audit_head_path(&t.path())).unwrap();
     for n in 4..=5 {
         trail.append("access", &event(n), noon()).unwrap();
     }
@@ -182,7 +182,7 @@ fn the_witness_shows_a_rollback_by_a_holder_of_the_signing_key() {
     // Someone with the keys rolls trail and head back to entry 3: the trail
     // and its head agree, but the witness saw entry 5.
     std::fs::write(t.path(), &saved_trail).unwrap();
-    std::fs::write(t.vault.keys.audit_head_path(), &saved_head).unwrap();
+    std::fs::write(t.vault.keys.audit_head_path(&t.path()), &saved_head).unwrap();
     assert!(t.verify().is_intact(), "trail and head alone cannot show it");
     let seen = verify_witness(&t.path(), &public, &witness).unwrap();
     assert_eq!(seen.problem.as_ref().map(|p| p.0), Some(4), "{seen:?}");
@@ -242,4 +242,34 @@ fn the_state_is_private_to_the_service_user_and_checked_at_start() {
 
 fn cdrvault_gauge(metrics: &Metrics, name: &str) -> f64 {
     common::metric(&metrics.encode(), name).unwrap_or(f64::NAN)
+}
+
+/// Several instances share one keys directory, each with its own state
+/// directory: each trail has its own signed head, so neither reads the
+/// other's appends as a rewrite, and cutting either is still found.
+#[test]
+fn trails_of_instances_sharing_the_keys_each_have_their_own_head() {
+    let t = Trail::new();
+    let second_state = t.vault.state().with_file_name("state-second");
+    let second = AuditTrail::open(&second_state, &t.vault.keys).unwrap();
+    let second_path = second_state.join(AUDIT_FILE);
+    assert_ne!(t.vault.keys.audit_head_path(&t.path()), t.vault.keys.audit_head_path(&second_path));
+    for n in 1..=3 {
+        t.append(n).unwrap();
+        second.append("retention", &event(n + 10), noon()).unwrap();
+    }
+    drop(second);
+    let second = AuditTrail::open(&second_state, &t.vault.keys).unwrap();
+    second.append("retention", &event(20), noon()).unwrap();
+    drop(t.reopen().unwrap());
+    assert!(t.verify().is_intact());
+    let check = |path: &Path| verify(path, &second.public_key(), &t.vault.keys.audit_head_path(path)).unwrap();
+    assert!(check(&second_path).is_intact());
+
+    // Cut the second trail back by one entry: its own head shows it.
+    let text = std::fs::read_to_string(&second_path).unwrap();
+    let kept: Vec<&str> = text.lines().collect();
+    std::fs::write(&second_path, format!("{}\n", kept[..kept.len() - 1].join("\n"))).unwrap();
+    assert!(!check(&second_path).is_intact(), "a cut trail is found against its own head");
+    assert!(t.verify().is_intact(), "the other trail is untouched");
 }

@@ -16,8 +16,9 @@ impl Desk {
     /// the log) alone.
     pub fn verify_audit(&self, call: &mut Call) -> Result<Verification, AccessError> {
         authz::permit(&call.principal, Action::VerifyAudit)?;
-        let check = audit::verify(self.trail.path(), &self.trail.public_key(), &self.keys.audit_head_path())
-            .map_err(AccessError::AuditUnavailable)?;
+        let check =
+            audit::verify(self.trail.path(), &self.trail.public_key(), &self.keys.audit_head_path(self.trail.path()))
+                .map_err(AccessError::AuditUnavailable)?;
         match &check.problem {
             None => self.audit(call, AuditEvent::AuditVerified { entries: check.entries, intact: true })?,
             Some((seq, problem)) => {

@@ -133,8 +133,8 @@ impl AuditTrail {
         let signer = Ed25519KeyPair::from_seed_unchecked(seed.expose()).map_err(|_| AuditError::SigningKey)?;
         let reference_seed = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, seed.expose()), REFERENCE_DOMAIN);
         let trail = AuditTrail {
+            head_path: keys.audit_head_path(&path),
             path,
-            head_path: keys.audit_head_path(),
             guarded: [state_dir.to_path_buf(), keys.dir().to_path_buf()],
             signer,
             references: hmac::Key::new(hmac::HMAC_SHA256, reference_seed.as_ref()),
@@ -388,7 +388,10 @@ mod tests {
     }
 
     fn check(root: &Path, keys: &KeyStore, trail_key: &[u8]) -> Verification {
-        verify(&root.join("state").join(AUDIT_FILE), trail_key, &keys.audit_head_path()).unwrap()
+        {
+            let trail = root.join("state").join(AUDIT_FILE);
+            verify(&trail, trail_key, &keys.audit_head_path(&trail)).unwrap()
+        }
     }
 
     fn rewrite(root: &Path, f: impl FnOnce(&mut Vec<String>)) {

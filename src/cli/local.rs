@@ -169,7 +169,7 @@ pub(super) fn verify_audit(config: &Config, witness: Option<&Path>) -> anyhow::R
     let keys = KeyStore::open_with(&config.keys, Some(&config.storage.data_dir))?;
     let public = audit::public_key(&keys)?;
     let path = config.state.dir.join(AUDIT_FILE);
-    let check = audit::verify(&path, &public, &keys.audit_head_path())?;
+    let check = audit::verify(&path, &public, &keys.audit_head_path(&path))?;
     if let Some((seq, problem)) = check.problem {
         println!("audit trail {} is damaged: first bad entry {seq}: {problem}", path.display());
         return Ok(ExitCode::FAILURE);

@@ -145,12 +145,19 @@ impl Ownership {
             }
             _ => {
                 info!(partition = %id, "partition claimed by another instance; no longer read here");
+                self.report(id, false);
                 false
             }
         });
         self.metrics.partitions_owned.set(cursors.len() as i64);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Sets the per-partition ownership gauge.
+    fn report(&self, id: &PartitionId, owned: bool) {
+        let labels = PartitionLabels { topic: id.topic.clone(), partition: id.partition };
+        self.metrics.partition_owned.get_or_create(&labels).set(i64::from(owned));
     }
 
     fn assign(&self, consumer: &BaseConsumer<Ownership>, tpl: &mut TopicPartitionList) {
@@ -172,6 +179,7 @@ impl Ownership {
                     if let Some(next) = state.next {
                         lock(&self.checkpointed).insert(id.clone(), next);
                     }
+                    self.report(&id, true);
                     cursors.insert(id, Cursor { generation: state.generation, from: state.next });
                 }
                 info!(
@@ -203,12 +211,17 @@ impl Ownership {
     fn revoke(&self, consumer: &BaseConsumer<Ownership>, tpl: &TopicPartitionList) {
         let mut cursors = lock(&self.cursors);
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
-        if cooperative {
-            for e in tpl.elements() {
-                cursors.remove(&PartitionId { topic: e.topic().to_string(), partition: e.partition() });
-            }
+        let revoked: Vec<PartitionId> = if cooperative {
+            tpl.elements()
+                .iter()
+                .map(|e| PartitionId { topic: e.topic().to_string(), partition: e.partition() })
+                .collect()
         } else {
-            cursors.clear();
+            cursors.keys().cloned().collect()
+        };
+        for id in &revoked {
+            cursors.remove(id);
+            self.report(id, false);
         }
         self.metrics.partitions_owned.set(cursors.len() as i64);
         self.epoch.fetch_add(1, Ordering::SeqCst);

@@ -56,7 +56,8 @@ use crate::ops::durable::{self, DurableError, FileMode};
 const MASTER_FILE: &str = "master.key";
 const CUSTODY_FILE: &str = "custody";
 const AUDIT_KEY_FILE: &str = "audit-signing.key";
-const AUDIT_HEAD_FILE: &str = "audit.head";
+const AUDIT_HEAD_PREFIX: &str = "audit-";
+const AUDIT_HEAD_SUFFIX: &str = ".head";
 const RETENTION_CLOCK_FILE: &str = "retention.clock";
 const AUDIT_AAD: &[u8] = b"audit-signing";
 
@@ -301,10 +302,18 @@ impl KeyStore {
         Ok(secret)
     }
 
-    /// Where the signed head of the audit trail is kept: with the keys, so
-    /// that truncating the trail alone is detected.
-    pub fn audit_head_path(&self) -> PathBuf {
-        self.dir.join(AUDIT_HEAD_FILE)
+    /// Where the signed head of the audit trail at `trail` is kept: with
+    /// the keys, so that truncating the trail alone is detected. Instances
+    /// sharing one keys directory each keep their own trail (in their own
+    /// state directory), so each trail has its own head, named after the
+    /// trail's directory (its resolved path, hashed: nothing in a state
+    /// directory can rename it). A state directory moved elsewhere needs its
+    /// head renamed with it, or its trail reads as damaged.
+    pub fn audit_head_path(&self, trail: &Path) -> PathBuf {
+        let dir = trail.parent().unwrap_or(Path::new("."));
+        let place = durable::resolved(dir);
+        let digest = ring::digest::digest(&ring::digest::SHA256, place.as_os_str().as_encoded_bytes());
+        self.dir.join(format!("{AUDIT_HEAD_PREFIX}{}{AUDIT_HEAD_SUFFIX}", hex::encode(&digest.as_ref()[..8])))
     }
 
     /// Where retention records when it last swept: with the tombstones, so

@@ -528,7 +528,7 @@ impl Sweeper {
                 }
             }
         }
-        let check = audit::verify(audit_path, public_key, &self.keys.audit_head_path())?;
+        let check = audit::verify(audit_path, public_key, &self.keys.audit_head_path(audit_path))?;
         if let Some((seq, problem)) = &check.problem {
             violations.push(Violation::AuditTrailDamaged(format!("entry {seq}: {problem}")));
         }

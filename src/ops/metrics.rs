@@ -51,6 +51,7 @@ pub struct Metrics {
     pub dead_letter_failures: Counter,
     pub checkpoint_lag: Family<PartitionLabels, Gauge>,
     pub partitions_owned: Gauge,
+    pub partition_owned: Family<PartitionLabels, Gauge>,
     pub rebalances: Counter,
     pub fenced_commits: Counter,
     pub batches_dropped: Counter,
@@ -98,6 +99,7 @@ impl Metrics {
         let dead_letter_failures = Counter::default();
         let checkpoint_lag = Family::<PartitionLabels, Gauge>::default();
         let partitions_owned = Gauge::default();
+        let partition_owned = Family::<PartitionLabels, Gauge>::default();
         let rebalances = Counter::default();
         let fenced_commits = Counter::default();
         let batches_dropped = Counter::default();
@@ -339,6 +341,7 @@ impl Metrics {
             dead_letter_failures,
             checkpoint_lag,
             partitions_owned,
+            partition_owned,
             rebalances,
             fenced_commits,
             batches_dropped,
