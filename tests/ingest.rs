@@ -68,6 +68,7 @@ fn setup(
         count: Some(count),
         rate: None,
         format: encoding,
+        batch_records: cdrvault::tools::produce::DEFAULT_BATCH_RECORDS,
         synth,
     };
     let report = produce(&options, &Shutdown::new(), |_| {}, |_| {}).unwrap();

@@ -105,6 +105,7 @@ pub(super) fn produce(
     days: u32,
     seed: u64,
     invalid_ratio: f64,
+    batch_records: usize,
 ) -> anyhow::Result<ExitCode> {
     let options = produce::ProduceOptions {
         brokers,
@@ -112,6 +113,7 @@ pub(super) fn produce(
         count,
         rate,
         format,
+        batch_records,
         synth: SynthConfig { seed, days, invalid_ratio, until: SystemClock.now(), ..SynthConfig::default() },
     };
     let shutdown = Shutdown::on_signals()?;

@@ -89,6 +89,10 @@ enum Command {
         /// Share of deliberately invalid records.
         #[arg(long, default_value_t = 0.01)]
         invalid_ratio: f64,
+        /// Most records per producer batch (the broker stores each batch
+        /// as one unit).
+        #[arg(long, default_value_t = crate::tools::produce::DEFAULT_BATCH_RECORDS)]
+        batch_records: usize,
     },
     /// Backfill from a file of JSON records, one per line.
     Import {
@@ -290,8 +294,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let records = records.or(if duration.is_some() { None } else { Some(200_000) });
             demo::demo(&config, records, duration, days, seed, format.into())
         }
-        Command::Produce { brokers, topic, rate, count, format, days, seed, invalid_ratio } => {
-            demo::produce(brokers, topic, rate, count, format.into(), days, seed, invalid_ratio)
+        Command::Produce { brokers, topic, rate, count, format, days, seed, invalid_ratio, batch_records } => {
+            demo::produce(brokers, topic, rate, count, format.into(), days, seed, invalid_ratio, batch_records)
         }
         Command::Serve => serve::serve(config),
         Command::Access { command: AccessCommand::Serve { listen } } => serve::serve_access(config, listen),

@@ -1,15 +1,15 @@
-//! Offset bookkeeping: the one place that decides where the source may
-//! resume.
+//! Kafka's committed offsets, kept for monitoring (consumer-group lag in
+//! the operator's usual tools). Where ingest resumes is decided by the
+//! checkpoint committed with the data ([`crate::storage::checkpoint`]);
+//! these offsets follow it.
 //!
-//! The rule: an offset moves only after every record below it is either in
-//! a durable file or durably in the dead-letter topic. [`next_offsets`]
+//! The rule still holds here: an offset moves only after every record
+//! below it is either in a committed file or durably in the dead-letter
+//! topic. [`next_offsets`]
 //! computes, per partition, the offset after the last record of a processed
 //! batch (the "+1": Kafka commits the next offset to read, not the last one
 //! read), and [`store`] hands them to the consumer, which commits them in
 //! the background and on shutdown.
-//!
-//! Kafka holds the committed offsets, so ingest is at-least-once: a crash
-//! between a batch's files and its commit writes those records again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

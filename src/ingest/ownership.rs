@@ -113,6 +113,11 @@ impl Ownership {
         Ok(seq)
     }
 
+    /// Counts a confirmed jump in a partition's offsets.
+    pub fn count_gap(&self) {
+        self.metrics.offset_gaps.inc();
+    }
+
     /// Asks the fetch thread to reread from the checkpoint: a commit of a
     /// batch read in `epoch` was refused.
     pub fn request_resync(&self, epoch: u64) {

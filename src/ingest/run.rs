@@ -1,12 +1,15 @@
-//! The ingest loop: source → processor → dead-letter → checkpoint.
+//! The ingest loop: source → processor (files staged) → dead-letter →
+//! checkpoint commit (files published) → Kafka offsets (monitoring).
 //!
 //! It runs on a dedicated thread because every step in it blocks: polling
 //! librdkafka, encoding Parquet, fsync. The order of the steps is the
-//! durability invariant: the offsets of a batch are stored only after the
-//! processor has returned (its files are durable) and the dead-letter topic
-//! has acknowledged every refused record. Any error on that path stops the
-//! loop without storing offsets; the records are read again after a
-//! restart, never lost.
+//! durability invariant, and the commit makes it exactly once: a batch's
+//! files and its offset ranges commit together in the data directory
+//! ([`crate::storage::checkpoint`]) only after the files are durable and
+//! the dead-letter topic has acknowledged every refused record. A commit
+//! refused because the batch's partitions were claimed since (fenced)
+//! discards the batch and rereads from the checkpoint; any other error
+//! stops the loop, and the next start resumes from the checkpoint.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -60,6 +60,9 @@ pub struct KafkaSource {
     consumer: Arc<SourceConsumer>,
     encodings: HashMap<Arc<str>, Encoding>,
     limits: BatchLimits,
+    /// Per partition, a gap `(expected, found)` already confirmed by
+    /// seeking back to `expected` and finding `found` first again.
+    gaps: std::sync::Mutex<HashMap<PartitionKey, (i64, i64)>>,
 }
 
 /// When a batch is cut.
@@ -117,7 +120,12 @@ impl KafkaSource {
         let topics: Vec<&str> = kafka.topics.iter().map(|t| t.name.as_str()).collect();
         consumer.subscribe(&topics).map_err(|e| anyhow::anyhow!("cannot subscribe to {topics:?}: {e}"))?;
         let encodings = kafka.topics.iter().map(|t| (Arc::from(t.name.as_str()), t.encoding)).collect();
-        Ok(KafkaSource { consumer: Arc::new(consumer), encodings, limits: BatchLimits::from(ingest) })
+        Ok(KafkaSource {
+            consumer: Arc::new(consumer),
+            encodings,
+            limits: BatchLimits::from(ingest),
+            gaps: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn consumer(&self) -> &Arc<SourceConsumer> {
@@ -177,8 +185,16 @@ impl KafkaSource {
                 deadline = None;
             }
             let Some((topic, encoding)) = self.encodings.get_key_value(message.topic()) else { continue };
-            if !reading.take(topic, message.partition(), message.offset()) {
-                continue;
+            let (partition, offset) = (message.partition(), message.offset());
+            match reading.take(topic, partition, offset) {
+                Take::Taken => {}
+                Take::Skipped => continue,
+                Take::Gap { expected } => {
+                    if !self.confirm_gap(topic, partition, expected, offset) {
+                        continue;
+                    }
+                    reading.take_after_gap(topic, partition, offset);
+                }
             }
             let payload = message.payload().unwrap_or_default().to_vec();
             reading.batch.bytes += payload.len();
@@ -188,6 +204,49 @@ impl KafkaSource {
         Ok(reading.finish(ownership))
     }
 }
+
+impl KafkaSource {
+    /// A record of `partition` arrived at `found` where `expected` was
+    /// next. Offsets may legitimately jump (transaction markers, compacted
+    /// topics), but a record fetched before a rebalance or a seek must
+    /// never be taken as the start of a range: its range would claim the
+    /// records in between. So the first time, the partition is seeked back
+    /// to `expected` and the record dropped; if reading from there yields
+    /// `found` first again, the gap is real and the record is taken.
+    fn confirm_gap(&self, topic: &Arc<str>, partition: i32, expected: i64, found: i64) -> bool {
+        let mut gaps = self.gaps.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (Arc::clone(topic), partition);
+        if gaps.get(&key) == Some(&(expected, found)) {
+            gaps.remove(&key);
+            // Legitimate after transaction markers or compaction; otherwise
+            // the broker did not deliver records that exist.
+            warn!(topic = %topic, partition, expected, found, "offsets jump ahead here (confirmed by reading again)");
+            self.ownership().count_gap();
+            return true;
+        }
+        gaps.insert(key, (expected, found));
+        tracing::debug!(topic = %topic, partition, expected, found, "record ahead of the cursor; reading again from the cursor");
+        if let Err(e) = self.consumer.seek(topic, partition, rdkafka::Offset::Offset(expected), Duration::from_secs(10))
+        {
+            warn!(topic = %topic, partition, reason = %e, "seek back to the cursor failed");
+        }
+        false
+    }
+}
+
+/// What became of a record offered to a batch.
+enum Take {
+    Taken,
+    /// Not owned, or below the checkpoint.
+    Skipped,
+    /// Ahead of the partition's cursor.
+    Gap {
+        expected: i64,
+    },
+}
+
+/// A partition, as the records name it.
+type PartitionKey = (Arc<str>, i32);
 
 /// What a batch took of a partition: the generation it was read under,
 /// where it started, the last offset.
@@ -199,7 +258,7 @@ type Taken = (u64, Option<i64>, Option<i64>);
 struct Reading {
     batch: Batch,
     cursors: Cursors,
-    partitions: HashMap<(Arc<str>, i32), Option<Taken>>,
+    partitions: HashMap<PartitionKey, Option<Taken>>,
     below_checkpoint: u64,
 }
 
@@ -213,23 +272,37 @@ impl Reading {
         }
     }
 
-    /// Takes the record at `offset` if its partition is owned.
-    fn take(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> bool {
+    /// Takes the record at `offset` if its partition is owned and it is
+    /// the next one: at the cursor (the partition's first record of the
+    /// batch) or after the last one taken.
+    fn take(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> Take {
         let cursors = &self.cursors;
         let entry = self.partitions.entry((Arc::clone(topic), partition)).or_insert_with(|| {
             let id = PartitionId { topic: topic.to_string(), partition };
             cursors.get(&id).map(|cursor| (cursor.generation, cursor.from, None))
         });
-        let Some((_, from, last)) = entry else { return false };
-        if from.is_some_and(|from| offset < from) {
-            // Below the checkpoint: stored already (a fetch from before a
-            // seek, or a topic whose offsets went back). Never twice.
-            self.below_checkpoint += 1;
-            return false;
+        let Some((_, from, last)) = entry else { return Take::Skipped };
+        let expected = last.map(|last| last + 1).or(*from);
+        match expected {
+            Some(expected) if offset < expected => {
+                // Below the checkpoint or the last record taken: stored
+                // already, or about to be. Never twice.
+                self.below_checkpoint += 1;
+                return Take::Skipped;
+            }
+            Some(expected) if offset > expected => return Take::Gap { expected },
+            _ => {}
         }
-        *last = Some(last.map_or(offset, |last| last.max(offset)));
+        self.take_after_gap(topic, partition, offset);
+        Take::Taken
+    }
+
+    /// Takes the record at `offset` of an owned partition.
+    fn take_after_gap(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
+        if let Some(Some((_, _, last))) = self.partitions.get_mut(&(Arc::clone(topic), partition)) {
+            *last = Some(offset);
+        }
         self.batch.positions.push(Position { topic: Arc::clone(topic), partition, offset });
-        true
     }
 
     fn finish(mut self, ownership: &Ownership) -> Batch {

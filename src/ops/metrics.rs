@@ -54,6 +54,7 @@ pub struct Metrics {
     pub partition_owned: Family<PartitionLabels, Gauge>,
     pub rebalances: Counter,
     pub fenced_commits: Counter,
+    pub offset_gaps: Counter,
     pub batches_dropped: Counter,
     pub recovered_batches: Counter,
     pub discarded_staged_files: Counter,
@@ -102,6 +103,7 @@ impl Metrics {
         let partition_owned = Family::<PartitionLabels, Gauge>::default();
         let rebalances = Counter::default();
         let fenced_commits = Counter::default();
+        let offset_gaps = Counter::default();
         let batches_dropped = Counter::default();
         let recovered_batches = Counter::default();
         let discarded_staged_files = Counter::default();
@@ -180,6 +182,11 @@ impl Metrics {
             "ingest_fenced_commits",
             "Batch commits refused because their partitions were claimed since they were read",
             fenced_commits.clone(),
+        );
+        registry.register(
+            "ingest_offset_gaps",
+            "Partitions whose offsets jumped past the checkpoint, confirmed by reading again (records in the gap were never delivered)",
+            offset_gaps.clone(),
         );
         registry.register(
             "ingest_batches_dropped",
@@ -344,6 +351,7 @@ impl Metrics {
             partition_owned,
             rebalances,
             fenced_commits,
+            offset_gaps,
             batches_dropped,
             recovered_batches,
             discarded_staged_files,

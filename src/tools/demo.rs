@@ -116,6 +116,7 @@ pub fn run(
         count: options.records,
         rate: None,
         format: options.format,
+        batch_records: super::produce::DEFAULT_BATCH_RECORDS,
         synth: SynthConfig { seed: options.seed, days: options.days, until: clock.now(), ..SynthConfig::default() },
     };
 

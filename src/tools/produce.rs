@@ -25,8 +25,13 @@ pub struct ProduceOptions {
     /// Records per second; `None` is as fast as the client goes.
     pub rate: Option<u64>,
     pub format: Encoding,
+    /// Most records per producer batch.
+    pub batch_records: usize,
     pub synth: SynthConfig,
 }
+
+/// Records per producer batch unless told otherwise.
+pub const DEFAULT_BATCH_RECORDS: usize = 10_000;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ProduceReport {
@@ -66,7 +71,7 @@ pub fn produce(
     let producer: ThreadedProducer<DeliveryCounter> = ClientConfig::new()
         .set("bootstrap.servers", &options.brokers)
         .set("linger.ms", "5")
-        .set("batch.num.messages", "10000")
+        .set("batch.num.messages", options.batch_records.max(1).to_string())
         .set("queue.buffering.max.kbytes", "65536")
         .create_with_context(context)
         .map_err(|e| anyhow::anyhow!("cannot create the producer: {e}"))?;
