@@ -1050,7 +1050,9 @@ impl Publisher {
             }
         }
         self.next = end;
-        self.producer.flush(Duration::from_secs(60)).expect("records delivered within 60 s");
+        // One record per request (see `Publisher::new`): a wave of 20,000
+        // takes the test broker a minute or more.
+        self.producer.flush(Duration::from_secs(600)).expect("records delivered within 600 s");
         let failed = self.producer.context().failed.load(Ordering::Relaxed);
         assert_eq!(failed, 0, "delivery failures publishing to {}", self.topic);
     }
