@@ -248,6 +248,26 @@ pub fn is_temporary_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(".tmp")
 }
 
+/// Takes an exclusive `flock` on `path` without waiting, creating the file
+/// and its directory if needed: the open file while the lock is held (it
+/// goes with the file, and with the process), `None` if another holds it.
+pub fn try_lock(path: &Path) -> Result<Option<File>, DurableError> {
+    if let Some(dir) = path.parent() {
+        create_dir_all(dir)?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| DurableError::io("open", path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(DurableError::io("lock", path, e)),
+    }
+}
+
 /// Removes a file and fsyncs its directory. A file that is already gone is
 /// not an error: removal is how interrupted work is finished.
 pub fn remove_file(path: &Path) -> Result<(), DurableError> {

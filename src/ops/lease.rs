@@ -61,20 +61,7 @@ impl Lease {
     }
 
     fn try_take(&self) -> Result<Option<File>, durable::DurableError> {
-        if let Some(dir) = self.path.parent() {
-            durable::create_dir_all(dir)?;
-        }
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.path)
-            .map_err(|e| durable::DurableError::io("open", &self.path, e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(durable::DurableError::io("lock", &self.path, e)),
-        }
+        durable::try_lock(&self.path)
     }
 }
 

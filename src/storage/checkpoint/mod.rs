@@ -292,17 +292,9 @@ impl CheckpointLog {
         }
         let dir = layout::checkpoint_log_dir(data_dir);
         durable::create_dir_all(&dir)?;
-        let lock_path = layout::instance_lock(data_dir, instance);
-        durable::create_dir_all(lock_path.parent().unwrap_or(data_dir))?;
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| DurableError::io("open", &lock_path, e))?;
-        if lock.try_lock().is_err() {
+        let Some(lock) = durable::try_lock(&layout::instance_lock(data_dir, instance))? else {
             return Err(CheckpointError::InstanceRunning(instance.to_string()));
-        }
+        };
         let mut log = CheckpointLog {
             data_dir: data_dir.to_path_buf(),
             dir,
