@@ -32,24 +32,30 @@ use cdrvault::tools::synth::SynthConfig;
 use common::{TestVault, VaultOptions, generated, noon};
 use softhsm::{HsmToken, SoftHsm};
 
-/// One SoftHSM2 token for this test binary (the module sees only the tokens
-/// that existed when it was first opened); each test keeps its objects
-/// apart by a label prefix of its own.
-fn hsm(prefix: &str) -> Pkcs11Config {
-    static HSM: std::sync::OnceLock<(SoftHsm, HsmToken)> = std::sync::OnceLock::new();
-    let (_, token) = HSM.get_or_init(|| {
+/// The SoftHSM2 tokens of this test binary, one per test: the module sees
+/// only the tokens that existed when it was first opened, so all are made
+/// at once. A token of its own keeps a test's objects apart from another
+/// test's, and the CLI test's child processes from this process: SoftHSM2's
+/// file store is not made for two processes changing one token at once
+/// (`C_GenerateKey` then fails with `CKR_GENERAL_ERROR`).
+const TOKENS: [&str; 2] = ["destruction-a", "destruction-cli"];
+
+fn hsm(token_label: &str) -> Pkcs11Config {
+    static HSM: std::sync::OnceLock<(SoftHsm, Vec<HsmToken>)> = std::sync::OnceLock::new();
+    let (_, tokens) = HSM.get_or_init(|| {
         let hsm = SoftHsm::new();
-        let token = hsm.init_token("destruction");
+        let tokens = TOKENS.iter().map(|label| hsm.init_token(label)).collect();
         hsm.set_process_env();
-        (hsm, token)
+        (hsm, tokens)
     });
+    let token = tokens.iter().find(|t| t.token_label == token_label).expect("a token of TOKENS");
     Pkcs11Config {
         module: token.module.clone(),
         slot: None,
         token_label: Some(token.token_label.clone()),
         pin_file: Some(token.pin_file.clone()),
         pin_env: None,
-        label_prefix: prefix.to_string(),
+        label_prefix: format!("{token_label}-"),
     }
 }
 
@@ -217,7 +223,7 @@ fn in_file_custody_live_keys_recover_nothing_and_a_key_backup_recovers_everythin
 
 #[test]
 fn in_pkcs11_custody_neither_live_keys_nor_a_key_backup_recover_anything() {
-    let config = hsm("destruction-a-");
+    let config = hsm("destruction-a");
     let scenario = Scenario::new(VaultOptions { pkcs11: Some(config), ..VaultOptions::default() });
     assert!(!scenario.key_backup.join("master.key").exists(), "no root key leaves the HSM");
     let live = KeyStore::open_with(&scenario.vault.keys_config(&scenario.vault.keys_dir()), None).unwrap();
@@ -242,7 +248,7 @@ fn in_pkcs11_custody_neither_live_keys_nor_a_key_backup_recover_anything() {
 /// the destroyed day.
 #[test]
 fn retention_in_pkcs11_custody_destroys_the_day_s_hsm_object_and_verify_shows_it() {
-    let config = hsm("destruction-cli-");
+    let config = hsm("destruction-cli");
     let then = chrono::Utc::now() - Duration::days(400);
     let vault = TestVault::with(VaultOptions { now: then, pkcs11: Some(config.clone()), ..VaultOptions::default() });
     let old_day = vault.today();
