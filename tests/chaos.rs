@@ -20,17 +20,16 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::broker::{create_topics, free_port, metric_sum, unique};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
@@ -569,7 +568,7 @@ impl Vault {
     /// An instance of the service with its own state directory, HTTP port
     /// and instance id, over the shared data and keys directories.
     fn instance(&self, id: &str, tuning: &Tuning) -> Instance {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let state = self.root.path().join(format!("state-{id}"));
         let config = self.root.path().join(format!("{id}.toml"));
         std::fs::write(&config, self.config_text(id, port, &state, tuning)).unwrap();
@@ -1079,28 +1078,6 @@ impl Publisher {
     }
 }
 
-fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    let topics: Vec<NewTopic<'_>> =
-        topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
-    let results = futures::executor::block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap();
-    for result in results {
-        result.unwrap();
-    }
-}
-
-/// The sum of every sample of a metric family (labelled or not), if the
-/// family is exported.
-fn metric_sum(text: &str, name: &str) -> Option<f64> {
-    let samples: Vec<f64> = text
-        .lines()
-        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
-        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
-        .collect();
-    (!samples.is_empty()).then(|| samples.iter().sum())
-}
-
 /// The binary under test: this build's, or `CDRVAULT_BIN`.
 fn binary() -> String {
     std::env::var("CDRVAULT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cdrvault").to_string())
@@ -1119,10 +1096,6 @@ fn seed(test: &str) -> u64 {
     };
     println!("{test}: seed {seed} (replay with CDRVAULT_CHAOS_SEED={seed})");
     seed
-}
-
-fn unique() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 fn env_number(name: &str, default: u64) -> u64 {

@@ -177,7 +177,7 @@ fn the_compactor_merges_closed_days_only_and_reports_them_as_metrics() {
     assert_eq!(record_ids(&data, &keys), ids, "every record once, sealed columns readable");
     let text = metrics.encode();
     let value = |name: &str| common::metric(&text, name);
-    assert_eq!(value("cdrvault_compaction_days_total"), Some(closed.len() as f64));
+    assert_eq!(value("cdrvault_compaction_day_partitions_total"), Some(closed.len() as f64));
     assert_eq!(value("cdrvault_compaction_files_replaced_total"), Some(3.0 * closed.len() as f64));
     assert_eq!(value("cdrvault_compaction_failures_total"), Some(0.0));
     assert_eq!(value("cdrvault_compaction_last_success_timestamp_seconds"), Some(now.timestamp() as f64));
@@ -188,7 +188,7 @@ fn the_compactor_merges_closed_days_only_and_reports_them_as_metrics() {
     assert!(reports.iter().all(|r| r.day == Some(today) || r.files_after == r.files_before), "{reports:?}");
     assert_eq!(files_per_day(&data)[&today], 1, "today became a closed day");
     assert!(files_per_day(&data).iter().all(|(d, n)| !near_horizon(d) || *n == 3), "still too near the horizon");
-    let days_total = common::metric(&metrics.encode(), "cdrvault_compaction_days_total");
+    let days_total = common::metric(&metrics.encode(), "cdrvault_compaction_day_partitions_total");
     assert_eq!(days_total, Some((closed.len() + 1) as f64));
 }
 
@@ -303,7 +303,11 @@ fn a_day_that_cannot_be_merged_stays_as_it_was_and_does_not_hold_back_the_others
     }
     let text = metrics.encode();
     assert_eq!(common::metric(&text, "cdrvault_compaction_failures_total"), Some(1.0), "{text}");
-    assert_eq!(common::metric(&text, "cdrvault_compaction_days_total"), Some((closed.len() - 1) as f64), "{text}");
+    assert_eq!(
+        common::metric(&text, "cdrvault_compaction_day_partitions_total"),
+        Some((closed.len() - 1) as f64),
+        "{text}"
+    );
     let last_success = common::metric(&text, "cdrvault_compaction_last_success_timestamp_seconds");
     assert_eq!(last_success, Some(0.0), "no success yet: {text}");
 }

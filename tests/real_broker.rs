@@ -7,43 +7,21 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use cdrvault::keys::KeyStore;
 use cdrvault::tools::synth::{Generator, SynthConfig};
+use common::broker::{brokers, create_topics, free_port, unique};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cdrvault");
 const PARTITIONS: i32 = 3;
-
-fn brokers() -> String {
-    std::env::var("CDRVAULT_TEST_BROKERS").expect(
-        "CDRVAULT_TEST_BROKERS is not set: run the tests with scripts/test.sh, which starts a Kafka-protocol broker",
-    )
-}
-
-fn create_topics(brokers: &str, names: &[&str]) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
-    let topics: Vec<NewTopic<'_>> =
-        names.iter().map(|n| NewTopic::new(n, PARTITIONS, TopicReplication::Fixed(1))).collect();
-    let results = futures::executor::block_on(admin.create_topics(&topics, &AdminOptions::new())).unwrap();
-    for result in results {
-        result.unwrap();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn run(args: &[&str]) -> std::process::Output {
     let output = Command::new(BINARY).args(args).output().unwrap();
@@ -99,11 +77,11 @@ fn committed(brokers: &str, group: &str, topic: &str) -> i64 {
 #[test]
 fn serve_ingests_from_a_real_broker_and_stops_cleanly() {
     let brokers = brokers();
-    let suffix = format!("{}-{}", std::process::id(), rand_suffix());
+    let suffix = format!("{}-{}", std::process::id(), unique());
     let topic = format!("cdr-e2e-{suffix}");
     let dead_letter = format!("cdr-e2e-{suffix}-dead");
     let group = format!("cdrvault-e2e-{suffix}");
-    create_topics(&brokers, &[&topic, &dead_letter]);
+    create_topics(&brokers, &[(&topic, PARTITIONS), (&dead_letter, PARTITIONS)]);
 
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("data");
@@ -219,7 +197,7 @@ filter = "debug"
     // ones itself, beside ingest (checked below: every record still once).
     loop {
         metrics = common::http_get(address, "/metrics").unwrap_or_default();
-        if common::metric(&metrics, "cdrvault_compaction_days_total").unwrap_or(0.0) >= 1.0 {
+        if common::metric(&metrics, "cdrvault_compaction_day_partitions_total").unwrap_or(0.0) >= 1.0 {
             break;
         }
         assert!(Instant::now() < deadline, "no closed day compacted in time; last metrics:\n{metrics}");
@@ -313,9 +291,4 @@ fn a_cut_trail_fails_closed(http: SocketAddr, api_port: u16, state: &Path, admin
     assert!(response.contains("audit trail damaged"), "{response}");
     let metrics = common::http_get(http, "/metrics").unwrap();
     assert_eq!(common::metric(&metrics, "cdrvault_audit_damaged"), Some(1.0), "{metrics}");
-}
-
-fn rand_suffix() -> u32 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
 }

@@ -677,7 +677,7 @@ fn lookups_forget_destroyed_days_search_their_preserved_copies_and_retention_rem
     assert!(!world.vault.keys.cached_days().contains(&date_of(6)), "no copy of a destroyed key is kept");
     let metrics = world.metrics.encode();
     assert_eq!(common::metric(&metrics, "cdrvault_keys_cached_destroyed"), Some(0.0));
-    assert_eq!(common::metric(&metrics, "cdrvault_keys_cached_days"), Some(3.0), "days 7 to 9 stay cached");
+    assert_eq!(common::metric(&metrics, "cdrvault_keys_cached_day_keys"), Some(3.0), "days 7 to 9 stay cached");
 }
 
 #[test]

@@ -82,7 +82,7 @@ impl Desk {
                 bytes: rendered.bytes.len() as u64,
             },
         )?;
-        self.metrics.access_records_disclosed.inc_by(found.len() as u64);
+        self.metrics.disclosed("data_subject", found.len() as u64);
         Ok((found.len() as u64, rendered))
     }
 }

@@ -56,7 +56,7 @@ impl Desk {
             call,
             AuditEvent::ResultDelivered { request_id: request.request_id.clone(), sha256, bytes: bytes.len() as u64 },
         )?;
-        self.metrics.access_records_disclosed.inc_by(request.records);
+        self.metrics.disclosed(&request.authority, request.records);
         Ok((request, bytes))
     }
 }

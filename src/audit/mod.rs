@@ -212,6 +212,16 @@ impl AuditTrail {
 
     /// Appends an entry and makes it durable before returning its number.
     pub fn append(&self, actor: &str, event: &AuditEvent, now: DateTime<Utc>) -> Result<u64, AuditError> {
+        let result = self.try_append(actor, event, now);
+        if result.is_err()
+            && let Some(metrics) = self.metrics.get()
+        {
+            metrics.audit_write_failures.inc();
+        }
+        result
+    }
+
+    fn try_append(&self, actor: &str, event: &AuditEvent, now: DateTime<Utc>) -> Result<u64, AuditError> {
         if self.failing.load(Ordering::SeqCst) {
             let error = std::io::Error::other("appends fail (injected)");
             return Err(DurableError::io("append", &self.path, error).into());

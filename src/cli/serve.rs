@@ -108,6 +108,17 @@ impl Root {
         Ok(trail)
     }
 
+    /// Measures the free space of the data, state and keys directories at
+    /// every scrape.
+    pub fn watch_volumes(&self) {
+        let volumes = [
+            ("data", self.config.storage.data_dir.clone()),
+            ("state", self.config.state.dir.clone()),
+            ("keys", self.config.keys.dir.clone()),
+        ];
+        self.metrics.on_scrape(move |metrics| metrics.measure_volumes(&volumes));
+    }
+
     pub fn registries(&self) -> anyhow::Result<Registries> {
         Ok(Registries::sqlite(&self.config.state.dir)?)
     }
@@ -262,6 +273,16 @@ pub(super) fn serve(config: Config) -> anyhow::Result<ExitCode> {
     };
     let sweeper =
         Arc::new(root.sweeper(&audit, root.orders(&registries, &audit)).with_metrics(Arc::clone(&root.metrics)));
+    // Every instance reports the oldest day and the overdue days at each
+    // scrape, leader or not (a weak reference: the metrics do not keep the
+    // sweeper alive).
+    let gauges = Arc::downgrade(&sweeper);
+    root.metrics.on_scrape(move |_| {
+        if let Some(sweeper) = gauges.upgrade() {
+            sweeper.refresh_gauges();
+        }
+    });
+    root.watch_volumes();
     let sweeper = Arc::new(Leased::new(sweeper, Arc::clone(&lease)));
     let sweeps = runtime.spawn(run_periodically(sweeper, config.retention.interval, shutdown.clone()));
     let compactions = config.compaction.enabled.then(|| {

@@ -159,10 +159,16 @@ impl Ownership {
         Ok(())
     }
 
-    /// Sets the per-partition ownership gauge.
+    /// Sets the per-partition ownership gauge. A partition no longer owned
+    /// loses its lag series: another instance reports them now, and a
+    /// frozen figure here would keep a lag alert firing on a standby.
     fn report(&self, id: &PartitionId, owned: bool) {
         let labels = PartitionLabels { topic: id.topic.clone(), partition: id.partition };
         self.metrics.partition_owned.get_or_create(&labels).set(i64::from(owned));
+        if !owned {
+            self.metrics.consumer_lag.remove(&labels);
+            self.metrics.checkpoint_lag.remove(&labels);
+        }
     }
 
     fn assign(&self, consumer: &BaseConsumer<Ownership>, tpl: &mut TopicPartitionList) {

@@ -260,6 +260,7 @@ impl Sweeper {
     }
 
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        metrics.retention_period.set(i64::from(self.config.days) * 86_400);
         self.metrics = Some(metrics);
         self
     }
@@ -349,7 +350,7 @@ impl Sweeper {
         self.clock_check.record_sweep(&reading)?;
         report.elapsed = started.elapsed();
         if let Some(metrics) = &self.metrics {
-            metrics.retention_days_deleted.inc_by(report.days.len() as u64);
+            metrics.retention_days_destroyed.inc_by(report.days.len() as u64);
             metrics.retention_rows_deleted.inc_by(report.days.iter().map(|d| d.rows).sum());
             metrics.retention_sweep_duration.observe(report.elapsed.as_secs_f64());
             metrics.retention_last_success.set(now.timestamp_millis() as f64 / 1000.0);
@@ -367,15 +368,21 @@ impl Sweeper {
         Ok(self.clock_check.confirm(self.clock.now(), &self.audit, actor)?)
     }
 
-    /// Refreshes the age of the oldest live day and the count of overdue days.
+    /// Refreshes the oldest day and the count of overdue days as of `as_of`.
     pub fn update_gauges(&self, as_of: PartitionDate) -> Result<(), RetentionError> {
         let Some(metrics) = &self.metrics else { return Ok(()) };
         let days = read::list_days(&self.data_dir)?;
-        let oldest_age = days.first().map_or(0, |d| as_of.days_since_epoch() - d.days_since_epoch());
+        let oldest = days.first().map_or(0, |d| d.days_since_epoch() * 86_400);
         let overdue = days.iter().filter(|d| is_expired(**d, as_of, self.config.days)).count();
-        metrics.retention_oldest_day_age.set(oldest_age);
-        metrics.retention_days_overdue.set(overdue as i64);
+        metrics.retention_oldest_day_timestamp.set(oldest);
+        metrics.retention_overdue_days.set(overdue as i64);
         Ok(())
+    }
+
+    /// [`Self::update_gauges`] as of the clock's today, at every scrape and
+    /// on every instance, not only after the leader's hourly sweep.
+    pub fn refresh_gauges(&self) {
+        let _ = self.update_gauges(self.today()).inspect_err(|error| tracing::warn!(%error, "retention gauges"));
     }
 
     fn measure(&self, day: PartitionDate) -> Result<DeletedDay, RetentionError> {

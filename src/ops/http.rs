@@ -1,4 +1,5 @@
-//! The operational HTTP endpoint: `/metrics` (Prometheus text format),
+//! The operational HTTP endpoint: `/metrics` (OpenMetrics or the Prometheus
+//! text format, as the scraper asks),
 //! `/healthz` (the process is alive) and `/readyz` (ingest is running and
 //! nothing the service depends on has failed; the body says what is not
 //! ready).
@@ -11,7 +12,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
@@ -50,8 +51,19 @@ pub async fn serve(
     Ok((address, task))
 }
 
-async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+/// OpenMetrics to a scraper that asks for it (Prometheus does), the
+/// Prometheus text format to anyone else.
+async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|accept| accept.contains("application/openmetrics-text"));
+    if openmetrics {
+        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+    } else {
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode_prometheus_text())
+    }
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {

@@ -28,6 +28,19 @@ pub struct PartitionLabels {
     pub partition: i32,
 }
 
+/// An authority's registered id: bounded by the authorities an admin
+/// registered, never a target or a warrant reference.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthorityLabel {
+    pub authority: String,
+}
+
+/// One of cdrvault's directories: `data`, `state` or `keys`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VolumeLabel {
+    pub volume: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CallLabels {
     pub method: &'static str,
@@ -61,10 +74,13 @@ pub struct Metrics {
     pub maintenance_leader: Gauge,
     pub maintenance_lease_acquired: Counter,
     pub last_commit_timestamp: Gauge<f64, AtomicU64>,
-    pub retention_oldest_day_age: Gauge,
-    pub retention_days_deleted: Counter,
+    /// Unix time of 00:00 UTC of the oldest day that still has files, 0
+    /// when none has: measured at every scrape ([`Metrics::on_scrape`]).
+    pub retention_oldest_day_timestamp: Gauge,
+    pub retention_period: Gauge,
+    pub retention_days_destroyed: Counter,
     pub retention_rows_deleted: Counter,
-    pub retention_days_overdue: Gauge,
+    pub retention_overdue_days: Gauge,
     pub retention_sweep_duration: Histogram,
     pub retention_last_success: Gauge<f64, AtomicU64>,
     pub retention_clock_suspect: Gauge,
@@ -79,14 +95,34 @@ pub struct Metrics {
     pub access_calls: Family<CallLabels, Counter>,
     pub access_refusals: Family<ReasonLabel, Counter>,
     pub access_lookup_duration: Histogram,
-    pub access_records_disclosed: Counter,
+    pub access_records_disclosed: Family<AuthorityLabel, Counter>,
     pub audit_entries: Counter,
+    pub audit_write_failures: Counter,
     pub audit_damaged: Gauge,
+    pub storage_available: Family<VolumeLabel, Gauge>,
+    pub storage_capacity: Family<VolumeLabel, Gauge>,
+    scrape_hooks: ScrapeHooks,
+}
+
+/// A measurement run before each scrape ([`Metrics::on_scrape`]).
+type ScrapeHook = Box<dyn Fn(&Metrics) + Send + Sync>;
+
+#[derive(Default)]
+struct ScrapeHooks(std::sync::Mutex<Vec<ScrapeHook>>);
+
+impl std::fmt::Debug for ScrapeHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.0.lock().map_or(0, |hooks| hooks.len());
+        write!(f, "ScrapeHooks({count})")
+    }
 }
 
 impl Metrics {
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("cdrvault");
+        let mut root = Registry::default();
+        // The process's own figures under their standard names, `process_*`.
+        root.register_collector(Box::new(super::scrape::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("cdrvault");
         let records_received = Counter::default();
         let records_written = Counter::default();
         let records_refused = Family::<ReasonLabel, Counter>::default();
@@ -110,10 +146,11 @@ impl Metrics {
         let maintenance_leader = Gauge::default();
         let maintenance_lease_acquired = Counter::default();
         let last_commit_timestamp = Gauge::<f64, AtomicU64>::default();
-        let retention_oldest_day_age = Gauge::default();
-        let retention_days_deleted = Counter::default();
+        let retention_oldest_day_timestamp = Gauge::default();
+        let retention_period = Gauge::default();
+        let retention_days_destroyed = Counter::default();
         let retention_rows_deleted = Counter::default();
-        let retention_days_overdue = Gauge::default();
+        let retention_overdue_days = Gauge::default();
         let retention_sweep_duration =
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.01, 2.0, 14));
         let retention_last_success = Gauge::<f64, AtomicU64>::default();
@@ -134,8 +171,11 @@ impl Metrics {
         // 1 ms to about 16 s: a lookup over a year should stay under 0.3 s.
         let access_lookup_duration =
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15));
-        let access_records_disclosed = Counter::default();
+        let access_records_disclosed = Family::<AuthorityLabel, Counter>::default();
+        let storage_available = Family::<VolumeLabel, Gauge>::default();
+        let storage_capacity = Family::<VolumeLabel, Gauge>::default();
         let audit_entries = Counter::default();
+        let audit_write_failures = Counter::default();
         let audit_damaged = Gauge::default();
 
         // prometheus-client appends `_total` to counters itself.
@@ -172,6 +212,11 @@ impl Metrics {
             "ingest_partitions_owned",
             "Partitions this instance owns (claimed in the checkpoint)",
             partitions_owned.clone(),
+        );
+        registry.register(
+            "ingest_partition_owned",
+            "1 for each partition this instance owns, 0 for one it owned and lost since it started",
+            partition_owned.clone(),
         );
         registry.register(
             "ingest_rebalances",
@@ -226,17 +271,29 @@ impl Metrics {
         );
 
         registry.register_with_unit(
-            "retention_oldest_day_age",
-            "Age in days of the oldest day that still has files",
-            prometheus_client::registry::Unit::Other("days".into()),
-            retention_oldest_day_age.clone(),
+            "retention_oldest_day_timestamp",
+            "Unix time of 00:00 UTC of the oldest day that still has files (0: none), measured at each scrape",
+            prometheus_client::registry::Unit::Seconds,
+            retention_oldest_day_timestamp.clone(),
         );
-        registry.register("retention_days_deleted", "Days destroyed by retention", retention_days_deleted.clone());
+        registry.register_with_unit(
+            "retention_period",
+            "How long a day is kept after it ends (retention.days): a day is overdue once the oldest day's \
+             timestamp is older than this plus one day",
+            prometheus_client::registry::Unit::Seconds,
+            retention_period.clone(),
+        );
+        registry.register(
+            "retention_day_partitions_destroyed",
+            "Days (date partitions) destroyed by retention",
+            retention_days_destroyed.clone(),
+        );
         registry.register("retention_rows_deleted", "Rows destroyed by retention", retention_rows_deleted.clone());
         registry.register(
-            "retention_days_overdue",
-            "Expired days that still have files: must be 0 after a sweep (alert on it)",
-            retention_days_overdue.clone(),
+            "retention_overdue_day_partitions",
+            "Expired days (date partitions) that still have files, measured at each scrape: a just-expired day \
+             counts until the next sweep, anything longer is a failure (alert on it)",
+            retention_overdue_days.clone(),
         );
         registry.register_with_unit(
             "retention_sweep_duration",
@@ -271,12 +328,16 @@ impl Metrics {
             keys_cached_destroyed.clone(),
         );
         registry.register(
-            "keys_cached_days",
+            "keys_cached_day_keys",
             "Days whose key the caches of this process hold, measured every minute",
             keys_cached_days.clone(),
         );
 
-        registry.register("compaction_days", "Days compacted into one file per token key", compaction_days.clone());
+        registry.register(
+            "compaction_day_partitions",
+            "Days (date partitions) compacted into one file per token key",
+            compaction_days.clone(),
+        );
         registry.register(
             "compaction_files_replaced",
             "Files merged away by compaction",
@@ -318,14 +379,32 @@ impl Metrics {
         );
         registry.register(
             "access_records_disclosed",
-            "Records in results delivered to authorities and data subjects",
+            "Records in results delivered, per authority (`data_subject`: subject-access exports)",
             access_records_disclosed.clone(),
         );
         registry.register("audit_entries", "Audit entries appended by this process", audit_entries.clone());
         registry.register(
+            "audit_write_failures",
+            "Audit appends that failed (the audited action was refused or not done): the trail cannot be written",
+            audit_write_failures.clone(),
+        );
+        registry.register(
             "audit_damaged",
             "1 once the audit trail was found cut or rewritten against its signed head: audited actions are refused",
             audit_damaged.clone(),
+        );
+        registry.register_with_unit(
+            "storage_available",
+            "Bytes available to cdrvault on the file system of each of its directories (data, state, keys), \
+             measured at each scrape",
+            prometheus_client::registry::Unit::Bytes,
+            storage_available.clone(),
+        );
+        registry.register_with_unit(
+            "storage_capacity",
+            "Size of the file system of each of cdrvault's directories (data, state, keys)",
+            prometheus_client::registry::Unit::Bytes,
+            storage_capacity.clone(),
         );
 
         // Every reason exists from the start, so dashboards and alerts see a
@@ -335,7 +414,7 @@ impl Metrics {
         }
 
         Arc::new(Metrics {
-            registry,
+            registry: root,
             records_received,
             records_written,
             records_refused,
@@ -358,10 +437,11 @@ impl Metrics {
             maintenance_leader,
             maintenance_lease_acquired,
             last_commit_timestamp,
-            retention_oldest_day_age,
-            retention_days_deleted,
+            retention_oldest_day_timestamp,
+            retention_period,
+            retention_days_destroyed,
             retention_rows_deleted,
-            retention_days_overdue,
+            retention_overdue_days,
             retention_sweep_duration,
             retention_last_success,
             retention_clock_suspect,
@@ -378,16 +458,56 @@ impl Metrics {
             access_lookup_duration,
             access_records_disclosed,
             audit_entries,
+            audit_write_failures,
             audit_damaged,
+            storage_available,
+            storage_capacity,
+            scrape_hooks: ScrapeHooks::default(),
         })
     }
 
-    /// The text exposition format.
+    /// Runs `hook` before every scrape, to measure what is cheap to read
+    /// then and wrong if read less often (the oldest day on disk, free
+    /// space). A hook must be quick and must not fail.
+    pub fn on_scrape(&self, hook: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.scrape_hooks.0.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(hook));
+    }
+
+    /// The OpenMetrics text format, after the scrape hooks ran.
     pub fn encode(&self) -> String {
+        for hook in self.scrape_hooks.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            hook(self);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The Prometheus text format (0.0.4), for scrapers and tools that do
+    /// not ask for OpenMetrics (`promtool check metrics`, curl).
+    pub fn encode_prometheus_text(&self) -> String {
+        super::scrape::openmetrics_to_prometheus_text(&self.encode())
+    }
+
+    /// Sets `cdrvault_storage_available_bytes` and
+    /// `cdrvault_storage_capacity_bytes` for each named directory. A
+    /// directory whose file system cannot be read keeps its last figures.
+    pub fn measure_volumes<P: AsRef<std::path::Path>>(&self, volumes: &[(&'static str, P)]) {
+        for (volume, path) in volumes {
+            if let Some((available, capacity)) = super::scrape::file_system_space(path.as_ref()) {
+                let label = VolumeLabel { volume };
+                self.storage_available.get_or_create(&label).set(available);
+                self.storage_capacity.get_or_create(&label).set(capacity);
+            }
+        }
+    }
+
+    /// Counts `records` disclosed to `authority`.
+    pub fn disclosed(&self, authority: &str, records: u64) {
+        self.access_records_disclosed
+            .get_or_create(&AuthorityLabel { authority: authority.to_string() })
+            .inc_by(records);
     }
 
     pub fn refused(&self, reason: RefuseReason) -> Counter {
@@ -409,8 +529,24 @@ mod tests {
         assert!(text.contains("cdrvault_ingest_records_refused_total{reason=\"invalid_msisdn\"} 1"), "{text}");
         assert!(text.contains("cdrvault_ingest_batch_duration_seconds_bucket"), "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("cdrvault_"), "{line}");
+            assert!(line.starts_with("cdrvault_") || line.starts_with("process_"), "{line}");
         }
+    }
+
+    #[test]
+    fn the_process_and_the_volumes_are_measured_at_each_scrape() {
+        let metrics = Metrics::new();
+        metrics.on_scrape(|metrics| metrics.measure_volumes(&[("data", "/")]));
+        let text = metrics.encode();
+        for name in
+            ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_max_fds"]
+        {
+            assert!(text.lines().any(|line| line.starts_with(name)), "{name} missing:\n{text}");
+        }
+        assert!(text.contains("cdrvault_storage_capacity_bytes{volume=\"data\"}"), "{text}");
+        let prometheus_text = metrics.encode_prometheus_text();
+        assert!(prometheus_text.contains("# TYPE cdrvault_ingest_batches_total counter"), "{prometheus_text}");
+        assert!(!prometheus_text.contains("# EOF"), "{prometheus_text}");
     }
 
     /// The alerting rules shipped in deploy/prometheus name only metrics
@@ -422,6 +558,11 @@ mod tests {
         metrics.consumer_lag.get_or_create(&PartitionLabels { topic: "cdr".into(), partition: 0 }).set(1);
         metrics.access_calls.get_or_create(&CallLabels { method: "submit", outcome: "ok" }).inc();
         metrics.access_refusals.get_or_create(&ReasonLabel { reason: "unknown_token" }).inc();
+        metrics.disclosed("dk-police", 1);
+        metrics.partition_owned.get_or_create(&PartitionLabels { topic: "cdr".into(), partition: 0 }).set(1);
+        metrics.checkpoint_lag.get_or_create(&PartitionLabels { topic: "cdr".into(), partition: 0 }).set(1);
+        metrics.storage_available.get_or_create(&VolumeLabel { volume: "data" }).set(1);
+        metrics.storage_capacity.get_or_create(&VolumeLabel { volume: "data" }).set(1);
         let families: Vec<String> = metrics
             .encode()
             .lines()
@@ -429,7 +570,7 @@ mod tests {
             .filter_map(|rest| rest.split(' ').next())
             .map(str::to_owned)
             .collect();
-        let rules = include_str!("../../deploy/prometheus/alerts.yml");
+        let rules = include_str!("../../deploy/prometheus/cdrvault-rules.yml");
         let mut named = 0;
         for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
             if !word.starts_with("cdrvault_") {
@@ -440,8 +581,11 @@ mod tests {
                 .iter()
                 .find_map(|suffix| word.strip_suffix(suffix))
                 .unwrap_or(word);
-            assert!(families.iter().any(|f| f == family), "alerts.yml names {word}, which is not among {families:?}");
+            assert!(
+                families.iter().any(|f| f == family),
+                "cdrvault-rules.yml names {word}, which is not among {families:?}"
+            );
         }
-        assert!(named >= 8, "alerts.yml names only {named} metrics");
+        assert!(named >= 8, "cdrvault-rules.yml names only {named} metrics");
     }
 }

@@ -11,4 +11,5 @@ pub mod lease;
 pub mod metrics;
 pub mod periodic;
 pub mod pool;
+pub mod scrape;
 pub mod shutdown;

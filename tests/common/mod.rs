@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod broker;
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
