@@ -265,6 +265,48 @@ fn configuration_errors_name_the_key() {
     assert!(text(&output.stderr).contains("brokerz"), "{}", text(&output.stderr));
 }
 
+/// `config check`, the service manager's pre-start check: missing keys, a
+/// state directory others can read, a bad value, each stop it with a
+/// reason; a sound installation passes and is described.
+#[test]
+fn config_check_refuses_what_serve_would_refuse_and_describes_the_rest() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let config = operator_config(root.path());
+    let check = |config: &std::path::Path| {
+        let output = with_config(config, &["config", "check"]);
+        (output.status.success(), format!("{}{}", text(&output.stdout), text(&output.stderr)))
+    };
+    let (ok, said) = check(&config);
+    assert!(!ok, "no keys yet: {said}");
+    assert!(said.contains("keys"), "{said}");
+
+    assert!(with_config(&config, &["keys", "init"]).status.success());
+    let (ok, said) = check(&config);
+    assert!(ok, "{said}");
+    assert!(said.contains("configuration ok") && said.contains("file custody"), "{said}");
+    assert!(said.contains("lawful-access API: off"), "{said}");
+
+    let state = root.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok, said) = check(&config);
+    assert!(!ok && said.contains("group and other must have no access"), "{said}");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(state.join("audit.jsonl"), "").unwrap();
+    std::fs::set_permissions(state.join("audit.jsonl"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, said) = check(&config);
+    assert!(!ok && said.contains("audit.jsonl"), "{said}");
+    std::fs::set_permissions(state.join("audit.jsonl"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(check(&config).0);
+
+    let bad = root.path().join("bad.toml");
+    let text_of = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&bad, format!("{text_of}[retention]\ninterval = \"0s\"\n")).unwrap();
+    let (ok, said) = check(&bad);
+    assert!(!ok && said.contains("retention.interval"), "{said}");
+}
+
 /// A config file under `root` with `data`, `keys` and `state` beside it,
 /// as an operator writes one.
 fn operator_config(root: &std::path::Path) -> std::path::PathBuf {

@@ -1,5 +1,5 @@
 //! The operator's commands on the local data, keys and state: `keys`,
-//! `retention`, `compact`, `preserve`, `audit verify`, `import` and
+//! `retention`, `compact`, `preserve`, `audit verify`, `import`, `config check` and
 //! `access bootstrap`. Each opens what it needs through [`Root`], calls the
 //! library, and prints what it did.
 
@@ -18,6 +18,7 @@ use crate::keys::KeyStore;
 use crate::lifecycle::clock_check;
 use crate::lifecycle::retention::SweepMode;
 use crate::model::{PartitionDate, TimestampMicros};
+use crate::ops::durable;
 use crate::tools::import;
 
 pub(super) fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<ExitCode> {
@@ -233,4 +234,34 @@ pub(super) fn import(config: &Config, file: &Path, strict: bool) -> anyhow::Resu
         report.refused.len()
     );
     Ok(if strict && !report.refused.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+/// `config check`: what `serve` checks before it starts, without opening
+/// the audit trail, the registry or Kafka: the configuration is valid, the
+/// keys open (in their custody), and the state directory and what is in it
+/// are private. Prints what the configuration names; no secret.
+pub(super) fn check_config(config: Config) -> anyhow::Result<ExitCode> {
+    let root = Root::open(config)?;
+    let config = &root.config;
+    let state = &config.state.dir;
+    durable::ensure_private(state)?;
+    if state.is_dir() {
+        for entry in std::fs::read_dir(state).with_context(|| format!("listing {}", state.display()))? {
+            durable::ensure_private(&entry?.path())?;
+        }
+    }
+    let data = &config.storage.data_dir;
+    anyhow::ensure!(!data.exists() || data.is_dir(), "storage.data_dir {} is not a directory", data.display());
+    let topics: Vec<&str> = config.kafka.topics.iter().map(|t| t.name.as_str()).collect();
+    println!("data: {}", data.display());
+    println!("state: {}", state.display());
+    println!("keys: {} ({} custody)", config.keys.dir.display(), root.keys.custody().name());
+    println!("kafka: {} topics {}", config.kafka.brokers, topics.join(", "));
+    println!("metrics and health: {}", config.http.listen);
+    match config.access.listen {
+        Some(listen) => println!("lawful-access API: {listen}"),
+        None => println!("lawful-access API: off"),
+    }
+    println!("configuration ok");
+    Ok(ExitCode::SUCCESS)
 }

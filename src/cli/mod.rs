@@ -117,6 +117,12 @@ enum Command {
         #[command(subcommand)]
         command: orders::PreserveCommand,
     },
+    /// Check the configuration and the directories and keys it names,
+    /// without starting anything (a service manager's pre-start check).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Check the audit trail.
     Audit {
         #[command(subcommand)]
@@ -216,6 +222,14 @@ enum RetentionCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the configuration, open the keys, and check that
+    /// the state directory is private; print what it names, exit non-zero
+    /// on the first problem.
+    Check,
+}
+
+#[derive(Subcommand)]
 enum AuditCommand {
     /// Verify the hash chain, the signatures and the signed head; name the
     /// first bad entry. Reads the local trail, or with --remote asks the
@@ -307,6 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retention { command } => local::retention(&config, command),
         Command::Preserve { command } => block_on(orders::preserve(command)).map(|()| ExitCode::SUCCESS),
         Command::Compact { day } => local::compact(&config, day),
+        Command::Config { command: ConfigCommand::Check } => local::check_config(config),
         Command::Audit { command: AuditCommand::Verify { remote: false, witness, .. } } => {
             local::verify_audit(&config, witness.as_deref())
         }
