@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (the Tansu broker from
-# crates.io, pyarrow from PyPI as the independent Parquet reader, Prometheus
-# and SoftHSM2 from Debian), checks the shipped alerting rules and dashboards,
-# starts the broker on 127.0.0.1, and runs the whole test suite against it.
+# crates.io, pyarrow from PyPI as the independent Parquet reader, Prometheus,
+# amtool and SoftHSM2 from Debian; the deploy checks install their own
+# tools), checks everything in deploy/ (rules, dashboards, manifests,
+# compose file, systemd units, the container image), starts the broker on
+# 127.0.0.1, and runs the whole test suite against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,22 +14,41 @@ if ! python3 -c "import pyarrow" 2>/dev/null; then
 fi
 
 # Debian's prometheus: promtool checks the alerting rules, and the server
-# is the real Prometheus of tests/prometheus.rs; SoftHSM2
+# is the real Prometheus of tests/prometheus.rs; amtool (Debian's
+# prometheus-alertmanager) checks the Alertmanager example; SoftHSM2
 # (Debian's softhsm2) is the HSM of the PKCS#11 key custody tests.
 missing=()
 { command -v promtool >/dev/null && command -v prometheus >/dev/null; } || missing+=(prometheus)
+command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
 { command -v softhsm2-util >/dev/null && [ -e /usr/lib/softhsm/libsofthsm2.so ]; } || missing+=(softhsm2)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-(cd deploy/prometheus && promtool check rules cdrvault-rules.yml && promtool test rules cdrvault-rules.test.yml)
-# The Grafana dashboards are what deploy/grafana/generate.py writes, are
-# well-formed, and every panel query parses (tests/prometheus.rs then runs
-# each against a real Prometheus).
 python3 -c "import yaml" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check pyyaml
+
+# The deployment files, offline: the alerting rules and their unit tests,
+# the PrometheusRule and the Alertmanager routes (deploy/prometheus); the
+# Grafana dashboards are what deploy/grafana/generate.py writes and every
+# panel query parses (tests/prometheus.rs then runs each against a real
+# Prometheus); the kustomize base and overlay render and validate against
+# Kubernetes' schemas, and compose.yaml against the Compose schema (its
+# tools go into a virtualenv under ~/.cache/cdrvault on first use). The
+# manifests' configuration is also loaded by the binary, so the tests are
+# built first (their build makes target/debug/cdrvault).
+deploy/prometheus/check.sh
 python3 deploy/grafana/check.py --strict
+cargo test --locked --no-run
+deploy/kubernetes/check.sh
+# The systemd units (systemd-analyze verify, the offline security score,
+# the system calls the binary makes against the units' filter, the evidence
+# the verification timers keep), and the container image built without a
+# registry: a debootstrap base, the tests' debug binary stripped, the
+# Dockerfile's smoke test, then a run of `serve` in the container where this
+# machine allows containers to run (the script says what it could do).
+deploy/systemd/check.sh --binary target/debug/cdrvault
+deploy/image/build.sh --binary target/debug/cdrvault
 
 PORT=${CDRVAULT_TEST_BROKER_PORT:-19092}
 scripts/kafka-broker.sh start "$PORT"
