@@ -15,6 +15,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::{Stream, StreamExt};
 
 use super::metrics::Metrics;
 use super::shutdown::Shutdown;
@@ -45,6 +48,11 @@ pub async fn serve(
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let address = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::warn!(%error, "could not turn Nagle's algorithm off on a metrics connection");
+        }
+    });
     let task = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await
     });
@@ -66,9 +74,38 @@ async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> impl
     }
 }
 
+/// The connections `listener` accepts, with Nagle's algorithm off: a
+/// server's last small frame (gRPC's end of stream, a short HTTP response)
+/// then leaves at once instead of waiting for the client's delayed
+/// acknowledgement (about 40 ms on Linux). Every listener of the service
+/// accepts through this or sets the same option.
+pub fn accepted_without_delay(listener: TcpListener) -> impl Stream<Item = std::io::Result<TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let tcp = accepted?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
+    })
+}
+
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match (state.ready)() {
         Ok(status) => (StatusCode::OK, format!("ready\n{status}")),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_frames_without_delay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut incoming = std::pin::pin!(accepted_without_delay(listener));
+        let client = TcpStream::connect(address).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap(), "the server's side of the connection");
+        assert!(!client.nodelay().unwrap(), "a plain connection keeps the default");
     }
 }

@@ -117,7 +117,7 @@ pub async fn serve(
     }
     builder
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(crate::ops::http::accepted_without_delay(listener), shutdown)
         .await
 }
 
