@@ -8,8 +8,8 @@
 //! - every panel query of the Grafana dashboards (`deploy/grafana`, listed
 //!   by `check.py --list-queries`) parses and returns data;
 //! - two alerts really fire: an expired day left on disk
-//!   (`CdrvaultRetentionOverdue`) and a burst of calls with a bad token
-//!   (`CdrvaultAuthenticationFailureBurst`);
+//!   (`CdrvaultRetentionOverdue`) and calls with a bad token, about two a
+//!   second (`CdrvaultAuthenticationFailureBurst`);
 //! - what Prometheus stored holds no raw identifier.
 
 mod common;
@@ -18,6 +18,8 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -27,7 +29,6 @@ use common::broker::{brokers, create_topics, free_port, metric_sum, unique};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cdrvault");
 const RECORDS: u64 = 3_000;
-const BAD_CALLS: usize = 40;
 
 #[test]
 fn a_real_prometheus_scrapes_serve_runs_every_rule_and_panel_query_and_sees_alerts_fire() {
@@ -91,6 +92,7 @@ listen = "127.0.0.1:{api_port}"
     let admin_token = String::from_utf8_lossy(&bootstrap.stdout).rsplit(' ').next().unwrap().trim().to_string();
     write_secret(&dir("admin.token"), &admin_token);
     write_secret(&dir("bad.token"), "cdrvault-not-a-token-of-anyone");
+    let (bad_token, admin_token_file) = (dir("bad.token"), dir("admin.token"));
 
     let serve_log = dir("serve.log");
     let serve = Running::spawn(
@@ -147,18 +149,29 @@ listen = "127.0.0.1:{api_port}"
     assert!(lint.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}");
 
     // Through the API: an authority (its disclosure counter starts at 0),
-    // then calls with a token nobody holds, each refused and counted.
+    // then, for as long as the test runs, a caller with a token nobody
+    // holds (each call refused and counted) and a legitimate one, so that
+    // the short rate windows of the panels always hold calls, and the
+    // bad credentials add up to a burst.
     let server = format!("http://127.0.0.1:{api_port}");
-    let client = |token: &Path, args: &[&str]| {
+    let call = move |token: &Path, args: &[&str]| -> Output {
         Command::new(BINARY).args(args).args(["--server", &server, "--token-file", path(token)]).output().unwrap()
     };
     let created =
-        client(&dir("admin.token"), &["authority", "create", "--country", "dk", "--name", "Police", "dk-police"]);
+        call(&dir("admin.token"), &["authority", "create", "--country", "dk", "--name", "Police", "dk-police"]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-    for _ in 0..BAD_CALLS {
-        let refused = client(&dir("bad.token"), &["authority", "create", "--country", "dk", "--name", "X", "x-bad"]);
-        assert!(!refused.status.success(), "a call with a bad token was accepted");
-    }
+    let callers = Callers::start(move |stop: &AtomicBool| {
+        let mut refused = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let bad = call(&bad_token, &["authority", "create", "--country", "dk", "--name", "X", "x-bad"]);
+            assert!(!bad.status.success(), "a call with a bad token was accepted");
+            refused += 1;
+            let good = call(&admin_token_file, &["principal", "whoami"]);
+            assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        refused
+    });
     // A day far beyond retention appears after the first sweep, as if a
     // sweep had failed to destroy it: the next sweep is an hour away.
     std::fs::create_dir_all(dir("data").join("cdr").join("dt=2020-01-01")).unwrap();
@@ -232,7 +245,10 @@ listen = "127.0.0.1:{api_port}"
     });
     assert!(unexpected.is_empty(), "alerts firing: {names:?}");
 
-    // Stop both, then look at what Prometheus stored for identifiers.
+    // Stop the callers, Prometheus and serve, then look at what Prometheus
+    // stored for identifiers.
+    let refused = callers.stop();
+    assert!(refused > 20, "only {refused} calls with a bad token");
     drop(_prometheus);
     drop(serve);
     let mut generator = Generator::new(SynthConfig { seed, days: 3, ..SynthConfig::default() });
@@ -272,6 +288,31 @@ impl Prometheus {
     fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    }
+}
+
+/// A thread that makes calls until told to stop; gives back what it counted.
+struct Callers {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u32>>,
+}
+
+impl Callers {
+    fn start(work: impl FnOnce(&AtomicBool) -> u32 + Send + 'static) -> Callers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        Callers { stop, thread: Some(std::thread::spawn(move || work(&flag))) }
+    }
+
+    fn stop(mut self) -> u32 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().expect("the callers' thread")
+    }
+}
+
+impl Drop for Callers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
