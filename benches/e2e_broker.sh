@@ -12,6 +12,10 @@
 #   benches/e2e_broker.sh                      500k JSON records
 #   COUNT=200000 FORMAT=protobuf benches/e2e_broker.sh
 #
+# Before serve, the same topic is read by a plain librdkafka consumer with
+# no processing (benches/raw_read.rs; RAW=0 skips it), and the ratio of the
+# two rates is printed.
+#
 # Environment: COUNT (500000), FORMAT (json|protobuf), PARTITIONS (2),
 # BROKER_PORT (29092), HTTP_PORT (29464), DECODE_THREADS (0 = one per core),
 # FETCH_QUEUE_KIB (16384, ingest.fetch_queue_kib), KAFKA_PROPERTIES (extra
@@ -146,6 +150,18 @@ t0=$(now)
 t1=$(now)
 cat "$work/produce.out" >&2
 
+# The baseline, same topic, same run: a plain librdkafka read with no
+# processing (benches/raw_read.rs). RAW=0 skips it.
+raw_rate=""
+if [[ "${RAW:-1}" != 0 ]]; then
+  echo "raw read of the same topic (benches/raw_read.rs)" >&2
+  (cd "$ROOT" && cargo bench --quiet --bench raw_read -- --brokers "127.0.0.1:${BROKER_PORT}" --topic "$TOPIC" \
+    --partitions "$PARTITIONS" --count "$COUNT") >"$work/raw.out" 2>"$work/raw.err" \
+    || { cat "$work/raw.err" >&2; echo "raw read failed" >&2; exit 1; }
+  cat "$work/raw.out" >&2
+  raw_rate=$(awk '/^RESULT raw/ { print $(NF - 1) }' "$work/raw.out")
+fi
+
 echo "serving until cdrvault_ingest_records_received_total reaches $COUNT" >&2
 start=$(now)
 # From the work directory, so that no default relative path lands elsewhere.
@@ -197,7 +213,8 @@ busy_ms=$(grep -o '"elapsed_ms":[0-9]*' "$work/serve.log" | awk -F: '{ s += $2 }
 awk -v count="$COUNT" -v t0="$t0" -v t1="$t1" -v start="$start" -v first="$first_at" -v fv="$first_value" \
     -v done_at="$done_at" -v stop="$stop_at" -v stopped="$stopped_at" -v written="$written" -v batches="$batches" \
     -v files="$files" -v bytes="$bytes" -v busy="$busy_ms" -v status="$serve_status" -v fmt="$FORMAT" \
-    -v parts="$PARTITIONS" -v serve_cpu="$serve_cpu" -v broker_cpu="$broker_cpu" -v cores="$(nproc)" 'BEGIN {
+    -v parts="$PARTITIONS" -v serve_cpu="$serve_cpu" -v broker_cpu="$broker_cpu" -v cores="$(nproc)" \
+    -v raw="$raw_rate" 'BEGIN {
   total = done_at - start
   printf "produce:   %d %s records in %.2f s (%.0f records/s)\n", count, fmt, t1 - t0, count / (t1 - t0)
   printf "serve:     %d records received, %d written, %d batches, %d files, %.1f MiB (%.1f B/record)\n", \
@@ -210,4 +227,12 @@ awk -v count="$COUNT" -v t0="$t0" -v t1="$t1" -v start="$start" -v first="$first
   printf "RESULT e2e %d records in %.2f s from process start: %.0f records/s\n", count, total, count / total
   if (done_at > first && count > fv)
     printf "RESULT e2e steady state (after the first batch): %.0f records/s\n", (count - fv) / (done_at - first)
+  printf "RESULT e2e CPU: %.2f cdrvault core-seconds per million records\n", serve_cpu * 1e6 / count
+  if (raw > 0) {
+    printf "RESULT raw read of the same topic: %.0f records/s\n", raw
+    printf "RESULT ratio e2e / raw read: %.2f from process start", (count / total) / raw
+    if (done_at > first && count > fv)
+      printf ", %.2f in steady state", ((count - fv) / (done_at - first)) / raw
+    printf "\n"
+  }
 }'
