@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""What an authority's handler waits for through the lawful-access API:
+SubmitRequest, FetchResult, and both together, over gRPC on 127.0.0.1,
+against a running `cdrvault access serve`; and, with --count-fsyncs, the
+fsyncs the server makes per call (strace attached to the server for the
+measured calls only, in a pass of its own: strace slows every system call).
+
+Driven by benches/api_e2e.sh, which makes the data, the principals and
+the approved warrant. Needs grpcio and grpcio-tools (pip).
+
+  api_e2e.py --server 127.0.0.1:PORT --token-file F --warrant W --targets-file T
+             --from RFC3339 --to RFC3339 [--rounds 5] [--first-number 1]
+             [--count-fsyncs PID]
+"""
+
+import argparse
+import importlib
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def stubs():
+    """The Python modules of proto/cdrvault/v1/lawful_access.proto."""
+    from grpc_tools import protoc
+
+    out = pathlib.Path(tempfile.mkdtemp(prefix="cdrvault-api-stubs-"))
+    proto = ROOT / "proto"
+    code = protoc.main(
+        ["protoc", f"-I{proto}", f"--python_out={out}", f"--grpc_python_out={out}",
+         str(proto / "cdrvault/v1/lawful_access.proto")]
+    )
+    if code != 0:
+        sys.exit("protoc failed")
+    sys.path.insert(0, str(out))
+    return (importlib.import_module("cdrvault.v1.lawful_access_pb2"),
+            importlib.import_module("cdrvault.v1.lawful_access_pb2_grpc"))
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--server", required=True)
+    p.add_argument("--token-file", required=True)
+    p.add_argument("--warrant", required=True)
+    p.add_argument("--targets-file", required=True)
+    p.add_argument("--from", dest="start", required=True)
+    p.add_argument("--to", dest="end", required=True)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--first-number", type=int, default=1)
+    p.add_argument("--count-fsyncs", type=int, default=0, help="the server's pid")
+    p.add_argument("--label", default="")
+    a = p.parse_args()
+
+    import grpc
+
+    pb, rpc = stubs()
+    token = pathlib.Path(a.token_file).read_text().strip()
+    metadata = [("authorization", f"Bearer {token}")]
+    targets = [line.strip() for line in open(a.targets_file) if line.strip()]
+    stub = rpc.LawfulAccessStub(grpc.insecure_channel(a.server))
+    stub.WhoAmI(pb.WhoAmIRequest(), metadata=metadata)  # the connection, warm
+
+    tracer = None
+    if a.count_fsyncs:
+        trace = tempfile.NamedTemporaryFile(prefix="cdrvault-strace-", delete=False).name
+        tracer = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", trace,
+                                   "-p", str(a.count_fsyncs)], stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # strace attaches to every thread before the first call
+
+    number = a.first_number
+    submit, fetch, both, records = [], [], [], 0
+    for round_ in range(a.rounds):
+        for target in targets:
+            t0 = time.perf_counter()
+            info = stub.SubmitRequest(pb.SubmitRequestRequest(
+                warrant=a.warrant, request_number=number, targets=[target], window_start=a.start,
+                window_end=a.end, categories=["traffic"], format=pb.RESULT_FORMAT_JSON), metadata=metadata)
+            t1 = time.perf_counter()
+            size = sum(len(c.data) for c in stub.FetchResult(pb.FetchResultRequest(request_id=info.request_id),
+                                                              metadata=metadata))
+            t2 = time.perf_counter()
+            assert size == info.bytes, (size, info.bytes)
+            number += 1
+            records += info.records
+            if round_ == 0 and not a.count_fsyncs:
+                continue  # the first round warms the caches
+            submit.append((t1 - t0) * 1000)
+            fetch.append((t2 - t1) * 1000)
+            both.append((t2 - t0) * 1000)
+
+    if tracer:
+        tracer.send_signal(2)
+        tracer.wait()
+        text = open(trace).read()
+        calls = len(targets) * a.rounds
+        counts = {m.group(2): int(m.group(1)) for m in re.finditer(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", text, re.M)}
+        total = sum(counts.get(name, 0) for name in ("fsync", "fdatasync"))
+        print(f"RESULT fsyncs {a.label}: {total} fsync+fdatasync over {calls} submit+fetch pairs: "
+              f"{total / calls:.1f} per pair ({counts})")
+        print(f"next-number {number}")
+        return
+    for name, values in (("submit", submit), ("fetch", fetch), ("submit+fetch", both)):
+        print(f"RESULT api {a.label} {name}: p50 {statistics.median(values):.1f} ms, "
+              f"p99 {percentile(values, 99):.1f} ms, n={len(values)}")
+    print(f"records per request: {records / (len(targets) * a.rounds):.1f}")
+    print(f"next-number {number}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# What a handler waits for through the lawful-access API, and the fsyncs a
+# call costs: `benches/api_e2e.py` against `cdrvault access serve` on
+# 127.0.0.1, over DAYS days of imported records (RECORDS a day, SUBSCRIBERS
+# numbers, TARGETS of them asked for, one per request, ROUNDS rounds; the
+# first round warms the caches and is not counted).
+#
+#   benches/api_e2e.sh                              this checkout (release)
+#   CDRVAULT_BIN=/abs/path/cdrvault benches/api_e2e.sh    a binary built before
+#
+# Prints RESULT lines: p50 and p99 of SubmitRequest, FetchResult and both,
+# then the fsyncs per submit+fetch pair (a second pass with strace attached
+# to the server; strace is installed with apt if missing). Needs grpcio and
+# grpcio-tools (installed with pip if missing).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DAYS=${DAYS:-30}
+RECORDS=${RECORDS:-20000}
+SUBSCRIBERS=${SUBSCRIBERS:-20000}
+TARGETS=${TARGETS:-20}
+ROUNDS=${ROUNDS:-5}
+PORT=${PORT:-29551}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+python3 -c "import grpc, grpc_tools" 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
+command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace >/dev/null; }
+if [[ -n "${CDRVAULT_BIN:-}" ]]; then
+  bin=$CDRVAULT_BIN
+else
+  (cd "$ROOT" && cargo build --release --quiet --bin cdrvault)
+  bin=$CARGO_TARGET_DIR/release/cdrvault
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/cdrvault-api.XXXXXX")
+server_pid=""
+cleanup() {
+  [[ -n "$server_pid" ]] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# Records: SUBSCRIBERS numbers, RECORDS a day over the last DAYS days; the
+# targets are the first TARGETS numbers.
+python3 - "$work" "$DAYS" "$RECORDS" "$SUBSCRIBERS" "$TARGETS" <<'PY'
+import datetime, json, random, sys
+work, days, per_day, subscribers, targets = sys.argv[1], *map(int, sys.argv[2:])
+rng = random.Random(7)
+numbers = [f"+4520{n:06d}" for n in range(subscribers)]
+today = datetime.datetime.now(datetime.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+with open(f"{work}/records.jsonl", "w") as out:
+    for d in range(1, days + 1):
+        day = today - datetime.timedelta(days=d)
+        for i in range(per_day):
+            start = day + datetime.timedelta(seconds=rng.randrange(86400))
+            out.write(json.dumps({"record_id": f"r-{d}-{i}", "service": "voice",
+                                  "start_time": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "duration_ms": 60000,
+                                  "calling_number": rng.choice(numbers), "called_number": rng.choice(numbers)}) + "\n")
+with open(f"{work}/targets.txt", "w") as out:
+    out.write("".join(f"msisdn:{n}\n" for n in numbers[:targets]))
+PY
+
+cat >"$work/cdrvault.toml" <<TOML
+[storage]
+data_dir = "$work/data"
+[keys]
+dir = "$work/keys"
+[state]
+dir = "$work/state"
+[access]
+listen = "127.0.0.1:$PORT"
+requests_per_minute = 0
+TOML
+cv() { "$bin" --config "$work/cdrvault.toml" "$@"; }
+cv keys init >/dev/null
+echo "importing $((DAYS * RECORDS)) records" >&2
+cv import "$work/records.jsonl" >/dev/null
+cv compact >/dev/null
+cv access bootstrap | awk '{ print $NF }' >"$work/admin.token"
+chmod 600 "$work/admin.token"
+(cd "$work" && exec "$bin" --config "$work/cdrvault.toml" access serve) >"$work/serve.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+  sleep 0.1
+done
+
+client() { local token=$1; shift; "$bin" "$@" --server "http://127.0.0.1:$PORT" --token-file "$work/$token.token"; }
+token_of() { awk '/token/ { print $NF }' | tail -1; }
+client admin authority create --country dk --name Police dk-police >/dev/null
+client admin principal create --name reviewer-1 --person p1 --role legal_reviewer | token_of >"$work/r1.token"
+client admin principal create --name reviewer-2 --person p2 --role legal_reviewer | token_of >"$work/r2.token"
+client admin principal create --name handler --person p3 --role authority_handler --authority dk-police \
+  | token_of >"$work/handler.token"
+chmod 600 "$work"/*.token
+from=$(date -u -d "-$((DAYS + 1)) days" +%Y-%m-%dT00:00:00Z)
+to=$(date -u +%Y-%m-%dT00:00:00Z)
+until=$(date -u -d "+30 days" +%Y-%m-%dT00:00:00Z)
+warrant=$(client r1 warrant register --authority dk-police --reference K-1 --issued-by "City Court" \
+  --legal-basis "Code § 1" --targets-file "$work/targets.txt" --period-start "$from" --period-end "$to" \
+  --category traffic --valid-until "$until" | awk '/^warrant / { sub(":", "", $2); print $2 }' | head -1)
+client r2 warrant approve "$warrant" >/dev/null
+echo "warrant $warrant approved; $TARGETS targets over $DAYS days" >&2
+
+args=(--server "127.0.0.1:$PORT" --token-file "$work/handler.token" --warrant "$warrant"
+      --targets-file "$work/targets.txt" --from "$from" --to "$to")
+python3 "$ROOT/benches/api_e2e.py" "${args[@]}" --rounds "$ROUNDS" --first-number 1 --label "${LABEL:-}" \
+  | tee "$work/timing.out"
+next=$(awk '/^next-number/ { print $2 }' "$work/timing.out")
+python3 "$ROOT/benches/api_e2e.py" "${args[@]}" --rounds 1 --first-number "$next" --count-fsyncs "$server_pid" \
+  --label "${LABEL:-}"
