@@ -15,6 +15,7 @@ the approved warrant. Needs grpcio and grpcio-tools (pip).
 
 import argparse
 import importlib
+import json
 import os
 import pathlib
 import re
@@ -61,6 +62,8 @@ def main():
     p.add_argument("--first-number", type=int, default=1)
     p.add_argument("--count-fsyncs", type=int, default=0, help="the server's pid")
     p.add_argument("--label", default="")
+    p.add_argument("--plain", help="a DuckDB-written zstd Parquet of the same records in clear: the anchor")
+    p.add_argument("--truth", help="JSON: each target's number of records in the window")
     a = p.parse_args()
 
     import grpc
@@ -79,6 +82,24 @@ def main():
                                    "-p", str(a.count_fsyncs)], stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # strace attaches to every thread before the first call
 
+    truth = json.load(open(a.truth)) if a.truth else None
+    duck = None
+    if a.plain:
+        import duckdb
+
+        duck = duckdb.connect()
+        window = (a.start.replace("T", " ").rstrip("Z"), a.end.replace("T", " ").rstrip("Z"))
+        plain = a.plain
+        forms = {
+            "duckdb OR": f"SELECT * FROM read_parquet('{plain}') WHERE (calling_number = $n OR called_number = $n) "
+                         "AND start_time >= $a::TIMESTAMP AND start_time < $b::TIMESTAMP",
+            "duckdb UNION": f"SELECT * FROM read_parquet('{plain}') WHERE calling_number = $n "
+                            "AND start_time >= $a::TIMESTAMP AND start_time < $b::TIMESTAMP UNION ALL "
+                            f"SELECT * FROM read_parquet('{plain}') WHERE called_number = $n AND calling_number <> $n "
+                            "AND start_time >= $a::TIMESTAMP AND start_time < $b::TIMESTAMP",
+        }
+    anchors = {name: [] for name in (forms if duck else {})}
+
     number = a.first_number
     submit, fetch, both, records = [], [], [], 0
     for round_ in range(a.rounds):
@@ -92,8 +113,20 @@ def main():
                                                               metadata=metadata))
             t2 = time.perf_counter()
             assert size == info.bytes, (size, info.bytes)
+            if truth is not None:
+                assert info.records == truth[target], (target, info.records, truth[target])
             number += 1
             records += info.records
+            # The anchors, target by target between cdrvault's calls, so
+            # that the machine's noise falls on all alike.
+            for name, query in (forms.items() if duck else ()):
+                t3 = time.perf_counter()
+                rows = duck.execute(query, {"n": target.split(":", 1)[1], "a": window[0], "b": window[1]}).fetchall()
+                took = (time.perf_counter() - t3) * 1000
+                if truth is not None:
+                    assert len(rows) == truth[target], (name, target, len(rows), truth[target])
+                if round_ > 0:
+                    anchors[name].append(took)
             if round_ == 0 and not a.count_fsyncs:
                 continue  # the first round warms the caches
             submit.append((t1 - t0) * 1000)
@@ -111,10 +144,15 @@ def main():
               f"{total / calls:.1f} per pair ({counts})")
         print(f"next-number {number}")
         return
-    for name, values in (("submit", submit), ("fetch", fetch), ("submit+fetch", both)):
+    for name, values in (("submit", submit), ("fetch", fetch), ("submit+fetch", both), *anchors.items()):
         print(f"RESULT api {a.label} {name}: p50 {statistics.median(values):.1f} ms, "
               f"p99 {percentile(values, 99):.1f} ms, n={len(values)}")
-    print(f"records per request: {records / (len(targets) * a.rounds):.1f}")
+    for name, values in anchors.items():
+        print(f"RESULT ratio {a.label} {name} / cdrvault submit+fetch: p50 "
+              f"{statistics.median(values) / statistics.median(both):.1f}x, p99 "
+              f"{percentile(values, 99) / percentile(both, 99):.1f}x")
+    print(f"records per request: {records / (len(targets) * a.rounds):.1f}"
+          + (", every answer equal to the truth" if truth is not None else ""))
     print(f"next-number {number}")
 
 

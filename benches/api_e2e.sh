@@ -9,9 +9,12 @@
 #   CDRVAULT_BIN=/abs/path/cdrvault benches/api_e2e.sh    a binary built before
 #
 # Prints RESULT lines: p50 and p99 of SubmitRequest, FetchResult and both,
-# then the fsyncs per submit+fetch pair (a second pass with strace attached
+# of the same question to DuckDB over a zstd Parquet of the same records in
+# clear (OR and UNION forms, interleaved target by target, every answer of
+# both checked against the truth), their ratios, then the fsyncs per
+# submit+fetch pair (a second pass with strace attached
 # to the server; strace is installed with apt if missing). Needs grpcio and
-# grpcio-tools (installed with pip if missing).
+# grpcio-tools and duckdb (installed with pip if missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DAYS=${DAYS:-30}
@@ -22,8 +25,8 @@ ROUNDS=${ROUNDS:-5}
 PORT=${PORT:-29551}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-python3 -c "import grpc, grpc_tools" 2>/dev/null \
-  || python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools
+python3 -c "import grpc, grpc_tools, duckdb" 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools duckdb
 command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace >/dev/null; }
 if [[ -n "${CDRVAULT_BIN:-}" ]]; then
   bin=$CDRVAULT_BIN
@@ -58,6 +61,20 @@ with open(f"{work}/records.jsonl", "w") as out:
                                   "calling_number": rng.choice(numbers), "called_number": rng.choice(numbers)}) + "\n")
 with open(f"{work}/targets.txt", "w") as out:
     out.write("".join(f"msisdn:{n}\n" for n in numbers[:targets]))
+PY
+# The anchor: the same records in clear, as an analyst would write them with
+# DuckDB (zstd Parquet), and the truth: each target's records in the window.
+python3 - "$work" "$TARGETS" <<'PY'
+import duckdb, json, sys
+work, targets = sys.argv[1], int(sys.argv[2])
+con = duckdb.connect()
+con.execute(f"""COPY (SELECT record_id, service, start_time::TIMESTAMP AS start_time, duration_ms, calling_number,
+                called_number FROM read_json('{work}/records.jsonl', format = 'newline_delimited'))
+                TO '{work}/plain.parquet' (FORMAT parquet, COMPRESSION zstd)""")
+numbers = [line.strip().split(":", 1)[1] for line in open(f"{work}/targets.txt")]
+truth = {f"msisdn:{n}": con.execute(f"SELECT count(*) FROM '{work}/plain.parquet' WHERE calling_number = ? "
+                                    "OR called_number = ?", [n, n]).fetchone()[0] for n in numbers}
+json.dump(truth, open(f"{work}/truth.json", "w"))
 PY
 
 cat >"$work/cdrvault.toml" <<TOML
@@ -105,6 +122,7 @@ echo "warrant $warrant approved; $TARGETS targets over $DAYS days" >&2
 args=(--server "127.0.0.1:$PORT" --token-file "$work/handler.token" --warrant "$warrant"
       --targets-file "$work/targets.txt" --from "$from" --to "$to")
 python3 "$ROOT/benches/api_e2e.py" "${args[@]}" --rounds "$ROUNDS" --first-number 1 --label "${LABEL:-}" \
+  --plain "$work/plain.parquet" --truth "$work/truth.json" \
   | tee "$work/timing.out"
 next=$(awk '/^next-number/ { print $2 }' "$work/timing.out")
 python3 "$ROOT/benches/api_e2e.py" "${args[@]}" --rounds 1 --first-number "$next" --count-fsyncs "$server_pid" \
