@@ -64,6 +64,8 @@ def main():
     p.add_argument("--label", default="")
     p.add_argument("--plain", help="a DuckDB-written zstd Parquet of the same records in clear: the anchor")
     p.add_argument("--truth", help="JSON: each target's number of records in the window")
+    p.add_argument("--chdb", help="a directory for a chDB session: the same file through chDB, and a MergeTree "
+                                  "sorted by calling number with a bloom-filter skip index on called number")
     a = p.parse_args()
 
     import grpc
@@ -98,7 +100,30 @@ def main():
                             f"SELECT * FROM read_parquet('{plain}') WHERE called_number = $n AND calling_number <> $n "
                             "AND start_time >= $a::TIMESTAMP AND start_time < $b::TIMESTAMP",
         }
-    anchors = {name: [] for name in (forms if duck else {})}
+    runners = {name: (lambda q, n: len(duck.execute(q, {"n": n, "a": window[0], "b": window[1]}).fetchall()), q)
+               for name, q in (forms.items() if duck else ())}
+    if a.chdb:
+        from chdb import session
+
+        ch = session.Session(a.chdb)
+        ch.query("DROP TABLE IF EXISTS cdr")
+        ch.query("CREATE TABLE cdr (record_id String, service String, start_time DateTime64(6), duration_ms Int64, "
+                 "calling_number String, called_number String, INDEX called called_number TYPE bloom_filter "
+                 "GRANULARITY 1) ENGINE = MergeTree ORDER BY (calling_number, start_time)")
+        ch.query(f"INSERT INTO cdr SELECT * FROM file('{a.plain}', Parquet)")
+        union = ("SELECT * FROM {t} WHERE calling_number = '{n}' AND start_time >= '{a}' AND start_time < '{b}' "
+                 "UNION ALL SELECT * FROM {t} WHERE called_number = '{n}' AND calling_number <> '{n}' "
+                 "AND start_time >= '{a}' AND start_time < '{b}'")
+
+        def chdb_rows(query, n):
+            # The numbers are digits after a plus sign: spelled into the SQL.
+            assert n.lstrip("+").isdigit(), n
+            text = str(ch.query(query.format(n=n, a=window[0], b=window[1]), "CSV"))
+            return len(text.splitlines())
+
+        runners["chdb Parquet UNION"] = (chdb_rows, union.replace("{t}", f"file('{a.plain}', Parquet)"))
+        runners["chdb MergeTree UNION"] = (chdb_rows, union.replace("{t}", "cdr"))
+    anchors = {name: [] for name in runners}
 
     number = a.first_number
     submit, fetch, both, records = [], [], [], 0
@@ -119,12 +144,12 @@ def main():
             records += info.records
             # The anchors, target by target between cdrvault's calls, so
             # that the machine's noise falls on all alike.
-            for name, query in (forms.items() if duck else ()):
+            for name, (run, query) in runners.items():
                 t3 = time.perf_counter()
-                rows = duck.execute(query, {"n": target.split(":", 1)[1], "a": window[0], "b": window[1]}).fetchall()
+                rows = run(query, target.split(":", 1)[1])
                 took = (time.perf_counter() - t3) * 1000
                 if truth is not None:
-                    assert len(rows) == truth[target], (name, target, len(rows), truth[target])
+                    assert rows == truth[target], (name, target, rows, truth[target])
                 if round_ > 0:
                     anchors[name].append(took)
             if round_ == 0 and not a.count_fsyncs:

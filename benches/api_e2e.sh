@@ -10,11 +10,13 @@
 #
 # Prints RESULT lines: p50 and p99 of SubmitRequest, FetchResult and both,
 # of the same question to DuckDB over a zstd Parquet of the same records in
-# clear (OR and UNION forms, interleaved target by target, every answer of
-# both checked against the truth), their ratios, then the fsyncs per
+# clear (OR and UNION forms), to chDB over that file and over a MergeTree
+# sorted by calling number with a bloom-filter index on called number
+# (UNION form), interleaved target by target, every answer checked against
+# the truth; their ratios to cdrvault's; then the fsyncs per
 # submit+fetch pair (a second pass with strace attached
 # to the server; strace is installed with apt if missing). Needs grpcio and
-# grpcio-tools and duckdb (installed with pip if missing).
+# grpcio-tools, duckdb and chdb (installed with pip if missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DAYS=${DAYS:-30}
@@ -25,8 +27,8 @@ ROUNDS=${ROUNDS:-5}
 PORT=${PORT:-29551}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-python3 -c "import grpc, grpc_tools, duckdb" 2>/dev/null \
-  || python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools duckdb
+python3 -c "import grpc, grpc_tools, duckdb, chdb" 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools duckdb chdb
 command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace >/dev/null; }
 if [[ -n "${CDRVAULT_BIN:-}" ]]; then
   bin=$CDRVAULT_BIN
@@ -122,7 +124,7 @@ echo "warrant $warrant approved; $TARGETS targets over $DAYS days" >&2
 args=(--server "127.0.0.1:$PORT" --token-file "$work/handler.token" --warrant "$warrant"
       --targets-file "$work/targets.txt" --from "$from" --to "$to")
 python3 "$ROOT/benches/api_e2e.py" "${args[@]}" --rounds "$ROUNDS" --first-number 1 --label "${LABEL:-}" \
-  --plain "$work/plain.parquet" --truth "$work/truth.json" \
+  --plain "$work/plain.parquet" --truth "$work/truth.json" --chdb "$work/chdb" \
   | tee "$work/timing.out"
 next=$(awk '/^next-number/ { print $2 }' "$work/timing.out")
 python3 "$ROOT/benches/api_e2e.py" "${args[@]}" --rounds 1 --first-number "$next" --count-fsyncs "$server_pid" \
