@@ -123,6 +123,21 @@ def main():
 
         runners["chdb Parquet UNION"] = (chdb_rows, union.replace("{t}", f"file('{a.plain}', Parquet)"))
         runners["chdb MergeTree UNION"] = (chdb_rows, union.replace("{t}", "cdr"))
+    if a.plain:
+        import datafusion
+
+        fusion = datafusion.SessionContext()
+        fusion.register_parquet("cdr", a.plain)
+        fusion_union = ("SELECT * FROM cdr WHERE calling_number = '{n}' AND start_time >= TIMESTAMP '{a}' "
+                        "AND start_time < TIMESTAMP '{b}' UNION ALL SELECT * FROM cdr WHERE called_number = '{n}' "
+                        "AND calling_number <> '{n}' AND start_time >= TIMESTAMP '{a}' AND start_time < TIMESTAMP '{b}'")
+
+        def fusion_rows(query, n):
+            assert n.lstrip("+").isdigit(), n
+            batches = fusion.sql(query.format(n=n, a=window[0], b=window[1])).collect()
+            return sum(batch.num_rows for batch in batches)
+
+        runners["datafusion UNION"] = (fusion_rows, fusion_union)
     anchors = {name: [] for name in runners}
 
     number = a.first_number

@@ -12,11 +12,12 @@
 # of the same question to DuckDB over a zstd Parquet of the same records in
 # clear (OR and UNION forms), to chDB over that file and over a MergeTree
 # sorted by calling number with a bloom-filter index on called number
-# (UNION form), interleaved target by target, every answer checked against
+# (UNION form), and to DataFusion over the file (UNION form), interleaved
+# target by target, every answer checked against
 # the truth; their ratios to cdrvault's; then the fsyncs per
 # submit+fetch pair (a second pass with strace attached
 # to the server; strace is installed with apt if missing). Needs grpcio and
-# grpcio-tools, duckdb and chdb (installed with pip if missing).
+# grpcio-tools, duckdb, chdb and datafusion (installed with pip if missing).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DAYS=${DAYS:-30}
@@ -27,8 +28,8 @@ ROUNDS=${ROUNDS:-5}
 PORT=${PORT:-29551}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
-python3 -c "import grpc, grpc_tools, duckdb, chdb" 2>/dev/null \
-  || python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools duckdb chdb
+python3 -c "import grpc, grpc_tools, duckdb, chdb, datafusion" 2>/dev/null \
+  || python3 -m pip install --quiet --disable-pip-version-check grpcio grpcio-tools duckdb chdb datafusion
 command -v strace >/dev/null || { apt-get update -qq && apt-get install -y -qq strace >/dev/null; }
 if [[ -n "${CDRVAULT_BIN:-}" ]]; then
   bin=$CDRVAULT_BIN
