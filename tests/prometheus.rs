@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use cdrvault::tools::synth::{Generator, SynthConfig};
-use common::broker::{brokers, create_topics, free_port, metric_sum, unique};
+use common::broker::{brokers, create_topics, free_port, metric_sum, run, unique};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cdrvault");
 const RECORDS: u64 = 3_000;
@@ -378,12 +378,6 @@ fn installed(program: &str) -> PathBuf {
     std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file()))
         .unwrap_or_else(|| panic!("{program} is not installed: scripts/test.sh installs Debian's prometheus package"))
-}
-
-fn run(args: &[&str]) -> Output {
-    let output = Command::new(BINARY).args(args).output().unwrap();
-    assert!(output.status.success(), "cdrvault {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    output
 }
 
 fn write_secret(file: &Path, secret: &str) {

@@ -18,16 +18,10 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use cdrvault::keys::KeyStore;
 use cdrvault::tools::synth::{Generator, SynthConfig};
-use common::broker::{brokers, create_topics, free_port, unique};
+use common::broker::{brokers, create_topics, free_port, run, unique};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_cdrvault");
 const PARTITIONS: i32 = 3;
-
-fn run(args: &[&str]) -> std::process::Output {
-    let output = Command::new(BINARY).args(args).output().unwrap();
-    assert!(output.status.success(), "cdrvault {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    output
-}
 
 /// Reads a topic from the beginning until `expected` messages have arrived
 /// (bounded by a deadline) and returns the reason header of each. Counting

@@ -4,6 +4,7 @@
 //! no other run uses, the sum of a metric family.
 
 use std::net::TcpListener;
+use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rdkafka::ClientConfig;
@@ -27,6 +28,14 @@ pub fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     for result in results {
         result.unwrap();
     }
+}
+
+/// Runs the `cdrvault` binary of this build with `args`; panics with its
+/// stderr unless it succeeded.
+pub fn run(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_cdrvault")).args(args).output().unwrap();
+    assert!(output.status.success(), "cdrvault {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    output
 }
 
 /// A port of 127.0.0.1 free when asked.
