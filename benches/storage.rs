@@ -101,7 +101,8 @@ fn main() {
 }
 
 /// Writes all inputs through the real processor (one batch, one day, one
-/// file) and returns the size of the file plus its token index.
+/// file) and returns the size of the file plus its companion and token
+/// index.
 fn write_cdrvault(data_dir: &Path, keys: &Arc<KeyStore>, inputs: &[cdrvault::ingest::process::Input]) -> u64 {
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(common::until()));
     let writer = ParquetWriter::new(data_dir, ParquetConfig::default());
@@ -111,7 +112,7 @@ fn write_cdrvault(data_dir: &Path, keys: &Arc<KeyStore>, inputs: &[cdrvault::ing
     assert_eq!(outcome.files.len(), 1, "one day, one file");
     let index =
         std::fs::metadata(cdrvault::storage::layout::index_path(&outcome.files[0].path)).expect("token index").len();
-    outcome.files[0].bytes + index
+    outcome.files[0].bytes + outcome.files[0].sealed_bytes + index
 }
 
 fn plaintext_schema() -> SchemaRef {
@@ -217,22 +218,24 @@ fn breakdown(data_dir: &Path, keys: &KeyStore, n: usize) {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "parquet"))
         .expect("a parquet file");
-    let size = std::fs::metadata(&path).expect("stat").len();
-    let decryption = cdrvault::storage::read::decryption(&path, &day_key).expect("decryption properties");
-    let file = File::open(&path).expect("open");
-    let metadata: ParquetMetaData = ParquetMetaDataReader::new()
+    let companion = cdrvault::storage::layout::sealed_path(&path);
+    let size = std::fs::metadata(&path).expect("stat").len() + std::fs::metadata(&companion).expect("stat").len();
+    let metadata: ParquetMetaData =
+        ParquetMetaDataReader::new().parse_and_finish(&File::open(&path).expect("open")).expect("footer");
+    let decryption = cdrvault::storage::read::decryption(&companion, &day_key).expect("decryption properties");
+    let sealed: ParquetMetaData = ParquetMetaDataReader::new()
         .with_decryption_properties(Some(decryption))
-        .parse_and_finish(&file)
-        .expect("footer");
+        .parse_and_finish(&File::open(&companion).expect("open"))
+        .expect("companion footer");
 
     let mut parts: BTreeMap<&str, u64> = BTreeMap::new();
-    for group in metadata.row_groups() {
+    for group in metadata.row_groups().iter().chain(sealed.row_groups()) {
         for column in group.columns() {
             let name = column.column_path().string();
             let part = if name.ends_with("_token") {
                 "2 token columns (data pages)"
             } else if name.ends_with("_sealed") {
-                "4 sealed columns (encrypted data pages)"
+                "4 sealed columns (companion, encrypted data pages)"
             } else if name == schema::TOKEN_KEY_ID || name == schema::SEAL_KEY_ID {
                 "5 key id columns"
             } else {
@@ -245,11 +248,14 @@ fn breakdown(data_dir: &Path, keys: &KeyStore, n: usize) {
         }
     }
     let accounted: u64 = parts.values().sum();
-    *parts.entry("6 footer, page indexes, padding").or_default() += size.saturating_sub(accounted);
+    *parts.entry("6 footers, page indexes, padding (both files)").or_default() += size.saturating_sub(accounted);
     let index = std::fs::metadata(cdrvault::storage::layout::index_path(&path)).expect("token index").len();
     *parts.entry("7 token index (sidecar file)").or_default() += index;
     let size = size + index;
-    println!("  cdrvault file and index: {} row groups, {size} bytes; where they go:", metadata.num_row_groups());
+    println!(
+        "  cdrvault file, companion and index: {} row groups, {size} bytes; where they go:",
+        metadata.num_row_groups()
+    );
     for (part, bytes) in parts {
         println!(
             "    {:<56} {:>10} {:>8.1} B/CDR {:>5.1}%",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (the Tansu broker from
-# crates.io, pyarrow from PyPI as the independent Parquet reader, Prometheus,
+# crates.io, pyarrow and DuckDB from PyPI as the independent Parquet
+# readers, Spark (pyspark and a JRE) for the analyst's checks, Prometheus,
 # amtool and SoftHSM2 from Debian; the deploy checks install their own
 # tools), checks everything in deploy/ (rules, dashboards, manifests,
 # compose file, systemd units, the container image), starts the broker on
@@ -9,9 +10,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/kafka-broker.sh install
-if ! python3 -c "import pyarrow" 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check "pyarrow>=15"
+if ! python3 -c "import pyarrow, duckdb" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check "pyarrow>=15" "duckdb>=1.1"
 fi
+# Spark in a virtualenv of its own (about a minute on first use, 1 GB):
+# tests/cli.rs runs scripts/generic-tools.py --spark with this python over
+# the demo's dataset.
+CDRVAULT_SPARK_PYTHON=$(scripts/install-spark.sh)
+export CDRVAULT_SPARK_PYTHON
 
 # Debian's prometheus: promtool checks the alerting rules, and the server
 # is the real Prometheus of tests/prometheus.rs; amtool (Debian's

@@ -71,6 +71,8 @@ fn demo_output_is_read_by_an_independent_reader_and_holds_no_raw_identifier() {
     assert_eq!(found["rows"].as_u64(), Some(written), "{found}");
     assert_eq!(found["misplaced_rows"].as_u64(), Some(0), "every row sits in the dt= of its UTC start date");
     assert_eq!(found["sealed_readable_without_key"].as_bool(), Some(false));
+    assert_eq!(found["sealed_columns_in_data_files"].as_u64(), Some(0), "{found}");
+    assert_eq!(found["companions"], found["files"], "one companion per data file: {found}");
     assert!(found["days"].as_array().unwrap().len() >= 3);
     assert_eq!(found["token_types"]["calling_number_token"], "int64");
     assert_eq!(
@@ -79,6 +81,22 @@ fn demo_output_is_read_by_an_independent_reader_and_holds_no_raw_identifier() {
         "every demo record has a calling number"
     );
     assert!(found["token_non_null"]["src_ip_token"].as_u64().unwrap() > 0);
+
+    // What an analyst's generic tools make of the dataset: DuckDB's
+    // `SELECT *` and `SUMMARIZE`, pyarrow's tables, metadata and statistics
+    // of every file, and Spark's when the test script installed it, all
+    // open every column of every file (the sealed ones are elsewhere).
+    let spark = std::env::var("CDRVAULT_SPARK_PYTHON").ok();
+    let mut tools = Command::new(spark.as_deref().unwrap_or("python3"));
+    tools.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/generic-tools.py"));
+    if spark.is_some() {
+        tools.arg("--spark");
+    }
+    let checked = tools.arg(&data).output().expect("python runs (scripts/test.sh installs duckdb and Spark)");
+    let said = text(&checked.stdout);
+    assert!(checked.status.success(), "a generic tool failed:\n{said}{}", text(&checked.stderr));
+    let all = if spark.is_some() { "7 of 7 checks passed" } else { "5 of 5 checks passed" };
+    assert!(said.contains(all), "{said}");
 
     // The same seed regenerates the demo's identifiers.
     let mut generator = Generator::new(SynthConfig { seed: 42, days: 3, ..SynthConfig::default() });

@@ -79,7 +79,7 @@ fn a_compacted_day_holds_the_same_rows_and_answers_the_same_lookups() {
         let dir = layout::day_dir(&data, *day);
         let names: Vec<String> =
             std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-        assert_eq!(names.len(), 2, "one data file and its index, no manifest or source left: {names:?}");
+        assert_eq!(names.len(), 3, "one data file, its index and companion, no manifest or source left: {names:?}");
     }
     assert_eq!(rows as usize, records.len());
     assert_eq!(record_ids(&data, &keys), rows_before, "the same rows, sealed columns readable");
@@ -128,6 +128,8 @@ fn an_interrupted_switch_shows_either_the_sources_or_the_new_file() {
     assert!(!pending.exists() && !published.exists());
     assert!(!files[0].exists() && !files[1].exists() && files[2].exists());
     assert!(!layout::index_path(&files[0]).exists(), "sources go with their index");
+    assert!(!layout::sealed_path(&files[0]).exists(), "and their companion");
+    assert!(layout::sealed_path(&files[2]).exists());
     assert_eq!(read::list_files(&data, day).unwrap(), vec![files[2].clone()]);
 }
 
@@ -271,10 +273,11 @@ fn a_day_that_cannot_be_merged_stays_as_it_was_and_does_not_hold_back_the_others
     let today = TimestampMicros::from_datetime(now).partition_date();
     let closed: Vec<_> = read::list_days(&data).unwrap().into_iter().filter(|d| *d != today).collect();
     assert!(closed.len() >= 2);
-    // Damage the middle of one file of the first closed day: its footer
-    // still reads, its pages do not.
+    // Damage the middle of the companion of one file of the first closed
+    // day: the file's footer still reads, its sealed pages do not verify.
     let damaged_day = closed[0];
-    let victim = read::list_files(&data, damaged_day).unwrap().remove(1);
+    let damaged = read::list_files(&data, damaged_day).unwrap().remove(1);
+    let victim = layout::sealed_path(&damaged);
     let mut bytes = std::fs::read(&victim).unwrap();
     let middle = bytes.len() / 2;
     for b in &mut bytes[middle..middle + 256] {
@@ -295,7 +298,7 @@ fn a_day_that_cannot_be_merged_stays_as_it_was_and_does_not_hold_back_the_others
     let compactor = Compactor::new(ParquetWriter::new(&data, ParquetConfig::default()), Arc::clone(&keys), clock, 365)
         .with_metrics(Arc::clone(&metrics));
     let error = compactor.run(None).unwrap_err().to_string();
-    let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+    let name = damaged.file_name().unwrap().to_string_lossy().into_owned();
     assert!(error.contains(&name), "the error names the damaged file: {error}");
     assert_eq!(listing(damaged_day), damaged_before, "sources intact, no manifest, no temporary, no new file");
     for day in &closed[1..] {

@@ -27,7 +27,7 @@ use cdrvault::keys::custody::Pkcs11Config;
 use cdrvault::keys::{DayKey, KeyStore, day_of_token_key};
 use cdrvault::model::{IdentifierField, IdentifierKind, KeyId, PartitionDate};
 use cdrvault::privacy::token::Tokeniser;
-use cdrvault::storage::read;
+use cdrvault::storage::{layout, read};
 use cdrvault::tools::synth::SynthConfig;
 use common::{TestVault, VaultOptions, generated, noon};
 use softhsm::{HsmToken, SoftHsm};
@@ -96,6 +96,8 @@ impl Scenario {
             let copy = copies.path().join("data").join(file.strip_prefix(vault.data()).unwrap());
             std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
             std::fs::copy(&file, &copy).unwrap();
+            // With its companion, which holds the sealed columns.
+            std::fs::copy(layout::sealed_path(&file), layout::sealed_path(&copy)).unwrap();
             retained_files.push(copy);
         }
         assert!(!retained_files.is_empty());

@@ -263,7 +263,7 @@ fn without_its_index_a_file_is_scanned_with_the_same_results_and_the_index_can_b
 }
 
 #[test]
-fn index_files_hold_tokens_and_never_an_identifier() {
+fn index_files_and_companions_hold_never_an_identifier_in_clear() {
     let fixture = Fixture::new(13);
     let needles: Vec<String> = fixture
         .records
@@ -283,6 +283,13 @@ fn index_files_hold_tokens_and_never_an_identifier() {
         // The file name of an index says nothing either.
         let name = layout::index_path(&file).file_name().unwrap().to_string_lossy().into_owned();
         assert!(scanner.find(&name).is_none());
+        // Nor does the companion, whose every byte is encrypted.
+        let companion = layout::sealed_path(&file);
+        let bytes = std::fs::read(&companion).unwrap();
+        assert!(bytes.len() > 1_000, "a companion with values");
+        if let Some(hit) = scanner.find(&bytes) {
+            panic!("an identifier of {} bytes in {}", hit.len(), companion.display());
+        }
         scanned += 1;
     }
     assert!(scanned >= 5);

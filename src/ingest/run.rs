@@ -210,7 +210,7 @@ impl Ingest {
             self.metrics.bytes_received.inc_by(batch.bytes as u64);
             self.metrics.records_written.inc_by(outcome.written as u64);
             self.metrics.files_written.inc_by(outcome.files.len() as u64);
-            let file_bytes: u64 = outcome.files.iter().map(|f| f.file.bytes).sum();
+            let file_bytes: u64 = outcome.files.iter().map(|f| f.file.bytes + f.file.sealed_bytes).sum();
             self.metrics.bytes_written.inc_by(file_bytes);
             self.metrics.last_commit_timestamp.set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
             let mut refused_here: BTreeMap<RefuseReason, u64> = BTreeMap::new();

@@ -34,8 +34,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow_array::cast::AsArray;
-use arrow_array::{Array, RecordBatch, RecordBatchReader};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReader;
+use arrow_array::{Array, RecordBatch};
 
 use super::error::WriteError;
 use super::layout::{self, day_dir};
@@ -108,9 +107,13 @@ pub fn recover(dir: &Path) -> Result<usize, DurableError> {
     Ok(refused)
 }
 
+/// Removes a data file, its index and its companion. The data file goes
+/// first among the files readers find, the companion last, so a reader
+/// never finds a data file without its companion.
 fn remove_data_file(path: &Path) -> Result<(), DurableError> {
     durable::remove_file(&layout::index_path(path))?;
-    durable::remove_file(path)
+    durable::remove_file(path)?;
+    durable::remove_file(&layout::sealed_path(path))
 }
 
 /// Compacts one day: every token key's files become one file. A day with a
@@ -159,13 +162,14 @@ pub fn compact_day(
             }
         };
         for (path, _) in &sources {
-            report.bytes_before += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            report.bytes_before += size(path) + size(&layout::sealed_path(path));
             remove_data_file(path)?;
         }
         durable::remove_file(&manifest)?;
         report.files_after -= sources.len() - 1;
         report.rows += written.rows as u64;
-        report.bytes_after += written.bytes;
+        report.bytes_after += written.bytes + written.sealed_bytes;
     }
     Ok(report)
 }
@@ -176,7 +180,7 @@ const MERGE_BATCH_ROWS: usize = 8_192;
 /// One source of a merge: its reader and the batch being consumed.
 struct Source {
     path: PathBuf,
-    reader: ParquetRecordBatchReader,
+    reader: read::FileReader,
     batch: RecordBatch,
     /// Where `batch` sits among the batches the next merged batch takes
     /// rows from.

@@ -1,7 +1,8 @@
 //! Every name in the data directory, decided here and nowhere else:
 //!
 //! ```text
-//! <data_dir>/cdr/dt=YYYY-MM-DD/part-<millis>-<instance>-<seq>.parquet   a data file
+//! <data_dir>/cdr/dt=YYYY-MM-DD/part-<millis>-<instance>-<seq>.parquet   a data file (clear columns)
+//! <data_dir>/cdr/dt=YYYY-MM-DD/_part-….sealed                           its sealed columns (encrypted)
 //! <data_dir>/cdr/dt=YYYY-MM-DD/_part-….index                            its token index
 //! <data_dir>/cdr/dt=YYYY-MM-DD/_part-….replaces                         a compaction manifest
 //! <data_dir>/cdr/dt=YYYY-MM-DD/.part-….parquet.<pid>.tmp                a file being written
@@ -15,7 +16,7 @@
 //!
 //! Names carry only times, sequence numbers, random instance ids and order
 //! ids, never anything derived from a record. The leading underscore hides
-//! indexes and manifests from Spark, Hive and Trino listings, and their
+//! companions, indexes and manifests from Spark, Hive and Trino listings, and their
 //! suffixes keep them out of `*.parquet` globs (DuckDB); temporaries are
 //! hidden by their leading dot. A preservation area is laid out like the
 //! data directory, so the same readers read it.
@@ -35,6 +36,8 @@ pub const PRESERVED_DIR: &str = "preserved";
 pub const DATA_SUFFIX: &str = ".parquet";
 /// The suffix of token indexes.
 pub const INDEX_SUFFIX: &str = ".index";
+/// The suffix of the companions that hold a data file's sealed columns.
+pub const SEALED_SUFFIX: &str = ".sealed";
 /// The suffix of compaction manifests.
 pub const MANIFEST_SUFFIX: &str = ".replaces";
 
@@ -78,6 +81,20 @@ pub fn is_index(name: &str) -> bool {
 /// The data file an index named `name` describes, if `name` is an index's.
 pub fn data_file_of_index(name: &str) -> Option<String> {
     let stem = name.strip_prefix('_')?.strip_suffix(INDEX_SUFFIX)?;
+    Some(format!("{stem}{DATA_SUFFIX}"))
+}
+
+/// The companion of a data file, which holds its sealed columns:
+/// `_<stem>.sealed` in the same directory.
+pub fn sealed_path(data_file: &Path) -> PathBuf {
+    let stem = data_file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    data_file.with_file_name(format!("_{stem}{SEALED_SUFFIX}"))
+}
+
+/// The data file a companion named `name` belongs to, if `name` is a
+/// companion's.
+pub fn data_file_of_sealed(name: &str) -> Option<String> {
+    let stem = name.strip_prefix('_')?.strip_suffix(SEALED_SUFFIX)?;
     Some(format!("{stem}{DATA_SUFFIX}"))
 }
 
@@ -204,6 +221,11 @@ mod tests {
         let index_name = index.file_name().unwrap().to_str().unwrap();
         assert!(is_index(index_name) && !is_data_file(index_name));
         assert_eq!(data_file_of_index(index_name), Some(name.clone()));
+        let sealed = sealed_path(&dir.join(&name));
+        let sealed_name = sealed.file_name().unwrap().to_str().unwrap();
+        assert!(!is_data_file(sealed_name) && !is_index(sealed_name) && !is_temporary(sealed_name));
+        assert_eq!(data_file_of_sealed(sealed_name), Some(name.clone()));
+        assert_eq!(data_file_of_index(sealed_name), None);
         let manifest = manifest_path(&dir, &name);
         assert_eq!(new_file_of_manifest(manifest.file_name().unwrap().to_str().unwrap()), Some(name.clone()));
         assert_eq!(aad_prefix(&dir.join(&name)), format!("dt=2026-11-24/{name}"));

@@ -10,10 +10,10 @@ use std::path::Path;
 /// cached footer: a read-only memory mapping, so each page read is a slice
 /// of it (the parquet crate's readers take `Bytes`) without a system call
 /// or a copy, or, where the system refuses one more mapping (the count is
-/// capped by `vm.max_map_count`, 65,530 by default, and each cached data or
-/// index file takes one), the open file, read with positional reads.
+/// capped by `vm.max_map_count`, 65,530 by default, and each cached data,
+/// index or companion file takes one), the open file, read with positional reads.
 ///
-/// Only for files that are never written again: data and index files are
+/// Only for files that are never written again: data, companion and index files are
 /// published whole by rename and afterwards only ever deleted (a file
 /// replaced under its name is a new inode; a mapping keeps the old one).
 #[derive(Debug, Clone)]

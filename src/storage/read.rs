@@ -1,5 +1,6 @@
 //! Reading the data directory back: which days and files exist, and the rows
-//! of a file, with its sealed columns decrypted when the day key is given.
+//! of a file, with the sealed columns of its companion decrypted when the
+//! day key is given.
 //!
 //! This is the base of the lookup engine, compaction, preservation and the
 //! checks in tests and `retention verify`. It never decrypts without a key
@@ -9,12 +10,17 @@
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow_array::RecordBatch;
+use arrow_array::RecordBatchReader;
+use arrow_schema::{ArrowError, SchemaRef};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::encryption::decrypt::FileDecryptionProperties;
 use parquet::errors::ParquetError;
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::reader::ChunkReader;
 
 use super::layout::{self, CDR_DIR, day_dir};
 use super::{manifest, schema};
@@ -29,6 +35,8 @@ pub enum ReadError {
     Parquet { path: PathBuf, source: ParquetError },
     #[error("cannot open {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
+    #[error("the sealed columns of {path} cannot be read without the day key")]
+    Sealed { path: PathBuf },
 }
 
 /// The days present in the data directory, sorted.
@@ -89,27 +97,52 @@ pub fn list_files(data_dir: &Path, date: PartitionDate) -> Result<Vec<PathBuf>, 
 /// Reads the given columns of a file. Sealed columns can only be read with
 /// the day key; clear columns need none.
 pub fn read_file(path: &Path, day_key: Option<&DayKey>, columns: &[&str]) -> Result<Vec<RecordBatch>, ReadError> {
-    let parquet_err = |source| ReadError::Parquet { path: path.to_path_buf(), source };
     let reader = file_reader(path, day_key, columns, 8_192)?;
-    reader.collect::<Result<Vec<_>, _>>().map_err(|e| parquet_err(ParquetError::ArrowError(e.to_string())))
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ReadError::Parquet { path: path.to_path_buf(), source: ParquetError::ArrowError(e.to_string()) })
 }
 
 /// The given columns of a file, `batch_size` rows at a time, for readers
-/// that must not hold a whole file (compaction). Sealed columns can only be
-/// read with the day key; clear columns need none.
+/// that must not hold a whole file (compaction). Clear columns come from
+/// the data file and need no key; sealed columns come from its companion
+/// and can only be read with the day key, once the companion is shown to
+/// pair with the data file ([`check_pairing`]).
 pub fn file_reader(
     path: &Path,
     day_key: Option<&DayKey>,
     columns: &[&str],
     batch_size: usize,
-) -> Result<ParquetRecordBatchReader, ReadError> {
+) -> Result<FileReader, ReadError> {
     let parquet_err = |source| ReadError::Parquet { path: path.to_path_buf(), source };
-    let file = File::open(path).map_err(|source| ReadError::Open { path: path.to_path_buf(), source })?;
-    let mut options = ArrowReaderOptions::new();
-    if let Some(key) = day_key {
-        options = options.with_file_decryption_properties(decryption(path, key).map_err(parquet_err)?);
+    let open = |path: &Path| File::open(path).map_err(|source| ReadError::Open { path: path.to_path_buf(), source });
+    let (sealed_columns, clear_columns): (Vec<&str>, Vec<&str>) =
+        columns.iter().copied().partition(|c| schema::is_sealed(c));
+    let file = open(path)?;
+    let data_footer = footer_sha256(&file).map_err(parquet_err)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
+    let data_metadata = std::sync::Arc::clone(builder.metadata());
+    let clear = projected(builder, &clear_columns, batch_size).map_err(parquet_err)?;
+    if sealed_columns.is_empty() {
+        return Ok(FileReader { clear, sealed: None });
     }
-    let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(file, options).map_err(parquet_err)?;
+    let Some(key) = day_key else { return Err(ReadError::Sealed { path: path.to_path_buf() }) };
+    let companion = layout::sealed_path(path);
+    let companion_err = |source| ReadError::Parquet { path: companion.clone(), source };
+    let options =
+        ArrowReaderOptions::new().with_file_decryption_properties(decryption(&companion, key).map_err(companion_err)?);
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new_with_options(open(&companion)?, options).map_err(companion_err)?;
+    check_pairing(&data_metadata, &data_footer, builder.metadata()).map_err(companion_err)?;
+    let sealed = projected(builder, &sealed_columns, batch_size).map_err(companion_err)?;
+    Ok(FileReader { clear, sealed: Some(sealed) })
+}
+
+fn projected(
+    builder: ParquetRecordBatchReaderBuilder<File>,
+    columns: &[&str],
+    batch_size: usize,
+) -> Result<ParquetRecordBatchReader, ParquetError> {
     let parquet_schema = builder.parquet_schema();
     let indices: Vec<usize> = parquet_schema
         .columns()
@@ -119,21 +152,107 @@ pub fn file_reader(
         .map(|(i, _)| i)
         .collect();
     let mask = ProjectionMask::leaves(parquet_schema, indices);
-    builder.with_projection(mask).with_batch_size(batch_size.max(1)).build().map_err(parquet_err)
+    builder.with_projection(mask).with_batch_size(batch_size.max(1)).build()
 }
 
-/// The decryption of a data file's sealed columns with `key`: the one
-/// counterpart of the writer's encryption. The writer binds each file to its
-/// place as the AAD prefix ([`layout::aad_prefix`]) and does not store it,
-/// so a file moved to another day or name fails verification.
-pub fn decryption(path: &Path, key: &DayKey) -> Result<std::sync::Arc<FileDecryptionProperties>, ParquetError> {
-    let secret = key.secret.expose().to_vec();
-    let mut builder =
-        FileDecryptionProperties::builder(secret.clone()).with_aad_prefix(layout::aad_prefix(path).into_bytes());
-    for column in schema::sealed_columns() {
-        builder = builder.with_column_key(column, secret.clone());
+/// The rows of a data file, with the sealed columns of its companion
+/// joined beside the clear ones ([`schema::join`]) when they were asked
+/// for. Both files are read in batches of the same size over row groups of
+/// the same rows, so each clear batch meets the sealed batch of its rows.
+pub struct FileReader {
+    clear: ParquetRecordBatchReader,
+    sealed: Option<ParquetRecordBatchReader>,
+}
+
+impl FileReader {
+    /// The clear rows of `clear` joined with the sealed rows of `sealed`,
+    /// two readers of the same rows of a data file and of its companion.
+    pub fn joined(clear: ParquetRecordBatchReader, sealed: ParquetRecordBatchReader) -> FileReader {
+        FileReader { clear, sealed: Some(sealed) }
     }
-    builder.build()
+
+    /// The schema of the batches: the columns asked for, in
+    /// [`schema::cdr_schema`] order.
+    pub fn schema(&self) -> SchemaRef {
+        let clear = RecordBatch::new_empty(self.clear.schema());
+        match &self.sealed {
+            None => clear.schema(),
+            Some(sealed) => schema::join(&clear, &RecordBatch::new_empty(sealed.schema()))
+                .map(|b| b.schema())
+                .unwrap_or_else(|_| clear.schema()),
+        }
+    }
+}
+
+impl Iterator for FileReader {
+    type Item = Result<RecordBatch, ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let clear = self.clear.next();
+        let Some(sealed) = self.sealed.as_mut() else { return clear };
+        match (clear, sealed.next()) {
+            (None, None) => None,
+            (Some(Ok(clear)), Some(Ok(sealed))) => Some(schema::join(&clear, &sealed)),
+            (Some(Err(e)), _) | (_, Some(Err(e))) => Some(Err(e)),
+            _ => Some(Err(ArrowError::InvalidArgumentError(
+                "a data file and its companion hold different numbers of rows".into(),
+            ))),
+        }
+    }
+}
+
+/// The decryption of a companion with `key`: the one counterpart of the
+/// writer's encryption. The writer binds each companion to its place as the
+/// AAD prefix ([`layout::aad_prefix`]) and does not store it, so a
+/// companion moved to another day or name fails verification.
+pub fn decryption(companion: &Path, key: &DayKey) -> Result<Arc<FileDecryptionProperties>, ParquetError> {
+    FileDecryptionProperties::builder(key.secret.expose().to_vec())
+        .with_aad_prefix(layout::aad_prefix(companion).into_bytes())
+        .build()
+}
+
+/// The SHA-256 of a Parquet file's footer (its metadata, as the last 8
+/// bytes frame it), in hex: what a companion records of its data file.
+pub fn footer_sha256<R: ChunkReader>(file: &R) -> Result<String, ParquetError> {
+    let len = file.len();
+    let tail = file.get_bytes(len.saturating_sub(8), 8)?;
+    if tail.len() != 8 || &tail[4..] != b"PAR1" {
+        return Err(ParquetError::General("not a plaintext Parquet file".into()));
+    }
+    let footer_len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as u64;
+    let start = len.checked_sub(8 + footer_len).ok_or_else(|| ParquetError::General("footer too long".into()))?;
+    let footer = file.get_bytes(start, footer_len as usize)?;
+    Ok(hex::encode(ring::digest::digest(&ring::digest::SHA256, &footer)))
+}
+
+/// Checks that a companion (its decrypted `companion` metadata) belongs to
+/// the data file of `data` metadata, whose footer hashes to `data_footer`:
+/// the same file id, the data file's footer as written (so its row groups,
+/// statistics and key ids are authenticated by the companion's own
+/// encryption), and row groups of the same rows. A companion of another
+/// file, or a data file altered or replaced, is refused rather than joined.
+pub fn check_pairing(
+    data: &ParquetMetaData,
+    data_footer: &str,
+    companion: &ParquetMetaData,
+) -> Result<(), ParquetError> {
+    let refuse =
+        |what: &str| Err(ParquetError::General(format!("the companion does not pair with its data file: {what}")));
+    let kv = |metadata: &ParquetMetaData, key: &str| {
+        metadata.file_metadata().key_value_metadata()?.iter().find(|e| e.key == key)?.value.clone()
+    };
+    let file_id = kv(companion, schema::meta::FILE_ID);
+    if file_id.is_none() || file_id != kv(data, schema::meta::FILE_ID) {
+        return refuse("different file ids");
+    }
+    if kv(companion, schema::meta::DATA_FOOTER_SHA256).as_deref() != Some(data_footer) {
+        return refuse("the data file's footer is not the one written with the companion");
+    }
+    let rows = |m: &ParquetMetaData| m.row_groups().iter().map(|g| g.num_rows()).collect::<Vec<_>>();
+    if rows(data) != rows(companion) {
+        return refuse("different row groups");
+    }
+    Ok(())
 }
 
 /// A file's row count and token key id, from its plaintext footer (no key

@@ -16,7 +16,7 @@ pub const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(360
 /// What a start-up recovery found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Leftovers {
-    /// Temporaries and orphan indexes removed.
+    /// Temporaries, orphan indexes and orphan companions removed.
     pub removed: u64,
     /// Compaction manifest entries refused: not data files of their day
     /// (see [`super::manifest`]). Nothing they named was touched.
@@ -25,8 +25,8 @@ pub struct Leftovers {
 
 /// Finishes or drops interrupted compactions, then removes the hidden
 /// temporaries (`.part-….parquet.<pid>.tmp`) that a crashed writer left in
-/// the day directories, and token indexes whose data file was never
-/// published (a crash between the two renames), once older than
+/// the day directories, and token indexes and companions whose data file
+/// was never published (a crash between the renames), once older than
 /// [`LEFTOVER_AGE`]. Those were never visible to readers; this only returns
 /// their space. Returns how many were removed, and how many manifest
 /// entries were refused.
@@ -42,8 +42,13 @@ pub fn remove_leftovers(data_dir: &Path) -> Result<Leftovers, DurableError> {
             let name = file.file_name();
             let name = name.to_string_lossy();
             let temporary = layout::is_temporary(&name);
-            let orphan_index = layout::data_file_of_index(&name).is_some_and(|data| !day.path().join(data).exists());
-            if !(temporary || orphan_index) {
+            // An index or a companion of a data file never published (a
+            // crash between the renames), or removed by a compaction cut
+            // short: nothing reads it.
+            let orphan = layout::data_file_of_index(&name)
+                .or_else(|| layout::data_file_of_sealed(&name))
+                .is_some_and(|data| !day.path().join(data).exists());
+            if !(temporary || orphan) {
                 continue;
             }
             let old = file
@@ -76,17 +81,21 @@ mod tests {
         let old = dir.join(".part-1-2-3.parquet.77.tmp");
         let fresh = dir.join(".part-4-5-6.parquet.78.tmp");
         let orphan = dir.join("_part-7-8-9.index");
+        let orphan_companion = dir.join("_part-7-8-9.sealed");
         std::fs::write(&old, b"partial").unwrap();
+        std::fs::write(&orphan_companion, b"companion of a file never published").unwrap();
         std::fs::write(&fresh, b"being written").unwrap();
         std::fs::write(&orphan, b"index of a file never published").unwrap();
         let long_ago = std::time::SystemTime::now() - LEFTOVER_AGE - std::time::Duration::from_secs(60);
         File::options().write(true).open(&old).unwrap().set_modified(long_ago).unwrap();
-        File::options().write(true).open(&orphan).unwrap().set_modified(long_ago).unwrap();
-        File::options().write(true).open(layout::index_path(&path)).unwrap().set_modified(long_ago).unwrap();
+        for file in [&orphan, &orphan_companion, &layout::index_path(&path), &layout::sealed_path(&path)] {
+            File::options().write(true).open(file).unwrap().set_modified(long_ago).unwrap();
+        }
         let found = remove_leftovers(&root.path().join("data")).unwrap();
-        assert_eq!(found, Leftovers { removed: 2, refused_manifest_entries: 0 });
-        assert!(!old.exists() && !orphan.exists());
+        assert_eq!(found, Leftovers { removed: 3, refused_manifest_entries: 0 });
+        assert!(!old.exists() && !orphan.exists() && !orphan_companion.exists());
         assert!(layout::index_path(&path).exists(), "the index of a published file stays");
+        assert!(layout::sealed_path(&path).exists(), "the companion of a published file stays");
         assert!(fresh.exists(), "a temporary that may still be written is left alone");
         assert!(path.exists(), "published files are never touched");
     }

@@ -2,15 +2,22 @@
 //! and DuckDB users, documented column by column in `docs/storage-format.md`.
 //! Changing a column's name or type is a breaking change and bumps
 //! [`SCHEMA_VERSION`].
+//!
+//! A record's columns live in two files: the clear columns in the public
+//! data file, which every generic tool opens ([`public_schema`]), and the
+//! sealed columns in its companion, encrypted whole under the day key,
+//! which only cdrvault opens ([`sealed_schema`]). [`cdr_schema`] is the
+//! record as a whole; [`split`] and [`join`] go between the two.
 
 use std::sync::Arc;
 
-use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_array::{ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow_schema::{ArrowError, DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 
 use crate::model::IdentifierField;
 
 /// Written into each file's key-value metadata as `cdrvault.schema_version`.
-pub const SCHEMA_VERSION: &str = "1";
+pub const SCHEMA_VERSION: &str = "2";
 
 pub const RECORD_ID: &str = "record_id";
 pub const SERVICE: &str = "service";
@@ -32,6 +39,12 @@ pub mod meta {
     pub const PARTITION_DATE: &str = "cdrvault.partition_date";
     pub const TOKEN_KEY_ID: &str = "cdrvault.token_key_id";
     pub const SEAL_KEY_ID: &str = "cdrvault.seal_key_id";
+    /// A random id shared by a data file and its companion, so that a
+    /// companion pairs with the one data file it was written with.
+    pub const FILE_ID: &str = "cdrvault.file_id";
+    /// In the companion only: the SHA-256 of the data file's footer, which
+    /// authenticates the data file's row groups, statistics and key ids.
+    pub const DATA_FOOTER_SHA256: &str = "cdrvault.data_footer_sha256";
 }
 
 /// The time zone of both timestamp columns.
@@ -69,6 +82,64 @@ pub fn cdr_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
+/// The clear columns of [`cdr_schema`], in its order: the public data file.
+pub fn public_schema() -> SchemaRef {
+    let full = cdr_schema();
+    let fields: Vec<_> = full.fields().iter().filter(|f| !is_sealed(f.name())).cloned().collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// The sealed columns of [`cdr_schema`], in its order: the companion file.
+pub fn sealed_schema() -> SchemaRef {
+    let full = cdr_schema();
+    let fields: Vec<_> = full.fields().iter().filter(|f| is_sealed(f.name())).cloned().collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// True for the name of a sealed column.
+pub fn is_sealed(column: &str) -> bool {
+    sealed_columns().any(|c| c == column)
+}
+
+/// A batch of [`cdr_schema`] rows as its clear and its sealed columns.
+pub fn split(batch: &RecordBatch) -> Result<(RecordBatch, RecordBatch), ArrowError> {
+    let part = |sealed: bool| {
+        let indices: Vec<usize> = batch
+            .schema()
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| is_sealed(f.name()) == sealed)
+            .map(|(i, _)| i)
+            .collect();
+        batch.project(&indices)
+    };
+    Ok((part(false)?, part(true)?))
+}
+
+/// The rows of two batches side by side, columns in [`cdr_schema`] order
+/// (columns it does not know last): the clear and the sealed columns of the
+/// same rows. Refused unless both hold the same number of rows.
+pub fn join(clear: &RecordBatch, sealed: &RecordBatch) -> Result<RecordBatch, ArrowError> {
+    if clear.num_rows() != sealed.num_rows() {
+        return Err(ArrowError::InvalidArgumentError(format!(
+            "{} clear rows beside {} sealed rows",
+            clear.num_rows(),
+            sealed.num_rows()
+        )));
+    }
+    let full = cdr_schema();
+    let position = |name: &str| full.index_of(name).unwrap_or(usize::MAX);
+    let mut columns: Vec<(FieldRef, ArrayRef)> = [clear, sealed]
+        .into_iter()
+        .flat_map(|b| b.schema().fields().iter().cloned().zip(b.columns().iter().cloned()).collect::<Vec<_>>())
+        .collect();
+    columns.sort_by_key(|(f, _)| position(f.name()));
+    let (fields, arrays): (Vec<FieldRef>, Vec<ArrayRef>) = columns.into_iter().unzip();
+    let options = RecordBatchOptions::new().with_row_count(Some(clear.num_rows()));
+    RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), arrays, &options)
+}
+
 /// The names of the sealed (encrypted) columns.
 pub fn sealed_columns() -> impl Iterator<Item = &'static str> {
     IdentifierField::ALL.into_iter().map(IdentifierField::sealed_column)
@@ -77,4 +148,40 @@ pub fn sealed_columns() -> impl Iterator<Item = &'static str> {
 /// The names of the token columns, which carry bloom filters.
 pub fn token_columns() -> impl Iterator<Item = &'static str> {
     IdentifierField::ALL.into_iter().map(IdentifierField::token_column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_splits_into_clear_and_sealed_columns_and_joins_back() {
+        let full = cdr_schema();
+        let (public, sealed) = (public_schema(), sealed_schema());
+        assert_eq!(public.fields().len() + sealed.fields().len(), full.fields().len());
+        assert!(public.fields().iter().all(|f| !f.name().ends_with("_sealed")));
+        assert!(sealed.fields().iter().all(|f| f.name().ends_with("_sealed")));
+        let batch = RecordBatch::new_empty(Arc::clone(&full));
+        let (clear, hidden) = split(&batch).unwrap();
+        assert_eq!((clear.schema(), hidden.schema()), (public, sealed));
+        assert_eq!(join(&clear, &hidden).unwrap().schema(), full);
+        // Joined the other way round, the order is still the record's.
+        assert_eq!(join(&hidden, &clear).unwrap().schema(), full);
+    }
+
+    #[test]
+    fn batches_of_different_lengths_do_not_join() {
+        let id = |n: usize| {
+            let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+            let schema = Arc::new(Schema::new(vec![Field::new(RECORD_ID, DataType::Utf8, false)]));
+            RecordBatch::try_new(schema, vec![Arc::new(arrow_array::StringArray::from(ids))]).unwrap()
+        };
+        let sealed = |n: usize| {
+            let values: Vec<Option<&str>> = vec![None; n];
+            let schema = Arc::new(Schema::new(vec![Field::new("imsi_sealed", DataType::Utf8, true)]));
+            RecordBatch::try_new(schema, vec![Arc::new(arrow_array::StringArray::from(values))]).unwrap()
+        };
+        assert!(join(&id(3), &sealed(3)).is_ok());
+        assert!(join(&id(3), &sealed(2)).is_err());
+    }
 }

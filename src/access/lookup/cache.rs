@@ -1,10 +1,12 @@
 //! What the engine keeps of each published file it read: a read-only memory
-//! mapping of it and of its index where the system allows
-//! ([`crate::storage::published`]), the parsed footer with its page index,
-//! the parsed index footer and the bloom filters read so far. All of it is
-//! immutable once a file is published and holds no identifier, except that
-//! a parsed footer carries the parquet crate's copy of the key that unseals
-//! the file: the cache forgets a day as soon as its key is gone.
+//! mapping of it, of its index and, once a search needed its sealed
+//! columns, of its companion where the system allows
+//! ([`crate::storage::published`]), the parsed footers with their page
+//! indexes, the parsed index footer and the bloom filters read so far. All
+//! of it is immutable once a file is published and holds no identifier,
+//! except that a companion's parsed footer carries the parquet crate's copy
+//! of the key that unseals it: the cache forgets a day as soon as its key
+//! is gone.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -29,12 +31,43 @@ pub(super) type BloomFilter = Option<Arc<Sbbf>>;
 /// What the cache keeps of one published file. Immutable after loading.
 pub(super) struct CachedFile {
     stamp: (u64, SystemTime),
-    /// The file, mapped where the system allows.
+    /// The data file (clear columns), mapped where the system allows.
     pub(super) file: PublishedFile,
     pub(super) metadata: ArrowReaderMetadata,
     pub(super) token_key: Option<KeyId>,
     pub(super) index: Option<IndexReader>,
     pub(super) blooms: Mutex<HashMap<(usize, usize), BloomFilter>>,
+    /// The companion (sealed columns), opened when a search first needs it.
+    sealed: Mutex<Option<Arc<SealedFile>>>,
+}
+
+/// A data file's companion, decrypted footer and all, checked to pair with
+/// its data file.
+pub(super) struct SealedFile {
+    pub(super) file: PublishedFile,
+    pub(super) metadata: ArrowReaderMetadata,
+}
+
+impl CachedFile {
+    /// The companion of the data file at `path`, sealed under `key`: opened
+    /// and checked against the data file on first use
+    /// ([`read::check_pairing`]), then kept.
+    pub(super) fn sealed(&self, path: &Path, key: &DayKey) -> Result<Arc<SealedFile>, ParquetError> {
+        let mut sealed = self.sealed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(companion) = sealed.as_ref() {
+            return Ok(Arc::clone(companion));
+        }
+        let companion = layout::sealed_path(path);
+        let file = PublishedFile::open(&companion).map_err(|e| ParquetError::External(Box::new(e)))?;
+        let options = ArrowReaderOptions::new()
+            .with_file_decryption_properties(read::decryption(&companion, key)?)
+            .with_page_index_policy(PageIndexPolicy::Optional);
+        let metadata = ArrowReaderMetadata::load(&file, options)?;
+        read::check_pairing(self.metadata.metadata(), &read::footer_sha256(&self.file)?, metadata.metadata())?;
+        let opened = Arc::new(SealedFile { file, metadata });
+        *sealed = Some(Arc::clone(&opened));
+        Ok(opened)
+    }
 }
 
 /// Where a file's rows come from: the live data or an order's copies.
@@ -119,15 +152,9 @@ impl FileCache {
             .collect()
     }
 
-    /// The cached footer of the file at `path`, sealed under `key`, loaded
-    /// on first use or when the file was replaced (a preservation copy made
-    /// again).
-    pub(super) fn get(
-        &self,
-        path: &Path,
-        key: &DayKey,
-        stats: &mut LookupStats,
-    ) -> Result<Arc<CachedFile>, ParquetError> {
+    /// The cached footer of the file at `path`, loaded on first use or when
+    /// the file was replaced (a preservation copy made again).
+    pub(super) fn get(&self, path: &Path, stats: &mut LookupStats) -> Result<Arc<CachedFile>, ParquetError> {
         let io = |e: std::io::Error| ParquetError::External(Box::new(e));
         let file_meta = std::fs::metadata(path).map_err(io)?;
         let stamp = (file_meta.len(), file_meta.modified().map_err(io)?);
@@ -145,9 +172,7 @@ impl FileCache {
         }
         stats.cache_misses += 1;
         let file = PublishedFile::open(path).map_err(io)?;
-        let options = ArrowReaderOptions::new()
-            .with_file_decryption_properties(read::decryption(path, key)?)
-            .with_page_index_policy(PageIndexPolicy::Optional);
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
         let metadata = ArrowReaderMetadata::load(&file, options)?;
         let token_key = read::token_key_of(metadata.metadata());
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -155,8 +180,15 @@ impl FileCache {
         // A damaged, stale or foreign index is ignored: the scan finds the
         // same rows, more slowly.
         let index = IndexReader::open(path).ok().flatten().filter(|i| i.describes(&name, stamp.0, rows));
-        let cached =
-            Arc::new(CachedFile { stamp, file, metadata, token_key, index, blooms: Mutex::new(HashMap::new()) });
+        let cached = Arc::new(CachedFile {
+            stamp,
+            file,
+            metadata,
+            token_key,
+            index,
+            blooms: Mutex::new(HashMap::new()),
+            sealed: Mutex::new(None),
+        });
         let mut cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
         cache.entry(dir).or_default().insert(path.to_path_buf(), Arc::clone(&cached));
         Ok(cached)

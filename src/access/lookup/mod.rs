@@ -22,7 +22,7 @@
 //! `plan` chooses the days and keys, `search` searches one file, `cache`
 //! keeps what was read of each file, and [`LookupEngine`] runs the files of
 //! a query on its threads.
-//! The parsed footer of a sealed file carries the parquet crate's copy of
+//! The parsed footer of a companion (the sealed columns) carries the parquet crate's copy of
 //! the day key (its decryptor), so the cache forgets a day as soon as the
 //! day is destroyed (tombstone) or its key is gone, and an order's files as
 //! soon as its key is gone: every query checks, and the service calls

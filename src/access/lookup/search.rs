@@ -17,7 +17,7 @@ use parquet::file::statistics::Statistics;
 use super::cache::{Area, CachedFile, FileCache, Work};
 use super::{FoundRecord, LookupStats, Query};
 use crate::model::{Category, IdentifierField, IdentifierKind, KeyId, TimestampMicros};
-use crate::storage::{index, schema};
+use crate::storage::{index, read, schema};
 
 /// Searches one file of a query, adding what it finds to `found`.
 pub(super) fn search_file(
@@ -32,7 +32,7 @@ pub(super) fn search_file(
     if work.area != Area::Live {
         stats.preserved_files += 1;
     }
-    let cached = cache.get(&work.path, &work.key, stats)?;
+    let cached = cache.get(&work.path, stats)?;
     let metadata = Arc::clone(cached.metadata.metadata());
     stats.row_groups += metadata.num_row_groups() as u64;
     let Some(file_tokens) = cached.token_key.as_ref().and_then(|id| tokens.get(id)) else { return Ok(()) };
@@ -111,20 +111,37 @@ pub(super) fn search_file(
     if query.categories.contains(&Category::Ip) {
         returned.extend([schema::SRC_PORT, schema::DST_PORT]);
     }
-    let mut columns: Vec<usize> = returned.iter().filter_map(|c| index_of(c)).collect();
-    columns.extend(needed.iter().filter_map(|f| index_of(f.sealed_column())));
+    let columns: Vec<usize> = returned.iter().filter_map(|c| index_of(c)).collect();
+    let sealed = cached.sealed(&work.path, &work.key)?;
+    let sealed_schema = sealed.metadata.metadata().file_metadata().schema_descr();
+    let sealed_columns = needed
+        .iter()
+        .map(|f| {
+            sealed_schema
+                .columns()
+                .iter()
+                .position(|c| c.name() == f.sealed_column())
+                .ok_or_else(|| ParquetError::General(format!("the companion has no column {}", f.sealed_column())))
+        })
+        .collect::<Result<Vec<usize>, _>>()?;
     let groups: Vec<usize> = groups.into_iter().collect();
     let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
-    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone())
+    let clear = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone())
+        .with_row_groups(groups.clone())
+        .with_row_selection(selection.clone())
+        .with_projection(ProjectionMask::leaves(parquet_schema, columns))
+        .build()?;
+    // The same rows of the companion, in batches of the same size.
+    let hidden = ParquetRecordBatchReaderBuilder::new_with_metadata(sealed.file.clone(), sealed.metadata.clone())
         .with_row_groups(groups)
         .with_row_selection(selection)
-        .with_projection(ProjectionMask::leaves(parquet_schema, columns))
+        .with_projection(ProjectionMask::leaves(sealed_schema, sealed_columns))
         .build()?;
     let preserved_under = match &work.area {
         Area::Live => None,
         Area::Preserved { order, .. } => Some(order.as_str()),
     };
-    for batch in reader {
+    for batch in read::FileReader::joined(clear, hidden) {
         let batch = batch?;
         collect(&batch, &wanted, query, preserved_under, stats, found);
     }

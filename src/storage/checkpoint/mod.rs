@@ -14,7 +14,7 @@
 //! `(topic, partition)`: owner, generation, next offset to read.
 //!
 //! 1. Ingest writes a batch's files under staged names (hidden, invisible to
-//!    every reader), fsynced, with their token indexes.
+//!    every reader), fsynced, with their companions and token indexes.
 //! 2. It appends the batch commit. The append is a compare-and-swap on the
 //!    whole log: it is checked against the state after the last commit,
 //!    and lands only as the next number. For every partition of the batch
@@ -469,6 +469,7 @@ fn remove_own_staged(data_dir: &Path, instance: &str) -> Result<u64, CheckpointE
             durable::remove_file(&file.path())?;
             if !target.exists() {
                 durable::remove_file(&layout::index_path(&target))?;
+                durable::remove_file(&layout::sealed_path(&target))?;
             }
             removed += 1;
         }

@@ -2,8 +2,9 @@
 //! durably, each with its token index ([`crate::storage::index`]).
 //!
 //! A file becomes visible only once complete: it is written under a hidden
-//! temporary name, fsynced, its token index published, then it is renamed
-//! into place and its directory fsynced ([`SortedFile::finish`]). This
+//! temporary name, fsynced, its companion (the sealed columns) and its
+//! token index published, then it is renamed into place and its directory
+//! fsynced ([`SortedFile::finish`]). This
 //! module must never leave a partial file under a data file's name. How a
 //! file is encoded and sealed is [`properties`]'s business; the rows of a
 //! file are sorted by calling number token, which [`SortedFile`] enforces.
@@ -36,7 +37,10 @@ pub struct WrittenFile {
     pub date: PartitionDate,
     pub path: PathBuf,
     pub rows: usize,
+    /// The size of the data file.
     pub bytes: u64,
+    /// The size of its companion (the sealed columns).
+    pub sealed_bytes: u64,
 }
 
 /// A data file complete and durable under its staged name, with its token
@@ -59,10 +63,11 @@ impl StagedFile {
         Ok(self.file)
     }
 
-    /// Removes the staged file and its index: a batch that was not
-    /// committed leaves nothing behind.
+    /// Removes the staged file, its companion and its index: a batch that
+    /// was not committed leaves nothing behind.
     pub fn discard(&self) -> Result<(), DurableError> {
         durable::remove_file(&self.staged)?;
+        durable::remove_file(&layout::sealed_path(&self.file.path))?;
         durable::remove_file(&layout::index_path(&self.file.path))
     }
 }
@@ -227,37 +232,65 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn files_carry_bloom_filters_on_tokens_and_nothing_revealing_on_sealed_columns() {
+    fn data_files_are_clear_with_bloom_filters_and_companions_hold_the_sealed_columns_encrypted_whole() {
         let root = tempfile::tempdir().unwrap();
-        let (_keys, path) = write_one_file(root.path());
+        let (keys, path) = write_one_file(root.path());
         let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
         let metadata = reader.metadata();
         assert_eq!(metadata.num_row_groups(), 3, "row groups of 100 rows");
-        let kv: std::collections::HashMap<_, _> = metadata
-            .file_metadata()
-            .key_value_metadata()
-            .unwrap()
-            .iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
-            .collect();
-        assert!(kv[schema::meta::TOKEN_KEY_ID].starts_with("tok-2026-11-24-"));
-        assert!(kv[schema::meta::SEAL_KEY_ID].starts_with("day-2026-11-24-"));
-        assert_eq!(kv[schema::meta::PARTITION_DATE], "2026-11-24");
-        let row_group = metadata.row_group(0);
-        for column in row_group.columns() {
+        let kv = |metadata: &parquet::file::metadata::ParquetMetaData| -> std::collections::HashMap<String, String> {
+            metadata
+                .file_metadata()
+                .key_value_metadata()
+                .unwrap()
+                .iter()
+                .map(|kv| (kv.key.clone(), kv.value.clone().unwrap_or_default()))
+                .collect()
+        };
+        let public = kv(metadata);
+        assert!(public[schema::meta::TOKEN_KEY_ID].starts_with("tok-2026-11-24-"));
+        assert!(public[schema::meta::SEAL_KEY_ID].starts_with("day-2026-11-24-"));
+        assert_eq!(public[schema::meta::PARTITION_DATE], "2026-11-24");
+        assert_eq!(public[schema::meta::SCHEMA_VERSION], schema::SCHEMA_VERSION);
+        for column in metadata.row_group(0).columns() {
             let name = column.column_path().string();
+            assert!(!name.ends_with("_sealed"), "{name} is not in the data file");
+            assert!(column.crypto_metadata().is_none(), "{name} is in clear");
             if name.ends_with("_token") {
                 assert!(column.bloom_filter_offset().is_some(), "{name} has a bloom filter");
             }
-            if name.ends_with("_sealed") {
-                assert!(column.bloom_filter_offset().is_none(), "{name} has no bloom filter");
-                assert!(column.statistics().is_none(), "{name} has no statistics");
+        }
+
+        // The companion opens with the day key only, and then shows the
+        // same row groups, no statistics and no bloom filter on any column.
+        let companion = layout::sealed_path(&path);
+        assert!(SerializedFileReader::new(File::open(&companion).unwrap()).is_err(), "no key, no footer");
+        let date = PartitionDate::parse("2026-11-24").unwrap();
+        let key = keys.existing_day_key(date).unwrap().unwrap();
+        let options = parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+            .with_file_decryption_properties(read::decryption(&companion, &key).unwrap());
+        let sealed =
+            parquet::arrow::arrow_reader::ArrowReaderMetadata::load(&File::open(&companion).unwrap(), options).unwrap();
+        let sealed = sealed.metadata();
+        let names: Vec<String> =
+            sealed.file_metadata().schema_descr().columns().iter().map(|c| c.name().to_string()).collect();
+        assert_eq!(names, schema::sealed_columns().map(str::to_string).collect::<Vec<_>>());
+        assert_eq!(sealed.num_row_groups(), 3);
+        for group in sealed.row_groups() {
+            for column in group.columns() {
+                assert!(column.statistics().is_none() && column.bloom_filter_offset().is_none());
             }
         }
-        // No min/max or dictionary of a raw value in clear anywhere in the file.
-        let bytes = std::fs::read(&path).unwrap();
+        let hidden = kv(sealed);
+        assert_eq!(hidden[schema::meta::FILE_ID], public[schema::meta::FILE_ID]);
+        assert_eq!(hidden[schema::meta::DATA_FOOTER_SHA256], read::footer_sha256(&File::open(&path).unwrap()).unwrap());
+
+        // No raw value in clear anywhere in either file.
         let needle = b"+4520000007";
-        assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+        for file in [&path, &companion] {
+            let bytes = std::fs::read(file).unwrap();
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{}", file.display());
+        }
     }
 
     #[test]
@@ -287,12 +320,13 @@ pub(crate) mod tests {
         sorted.push(all.slice(120, all.num_rows() - 120)).unwrap();
         let written = sorted.finish().unwrap();
         assert_eq!(written.rows, all.num_rows());
-        assert!(layout::index_path(&written.path).exists());
+        assert!(layout::index_path(&written.path).exists() && layout::sealed_path(&written.path).exists());
         std::fs::remove_file(layout::index_path(&written.path)).unwrap();
+        std::fs::remove_file(layout::sealed_path(&written.path)).unwrap();
         std::fs::remove_file(&written.path).unwrap();
 
-        // Reversed, they are refused, and neither the file, its index nor a
-        // temporary is left.
+        // Reversed, they are refused, and neither the file, its companion,
+        // its index nor a temporary is left.
         let reversed = arrow_array::UInt32Array::from_iter_values((0..all.num_rows() as u32).rev());
         let reversed = arrow_select::take::take_record_batch(&all, &reversed).unwrap();
         let mut file = writer.sorted_file(date, "part-reversed.parquet", &day_key, &token_key, all.num_rows()).unwrap();
@@ -316,11 +350,54 @@ pub(crate) mod tests {
             "clear columns need no key"
         );
 
-        // Moved to another day's directory, the file no longer verifies.
+        // Moved to another day's directory with its companion, the
+        // companion no longer verifies.
         let other = layout::day_dir(&root.path().join("data"), PartitionDate::parse("2026-11-23").unwrap());
         std::fs::create_dir_all(&other).unwrap();
         let moved = other.join(path.file_name().unwrap());
         std::fs::rename(&path, &moved).unwrap();
+        std::fs::rename(layout::sealed_path(&path), layout::sealed_path(&moved)).unwrap();
         assert!(read::read_file(&moved, Some(&key), &sealed).is_err());
+        assert!(read::read_file(&moved, None, &["calling_number_token"]).is_ok());
+    }
+
+    #[test]
+    fn a_companion_joins_only_the_data_file_it_was_written_with() {
+        let root = tempfile::tempdir().unwrap();
+        let (keys, path) = write_one_file(root.path());
+        let date = PartitionDate::parse("2026-11-24").unwrap();
+        let key = keys.existing_day_key(date).unwrap().unwrap();
+        let writer = ParquetWriter::new(&root.path().join("data"), ParquetConfig::default());
+        let names: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
+        let batches = read::read_file(&path, Some(&key), &names).unwrap();
+        assert_eq!(batches[0].schema(), *writer.schema(), "a whole record, in the record's order");
+        let all = arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap();
+
+        // A second file of the same rows under another name: its companion
+        // renamed over the first one's fails its place (AAD) ...
+        let token_key = key.token.id.clone();
+        let other =
+            writer.write_day_named(date, "part-other.parquet", std::slice::from_ref(&all), &key, &token_key).unwrap();
+        let sealed = ["calling_number_sealed"];
+        let original = std::fs::read(layout::sealed_path(&path)).unwrap();
+        std::fs::copy(layout::sealed_path(&other.path), layout::sealed_path(&path)).unwrap();
+        assert!(read::read_file(&path, Some(&key), &sealed).is_err(), "a companion of another file");
+        std::fs::write(layout::sealed_path(&path), &original).unwrap();
+        assert!(read::read_file(&path, Some(&key), &sealed).is_ok());
+
+        // ... and a data file replaced by another (same name, same rows,
+        // its own footer) no longer pairs with the companion.
+        let saved = std::fs::read(&path).unwrap();
+        std::fs::copy(&other.path, &path).unwrap();
+        let error = read::read_file(&path, Some(&key), &sealed).unwrap_err().to_string();
+        assert!(error.contains("does not pair"), "{error}");
+        assert!(read::read_file(&path, None, &["calling_number_token"]).is_ok(), "clear columns need no companion");
+        std::fs::write(&path, saved).unwrap();
+
+        // Without its companion, the sealed columns are unavailable, the
+        // clear ones are not.
+        std::fs::remove_file(layout::sealed_path(&path)).unwrap();
+        assert!(read::read_file(&path, Some(&key), &sealed).is_err());
+        assert!(read::read_file(&path, None, &["calling_number_token"]).is_ok());
     }
 }

@@ -1,9 +1,11 @@
-//! How a data file is encoded: compression, page sizes, statistics, bloom
-//! filters, and Parquet Modular Encryption of the sealed columns under the
-//! day key with a plaintext (signed) footer, so that standard readers read
-//! tokens, times and service without any key. Statistics are disabled on
-//! sealed columns so that no min/max of a raw identifier ever reaches the
-//! footer. `docs/storage-format.md` says why each choice was made.
+//! How a data file and its companion are encoded: compression, page sizes,
+//! statistics, bloom filters, and Parquet Modular Encryption of the whole
+//! companion under the day key. The data file holds no sealed column and
+//! no encryption, so every standard reader opens all of it; the companion
+//! is encrypted footer and all, and only cdrvault opens it. Statistics are
+//! disabled on sealed columns so that no min/max of a raw identifier
+//! exists, even encrypted. `docs/storage-format.md` says why each choice
+//! was made.
 
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::encryption::encrypt::FileEncryptionProperties;
@@ -17,30 +19,17 @@ use crate::storage::config::ParquetConfig;
 use crate::storage::error::WriteError;
 use crate::storage::schema;
 
-/// The properties of a new data file of `date` at `relative`
-/// ([`crate::storage::layout::aad_prefix`]), sealed under `day_key`, holding
-/// `rows` rows (which sizes the bloom filters).
-pub(super) fn properties(
+/// The properties of a new public data file of `date`, holding `rows`
+/// rows (which sizes the bloom filters): clear columns only, no key needed
+/// to read any of it.
+pub(super) fn public_properties(
     config: &ParquetConfig,
-    relative: &str,
     date: PartitionDate,
-    day_key: &DayKey,
+    seal_key_id: &KeyId,
     token_key_id: &KeyId,
+    file_id: &str,
     rows: usize,
 ) -> Result<WriterProperties, WriteError> {
-    let key = day_key.secret.expose().to_vec();
-    let key_id = day_key.id.as_str().as_bytes().to_vec();
-    let mut encryption = FileEncryptionProperties::builder(key.clone())
-        .with_plaintext_footer(true)
-        .with_footer_key_metadata(key_id.clone())
-        // Binds every encrypted module to this file's place, so pages
-        // cannot be swapped between files nor files between days. The
-        // prefix is not stored: readers derive it from the path
-        // (`read::aad_prefix`).
-        .with_aad_prefix(relative.as_bytes().to_vec());
-    for column in schema::sealed_columns() {
-        encryption = encryption.with_column_key_and_metadata(column, key.clone(), key_id.clone());
-    }
     let zstd = ZstdLevel::try_new(config.zstd_level)?;
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(zstd))
@@ -51,14 +40,9 @@ pub(super) fn properties(
             KeyValue::new(schema::meta::SCHEMA_VERSION.into(), schema::SCHEMA_VERSION.to_string()),
             KeyValue::new(schema::meta::PARTITION_DATE.into(), date.to_string()),
             KeyValue::new(schema::meta::TOKEN_KEY_ID.into(), token_key_id.to_string()),
-            KeyValue::new(schema::meta::SEAL_KEY_ID.into(), day_key.id.to_string()),
-        ]))
-        .with_file_encryption_properties(encryption.build()?);
-    for column in schema::sealed_columns() {
-        builder = builder
-            .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None)
-            .set_column_bloom_filter_enabled(ColumnPath::from(column), false);
-    }
+            KeyValue::new(schema::meta::SEAL_KEY_ID.into(), seal_key_id.to_string()),
+            KeyValue::new(schema::meta::FILE_ID.into(), file_id.to_string()),
+        ]));
     // Record ids are unique: a dictionary would only be built to be
     // thrown away.
     builder = builder.set_column_dictionary_enabled(ColumnPath::from(schema::RECORD_ID), false);
@@ -77,15 +61,6 @@ pub(super) fn properties(
     for column in lookup_columns() {
         builder = builder.set_column_data_page_row_count_limit(ColumnPath::from(column), config.lookup_page_rows);
     }
-    // A dictionary page holds every distinct value of the file: for a
-    // subscriber identifier the whole population, for cells the
-    // thousands a day touches. A lookup would decrypt and decode all of
-    // it to read a few rows (cells cost a 365-day lookup a tenth of its
-    // time). Server addresses recur across subscribers and keep small
-    // dictionaries, which save much more than they cost.
-    for field in IdentifierField::ALL.into_iter().filter(|f| !has_small_domain(*f)) {
-        builder = builder.set_column_dictionary_enabled(ColumnPath::from(field.sealed_column()), false);
-    }
     for column in schema::token_columns() {
         builder = builder
             // Tokens are uniformly random: min/max prune nothing, the
@@ -96,6 +71,56 @@ pub(super) fn properties(
             // Sized for the largest possible group of this file, then
             // folded to the distinct values actually seen.
             .set_column_bloom_filter_max_ndv(ColumnPath::from(column), config.row_group_rows.min(rows).max(1) as u64);
+    }
+    Ok(builder.build())
+}
+
+/// The properties of the companion of a data file of `date`, at `relative`
+/// ([`crate::storage::layout::aad_prefix`] of the companion): the sealed
+/// columns, every module encrypted under `day_key`, footer included, so
+/// that nothing of it reads without the key. No statistics and no bloom
+/// filters, so no min/max of a raw identifier exists even encrypted.
+pub(super) fn sealed_properties(
+    config: &ParquetConfig,
+    relative: &str,
+    date: PartitionDate,
+    day_key: &DayKey,
+    file_id: &str,
+) -> Result<WriterProperties, WriteError> {
+    let key = day_key.secret.expose().to_vec();
+    let encryption = FileEncryptionProperties::builder(key)
+        .with_plaintext_footer(false)
+        .with_footer_key_metadata(day_key.id.as_str().as_bytes().to_vec())
+        // Binds every module to the companion's place, which names its
+        // data file: a companion cannot be swapped between files nor
+        // moved between days. The prefix is not stored: readers derive it
+        // from the path (`read::decryption`).
+        .with_aad_prefix(relative.as_bytes().to_vec())
+        .build()?;
+    let zstd = ZstdLevel::try_new(config.zstd_level)?;
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(zstd))
+        .set_statistics_enabled(EnabledStatistics::None)
+        .set_bloom_filter_enabled(false)
+        .set_max_row_group_row_count(Some(config.row_group_rows))
+        // A lookup reads a few rows of every sealed column it needs.
+        .set_data_page_row_count_limit(config.lookup_page_rows)
+        // A dictionary page holds every distinct value of the file: for a
+        // subscriber identifier the whole population, for cells the
+        // thousands a day touches. A lookup would decrypt and decode all
+        // of it to read a few rows (cells cost a 365-day lookup a tenth
+        // of its time). Server addresses recur across subscribers and
+        // keep small dictionaries, which save much more than they cost.
+        .set_dictionary_enabled(false)
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(schema::meta::SCHEMA_VERSION.into(), schema::SCHEMA_VERSION.to_string()),
+            KeyValue::new(schema::meta::PARTITION_DATE.into(), date.to_string()),
+            KeyValue::new(schema::meta::SEAL_KEY_ID.into(), day_key.id.to_string()),
+            KeyValue::new(schema::meta::FILE_ID.into(), file_id.to_string()),
+        ]))
+        .with_file_encryption_properties(encryption);
+    for field in IdentifierField::ALL.into_iter().filter(|f| has_small_domain(*f)) {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(field.sealed_column()), true);
     }
     Ok(builder.build())
 }
@@ -112,7 +137,6 @@ fn lookup_columns() -> impl Iterator<Item = &'static str> {
         schema::DST_PORT,
     ]
     .into_iter()
-    .chain(schema::sealed_columns())
 }
 
 /// True for fields whose values recur across many subscribers (server

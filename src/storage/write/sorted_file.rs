@@ -17,6 +17,8 @@ use arrow_array::{Array, RecordBatch};
 use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 
 use super::{ParquetWriter, StagedFile, WrittenFile, properties};
@@ -25,7 +27,7 @@ use crate::model::{IdentifierField, KeyId, PartitionDate};
 use crate::ops::durable::{self, DurableError};
 use crate::ops::pool;
 use crate::storage::error::WriteError;
-use crate::storage::{index, layout};
+use crate::storage::{index, layout, read, schema};
 
 /// The day's rows as one batch sorted by calling number token (rows
 /// without one last, ties in arrival order). One sort of `u64` keys and one
@@ -59,27 +61,90 @@ fn calling_key(tokens: &arrow_array::PrimitiveArray<arrow_array::types::Int64Typ
 }
 
 /// A data file written row group by row group from rows already in file
-/// order (sorted by calling number token, rows without one last). Each
-/// pushed batch is encoded into the current row group's column writers at
-/// once, so memory holds the group's encoded pages and the index entries,
-/// never the file's rows. Rows out of order are refused.
-/// [`SortedFile::finish`] publishes the token index and then the file;
+/// order (sorted by calling number token, rows without one last), with its
+/// companion beside it: the clear columns go to the data file, the sealed
+/// ones to the companion, in row groups of the same rows. Each pushed batch
+/// is encoded into the current row group's column writers at once, so
+/// memory holds the group's encoded pages and the index entries, never the
+/// file's rows. Rows out of order are refused. [`SortedFile::finish`]
+/// publishes the companion, the token index and then the data file;
 /// dropped unfinished, the file leaves nothing under its name.
 pub struct SortedFile<'a> {
     parquet: &'a ParquetWriter,
     date: PartitionDate,
     name: String,
     target: PathBuf,
-    tmp: PathBuf,
     token_key_id: KeyId,
-    writer: Option<(SerializedFileWriter<File>, ArrowRowGroupWriterFactory)>,
-    /// The current row group's column writers and its rows so far.
-    group: Option<(Vec<ArrowColumnWriter>, usize)>,
+    /// The clear columns: the data file.
+    public: Part,
+    /// The sealed columns: the companion.
+    sealed: Part,
     groups: usize,
+    /// Rows in the current row group (whose column writers are open).
+    group_rows: Option<usize>,
     rows: usize,
     index_keys: Vec<u64>,
     last_key: Option<(bool, i64)>,
+    /// The companion is under its name (and must go if the file does not
+    /// follow).
+    companion_published: bool,
     published: bool,
+}
+
+/// One of the two files of a [`SortedFile`], being written under a hidden
+/// temporary name.
+struct Part {
+    schema: SchemaRef,
+    tmp: PathBuf,
+    writer: Option<(SerializedFileWriter<File>, ArrowRowGroupWriterFactory)>,
+    group: Vec<ArrowColumnWriter>,
+}
+
+impl Part {
+    fn create(tmp: PathBuf, schema: SchemaRef, properties: WriterProperties) -> Result<Part, WriteError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| DurableError::io("create", &tmp, e))?;
+        let mut part = Part { schema: Arc::clone(&schema), tmp, writer: None, group: Vec::new() };
+        let writer = ArrowWriter::try_new(file, schema, Some(properties))?;
+        part.writer = Some(writer.into_serialized_writer()?);
+        Ok(part)
+    }
+
+    fn open_group(&mut self, group: usize) -> Result<(), WriteError> {
+        let (_, factory) = self.writer.as_ref().ok_or(WriteError::Finished)?;
+        self.group = factory.create_column_writers(group)?;
+        Ok(())
+    }
+
+    fn leaves(&self, part: &RecordBatch) -> Result<Vec<ArrowLeafColumn>, WriteError> {
+        let mut leaves = Vec::with_capacity(self.group.len());
+        for (field, column) in self.schema.fields().iter().zip(part.columns()) {
+            leaves.extend(compute_leaves(field, column)?);
+        }
+        Ok(leaves)
+    }
+
+    fn close_group(&mut self, chunks: Vec<parquet::arrow::arrow_writer::ArrowColumnChunk>) -> Result<(), WriteError> {
+        let (file_writer, _) = self.writer.as_mut().ok_or(WriteError::Finished)?;
+        let mut row_group = file_writer.next_row_group()?;
+        for chunk in chunks {
+            chunk.append_to_row_group(&mut row_group)?;
+        }
+        row_group.close()?;
+        Ok(())
+    }
+
+    /// Writes the footer and makes the file durable; returns it.
+    fn close(&mut self) -> Result<File, WriteError> {
+        let (file_writer, _) = self.writer.take().ok_or(WriteError::Finished)?;
+        let file: File = file_writer.into_inner()?;
+        durable::fsync_file(&file, &self.tmp)?;
+        Ok(file)
+    }
 }
 
 impl<'a> SortedFile<'a> {
@@ -101,38 +166,37 @@ impl<'a> SortedFile<'a> {
             Some(instance) => dir.join(layout::staged_name(name, instance)),
             None => durable::temporary_path(&target),
         };
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| DurableError::io("create", &tmp, e))?;
-        // From here on the temporary is removed if the file is not finished.
-        let mut sorted = SortedFile {
+        let companion = layout::sealed_path(&target);
+        let file_id = format!("{:032x}", rand::random::<u128>());
+        let config = &parquet.config;
+        let public = properties::public_properties(config, date, &day_key.id, token_key_id, &file_id, rows)?;
+        let sealed = properties::sealed_properties(config, &layout::aad_prefix(&companion), date, day_key, &file_id)?;
+        let public = Part::create(tmp, schema::public_schema(), public)?;
+        // From here on the temporaries are removed if the file is not
+        // finished (by `Drop` once the file exists).
+        let sealed = match Part::create(durable::temporary_path(&companion), schema::sealed_schema(), sealed) {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                let _ = std::fs::remove_file(&public.tmp);
+                return Err(e);
+            }
+        };
+        Ok(SortedFile {
             parquet,
             date,
             name: name.to_string(),
             target,
-            tmp,
             token_key_id: token_key_id.clone(),
-            writer: None,
-            group: None,
+            public,
+            sealed,
             groups: 0,
+            group_rows: None,
             rows: 0,
             index_keys: Vec::new(),
             last_key: None,
+            companion_published: false,
             published: false,
-        };
-        let properties = properties::properties(
-            &parquet.config,
-            &layout::aad_prefix(&sorted.target),
-            date,
-            day_key,
-            token_key_id,
-            rows,
-        )?;
-        let writer = ArrowWriter::try_new(file, Arc::clone(&parquet.schema), Some(properties))?;
-        sorted.writer = Some(writer.into_serialized_writer()?);
-        Ok(sorted)
+        })
     }
 
     /// Appends rows, closing a row group whenever one is full.
@@ -141,7 +205,7 @@ impl<'a> SortedFile<'a> {
         let step = self.parquet.config.row_group_rows.max(1);
         let mut batch = batch;
         while batch.num_rows() > 0 {
-            let in_group = self.group.as_ref().map_or(0, |(_, rows)| *rows);
+            let in_group = self.group_rows.unwrap_or(0);
             let take = (step - in_group).min(batch.num_rows());
             self.append(&batch.slice(0, take))?;
             batch = batch.slice(take, batch.num_rows() - take);
@@ -170,28 +234,40 @@ impl<'a> SortedFile<'a> {
     }
 
     fn append(&mut self, part: &RecordBatch) -> Result<(), WriteError> {
-        let (_, factory) = self.writer.as_ref().ok_or(WriteError::Finished)?;
-        if self.group.is_none() {
-            self.group = Some((factory.create_column_writers(self.groups)?, 0));
+        if self.group_rows.is_none() {
+            self.public.open_group(self.groups)?;
+            self.sealed.open_group(self.groups)?;
+            self.group_rows = Some(0);
         }
-        let (writers, rows) = self.group.as_mut().ok_or(WriteError::Finished)?;
-        write_columns(&self.parquet.schema, part, writers, self.parquet.config.encode_threads)?;
-        *rows += part.num_rows();
+        let (clear, sealed) = schema::split(part)?;
+        let mut leaves = self.public.leaves(&clear)?;
+        leaves.extend(self.sealed.leaves(&sealed)?);
+        // Each column of either file is independent: one pool for all.
+        let writers: Vec<&mut ArrowColumnWriter> =
+            self.public.group.iter_mut().chain(self.sealed.group.iter_mut()).collect();
+        pool::map(writers.into_iter().zip(leaves).collect(), self.parquet.config.encode_threads, |(writer, leaf)| {
+            writer.write(&leaf).map_err(WriteError::from)
+        })?;
+        if let Some(rows) = self.group_rows.as_mut() {
+            *rows += part.num_rows();
+        }
         index::add_keys(part, self.rows, &mut self.index_keys);
         self.rows += part.num_rows();
         Ok(())
     }
 
     fn close_group(&mut self) -> Result<(), WriteError> {
-        let Some((writers, _)) = self.group.take() else { return Ok(()) };
-        let chunks =
-            pool::map(writers, self.parquet.config.encode_threads, |writer| writer.close().map_err(WriteError::from))?;
-        let (file_writer, _) = self.writer.as_mut().ok_or(WriteError::Finished)?;
-        let mut row_group = file_writer.next_row_group()?;
-        for chunk in chunks {
-            chunk.append_to_row_group(&mut row_group)?;
+        if self.group_rows.take().is_none() {
+            return Ok(());
         }
-        row_group.close()?;
+        let public_columns = self.public.group.len();
+        let writers: Vec<ArrowColumnWriter> =
+            std::mem::take(&mut self.public.group).into_iter().chain(std::mem::take(&mut self.sealed.group)).collect();
+        let mut chunks =
+            pool::map(writers, self.parquet.config.encode_threads, |writer| writer.close().map_err(WriteError::from))?;
+        let sealed_chunks = chunks.split_off(public_columns);
+        self.public.close_group(chunks)?;
+        self.sealed.close_group(sealed_chunks)?;
         self.groups += 1;
         Ok(())
     }
@@ -205,17 +281,25 @@ impl<'a> SortedFile<'a> {
     }
 
     /// Closes the last row group, makes the file durable under its
-    /// temporary name and publishes its token index, but leaves the file
-    /// invisible: whoever stages it publishes it ([`StagedFile::publish`])
-    /// or discards it.
+    /// temporary name and publishes its companion and its token index, but
+    /// leaves the file invisible: whoever stages it publishes it
+    /// ([`StagedFile::publish`]) or discards it.
     pub fn stage(mut self) -> Result<StagedFile, WriteError> {
         self.close_group()?;
-        let (file_writer, _) = self.writer.take().ok_or(WriteError::Finished)?;
-        let file: File = file_writer.into_inner()?;
-        durable::fsync_file(&file, &self.tmp)?;
-        let bytes = file.metadata().map_err(|e| DurableError::io("stat", &self.tmp, e))?.len();
-        // The token index is published before the data file, so a visible
-        // data file always has its index.
+        let file = self.public.close()?;
+        let bytes = file.metadata().map_err(|e| DurableError::io("stat", &self.public.tmp, e))?.len();
+        // The companion authenticates the data file's footer: its row
+        // groups, statistics, bloom filter places and key ids.
+        let footer = read::footer_sha256(&file)?;
+        if let Some((writer, _)) = self.sealed.writer.as_mut() {
+            writer.append_key_value_metadata(KeyValue::new(schema::meta::DATA_FOOTER_SHA256.into(), footer));
+        }
+        let companion = self.sealed.close()?;
+        let sealed_bytes = companion.metadata().map_err(|e| DurableError::io("stat", &self.sealed.tmp, e))?.len();
+        // The companion and the token index are published before the data
+        // file, so a visible data file always has both.
+        self.companion_published = true;
+        durable::publish(&self.sealed.tmp, &layout::sealed_path(&self.target))?;
         let entries = index::sorted_entries(std::mem::take(&mut self.index_keys));
         let described =
             index::IndexedFile { name: &self.name, bytes, rows: self.rows as u64, token_key_id: &self.token_key_id };
@@ -223,8 +307,8 @@ impl<'a> SortedFile<'a> {
         // From here on the staged file is its caller's.
         self.published = true;
         Ok(StagedFile {
-            file: WrittenFile { date: self.date, path: self.target.clone(), rows: self.rows, bytes },
-            staged: self.tmp.clone(),
+            file: WrittenFile { date: self.date, path: self.target.clone(), rows: self.rows, bytes, sealed_bytes },
+            staged: self.public.tmp.clone(),
         })
     }
 }
@@ -232,29 +316,14 @@ impl<'a> SortedFile<'a> {
 impl Drop for SortedFile<'_> {
     fn drop(&mut self) {
         if !self.published {
-            // Unfinished (an error, or dropped): best effort, the temporary
-            // is hidden and never read, and `remove_leftovers` clears it at
-            // a later start.
-            let _ = std::fs::remove_file(&self.tmp);
+            // Unfinished (an error, or dropped): best effort, temporaries
+            // are hidden and never read, and `remove_leftovers` clears them
+            // (and a companion without its file) at a later start.
+            let _ = std::fs::remove_file(&self.public.tmp);
+            let _ = std::fs::remove_file(&self.sealed.tmp);
+            if self.companion_published {
+                let _ = std::fs::remove_file(layout::sealed_path(&self.target));
+            }
         }
     }
-}
-
-/// Encodes the rows of `part` into the current row group's column writers
-/// on up to `threads` threads. Each column is independent, so the work
-/// splits cleanly.
-fn write_columns(
-    schema: &SchemaRef,
-    part: &RecordBatch,
-    writers: &mut [ArrowColumnWriter],
-    threads: usize,
-) -> Result<(), WriteError> {
-    let mut leaves: Vec<ArrowLeafColumn> = Vec::with_capacity(writers.len());
-    for (field, column) in schema.fields().iter().zip(part.columns()) {
-        leaves.extend(compute_leaves(field, column)?);
-    }
-    pool::map(writers.iter_mut().zip(leaves).collect(), threads, |(writer, leaf)| {
-        writer.write(&leaf).map_err(WriteError::from)
-    })?;
-    Ok(())
 }
