@@ -187,6 +187,17 @@ filter = "debug"
     assert!(ready.contains("role: ingest, maintenance"), "{ready}");
     assert!(ready.contains(&format!("partitions owned: {PARTITIONS}")), "{ready}");
     assert_eq!(common::metric(&metrics, "cdrvault_maintenance_leader"), Some(1.0), "{metrics}");
+    // The client's statistics (every second here) count the broker as up,
+    // and readiness says so.
+    assert!(ready.contains("kafka brokers up: "), "{ready}");
+    loop {
+        metrics = common::http_get(address, "/metrics").unwrap_or_default();
+        if common::metric(&metrics, "cdrvault_ingest_brokers_up") == Some(1.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the broker is not counted as up; last metrics:\n{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The records span today and the days before: serve compacts the closed
     // ones itself, beside ingest (checked below: every record still once).
     loop {

@@ -68,7 +68,7 @@ COUNTERS = """
 """.split()
 GAUGES = """
     cdrvault_ingest_consumer_lag_records cdrvault_ingest_checkpoint_lag_records
-    cdrvault_ingest_partitions_owned cdrvault_ingest_partition_owned
+    cdrvault_ingest_partitions_owned cdrvault_ingest_partition_owned cdrvault_ingest_brokers_up
     cdrvault_ingest_last_commit_timestamp_seconds cdrvault_maintenance_leader
     cdrvault_retention_oldest_day_timestamp_seconds cdrvault_retention_period_seconds
     cdrvault_retention_overdue_day_partitions cdrvault_retention_last_success_timestamp_seconds

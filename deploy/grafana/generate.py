@@ -531,6 +531,14 @@ def ingest():
                 style="steps",
             ),
             timeseries(
+                "Kafka brokers up per instance",
+                "none",
+                [target(f"sum by (instance) ({sel('cdrvault_ingest_brokers_up')})", "{{instance}}")],
+                "Brokers each instance's Kafka client is connected to. 0 for 5 minutes pages "
+                "(CdrvaultKafkaUnreachable); the instance stays ready for lookups.",
+                style="steps",
+            ),
+            timeseries(
                 "Time since last commit",
                 "s",
                 [target(age("cdrvault_ingest_last_commit_timestamp_seconds"), "{{instance}}")],

@@ -243,10 +243,14 @@ pub(super) fn serve(config: Config) -> anyhow::Result<ExitCode> {
         move || match (ready.load(Ordering::Relaxed), audit.damage()) {
             (_, Some(_)) => Err("audit trail damaged: audited actions are refused"),
             (false, None) => Err("starting"),
+            // Kafka out of reach leaves the instance ready: lookups and
+            // the lawful-access API do not need it, and a stalled ingest
+            // has its own alert (docs/operations.md).
             (true, None) => Ok(format!(
-                "instance: {instance}\nrole: {}\npartitions owned: {}\n",
+                "instance: {instance}\nrole: {}\npartitions owned: {}\nkafka brokers up: {}\n",
                 if lease.is_held() { "ingest, maintenance (retention, compaction)" } else { "ingest" },
-                metrics.partitions_owned.get()
+                metrics.partitions_owned.get(),
+                metrics.brokers_up.get()
             )),
         }
     };

@@ -247,6 +247,9 @@ impl Ownership {
 
 impl ClientContext for Ownership {
     fn stats(&self, statistics: Statistics) {
+        // Bootstrap entries (node id -1) are not brokers of the cluster.
+        let up = statistics.brokers.values().filter(|b| b.nodeid >= 0 && b.state == "UP").count();
+        self.metrics.brokers_up.set(up as i64);
         let checkpointed = lock(&self.checkpointed);
         for (topic, stats) in statistics.topics {
             for (partition, p) in stats.partitions {

@@ -64,6 +64,7 @@ pub struct Metrics {
     pub dead_letter_failures: Counter,
     pub checkpoint_lag: Family<PartitionLabels, Gauge>,
     pub partitions_owned: Gauge,
+    pub brokers_up: Gauge,
     pub partition_owned: Family<PartitionLabels, Gauge>,
     pub rebalances: Counter,
     pub fenced_commits: Counter,
@@ -136,6 +137,7 @@ impl Metrics {
         let dead_letter_failures = Counter::default();
         let checkpoint_lag = Family::<PartitionLabels, Gauge>::default();
         let partitions_owned = Gauge::default();
+        let brokers_up = Gauge::default();
         let partition_owned = Family::<PartitionLabels, Gauge>::default();
         let rebalances = Counter::default();
         let fenced_commits = Counter::default();
@@ -212,6 +214,11 @@ impl Metrics {
             "ingest_partitions_owned",
             "Partitions this instance owns (claimed in the checkpoint)",
             partitions_owned.clone(),
+        );
+        registry.register(
+            "ingest_brokers_up",
+            "Kafka brokers the consumer is connected to, from the client's statistics",
+            brokers_up.clone(),
         );
         registry.register(
             "ingest_partition_owned",
@@ -427,6 +434,7 @@ impl Metrics {
             dead_letter_failures,
             checkpoint_lag,
             partitions_owned,
+            brokers_up,
             partition_owned,
             rebalances,
             fenced_commits,
