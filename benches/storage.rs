@@ -71,7 +71,7 @@ fn main() {
         println!("population {subscribers} subscribers");
         recurrence(&cdrs);
         println!("  {:<58} {:>12} {:>10}", "file", "bytes", "bytes/CDR");
-        println!("  {:<58} {:>12} {:>10.1}", "cdrvault (data file + token index)", vault, per(vault));
+        println!("  {:<58} {:>12} {:>10.1}", "cdrvault (data file + companion + index)", vault, per(vault));
         println!("  {:<58} {:>12} {:>10.1}", "plaintext zstd-3, parquet defaults", plain_default, per(plain_default));
         println!(
             "  {:<58} {:>12} {:>10.1}",
