@@ -5,6 +5,8 @@
 //! subset of it, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod plaintext;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
