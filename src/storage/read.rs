@@ -119,13 +119,16 @@ pub fn file_reader(
     let (sealed_columns, clear_columns): (Vec<&str>, Vec<&str>) =
         columns.iter().copied().partition(|c| schema::is_sealed(c));
     let file = open(path)?;
-    let data_footer = footer_sha256(&file).map_err(parquet_err)?;
+    // Only a reader of sealed columns checks the pairing, which needs the
+    // hash of the data file's footer.
+    let data_footer = match sealed_columns.is_empty() {
+        true => None,
+        false => Some(footer_sha256(&file).map_err(parquet_err)?),
+    };
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
-    let data_metadata = std::sync::Arc::clone(builder.metadata());
+    let data_metadata = Arc::clone(builder.metadata());
     let clear = projected(builder, &clear_columns, batch_size).map_err(parquet_err)?;
-    if sealed_columns.is_empty() {
-        return Ok(FileReader { clear, sealed: None });
-    }
+    let Some(data_footer) = data_footer else { return Ok(FileReader { clear, sealed: None }) };
     let Some(key) = day_key else { return Err(ReadError::Sealed { path: path.to_path_buf() }) };
     let companion = layout::sealed_path(path);
     let companion_err = |source| ReadError::Parquet { path: companion.clone(), source };
