@@ -80,7 +80,7 @@ def main():
     tracer = None
     if a.count_fsyncs:
         trace = tempfile.NamedTemporaryFile(prefix="cdrvault-strace-", delete=False).name
-        tracer = subprocess.Popen(["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", trace,
+        tracer = subprocess.Popen(["strace", "-f", "-y", "-e", "trace=fsync,fdatasync", "-o", trace,
                                    "-p", str(a.count_fsyncs)], stderr=subprocess.DEVNULL)
         time.sleep(1.0)  # strace attaches to every thread before the first call
 
@@ -176,12 +176,19 @@ def main():
     if tracer:
         tracer.send_signal(2)
         tracer.wait()
-        text = open(trace).read()
         calls = len(targets) * a.rounds
-        counts = {m.group(2): int(m.group(1)) for m in re.finditer(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", text, re.M)}
-        total = sum(counts.get(name, 0) for name in ("fsync", "fdatasync"))
+        # Each line: `pid fsync(fd</path>) = 0`. Paths are grouped by their
+        # place in the state and key directories, random names folded.
+        places = {}
+        for m in re.finditer(r"^\d+\s+(fsync|fdatasync)\(\d+<([^>]*)>", open(trace).read(), re.M):
+            place = re.sub(r"[0-9a-f]{16,}", "*", m.group(2).replace(str(pathlib.Path(a.token_file).parent), ""))
+            place = re.sub(r"\.\d+\.tmp$", ".*.tmp", place)
+            places[(m.group(1), place)] = places.get((m.group(1), place), 0) + 1
+        total = sum(places.values())
         print(f"RESULT fsyncs {a.label}: {total} fsync+fdatasync over {calls} submit+fetch pairs: "
-              f"{total / calls:.1f} per pair ({counts})")
+              f"{total / calls:.1f} per pair")
+        for (call, place), count in sorted(places.items(), key=lambda item: -item[1]):
+            print(f"  {count / calls:4.1f} per pair  {call} {place}")
         print(f"next-number {number}")
         return
     for name, values in (("submit", submit), ("fetch", fetch), ("submit+fetch", both), *anchors.items()):

@@ -156,8 +156,75 @@ fn a_head_left_one_entry_behind_by_a_crash_is_moved_up_at_start() {
     std::fs::write(&head_path, head_at_3).unwrap();
     assert!(t.verify().is_intact());
     drop(t.reopen().unwrap());
-    let head: Value = serde_json::from_slice(&std::fs::read(&head_path).unwrap()).unwrap();
-    assert_eq!(head["seq"], 4);
+    assert_eq!(newest_head(&head_path), 4);
+}
+
+/// The newest `seq` of the heads in a head file (a stream of JSON heads).
+fn newest_head(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let heads = serde_json::Deserializer::from_slice(&bytes).into_iter::<Value>();
+    heads.map(|head| head.unwrap()["seq"].as_u64().unwrap()).max().unwrap()
+}
+
+#[test]
+fn the_head_is_written_in_place_and_a_torn_slot_falls_back_to_the_head_before() {
+    let t = Trail::new();
+    t.fill(1..=2);
+    let head_path = t.vault.keys.audit_head_path(&t.path());
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&head_path).unwrap());
+    t.fill(3..=4);
+    // One flush per head: the file is written in place, never replaced.
+    assert_eq!(std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&head_path).unwrap()), inode);
+    assert_eq!(newest_head(&head_path), 4);
+    assert_eq!(std::fs::metadata(&head_path).unwrap().len(), 8192, "two slots");
+
+    // A crash tears the write of head 4 (slot 0): head 3 remains, one
+    // entry behind the trail, which a crash between entry and head leaves
+    // too; the next opening moves it up.
+    let mut bytes = std::fs::read(&head_path).unwrap();
+    bytes[10..60].fill(b'#');
+    std::fs::write(&head_path, &bytes).unwrap();
+    assert_eq!(newest_head_readable(&head_path), 3);
+    assert!(t.verify().is_intact(), "{:?}", t.verify());
+    drop(t.reopen().unwrap());
+    assert_eq!(newest_head(&head_path), 4);
+    assert!(t.verify().is_intact());
+
+    // Both slots spoiled: the head is damaged, not missing.
+    std::fs::write(&head_path, vec![b'#'; 8192]).unwrap();
+    let check = verify(&t.path(), &t.trail.public_key(), &head_path);
+    assert!(matches!(check, Err(AuditError::Damaged { .. })), "{check:?}");
+}
+
+#[test]
+fn a_head_file_of_one_json_object_reads_and_is_rewritten_with_slots() {
+    let t = Trail::new();
+    t.fill(1..=3);
+    let head_path = t.vault.keys.audit_head_path(&t.path());
+    // The head as it was kept before slots: one JSON object.
+    let bytes = std::fs::read(&head_path).unwrap();
+    let newest = serde_json::Deserializer::from_slice(&bytes)
+        .into_iter::<Value>()
+        .map(Result::unwrap)
+        .max_by_key(|head| head["seq"].as_u64().unwrap())
+        .unwrap();
+    std::fs::write(&head_path, serde_json::to_vec(&newest).unwrap()).unwrap();
+    assert!(t.verify().is_intact());
+    t.reopen().unwrap().append("retention", &event(4), noon()).unwrap();
+    assert_eq!(std::fs::metadata(&head_path).unwrap().len(), 8192);
+    assert_eq!(newest_head(&head_path), 4);
+    assert!(t.verify().is_intact());
+}
+
+/// The newest `seq` of the slots of a head file that still parse.
+fn newest_head_readable(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    bytes
+        .chunks(4096)
+        .filter_map(|slot| serde_json::from_slice::<Value>(slot).ok())
+        .map(|h| h["seq"].as_u64().unwrap())
+        .max()
+        .unwrap()
 }
 
 #[test]

@@ -22,6 +22,7 @@
 
 pub mod config;
 mod event;
+mod head;
 mod verify;
 
 use std::fs::File;
@@ -37,11 +38,13 @@ use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{Map, Value};
 
 pub use event::AuditEvent;
-pub use verify::{Head, Verification, WitnessCheck, verify, verify_witness};
+pub use head::Head;
+use head::HeadFile;
+pub use verify::{Verification, WitnessCheck, verify, verify_witness};
 
 use crate::keys::{KeyError, KeyStore};
 use crate::model::IdentifierKind;
-use crate::ops::durable::{self, DurableError, FileMode};
+use crate::ops::durable::{self, DurableError};
 use crate::ops::metrics::Metrics;
 use verify::{Signatures, entry_hash, inspect};
 
@@ -89,6 +92,8 @@ struct Tail {
     /// against its signed head before anything is appended.
     len: u64,
     last_line: Vec<u8>,
+    /// Where each signed head is kept, with the keys.
+    head: HeadFile,
     /// Where each signed head is also published, if configured.
     witness: Option<File>,
 }
@@ -132,14 +137,24 @@ impl AuditTrail {
         let seed = keys.audit_signing_seed()?;
         let signer = Ed25519KeyPair::from_seed_unchecked(seed.expose()).map_err(|_| AuditError::SigningKey)?;
         let reference_seed = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, seed.expose()), REFERENCE_DOMAIN);
+        let head_path = keys.audit_head_path(&path);
+        let head = HeadFile::new(head_path.clone());
         let trail = AuditTrail {
-            head_path: keys.audit_head_path(&path),
+            head_path,
             path,
             guarded: [state_dir.to_path_buf(), keys.dir().to_path_buf()],
             signer,
             references: hmac::Key::new(hmac::HMAC_SHA256, reference_seed.as_ref()),
             // An impossible length: the first append verifies the trail.
-            tail: Mutex::new(Tail { file, seq: 0, hash: [0; 32], len: u64::MAX, last_line: Vec::new(), witness: None }),
+            tail: Mutex::new(Tail {
+                file,
+                seq: 0,
+                hash: [0; 32],
+                len: u64::MAX,
+                last_line: Vec::new(),
+                head,
+                witness: None,
+            }),
             witness_path: None,
             damage: OnceLock::new(),
             metrics: OnceLock::new(),
@@ -348,11 +363,12 @@ impl AuditTrail {
     }
 
     /// Signs the head over the tail's last entry, keeps it with the keys
-    /// and publishes it to the witness.
+    /// (in its slot of the head file, [`head`]) and publishes it to the
+    /// witness.
     fn publish_head(&self, tail: &mut Tail) -> Result<(), AuditError> {
         let head = Head::signed(tail.seq, &tail.hash, |message| self.signer.sign(message).as_ref().to_vec());
+        tail.head.write(&head)?;
         let mut bytes = serde_json::to_vec(&head).unwrap_or_default();
-        durable::write_atomically(&self.head_path, &bytes, FileMode::Private)?;
         if let (Some(file), Some(path)) = (tail.witness.as_mut(), self.witness_path.as_deref()) {
             bytes.push(b'\n');
             file.write_all(&bytes).map_err(|e| DurableError::io("append", path, e))?;

@@ -18,54 +18,13 @@ use std::path::Path;
 
 use ring::digest::{SHA256, digest};
 use ring::signature::{ED25519, UnparsedPublicKey};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::AuditError;
+use super::head::Head;
 use crate::ops::durable::DurableError;
 
 const HASH_DOMAIN: &[u8] = b"cdrvault-audit-v1\n";
-const HEAD_DOMAIN: &[u8] = b"cdrvault-audit-head-v1\n";
-
-/// The signed head of the trail: the last entry's number and hash.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Head {
-    pub seq: u64,
-    pub hash: String,
-    pub sig: String,
-}
-
-impl Head {
-    /// A head for entry `seq` with `hash`, signed by `sign`.
-    pub(super) fn signed(seq: u64, hash: &[u8; 32], sign: impl FnOnce(&[u8]) -> Vec<u8>) -> Head {
-        Head { seq, hash: hex::encode(hash), sig: hex::encode(sign(&head_message(seq, hash))) }
-    }
-
-    /// The head kept at `path`, if there is one.
-    pub(super) fn read(path: &Path) -> Result<Option<Head>, AuditError> {
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| AuditError::Damaged {
-                path: path.to_path_buf(),
-                seq: 0,
-                problem: "the head is not readable".into(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(DurableError::io("read", path, e).into()),
-        }
-    }
-
-    /// The hash the head names, if its signature verifies under `key`.
-    pub(super) fn verified(&self, key: &UnparsedPublicKey<&[u8]>) -> Result<[u8; 32], String> {
-        let hash = hex::decode(&self.hash)
-            .ok()
-            .and_then(|h| <[u8; 32]>::try_from(h).ok())
-            .ok_or_else(|| "the head is malformed".to_string())?;
-        let sig = hex::decode(&self.sig).unwrap_or_default();
-        key.verify(&head_message(self.seq, &hash), &sig)
-            .map_err(|_| "the head's signature does not verify".to_string())?;
-        Ok(hash)
-    }
-}
 
 /// The outcome of [`verify`].
 #[derive(Debug, Clone, PartialEq)]
@@ -108,13 +67,6 @@ pub(super) fn entry_hash(entry: &Map<String, Value>) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, &input).as_ref());
     out
-}
-
-pub(super) fn head_message(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
-    let mut message = HEAD_DOMAIN.to_vec();
-    message.extend_from_slice(&seq.to_be_bytes());
-    message.extend_from_slice(hash);
-    message
 }
 
 /// Which entries' own signatures [`inspect`] checks.
@@ -172,7 +124,7 @@ pub(super) fn inspect(
     signatures: Signatures,
 ) -> Result<Inspection, AuditError> {
     let key = UnparsedPublicKey::new(&ED25519, public_key);
-    let head = Head::read(head_path)?;
+    let head = Head::read(head_path, &key)?;
     // Without a head that verifies, every signature counts.
     let signed_up_to = match (&head, signatures) {
         (Some(head), Signatures::BeyondHead) if head.verified(&key).is_ok() => head.seq,
