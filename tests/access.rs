@@ -164,7 +164,7 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
     let gone = fetch(&mut w.client, &cast.handler, "DK-dk-police-1").await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     assert!(w.audit_entries().iter().any(|e| e["action"] == "result_destroyed"));
-    assert!(common::files_below(&w.state().join("results")).is_empty());
+    assert_eq!(common::kept_results(&w.state()), 0);
 }
 
 /// Submits `message` (a hostile attempt owns its client).
@@ -257,7 +257,7 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
     let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
     let ask = Ask::to(&warrant, &target);
     let answered = w.client.submit_request(authed(&cast.handler, w.submission(ask))).await.unwrap().into_inner();
-    let results_before = common::files_below(&w.state().join("results")).len();
+    let results_before = common::kept_results(&w.state());
     // Authentication, roles and objects.
     let attempts = [
         Hostile::new(
@@ -449,7 +449,7 @@ async fn every_hostile_request_is_refused_audited_and_discloses_nothing() {
     let entries = w.audit_entries();
     assert_eq!(entries.iter().filter(|e| e["action"] == "request_answered").count(), 1);
     assert_eq!(entries.iter().filter(|e| e["action"] == "result_delivered").count(), 0);
-    assert_eq!(common::files_below(&w.state().join("results")).len(), results_before);
+    assert_eq!(common::kept_results(&w.state()), results_before);
     let mut c = w.client.clone();
     let report =
         c.statistics(authed(&cast.auditor, proto::StatisticsRequest { year: 2026 })).await.unwrap().into_inner();
@@ -800,8 +800,8 @@ async fn results_end_with_their_keep_time_or_their_warrant_whether_or_not_anyone
     let one = client.submit_request(one).await.unwrap().into_inner();
     let two = authed(&cast.handler, w.submission(Ask { number: 2, ..Ask::to(&closing, &second) }));
     let two = client.submit_request(two).await.unwrap().into_inner();
-    let results_dir = w.state().join("results");
-    let results = || common::files_below(&results_dir).len();
+    let state = w.state();
+    let results = || common::kept_results(&state);
     assert_eq!(results(), 2);
     // A result may be fetched again while it is kept (a delivery that broke
     // on the way is retried), each delivery audited.

@@ -248,7 +248,7 @@ async fn no_change_commits_without_its_audit_entry() {
     registered.reference = "K-pending".into();
     let registered = c.register_warrant(authed(&cast.alice, registered)).await.unwrap().into_inner().id;
     let entries_before = w.audit_entries().len();
-    let results_before = common::files_below(&w.state().join("results")).len();
+    let results_before = common::kept_results(&w.state());
 
     // The trail refuses every append: each change fails as unavailable and
     // leaves the registry as it was.
@@ -284,7 +284,7 @@ async fn no_change_commits_without_its_audit_entry() {
     assert!(!warrants.iter().any(|w| w.reference == "K-unaudited"), "no warrant without its entry");
     assert_eq!(warrants.iter().find(|w| w.id == registered).unwrap().status, "registered");
     assert_eq!(warrants.iter().find(|w| w.id == approved).unwrap().status, "approved");
-    assert_eq!(common::files_below(&w.state().join("results")).len(), results_before, "no sealed result left behind");
+    assert_eq!(common::kept_results(&w.state()), results_before, "no sealed result left behind");
     c.create_authority(authed(&admin, authority)).await.expect("the authority was never created");
     c.create_principal(authed(&admin, principal)).await.expect("nor the principal");
     c.register_warrant(authed(&cast.alice, warrant)).await.expect("nor the warrant");

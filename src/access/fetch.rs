@@ -47,7 +47,7 @@ impl Desk {
         authz::may_fetch(&call.principal, &request)?;
         call.warrant = Some(request.warrant.clone());
         let name = request.result_name.as_deref().ok_or(Refusal::NoResult)?;
-        let bytes = self.results.unseal(name)?;
+        let bytes = self.results.unseal(name, self.requests.sealed_result(name)?)?;
         let sha256 = render::sha256_hex(&bytes);
         if Some(&sha256) != request.sha256.as_ref() {
             return Err(Refusal::ResultDigestMismatch.into());

@@ -117,8 +117,9 @@ impl Desk {
             request_id: call.request_id.clone(),
             order: None,
         };
-        let recorded = self
-            .audited(&call.principal.id, event, |audit| self.requests.record(&record, &[0; AGE_BUCKETS.len()], audit));
+        let recorded = self.audited(&call.principal.id, event, |audit| {
+            self.requests.record(&record, &[0; AGE_BUCKETS.len()], None, audit)
+        });
         match recorded {
             Ok(()) => {
                 call.refusal_audited = true;
@@ -180,7 +181,7 @@ impl Desk {
             categories: scope.categories.clone(),
         };
         let rendered = render::render(submission.format, &header, &found);
-        let name = self.results.seal(&rendered.bytes)?;
+        let (name, sealed) = self.results.seal(&rendered.bytes)?;
         let expires = now + chrono::Duration::from_std(self.settings.result_keep).unwrap_or(chrono::Duration::days(7));
         let record = RequestRecord {
             request_id: recording.request_id.clone(),
@@ -213,10 +214,11 @@ impl Desk {
             bytes: rendered.bytes.len() as u64,
         };
         let ages = ages_of(&found, now);
-        let recorded = self.audited(&call.principal.id, event, |audit| self.requests.record(&record, &ages, audit));
+        let recorded =
+            self.audited(&call.principal.id, event, |audit| self.requests.record(&record, &ages, Some(&sealed), audit));
         if let Err(error) = recorded {
             // Lost a race for the number, or the trail cannot take the
-            // entry: the request does not exist, and its sealed result goes.
+            // entry: the request does not exist, and its result's key goes.
             // Best effort; what the caller needs is the record's error.
             let _ = self.results.destroy(&name);
             return Err(error);

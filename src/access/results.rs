@@ -1,11 +1,15 @@
 //! The sealed results: what a request answered is kept sealed, under a key
 //! of its own, until it is fetched and while it is kept
-//! (`access.result_keep`); then its key and file are destroyed
+//! (`access.result_keep`); then its key and sealed bytes are destroyed
 //! ([`super::fetch`] delivers and sweeps them).
 //!
-//! [`ResultStore`] owns the `results/` directory of the state directory and
-//! every `<name>.sealed` file in it. Names are random, so a file name says
-//! nothing about its request.
+//! [`ResultStore`] seals and unseals; the sealed bytes are kept in the
+//! registry with the request's record, committed in the same transaction
+//! as the record and its audit entry, so that a submission costs the key's
+//! write and one commit. Results sealed before that are files
+//! `<name>.sealed` in the `results/` directory of the state directory,
+//! still read and destroyed. Names are random, so a name says nothing about
+//! its request.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +18,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use super::refusal::{AccessError, Refusal};
 use crate::keys::{self, KeyStore, RecordKeyScope};
-use crate::ops::durable::{self, DurableError, FileMode};
+use crate::ops::durable::{self, DurableError};
 
 /// The directory of sealed results in the state directory.
 pub const RESULTS_DIR: &str = "results";
@@ -39,30 +43,74 @@ impl ResultStore {
         self.dir.join(format!("{name}.sealed"))
     }
 
-    /// Seals `bytes` under a new key and a new random name, durably.
-    /// Returns the name.
-    pub fn seal(&self, bytes: &[u8]) -> Result<String, AccessError> {
+    /// Seals `bytes` under a new key (durable when this returns) and a new
+    /// random name. Returns the name and the sealed bytes, which the
+    /// request's record keeps ([`crate::registry::RequestRegistry::record`]):
+    /// they are durable with it, in one commit.
+    pub fn seal(&self, bytes: &[u8]) -> Result<(String, Vec<u8>), AccessError> {
         let mut random = [0u8; 16];
         self.rng.fill(&mut random).map_err(|_| AccessError::Internal("no randomness"))?;
         let name = hex::encode(random);
         let key = self.keys.create_record_key(RecordKeyScope::Result, &name)?;
         let sealed = keys::seal_bytes(&key.secret, &self.rng, name.as_bytes(), bytes.to_vec())?;
-        durable::write_atomically(&self.path(&name), &sealed, FileMode::Private)?;
-        Ok(name)
+        Ok((name, sealed))
     }
 
-    /// The bytes of a kept result.
-    pub fn unseal(&self, name: &str) -> Result<Vec<u8>, AccessError> {
+    /// The bytes of a kept result, from its sealed bytes in the registry,
+    /// or `None` for a result sealed before they were kept there, from its
+    /// file.
+    pub fn unseal(&self, name: &str, sealed: Option<Vec<u8>>) -> Result<Vec<u8>, AccessError> {
         let key = self.keys.record_key(RecordKeyScope::Result, name)?.ok_or(Refusal::ResultDestroyed)?;
-        let sealed = std::fs::read(self.path(name)).map_err(|_| Refusal::ResultDestroyed)?;
+        let sealed = match sealed {
+            Some(sealed) => sealed,
+            None => std::fs::read(self.path(name)).map_err(|_| Refusal::ResultDestroyed)?,
+        };
         Ok(keys::open_bytes(&key.secret, name.as_bytes(), &sealed).ok_or(Refusal::ResultUnsealable)?)
     }
 
-    /// Destroys a result: its key first (the file is then unreadable), then
-    /// its file. Idempotent.
+    /// Destroys a result: its key first (the sealed bytes are then
+    /// unreadable wherever a copy lies), then the file of a result sealed
+    /// before results were kept in the registry. Idempotent.
     pub fn destroy(&self, name: &str) -> Result<(), AccessError> {
         self.keys.destroy_record_key(RecordKeyScope::Result, name)?;
         durable::remove_file(&self.path(name))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, ResultStore) {
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(&root.path().join("keys"), None).unwrap();
+        let keys = Arc::new(KeyStore::open(&root.path().join("keys"), None).unwrap());
+        let store = ResultStore::open(root.path().join("state/results"), keys).unwrap();
+        (root, store)
+    }
+
+    #[test]
+    fn a_result_unseals_only_under_its_own_key_and_not_once_destroyed() {
+        let (_root, results) = store();
+        let (name, sealed) = results.seal(b"the answer").unwrap();
+        assert!(!sealed.windows(10).any(|w| w == b"the answer"), "sealed, not in clear");
+        assert_eq!(results.unseal(&name, Some(sealed.clone())).unwrap(), b"the answer");
+        let (other, _) = results.seal(b"another").unwrap();
+        assert!(results.unseal(&other, Some(sealed.clone())).is_err(), "bound to its name and key");
+        results.destroy(&name).unwrap();
+        let destroyed = results.unseal(&name, Some(sealed)).unwrap_err();
+        assert!(matches!(destroyed, AccessError::Refused(Refusal::ResultDestroyed)), "{destroyed:?}");
+    }
+
+    #[test]
+    fn a_result_sealed_into_a_file_before_is_still_read_and_destroyed() {
+        let (_root, results) = store();
+        let (name, sealed) = results.seal(b"kept as a file").unwrap();
+        durable::write_atomically(&results.path(&name), &sealed, durable::FileMode::Private).unwrap();
+        assert_eq!(results.unseal(&name, None).unwrap(), b"kept as a file");
+        results.destroy(&name).unwrap();
+        assert!(!results.path(&name).exists());
+        assert!(results.unseal(&name, None).is_err());
     }
 }

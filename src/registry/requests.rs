@@ -108,21 +108,27 @@ pub enum KeptResults<'a> {
 pub trait RequestRegistry: Send + Sync {
     /// Whether the authority already used this request number.
     fn number_used(&self, authority: &str, number: u64) -> Result<bool, RequestError>;
-    /// Records a request and the ages of the records it delivered, in one
-    /// transaction with its audit entry. A used number is refused as
-    /// [`RequestError::Replayed`], unaudited.
+    /// Records a request, the ages of the records it delivered and its
+    /// sealed result (kept under the request's `result_name`), in one
+    /// transaction with its audit entry: one commit makes all of them
+    /// durable. A used number is refused as [`RequestError::Replayed`],
+    /// unaudited.
     fn record(
         &self,
         request: &RequestRecord,
         ages: &[u64; AGE_BUCKETS.len()],
+        sealed: Option<&[u8]>,
         audit: AuditHook<'_>,
     ) -> Result<(), RequestError>;
+    /// The sealed result kept under `name`, if any.
+    fn sealed_result(&self, name: &str) -> Result<Option<Vec<u8>>, RequestError>;
     fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, RequestError>;
     /// Requests, optionally of one authority, newest first.
     fn list(&self, authority: Option<&str>) -> Result<Vec<RequestRecord>, RequestError>;
     /// Requests whose sealed result is still kept, of those `which` names.
     fn kept_results(&self, which: KeptResults<'_>) -> Result<Vec<RequestRecord>, RequestError>;
-    /// Forgets a request's result once its file and key are destroyed.
+    /// Forgets a request's result once its key is destroyed, and deletes
+    /// the sealed bytes (overwritten, not left in free pages).
     fn clear_result(&self, request_id: &str) -> Result<(), RequestError>;
     /// The statistics of the requests received in `[from, to)`, per
     /// authority, authorities in order.
@@ -168,26 +174,37 @@ mod tests {
     #[test]
     fn a_request_number_is_used_once_per_authority() {
         let (_dir, store) = store();
-        store.record(&request("dk-police", 1, RequestStatus::Answered, 5), &[3, 0, 0, 0], &mut || Ok(())).unwrap();
+        store
+            .record(&request("dk-police", 1, RequestStatus::Answered, 5), &[3, 0, 0, 0], None, &mut || Ok(()))
+            .unwrap();
         assert!(store.number_used("dk-police", 1).unwrap());
         assert!(!store.number_used("dk-tax", 1).unwrap());
-        let replay = store.record(&request("dk-police", 1, RequestStatus::Refused, 6), &[0; 4], &mut || Ok(()));
+        let replay = store.record(&request("dk-police", 1, RequestStatus::Refused, 6), &[0; 4], None, &mut || Ok(()));
         assert!(matches!(replay, Err(RequestError::Replayed { number: 1, .. })), "{replay:?}");
-        store.record(&request("dk-tax", 1, RequestStatus::Refused, 6), &[0; 4], &mut || Ok(())).unwrap();
+        store.record(&request("dk-tax", 1, RequestStatus::Refused, 6), &[0; 4], None, &mut || Ok(())).unwrap();
         assert_eq!(store.get("DK-dk-police-1").unwrap().unwrap().status, RequestStatus::Answered);
     }
 
     #[test]
     fn statistics_count_outcomes_and_ages_per_authority_within_the_year() {
         let (_dir, store) = store();
-        store.record(&request("dk-police", 1, RequestStatus::Answered, 100), &[2, 1, 0, 0], &mut || Ok(())).unwrap();
         store
-            .record(&request("dk-police", 2, RequestStatus::AnsweredPartially, 200), &[0, 0, 4, 0], &mut || Ok(()))
+            .record(&request("dk-police", 1, RequestStatus::Answered, 100), &[2, 1, 0, 0], None, &mut || Ok(()))
             .unwrap();
-        store.record(&request("dk-police", 3, RequestStatus::Refused, 300), &[0; 4], &mut || Ok(())).unwrap();
-        store.record(&request("dk-tax", 1, RequestStatus::Unavailable, 400), &[0; 4], &mut || Ok(())).unwrap();
+        store
+            .record(
+                &request("dk-police", 2, RequestStatus::AnsweredPartially, 200),
+                &[0, 0, 4, 0],
+                None,
+                &mut || Ok(()),
+            )
+            .unwrap();
+        store.record(&request("dk-police", 3, RequestStatus::Refused, 300), &[0; 4], None, &mut || Ok(())).unwrap();
+        store.record(&request("dk-tax", 1, RequestStatus::Unavailable, 400), &[0; 4], None, &mut || Ok(())).unwrap();
         // Outside the year.
-        store.record(&request("dk-tax", 2, RequestStatus::Answered, 5_000), &[9, 0, 0, 0], &mut || Ok(())).unwrap();
+        store
+            .record(&request("dk-tax", 2, RequestStatus::Answered, 5_000), &[9, 0, 0, 0], None, &mut || Ok(()))
+            .unwrap();
         let stats = store.statistics(TimestampMicros(0), TimestampMicros(1_000)).unwrap();
         assert_eq!(stats.len(), 2);
         assert_eq!(
@@ -208,13 +225,38 @@ mod tests {
     #[test]
     fn expired_results_are_listed_until_cleared() {
         let (_dir, store) = store();
-        store.record(&request("dk-police", 1, RequestStatus::Answered, 100), &[0; 4], &mut || Ok(())).unwrap();
+        store.record(&request("dk-police", 1, RequestStatus::Answered, 100), &[0; 4], None, &mut || Ok(())).unwrap();
         assert!(store.kept_results(KeptResults::ExpiredAt(TimestampMicros(105))).unwrap().is_empty());
         assert_eq!(store.kept_results(KeptResults::ExpiredAt(TimestampMicros(200))).unwrap().len(), 1);
         assert_eq!(store.kept_results(KeptResults::OfWarrant("w-1")).unwrap().len(), 1);
         assert!(store.kept_results(KeptResults::OfWarrant("w-2")).unwrap().is_empty());
         store.clear_result("DK-dk-police-1").unwrap();
         assert!(store.kept_results(KeptResults::ExpiredAt(TimestampMicros(200))).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_sealed_result_commits_with_its_record_and_goes_with_its_clearing() {
+        let (_dir, store) = store();
+        let failing = store.record(
+            &request("dk-police", 1, RequestStatus::Answered, 100),
+            &[0; 4],
+            Some(b"sealed one"),
+            &mut || Err(RegistryError::AuditFailed),
+        );
+        assert!(failing.is_err());
+        assert_eq!(store.sealed_result("r1").unwrap(), None, "no audit entry, no record, no result");
+        assert!(!store.number_used("dk-police", 1).unwrap());
+
+        let answered = request("dk-police", 1, RequestStatus::Answered, 100);
+        store.record(&answered, &[0; 4], Some(b"sealed one"), &mut || Ok(())).unwrap();
+        assert_eq!(store.sealed_result("r1").unwrap().as_deref(), Some(&b"sealed one"[..]));
+        // A replay keeps the first result.
+        let replay = store.record(&answered, &[0; 4], Some(b"sealed two"), &mut || Ok(()));
+        assert!(matches!(replay, Err(RequestError::Replayed { .. })));
+        assert_eq!(store.sealed_result("r1").unwrap().as_deref(), Some(&b"sealed one"[..]));
+        store.clear_result("DK-dk-police-1").unwrap();
+        assert_eq!(store.sealed_result("r1").unwrap(), None);
+        assert_eq!(store.get("DK-dk-police-1").unwrap().unwrap().result_name, None);
     }
 
     #[test]

@@ -280,6 +280,15 @@ pub fn read_all_rows(data_dir: &Path, keys: &KeyStore) -> Vec<Row> {
 }
 
 /// Every file below `dir`, recursively.
+/// The sealed results the registry in `state` keeps, and the files of
+/// results in its `results/` directory: what a request leaves behind.
+pub fn kept_results(state: &Path) -> usize {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let db = rusqlite::Connection::open_with_flags(state.join(cdrvault::registry::REGISTRY_FILE), flags).unwrap();
+    let rows: i64 = db.query_row("SELECT count(*) FROM sealed_results", [], |r| r.get(0)).unwrap();
+    rows as usize + files_below(&state.join("results")).len()
+}
+
 pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

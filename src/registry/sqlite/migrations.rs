@@ -160,6 +160,13 @@ const MIGRATIONS: &[&str] = &[
     DELETE FROM preservation_target_tokens;
     DROP TABLE warrant_target_tokens;
     DROP TABLE preservation_target_tokens;",
+    // 8: a request's sealed result is committed with its record, in the
+    // same transaction (results sealed before are still read from their
+    // files in `results/`).
+    "CREATE TABLE sealed_results (
+        name TEXT PRIMARY KEY,
+        sealed BLOB NOT NULL
+    );",
 ];
 
 /// Opens (creating and migrating) the registry in `state_dir`.

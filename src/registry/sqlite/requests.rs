@@ -52,6 +52,7 @@ impl RequestRegistry for SqliteRegistry {
         &self,
         request: &RequestRecord,
         ages: &[u64; AGE_BUCKETS.len()],
+        sealed: Option<&[u8]>,
         audit: AuditHook<'_>,
     ) -> Result<(), RequestError> {
         let inserted = self.audited(audit, |tx| {
@@ -84,6 +85,9 @@ impl RequestRegistry for SqliteRegistry {
                         "INSERT INTO request_ages (request_id, bucket, records) VALUES (?1, ?2, ?3)",
                         params![request.request_id, bucket as i64, *records as i64],
                     )?;
+                }
+                if let (Some(name), Some(sealed)) = (&request.result_name, sealed) {
+                    tx.execute("INSERT INTO sealed_results (name, sealed) VALUES (?1, ?2)", params![name, sealed])?;
                 }
             }
             Ok((inserted, inserted))
@@ -134,11 +138,26 @@ impl RequestRegistry for SqliteRegistry {
         Ok(query().map_err(RegistryError::from)?)
     }
 
+    fn sealed_result(&self, name: &str) -> Result<Option<Vec<u8>>, RequestError> {
+        Ok(self
+            .db()
+            .query_row("SELECT sealed FROM sealed_results WHERE name = ?1", params![name], |r| r.get(0))
+            .optional()
+            .map_err(RegistryError::from)?)
+    }
+
     fn clear_result(&self, request_id: &str) -> Result<(), RequestError> {
-        self.db()
-            .execute("UPDATE requests SET result_name = NULL WHERE request_id = ?1", params![request_id])
-            .map_err(RegistryError::from)?;
-        Ok(())
+        let clear = || -> Result<(), rusqlite::Error> {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            tx.execute(
+                "DELETE FROM sealed_results WHERE name = (SELECT result_name FROM requests WHERE request_id = ?1)",
+                params![request_id],
+            )?;
+            tx.execute("UPDATE requests SET result_name = NULL WHERE request_id = ?1", params![request_id])?;
+            tx.commit()
+        };
+        Ok(clear().map_err(RegistryError::from)?)
     }
 
     fn statistics(&self, from: TimestampMicros, to: TimestampMicros) -> Result<Vec<AuthorityStatistics>, RequestError> {
