@@ -184,7 +184,7 @@ impl Config {
             return err(
                 "parquet.bloom_fpp",
                 format!("is {}", self.parquet.bloom_fpp),
-                "use a rate between 0 and 1 (default 0.01)",
+                "use a rate between 0 and 1 (default 0.05)",
             );
         }
         if self.retention.days == 0 {

@@ -35,7 +35,10 @@ pub struct ParquetConfig {
     pub lookup_page_rows: usize,
     /// zstd level, 1 (fast) to 22 (small).
     pub zstd_level: i32,
-    /// Target false-positive rate of the token bloom filters.
+    /// Target false-positive rate of the token bloom filters. They prune
+    /// row groups only where a file has no usable index (and for generic
+    /// readers filtering on a token): 5% costs 4.3 bits a distinct token,
+    /// 1% 9.6.
     pub bloom_fpp: f64,
     /// Threads that encode the columns of a row group in parallel.
     pub encode_threads: usize,
@@ -48,7 +51,7 @@ impl Default for ParquetConfig {
             data_page_rows: 8_192,
             lookup_page_rows: 1_024,
             zstd_level: 3,
-            bloom_fpp: 0.01,
+            bloom_fpp: 0.05,
             encode_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         }
     }

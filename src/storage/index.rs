@@ -11,8 +11,9 @@
 //! wrong), beside its data file ([`layout::index_path`]). Two `INT32`
 //! columns, sorted by (`token`, `granule`), deduplicated:
 //!
-//! - `token`: the high 32 bits of the 64-bit token (delta-encoded, page
-//!   statistics, so the column index finds the page of a token);
+//! - `token`: the high bits of the 64-bit token, as many as the file needs
+//!   ([`prefix_bits`], recorded as `cdrvault.prefix_bits`; delta-encoded,
+//!   page statistics, so the column index finds the page of a token);
 //! - `granule`: the row within the data file, counted over its row groups,
 //!   divided by [`GRANULE_ROWS`] (8). A lookup reads the 8 rows of a
 //!   granule; it decodes whole pages anyway, and the writer sorts a file's
@@ -20,9 +21,13 @@
 //!   (with their IMSI, IMEI and SIP URI) share a few granules: one entry
 //!   instead of one per row, and 3 bits less per entry.
 //!
-//! 32 bits are enough: a lookup confirms every row against the unsealed
+//! A prefix is enough: a lookup confirms every row against the unsealed
 //! value, so a prefix shared by two identifiers only costs the reading of a
-//! row that is then dropped. Cell fields are not indexed: a cell dump is
+//! granule that is then dropped. With n entries the index keeps about
+//! log2(n) + 6 bits, so a looked-up token meets a foreign entry with odds
+//! of about 1 in 64 per file, and each bit less saves a bit per entry
+//! (sorted prefixes delta-pack to about their bits minus log2(n)). Cell
+//! fields are not indexed: a cell dump is
 //! bounded in time and scans the cell token columns of its day, and cell
 //! ids recur so much that their entries would cost more than they save.
 //!
@@ -67,8 +72,12 @@ pub const GRANULE: &str = "granule";
 /// Rows per granule, the unit an index entry points at.
 pub const GRANULE_ROWS: u32 = 8;
 
-/// Written into each index file as `cdrvault.index_version`.
-pub const INDEX_VERSION: &str = "1";
+/// Written into each index file as `cdrvault.index_version`. Version 1
+/// (32-bit prefixes, no `cdrvault.prefix_bits`) is still read.
+pub const INDEX_VERSION: &str = "2";
+
+/// The bits of a token an index keeps beyond log2 of its entries.
+const PREFIX_MARGIN_BITS: u32 = 6;
 
 /// Key-value metadata of an index file.
 pub mod meta {
@@ -79,6 +88,8 @@ pub mod meta {
     pub const DATA_ROWS: &str = "cdrvault.data_rows";
     pub const GRANULE_ROWS: &str = "cdrvault.granule_rows";
     pub const TOKEN_KEY_ID: &str = "cdrvault.token_key_id";
+    /// How many high bits of a token the `token` column keeps.
+    pub const PREFIX_BITS: &str = "cdrvault.prefix_bits";
 }
 
 /// Entries per index page: the unit a lookup decodes per token.
@@ -94,9 +105,22 @@ pub fn indexed_fields() -> impl Iterator<Item = IdentifierField> {
     IdentifierField::ALL.into_iter().filter(|f| is_indexed(f.kind()))
 }
 
-/// The part of a token kept in the index.
+/// The high 32 bits of a token: what the writer sorts by, before
+/// [`write`] keeps the [`prefix_bits`] the file needs.
 pub fn prefix(token: i64) -> i32 {
     (token >> 32) as i32
+}
+
+/// The bits of the token an index of `entries` entries keeps: log2 of the
+/// entries plus [`PREFIX_MARGIN_BITS`], between 16 and 32.
+pub fn prefix_bits(entries: usize) -> u32 {
+    let log2 = usize::BITS - entries.max(1).saturating_sub(1).leading_zeros();
+    (log2 + PREFIX_MARGIN_BITS).clamp(16, 32)
+}
+
+/// `prefix` (32 bits) cut to its high `bits`, order kept.
+fn shortened(prefix: i32, bits: u32) -> i32 {
+    prefix >> (32 - bits)
 }
 
 fn index_schema() -> SchemaRef {
@@ -144,6 +168,11 @@ pub struct IndexedFile<'a> {
 /// deduplicated ([`sorted_entries`]), durably (temporary, fsync, rename,
 /// fsync of the directory). Returns its size in bytes.
 pub fn write(path: &Path, entries: &[(i32, u32)], data: &IndexedFile<'_>) -> Result<u64, WriteError> {
+    let bits = prefix_bits(entries.len());
+    let mut entries: Vec<(i32, u32)> =
+        entries.iter().map(|&(token, granule)| (shortened(token, bits), granule)).collect();
+    // Still sorted: shortening keeps the order, and may make neighbours equal.
+    entries.dedup();
     let tokens = Int32Array::from_iter_values(entries.iter().map(|(t, _)| *t));
     // Granules fit: a data file (one day of one token key) is far below
     // 2^34 rows.
@@ -167,6 +196,7 @@ pub fn write(path: &Path, entries: &[(i32, u32)], data: &IndexedFile<'_>) -> Res
             KeyValue::new(meta::DATA_ROWS.into(), data.rows.to_string()),
             KeyValue::new(meta::GRANULE_ROWS.into(), GRANULE_ROWS.to_string()),
             KeyValue::new(meta::TOKEN_KEY_ID.into(), data.token_key_id.to_string()),
+            KeyValue::new(meta::PREFIX_BITS.into(), bits.to_string()),
         ]))
         .build();
 
@@ -231,6 +261,8 @@ pub struct IndexReader {
     pub data_file: String,
     pub data_bytes: u64,
     pub data_rows: u64,
+    /// The high bits of a token its `token` column keeps.
+    prefix_bits: u32,
 }
 
 impl IndexReader {
@@ -245,16 +277,21 @@ impl IndexReader {
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
         let metadata = ArrowReaderMetadata::load(&file, options)?;
         let field = |key: &str| file_meta(metadata.metadata(), key);
-        if field(meta::VERSION).as_deref() != Some(INDEX_VERSION)
-            || field(meta::GRANULE_ROWS).as_deref() != Some(&GRANULE_ROWS.to_string())
-        {
-            return Err(ParquetError::General("unknown index version".into()));
-        }
+        let prefix_bits = match field(meta::VERSION).as_deref() {
+            Some("1") => Some(32),
+            Some(INDEX_VERSION) => field(meta::PREFIX_BITS).and_then(|b| b.parse().ok()),
+            _ => None,
+        };
+        let prefix_bits = match prefix_bits {
+            Some(bits @ 16..=32) if field(meta::GRANULE_ROWS).as_deref() == Some(&GRANULE_ROWS.to_string()) => bits,
+            _ => return Err(ParquetError::General("unknown index version".into())),
+        };
         let number = |key: &str| field(key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(u64::MAX);
         Ok(Some(IndexReader {
             data_file: field(meta::DATA_FILE).unwrap_or_default(),
             data_bytes: number(meta::DATA_BYTES),
             data_rows: number(meta::DATA_ROWS),
+            prefix_bits,
             file,
             metadata,
         }))
@@ -265,9 +302,12 @@ impl IndexReader {
         self.data_file == name && self.data_bytes == bytes && self.data_rows == rows
     }
 
-    /// The rows (sorted, distinct) of the granules whose indexed tokens have
-    /// one of the given prefixes, and the index pages read to find them.
-    pub fn rows_for(&self, prefixes: &[i32]) -> Result<(Vec<u32>, u64), ParquetError> {
+    /// The rows (sorted, distinct) of the granules whose indexed tokens
+    /// share the index's prefix with one of `tokens`, and the index pages
+    /// read to find them.
+    pub fn rows_for(&self, tokens: &[i64]) -> Result<(Vec<u32>, u64), ParquetError> {
+        let prefixes: Vec<i32> = tokens.iter().map(|t| shortened(prefix(*t), self.prefix_bits)).collect();
+        let prefixes = prefixes.as_slice();
         let metadata = self.metadata.metadata();
         let mut ranges = Vec::new();
         let mut pages = 0;
@@ -375,25 +415,82 @@ mod tests {
         assert_ne!(sorted_entries(wrong), entries(&whole));
     }
 
+    /// A token whose high bits spread `i` of `n` over the whole range.
+    fn spread(i: i64, n: i64) -> i64 {
+        (i - n / 2) * (u64::MAX / n as u64) as i64
+    }
+
     #[test]
     fn rows_are_found_through_the_page_index_only_where_the_token_is() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("part-x.parquet");
-        // 20,000 rows: several index pages; token i has prefix i % 5000.
-        let tokens: Vec<Option<i64>> = (0..20_000i64).map(|i| Some(((i % 5_000) - 2_500) << 32)).collect();
+        // 20,000 rows: several index pages; row r holds token r % 5000.
+        let tokens: Vec<Option<i64>> = (0..20_000i64).map(|i| Some(spread(i % 5_000, 5_000))).collect();
         let b = batch(&[("calling_number_token", tokens)]);
         let key = KeyId::new("tk-0001").unwrap();
         let described = IndexedFile { name: "part-x.parquet", bytes: 1, rows: 20_000, token_key_id: &key };
         write(&layout::index_path(&data), &entries(&b), &described).unwrap();
         let index = IndexReader::open(&data).unwrap().unwrap();
+        assert_eq!(index.prefix_bits, 21, "log2 of 20,000 entries, rounded up, and 6");
         assert!(index.describes("part-x.parquet", 1, 20_000));
         assert!(!index.describes("part-y.parquet", 1, 20_000));
-        let (rows, pages) = index.rows_for(&[-2_500 + 17]).unwrap();
+        let (rows, pages) = index.rows_for(&[spread(17, 5_000)]).unwrap();
         let granule = |row: u32| (row / 8 * 8..row / 8 * 8 + 8).collect::<Vec<u32>>();
         let expected: Vec<u32> = [17, 5_017, 10_017, 15_017].into_iter().flat_map(granule).collect();
         assert_eq!(rows, expected, "the granules of rows 17, 5017, 10017 and 15017");
         assert_eq!(pages, 1, "one page of the sorted index holds the token");
-        assert!(index.rows_for(&[9_999]).unwrap().0.is_empty());
+        assert!(index.rows_for(&[spread(17, 5_000) + (1 << 50)]).unwrap().0.is_empty(), "another prefix");
+        // A token sharing the kept bits finds the same granules, to be
+        // dropped when the lookup confirms its rows.
+        assert_eq!(index.rows_for(&[spread(17, 5_000) + (1 << 40)]).unwrap().0, expected);
         assert!(IndexReader::open(&dir.path().join("other.parquet")).unwrap().is_none());
+    }
+
+    #[test]
+    fn an_index_keeps_six_bits_beyond_log2_of_its_entries() {
+        assert_eq!(prefix_bits(0), 16);
+        assert_eq!(prefix_bits(1_000), 16);
+        assert_eq!(prefix_bits(1 << 14), 20);
+        assert_eq!(prefix_bits((1 << 14) + 1), 21);
+        assert_eq!(prefix_bits(340_000), 25);
+        assert_eq!(prefix_bits(1 << 30), 32);
+        // Shortening keeps the signed order of the prefixes.
+        let prefixes = [i32::MIN, -70_000, -1, 0, 65_535, 65_536, i32::MAX];
+        for bits in [16, 21, 32] {
+            let cut: Vec<i32> = prefixes.iter().map(|p| shortened(*p, bits)).collect();
+            assert!(cut.windows(2).all(|w| w[0] <= w[1]), "{bits}: {cut:?}");
+        }
+    }
+
+    #[test]
+    fn an_index_of_version_1_with_32_bit_prefixes_still_finds_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("part-v1.parquet");
+        let entries = [(prefix(spread(3, 10)), 0i32), (prefix(spread(5, 10)), 2)];
+        let columns: Vec<Arc<dyn Array>> = vec![
+            Arc::new(Int32Array::from_iter_values(entries.iter().map(|e| e.0))),
+            Arc::new(Int32Array::from_iter_values(entries.iter().map(|e| e.1))),
+        ];
+        let batch = RecordBatch::try_new(index_schema(), columns).unwrap();
+        let meta = [
+            (meta::VERSION, "1"),
+            (meta::DATA_FILE, "part-v1.parquet"),
+            (meta::DATA_BYTES, "1"),
+            (meta::DATA_ROWS, "24"),
+            (meta::GRANULE_ROWS, "8"),
+        ];
+        let properties = WriterProperties::builder()
+            .set_key_value_metadata(Some(
+                meta.iter().map(|(k, v)| KeyValue::new(k.to_string(), v.to_string())).collect(),
+            ))
+            .build();
+        let file = File::create(layout::index_path(&data)).unwrap();
+        let mut writer = ArrowWriter::try_new(file, index_schema(), Some(properties)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let index = IndexReader::open(&data).unwrap().unwrap();
+        assert_eq!(index.prefix_bits, 32);
+        assert_eq!(index.rows_for(&[spread(5, 10)]).unwrap().0, (16..24).collect::<Vec<u32>>());
+        assert!(index.rows_for(&[spread(5, 10) + (1 << 40)]).unwrap().0.is_empty(), "all 32 bits count");
     }
 }

@@ -69,13 +69,12 @@ pub(super) fn search_file(
 
     let starts = group_starts(&metadata);
     let all_indexed = query.targets.iter().all(|(kind, _)| index::is_indexed(*kind));
-    let prefixes: Vec<i32> = file_tokens.iter().map(|t| index::prefix(*t)).collect();
     // The cached index is a mapping of the file as it was opened, which
     // describes this very data file (checked at opening), so it stays
     // right even if the index file is deleted since. One that cannot
     // be decoded is derived data: the scan below finds the same rows.
     let indexed = match (&cached.index, all_indexed) {
-        (Some(index), true) => index.rows_for(&prefixes).ok(),
+        (Some(index), true) => index.rows_for(file_tokens).ok(),
         _ => None,
     };
     let candidates: Vec<usize> = match indexed {
