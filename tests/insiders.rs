@@ -292,3 +292,52 @@ async fn no_change_commits_without_its_audit_entry() {
     c.submit_request(authed(&cast.handler, submit)).await.expect("the request number was never used");
     c.register_order(authed(&cast.alice, order)).await.expect("nor the order");
 }
+
+/// Someone with write access to the registry, where sealed results are
+/// kept, changes one result's bytes, puts another result's bytes in place
+/// of a third, and deletes a fourth: no fetch returns anything but the
+/// bytes that were recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_result_changed_or_swapped_in_the_registry_is_refused_not_delivered() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let target = w.target(3);
+    let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
+    let mut ids = Vec::new();
+    for number in 1..=4 {
+        let ask = w.submission(Ask { number, ..Ask::to(&warrant, &target) });
+        ids.push(w.client.submit_request(authed(&cast.handler, ask)).await.unwrap().into_inner().request_id);
+    }
+    let delivered = fetch(&mut w.client, &cast.handler, &ids[0]).await.unwrap();
+    assert!(!delivered.1.is_empty());
+
+    let db = rusqlite::Connection::open(w.state().join(cdrvault::registry::REGISTRY_FILE)).unwrap();
+    let name_of = |id: &str| -> String {
+        db.query_row("SELECT result_name FROM requests WHERE request_id = ?1", [id], |r| r.get(0)).unwrap()
+    };
+    let (first, second, third, fourth) = (name_of(&ids[0]), name_of(&ids[1]), name_of(&ids[2]), name_of(&ids[3]));
+    // One byte flipped in the first.
+    let mut bytes: Vec<u8> =
+        db.query_row("SELECT sealed FROM sealed_results WHERE name = ?1", [&first], |r| r.get(0)).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    db.execute("UPDATE sealed_results SET sealed = ?1 WHERE name = ?2", rusqlite::params![bytes, first]).unwrap();
+    // The second's bytes in place of the third's.
+    db.execute(
+        "UPDATE sealed_results SET sealed = (SELECT sealed FROM sealed_results WHERE name = ?1) WHERE name = ?2",
+        [&second, &third],
+    )
+    .unwrap();
+    db.execute("DELETE FROM sealed_results WHERE name = ?1", [&fourth]).unwrap();
+    drop(db);
+
+    for id in [&ids[0], &ids[2]] {
+        let refused = fetch(&mut w.client, &cast.handler, id).await.unwrap_err();
+        assert_eq!(refused.code(), Code::DataLoss, "{id}: {refused:?}");
+        assert_eq!(reason(&refused), "result_damaged", "{refused:?}");
+    }
+    let gone = fetch(&mut w.client, &cast.handler, &ids[3]).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+    // The result whose bytes were copied is untouched.
+    assert!(fetch(&mut w.client, &cast.handler, &ids[1]).await.is_ok());
+}
