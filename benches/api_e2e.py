@@ -182,7 +182,7 @@ def main():
         places = {}
         for m in re.finditer(r"^\d+\s+(fsync|fdatasync)\(\d+<([^>]*)>", open(trace).read(), re.M):
             place = re.sub(r"[0-9a-f]{16,}", "*", m.group(2).replace(str(pathlib.Path(a.token_file).parent), ""))
-            place = re.sub(r"\.\d+\.tmp$", ".*.tmp", place)
+            place = re.sub(r"(\.\d+)+\.tmp$", ".*.tmp", place)
             places[(m.group(1), place)] = places.get((m.group(1), place), 0) + 1
         total = sum(places.values())
         print(f"RESULT fsyncs {a.label}: {total} fsync+fdatasync over {calls} submit+fetch pairs: "
