@@ -75,7 +75,8 @@ pub struct Call {
 pub struct DeskParts {
     /// The data directory that lookups search.
     pub data_dir: PathBuf,
-    /// Where sealed results are kept (in the state directory).
+    /// Where results sealed by earlier versions are kept (in the state
+    /// directory); new ones are kept in the registry.
     pub results_dir: PathBuf,
     pub keys: Arc<KeyStore>,
     pub audit: Arc<AuditTrail>,
