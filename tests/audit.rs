@@ -197,6 +197,21 @@ fn the_head_is_written_in_place_and_a_torn_slot_falls_back_to_the_head_before() 
 }
 
 #[test]
+fn a_head_file_replaced_under_a_running_trail_gets_the_next_head() {
+    let t = Trail::new();
+    t.fill(1..=3);
+    let head_path = t.vault.keys.audit_head_path(&t.path());
+    // The file is replaced by a copy of itself (a restore, or a writer
+    // that renames a new file into place): a new inode under the name.
+    let copy = head_path.with_extension("copy");
+    std::fs::copy(&head_path, &copy).unwrap();
+    std::fs::rename(&copy, &head_path).unwrap();
+    t.append(4).unwrap();
+    assert_eq!(newest_head(&head_path), 4, "the head went to the file under the name");
+    assert!(t.verify().is_intact(), "{:?}", t.verify());
+}
+
+#[test]
 fn a_head_file_of_one_json_object_reads_and_is_rewritten_with_slots() {
     let t = Trail::new();
     t.fill(1..=3);

@@ -115,6 +115,14 @@ impl HeadFile {
         slot.resize(SLOT_BYTES - 1, b' ');
         slot.push(b'\n');
         let offset = (head.seq % 2) as usize * SLOT_BYTES;
+        // A file replaced under this handle (restored from a copy, or
+        // rewritten whole by another writer) would take heads nobody
+        // reads: the handle follows the name.
+        if let Some(file) = &self.file
+            && !same_file(file, &self.path)
+        {
+            self.file = None;
+        }
         let file = match &self.file {
             Some(file) => file,
             None => {
@@ -145,6 +153,15 @@ impl HeadFile {
         };
         file.write_all_at(&slot, offset as u64).map_err(|e| DurableError::io("write", &self.path, e))?;
         file.sync_data().map_err(|source| DurableError::Fsync { path: self.path.clone(), source })
+    }
+}
+
+/// True if `file` is still the file at `path`.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }
 
