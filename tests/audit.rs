@@ -161,9 +161,14 @@ fn a_head_left_one_entry_behind_by_a_crash_is_moved_up_at_start() {
 
 /// The newest `seq` of the heads in a head file (a stream of JSON heads).
 fn newest_head(path: &Path) -> u64 {
+    newest_head_object(path)["seq"].as_u64().unwrap()
+}
+
+/// The newest of the heads in a head file, as JSON.
+fn newest_head_object(path: &Path) -> Value {
     let bytes = std::fs::read(path).unwrap();
     let heads = serde_json::Deserializer::from_slice(&bytes).into_iter::<Value>();
-    heads.map(|head| head.unwrap()["seq"].as_u64().unwrap()).max().unwrap()
+    heads.map(Result::unwrap).max_by_key(|head| head["seq"].as_u64().unwrap()).unwrap()
 }
 
 #[test]
@@ -217,12 +222,7 @@ fn a_head_file_of_one_json_object_reads_and_is_rewritten_with_slots() {
     t.fill(1..=3);
     let head_path = t.vault.keys.audit_head_path(&t.path());
     // The head as it was kept before slots: one JSON object.
-    let bytes = std::fs::read(&head_path).unwrap();
-    let newest = serde_json::Deserializer::from_slice(&bytes)
-        .into_iter::<Value>()
-        .map(Result::unwrap)
-        .max_by_key(|head| head["seq"].as_u64().unwrap())
-        .unwrap();
+    let newest = newest_head_object(&head_path);
     std::fs::write(&head_path, serde_json::to_vec(&newest).unwrap()).unwrap();
     assert!(t.verify().is_intact());
     t.reopen().unwrap().append("retention", &event(4), noon()).unwrap();
