@@ -167,10 +167,11 @@ pub struct IndexedFile<'a> {
 /// Writes the index of a data file from its entries, sorted and
 /// deduplicated ([`sorted_entries`]), durably (temporary, fsync, rename,
 /// fsync of the directory). Returns its size in bytes.
-pub fn write(path: &Path, entries: &[(i32, u32)], data: &IndexedFile<'_>) -> Result<u64, WriteError> {
+pub fn write(path: &Path, mut entries: Vec<(i32, u32)>, data: &IndexedFile<'_>) -> Result<u64, WriteError> {
     let bits = prefix_bits(entries.len());
-    let mut entries: Vec<(i32, u32)> =
-        entries.iter().map(|&(token, granule)| (shortened(token, bits), granule)).collect();
+    for (token, _) in &mut entries {
+        *token = shortened(*token, bits);
+    }
     // Still sorted: shortening keeps the order, and may make neighbours equal.
     entries.dedup();
     let tokens = Int32Array::from_iter_values(entries.iter().map(|(t, _)| *t));
@@ -244,7 +245,7 @@ pub fn rebuild(data_file: &Path) -> Result<u64, WriteError> {
     }
     let name = data_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let data = IndexedFile { name: &name, bytes, rows, token_key_id: &token_key_id };
-    write(&layout::index_path(data_file), &sorted_entries(keys), &data)
+    write(&layout::index_path(data_file), sorted_entries(keys), &data)
 }
 
 fn file_meta(metadata: &parquet::file::metadata::ParquetMetaData, key: &str) -> Option<String> {
@@ -429,7 +430,7 @@ mod tests {
         let b = batch(&[("calling_number_token", tokens)]);
         let key = KeyId::new("tk-0001").unwrap();
         let described = IndexedFile { name: "part-x.parquet", bytes: 1, rows: 20_000, token_key_id: &key };
-        write(&layout::index_path(&data), &entries(&b), &described).unwrap();
+        write(&layout::index_path(&data), entries(&b), &described).unwrap();
         let index = IndexReader::open(&data).unwrap().unwrap();
         assert_eq!(index.prefix_bits, 21, "log2 of 20,000 entries, rounded up, and 6");
         assert!(index.describes("part-x.parquet", 1, 20_000));

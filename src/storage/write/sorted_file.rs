@@ -303,7 +303,7 @@ impl<'a> SortedFile<'a> {
         let entries = index::sorted_entries(std::mem::take(&mut self.index_keys));
         let described =
             index::IndexedFile { name: &self.name, bytes, rows: self.rows as u64, token_key_id: &self.token_key_id };
-        index::write(&layout::index_path(&self.target), &entries, &described)?;
+        index::write(&layout::index_path(&self.target), entries, &described)?;
         // From here on the staged file is its caller's.
         self.published = true;
         Ok(StagedFile {
