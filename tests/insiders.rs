@@ -12,6 +12,7 @@ use cdrvault::access::config::AccessSettings;
 use cdrvault::model::PartitionDate;
 use cdrvault::proto;
 use common::api::*;
+use common::{files_below, kept_results};
 
 fn creating(name: &str, person: &str, roles: &[&str], authority: &str) -> proto::CreatePrincipalRequest {
     proto::CreatePrincipalRequest {
@@ -340,4 +341,31 @@ async fn a_sealed_result_changed_or_swapped_in_the_registry_is_refused_not_deliv
     assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
     // The result whose bytes were copied is untouched.
     assert!(fetch(&mut w.client, &cast.handler, &ids[1]).await.is_ok());
+}
+
+/// Someone with write access to the data directory spoils the files a
+/// request must read. The result's key is made while the lookup runs, so
+/// the failed lookup must take it away again: no key, no kept result, and
+/// the handler gets an error, not a partial answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_lookup_fails_leaves_no_result_key_behind() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let target = w.target(3);
+    let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
+    let spoiled: Vec<_> =
+        files_below(&w.vault.data()).into_iter().filter(|p| p.extension().is_some_and(|e| e == "parquet")).collect();
+    assert!(!spoiled.is_empty());
+    for file in &spoiled {
+        let length = std::fs::metadata(file).unwrap().len() as usize;
+        std::fs::write(file, vec![0u8; length]).unwrap();
+    }
+
+    let ask = w.submission(Ask::to(&warrant, &target));
+    let failed = w.client.submit_request(authed(&cast.handler, ask)).await.unwrap_err();
+    assert_eq!(failed.code(), Code::Internal, "{failed:?}");
+    let result_keys = w.vault.keys_dir().join("result");
+    assert!(result_keys.is_dir(), "the key was made while the lookup ran");
+    assert_eq!(files_below(&result_keys), Vec::<std::path::PathBuf>::new(), "and destroyed when it failed");
+    assert_eq!(kept_results(&w.state()), 0);
 }

@@ -159,7 +159,21 @@ impl Desk {
             to: TimestampMicros::from_datetime(scope.window_end),
             categories: scope.categories.clone(),
         };
-        let (found, _) = self.lookup(&query)?;
+        // The result's key does not depend on the answer: it is made
+        // durable while the lookup runs. Whatever stops the request from
+        // being recorded destroys it again.
+        let (key, found) = std::thread::scope(|scope| {
+            let key = scope.spawn(|| self.results.reserve());
+            let found = self.lookup(&query);
+            (key.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)), found)
+        });
+        let key = key?;
+        let discard = |error: AccessError| {
+            // Best effort; what the caller needs is the first error.
+            let _ = self.results.destroy(&key.name);
+            error
+        };
+        let (found, _) = found.map_err(discard)?;
         let (first, last) = (query.from.partition_date(), query.to.partition_date());
         let days = (last.days_since_epoch() - first.days_since_epoch() + 1).max(1) as u64;
         let beyond = self.days_beyond_retention(first, last);
@@ -181,7 +195,7 @@ impl Desk {
             categories: scope.categories.clone(),
         };
         let rendered = render::render(submission.format, &header, &found);
-        let (name, sealed) = self.results.seal(&rendered.bytes)?;
+        let sealed = self.results.seal(&key, &rendered.bytes).map_err(discard)?;
         let expires = now + chrono::Duration::from_std(self.settings.result_keep).unwrap_or(chrono::Duration::days(7));
         let record = RequestRecord {
             request_id: recording.request_id.clone(),
@@ -197,7 +211,7 @@ impl Desk {
             sha256: Some(rendered.sha256.clone()),
             bytes: rendered.bytes.len() as u64,
             days_unavailable: beyond,
-            result_name: Some(name.clone()),
+            result_name: Some(key.name.clone()),
             result_expires: Some(TimestampMicros::from_datetime(expires)),
         };
         let event = AuditEvent::RequestAnswered {
@@ -216,13 +230,9 @@ impl Desk {
         let ages = ages_of(&found, now);
         let recorded =
             self.audited(&call.principal.id, event, |audit| self.requests.record(&record, &ages, Some(&sealed), audit));
-        if let Err(error) = recorded {
-            // Lost a race for the number, or the trail cannot take the
-            // entry: the request does not exist, and its result's key goes.
-            // Best effort; what the caller needs is the record's error.
-            let _ = self.results.destroy(&name);
-            return Err(error);
-        }
+        // Lost a race for the number, or the trail cannot take the entry:
+        // the request does not exist, and its result's key goes.
+        recorded.map_err(discard)?;
         Ok(record)
     }
 

@@ -17,11 +17,17 @@ use std::sync::Arc;
 use ring::rand::{SecureRandom, SystemRandom};
 
 use super::refusal::{AccessError, Refusal};
-use crate::keys::{self, KeyStore, RecordKeyScope};
+use crate::keys::{self, KeyStore, RecordKey, RecordKeyScope};
 use crate::ops::durable::{self, DurableError};
 
 /// The directory of sealed results in the state directory.
 pub const RESULTS_DIR: &str = "results";
+
+/// A result's name and its key, reserved before its bytes exist.
+pub struct ResultKey {
+    pub name: String,
+    key: RecordKey,
+}
 
 /// The sealed results: `<dir>/<name>.sealed`, each sealed under the record
 /// key `result/<name>`.
@@ -43,17 +49,24 @@ impl ResultStore {
         self.dir.join(format!("{name}.sealed"))
     }
 
-    /// Seals `bytes` under a new key (durable when this returns) and a new
-    /// random name. Returns the name and the sealed bytes, which the
-    /// request's record keeps ([`crate::registry::RequestRegistry::record`]):
-    /// they are durable with it, in one commit.
-    pub fn seal(&self, bytes: &[u8]) -> Result<(String, Vec<u8>), AccessError> {
+    /// A new random name and its key, durable when this returns: made
+    /// before the result exists, so that the key's write overlaps the
+    /// lookup ([`super::requests`]). A key whose request is not recorded
+    /// is destroyed ([`ResultStore::destroy`]); one left by a crash seals
+    /// nothing.
+    pub fn reserve(&self) -> Result<ResultKey, AccessError> {
         let mut random = [0u8; 16];
         self.rng.fill(&mut random).map_err(|_| AccessError::Internal("no randomness"))?;
         let name = hex::encode(random);
         let key = self.keys.create_record_key(RecordKeyScope::Result, &name)?;
-        let sealed = keys::seal_bytes(&key.secret, &self.rng, name.as_bytes(), bytes.to_vec())?;
-        Ok((name, sealed))
+        Ok(ResultKey { name, key })
+    }
+
+    /// Seals `bytes` under `key`. Returns the sealed bytes, which the
+    /// request's record keeps ([`crate::registry::RequestRegistry::record`]):
+    /// they are durable with it, in one commit.
+    pub fn seal(&self, key: &ResultKey, bytes: &[u8]) -> Result<Vec<u8>, AccessError> {
+        Ok(keys::seal_bytes(&key.key.secret, &self.rng, key.name.as_bytes(), bytes.to_vec())?)
     }
 
     /// The bytes of a kept result, from its sealed bytes in the registry,
@@ -93,10 +106,11 @@ mod tests {
     #[test]
     fn a_result_unseals_only_under_its_own_key_and_not_once_destroyed() {
         let (_root, results) = store();
-        let (name, sealed) = results.seal(b"the answer").unwrap();
+        let key = results.reserve().unwrap();
+        let (name, sealed) = (key.name.clone(), results.seal(&key, b"the answer").unwrap());
         assert!(!sealed.windows(10).any(|w| w == b"the answer"), "sealed, not in clear");
         assert_eq!(results.unseal(&name, Some(sealed.clone())).unwrap(), b"the answer");
-        let (other, _) = results.seal(b"another").unwrap();
+        let other = results.reserve().unwrap().name;
         assert!(results.unseal(&other, Some(sealed.clone())).is_err(), "bound to its name and key");
         results.destroy(&name).unwrap();
         let destroyed = results.unseal(&name, Some(sealed)).unwrap_err();
@@ -106,7 +120,8 @@ mod tests {
     #[test]
     fn a_result_sealed_into_a_file_before_is_still_read_and_destroyed() {
         let (_root, results) = store();
-        let (name, sealed) = results.seal(b"kept as a file").unwrap();
+        let key = results.reserve().unwrap();
+        let (name, sealed) = (key.name.clone(), results.seal(&key, b"kept as a file").unwrap());
         durable::write_atomically(&results.path(&name), &sealed, durable::FileMode::Private).unwrap();
         assert_eq!(results.unseal(&name, None).unwrap(), b"kept as a file");
         results.destroy(&name).unwrap();
