@@ -401,3 +401,44 @@ fn sip_users_that_differ_only_in_case_are_found_apart() {
         .collect();
     assert_eq!(disclosed, ["sip:Alice@example.com"], "stored with its user as written, its host lower-cased");
 }
+
+#[test]
+fn a_sealed_column_null_in_every_row_read_is_not_read_and_nothing_is_missed() {
+    let vault = TestVault::new(noon());
+    let day = |days_ago: i64| (vault.now() - chrono::Duration::days(days_ago)).format("%Y-%m-%d").to_string();
+    let record = |id: &str, day: &str, redirecting: &str| {
+        format!(
+            r#"{{"record_id":"{id}","service":"voice","start_time":"{day}T08:00:00Z","calling_number":"+4520000001","called_number":"+4520000002"{redirecting},"imsi":"238010000000001"}}"#
+        )
+        .into_bytes()
+    };
+    // Yesterday without a redirecting number, today with one; neither has
+    // a SIP identity.
+    let payloads =
+        [record("plain", &day(1), ""), record("redirected", &day(0), r#","redirecting_number":"+4520000003""#)];
+    assert_eq!(vault.ingest_payloads(payloads).written, 2);
+
+    let engine = LookupEngine::new(vault.data(), Arc::clone(&vault.keys));
+    let query = Query {
+        targets: vec![(IdentifierKind::Msisdn, "+4520000001".into())],
+        from: TimestampMicros::from_datetime(vault.now() - chrono::Duration::days(2)),
+        to: TimestampMicros::from_datetime(vault.now()),
+        categories: [Category::Traffic].into(),
+        preserved: vec![],
+    };
+    let (found, stats) = engine.find(&query).unwrap();
+    assert_eq!(stats.files_indexed, 2);
+    // Of the four traffic columns, yesterday's file has two that hold
+    // values, today's three.
+    assert_eq!(stats.sealed_chunks_read, 2 + 3);
+    let fields = |id: &str| -> BTreeSet<IdentifierField> {
+        found.iter().filter(|r| r.record_id == id).flat_map(|r| r.identifiers.iter().map(|(f, _)| *f)).collect()
+    };
+    assert_eq!(fields("plain"), [IdentifierField::CallingNumber, IdentifierField::CalledNumber].into());
+    assert_eq!(
+        fields("redirected"),
+        [IdentifierField::CallingNumber, IdentifierField::CalledNumber, IdentifierField::RedirectingNumber].into()
+    );
+    let redirected = found.iter().find(|r| r.record_id == "redirected").unwrap();
+    assert!(redirected.identifiers.contains(&(IdentifierField::RedirectingNumber, "+4520000003".into())));
+}

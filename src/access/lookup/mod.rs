@@ -139,6 +139,9 @@ pub struct LookupStats {
     pub token_chunks_scanned: u64,
     /// Index pages read.
     pub index_pages: u64,
+    /// Companion column chunks read: a sealed column that is null in every
+    /// row of a group read is skipped.
+    pub sealed_chunks_read: u64,
     /// Files of preservation areas searched.
     pub preserved_files: u64,
     /// Files whose footer came from the cache, and files opened afresh.
@@ -159,6 +162,7 @@ impl LookupStats {
         self.files_scanned += other.files_scanned;
         self.token_chunks_scanned += other.token_chunks_scanned;
         self.index_pages += other.index_pages;
+        self.sealed_chunks_read += other.sealed_chunks_read;
         self.preserved_files += other.preserved_files;
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;

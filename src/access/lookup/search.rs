@@ -113,8 +113,21 @@ pub(super) fn search_file(
     let columns: Vec<usize> = returned.iter().filter_map(|c| index_of(c)).collect();
     let sealed = cached.sealed(&work.path, &work.key)?;
     let sealed_schema = sealed.metadata.metadata().file_metadata().schema_descr();
+    // A sealed column is null wherever its token column is: one whose
+    // token column holds only nulls in the chosen groups is not read
+    // (each column read costs a decryption and a decompression context).
+    let groups: Vec<usize> = groups.into_iter().collect();
+    let holds_values = |field: &&IdentifierField| {
+        let Some(column) = index_of(field.token_column()) else { return true };
+        !groups.iter().all(|&g| {
+            let group = metadata.row_group(g);
+            let nulls = group.column(column).statistics().and_then(|s| s.null_count_opt());
+            nulls == Some(group.num_rows() as u64)
+        })
+    };
     let sealed_columns = needed
         .iter()
+        .filter(holds_values)
         .map(|f| {
             sealed_schema
                 .columns()
@@ -123,7 +136,13 @@ pub(super) fn search_file(
                 .ok_or_else(|| ParquetError::General(format!("the companion has no column {}", f.sealed_column())))
         })
         .collect::<Result<Vec<usize>, _>>()?;
-    let groups: Vec<usize> = groups.into_iter().collect();
+    if sealed_columns.is_empty() {
+        // Not one of the searched fields holds a value in these groups:
+        // every candidate was a foreign index entry.
+        stats.false_matches += candidates.len() as u64;
+        return Ok(());
+    }
+    stats.sealed_chunks_read += (sealed_columns.len() * groups.len()) as u64;
     let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
     let clear = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone())
         .with_row_groups(groups.clone())

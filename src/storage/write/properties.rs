@@ -64,8 +64,10 @@ pub(super) fn public_properties(
     for column in schema::token_columns() {
         builder = builder
             // Tokens are uniformly random: min/max prune nothing, the
-            // bloom filters do the pruning.
-            .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::None)
+            // bloom filters do the pruning. The chunk's null count tells
+            // a lookup which sealed columns hold nothing to read; the
+            // min/max of a column that is itself in clear reveal nothing.
+            .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::Chunk)
             .set_column_bloom_filter_enabled(ColumnPath::from(column), true)
             .set_column_bloom_filter_fpp(ColumnPath::from(column), config.bloom_fpp)
             // Sized for the largest possible group of this file, then
