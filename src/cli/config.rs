@@ -180,6 +180,13 @@ impl Config {
         if !(1..=22).contains(&self.parquet.zstd_level) {
             return err("parquet.zstd_level", format!("is {}", self.parquet.zstd_level), "use 1 to 22 (default 3)");
         }
+        if !(1..=22).contains(&self.parquet.compacted_companion_zstd_level) {
+            return err(
+                "parquet.compacted_companion_zstd_level",
+                format!("is {}", self.parquet.compacted_companion_zstd_level),
+                "use 1 to 22 (default 11)",
+            );
+        }
         if !(self.parquet.bloom_fpp > 0.0 && self.parquet.bloom_fpp < 1.0) {
             return err(
                 "parquet.bloom_fpp",
@@ -285,6 +292,10 @@ mod tests {
         let mut config = Config::default();
         config.access.max_window_days = Some(0);
         assert!(config.validate().unwrap_err().to_string().contains("access.max_window_days"));
+
+        let mut config = Config::default();
+        config.parquet.compacted_companion_zstd_level = 23;
+        assert!(config.validate().unwrap_err().to_string().contains("parquet.compacted_companion_zstd_level"));
     }
 
     #[test]

@@ -232,7 +232,7 @@ fn merge(
 ) -> Result<WrittenFile, CompactError> {
     let columns: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
     let rows: u64 = sources.iter().map(|(_, rows)| rows).sum();
-    let mut out = writer.sorted_file(day, name, day_key, token_key_id, rows as usize)?;
+    let mut out = writer.compacted_file(day, name, day_key, token_key_id, rows as usize)?;
     let mut slots: Vec<RecordBatch> = Vec::new();
     let mut open = Vec::with_capacity(sources.len());
     for (path, _) in sources {

@@ -35,6 +35,11 @@ pub struct ParquetConfig {
     pub lookup_page_rows: usize,
     /// zstd level, 1 (fast) to 22 (small).
     pub zstd_level: i32,
+    /// zstd level of the companion of a compacted file, written once per
+    /// closed day: its sealed identifiers shrink by a tenth from level 3
+    /// to 11 at about 1.6 times the compaction's CPU, and lookups do not
+    /// slow (`benches/README.md`).
+    pub compacted_companion_zstd_level: i32,
     /// Target false-positive rate of the token bloom filters. They prune
     /// row groups only where a file has no usable index (and for generic
     /// readers filtering on a token): 5% costs 4.3 bits a distinct token,
@@ -51,6 +56,7 @@ impl Default for ParquetConfig {
             data_page_rows: 8_192,
             lookup_page_rows: 1_024,
             zstd_level: 3,
+            compacted_companion_zstd_level: 11,
             bloom_fpp: 0.05,
             encode_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         }

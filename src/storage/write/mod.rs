@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 
+use sorted_file::FileRole;
 pub use sorted_file::SortedFile;
 
 use super::config::ParquetConfig;
@@ -134,7 +135,7 @@ impl ParquetWriter {
             day_key,
             token_key_id,
             all.num_rows(),
-            Some(self.instance.as_deref().unwrap_or(STAGED_BY_TOOLS)),
+            FileRole::Staged(self.instance.as_deref().unwrap_or(STAGED_BY_TOOLS)),
         )?;
         file.push(all)?;
         file.stage()
@@ -180,7 +181,21 @@ impl ParquetWriter {
         token_key_id: &KeyId,
         rows: usize,
     ) -> Result<SortedFile<'_>, WriteError> {
-        SortedFile::create(self, date, name, day_key, token_key_id, rows, None)
+        SortedFile::create(self, date, name, day_key, token_key_id, rows, FileRole::Named)
+    }
+
+    /// Like [`Self::sorted_file`], for the one file compaction makes of a
+    /// closed day: written once and kept for the year, so its companion is
+    /// compressed harder (`parquet.compacted_companion_zstd_level`).
+    pub fn compacted_file(
+        &self,
+        date: PartitionDate,
+        name: &str,
+        day_key: &DayKey,
+        token_key_id: &KeyId,
+        rows: usize,
+    ) -> Result<SortedFile<'_>, WriteError> {
+        SortedFile::create(self, date, name, day_key, token_key_id, rows, FileRole::Compacted)
     }
 }
 
@@ -333,6 +348,31 @@ pub(crate) mod tests {
         assert!(file.push(reversed).is_err());
         drop(file);
         assert_eq!(listing(), before);
+    }
+
+    #[test]
+    fn a_compacted_file_compresses_its_companion_at_its_own_level() {
+        let root = tempfile::tempdir().unwrap();
+        let (keys, path) = write_one_file(root.path());
+        let date = PartitionDate::parse("2026-11-24").unwrap();
+        let day_key = keys.existing_day_key(date).unwrap().unwrap();
+        let config = ParquetConfig { zstd_level: 1, compacted_companion_zstd_level: 19, ..ParquetConfig::default() };
+        let writer = ParquetWriter::new(&root.path().join("data"), config);
+        let names: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
+        let batches = read::read_file(&path, Some(&day_key), &names).unwrap();
+        let all = arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap();
+        let token_key = day_key.token.id.clone();
+        let mut plain = writer.sorted_file(date, "part-plain.parquet", &day_key, &token_key, all.num_rows()).unwrap();
+        plain.push(all.clone()).unwrap();
+        let plain = plain.finish().unwrap();
+        let mut compacted =
+            writer.compacted_file(date, "part-compacted.parquet", &day_key, &token_key, all.num_rows()).unwrap();
+        compacted.push(all).unwrap();
+        let compacted = compacted.finish().unwrap();
+        let size = |path: &Path| std::fs::metadata(path).unwrap().len();
+        assert_eq!(size(&plain.path), size(&compacted.path), "the data file keeps zstd_level");
+        let (plain, compacted) = (size(&layout::sealed_path(&plain.path)), size(&layout::sealed_path(&compacted.path)));
+        assert!(compacted < plain, "companion at level 19: {compacted} bytes, at level 1: {plain}");
     }
 
     #[test]

@@ -52,6 +52,20 @@ pub(super) fn public_properties(
             .set_column_dictionary_enabled(ColumnPath::from(column), false)
             .set_column_encoding(ColumnPath::from(column), parquet::basic::Encoding::DELTA_BINARY_PACKED);
     }
+    // Volumes are nearly unique: their dictionary would be as large as
+    // the values (benches/README.md, "Storage at 20 CDRs per subscriber
+    // per day").
+    for column in [schema::BYTES_UP, schema::BYTES_DOWN] {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(column), false)
+            .set_column_encoding(ColumnPath::from(column), parquet::basic::Encoding::DELTA_BINARY_PACKED);
+    }
+    // Source ports and addresses are ephemeral: a handful of rows each, so
+    // their dictionaries (of ports, of address tokens) cost more than the
+    // plain values. The address token is still indexed and bloom-filtered.
+    for column in [schema::SRC_PORT, IdentifierField::SrcIp.token_column()] {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
     // Delta-packed times and tiny dictionary indices gain nothing from
     // zstd (benches/README.md), while each compressed column chunk a
     // lookup touches costs it a decompression context.
@@ -77,13 +91,15 @@ pub(super) fn public_properties(
     Ok(builder.build())
 }
 
-/// The properties of the companion of a data file of `date`, at `relative`
+/// The properties of the companion of a data file of `date`, compressed at
+/// `zstd_level`, at `relative`
 /// ([`crate::storage::layout::aad_prefix`] of the companion): the sealed
 /// columns, every module encrypted under `day_key`, footer included, so
 /// that nothing of it reads without the key. No statistics and no bloom
 /// filters, so no min/max of a raw identifier exists even encrypted.
 pub(super) fn sealed_properties(
     config: &ParquetConfig,
+    zstd_level: i32,
     relative: &str,
     date: PartitionDate,
     day_key: &DayKey,
@@ -99,7 +115,7 @@ pub(super) fn sealed_properties(
         // from the path (`read::decryption`).
         .with_aad_prefix(relative.as_bytes().to_vec())
         .build()?;
-    let zstd = ZstdLevel::try_new(config.zstd_level)?;
+    let zstd = ZstdLevel::try_new(zstd_level)?;
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(zstd))
         .set_statistics_enabled(EnabledStatistics::None)

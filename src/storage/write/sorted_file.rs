@@ -147,6 +147,19 @@ impl Part {
     }
 }
 
+/// What a new file is for, which decides where it is written and how hard
+/// its companion is compressed.
+#[derive(Clone, Copy)]
+pub(super) enum FileRole<'s> {
+    /// Ingest's file, staged under a name tagged with this instance
+    /// ([`layout::staged_name`]) until its offsets are committed.
+    Staged(&'s str),
+    /// A file published under its own name (preservation copies).
+    Named,
+    /// Compaction's one file of a closed day, kept for the year.
+    Compacted,
+}
+
 impl<'a> SortedFile<'a> {
     /// A new file `name` of `date` under the writer's data directory; see
     /// [`ParquetWriter::sorted_file`].
@@ -157,20 +170,31 @@ impl<'a> SortedFile<'a> {
         day_key: &DayKey,
         token_key_id: &KeyId,
         rows: usize,
-        staged_as: Option<&str>,
+        role: FileRole<'_>,
     ) -> Result<SortedFile<'a>, WriteError> {
         let dir = layout::day_dir(&parquet.data_dir, date);
         durable::create_dir_all(&dir)?;
         let target = dir.join(name);
-        let tmp = match staged_as {
-            Some(instance) => dir.join(layout::staged_name(name, instance)),
-            None => durable::temporary_path(&target),
+        let tmp = match role {
+            FileRole::Staged(instance) => dir.join(layout::staged_name(name, instance)),
+            FileRole::Named | FileRole::Compacted => durable::temporary_path(&target),
         };
         let companion = layout::sealed_path(&target);
         let file_id = format!("{:032x}", rand::random::<u128>());
         let config = &parquet.config;
+        let companion_zstd_level = match role {
+            FileRole::Compacted => config.compacted_companion_zstd_level,
+            FileRole::Staged(_) | FileRole::Named => config.zstd_level,
+        };
         let public = properties::public_properties(config, date, &day_key.id, token_key_id, &file_id, rows)?;
-        let sealed = properties::sealed_properties(config, &layout::aad_prefix(&companion), date, day_key, &file_id)?;
+        let sealed = properties::sealed_properties(
+            config,
+            companion_zstd_level,
+            &layout::aad_prefix(&companion),
+            date,
+            day_key,
+            &file_id,
+        )?;
         let public = Part::create(tmp, schema::public_schema(), public)?;
         // From here on the temporaries are removed if the file is not
         // finished (by `Drop` once the file exists).
