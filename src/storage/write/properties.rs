@@ -53,8 +53,7 @@ pub(super) fn public_properties(
             .set_column_encoding(ColumnPath::from(column), parquet::basic::Encoding::DELTA_BINARY_PACKED);
     }
     // Volumes are nearly unique: their dictionary would be as large as
-    // the values (benches/README.md, "Storage at 20 CDRs per subscriber
-    // per day").
+    // the values (benches/README.md, "Storage, column by column").
     for column in [schema::BYTES_UP, schema::BYTES_DOWN] {
         builder = builder
             .set_column_dictionary_enabled(ColumnPath::from(column), false)
