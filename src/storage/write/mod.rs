@@ -246,6 +246,18 @@ pub(crate) mod tests {
         (keys, outcome.files[0].path.clone())
     }
 
+    /// The day of the file [`write_one_file`] made, its key, and all its
+    /// rows (in file order) as one batch.
+    fn rows_of_one_file(keys: &KeyStore, path: &Path) -> (PartitionDate, Arc<DayKey>, RecordBatch) {
+        let date = PartitionDate::parse("2026-11-24").unwrap();
+        let day_key = keys.existing_day_key(date).unwrap().unwrap();
+        let schema = schema::cdr_schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let batches = read::read_file(path, Some(&day_key), &names).unwrap();
+        let all = arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap();
+        (date, day_key, all)
+    }
+
     #[test]
     fn data_files_are_clear_with_bloom_filters_and_companions_hold_the_sealed_columns_encrypted_whole() {
         let root = tempfile::tempdir().unwrap();
@@ -312,12 +324,8 @@ pub(crate) mod tests {
     fn a_sorted_file_refuses_rows_out_of_order_and_leaves_nothing_behind() {
         let root = tempfile::tempdir().unwrap();
         let (keys, path) = write_one_file(root.path());
-        let date = layout::date_of_dir("dt=2026-11-24").unwrap();
-        let day_key = keys.existing_day_key(date).unwrap().unwrap();
+        let (date, day_key, all) = rows_of_one_file(&keys, &path);
         let writer = ParquetWriter::new(&root.path().join("data"), ParquetConfig::default());
-        let names: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
-        let batches = read::read_file(&path, Some(&day_key), &names).unwrap();
-        let all = arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap();
         let listing = || {
             let mut names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
                 .unwrap()
@@ -354,13 +362,9 @@ pub(crate) mod tests {
     fn a_compacted_file_compresses_its_companion_at_its_own_level() {
         let root = tempfile::tempdir().unwrap();
         let (keys, path) = write_one_file(root.path());
-        let date = PartitionDate::parse("2026-11-24").unwrap();
-        let day_key = keys.existing_day_key(date).unwrap().unwrap();
+        let (date, day_key, all) = rows_of_one_file(&keys, &path);
         let config = ParquetConfig { zstd_level: 1, compacted_companion_zstd_level: 19, ..ParquetConfig::default() };
         let writer = ParquetWriter::new(&root.path().join("data"), config);
-        let names: Vec<&str> = writer.schema().fields().iter().map(|f| f.name().as_str()).collect();
-        let batches = read::read_file(&path, Some(&day_key), &names).unwrap();
-        let all = arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap();
         let token_key = day_key.token.id.clone();
         let mut plain = writer.sorted_file(date, "part-plain.parquet", &day_key, &token_key, all.num_rows()).unwrap();
         plain.push(all.clone()).unwrap();
