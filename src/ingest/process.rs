@@ -139,7 +139,15 @@ impl Processor {
 
     /// Processes one batch into staged files: durable, invisible until the
     /// caller commits and publishes them ([`crate::storage::checkpoint`]).
+    /// The same as [`Self::decode`] then [`Self::write`].
     pub fn stage(&self, inputs: &[Input]) -> Result<StagedBatch, PipelineError> {
+        self.write(self.decode(inputs)?)
+    }
+
+    /// The first half of [`Self::stage`]: decodes and validates a batch and
+    /// tokenises its identifiers, into the columns of each day. Ingest
+    /// decodes the next batch while the one before is written.
+    pub fn decode(&self, inputs: &[Input]) -> Result<DecodedBatch, PipelineError> {
         let now = self.clock.now();
         let now_micros = TimestampMicros::from_datetime(now);
         let ctx = ValidationContext {
@@ -152,16 +160,25 @@ impl Processor {
         let chunks: Vec<(usize, &[Input])> = inputs.chunks(chunk_len).enumerate().collect();
         let parts = pool::map(chunks, threads, |(n, chunk)| decode_chunk(chunk, n * chunk_len, &ctx, &self.keys))?;
 
-        let mut outcome = StagedBatch { written: 0, refused: Vec::new(), files: Vec::new() };
-        let mut days: BTreeMap<PartitionDate, Vec<DayColumns>> = BTreeMap::new();
+        let mut decoded =
+            DecodedBatch { now_millis: now.timestamp_millis(), days: BTreeMap::new(), refused: Vec::new() };
         for (map, refused) in parts {
-            outcome.refused.extend(refused);
+            decoded.refused.extend(refused);
             for (date, columns) in map {
-                days.entry(date).or_default().push(columns);
+                decoded.days.entry(date).or_default().push(columns);
             }
         }
+        decoded.refused.sort_by_key(|(i, _)| *i);
+        Ok(decoded)
+    }
 
-        for (date, parts) in days {
+    /// The second half of [`Self::stage`]: writes each day's columns into
+    /// one staged file. A day destroyed since its records were decoded is
+    /// not written: its records are refused as expired, so the outcome's
+    /// refusals may be more than the decoded batch's.
+    pub fn write(&self, decoded: DecodedBatch) -> Result<StagedBatch, PipelineError> {
+        let mut outcome = StagedBatch { written: 0, refused: decoded.refused, files: Vec::new() };
+        for (date, parts) in decoded.days {
             // A day destroyed by retention is never re-created, even if the
             // clock went back: its records are refused as expired.
             if self.keys.is_destroyed(date) {
@@ -181,13 +198,24 @@ impl Processor {
                 .map(|columns| columns.finish(self.writer.schema(), token_key_id, &day_key.id))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(WriteError::from)?;
-            let file = self.writer.stage_day(date, &batches, &day_key, token_key_id, now.timestamp_millis())?;
+            let file = self.writer.stage_day(date, &batches, &day_key, token_key_id, decoded.now_millis)?;
             outcome.written += file.file.rows;
             outcome.files.push(file);
         }
         outcome.refused.sort_by_key(|(i, _)| *i);
         Ok(outcome)
     }
+}
+
+/// A batch decoded and tokenised ([`Processor::decode`]), waiting to be
+/// written ([`Processor::write`]). It holds the raw identifiers on their
+/// way to being sealed, in memory only, and so has no `Debug`.
+pub struct DecodedBatch {
+    /// When the batch was decoded: it names the files.
+    now_millis: i64,
+    days: BTreeMap<PartitionDate, Vec<DayColumns>>,
+    /// Inputs refused while decoding, in input order.
+    pub refused: Vec<(usize, Refusal)>,
 }
 
 /// Decodes a chunk into the columns of each day, tokenising every
@@ -231,4 +259,57 @@ fn decode_chunk(
         columns.append(index, &cdr, tokens);
     }
     Ok((days.into_iter().map(|(date, (columns, _))| (date, columns)).collect(), refused))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode::Encoding;
+    use crate::ops::clock::ManualClock;
+    use crate::storage::config::ParquetConfig;
+
+    fn record(i: usize, day: &str) -> Input {
+        let payload = format!(
+            r#"{{"record_id":"r-{i}","service":"sms","start_time":"{day}T10:00:00Z","calling_number":"+45200{i:05}"}}"#
+        );
+        Input { encoding: Encoding::Json, payload: payload.into_bytes() }
+    }
+
+    #[test]
+    fn a_day_destroyed_between_decoding_and_writing_refuses_its_records_and_gets_no_file() {
+        let root = tempfile::tempdir().unwrap();
+        let keys_dir = root.path().join("keys");
+        KeyStore::init(&keys_dir, None).unwrap();
+        let keys = Arc::new(KeyStore::open(&keys_dir, None).unwrap());
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z").unwrap().to_utc();
+        let config = ProcessorConfig {
+            max_clock_skew: std::time::Duration::from_secs(60),
+            decode_threads: 2,
+            retention_days: Some(365),
+        };
+        let writer = ParquetWriter::new(&root.path().join("data"), ParquetConfig::default());
+        let processor = Processor::new(writer, Arc::clone(&keys), Arc::new(ManualClock::new(now)), config);
+        // Records of two days, interleaved, and one that cannot be decoded.
+        let mut inputs: Vec<Input> =
+            (0..10).map(|i| record(i, if i % 2 == 0 { "2026-11-23" } else { "2026-11-24" })).collect();
+        inputs.push(Input { encoding: Encoding::Json, payload: b"{not json".to_vec() });
+
+        let decoded = processor.decode(&inputs).unwrap();
+        assert_eq!(decoded.refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![10]);
+        // Retention destroys the first day before the batch is written.
+        let gone = PartitionDate::parse("2026-11-23").unwrap();
+        keys.write_tombstone(gone, b"destroyed by the test").unwrap();
+        keys.destroy_day_key(gone).unwrap();
+
+        let outcome = processor.write(decoded).unwrap();
+        assert_eq!(outcome.written, 5);
+        assert_eq!(outcome.files.len(), 1);
+        assert_eq!(outcome.files[0].file.date, PartitionDate::parse("2026-11-24").unwrap());
+        let refused: Vec<(usize, RefuseReason)> = outcome.refused.iter().map(|(i, r)| (*i, r.reason)).collect();
+        let mut expected: Vec<(usize, RefuseReason)> = (0..10).step_by(2).map(|i| (i, RefuseReason::Expired)).collect();
+        expected.push((10, refused.last().unwrap().1));
+        assert_eq!(refused, expected, "the late refusals, in input order, with the decoder's");
+        assert_ne!(refused.last().unwrap().1, RefuseReason::Expired);
+        assert!(!crate::storage::layout::day_dir(processor.writer().data_dir(), gone).exists());
+    }
 }

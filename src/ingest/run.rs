@@ -1,8 +1,9 @@
-//! The ingest loop: source → processor (files staged) → dead-letter →
-//! checkpoint commit (files published) → Kafka offsets (monitoring).
+//! The ingest loop: source → decode (refused records to the dead-letter
+//! topic) → write (files staged) → checkpoint commit (files published) →
+//! Kafka offsets (monitoring).
 //!
-//! It runs on a dedicated thread because every step in it blocks: polling
-//! librdkafka, encoding Parquet, fsync. The order of the steps is the
+//! It runs on dedicated threads, one per stage, because every step in it
+//! blocks: polling librdkafka, tokenising, encoding Parquet, fsync. The order of the steps is the
 //! durability invariant, and the commit makes it exactly once: a batch's
 //! files and its offset ranges commit together in the data directory
 //! ([`crate::storage::checkpoint`]) only after the files are durable and
@@ -21,8 +22,9 @@ use tracing::{error, info, warn};
 use super::checkpoint;
 use super::config::{IngestConfig, KafkaConfig};
 use super::dead_letter::DeadLetter;
+use super::decode::Refusal;
 use super::ownership::Ownership;
-use super::process::Processor;
+use super::process::{DecodedBatch, Processor};
 use super::source::{Batch, KafkaSource};
 use crate::model::{PartitionDate, RefuseReason};
 use crate::ops::metrics::Metrics;
@@ -59,6 +61,14 @@ pub struct Ingest {
     pub dead_letter: DeadLetter,
     pub processor: Processor,
     pub metrics: Arc<Metrics>,
+}
+
+/// A batch between the decode and the write stage.
+struct Decoded {
+    batch: Batch,
+    columns: DecodedBatch,
+    /// The time the decode stage spent on it.
+    busy: std::time::Duration,
 }
 
 impl Ingest {
@@ -120,13 +130,15 @@ impl Ingest {
         Ok(report)
     }
 
-    /// Fetching and processing overlap: a fetch thread fills the next batch
-    /// while this thread processes the current one, through a channel that
-    /// holds at most one batch, so memory stays bounded (one batch being
-    /// filled, one waiting, one being processed). Offsets are stored here,
-    /// after durability, never by the fetch thread. On stop the fetch thread
-    /// ends its batch early and every batch already fetched is processed
-    /// before the final commit.
+    /// Three stages overlap, each on a thread of its own: fetching fills the
+    /// next batch, decoding tokenises the one before and sends its refused
+    /// records to the dead-letter topic, and this thread writes the one
+    /// before that and commits it. Batches pass through channels that hold
+    /// at most one batch each, so memory stays bounded (five batches at
+    /// most: one in each stage and one in each channel). Offsets are stored
+    /// here, after durability, never by another stage. On stop the fetch
+    /// thread ends its batch early and every batch already fetched is
+    /// written before the final commit.
     fn run_batches(
         &self,
         shutdown: &Shutdown,
@@ -137,8 +149,10 @@ impl Ingest {
         let abort = AtomicBool::new(false);
         let should_stop = || shutdown.is_triggered() || abort.load(Ordering::Relaxed);
         std::thread::scope(|scope| {
-            let (sender, receiver) = std::sync::mpsc::sync_channel::<Batch>(1);
+            let (fetched_tx, fetched_rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+            let (decoded_tx, decoded_rx) = std::sync::mpsc::sync_channel::<Decoded>(1);
             let should_stop = &should_stop;
+            let abort = &abort;
             let fetcher = scope.spawn(move || -> anyhow::Result<()> {
                 let mut fetched = 0u64;
                 while !should_stop() && stop_after.records.is_none_or(|limit| fetched < limit) {
@@ -147,30 +161,42 @@ impl Ingest {
                         continue;
                     }
                     fetched += batch.len() as u64;
-                    if sender.send(batch).is_err() {
+                    if fetched_tx.send(batch).is_err() {
                         break;
                     }
                 }
                 Ok(())
             });
-            let processed = self.process_batches(receiver, report, on_batch);
-            if processed.is_err() {
-                // Stop fetching; the receiver is gone, so a blocked send returns.
+            let decoder = scope.spawn(move || -> anyhow::Result<()> {
+                let decoded = self.decode_batches(fetched_rx, decoded_tx);
+                if decoded.is_err() {
+                    // Stop fetching; the receiver is gone, so a blocked send returns.
+                    abort.store(true, Ordering::Relaxed);
+                }
+                decoded
+            });
+            let written = self.write_batches(decoded_rx, report, on_batch);
+            if written.is_err() {
+                // Stop the other stages; their receivers go with them.
                 abort.store(true, Ordering::Relaxed);
             }
-            let fetched = fetcher.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the fetch thread panicked")));
-            processed.and(fetched)
+            let panicked = |stage: &str| anyhow::anyhow!("the {stage} thread panicked");
+            let decoded = decoder.join().unwrap_or_else(|_| Err(panicked("decode")));
+            let fetched = fetcher.join().unwrap_or_else(|_| Err(panicked("fetch")));
+            written.and(decoded).and(fetched)
         })
     }
 
-    fn process_batches(
+    /// The decode stage: tokenises each batch into the columns of its days
+    /// and sends its refused records to the dead-letter topic, which must
+    /// have them all before the batch commits.
+    fn decode_batches(
         &self,
-        receiver: std::sync::mpsc::Receiver<Batch>,
-        report: &mut IngestReport,
-        on_batch: &mut impl FnMut(&IngestReport),
+        fetched: std::sync::mpsc::Receiver<Batch>,
+        decoded: std::sync::mpsc::SyncSender<Decoded>,
     ) -> anyhow::Result<()> {
         let ownership = self.source.ownership();
-        for batch in receiver {
+        for batch in fetched {
             if batch.epoch != ownership.epoch() {
                 // Read before a rebalance or a resync: reading restarted
                 // from the checkpoint since, so these records come again.
@@ -178,17 +204,51 @@ impl Ingest {
                 continue;
             }
             let started = Instant::now();
-            let outcome = self.processor.stage(&batch.inputs)?;
-
-            let refused: Vec<_> = outcome
-                .refused
-                .iter()
-                .map(|(i, refusal)| (&batch.inputs[*i], &batch.positions[*i], *refusal))
-                .collect();
-            if let Err(e) = futures::executor::block_on(self.dead_letter.send_all(&refused)) {
-                self.metrics.dead_letter_failures.inc_by(e.failed as u64);
-                return Err(e.into());
+            let columns = self.processor.decode(&batch.inputs)?;
+            self.dead_letter(&batch, &columns.refused)?;
+            if decoded.send(Decoded { batch, columns, busy: started.elapsed() }).is_err() {
+                break;
             }
+        }
+        Ok(())
+    }
+
+    /// Sends refused records to the dead-letter topic and waits until the
+    /// broker has them all.
+    fn dead_letter(&self, batch: &Batch, refused: &[(usize, Refusal)]) -> anyhow::Result<()> {
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let refused: Vec<_> =
+            refused.iter().map(|(i, refusal)| (&batch.inputs[*i], &batch.positions[*i], *refusal)).collect();
+        if let Err(e) = futures::executor::block_on(self.dead_letter.send_all(&refused)) {
+            self.metrics.dead_letter_failures.inc_by(e.failed as u64);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// The write stage: writes each decoded batch's files, commits them with
+    /// the batch's offsets and publishes them.
+    fn write_batches(
+        &self,
+        receiver: std::sync::mpsc::Receiver<Decoded>,
+        report: &mut IngestReport,
+        on_batch: &mut impl FnMut(&IngestReport),
+    ) -> anyhow::Result<()> {
+        let ownership = self.source.ownership();
+        for Decoded { batch, columns, busy } in receiver {
+            if batch.epoch != ownership.epoch() {
+                self.metrics.batches_dropped.inc();
+                continue;
+            }
+            let started = Instant::now();
+            let decode_refused: Vec<usize> = columns.refused.iter().map(|(i, _)| *i).collect();
+            let outcome = self.processor.write(columns)?;
+            // A day destroyed since decoding refuses its records here.
+            let late: Vec<_> =
+                outcome.refused.iter().filter(|(i, _)| decode_refused.binary_search(i).is_err()).copied().collect();
+            self.dead_letter(&batch, &late)?;
             match ownership.commit(&batch.ranges, &outcome.files) {
                 Ok(_) => {}
                 Err(e @ CheckpointError::Fenced { .. }) => {
@@ -203,7 +263,8 @@ impl Ingest {
             // Kafka's committed offsets follow the checkpoint, for monitoring.
             checkpoint::store(self.source.consumer(), &batch.positions)?;
 
-            let elapsed = started.elapsed();
+            // Time spent on the batch, decoding and writing, not waiting.
+            let elapsed = busy + started.elapsed();
             self.metrics.batches.inc();
             self.metrics.batch_duration.observe(elapsed.as_secs_f64());
             self.metrics.records_received.inc_by(batch.len() as u64);
