@@ -351,3 +351,40 @@ impl Drop for SortedFile<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::{Int64Array, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn part(schema: &SchemaRef, rows: &[(Option<i64>, &str)]) -> RecordBatch {
+        let tokens = Int64Array::from(rows.iter().map(|(t, _)| *t).collect::<Vec<_>>());
+        let ids = StringArray::from(rows.iter().map(|(_, id)| *id).collect::<Vec<_>>());
+        RecordBatch::try_new(Arc::clone(schema), vec![Arc::new(tokens), Arc::new(ids)]).unwrap()
+    }
+
+    #[test]
+    fn parts_are_sorted_together_by_token_with_rows_without_one_last_and_ties_in_arrival_order() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new(IdentifierField::CallingNumber.token_column(), DataType::Int64, true),
+            Field::new("record_id", DataType::Utf8, false),
+        ]));
+        let first = part(&schema, &[(Some(5), "a"), (None, "b"), (Some(-3), "c"), (Some(5), "d")]);
+        let second = part(&schema, &[(Some(5), "e"), (Some(1), "f"), (None, "g")]);
+        let ids = |batch: &RecordBatch| -> Vec<String> {
+            batch.column(1).as_string::<i32>().iter().map(|v| v.unwrap().to_string()).collect()
+        };
+
+        let all = sort_by_calling_party(&schema, &[first.clone(), second]).unwrap();
+        assert_eq!(ids(&all), ["c", "f", "a", "d", "e", "b", "g"]);
+        let tokens = all.column(0).as_primitive::<arrow_array::types::Int64Type>();
+        assert_eq!(tokens.iter().collect::<Vec<_>>(), [Some(-3), Some(1), Some(5), Some(5), Some(5), None, None]);
+
+        assert_eq!(ids(&sort_by_calling_party(&schema, &[first]).unwrap()), ["c", "a", "d", "b"]);
+        let sorted = part(&schema, &[(Some(1), "x"), (Some(2), "y"), (None, "z")]);
+        assert_eq!(ids(&sort_by_calling_party(&schema, &[sorted]).unwrap()), ["x", "y", "z"]);
+        assert_eq!(sort_by_calling_party(&schema, &[]).unwrap().num_rows(), 0);
+    }
+}
