@@ -3,14 +3,15 @@
 //! Kafka offsets (monitoring).
 //!
 //! It runs on dedicated threads, one per stage, because every step in it
-//! blocks: polling librdkafka, tokenising, encoding Parquet, fsync. The order of the steps is the
-//! durability invariant, and the commit makes it exactly once: a batch's
-//! files and its offset ranges commit together in the data directory
-//! ([`crate::storage::checkpoint`]) only after the files are durable and
-//! the dead-letter topic has acknowledged every refused record. A commit
-//! refused because the batch's partitions were claimed since (fenced)
-//! discards the batch and rereads from the checkpoint; any other error
-//! stops the loop, and the next start resumes from the checkpoint.
+//! blocks: polling librdkafka, tokenising, encoding Parquet, fsync. The
+//! order of the steps is the durability invariant, and the commit makes it
+//! exactly once: a batch's files and its offset ranges commit together in
+//! the data directory ([`crate::storage::checkpoint`]) only after the files
+//! are durable and the dead-letter topic has acknowledged every refused
+//! record. A commit refused because the batch's partitions were claimed
+//! since (fenced) discards the batch and rereads from the checkpoint; any
+//! other error stops the loop, and the next start resumes from the
+//! checkpoint.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -168,7 +169,7 @@ impl Ingest {
                 Ok(())
             });
             let decoder = scope.spawn(move || -> anyhow::Result<()> {
-                let decoded = self.decode_batches(fetched_rx, decoded_tx);
+                let decoded = self.decode_batches(fetched_rx, decoded_tx, abort);
                 if decoded.is_err() {
                     // Stop fetching; the receiver is gone, so a blocked send returns.
                     abort.store(true, Ordering::Relaxed);
@@ -189,14 +190,20 @@ impl Ingest {
 
     /// The decode stage: tokenises each batch into the columns of its days
     /// and sends its refused records to the dead-letter topic, which must
-    /// have them all before the batch commits.
+    /// have them all before the batch commits. Once another stage failed
+    /// (`abort`), nothing more is decoded or dead-lettered: no batch will
+    /// be committed.
     fn decode_batches(
         &self,
         fetched: std::sync::mpsc::Receiver<Batch>,
         decoded: std::sync::mpsc::SyncSender<Decoded>,
+        abort: &AtomicBool,
     ) -> anyhow::Result<()> {
         let ownership = self.source.ownership();
         for batch in fetched {
+            if abort.load(Ordering::Relaxed) {
+                break;
+            }
             if batch.epoch != ownership.epoch() {
                 // Read before a rebalance or a resync: reading restarted
                 // from the checkpoint since, so these records come again.
