@@ -101,8 +101,8 @@ impl KafkaSource {
         // Kafka answers as soon as it has records, so there the wait only
         // bounds how often an idle consumer asks (100 times a second per
         // broker at 10 ms). Short waits keep the next batch flowing: 50 ms
-        // held ingest through the test broker to 225k records/s, 10 ms let
-        // it reach 340k. Both can be overridden.
+        // held ingest through the test broker to about 225k records/s, 10 ms
+        // let it reach 300k-340k (benches/README.md). Both can be overridden.
         config.set("fetch.queue.backoff.ms", "10").set("fetch.wait.max.ms", "10");
         for (key, value) in &kafka.properties {
             config.set(key, value);
