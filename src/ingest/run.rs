@@ -199,15 +199,11 @@ impl Ingest {
         decoded: std::sync::mpsc::SyncSender<Decoded>,
         abort: &AtomicBool,
     ) -> anyhow::Result<()> {
-        let ownership = self.source.ownership();
         for batch in fetched {
             if abort.load(Ordering::Relaxed) {
                 break;
             }
-            if batch.epoch != ownership.epoch() {
-                // Read before a rebalance or a resync: reading restarted
-                // from the checkpoint since, so these records come again.
-                self.metrics.batches_dropped.inc();
+            if self.dropped_as_stale(&batch) {
                 continue;
             }
             let started = Instant::now();
@@ -218,6 +214,18 @@ impl Ingest {
             }
         }
         Ok(())
+    }
+
+    /// Whether `batch` was read before a rebalance or a resync, and is
+    /// dropped (and counted): reading restarted from the checkpoint since,
+    /// so its records come again. Both stages check, so that a stale batch
+    /// is neither decoded nor written.
+    fn dropped_as_stale(&self, batch: &Batch) -> bool {
+        let stale = batch.epoch != self.source.ownership().epoch();
+        if stale {
+            self.metrics.batches_dropped.inc();
+        }
+        stale
     }
 
     /// Sends refused records to the dead-letter topic and waits until the
@@ -245,8 +253,8 @@ impl Ingest {
     ) -> anyhow::Result<()> {
         let ownership = self.source.ownership();
         for Decoded { batch, columns, busy } in receiver {
-            if batch.epoch != ownership.epoch() {
-                self.metrics.batches_dropped.inc();
+            // The check that counts: the epoch may have moved since decoding.
+            if self.dropped_as_stale(&batch) {
                 continue;
             }
             let started = Instant::now();
