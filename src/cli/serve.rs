@@ -26,6 +26,7 @@ use crate::ops::clock::{Clock, SystemClock};
 use crate::ops::durable::{self, FileMode};
 use crate::ops::http;
 use crate::ops::lease::{Lease, Leased};
+use crate::ops::memory;
 use crate::ops::metrics::Metrics;
 use crate::ops::periodic::run_periodically;
 use crate::ops::shutdown::Shutdown;
@@ -224,6 +225,7 @@ impl Root {
 
 /// `cdrvault serve`: runs until Ctrl-C or SIGTERM, or a fatal error.
 pub(super) fn serve(config: Config) -> anyhow::Result<ExitCode> {
+    memory::keep_freed_memory();
     let root = Root::open(config)?;
     let config = &root.config;
     let instance = root.instance_id()?;
@@ -318,6 +320,7 @@ pub(super) fn serve(config: Config) -> anyhow::Result<ExitCode> {
 
 /// `cdrvault access serve`: the API alone, until Ctrl-C or SIGTERM.
 pub(super) fn serve_access(config: Config, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+    memory::keep_freed_memory();
     let root = Root::open(config)?;
     let listen = listen.or(root.config.access.listen).context("no address: set access.listen or pass --listen")?;
     let audit = root.audit()?;

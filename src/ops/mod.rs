@@ -8,6 +8,7 @@ pub mod config;
 pub mod durable;
 pub mod http;
 pub mod lease;
+pub mod memory;
 pub mod metrics;
 pub mod periodic;
 pub mod pool;
