@@ -6,7 +6,10 @@
 //! 10,000, 100,000 and 1,000,000 subscribers (`cdrvault::tools::synth`,
 //! seed 42, one day). A day of more than `CURVE_MAX_RECORDS` records
 //! (default 5,000,000) is skipped; `CURVE_MAX_RECORDS=20000000` runs the
-//! whole grid. Each day is generated 100,000 records at a time and ingested
+//! whole grid; `CURVE_POINTS=10000x20,1000000x1` measures only those
+//! points (subscribers x CDRs per subscriber per day), and
+//! `CURVE_PAGE_ROWS` sets `parquet.lookup_page_rows` of the files written.
+//! Each day is generated 100,000 records at a time and ingested
 //! through the real `Processor` (one file per batch, as ingest writes), then
 //! compacted into one file (`compact::compact_day`, as `serve` does to a
 //! closed day): cdrvault's figure is that file with its companion and token
@@ -49,6 +52,8 @@ const TARGET_AT_20: f64 = 1.6;
 
 fn main() {
     let max: usize = std::env::var("CURVE_MAX_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000_000);
+    let points: Option<Vec<String>> =
+        std::env::var("CURVE_POINTS").ok().map(|v| v.split(',').map(|p| p.trim().to_string()).collect());
     let duckdb = duckdb_available();
     println!(
         "storage curve: one compacted day per profile (seed 42), cdrvault (data file + companion + index) \
@@ -68,6 +73,9 @@ fn main() {
     for subscribers in POPULATIONS {
         for profile in PROFILES {
             let n = subscribers * profile;
+            if points.as_ref().is_some_and(|p| !p.contains(&format!("{subscribers}x{profile}"))) {
+                continue;
+            }
             if n > max {
                 println!("  {subscribers:>11} {profile:>12} {n:>11}  skipped (CURVE_MAX_RECORDS={max})");
                 continue;
@@ -109,13 +117,22 @@ struct Point {
     baseline: u64,
 }
 
+/// The layout measured: the defaults, with `CURVE_PAGE_ROWS` if set.
+fn parquet_config() -> ParquetConfig {
+    let mut config = ParquetConfig::default();
+    if let Some(rows) = std::env::var("CURVE_PAGE_ROWS").ok().and_then(|v| v.parse().ok()) {
+        config.lookup_page_rows = rows;
+    }
+    config
+}
+
 fn measure(subscribers: usize, n: usize, duckdb: bool) -> Point {
     let root = tempfile::tempdir().expect("tempdir");
     let keys: Arc<KeyStore> = common::key_store(&root.path().join("keys"));
     let data_dir = root.path().join("data");
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(common::until()));
     let processor = Processor::new(
-        ParquetWriter::new(&data_dir, ParquetConfig::default()),
+        ParquetWriter::new(&data_dir, parquet_config()),
         Arc::clone(&keys),
         clock,
         common::processor_config(2),
@@ -146,7 +163,7 @@ fn measure(subscribers: usize, n: usize, duckdb: bool) -> Point {
         left -= take;
     }
     plain.close().expect("close");
-    let writer = ParquetWriter::new(&data_dir, ParquetConfig::default());
+    let writer = ParquetWriter::new(&data_dir, parquet_config());
     let report = compact::compact_day(&writer, &keys, common::day(), 1_900_000_000_000).expect("compaction");
     assert_eq!(report.files_after, 1, "{report:?}");
 
