@@ -442,3 +442,43 @@ fn a_sealed_column_null_in_every_row_read_is_not_read_and_nothing_is_missed() {
     let redirected = found.iter().find(|r| r.record_id == "redirected").unwrap();
     assert!(redirected.identifiers.contains(&(IdentifierField::RedirectingNumber, "+4520000003".into())));
 }
+
+#[test]
+fn times_changed_in_place_are_refused_even_in_a_file_the_engine_has_cached() {
+    let fixture = Fixture::new(17);
+    let engine = LookupEngine::new(fixture.data(), fixture.keys());
+    let target = fixture.generator.subscribers()[0].msisdn.clone();
+    let query = fixture.query(vec![(IdentifierKind::Msisdn, target)], 5);
+    let (before, _) = engine.find(&query).unwrap();
+    assert!(!before.is_empty());
+    assert_eq!(ids(&before), ground_truth(&fixture.records, &query));
+
+    // Someone who can write the data directory changes the start times of
+    // every file in place (a bit at the end of each chunk: the delta-packed
+    // values still decode, to other times) and sets each file's
+    // modification time back, so that size and mtime are as cached.
+    let flip = || {
+        for path in fixture.data_files() {
+            let reader =
+                parquet::file::serialized_reader::SerializedFileReader::new(std::fs::File::open(&path).unwrap());
+            let metadata = parquet::file::reader::FileReader::metadata(&reader.unwrap()).clone();
+            let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+            let mut bytes = std::fs::read(&path).unwrap();
+            for group in metadata.row_groups() {
+                let chunk = group.columns().iter().find(|c| c.column_descr().name() == "start_time").unwrap();
+                let (start, len) = chunk.byte_range();
+                bytes[(start + len - 1) as usize] ^= 1;
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            std::fs::File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+        }
+    };
+    flip();
+    let error = engine.find(&query).unwrap_err().to_string();
+    assert!(error.contains("start_time of row group 0 is not the one written with the companion"), "{error}");
+
+    // Put back, the files are read again and answer as before.
+    flip();
+    let (after, _) = engine.find(&query).unwrap();
+    assert_eq!(ids(&after), ids(&before));
+}

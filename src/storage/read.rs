@@ -137,6 +137,15 @@ pub fn file_reader(
     let builder =
         ParquetRecordBatchReaderBuilder::try_new_with_options(open(&companion)?, options).map_err(companion_err)?;
     check_pairing(&data_metadata, &data_footer, builder.metadata()).map_err(companion_err)?;
+    if let Some(digests) = ChunkDigests::of(builder.metadata()).map_err(companion_err)? {
+        let data = open(path)?;
+        let descr = data_metadata.file_metadata().schema_descr();
+        for group in 0..data_metadata.num_row_groups() {
+            for column in (0..descr.num_columns()).filter(|&c| clear_columns.contains(&descr.column(c).name())) {
+                digests.check(&data, &data_metadata, group, column).map_err(parquet_err)?;
+            }
+        }
+    }
     let sealed = projected(builder, &sealed_columns, batch_size).map_err(companion_err)?;
     Ok(FileReader { clear, sealed: Some(sealed) })
 }
@@ -256,6 +265,82 @@ pub fn check_pairing(
         return refuse("different row groups");
     }
     Ok(())
+}
+
+/// The SHA-256 of every column chunk of a data file that its companion
+/// authenticates (all but the token columns), as
+/// [`schema::meta::DATA_CHUNKS_SHA256`] records them.
+pub fn chunk_digests<R: ChunkReader>(file: &R, data: &ParquetMetaData) -> Result<String, ParquetError> {
+    let mut entries = Vec::new();
+    for (group, row_group) in data.row_groups().iter().enumerate() {
+        for (column, chunk) in row_group.columns().iter().enumerate() {
+            let name = chunk.column_descr().name();
+            if !schema::is_token(name) {
+                entries.push(format!("{group}/{name}={}", chunk_sha256(file, data, group, column)?));
+            }
+        }
+    }
+    Ok(entries.join(","))
+}
+
+fn chunk_sha256<R: ChunkReader>(
+    file: &R,
+    data: &ParquetMetaData,
+    group: usize,
+    column: usize,
+) -> Result<String, ParquetError> {
+    let (start, len) = data.row_group(group).column(column).byte_range();
+    let len = usize::try_from(len).map_err(|_| ParquetError::General("a column chunk too long".into()))?;
+    Ok(hex::encode(ring::digest::digest(&ring::digest::SHA256, &file.get_bytes(start, len)?)))
+}
+
+/// The digests of a data file's column chunks that its companion holds,
+/// by row group and column name; `None` for a companion written before
+/// they were recorded.
+#[derive(Debug, Clone)]
+pub struct ChunkDigests(std::collections::HashMap<(usize, String), String>);
+
+impl ChunkDigests {
+    /// The digests a decrypted `companion` footer records.
+    pub fn of(companion: &ParquetMetaData) -> Result<Option<ChunkDigests>, ParquetError> {
+        let value = companion
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|e| e.key == schema::meta::DATA_CHUNKS_SHA256))
+            .and_then(|e| e.value.as_deref());
+        let Some(value) = value else { return Ok(None) };
+        let malformed = || ParquetError::General("the companion's chunk digests are malformed".into());
+        let mut digests = std::collections::HashMap::new();
+        for entry in value.split(',').filter(|e| !e.is_empty()) {
+            let (place, digest) = entry.split_once('=').ok_or_else(malformed)?;
+            let (group, column) = place.split_once('/').ok_or_else(malformed)?;
+            digests.insert((group.parse().map_err(|_| malformed())?, column.to_string()), digest.to_string());
+        }
+        Ok(Some(ChunkDigests(digests)))
+    }
+
+    /// Checks column `column` of row group `group` of the data file against
+    /// its digest: a clear chunk changed after writing is refused rather
+    /// than read. Token columns carry no digest and pass.
+    pub fn check<R: ChunkReader>(
+        &self,
+        file: &R,
+        data: &ParquetMetaData,
+        group: usize,
+        column: usize,
+    ) -> Result<(), ParquetError> {
+        let name = data.file_metadata().schema_descr().column(column).name().to_string();
+        if schema::is_token(&name) {
+            return Ok(());
+        }
+        match self.0.get(&(group, name.clone())) {
+            Some(expected) if *expected == chunk_sha256(file, data, group, column)? => Ok(()),
+            Some(_) => Err(ParquetError::General(format!(
+                "the data file's column {name} of row group {group} is not the one written with the companion"
+            ))),
+            None => Err(ParquetError::General(format!("the companion holds no digest of column {name}"))),
+        }
+    }
 }
 
 /// A file's row count and token key id, from its plaintext footer (no key

@@ -45,6 +45,13 @@ pub mod meta {
     /// In the companion only: the SHA-256 of the data file's footer, which
     /// authenticates the data file's row groups, statistics and key ids.
     pub const DATA_FOOTER_SHA256: &str = "cdrvault.data_footer_sha256";
+    /// In the companion only: the SHA-256 of each column chunk of the data
+    /// file but the token columns (`{group}/{column}={hex}`, comma
+    /// separated), which authenticates the clear values a lookup returns
+    /// and filters on: times, record ids, ports. Tokens are left out: a
+    /// changed token can only hide a row or make a candidate that its
+    /// sealed values then refuse. Absent from files written before.
+    pub const DATA_CHUNKS_SHA256: &str = "cdrvault.data_chunks_sha256";
 }
 
 /// The time zone of both timestamp columns.
@@ -143,6 +150,11 @@ pub fn join(clear: &RecordBatch, sealed: &RecordBatch) -> Result<RecordBatch, Ar
 /// The names of the sealed (encrypted) columns.
 pub fn sealed_columns() -> impl Iterator<Item = &'static str> {
     IdentifierField::ALL.into_iter().map(IdentifierField::sealed_column)
+}
+
+/// True for the name of a token column.
+pub fn is_token(column: &str) -> bool {
+    token_columns().any(|c| c == column)
 }
 
 /// The names of the token columns, which carry bloom filters.

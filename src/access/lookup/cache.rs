@@ -8,7 +8,7 @@
 //! of the key that unseals it: the cache forgets a day as soon as its key
 //! is gone.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -30,7 +30,7 @@ pub(super) type BloomFilter = Option<Arc<Sbbf>>;
 
 /// What the cache keeps of one published file. Immutable after loading.
 pub(super) struct CachedFile {
-    stamp: (u64, SystemTime),
+    stamp: Stamp,
     /// The data file (clear columns), mapped where the system allows.
     pub(super) file: PublishedFile,
     pub(super) metadata: ArrowReaderMetadata,
@@ -39,6 +39,34 @@ pub(super) struct CachedFile {
     pub(super) blooms: Mutex<HashMap<(usize, usize), BloomFilter>>,
     /// The companion (sealed columns), opened when a search first needs it.
     sealed: Mutex<Option<Arc<SealedFile>>>,
+    /// The clear column chunks (row group, column) found equal to the
+    /// companion's digests of them.
+    checked: Mutex<HashSet<(usize, usize)>>,
+}
+
+/// What tells a cached file from the file now under its name: its size,
+/// its modification time, and the change time and inode, which no writer
+/// of the file can set back (the modification time can be), so that a
+/// file changed in place after its chunks were checked is loaded and
+/// checked again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: SystemTime,
+    changed: (i64, i64),
+    inode: u64,
+}
+
+impl Stamp {
+    fn of(metadata: &std::fs::Metadata) -> std::io::Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(Stamp {
+            len: metadata.len(),
+            modified: metadata.modified()?,
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+            inode: metadata.ino(),
+        })
+    }
 }
 
 /// A data file's companion, decrypted footer and all, checked to pair with
@@ -46,6 +74,9 @@ pub(super) struct CachedFile {
 pub(super) struct SealedFile {
     pub(super) file: PublishedFile,
     pub(super) metadata: ArrowReaderMetadata,
+    /// The digests of the data file's clear chunks; `None` for a companion
+    /// written before they were recorded.
+    digests: Option<read::ChunkDigests>,
 }
 
 impl CachedFile {
@@ -64,9 +95,32 @@ impl CachedFile {
             .with_page_index_policy(PageIndexPolicy::Optional);
         let metadata = ArrowReaderMetadata::load(&file, options)?;
         read::check_pairing(self.metadata.metadata(), &read::footer_sha256(&self.file)?, metadata.metadata())?;
-        let opened = Arc::new(SealedFile { file, metadata });
+        let digests = read::ChunkDigests::of(metadata.metadata())?;
+        let opened = Arc::new(SealedFile { file, metadata, digests });
         *sealed = Some(Arc::clone(&opened));
         Ok(opened)
+    }
+
+    /// Checks the clear `columns` of row groups `groups` against the
+    /// digests `sealed` holds of them, each chunk once: a chunk changed
+    /// since writing is refused before a row of it is read.
+    pub(super) fn check_chunks(
+        &self,
+        sealed: &SealedFile,
+        groups: &[usize],
+        columns: &[usize],
+    ) -> Result<(), ParquetError> {
+        let Some(digests) = &sealed.digests else { return Ok(()) };
+        let mut checked = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+        for &group in groups {
+            for &column in columns {
+                if !checked.contains(&(group, column)) {
+                    digests.check(&self.file, self.metadata.metadata(), group, column)?;
+                    checked.insert((group, column));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -157,7 +211,7 @@ impl FileCache {
     pub(super) fn get(&self, path: &Path, stats: &mut LookupStats) -> Result<Arc<CachedFile>, ParquetError> {
         let io = |e: std::io::Error| ParquetError::External(Box::new(e));
         let file_meta = std::fs::metadata(path).map_err(io)?;
-        let stamp = (file_meta.len(), file_meta.modified().map_err(io)?);
+        let stamp = Stamp::of(&file_meta).map_err(io)?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let hit = {
             let cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,7 +233,7 @@ impl FileCache {
         let rows = metadata.metadata().file_metadata().num_rows().max(0) as u64;
         // A damaged, stale or foreign index is ignored: the scan finds the
         // same rows, more slowly.
-        let index = IndexReader::open(path).ok().flatten().filter(|i| i.describes(&name, stamp.0, rows));
+        let index = IndexReader::open(path).ok().flatten().filter(|i| i.describes(&name, stamp.len, rows));
         let cached = Arc::new(CachedFile {
             stamp,
             file,
@@ -188,6 +242,7 @@ impl FileCache {
             index,
             blooms: Mutex::new(HashMap::new()),
             sealed: Mutex::new(None),
+            checked: Mutex::new(HashSet::new()),
         });
         let mut cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
         cache.entry(dir).or_default().insert(path.to_path_buf(), Arc::clone(&cached));

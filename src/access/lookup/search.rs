@@ -142,6 +142,9 @@ pub(super) fn search_file(
         stats.false_matches += candidates.len() as u64;
         return Ok(());
     }
+    // The clear values returned (times, record ids, ports) are the ones
+    // written: the companion holds each chunk's digest.
+    cached.check_chunks(&sealed, &groups, &columns)?;
     stats.sealed_chunks_read += (sealed_columns.len() * groups.len()) as u64;
     let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
     let clear = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone())

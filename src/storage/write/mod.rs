@@ -444,4 +444,44 @@ pub(crate) mod tests {
         assert!(read::read_file(&path, Some(&key), &sealed).is_err());
         assert!(read::read_file(&path, None, &["calling_number_token"]).is_ok());
     }
+
+    #[test]
+    fn a_clear_chunk_changed_in_place_is_refused_by_its_companion() {
+        let root = tempfile::tempdir().unwrap();
+        let (keys, path) = write_one_file(root.path());
+        let key = keys.existing_day_key(PartitionDate::parse("2026-11-24").unwrap()).unwrap().unwrap();
+        let columns = [schema::RECORD_ID, schema::START_TIME, "calling_number_sealed"];
+        let before = read::read_file(&path, Some(&key), &columns).unwrap();
+
+        // The companion holds a digest of every clear chunk but the tokens.
+        let data = SerializedFileReader::new(File::open(&path).unwrap()).unwrap().metadata().clone();
+        let recorded = read::chunk_digests(&File::open(&path).unwrap(), &data).unwrap();
+        assert_eq!(recorded.matches("/start_time=").count(), data.num_row_groups());
+        assert!(!recorded.contains("_token="), "{recorded}");
+
+        // Someone who can write the data directory flips a bit at the end
+        // of the second row group's start times (the delta-packed values
+        // still decode, to other times), and sets the modification time
+        // back.
+        let (start, len) = {
+            let group = data.row_group(1);
+            let column =
+                (0..group.num_columns()).find(|&c| group.column(c).column_descr().name() == schema::START_TIME);
+            group.column(column.unwrap()).byte_range()
+        };
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[(start + len - 1) as usize] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        File::options().write(true).open(&path).unwrap().set_modified(modified).unwrap();
+        let error = read::read_file(&path, Some(&key), &columns).unwrap_err().to_string();
+        assert!(error.contains("start_time of row group 1 is not the one written"), "{error}");
+        // Read without the key (no sealed column, no companion), the clear
+        // columns carry no such check: a generic reader's view.
+        assert!(read::read_file(&path, None, &[schema::START_TIME]).is_ok());
+
+        bytes[(start + len - 1) as usize] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read::read_file(&path, Some(&key), &columns).unwrap(), before);
+    }
 }

@@ -315,8 +315,14 @@ impl<'a> SortedFile<'a> {
         // The companion authenticates the data file's footer: its row
         // groups, statistics, bloom filter places and key ids.
         let footer = read::footer_sha256(&file)?;
+        // And each clear column chunk but the tokens: the values a lookup
+        // returns and filters on (times above all) cannot be changed in
+        // place without the companion refusing them.
+        let metadata = parquet::file::metadata::ParquetMetaDataReader::new().parse_and_finish(&file)?;
+        let chunks = read::chunk_digests(&file, &metadata)?;
         if let Some((writer, _)) = self.sealed.writer.as_mut() {
             writer.append_key_value_metadata(KeyValue::new(schema::meta::DATA_FOOTER_SHA256.into(), footer));
+            writer.append_key_value_metadata(KeyValue::new(schema::meta::DATA_CHUNKS_SHA256.into(), chunks));
         }
         let companion = self.sealed.close()?;
         let sealed_bytes = companion.metadata().map_err(|e| DurableError::io("stat", &self.sealed.tmp, e))?.len();
