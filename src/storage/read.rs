@@ -119,6 +119,10 @@ pub fn file_reader(
     let (sealed_columns, clear_columns): (Vec<&str>, Vec<&str>) =
         columns.iter().copied().partition(|c| schema::is_sealed(c));
     let file = open(path)?;
+    // The clear chunks are checked through the same open file the rows
+    // are read from, so that a file swapped under the name in between is
+    // not the one checked.
+    let checked = file.try_clone().map_err(|source| ReadError::Open { path: path.to_path_buf(), source })?;
     // Only a reader of sealed columns checks the pairing, which needs the
     // hash of the data file's footer.
     let data_footer = match sealed_columns.is_empty() {
@@ -138,11 +142,10 @@ pub fn file_reader(
         ParquetRecordBatchReaderBuilder::try_new_with_options(open(&companion)?, options).map_err(companion_err)?;
     check_pairing(&data_metadata, &data_footer, builder.metadata()).map_err(companion_err)?;
     if let Some(digests) = ChunkDigests::of(builder.metadata()).map_err(companion_err)? {
-        let data = open(path)?;
         let descr = data_metadata.file_metadata().schema_descr();
         for group in 0..data_metadata.num_row_groups() {
             for column in (0..descr.num_columns()).filter(|&c| clear_columns.contains(&descr.column(c).name())) {
-                digests.check(&data, &data_metadata, group, column).map_err(parquet_err)?;
+                digests.check(&checked, &data_metadata, group, column).map_err(parquet_err)?;
             }
         }
     }
