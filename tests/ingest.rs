@@ -13,6 +13,7 @@ use chrono::Utc;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use cdrvault::ingest::config::{IngestConfig, KafkaConfig, TopicConfig};
@@ -288,6 +289,31 @@ fn offsets_do_not_move_when_files_cannot_be_made_durable() {
     assert!(result.is_err(), "a failed write stops ingest");
     assert_eq!(committed_total(&setup.kafka), 0, "no offset moved past records that are not durable");
     assert!(!cdr.is_dir());
+}
+
+/// The dead-letter topic's acknowledgements are awaited by the write stage,
+/// after the batch's files are written: a refusal the topic did not take
+/// must still keep the batch from committing.
+#[test]
+fn offsets_do_not_move_when_the_dead_letter_topic_does_not_take_the_refused_records() {
+    let cluster = MockCluster::new(1).unwrap();
+    let setup = setup(&cluster, 500, Encoding::Json);
+    assert!(setup.records.iter().any(|r| r.defect.is_some()), "the records include some to refuse");
+    // From now on the broker refuses every write: only the dead-letter
+    // producer writes.
+    cluster
+        .request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 256]);
+    let metrics = Metrics::new();
+    let ingest = ingest(&setup, Arc::clone(&metrics));
+    let result = ingest.run(&Shutdown::new(), StopAfter { records: Some(500) }, |_| {});
+    let error = result.expect_err("ingest stops when refused records cannot be dead-lettered").to_string();
+    assert!(error.contains("dead-letter topic"), "{error}");
+    assert!(metrics.dead_letter_failures.get() > 0);
+    assert_eq!(committed_total(&setup.kafka), 0, "no offset moved past a refusal the topic does not have");
+    let data = setup.vault.data();
+    let published: usize =
+        read::list_days(&data).unwrap().into_iter().map(|day| read::list_files(&data, day).unwrap().len()).sum();
+    assert_eq!(published, 0, "no file of the batch was published");
 }
 
 #[test]

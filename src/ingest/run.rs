@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use super::checkpoint;
 use super::config::{IngestConfig, KafkaConfig};
-use super::dead_letter::DeadLetter;
+use super::dead_letter::{DeadLetter, DeadLetterError, Pending};
 use super::decode::Refusal;
 use super::ownership::Ownership;
 use super::process::{DecodedBatch, Processor};
@@ -68,6 +68,8 @@ pub struct Ingest {
 struct Decoded {
     batch: Batch,
     columns: DecodedBatch,
+    /// Its refused records, sent to the dead-letter topic.
+    dead_lettered: Pending,
     /// The time the decode stage spent on it.
     busy: std::time::Duration,
 }
@@ -97,9 +99,12 @@ impl Ingest {
             );
         }
         let ownership = Ownership::new(Arc::clone(&metrics), Arc::new(Mutex::new(log)));
+        // The producer first: it needs a producer id before its first send
+        // (see `DeadLetter::connect`), and asks for one while the consumer joins.
+        let dead_letter = DeadLetter::connect(kafka)?;
         Ok(Ingest {
             source: KafkaSource::connect(kafka, config, instance, ownership)?,
-            dead_letter: DeadLetter::connect(kafka)?,
+            dead_letter,
             processor,
             metrics,
         })
@@ -190,7 +195,8 @@ impl Ingest {
 
     /// The decode stage: tokenises each batch into the columns of its days
     /// and sends its refused records to the dead-letter topic, which must
-    /// have them all before the batch commits. Once another stage failed
+    /// have them all before the batch commits (the write stage waits for
+    /// that, after writing the batch's files). Once another stage failed
     /// (`abort`), nothing more is decoded or dead-lettered: no batch will
     /// be committed.
     fn decode_batches(
@@ -208,8 +214,8 @@ impl Ingest {
             }
             let started = Instant::now();
             let columns = self.processor.decode(&batch.inputs)?;
-            self.dead_letter(&batch, &columns.refused)?;
-            if decoded.send(Decoded { batch, columns, busy: started.elapsed() }).is_err() {
+            let dead_lettered = self.dead_letter(&batch, &columns.refused)?;
+            if decoded.send(Decoded { batch, columns, dead_lettered, busy: started.elapsed() }).is_err() {
                 break;
             }
         }
@@ -228,19 +234,25 @@ impl Ingest {
         stale
     }
 
-    /// Sends refused records to the dead-letter topic and waits until the
-    /// broker has them all.
-    fn dead_letter(&self, batch: &Batch, refused: &[(usize, Refusal)]) -> anyhow::Result<()> {
+    /// Sends refused records to the dead-letter topic; the broker's
+    /// acknowledgements are awaited with [`Self::acknowledged`].
+    fn dead_letter(&self, batch: &Batch, refused: &[(usize, Refusal)]) -> anyhow::Result<Pending> {
         if refused.is_empty() {
-            return Ok(());
+            return Ok(Pending::none());
         }
         let refused: Vec<_> =
             refused.iter().map(|(i, refusal)| (&batch.inputs[*i], &batch.positions[*i], *refusal)).collect();
-        if let Err(e) = futures::executor::block_on(self.dead_letter.send_all(&refused)) {
-            self.metrics.dead_letter_failures.inc_by(e.failed as u64);
-            return Err(e.into());
-        }
-        Ok(())
+        self.dead_letter.send_all(&refused).map_err(|e| self.dead_letter_failed(e))
+    }
+
+    /// Waits until the dead-letter topic has every record of `pending`.
+    fn acknowledged(&self, pending: Pending) -> anyhow::Result<()> {
+        pending.wait().map_err(|e| self.dead_letter_failed(e))
+    }
+
+    fn dead_letter_failed(&self, e: DeadLetterError) -> anyhow::Error {
+        self.metrics.dead_letter_failures.inc_by(e.failed as u64);
+        e.into()
     }
 
     /// The write stage: writes each decoded batch's files, commits them with
@@ -252,7 +264,7 @@ impl Ingest {
         on_batch: &mut impl FnMut(&IngestReport),
     ) -> anyhow::Result<()> {
         let ownership = self.source.ownership();
-        for Decoded { batch, columns, busy } in receiver {
+        for Decoded { batch, columns, dead_lettered, busy } in receiver {
             // The check that counts: the epoch may have moved since decoding.
             if self.dropped_as_stale(&batch) {
                 continue;
@@ -263,7 +275,10 @@ impl Ingest {
             // A day destroyed since decoding refuses its records here.
             let late: Vec<_> =
                 outcome.refused.iter().filter(|(i, _)| decode_refused.binary_search(i).is_err()).copied().collect();
-            self.dead_letter(&batch, &late)?;
+            let late = self.dead_letter(&batch, &late)?;
+            // Every refused record acknowledged, before the commit.
+            self.acknowledged(dead_lettered)?;
+            self.acknowledged(late)?;
             match ownership.commit(&batch.ranges, &outcome.files) {
                 Ok(_) => {}
                 Err(e @ CheckpointError::Fenced { .. }) => {
