@@ -118,9 +118,6 @@ pub struct Processor {
     config: ProcessorConfig,
 }
 
-/// The columns of each day that one worker thread built.
-type DayMap = BTreeMap<PartitionDate, DayColumns>;
-
 impl Processor {
     pub fn new(writer: ParquetWriter, keys: Arc<KeyStore>, clock: Arc<dyn Clock>, config: ProcessorConfig) -> Self {
         Processor { writer, keys, clock, config }
@@ -145,31 +142,64 @@ impl Processor {
     }
 
     /// The first half of [`Self::stage`]: decodes and validates a batch and
-    /// tokenises its identifiers, into the columns of each day. Ingest
-    /// decodes the next batch while the one before is written.
+    /// tokenises its identifiers, into the columns of each day. The same as
+    /// [`Self::start_batch`] then [`Self::decode_more`] with every input.
     pub fn decode(&self, inputs: &[Input]) -> Result<DecodedBatch, PipelineError> {
-        let now = self.clock.now();
-        let now_micros = TimestampMicros::from_datetime(now);
+        let mut decoded = self.start_batch(inputs.len());
+        self.decode_more(&mut decoded, inputs)?;
+        Ok(decoded)
+    }
+
+    /// An empty batch of about `expected` inputs to decode into, named
+    /// after now.
+    pub fn start_batch(&self, expected: usize) -> DecodedBatch {
+        let threads = self.config.decode_threads.max(1);
+        DecodedBatch {
+            now_millis: self.clock.now().timestamp_millis(),
+            inputs: 0,
+            lanes: (0..threads).map(|_| Lane::new(expected.div_ceil(threads))).collect(),
+            refused: Vec::new(),
+        }
+    }
+
+    /// Decodes the next `inputs` of a batch into it: their indices follow
+    /// the inputs decoded before. Ingest decodes a batch part by part while
+    /// the rest of it is still being read, and the next batch while the one
+    /// before is written.
+    pub fn decode_more(&self, decoded: &mut DecodedBatch, inputs: &[Input]) -> Result<(), PipelineError> {
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        // Each part is validated against its own now: a batch may take a
+        // while to fill.
+        let now_micros = TimestampMicros::from_datetime(self.clock.now());
         let ctx = ValidationContext {
             now: now_micros,
             max_clock_skew_micros: i64::try_from(self.config.max_clock_skew.as_micros()).unwrap_or(i64::MAX),
             oldest_retained: self.config.retention_days.map(|days| oldest_retained(now_micros.partition_date(), days)),
         };
-        let threads = self.config.decode_threads.clamp(1, inputs.len().max(1));
-        let chunk_len = inputs.len().div_ceil(threads).max(1);
-        let chunks: Vec<(usize, &[Input])> = inputs.chunks(chunk_len).enumerate().collect();
-        let parts = pool::map(chunks, threads, |(n, chunk)| decode_chunk(chunk, n * chunk_len, &ctx, &self.keys))?;
-
-        let mut decoded =
-            DecodedBatch { now_millis: now.timestamp_millis(), days: BTreeMap::new(), refused: Vec::new() };
-        for (map, refused) in parts {
+        // Chunk n goes to lane n, so that each lane's memo serves the whole
+        // batch.
+        let first = decoded.inputs;
+        let chunk_len = inputs.len().div_ceil(decoded.lanes.len());
+        let work: Vec<(usize, &[Input], Lane)> = inputs
+            .chunks(chunk_len)
+            .zip(decoded.lanes.iter_mut())
+            .enumerate()
+            .map(|(n, (chunk, lane))| (first + n * chunk_len, chunk, std::mem::take(lane)))
+            .collect();
+        let threads = work.len();
+        let done = pool::map(work, threads, |(first, chunk, mut lane)| {
+            let refused = lane.decode(chunk, first, &ctx, &self.keys)?;
+            Ok::<_, PipelineError>((lane, refused))
+        })?;
+        for (slot, (lane, refused)) in decoded.lanes.iter_mut().zip(done) {
+            *slot = lane;
+            // Chunks come back in input order, each one's refusals sorted.
             decoded.refused.extend(refused);
-            for (date, columns) in map {
-                decoded.days.entry(date).or_default().push(columns);
-            }
         }
-        decoded.refused.sort_by_key(|(i, _)| *i);
-        Ok(decoded)
+        decoded.inputs += inputs.len();
+        Ok(())
     }
 
     /// The second half of [`Self::stage`]: writes each day's columns into
@@ -178,7 +208,14 @@ impl Processor {
     /// refusals may be more than the decoded batch's.
     pub fn write(&self, decoded: DecodedBatch) -> Result<StagedBatch, PipelineError> {
         let mut outcome = StagedBatch { written: 0, refused: decoded.refused, files: Vec::new() };
-        for (date, parts) in decoded.days {
+        // The memos go first: what they hold is in the columns.
+        let mut days: BTreeMap<PartitionDate, Vec<DayColumns>> = BTreeMap::new();
+        for lane in decoded.lanes {
+            for (date, (columns, _memo)) in lane.days {
+                days.entry(date).or_default().push(columns);
+            }
+        }
+        for (date, parts) in days {
             // A day destroyed by retention is never re-created, even if the
             // clock went back: its records are refused as expired.
             if self.keys.is_destroyed(date) {
@@ -211,54 +248,84 @@ impl Processor {
 /// written ([`Processor::write`]). It holds the raw identifiers on their
 /// way to being sealed, in memory only, and so has no `Debug`.
 pub struct DecodedBatch {
-    /// When the batch was decoded: it names the files.
+    /// When the batch was started: it names the files.
     now_millis: i64,
-    days: BTreeMap<PartitionDate, Vec<DayColumns>>,
+    /// How many inputs were decoded into it.
+    inputs: usize,
+    /// What each decode thread built.
+    lanes: Vec<Lane>,
     /// Inputs refused while decoding, in input order.
     pub refused: Vec<(usize, Refusal)>,
 }
 
-/// Decodes a chunk into the columns of each day, tokenising every
-/// identifier under the token key of its record's day (the day's key is
-/// created, durably, before the first token of the day is computed). A
-/// record of a day destroyed by retention is refused as expired.
-fn decode_chunk(
-    chunk: &[Input],
-    first_index: usize,
-    ctx: &ValidationContext,
-    keys: &KeyStore,
-) -> Result<(DayMap, Vec<(usize, Refusal)>), PipelineError> {
-    let mut days: BTreeMap<PartitionDate, (DayColumns, TokenMemo)> = BTreeMap::new();
-    let mut refused = Vec::new();
-    for (i, input) in chunk.iter().enumerate() {
-        let index = first_index + i;
-        let cdr = match decode::decode(input.encoding, &input.payload, ctx) {
-            Ok(cdr) => cdr,
-            Err(refusal) => {
-                refused.push((index, refusal));
-                continue;
-            }
-        };
-        // Most records of a batch share one day: the first day met gets
-        // room for the whole chunk, later ones grow as needed.
-        let capacity = if days.is_empty() { chunk.len() } else { chunk.len().min(4096) };
-        let (columns, tokens) = match days.entry(cdr.partition_date()) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                let key = match keys.day_key(*entry.key()) {
-                    Ok(key) => key,
-                    Err(KeyError::DayDestroyed(_)) => {
-                        refused.push((index, Refusal::on(RefuseReason::Expired, "start_time")));
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                entry.insert((DayColumns::with_capacity(capacity), TokenMemo::new(Tokeniser::new(&key.token))))
-            }
-        };
-        columns.append(index, &cdr, tokens);
+impl DecodedBatch {
+    /// How many inputs were decoded into it, refused ones included.
+    pub fn len(&self) -> usize {
+        self.inputs
     }
-    Ok((days.into_iter().map(|(date, (columns, _))| (date, columns)).collect(), refused))
+
+    pub fn is_empty(&self) -> bool {
+        self.inputs == 0
+    }
+}
+
+/// What one decode thread builds of a batch, part after part: the columns
+/// of each day, each with the memo of the tokens computed for it.
+#[derive(Default)]
+struct Lane {
+    days: BTreeMap<PartitionDate, (DayColumns, TokenMemo)>,
+    /// Room for the first day's columns.
+    expected: usize,
+}
+
+impl Lane {
+    fn new(expected: usize) -> Self {
+        Lane { days: BTreeMap::new(), expected }
+    }
+
+    /// Decodes a chunk, inputs `first..`, into the columns of each day,
+    /// tokenising every identifier under the token key of its record's day
+    /// (the day's key is created, durably, before the first token of the
+    /// day is computed). Returns the refused inputs; a record of a day
+    /// destroyed by retention is refused as expired.
+    fn decode(
+        &mut self,
+        chunk: &[Input],
+        first: usize,
+        ctx: &ValidationContext,
+        keys: &KeyStore,
+    ) -> Result<Vec<(usize, Refusal)>, PipelineError> {
+        let mut refused = Vec::new();
+        for (i, input) in chunk.iter().enumerate() {
+            let index = first + i;
+            let cdr = match decode::decode(input.encoding, &input.payload, ctx) {
+                Ok(cdr) => cdr,
+                Err(refusal) => {
+                    refused.push((index, refusal));
+                    continue;
+                }
+            };
+            // Most records of a batch share one day: the first day met gets
+            // room for the whole lane, later ones grow as needed.
+            let capacity = if self.days.is_empty() { self.expected.max(chunk.len()) } else { chunk.len().min(4096) };
+            let (columns, tokens) = match self.days.entry(cdr.partition_date()) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    let key = match keys.day_key(*entry.key()) {
+                        Ok(key) => key,
+                        Err(KeyError::DayDestroyed(_)) => {
+                            refused.push((index, Refusal::on(RefuseReason::Expired, "start_time")));
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    entry.insert((DayColumns::with_capacity(capacity), TokenMemo::new(Tokeniser::new(&key.token))))
+                }
+            };
+            columns.append(index, &cdr, tokens);
+        }
+        Ok(refused)
+    }
 }
 
 #[cfg(test)]
@@ -275,20 +342,80 @@ mod tests {
         Input { encoding: Encoding::Json, payload: payload.into_bytes() }
     }
 
-    #[test]
-    fn a_day_destroyed_between_decoding_and_writing_refuses_its_records_and_gets_no_file() {
-        let root = tempfile::tempdir().unwrap();
-        let keys_dir = root.path().join("keys");
-        KeyStore::init(&keys_dir, None).unwrap();
+    fn processor(root: &std::path::Path, decode_threads: usize) -> (Processor, Arc<KeyStore>) {
+        let keys_dir = root.join("keys");
+        if !keys_dir.exists() {
+            KeyStore::init(&keys_dir, None).unwrap();
+        }
         let keys = Arc::new(KeyStore::open(&keys_dir, None).unwrap());
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-24T12:00:00Z").unwrap().to_utc();
         let config = ProcessorConfig {
             max_clock_skew: std::time::Duration::from_secs(60),
-            decode_threads: 2,
+            decode_threads,
             retention_days: Some(365),
         };
-        let writer = ParquetWriter::new(&root.path().join("data"), ParquetConfig::default());
-        let processor = Processor::new(writer, Arc::clone(&keys), Arc::new(ManualClock::new(now)), config);
+        let writer = ParquetWriter::new(&root.join(format!("data-{decode_threads}")), ParquetConfig::default());
+        (Processor::new(writer, Arc::clone(&keys), Arc::new(ManualClock::new(now)), config), keys)
+    }
+
+    /// The record ids of a staged file, in the order written.
+    fn record_ids(file: &StagedFile) -> Vec<String> {
+        use arrow_array::cast::AsArray;
+        let reader = std::fs::File::open(&file.staged).unwrap();
+        let batches = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(reader, 1024).unwrap();
+        let mut ids = Vec::new();
+        for batch in batches {
+            let batch = batch.unwrap();
+            let column = batch.column_by_name("record_id").unwrap().as_string::<i32>();
+            ids.extend(column.iter().map(|id| id.unwrap().to_owned()));
+        }
+        ids
+    }
+
+    #[test]
+    fn a_batch_decoded_in_parts_is_the_batch_decoded_at_once() {
+        // Two days, a refused record now and then, parts of uneven sizes
+        // that split the threads' chunks anywhere.
+        let inputs: Vec<Input> = (0..301)
+            .map(|i| match i % 37 {
+                0 => Input { encoding: Encoding::Json, payload: b"{not json".to_vec() },
+                _ => record(i, if i % 3 == 0 { "2026-11-23" } else { "2026-11-24" }),
+            })
+            .collect();
+        // One key store, so that the rows sort alike (by calling token).
+        let root = tempfile::tempdir().unwrap();
+        let at_once = {
+            let (processor, _keys) = processor(root.path(), 4);
+            let outcome = processor.stage(&inputs).unwrap();
+            let files: Vec<_> = outcome.files.iter().map(|f| (f.file.date, record_ids(f))).collect();
+            (outcome.written, outcome.refused, files)
+        };
+        for threads in [1, 2, 3] {
+            let (processor, _keys) = processor(root.path(), threads);
+            let mut decoded = processor.start_batch(inputs.len());
+            let mut rest = &inputs[..];
+            for size in [1, 0, 50, 7, 120].into_iter().cycle() {
+                let (part, after) = rest.split_at(size.min(rest.len()));
+                processor.decode_more(&mut decoded, part).unwrap();
+                rest = after;
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            assert_eq!(decoded.len(), inputs.len());
+            let outcome = processor.write(decoded).unwrap();
+            let files: Vec<_> = outcome.files.iter().map(|f| (f.file.date, record_ids(f))).collect();
+            assert_eq!(outcome.written, at_once.0, "{threads} threads");
+            assert_eq!(outcome.refused, at_once.1, "{threads} threads");
+            assert_eq!(files, at_once.2, "{threads} threads: the same rows in the same order");
+            assert_eq!(files.iter().map(|(_, ids)| ids.len()).sum::<usize>(), 301 - 9);
+        }
+    }
+
+    #[test]
+    fn a_day_destroyed_between_decoding_and_writing_refuses_its_records_and_gets_no_file() {
+        let root = tempfile::tempdir().unwrap();
+        let (processor, keys) = processor(root.path(), 2);
         // Records of two days, interleaved, and one that cannot be decoded.
         let mut inputs: Vec<Input> =
             (0..10).map(|i| record(i, if i % 2 == 0 { "2026-11-23" } else { "2026-11-24" })).collect();

@@ -25,8 +25,9 @@ use super::config::{IngestConfig, KafkaConfig};
 use super::dead_letter::{DeadLetter, DeadLetterError, Pending};
 use super::decode::Refusal;
 use super::ownership::Ownership;
+use super::process::Input;
 use super::process::{DecodedBatch, Processor};
-use super::source::{Batch, KafkaSource};
+use super::source::{Batch, KafkaSource, Part};
 use crate::model::{PartitionDate, RefuseReason};
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
@@ -64,9 +65,19 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
 }
 
+/// What the fetch stage hands to the decode stage.
+enum Fetched {
+    /// The next records of the batch being read.
+    Part(Part),
+    /// The batch read to its end: its records came in the parts before.
+    End(Batch),
+}
+
 /// A batch between the decode and the write stage.
 struct Decoded {
     batch: Batch,
+    /// Its records, index for index with `batch.positions`.
+    inputs: Vec<Input>,
     columns: DecodedBatch,
     /// Its refused records, sent to the dead-letter topic.
     dead_lettered: Pending,
@@ -136,15 +147,18 @@ impl Ingest {
         Ok(report)
     }
 
-    /// Three stages overlap, each on a thread of its own: fetching fills the
-    /// next batch, decoding tokenises the one before and sends its refused
-    /// records to the dead-letter topic, and this thread writes the one
-    /// before that and commits it. Batches pass through channels that hold
-    /// at most one batch each, so memory stays bounded (five batches at
-    /// most: one in each stage and one in each channel). Offsets are stored
-    /// here, after durability, never by another stage. On stop the fetch
-    /// thread ends its batch early and every batch already fetched is
-    /// written before the final commit.
+    /// Three stages overlap, each on a thread of its own: fetching fills a
+    /// batch and hands its records on in parts as they come, decoding
+    /// tokenises each part as it arrives and, once its batch is complete,
+    /// sends the batch's refused records to the dead-letter topic, and this
+    /// thread writes the batch before and commits it. So even the first
+    /// batch after a start is mostly decoded when its last record arrives.
+    /// The channels hold two parts and one decoded batch, so memory stays
+    /// bounded (about four batches at most: one filling, one being decoded,
+    /// one in the channel and one being written). Offsets are stored here,
+    /// after durability, never by another stage. On stop the fetch thread
+    /// ends its batch early and every batch already fetched is written
+    /// before the final commit.
     fn run_batches(
         &self,
         shutdown: &Shutdown,
@@ -155,19 +169,20 @@ impl Ingest {
         let abort = AtomicBool::new(false);
         let should_stop = || shutdown.is_triggered() || abort.load(Ordering::Relaxed);
         std::thread::scope(|scope| {
-            let (fetched_tx, fetched_rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+            let (fetched_tx, fetched_rx) = std::sync::mpsc::sync_channel::<Fetched>(2);
             let (decoded_tx, decoded_rx) = std::sync::mpsc::sync_channel::<Decoded>(1);
             let should_stop = &should_stop;
             let abort = &abort;
             let fetcher = scope.spawn(move || -> anyhow::Result<()> {
                 let mut fetched = 0u64;
                 while !should_stop() && stop_after.records.is_none_or(|limit| fetched < limit) {
-                    let batch = self.source.next_batch(&should_stop)?;
+                    let mut hand_on = |part| fetched_tx.send(Fetched::Part(part)).is_ok();
+                    let batch = self.source.next_batch(&should_stop, &mut hand_on)?;
                     if batch.is_empty() {
                         continue;
                     }
                     fetched += batch.len() as u64;
-                    if fetched_tx.send(batch).is_err() {
+                    if fetched_tx.send(Fetched::End(batch)).is_err() {
                         break;
                     }
                 }
@@ -193,30 +208,61 @@ impl Ingest {
         })
     }
 
-    /// The decode stage: tokenises each batch into the columns of its days
-    /// and sends its refused records to the dead-letter topic, which must
-    /// have them all before the batch commits (the write stage waits for
-    /// that, after writing the batch's files). Once another stage failed
+    /// The decode stage: tokenises the parts of each batch as they come
+    /// into the columns of its days, and once the batch is complete sends
+    /// its refused records to the dead-letter topic, which must have them
+    /// all before the batch commits (the write stage waits for that, after
+    /// writing the batch's files). Parts of a batch that was started again
+    /// (another serial number) are dropped. Once another stage failed
     /// (`abort`), nothing more is decoded or dead-lettered: no batch will
     /// be committed.
     fn decode_batches(
         &self,
-        fetched: std::sync::mpsc::Receiver<Batch>,
+        fetched: std::sync::mpsc::Receiver<Fetched>,
         decoded: std::sync::mpsc::SyncSender<Decoded>,
         abort: &AtomicBool,
     ) -> anyhow::Result<()> {
-        for batch in fetched {
+        let mut assembling: Option<Assembling> = None;
+        for message in fetched {
             if abort.load(Ordering::Relaxed) {
                 break;
             }
-            if self.dropped_as_stale(&batch) {
-                continue;
-            }
-            let started = Instant::now();
-            let columns = self.processor.decode(&batch.inputs)?;
-            let dead_lettered = self.dead_letter(&batch, &columns.refused)?;
-            if decoded.send(Decoded { batch, columns, dead_lettered, busy: started.elapsed() }).is_err() {
-                break;
+            match message {
+                Fetched::Part(part) => {
+                    let started = Instant::now();
+                    let current = match assembling.take() {
+                        Some(current) if current.serial == part.serial => current,
+                        _ => Assembling::new(&part, self.processor.start_batch(self.source.batch_records())),
+                    };
+                    assembling = Some(current.with(part, self.source.ownership().epoch(), &self.processor)?);
+                    if let Some(current) = assembling.as_mut() {
+                        current.busy += started.elapsed();
+                    }
+                }
+                Fetched::End(batch) => {
+                    let current = assembling.take();
+                    if self.dropped_as_stale(&batch) {
+                        continue;
+                    }
+                    // A batch of the current epoch whose records were not
+                    // all decoded must never be skipped: the next batch
+                    // starts after it.
+                    let complete = |current: &Assembling| {
+                        current.serial == batch.serial
+                            && current.inputs.len() == batch.len()
+                            && current.columns.len() == batch.len()
+                    };
+                    let current = current
+                        .filter(complete)
+                        .ok_or_else(|| anyhow::anyhow!("the decode stage did not get every record of a batch"))?;
+                    let started = Instant::now();
+                    let dead_lettered = self.dead_letter(&batch, &current.inputs, &current.columns.refused)?;
+                    let busy = current.busy + started.elapsed();
+                    let Assembling { inputs, columns, .. } = current;
+                    if decoded.send(Decoded { batch, inputs, columns, dead_lettered, busy }).is_err() {
+                        break;
+                    }
+                }
             }
         }
         Ok(())
@@ -236,12 +282,12 @@ impl Ingest {
 
     /// Sends refused records to the dead-letter topic; the broker's
     /// acknowledgements are awaited with [`Self::acknowledged`].
-    fn dead_letter(&self, batch: &Batch, refused: &[(usize, Refusal)]) -> anyhow::Result<Pending> {
+    fn dead_letter(&self, batch: &Batch, inputs: &[Input], refused: &[(usize, Refusal)]) -> anyhow::Result<Pending> {
         if refused.is_empty() {
             return Ok(Pending::none());
         }
         let refused: Vec<_> =
-            refused.iter().map(|(i, refusal)| (&batch.inputs[*i], &batch.positions[*i], *refusal)).collect();
+            refused.iter().map(|(i, refusal)| (&inputs[*i], &batch.positions[*i], *refusal)).collect();
         self.dead_letter.send_all(&refused).map_err(|e| self.dead_letter_failed(e))
     }
 
@@ -264,7 +310,7 @@ impl Ingest {
         on_batch: &mut impl FnMut(&IngestReport),
     ) -> anyhow::Result<()> {
         let ownership = self.source.ownership();
-        for Decoded { batch, columns, dead_lettered, busy } in receiver {
+        for Decoded { batch, inputs, columns, dead_lettered, busy } in receiver {
             // The check that counts: the epoch may have moved since decoding.
             if self.dropped_as_stale(&batch) {
                 continue;
@@ -275,7 +321,7 @@ impl Ingest {
             // A day destroyed since decoding refuses its records here.
             let late: Vec<_> =
                 outcome.refused.iter().filter(|(i, _)| decode_refused.binary_search(i).is_err()).copied().collect();
-            let late = self.dead_letter(&batch, &late)?;
+            let late = self.dead_letter(&batch, &inputs, &late)?;
             // Every refused record acknowledged, before the commit.
             self.acknowledged(dead_lettered)?;
             self.acknowledged(late)?;
@@ -330,5 +376,32 @@ impl Ingest {
             on_batch(report);
         }
         Ok(())
+    }
+}
+
+/// A batch whose parts are being decoded as they come.
+struct Assembling {
+    serial: u64,
+    /// Its records so far.
+    inputs: Vec<Input>,
+    columns: DecodedBatch,
+    /// The time spent decoding it.
+    busy: std::time::Duration,
+}
+
+impl Assembling {
+    fn new(first: &Part, columns: DecodedBatch) -> Self {
+        Assembling { serial: first.serial, inputs: Vec::new(), columns, busy: std::time::Duration::ZERO }
+    }
+
+    /// Decodes the next part of the batch, unless the batch was read in an
+    /// epoch that has passed (`epoch` is the current one): it will be
+    /// dropped as stale, so only its records are kept, to keep count.
+    fn with(mut self, part: Part, epoch: u64, processor: &Processor) -> anyhow::Result<Self> {
+        if part.epoch == epoch {
+            processor.decode_more(&mut self.columns, &part.inputs)?;
+        }
+        self.inputs.extend(part.inputs);
+        Ok(self)
     }
 }

@@ -31,12 +31,16 @@ pub struct Position {
     pub offset: i64,
 }
 
-/// A batch: the inputs and, index for index, where each came from; the
-/// range of each partition it covers, and the epoch it was read in
-/// ([`super::ownership`]).
+/// A batch, once read to its end: where each record came from, the range
+/// of each partition it covers, and the epoch it was read in
+/// ([`super::ownership`]). Its records themselves were handed on in
+/// [`Part`]s while it filled, in order, under its serial number.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub inputs: Vec<Input>,
+    /// Numbers the batches of one source; a batch started again after a
+    /// rebalance gets a new number, and the parts sent under the old one
+    /// are void.
+    pub serial: u64,
     pub positions: Vec<Position>,
     pub bytes: usize,
     pub ranges: Vec<Range>,
@@ -45,12 +49,24 @@ pub struct Batch {
 
 impl Batch {
     pub fn len(&self) -> usize {
-        self.inputs.len()
+        self.positions.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.inputs.is_empty()
+        self.positions.is_empty()
     }
+}
+
+/// The next records of the batch being read, handed on before the batch is
+/// complete so that decoding overlaps reading. The parts of a batch, in
+/// order, hold its records index for index with its positions.
+#[derive(Debug)]
+pub struct Part {
+    /// The batch they belong to ([`Batch::serial`]).
+    pub serial: u64,
+    /// The epoch that batch is read in.
+    pub epoch: u64,
+    pub inputs: Vec<Input>,
 }
 
 pub type SourceConsumer = BaseConsumer<Ownership>;
@@ -63,6 +79,8 @@ pub struct KafkaSource {
     /// Per partition, a gap `(expected, found)` already confirmed by
     /// seeking back to `expected` and finding `found` first again.
     gaps: std::sync::Mutex<HashMap<PartitionKey, (i64, i64)>>,
+    /// The next batch's serial number.
+    serials: std::sync::atomic::AtomicU64,
 }
 
 /// When a batch is cut.
@@ -71,13 +89,25 @@ pub struct BatchLimits {
     pub max_records: usize,
     pub max_bytes: usize,
     pub linger: Duration,
+    /// Records are handed on in parts of this many.
+    pub part_records: usize,
 }
 
 impl From<&IngestConfig> for BatchLimits {
     fn from(c: &IngestConfig) -> Self {
-        BatchLimits { max_records: c.batch_max_records, max_bytes: c.batch_max_bytes, linger: c.batch_linger }
+        BatchLimits {
+            max_records: c.batch_max_records,
+            max_bytes: c.batch_max_bytes,
+            linger: c.batch_linger,
+            // An eighth of a batch: the first batch after a start is then
+            // mostly decoded by the time its last record arrives.
+            part_records: c.batch_max_records.div_ceil(8).max(PART_RECORDS_MIN),
+        }
     }
 }
+
+/// Parts smaller than this would cost more to hand over than to decode.
+const PART_RECORDS_MIN: usize = 1024;
 
 /// How often the poll loop wakes to check for shutdown.
 const POLL_SLICE: Duration = Duration::from_millis(100);
@@ -130,6 +160,7 @@ impl KafkaSource {
             encodings,
             limits: BatchLimits::from(ingest),
             gaps: std::sync::Mutex::new(HashMap::new()),
+            serials: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -141,14 +172,26 @@ impl KafkaSource {
         self.consumer.context()
     }
 
+    /// How many records a full batch holds.
+    pub fn batch_records(&self) -> usize {
+        self.limits.max_records
+    }
+
     /// Polls until the batch is full, the linger time has passed since its
-    /// first record, or `should_stop` says so. Records of partitions this
-    /// instance does not own are skipped; a rebalance or a resync while the
-    /// batch fills drops what it held (reading restarted from the
-    /// checkpoint). Blocking: run on a dedicated thread.
-    pub fn next_batch(&self, should_stop: &dyn Fn() -> bool) -> anyhow::Result<Batch> {
+    /// first record, or `should_stop` says so, handing its records on to
+    /// `hand_on` in parts as they come (the last part before this returns).
+    /// Records of partitions this instance does not own are skipped; a
+    /// rebalance or a resync while the batch fills drops what it held
+    /// (reading restarted from the checkpoint) and starts a batch with a
+    /// new serial number. `hand_on` returns false when nobody takes parts
+    /// any more; the batch then ends. Blocking: run on a dedicated thread.
+    pub fn next_batch(
+        &self,
+        should_stop: &dyn Fn() -> bool,
+        hand_on: &mut dyn FnMut(Part) -> bool,
+    ) -> anyhow::Result<Batch> {
         let ownership = self.ownership();
-        let mut reading = Reading::new(ownership);
+        let mut reading = Reading::new(ownership, self.next_serial());
         let mut deadline: Option<Instant> = None;
         while reading.batch.len() < self.limits.max_records && reading.batch.bytes < self.limits.max_bytes {
             if let Some(failure) = ownership.failure() {
@@ -156,7 +199,7 @@ impl KafkaSource {
             }
             ownership.resync_if_asked(&self.consumer)?;
             if ownership.epoch() != reading.batch.epoch {
-                reading = Reading::new(ownership);
+                reading = Reading::new(ownership, self.next_serial());
                 deadline = None;
             }
             if should_stop() {
@@ -186,7 +229,7 @@ impl KafkaSource {
                 // The poll served a rebalance before returning this record,
                 // the first of the new assignment: start the batch again
                 // from it (older records were purged with the assignment).
-                reading = Reading::new(ownership);
+                reading = Reading::new(ownership, self.next_serial());
                 deadline = None;
             }
             let Some((topic, encoding)) = self.encodings.get_key_value(message.topic()) else { continue };
@@ -203,10 +246,21 @@ impl KafkaSource {
             }
             let payload = message.payload().unwrap_or_default().to_vec();
             reading.batch.bytes += payload.len();
-            reading.batch.inputs.push(Input { encoding: *encoding, payload });
+            reading.inputs.push(Input { encoding: *encoding, payload });
             deadline.get_or_insert_with(|| Instant::now() + self.limits.linger);
+            if reading.inputs.len() >= self.limits.part_records && !hand_on(reading.part(self.limits.part_records)) {
+                break;
+            }
+        }
+        if !reading.inputs.is_empty() {
+            // Whether taken or not, the batch ends here.
+            hand_on(reading.part(0));
         }
         Ok(reading.finish(ownership))
+    }
+
+    fn next_serial(&self) -> u64 {
+        self.serials.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -262,15 +316,18 @@ type Taken = (u64, Option<i64>, Option<i64>);
 /// the generation, start and last offset of what it took.
 struct Reading {
     batch: Batch,
+    /// Records taken and not yet handed on.
+    inputs: Vec<Input>,
     cursors: Cursors,
     partitions: HashMap<PartitionKey, Option<Taken>>,
     below_checkpoint: u64,
 }
 
 impl Reading {
-    fn new(ownership: &Ownership) -> Self {
+    fn new(ownership: &Ownership, serial: u64) -> Self {
         Reading {
-            batch: Batch { epoch: ownership.epoch(), ..Batch::default() },
+            batch: Batch { serial, epoch: ownership.epoch(), ..Batch::default() },
+            inputs: Vec::new(),
             cursors: ownership.cursors(),
             partitions: HashMap::new(),
             below_checkpoint: 0,
@@ -308,6 +365,13 @@ impl Reading {
             *last = Some(offset);
         }
         self.batch.positions.push(Position { topic: Arc::clone(topic), partition, offset });
+    }
+
+    /// The records taken since the last part, handed on; room for
+    /// `capacity` more.
+    fn part(&mut self, capacity: usize) -> Part {
+        let inputs = std::mem::replace(&mut self.inputs, Vec::with_capacity(capacity));
+        Part { serial: self.batch.serial, epoch: self.batch.epoch, inputs }
     }
 
     fn finish(mut self, ownership: &Ownership) -> Batch {
