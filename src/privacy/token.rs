@@ -73,21 +73,33 @@ impl Tokeniser {
 ///
 /// Within a batch most identifiers recur (the same subscribers, cells and
 /// servers appear again and again), and an HMAC costs far more than a hash
-/// map lookup, so each distinct value is tokenised once. The memo holds
-/// canonical values, which already sit in the same batch's sealed-column
-/// builders; it lives exactly as long as the batch's decoding and is dropped
-/// with it. It must never outlive the batch or be shared.
+/// table lookup, so each distinct value is tokenised once. The memo keeps
+/// the canonical values it has seen one after the other in one buffer (no
+/// allocation per value), the same values that sit in the batch's
+/// sealed-column builders; it lives exactly as long as the batch's decoding
+/// and is dropped with it. It must never outlive the batch or be shared.
 pub struct TokenMemo {
     tokeniser: Tokeniser,
-    /// One map per kind. ahash with per-process random keys: fast on short
-    /// strings, and an attacker who controls identifiers cannot aim for
-    /// collisions.
-    seen: [std::collections::HashMap<Box<str>, Token, ahash::RandomState>; 6],
+    /// The distinct values seen, end to end.
+    values: String,
+    /// One table per kind, of values found by their hash. ahash with
+    /// per-process random keys: fast on short strings, and an attacker who
+    /// controls identifiers cannot aim for collisions.
+    seen: [hashbrown::HashTable<Seen>; 6],
+    hasher: ahash::RandomState,
+}
+
+/// A value in [`TokenMemo::values`] and its token.
+struct Seen {
+    hash: u64,
+    start: u32,
+    len: u32,
+    token: Token,
 }
 
 impl TokenMemo {
     pub fn new(tokeniser: Tokeniser) -> Self {
-        TokenMemo { tokeniser, seen: Default::default() }
+        TokenMemo { tokeniser, values: String::new(), seen: Default::default(), hasher: ahash::RandomState::new() }
     }
 
     pub fn key_id(&self) -> &KeyId {
@@ -96,12 +108,22 @@ impl TokenMemo {
 
     /// The token of a canonical value of `kind`.
     pub fn token(&mut self, kind: IdentifierKind, canonical: &str) -> Token {
-        let seen = &mut self.seen[kind as usize];
-        if let Some(token) = seen.get(canonical) {
-            return *token;
+        let hash = self.hasher.hash_one(canonical);
+        let values = &self.values;
+        let text = |seen: &Seen| &values[seen.start as usize..(seen.start + seen.len) as usize];
+        let table = &mut self.seen[kind as usize];
+        if let Some(seen) = table.find(hash, |seen| seen.hash == hash && text(seen) == canonical) {
+            return seen.token;
         }
         let token = self.tokeniser.token(kind, canonical.as_bytes());
-        seen.insert(canonical.into(), token);
+        // Offsets fit in 32 bits: a batch is far below 4 GiB. Past that,
+        // values are simply not remembered.
+        if let (Ok(start), Ok(len)) = (u32::try_from(self.values.len()), u32::try_from(canonical.len()))
+            && start.checked_add(len).is_some()
+        {
+            self.values.push_str(canonical);
+            table.insert_unique(hash, Seen { hash, start, len, token }, |seen| seen.hash);
+        }
         token
     }
 }
@@ -142,6 +164,20 @@ mod tests {
         let mut memo = TokenMemo::new(t.clone());
         for value in ["+4520000001", "+4520000002", "+4520000001"] {
             assert_eq!(memo.token(IdentifierKind::Msisdn, value), t.token(IdentifierKind::Msisdn, value.as_bytes()));
+        }
+        // Thousands of values, each met three times, interleaved: the
+        // table and the buffer of values grow under the memo's feet.
+        for round in 0..3 {
+            for i in (0..5_000).rev().step_by(round + 1).chain(0..5_000) {
+                let value = format!("+45{:08}", i * 7919 % 100_000_000);
+                let expected = t.token(IdentifierKind::Msisdn, value.as_bytes());
+                assert_eq!(memo.token(IdentifierKind::Msisdn, &value), expected, "{i}");
+                // A prefix of a value seen is another value.
+                assert_eq!(
+                    memo.token(IdentifierKind::Msisdn, &value[..6]),
+                    t.token(IdentifierKind::Msisdn, &value.as_bytes()[..6])
+                );
+            }
         }
         // The same text under another kind is another token.
         assert_ne!(
