@@ -319,7 +319,10 @@ struct Reading {
     /// Records taken and not yet handed on.
     inputs: Vec<Input>,
     cursors: Cursors,
-    partitions: HashMap<PartitionKey, Option<Taken>>,
+    /// The partitions met, in the order met. Records come in long runs of
+    /// one partition, so the one met last is looked at first.
+    partitions: Vec<(PartitionKey, Option<Taken>)>,
+    last_met: usize,
     below_checkpoint: u64,
 }
 
@@ -329,22 +332,38 @@ impl Reading {
             batch: Batch { serial, epoch: ownership.epoch(), ..Batch::default() },
             inputs: Vec::new(),
             cursors: ownership.cursors(),
-            partitions: HashMap::new(),
+            partitions: Vec::new(),
+            last_met: 0,
             below_checkpoint: 0,
         }
+    }
+
+    /// Where `partition` of `topic` is in `partitions`, added (with its
+    /// cursor, if owned) when first met.
+    fn slot(&mut self, topic: &Arc<str>, partition: i32) -> usize {
+        let is = |((t, p), _): &(PartitionKey, _)| *p == partition && (Arc::ptr_eq(t, topic) || **t == **topic);
+        if self.partitions.get(self.last_met).is_some_and(is) {
+            return self.last_met;
+        }
+        self.last_met = match self.partitions.iter().position(is) {
+            Some(slot) => slot,
+            None => {
+                let id = PartitionId { topic: topic.to_string(), partition };
+                let taken = self.cursors.get(&id).map(|cursor| (cursor.generation, cursor.from, None));
+                self.partitions.push(((Arc::clone(topic), partition), taken));
+                self.partitions.len() - 1
+            }
+        };
+        self.last_met
     }
 
     /// Takes the record at `offset` if its partition is owned and it is
     /// the next one: at the cursor (the partition's first record of the
     /// batch) or after the last one taken.
     fn take(&mut self, topic: &Arc<str>, partition: i32, offset: i64) -> Take {
-        let cursors = &self.cursors;
-        let entry = self.partitions.entry((Arc::clone(topic), partition)).or_insert_with(|| {
-            let id = PartitionId { topic: topic.to_string(), partition };
-            cursors.get(&id).map(|cursor| (cursor.generation, cursor.from, None))
-        });
-        let Some((_, from, last)) = entry else { return Take::Skipped };
-        let expected = last.map(|last| last + 1).or(*from);
+        let slot = self.slot(topic, partition);
+        let Some((_, from, last)) = self.partitions[slot].1 else { return Take::Skipped };
+        let expected = last.map(|last| last + 1).or(from);
         match expected {
             Some(expected) if offset < expected => {
                 // Below the checkpoint or the last record taken: stored
@@ -361,7 +380,8 @@ impl Reading {
 
     /// Takes the record at `offset` of an owned partition.
     fn take_after_gap(&mut self, topic: &Arc<str>, partition: i32, offset: i64) {
-        if let Some(Some((_, _, last))) = self.partitions.get_mut(&(Arc::clone(topic), partition)) {
+        let slot = self.slot(topic, partition);
+        if let Some((_, _, last)) = &mut self.partitions[slot].1 {
             *last = Some(offset);
         }
         self.batch.positions.push(Position { topic: Arc::clone(topic), partition, offset });
