@@ -1,6 +1,7 @@
 //! The JSON encoding: one object per message, field names as in
 //! REQUIREMENTS.md. Unknown fields are ignored so that producers can add
-//! fields without breaking ingest; their values are never stored.
+//! fields without breaking ingest; their values are never stored. A payload
+//! must be UTF-8 throughout, as JSON requires, unknown fields included.
 
 use std::borrow::Cow;
 
@@ -61,10 +62,13 @@ struct JsonCdr<'a> {
 }
 
 pub(super) fn parse(payload: &[u8]) -> Result<RawRecord<'_>, Refusal> {
-    // `from_slice` hands out borrowed strings only for valid UTF-8 input it
-    // has checked, which is what lets `Text` borrow.
+    // The whole payload is checked as UTF-8 once, up front (JSON is UTF-8,
+    // so no valid record is lost), which spares the parser checking each
+    // string on its own; borrowed strings come out of the checked text.
     // The parser's error is dropped on purpose: its message can quote input.
-    let cdr: JsonCdr<'_> = serde_json::from_slice(payload).map_err(|_| Refusal::new(RefuseReason::MalformedPayload))?;
+    let malformed = Refusal::new(RefuseReason::MalformedPayload);
+    let payload = std::str::from_utf8(payload).map_err(|_| malformed)?;
+    let cdr: JsonCdr<'_> = serde_json::from_str(payload).map_err(|_| malformed)?;
     Ok(RawRecord {
         record_id: text(cdr.record_id),
         service: text(cdr.service).map(RawEnum::Text),
@@ -94,6 +98,17 @@ pub(super) fn parse(payload: &[u8]) -> Result<RawRecord<'_>, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_payload_that_is_not_utf8_is_malformed_wherever_the_bad_byte_is() {
+        let known = b"{\"record_id\":\"msc-\xff\",\"calling_number\":\"+4520000001\"}";
+        let unknown = b"{\"record_id\":\"msc-1\",\"note\":\"\xc3(\",\"calling_number\":\"+4520000001\"}";
+        let valid = b"{\"record_id\":\"msc-1\",\"note\":\"caf\xc3\xa9\",\"calling_number\":\"+4520000001\"}";
+        for payload in [&known[..], &unknown[..]] {
+            assert_eq!(parse(payload).unwrap_err(), Refusal::new(RefuseReason::MalformedPayload));
+        }
+        assert!(parse(valid).is_ok(), "UTF-8 beyond ASCII is fine");
+    }
 
     #[test]
     fn strings_borrow_from_the_payload_unless_escaped() {
