@@ -46,7 +46,8 @@ pub struct Ownership {
     epoch: AtomicU64,
     /// The epoch in which a commit was refused, asking for a resync.
     resync: AtomicU64,
-    failure: Mutex<Option<String>>,
+    /// Why ingest must stop: set once, read before every record taken.
+    failure: std::sync::OnceLock<String>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -66,7 +67,7 @@ impl Ownership {
             checkpointed: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(1),
             resync: AtomicU64::new(0),
-            failure: Mutex::new(None),
+            failure: std::sync::OnceLock::new(),
         }
     }
 
@@ -79,8 +80,8 @@ impl Ownership {
     }
 
     /// Why ingest must stop, if a claim could not be written.
-    pub fn failure(&self) -> Option<String> {
-        lock(&self.failure).clone()
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     /// The cursors now (a copy, for one batch).
@@ -203,7 +204,8 @@ impl Ownership {
                 // Reading unclaimed partitions could duplicate records: take
                 // none and stop ingest.
                 error!(reason = %e, "partitions assigned but not claimed; ingest stops");
-                *lock(&self.failure) = Some(format!("claiming assigned partitions failed: {e}"));
+                // The first failure is the one reported.
+                let _ = self.failure.set(format!("claiming assigned partitions failed: {e}"));
                 *tpl = TopicPartitionList::new();
             }
         }
