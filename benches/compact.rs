@@ -57,7 +57,7 @@ fn main() {
         Generator::new(SynthConfig { seed: 1, subscribers: 100_000, days: 0, until, invalid_ratio: 0.0 });
     for _ in 0..files {
         let inputs: Vec<Input> = (0..records / files)
-            .map(|_| Input { encoding: Encoding::Json, payload: generator.next_record().to_json() })
+            .map(|_| Input { encoding: Encoding::Json, payload: generator.next_record().to_json().into() })
             .collect();
         processor.process(&inputs).unwrap();
     }

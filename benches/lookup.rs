@@ -65,7 +65,7 @@ fn fill(data: &Path, keys_dir: &Path, days: i64, per_day: usize, subscribers: us
         let mut generator =
             Generator::new(SynthConfig { seed: 1, subscribers, days: 1, until: day_end, invalid_ratio: 0.0 });
         let inputs: Vec<Input> = (0..per_day)
-            .map(|_| Input { encoding: Encoding::Json, payload: generator.next_record().to_json() })
+            .map(|_| Input { encoding: Encoding::Json, payload: generator.next_record().to_json().into() })
             .collect();
         processor.process(&inputs).unwrap();
     }

@@ -61,7 +61,7 @@ fn main() {
                     i % 500,
                     i % 9_973
                 )
-                .into_bytes(),
+                .into_bytes().into(),
             })
             .collect();
         processor.process(&inputs).unwrap();

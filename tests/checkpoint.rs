@@ -56,7 +56,7 @@ impl Fixture {
                     r#"{{"record_id":"r-{i}","service":"voice","start_time":"2026-11-2{}T10:00:00Z","calling_number":"+45200{i:05}"}}"#,
                     3 + i % 2
                 )
-                .into_bytes(),
+                .into_bytes().into(),
             })
             .collect();
         processor.stage(&inputs).unwrap()

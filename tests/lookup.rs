@@ -328,7 +328,7 @@ fn each_day_is_searched_under_its_own_token_key_even_a_day_made_after_the_engine
             payload: format!(
                 r#"{{"record_id":"late-{i}","service":"voice","start_time":"{new_day}T0{i}:00:00Z","end_time":"{new_day}T0{i}:01:00Z","calling_number":"{subscriber}","called_number":"+4599999999{i}"}}"#
             )
-            .into_bytes(),
+            .into_bytes().into(),
         })
         .collect();
     assert_eq!(fixture.vault.processor_over(other).process(&inputs).unwrap().written, 3);

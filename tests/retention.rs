@@ -205,7 +205,7 @@ fn a_simulated_year_destroys_every_expired_day_and_proves_it() {
     let late = Input {
         encoding: Encoding::Json,
         payload: format!(r#"{{"record_id":"late","service":"sms","start_time":"{first_day}T10:00:00Z","calling_number":"+4520000001"}}"#)
-            .into_bytes(),
+            .into_bytes().into(),
     };
     let outcome = world.vault.processor.process(&[late]).unwrap();
     assert_eq!(outcome.refused[0].1.reason, RefuseReason::Expired);
@@ -517,7 +517,7 @@ fn preservation_follows_a_day_whose_keys_are_made_after_the_order() {
         .map(|i| Input {
             encoding: Encoding::Json,
             payload: format!(r#"{{"record_id":"k-{i}","service":"sms","start_time":"{today}T08:00:0{i}Z","calling_number":"+452000000{i}"}}"#)
-                .into_bytes(),
+                .into_bytes().into(),
         })
         .collect();
     assert_eq!(world.vault.processor_over(Arc::clone(&keys)).process(&inputs).unwrap().written, 10);

@@ -78,7 +78,7 @@ pub fn payloads(records: &[SyntheticCdr], encoding: Encoding) -> Vec<Vec<u8>> {
 }
 
 pub fn inputs(records: &[SyntheticCdr], encoding: Encoding) -> Vec<Input> {
-    payloads(records, encoding).into_iter().map(|payload| Input { encoding, payload }).collect()
+    payloads(records, encoding).into_iter().map(|payload| Input { encoding, payload: payload.into() }).collect()
 }
 
 /// The fixed token key of the tokenise benchmarks.

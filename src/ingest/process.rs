@@ -31,7 +31,9 @@ use crate::storage::write::{ParquetWriter, StagedFile, WrittenFile};
 #[derive(Debug, Clone)]
 pub struct Input {
     pub encoding: Encoding,
-    pub payload: Vec<u8>,
+    /// Shares its buffer with the other payloads fetched with it
+    /// ([`super::source`]).
+    pub payload: bytes::Bytes,
 }
 
 /// What became of a batch.
@@ -339,7 +341,7 @@ mod tests {
         let payload = format!(
             r#"{{"record_id":"r-{i}","service":"sms","start_time":"{day}T10:00:00Z","calling_number":"+45200{i:05}"}}"#
         );
-        Input { encoding: Encoding::Json, payload: payload.into_bytes() }
+        Input { encoding: Encoding::Json, payload: payload.into_bytes().into() }
     }
 
     fn processor(root: &std::path::Path, decode_threads: usize) -> (Processor, Arc<KeyStore>) {
@@ -378,7 +380,7 @@ mod tests {
         // that split the threads' chunks anywhere.
         let inputs: Vec<Input> = (0..301)
             .map(|i| match i % 37 {
-                0 => Input { encoding: Encoding::Json, payload: b"{not json".to_vec() },
+                0 => Input { encoding: Encoding::Json, payload: bytes::Bytes::from_static(b"{not json") },
                 _ => record(i, if i % 3 == 0 { "2026-11-23" } else { "2026-11-24" }),
             })
             .collect();
@@ -419,7 +421,7 @@ mod tests {
         // Records of two days, interleaved, and one that cannot be decoded.
         let mut inputs: Vec<Input> =
             (0..10).map(|i| record(i, if i % 2 == 0 { "2026-11-23" } else { "2026-11-24" })).collect();
-        inputs.push(Input { encoding: Encoding::Json, payload: b"{not json".to_vec() });
+        inputs.push(Input { encoding: Encoding::Json, payload: bytes::Bytes::from_static(b"{not json") });
 
         let decoded = processor.decode(&inputs).unwrap();
         assert_eq!(decoded.refused.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![10]);

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -105,6 +106,9 @@ impl From<&IngestConfig> for BatchLimits {
         }
     }
 }
+
+/// The size of the buffers payloads are copied into.
+const PAYLOAD_BUFFER: usize = 1 << 20;
 
 /// Parts smaller than this would cost more to hand over than to decode.
 const PART_RECORDS_MIN: usize = 1024;
@@ -244,7 +248,7 @@ impl KafkaSource {
                     reading.take_after_gap(topic, partition, offset);
                 }
             }
-            let payload = message.payload().unwrap_or_default().to_vec();
+            let payload = reading.copy(message.payload().unwrap_or_default());
             reading.batch.bytes += payload.len();
             reading.inputs.push(Input { encoding: *encoding, payload });
             deadline.get_or_insert_with(|| Instant::now() + self.limits.linger);
@@ -318,6 +322,10 @@ struct Reading {
     batch: Batch,
     /// Records taken and not yet handed on.
     inputs: Vec<Input>,
+    /// Where payloads are copied: one buffer shared by many, so that a
+    /// batch is not a hundred thousand allocations to make, and to free on
+    /// another thread.
+    payloads: BytesMut,
     cursors: Cursors,
     /// The partitions met, in the order met. Records come in long runs of
     /// one partition, so the one met last is looked at first.
@@ -331,11 +339,22 @@ impl Reading {
         Reading {
             batch: Batch { serial, epoch: ownership.epoch(), ..Batch::default() },
             inputs: Vec::new(),
+            payloads: BytesMut::new(),
             cursors: ownership.cursors(),
             partitions: Vec::new(),
             last_met: 0,
             below_checkpoint: 0,
         }
+    }
+
+    /// A copy of a record's payload, in the shared buffer.
+    fn copy(&mut self, payload: &[u8]) -> Bytes {
+        if self.payloads.capacity() < payload.len() {
+            // A new buffer; the payloads in the old one keep it alive.
+            self.payloads = BytesMut::with_capacity(PAYLOAD_BUFFER.max(payload.len()));
+        }
+        self.payloads.extend_from_slice(payload);
+        self.payloads.split().freeze()
     }
 
     /// Where `partition` of `topic` is in `partitions`, added (with its

@@ -47,7 +47,7 @@ pub fn import_file(
             bytes_read += n as u64;
             let trimmed = line.trim_ascii();
             if !trimmed.is_empty() {
-                inputs.push(Input { encoding: Encoding::Json, payload: trimmed.to_vec() });
+                inputs.push(Input { encoding: Encoding::Json, payload: bytes::Bytes::copy_from_slice(trimmed) });
                 line_numbers.push(line_number);
             }
         }

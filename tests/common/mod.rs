@@ -137,7 +137,7 @@ impl TestVault {
     /// Ingests JSON payloads as one batch.
     pub fn ingest_payloads(&self, payloads: impl IntoIterator<Item = Vec<u8>>) -> BatchOutcome {
         let inputs: Vec<Input> =
-            payloads.into_iter().map(|payload| Input { encoding: Encoding::Json, payload }).collect();
+            payloads.into_iter().map(|payload| Input { encoding: Encoding::Json, payload: payload.into() }).collect();
         self.processor.process(&inputs).unwrap()
     }
 

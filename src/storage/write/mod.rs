@@ -237,7 +237,7 @@ pub(crate) mod tests {
                     r#"{{"record_id":"r-{i}","service":"voice","start_time":"2026-11-24T10:00:{:02}Z","calling_number":"+45200{i:05}","cell_id_start":"238-01-1-{i}"}}"#,
                     i % 60
                 )
-                .into_bytes(),
+                .into_bytes().into(),
             })
             .collect();
         let outcome = processor.process(&inputs).unwrap();
