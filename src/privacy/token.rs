@@ -106,6 +106,16 @@ impl TokenMemo {
         self.tokeniser.key_id()
     }
 
+    /// How many distinct values it holds, over all kinds: each was
+    /// tokenised once.
+    pub fn len(&self) -> usize {
+        self.seen.iter().map(|table| table.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The token of a canonical value of `kind`.
     pub fn token(&mut self, kind: IdentifierKind, canonical: &str) -> Token {
         let hash = self.hasher.hash_one(canonical);
@@ -167,6 +177,7 @@ mod tests {
         }
         // Thousands of values, each met three times, interleaved: the
         // table and the buffer of values grow under the memo's feet.
+        let mut distinct: std::collections::HashSet<String> = ["+4520000001", "+4520000002"].map(String::from).into();
         for round in 0..3 {
             for i in (0..5_000).rev().step_by(round + 1).chain(0..5_000) {
                 let value = format!("+45{:08}", i * 7919 % 100_000_000);
@@ -177,8 +188,10 @@ mod tests {
                     memo.token(IdentifierKind::Msisdn, &value[..6]),
                     t.token(IdentifierKind::Msisdn, &value.as_bytes()[..6])
                 );
+                distinct.extend([value[..6].to_string(), value]);
             }
         }
+        assert_eq!(memo.len(), distinct.len(), "each distinct value tokenised once, and remembered");
         // The same text under another kind is another token.
         assert_ne!(
             memo.token(IdentifierKind::Imsi, "238011234567890"),
