@@ -325,3 +325,32 @@ fn the_leak_scan_finds_a_planted_identifier() {
     assert_eq!(common::find_leaks(&[file], &[], &identifiers).len(), 1);
     assert_eq!(common::find_leaks(&[], &[("log", b"calling 4520000001")], &["4520000001".to_string()].into()).len(), 1);
 }
+
+/// A batch started again while it fills (here a resync, as after a fenced
+/// commit) voids the parts it handed on, and says so at once: the next
+/// part is an empty one of the new batch, so the decode stage drops the
+/// records it holds instead of keeping them until more come.
+#[test]
+fn a_batch_started_again_voids_its_parts_at_once() {
+    let cluster = MockCluster::new(1).unwrap();
+    let setup = setup(&cluster, 6_000, Encoding::Json);
+    let ingest = ingest(&setup, Metrics::new());
+    let source = &ingest.source;
+    let mut parts: Vec<(u64, usize)> = Vec::new();
+    let mut hand_on = |part: cdrvault::ingest::source::Part| {
+        if parts.is_empty() {
+            // After the first part: read again from the checkpoint.
+            source.ownership().request_resync(source.ownership().epoch());
+        }
+        parts.push((part.serial, part.inputs.len()));
+        true
+    };
+    let batch = source.next_batch(&|| false, &mut hand_on).unwrap();
+    let (first, first_len) = parts[0];
+    assert!(first_len > 0, "{parts:?}");
+    assert_eq!(parts[1], (batch.serial, 0), "an empty part of the new batch right after: {parts:?}");
+    assert_ne!(batch.serial, first);
+    let taken: usize = parts.iter().filter(|(serial, _)| *serial == batch.serial).map(|(_, len)| len).sum();
+    assert_eq!(taken, batch.len(), "the new batch's records are the parts under its number");
+    assert_eq!(batch.len(), setup.ingest.batch_max_records);
+}

@@ -203,7 +203,7 @@ impl KafkaSource {
             }
             ownership.resync_if_asked(&self.consumer)?;
             if ownership.epoch() != reading.batch.epoch {
-                reading = Reading::new(ownership, self.next_serial());
+                self.restart(&mut reading, hand_on);
                 deadline = None;
             }
             if should_stop() {
@@ -233,7 +233,7 @@ impl KafkaSource {
                 // The poll served a rebalance before returning this record,
                 // the first of the new assignment: start the batch again
                 // from it (older records were purged with the assignment).
-                reading = Reading::new(ownership, self.next_serial());
+                self.restart(&mut reading, hand_on);
                 deadline = None;
             }
             let Some((topic, encoding)) = self.encodings.get_key_value(message.topic()) else { continue };
@@ -261,6 +261,18 @@ impl KafkaSource {
             hand_on(reading.part(0));
         }
         Ok(reading.finish(ownership))
+    }
+
+    /// Starts the batch being read again, in the current epoch. If parts
+    /// of it were handed on, an empty part of the new batch says at once
+    /// that they are void, so that the records in them are not kept in
+    /// memory until more come.
+    fn restart(&self, reading: &mut Reading, hand_on: &mut dyn FnMut(Part) -> bool) {
+        let voided = reading.handed_on;
+        *reading = Reading::new(self.ownership(), self.next_serial());
+        if voided {
+            hand_on(reading.part(0));
+        }
     }
 
     fn next_serial(&self) -> u64 {
@@ -322,6 +334,8 @@ struct Reading {
     batch: Batch,
     /// Records taken and not yet handed on.
     inputs: Vec<Input>,
+    /// Whether a part was handed on.
+    handed_on: bool,
     /// Where payloads are copied: one buffer shared by many, so that a
     /// batch is not a hundred thousand allocations to make, and to free on
     /// another thread.
@@ -339,6 +353,7 @@ impl Reading {
         Reading {
             batch: Batch { serial, epoch: ownership.epoch(), ..Batch::default() },
             inputs: Vec::new(),
+            handed_on: false,
             payloads: BytesMut::new(),
             cursors: ownership.cursors(),
             partitions: Vec::new(),
@@ -409,6 +424,7 @@ impl Reading {
     /// The records taken since the last part, handed on; room for
     /// `capacity` more.
     fn part(&mut self, capacity: usize) -> Part {
+        self.handed_on = true;
         let inputs = std::mem::replace(&mut self.inputs, Vec::with_capacity(capacity));
         Part { serial: self.batch.serial, epoch: self.batch.epoch, inputs }
     }
