@@ -229,15 +229,11 @@ impl Ingest {
             }
             match message {
                 Fetched::Part(part) => {
-                    let started = Instant::now();
                     let current = match assembling.take() {
                         Some(current) if current.serial == part.serial => current,
                         _ => Assembling::new(&part, self.processor.start_batch(self.source.batch_records())),
                     };
                     assembling = Some(current.with(part, self.source.ownership().epoch(), &self.processor)?);
-                    if let Some(current) = assembling.as_mut() {
-                        current.busy += started.elapsed();
-                    }
                 }
                 Fetched::End(batch) => {
                     let current = assembling.take();
@@ -399,7 +395,9 @@ impl Assembling {
     /// dropped as stale, so only its records are kept, to keep count.
     fn with(mut self, part: Part, epoch: u64, processor: &Processor) -> anyhow::Result<Self> {
         if part.epoch == epoch {
+            let started = Instant::now();
             processor.decode_more(&mut self.columns, &part.inputs)?;
+            self.busy += started.elapsed();
         }
         self.inputs.extend(part.inputs);
         Ok(self)
