@@ -370,3 +370,61 @@ fn a_batch_started_again_voids_its_parts_at_once() {
     assert_eq!(taken, batch.len(), "the new batch's records are the parts under its number");
     assert_eq!(batch.len(), setup.ingest.batch_max_records);
 }
+
+/// A partition the checkpoint has never seen starts at Kafka's committed
+/// offset (an upgrade from a version that kept its place in Kafka keeps
+/// it), and one with no committed offset at its earliest record.
+#[test]
+fn a_partition_never_checkpointed_starts_at_kafka_s_committed_offset_else_at_the_earliest() {
+    let cluster = MockCluster::new(1).unwrap();
+    let count = 2_000;
+    let setup = setup(&cluster, count, Encoding::Json);
+    let client = |group: &str| -> BaseConsumer {
+        ClientConfig::new().set("bootstrap.servers", &setup.kafka.brokers).set("group.id", group).create().unwrap()
+    };
+    // Kafka holds a place for two of the four partitions.
+    let places: BTreeMap<i32, i64> = [(0, 100), (2, 37)].into();
+    let mut list = TopicPartitionList::new();
+    for (&partition, &offset) in &places {
+        list.add_partition_offset(TOPIC, partition, Offset::Offset(offset)).unwrap();
+    }
+    client(&setup.kafka.group_id).commit(&list, rdkafka::consumer::CommitMode::Sync).unwrap();
+
+    // The records before those places, read from the topic itself.
+    let reader = client("before-the-places");
+    let mut list = TopicPartitionList::new();
+    for &partition in places.keys() {
+        list.add_partition_offset(TOPIC, partition, Offset::Beginning).unwrap();
+    }
+    reader.assign(&list).unwrap();
+    let mut before: HashSet<String> = HashSet::new();
+    let mut left: BTreeMap<i32, i64> = places.clone();
+    while left.values().any(|n| *n > 0) {
+        let message = reader.poll(Duration::from_secs(10)).expect("the topic holds the records").unwrap();
+        if message.offset() < places[&message.partition()] {
+            *left.get_mut(&message.partition()).unwrap() -= 1;
+            let record: serde_json::Value = serde_json::from_slice(message.payload().unwrap()).unwrap_or_default();
+            if let Some(id) = record.get("record_id").and_then(|id| id.as_str()) {
+                before.insert(id.to_string());
+            }
+        }
+    }
+    assert!(before.len() > 100, "{} records before the places", before.len());
+
+    let skipped: i64 = places.values().sum();
+    let report = ingest(&setup, Metrics::new())
+        .run(&Shutdown::new(), StopAfter { records: Some(count - skipped as u64) }, |_| {})
+        .unwrap();
+    assert_eq!(report.records_in, count - skipped as u64);
+    let rows = common::read_all_rows(&setup.vault.data(), &setup.vault.keys);
+    let written: HashSet<&str> = rows.iter().map(|r| r.record_id.as_str()).collect();
+    let expected: HashSet<&str> = setup
+        .records
+        .iter()
+        .filter(|r| r.defect.is_none())
+        .map(|r| r.record_id.as_str())
+        .filter(|id| !before.contains(*id))
+        .collect();
+    assert_eq!(written.len(), rows.len(), "no record is written twice");
+    assert_eq!(written, expected, "every record from the places on, and none before");
+}
