@@ -23,6 +23,7 @@
 # KAFKA_SETTINGS (extra TOML lines for [kafka], e.g. 'static_membership = false':
 # the test broker holds a static member's JoinGroup and SyncGroup 3 s each,
 # so from process start a static member starts about 6 s later),
+# PARQUET_SETTINGS (extra TOML lines for [parquet], e.g. 'zstd_level = 3'),
 # CARGO_TARGET_DIR (the project's target/), CDRVAULT_BIN (a binary built
 # before, e.g. of another revision, instead of building), TANSU (tansu on PATH or
 # ~/.cargo/bin/tansu). Everything listens on 127.0.0.1 only. The ports must
@@ -134,6 +135,9 @@ $KAFKA_PROPERTIES
 [ingest]
 decode_threads = $DECODE_THREADS
 fetch_queue_kib = $FETCH_QUEUE_KIB
+
+[parquet]
+${PARQUET_SETTINGS:-}
 
 [http]
 listen = "127.0.0.1:${HTTP_PORT}"
