@@ -180,6 +180,13 @@ impl Config {
         if !(1..=22).contains(&self.parquet.zstd_level) {
             return err("parquet.zstd_level", format!("is {}", self.parquet.zstd_level), "use 1 to 22 (default 3)");
         }
+        if !(1..=22).contains(&self.parquet.ingest_zstd_level) {
+            return err(
+                "parquet.ingest_zstd_level",
+                format!("is {}", self.parquet.ingest_zstd_level),
+                "use 1 to 22 (default 1)",
+            );
+        }
         if !(1..=22).contains(&self.parquet.compacted_companion_zstd_level) {
             return err(
                 "parquet.compacted_companion_zstd_level",
@@ -294,6 +301,9 @@ mod tests {
         assert!(config.validate().unwrap_err().to_string().contains("access.max_window_days"));
 
         let mut config = Config::default();
+        config.parquet.ingest_zstd_level = 0;
+        assert!(config.validate().unwrap_err().to_string().contains("parquet.ingest_zstd_level"));
+        config.parquet.ingest_zstd_level = 1;
         config.parquet.compacted_companion_zstd_level = 23;
         assert!(config.validate().unwrap_err().to_string().contains("parquet.compacted_companion_zstd_level"));
     }

@@ -380,6 +380,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn ingest_s_files_are_compressed_at_their_own_level() {
+        let root = tempfile::tempdir().unwrap();
+        let (keys, path) = write_one_file(root.path());
+        let (date, day_key, all) = rows_of_one_file(&keys, &path);
+        let token_key = day_key.token.id.clone();
+        let staged_at = |ingest_zstd_level: i32| {
+            // `zstd_level` stays 1: only the ingest level may change the sizes.
+            let config = ParquetConfig { zstd_level: 1, ingest_zstd_level, ..ParquetConfig::default() };
+            let writer = ParquetWriter::new(&root.path().join(format!("data-{ingest_zstd_level}")), config);
+            let staged = writer.stage_day(date, std::slice::from_ref(&all), &day_key, &token_key, 0).unwrap();
+            (staged.file.bytes, staged.file.sealed_bytes)
+        };
+        let (fast, small) = (staged_at(1), staged_at(19));
+        assert!(small.0 < fast.0, "data file at level 19: {} bytes, at level 1: {}", small.0, fast.0);
+        assert!(small.1 < fast.1, "companion at level 19: {} bytes, at level 1: {}", small.1, fast.1);
+    }
+
+    #[test]
     fn sealed_columns_need_the_day_key_and_the_files_own_place() {
         let root = tempfile::tempdir().unwrap();
         let (keys, path) = write_one_file(root.path());

@@ -20,17 +20,18 @@ use crate::storage::error::WriteError;
 use crate::storage::schema;
 
 /// The properties of a new public data file of `date`, holding `rows`
-/// rows (which sizes the bloom filters): clear columns only, no key needed
-/// to read any of it.
+/// rows (which sizes the bloom filters), compressed at `zstd_level`: clear
+/// columns only, no key needed to read any of it.
 pub(super) fn public_properties(
     config: &ParquetConfig,
+    zstd_level: i32,
     date: PartitionDate,
     seal_key_id: &KeyId,
     token_key_id: &KeyId,
     file_id: &str,
     rows: usize,
 ) -> Result<WriterProperties, WriteError> {
-    let zstd = ZstdLevel::try_new(config.zstd_level)?;
+    let zstd = ZstdLevel::try_new(zstd_level)?;
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(zstd))
         .set_statistics_enabled(EnabledStatistics::Page)

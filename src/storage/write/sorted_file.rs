@@ -148,7 +148,7 @@ impl Part {
 }
 
 /// What a new file is for, which decides where it is written and how hard
-/// its companion is compressed.
+/// it and its companion are compressed.
 #[derive(Clone, Copy)]
 pub(super) enum FileRole<'s> {
     /// Ingest's file, staged under a name tagged with this instance
@@ -182,11 +182,13 @@ impl<'a> SortedFile<'a> {
         let companion = layout::sealed_path(&target);
         let file_id = format!("{:032x}", rand::random::<u128>());
         let config = &parquet.config;
-        let companion_zstd_level = match role {
-            FileRole::Compacted => config.compacted_companion_zstd_level,
-            FileRole::Staged(_) | FileRole::Named => config.zstd_level,
+        let (zstd_level, companion_zstd_level) = match role {
+            FileRole::Staged(_) => (config.ingest_zstd_level, config.ingest_zstd_level),
+            FileRole::Named => (config.zstd_level, config.zstd_level),
+            FileRole::Compacted => (config.zstd_level, config.compacted_companion_zstd_level),
         };
-        let public = properties::public_properties(config, date, &day_key.id, token_key_id, &file_id, rows)?;
+        let public =
+            properties::public_properties(config, zstd_level, date, &day_key.id, token_key_id, &file_id, rows)?;
         let sealed = properties::sealed_properties(
             config,
             companion_zstd_level,
