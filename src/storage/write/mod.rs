@@ -375,6 +375,8 @@ pub(crate) mod tests {
         let compacted = compacted.finish().unwrap();
         let size = |path: &Path| std::fs::metadata(path).unwrap().len();
         assert_eq!(size(&plain.path), size(&compacted.path), "the data file keeps zstd_level");
+        let calling = crate::model::IdentifierField::CallingNumber.token_column();
+        assert!(matches!(codec(&compacted.path, calling), parquet::basic::Compression::ZSTD(_)), "tokens compressed");
         let (plain, compacted) = (size(&layout::sealed_path(&plain.path)), size(&layout::sealed_path(&compacted.path)));
         assert!(compacted < plain, "companion at level 19: {compacted} bytes, at level 1: {plain}");
     }
@@ -395,6 +397,19 @@ pub(crate) mod tests {
         let (fast, small) = (staged_at(1), staged_at(19));
         assert!(small.0 < fast.0, "data file at level 19: {} bytes, at level 1: {}", small.0, fast.0);
         assert!(small.1 < fast.1, "companion at level 19: {} bytes, at level 1: {}", small.1, fast.1);
+        // Ingest's files leave their token columns uncompressed; the
+        // other clear columns are compressed.
+        let calling = crate::model::IdentifierField::CallingNumber.token_column();
+        assert_eq!(codec(&path, calling), parquet::basic::Compression::UNCOMPRESSED);
+        assert!(matches!(codec(&path, schema::RECORD_ID), parquet::basic::Compression::ZSTD(_)));
+    }
+
+    /// The codec of `column`'s chunk in the first row group of a data file.
+    fn codec(path: &Path, column: &str) -> parquet::basic::Compression {
+        let reader = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+        let group = reader.metadata().row_group(0);
+        let chunk = group.columns().iter().find(|c| c.column_path().string() == column).unwrap();
+        chunk.compression()
     }
 
     #[test]

@@ -20,11 +20,14 @@ use crate::storage::error::WriteError;
 use crate::storage::schema;
 
 /// The properties of a new public data file of `date`, holding `rows`
-/// rows (which sizes the bloom filters), compressed at `zstd_level`: clear
-/// columns only, no key needed to read any of it.
+/// rows (which sizes the bloom filters), compressed at `zstd_level` (the
+/// token columns only if `compress_tokens`): clear columns only, no key
+/// needed to read any of it.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn public_properties(
     config: &ParquetConfig,
     zstd_level: i32,
+    compress_tokens: bool,
     date: PartitionDate,
     seal_key_id: &KeyId,
     token_key_id: &KeyId,
@@ -76,6 +79,9 @@ pub(super) fn public_properties(
         builder = builder.set_column_data_page_row_count_limit(ColumnPath::from(column), config.lookup_page_rows);
     }
     for column in schema::token_columns() {
+        if !compress_tokens {
+            builder = builder.set_column_compression(ColumnPath::from(column), Compression::UNCOMPRESSED);
+        }
         builder = builder
             // Tokens are uniformly random: min/max prune nothing, the
             // bloom filters do the pruning. The chunk's null count tells
