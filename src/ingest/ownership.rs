@@ -180,12 +180,19 @@ impl Ownership {
             .map(|e| PartitionId { topic: e.topic().to_string(), partition: e.partition() })
             .collect();
         let claimed = lock(&self.checkpoints).claim(&ids, now_millis());
-        let mut cursors = lock(&self.cursors);
-        match claimed {
+        // Asked of the group coordinator (a round trip, up to a timeout on
+        // failure) with no lock held.
+        let kafka_starts = match &claimed {
             Ok(states) => {
                 let never_checkpointed: Vec<&PartitionId> =
                     states.iter().filter(|(_, state)| state.next.is_none()).map(|(id, _)| id).collect();
-                let kafka_starts = kafka_starts(consumer, &never_checkpointed);
+                kafka_starts(consumer, &never_checkpointed)
+            }
+            Err(_) => HashMap::new(),
+        };
+        let mut cursors = lock(&self.cursors);
+        match claimed {
+            Ok(states) => {
                 for (id, state) in states {
                     let offset = match state.next {
                         Some(next) => Offset::Offset(next),

@@ -33,8 +33,8 @@ pub struct ParquetConfig {
     /// service, direction, ports, sealed identifiers): the unit a lookup
     /// decrypts and decodes for each matching row.
     pub lookup_page_rows: usize,
-    /// zstd level, 1 (fast) to 22 (small), of the files compaction and the
-    /// tools write.
+    /// zstd level, 1 (fast) to 22 (small), of compacted files and of
+    /// preservation copies.
     pub zstd_level: i32,
     /// zstd level of the files ingest writes, data and companion. They
     /// live until their day closes and is compacted, so ingest trades a
