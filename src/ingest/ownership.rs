@@ -31,6 +31,10 @@ pub struct Cursor {
     /// The offset the next batch of the partition starts from: the claimed
     /// checkpoint, then each batch's end. `None` before a first checkpoint.
     pub from: Option<i64>,
+    /// Where the assignment started the partition: the checkpoint, else
+    /// Kafka's committed offset, else the earliest. A resync before the
+    /// first checkpoint goes back there.
+    pub start: Offset,
 }
 
 /// The cursors of every owned partition.
@@ -126,7 +130,8 @@ impl Ownership {
     }
 
     /// On the fetch thread: if a resync was asked for in the current
-    /// epoch, reads the checkpoint, seeks each partition still owned to it,
+    /// epoch, reads the checkpoint, seeks each partition still owned to it
+    /// (before its first checkpoint, to where the assignment started it),
     /// forgets those claimed by another instance, and starts a new epoch.
     pub fn resync_if_asked(&self, consumer: &BaseConsumer<Ownership>) -> anyhow::Result<()> {
         let epoch = self.epoch();
@@ -143,7 +148,13 @@ impl Ownership {
         cursors.retain(|id, cursor| match partitions.get(id) {
             Some(state) if state.owner == instance && state.generation == cursor.generation => {
                 cursor.from = state.next;
-                let offset = state.next.map_or(Offset::Beginning, Offset::Offset);
+                let offset = match (state.next, cursor.start) {
+                    (Some(next), _) => Offset::Offset(next),
+                    // librdkafka looked the start up itself: Kafka's
+                    // committed offset is no longer known here.
+                    (None, Offset::Stored) => Offset::Beginning,
+                    (None, start) => start,
+                };
                 if let Err(e) = consumer.seek(&id.topic, id.partition, offset, Duration::from_secs(10)) {
                     warn!(partition = %id, reason = %e, "seek to the checkpoint failed");
                 }
@@ -205,7 +216,7 @@ impl Ownership {
                         lock(&self.checkpointed).insert(id.clone(), next);
                     }
                     self.report(&id, true);
-                    cursors.insert(id, Cursor { generation: state.generation, from: state.next });
+                    cursors.insert(id, Cursor { generation: state.generation, from: state.next, start: offset });
                 }
                 info!(
                     partitions = ids.len(),
