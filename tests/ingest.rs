@@ -134,6 +134,18 @@ fn committed_total(kafka: &KafkaConfig) -> i64 {
         .sum()
 }
 
+/// Commits `places` (partition → offset) in Kafka for the ingest's group,
+/// as a consumer outside cdrvault would have.
+fn commit_in_kafka(kafka: &KafkaConfig, places: &BTreeMap<i32, i64>) {
+    let mut list = TopicPartitionList::new();
+    for (&partition, &offset) in places {
+        list.add_partition_offset(TOPIC, partition, Offset::Offset(offset)).unwrap();
+    }
+    let client: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", &kafka.brokers).set("group.id", &kafka.group_id).create().unwrap();
+    client.commit(&list, rdkafka::consumer::CommitMode::Sync).unwrap();
+}
+
 fn dead_letters(kafka: &KafkaConfig) -> Vec<(String, Option<String>)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
@@ -379,19 +391,16 @@ fn a_partition_never_checkpointed_starts_at_kafka_s_committed_offset_else_at_the
     let cluster = MockCluster::new(1).unwrap();
     let count = 2_000;
     let setup = setup(&cluster, count, Encoding::Json);
-    let client = |group: &str| -> BaseConsumer {
-        ClientConfig::new().set("bootstrap.servers", &setup.kafka.brokers).set("group.id", group).create().unwrap()
-    };
     // Kafka holds a place for two of the four partitions.
     let places: BTreeMap<i32, i64> = [(0, 100), (2, 37)].into();
-    let mut list = TopicPartitionList::new();
-    for (&partition, &offset) in &places {
-        list.add_partition_offset(TOPIC, partition, Offset::Offset(offset)).unwrap();
-    }
-    client(&setup.kafka.group_id).commit(&list, rdkafka::consumer::CommitMode::Sync).unwrap();
+    commit_in_kafka(&setup.kafka, &places);
 
     // The records before those places, read from the topic itself.
-    let reader = client("before-the-places");
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &setup.kafka.brokers)
+        .set("group.id", "before-the-places")
+        .create()
+        .unwrap();
     let mut list = TopicPartitionList::new();
     for &partition in places.keys() {
         list.add_partition_offset(TOPIC, partition, Offset::Beginning).unwrap();
@@ -438,16 +447,7 @@ fn a_resync_before_the_first_checkpoint_goes_back_to_kafka_s_committed_offset() 
     let cluster = MockCluster::new(1).unwrap();
     let setup = setup(&cluster, 6_000, Encoding::Json);
     let places: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 100)).collect();
-    let mut list = TopicPartitionList::new();
-    for (&partition, &offset) in &places {
-        list.add_partition_offset(TOPIC, partition, Offset::Offset(offset)).unwrap();
-    }
-    let client: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &setup.kafka.brokers)
-        .set("group.id", &setup.kafka.group_id)
-        .create()
-        .unwrap();
-    client.commit(&list, rdkafka::consumer::CommitMode::Sync).unwrap();
+    commit_in_kafka(&setup.kafka, &places);
 
     let ingest = ingest(&setup, Metrics::new());
     let source = &ingest.source;

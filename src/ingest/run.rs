@@ -25,8 +25,7 @@ use super::config::{IngestConfig, KafkaConfig};
 use super::dead_letter::{DeadLetter, DeadLetterError, Pending};
 use super::decode::Refusal;
 use super::ownership::Ownership;
-use super::process::Input;
-use super::process::{DecodedBatch, Processor};
+use super::process::{DecodedBatch, Input, Processor};
 use super::source::{Batch, KafkaSource, Part};
 use crate::model::{PartitionDate, RefuseReason};
 use crate::ops::metrics::Metrics;
@@ -390,16 +389,16 @@ impl Assembling {
         Assembling { serial: first.serial, inputs: Vec::new(), columns, busy: std::time::Duration::ZERO }
     }
 
-    /// Decodes the next part of the batch, unless the batch was read in an
-    /// epoch that has passed (`epoch` is the current one): it will be
-    /// dropped as stale, so only its records are kept, to keep count.
+    /// Decodes the next part of the batch and keeps its records, unless the
+    /// batch was read in an epoch that has passed (`epoch` is the current
+    /// one): the batch will be dropped as stale, so the part is dropped now.
     fn with(mut self, part: Part, epoch: u64, processor: &Processor) -> anyhow::Result<Self> {
         if part.epoch == epoch {
             let started = Instant::now();
             processor.decode_more(&mut self.columns, &part.inputs)?;
             self.busy += started.elapsed();
+            self.inputs.extend(part.inputs);
         }
-        self.inputs.extend(part.inputs);
         Ok(self)
     }
 }
