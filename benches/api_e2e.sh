@@ -7,6 +7,11 @@
 #
 #   benches/api_e2e.sh                              this checkout (release)
 #   CDRVAULT_BIN=/abs/path/cdrvault benches/api_e2e.sh    a binary built before
+#   DATA_CACHE=/abs/dir benches/api_e2e.sh    imports into DIR once, then
+#                       starts every later run from a copy of it (same data
+#                       for each build of an A/B; delete DIR after a change
+#                       of the file format or of DAYS, RECORDS, SUBSCRIBERS)
+#   ANCHORS=0 benches/api_e2e.sh              cdrvault only (no other engine)
 #
 # Prints RESULT lines: p50 and p99 of SubmitRequest, FetchResult and both,
 # of the same question to DuckDB over a zstd Parquet of the same records in
@@ -38,17 +43,41 @@ else
   bin=$CARGO_TARGET_DIR/release/cdrvault
 fi
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/cdrvault-api.XXXXXX")
+if [[ -n "${DATA_CACHE:-}" ]]; then
+  # The audit trail's signed head is bound to where the trail lies: every
+  # run from the cache works in the same place.
+  work=${DATA_CACHE%/}.work
+  rm -rf "$work" && mkdir -p "$work"
+else
+  work=$(mktemp -d "${TMPDIR:-/tmp}/cdrvault-api.XXXXXX")
+fi
 server_pid=""
 cleanup() {
   [[ -n "$server_pid" ]] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-  rm -rf "$work"
+  [[ -n "${KEEP_WORK:-}" ]] || rm -rf "$work"
 }
 trap cleanup EXIT
 
-# Records: SUBSCRIBERS numbers, RECORDS a day over the last DAYS days; the
-# targets are the first TARGETS numbers.
-python3 - "$work" "$DAYS" "$RECORDS" "$SUBSCRIBERS" "$TARGETS" <<'PY'
+cat >"$work/cdrvault.toml" <<TOML
+[storage]
+data_dir = "$work/data"
+[keys]
+dir = "$work/keys"
+[state]
+dir = "$work/state"
+[access]
+listen = "127.0.0.1:$PORT"
+requests_per_minute = 0
+TOML
+cv() { "$bin" --config "$work/cdrvault.toml" "$@"; }
+if [[ -n "${DATA_CACHE:-}" && -f "${DATA_CACHE}/ready" ]]; then
+  echo "reusing the data of $DATA_CACHE" >&2
+  cp -a "$DATA_CACHE"/. "$work"/
+  rm "$work/ready"
+else
+  # Records: SUBSCRIBERS numbers, RECORDS a day over the last DAYS days; the
+  # targets are the first TARGETS numbers.
+  python3 - "$work" "$DAYS" "$RECORDS" "$SUBSCRIBERS" "$TARGETS" <<'PY'
 import datetime, json, random, sys
 work, days, per_day, subscribers, targets = sys.argv[1], *map(int, sys.argv[2:])
 rng = random.Random(7)
@@ -65,9 +94,9 @@ with open(f"{work}/records.jsonl", "w") as out:
 with open(f"{work}/targets.txt", "w") as out:
     out.write("".join(f"msisdn:{n}\n" for n in numbers[:targets]))
 PY
-# The anchor: the same records in clear, as an analyst would write them with
-# DuckDB (zstd Parquet), and the truth: each target's records in the window.
-python3 - "$work" "$TARGETS" <<'PY'
+  # The anchor: the same records in clear, as an analyst would write them with
+  # DuckDB (zstd Parquet), and the truth: each target's records in the window.
+  python3 - "$work" "$TARGETS" <<'PY'
 import duckdb, json, sys
 work, targets = sys.argv[1], int(sys.argv[2])
 con = duckdb.connect()
@@ -80,22 +109,17 @@ truth = {f"msisdn:{n}": con.execute(f"SELECT count(*) FROM '{work}/plain.parquet
 json.dump(truth, open(f"{work}/truth.json", "w"))
 PY
 
-cat >"$work/cdrvault.toml" <<TOML
-[storage]
-data_dir = "$work/data"
-[keys]
-dir = "$work/keys"
-[state]
-dir = "$work/state"
-[access]
-listen = "127.0.0.1:$PORT"
-requests_per_minute = 0
-TOML
-cv() { "$bin" --config "$work/cdrvault.toml" "$@"; }
-cv keys init >/dev/null
-echo "importing $((DAYS * RECORDS)) records" >&2
-cv import "$work/records.jsonl" >/dev/null
-cv compact >/dev/null
+  cv keys init >/dev/null
+  echo "importing $((DAYS * RECORDS)) records" >&2
+  cv import "$work/records.jsonl" >/dev/null
+  cv compact >/dev/null
+  if [[ -n "${DATA_CACHE:-}" ]]; then
+    mkdir -p "$DATA_CACHE"
+    cp -a "$work"/. "$DATA_CACHE"/
+    rm "$DATA_CACHE/records.jsonl"
+    touch "$DATA_CACHE/ready"
+  fi
+fi
 cv access bootstrap | awk '{ print $NF }' >"$work/admin.token"
 chmod 600 "$work/admin.token"
 (cd "$work" && exec "$bin" --config "$work/cdrvault.toml" access serve) >"$work/serve.log" 2>&1 &
@@ -124,8 +148,10 @@ echo "warrant $warrant approved; $TARGETS targets over $DAYS days" >&2
 
 args=(--server "127.0.0.1:$PORT" --token-file "$work/handler.token" --warrant "$warrant"
       --targets-file "$work/targets.txt" --from "$from" --to "$to")
+anchors=(--plain "$work/plain.parquet" --chdb "$work/chdb")
+[[ "${ANCHORS:-1}" == 0 ]] && anchors=()
 python3 "$ROOT/benches/api_e2e.py" "${args[@]}" --rounds "$ROUNDS" --first-number 1 --label "${LABEL:-}" \
-  --plain "$work/plain.parquet" --truth "$work/truth.json" --chdb "$work/chdb" \
+  "${anchors[@]}" --truth "$work/truth.json" \
   | tee "$work/timing.out"
 next=$(awk '/^next-number/ { print $2 }' "$work/timing.out")
 python3 "$ROOT/benches/api_e2e.py" "${args[@]}" --rounds 1 --first-number "$next" --count-fsyncs "$server_pid" \
