@@ -34,24 +34,27 @@ where
     }
     let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|item| Mutex::new(Some(item))).collect();
     let next = AtomicUsize::new(0);
+    let lane = || {
+        let mut done = Vec::new();
+        loop {
+            let index = next.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = slots.get(index) else { break };
+            let item = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let Some(item) = item else { continue };
+            done.push((index, f(item)?));
+        }
+        Ok(done)
+    };
+    // One lane runs on the caller's thread: a query of a few milliseconds
+    // does not pay for a thread it could have been.
     let lanes: Vec<Result<Vec<(usize, R)>, E>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let (slots, next, f) = (&slots, &next, &f);
-                scope.spawn(move || {
-                    let mut done = Vec::new();
-                    loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(slot) = slots.get(index) else { break };
-                        let item = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                        let Some(item) = item else { continue };
-                        done.push((index, f(item)?));
-                    }
-                    Ok(done)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(E::from(Panicked)))).collect()
+        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(lane)).collect();
+        let own =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(lane)).unwrap_or_else(|_| Err(E::from(Panicked)));
+        let mut lanes: Vec<_> =
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(E::from(Panicked)))).collect();
+        lanes.push(own);
+        lanes
     });
     let mut results = Vec::with_capacity(slots.len());
     for lane in lanes {
