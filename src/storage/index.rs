@@ -316,27 +316,23 @@ impl IndexReader {
         for rg in 0..metadata.num_row_groups() {
             let group_rows = metadata.row_group(rg).num_rows().max(0) as usize;
             let page_index = metadata.page_index_for_row_group(rg);
-            let locations = page_index.offset_index(0).map(|o| o.page_locations().clone()).unwrap_or_default();
-            let bounds = match page_index.column_index(0) {
+            let Some(locations) = page_index.page_locations(0) else {
+                offset += group_rows;
+                continue;
+            };
+            let column_index = match page_index.column_index(0) {
                 Some(ColumnIndexMetaData::INT32(index)) => Some(index),
                 _ => None,
             };
-            for (page, location) in locations.iter().enumerate() {
-                let hit = match bounds {
-                    Some(index) => match (index.min_value(page), index.max_value(page)) {
-                        (Some(min), Some(max)) => prefixes.iter().any(|p| min <= p && p <= max),
-                        _ => true,
-                    },
-                    None => true,
-                };
-                if hit {
-                    let start = offset + location.first_row_index.max(0) as usize;
-                    let end = locations
-                        .get(page + 1)
-                        .map_or(offset + group_rows, |next| offset + next.first_row_index.max(0) as usize);
-                    ranges.push(start..end);
-                    pages += 1;
-                }
+            let bounds =
+                |page: usize| column_index.and_then(|i| i.min_value(page).copied().zip(i.max_value(page).copied()));
+            for page in pages_holding(locations.len(), bounds, prefixes) {
+                let start = offset + locations[page].first_row_index.max(0) as usize;
+                let end = locations
+                    .get(page + 1)
+                    .map_or(offset + group_rows, |next| offset + next.first_row_index.max(0) as usize);
+                ranges.push(start..end);
+                pages += 1;
             }
             offset += group_rows;
         }
@@ -368,6 +364,34 @@ impl IndexReader {
         rows.dedup();
         Ok((rows, pages))
     }
+}
+
+/// The pages (of `pages`, `bounds` giving each one's min and max) that
+/// can hold one of `prefixes`, in order. An index is sorted by token, so
+/// the pages of a prefix are found by binary search. A page without
+/// bounds counts as holding every prefix: the search may then start
+/// earlier and read more pages, never fewer.
+fn pages_holding(pages: usize, bounds: impl Fn(usize) -> Option<(i32, i32)>, prefixes: &[i32]) -> Vec<usize> {
+    let min = |page: usize| bounds(page).map_or(i32::MIN, |(min, _)| min);
+    let max = |page: usize| bounds(page).map_or(i32::MAX, |(_, max)| max);
+    let mut holding = Vec::new();
+    for prefix in prefixes {
+        // The first page whose max reaches the prefix, then on while the
+        // pages start at or below it (a prefix can span pages).
+        let (mut low, mut high) = (0, pages);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if max(middle) < *prefix {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        holding.extend((low..pages).take_while(|page| min(*page) <= *prefix));
+    }
+    holding.sort_unstable();
+    holding.dedup();
+    holding
 }
 
 #[cfg(test)]
@@ -414,6 +438,29 @@ mod tests {
         add_keys(&whole.slice(0, 37), 0, &mut wrong);
         add_keys(&whole.slice(37, 63), 0, &mut wrong);
         assert_ne!(sorted_entries(wrong), entries(&whole));
+    }
+
+    #[test]
+    fn the_pages_of_a_prefix_are_those_a_scan_of_every_page_finds() {
+        // Sorted pages: a prefix may span several, repeat, or fall between.
+        let pages = [(-9, -5), (-5, -5), (-5, 0), (2, 4), (4, 4), (4, 9), (11, 20)];
+        let bounds = |page: usize| pages.get(page).copied();
+        for prefix in -12..24 {
+            let scanned: Vec<usize> =
+                (0..pages.len()).filter(|&p| pages[p].0 <= prefix && prefix <= pages[p].1).collect();
+            assert_eq!(pages_holding(pages.len(), bounds, &[prefix]), scanned, "prefix {prefix}");
+        }
+        assert_eq!(pages_holding(pages.len(), bounds, &[4, -5, 4]), vec![0, 1, 2, 3, 4, 5], "merged, in order");
+        // A page without bounds is read for whatever its neighbours
+        // leave room for, and never hides the pages that hold a prefix.
+        let gap = |page: usize| if page == 1 { None } else { pages.get(page).copied() };
+        for prefix in -12..24 {
+            let found = pages_holding(pages.len(), gap, &[prefix]);
+            let scanned = (0..pages.len()).filter(|&p| pages[p].0 <= prefix && prefix <= pages[p].1);
+            assert!(scanned.into_iter().all(|p| found.contains(&p)), "prefix {prefix}: {found:?}");
+        }
+        assert!(pages_holding(pages.len(), gap, &[-5]).contains(&1), "where its neighbours leave room");
+        assert_eq!(pages_holding(pages.len(), gap, &[11]), vec![6], "not where the search passes it by");
     }
 
     /// A token whose high bits spread `i` of `n` over the whole range.
