@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::bloom_filter::Sbbf;
@@ -66,6 +66,14 @@ impl Stamp {
             changed: (metadata.ctime(), metadata.ctime_nsec()),
             inode: metadata.ino(),
         })
+    }
+
+    /// True if the modification and change times lie more than `settled`
+    /// before `time`.
+    fn settled_before(&self, time: SystemTime, settled: Duration) -> bool {
+        let changed = Duration::new(self.changed.0.max(0) as u64, self.changed.1.clamp(0, 999_999_999) as u32);
+        let Some(changed) = UNIX_EPOCH.checked_add(changed) else { return false };
+        [self.modified, changed].iter().all(|t| time.duration_since(*t).is_ok_and(|age| age > settled))
     }
 }
 
@@ -143,10 +151,34 @@ pub(super) struct Work {
     pub(super) key: Arc<DayKey>,
 }
 /// The cached files, per day directory (live or preserved).
-#[derive(Default)]
 pub(super) struct FileCache {
     files: Mutex<HashMap<PathBuf, HashMap<PathBuf, Arc<CachedFile>>>>,
+    /// The last listing of each directory, kept while the directory's
+    /// stamp says nothing was published, renamed or deleted in it since.
+    listings: Mutex<HashMap<PathBuf, Listing>>,
+    /// [`SETTLED`], shorter in tests.
+    settled: Duration,
 }
+
+impl Default for FileCache {
+    fn default() -> Self {
+        FileCache { files: Mutex::default(), listings: Mutex::default(), settled: SETTLED }
+    }
+}
+
+/// A directory's files as listed, and the directory's stamp before the
+/// listing. A listing is kept only once the directory's times are older
+/// than it by more than [`SETTLED`]: a change made within the same tick
+/// of the file system's clock as the stamp could leave the times as they
+/// were (so a directory being written to is listed at every lookup).
+struct Listing {
+    stamp: Stamp,
+    files: Vec<PathBuf>,
+}
+
+/// How much older than a listing a directory's times must be for the
+/// listing to be kept: well beyond any file system's timestamp tick.
+const SETTLED: Duration = Duration::from_secs(2);
 
 impl FileCache {
     /// How many files the cache holds.
@@ -156,12 +188,36 @@ impl FileCache {
 
     pub(super) fn clear(&self) {
         self.files.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.listings.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// The files of a day, dropping cache entries of files no longer there.
-    pub(super) fn list(&self, root: &Path, day: PartitionDate) -> Result<Vec<PathBuf>, LookupError> {
-        let files = read::list_files(root, day)?;
+    /// One `stat` of the day's directory when it has not changed since it
+    /// was last listed.
+    pub(super) fn list(
+        &self,
+        root: &Path,
+        day: PartitionDate,
+        stats: &mut LookupStats,
+    ) -> Result<Vec<PathBuf>, LookupError> {
         let dir = layout::day_dir(root, day);
+        let before = SystemTime::now();
+        let stamp = std::fs::metadata(&dir).and_then(|m| Stamp::of(&m)).ok();
+        if let Some(stamp) = stamp {
+            let listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(listing) = listings.get(&dir).filter(|l| l.stamp == stamp) {
+                return Ok(listing.files.clone());
+            }
+        }
+        stats.listings += 1;
+        let files = read::list_files(root, day)?;
+        {
+            let mut listings = self.listings.lock().unwrap_or_else(|p| p.into_inner());
+            match stamp.filter(|s| s.settled_before(before, self.settled)) {
+                Some(stamp) => listings.insert(dir.clone(), Listing { stamp, files: files.clone() }),
+                None => listings.remove(&dir),
+            };
+        }
         let mut cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
         if files.is_empty() {
             cache.remove(&dir);
@@ -173,6 +229,7 @@ impl FileCache {
 
     pub(super) fn forget(&self, dir: &Path) {
         self.files.lock().unwrap_or_else(|p| p.into_inner()).remove(dir);
+        self.listings.lock().unwrap_or_else(|p| p.into_inner()).remove(dir);
     }
 
     /// Forgets cached days outside this query's window too, once their key
@@ -183,14 +240,15 @@ impl FileCache {
         let live: BTreeSet<PartitionDate> = keys.days_with_keys()?.into_iter().collect();
         let live_root = data_dir.join(layout::CDR_DIR);
         let areas: Vec<PathBuf> = orders.iter().map(|o| layout::order_dir(data_dir, o)).collect();
-        let mut cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        cache.retain(|dir, _| {
+        let keep = |dir: &PathBuf| {
             if dir.parent() == Some(live_root.as_path()) {
                 let day = dir.file_name().and_then(|n| n.to_str()).and_then(layout::date_of_dir);
                 return day.is_some_and(|d| live.contains(&d));
             }
             areas.iter().any(|area| dir.starts_with(area))
-        });
+        };
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).retain(|dir, _| keep(dir));
+        self.listings.lock().unwrap_or_else(|p| p.into_inner()).retain(|dir, _| keep(dir));
         Ok(())
     }
 
@@ -247,5 +305,67 @@ impl FileCache {
         let mut cache = self.files.lock().unwrap_or_else(|p| p.into_inner());
         cache.entry(dir).or_default().insert(path.to_path_buf(), Arc::clone(&cached));
         Ok(cached)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day() -> PartitionDate {
+        PartitionDate::parse("2026-03-01").unwrap()
+    }
+
+    fn listed(cache: &FileCache, root: &Path) -> (Vec<String>, u64) {
+        let mut stats = LookupStats::default();
+        let files = cache.list(root, day(), &mut stats).unwrap();
+        let names = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        (names, stats.listings)
+    }
+
+    #[test]
+    fn a_directory_is_listed_again_only_once_something_changed_in_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = layout::day_dir(root.path(), day());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("part-a.parquet"), b"").unwrap();
+        let settled = Duration::from_millis(20);
+        let cache = FileCache { settled, ..FileCache::default() };
+        // The file system's clock passes the directory's times by more
+        // than `settled` (a wait for the wall clock, not for another
+        // thread): only then is a listing kept.
+        let stamp = Stamp::of(&std::fs::metadata(&dir).unwrap()).unwrap();
+        assert_eq!(listed(&cache, root.path()), (vec!["part-a.parquet".to_string()], 1));
+        assert_eq!(listed(&cache, root.path()).1, 1, "times too recent: listed again");
+        while !stamp.settled_before(SystemTime::now(), settled) {
+            std::thread::sleep(settled);
+        }
+        assert_eq!(listed(&cache, root.path()), (vec!["part-a.parquet".to_string()], 1));
+        assert_eq!(listed(&cache, root.path()), (vec!["part-a.parquet".to_string()], 0), "one stat, no listing");
+        // Published, replaced by rename, deleted: each is seen at once.
+        std::fs::write(dir.join("part-b.parquet"), b"").unwrap();
+        assert_eq!(listed(&cache, root.path()), (vec!["part-a.parquet".into(), "part-b.parquet".into()], 1));
+        std::fs::write(dir.join(".part-c.parquet.tmp"), b"").unwrap();
+        std::fs::rename(dir.join(".part-c.parquet.tmp"), dir.join("part-a.parquet")).unwrap();
+        assert_eq!(listed(&cache, root.path()), (vec!["part-a.parquet".into(), "part-b.parquet".into()], 1));
+        std::fs::remove_file(dir.join("part-a.parquet")).unwrap();
+        assert_eq!(listed(&cache, root.path()), (vec!["part-b.parquet".to_string()], 1));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(listed(&cache, root.path()), (vec![], 1), "a day deleted");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("part-d.parquet"), b"").unwrap();
+        assert_eq!(listed(&cache, root.path()), (vec!["part-d.parquet".to_string()], 1), "and made again");
+    }
+
+    #[test]
+    fn a_stamp_is_settled_once_both_its_times_are_older_than_the_margin() {
+        let root = tempfile::tempdir().unwrap();
+        let stamp = Stamp::of(&std::fs::metadata(root.path()).unwrap()).unwrap();
+        let now = SystemTime::now();
+        assert!(!stamp.settled_before(now, SETTLED));
+        assert!(stamp.settled_before(now + SETTLED + Duration::from_millis(10), SETTLED));
+        assert!(!stamp.settled_before(UNIX_EPOCH, Duration::ZERO), "a clock behind the times trusts nothing");
+        let changed_late = Stamp { changed: (i64::MAX / 4, 0), ..stamp };
+        assert!(!changed_late.settled_before(now + SETTLED * 2, SETTLED), "the change time counts too");
     }
 }

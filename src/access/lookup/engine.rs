@@ -79,7 +79,7 @@ impl LookupEngine {
         let days = pool::map(work.iter().collect(), self.threads, |day| {
             let mut found = Vec::new();
             let mut stats = LookupStats::default();
-            for path in self.cache.list(&day.root, day.day)? {
+            for path in self.cache.list(&day.root, day.day, &mut stats)? {
                 let file = Work { path, area: day.area.clone(), key: Arc::clone(&day.key) };
                 search::search_file(&self.cache, &file, &tokens, query, &mut stats, &mut found)
                     .map_err(|source| LookupError::Parquet { path: file.path.display().to_string(), source })?;

@@ -126,6 +126,9 @@ pub struct LookupStats {
     /// Days in the window whose key is gone (beyond retention): unavailable,
     /// except for what preservation orders hold.
     pub days_unavailable: u64,
+    /// Directories listed: a day's directory unchanged since its last
+    /// listing is not listed again.
+    pub listings: u64,
     pub files: u64,
     pub row_groups: u64,
     pub row_groups_read: u64,
@@ -153,6 +156,7 @@ impl LookupStats {
     pub(super) fn add(&mut self, other: &LookupStats) {
         self.days += other.days;
         self.days_unavailable += other.days_unavailable;
+        self.listings += other.listings;
         self.files += other.files;
         self.row_groups += other.row_groups;
         self.row_groups_read += other.row_groups_read;
