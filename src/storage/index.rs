@@ -369,8 +369,9 @@ impl IndexReader {
 /// The pages (of `pages`, `bounds` giving each one's min and max) that
 /// can hold one of `prefixes`, in order. An index is sorted by token, so
 /// the pages of a prefix are found by binary search. A page without
-/// bounds counts as holding every prefix: the search may then start
-/// earlier and read more pages, never fewer.
+/// bounds is taken to hold whatever prefix the search meets it with
+/// (more pages read, never fewer); where its neighbours leave no room
+/// for a prefix, the search passes it by.
 fn pages_holding(pages: usize, bounds: impl Fn(usize) -> Option<(i32, i32)>, prefixes: &[i32]) -> Vec<usize> {
     let min = |page: usize| bounds(page).map_or(i32::MIN, |(min, _)| min);
     let max = |page: usize| bounds(page).map_or(i32::MAX, |(_, max)| max);
