@@ -12,6 +12,8 @@
 #                       for each build of an A/B; delete DIR after a change
 #                       of the file format or of DAYS, RECORDS, SUBSCRIBERS)
 #   ANCHORS=0 benches/api_e2e.sh              cdrvault only (no other engine)
+#   HISTORY=200000 benches/api_e2e.sh         with that many earlier requests
+#                       in the registry, as a year of requests leaves them
 #
 # Prints RESULT lines: p50 and p99 of SubmitRequest, FetchResult and both,
 # of the same question to DuckDB over a zstd Parquet of the same records in
@@ -145,6 +147,22 @@ warrant=$(client r1 warrant register --authority dk-police --reference K-1 --iss
   --category traffic --valid-until "$until" | awk '/^warrant / { sub(":", "", $2); print $2 }' | head -1)
 client r2 warrant approve "$warrant" >/dev/null
 echo "warrant $warrant approved; $TARGETS targets over $DAYS days" >&2
+# HISTORY=N: N requests answered before (their results long destroyed), as
+# a year of an authority's requests leaves them in the registry.
+if [[ "${HISTORY:-0}" -gt 0 ]]; then
+  python3 - "$work/state/registry.sqlite" "$HISTORY" "$warrant" <<'PY'
+import sqlite3, sys, time
+db, n, warrant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+con = sqlite3.connect(db, timeout=30)
+now, year = int(time.time() * 1e6), 365 * 86400 * 10**6
+con.executemany("INSERT INTO requests (request_id, authority_id, request_number, warrant_id, principal_id, status, "
+                "submitted_at_us, records, format, sha256, bytes) "
+                "VALUES (?, 'dk-police', ?, ?, 'history', 'answered', ?, 3, 'json', '', 100)",
+                ((f"history-{i}", 10**9 + i, warrant, now - year + i * year // n) for i in range(n)))
+con.commit()
+PY
+  echo "$HISTORY earlier requests in the registry" >&2
+fi
 
 args=(--server "127.0.0.1:$PORT" --token-file "$work/handler.token" --warrant "$warrant"
       --targets-file "$work/targets.txt" --from "$from" --to "$to")
