@@ -96,8 +96,41 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
     let mine = w.client.list_requests(authed(&cast.handler, proto::ListRequestsRequest::default())).await.unwrap();
     let ids: Vec<String> = mine.into_inner().requests.into_iter().map(|r| r.request_id).collect();
     assert_eq!(ids, ["DK-dk-police-3", "DK-dk-police-2", "DK-dk-police-1"]);
-    let theirs = proto::ListRequestsRequest { authority: "dk-police".into() };
+    let theirs = proto::ListRequestsRequest { authority: "dk-police".into(), ..Default::default() };
     assert!(w.client.list_requests(authed(&cast.stranger, theirs)).await.unwrap().into_inner().requests.is_empty());
+    // A page at a time: the same requests in the same order, and a page's
+    // token gives another authority nothing of this one's.
+    let page = |size: u32, token: &str| proto::ListRequestsRequest {
+        page_size: size,
+        page_token: token.to_string(),
+        ..Default::default()
+    };
+    let first = w.client.list_requests(authed(&cast.handler, page(2, ""))).await.unwrap().into_inner();
+    let ids_of = |page: &proto::ListRequestsResponse| -> Vec<String> {
+        page.requests.iter().map(|r| r.request_id.clone()).collect()
+    };
+    assert_eq!(ids_of(&first), vec!["DK-dk-police-3".to_string(), "DK-dk-police-2".into()]);
+    assert!(!first.next_page_token.is_empty());
+    let token = first.next_page_token.clone();
+    let second = w.client.list_requests(authed(&cast.handler, page(2, &token))).await.unwrap().into_inner();
+    assert_eq!(ids_of(&second), vec!["DK-dk-police-1".to_string()]);
+    assert!(second.next_page_token.is_empty(), "the last page");
+    let foreign = w.client.list_requests(authed(&cast.stranger, page(2, &token))).await.unwrap().into_inner();
+    assert!(foreign.requests.is_empty());
+    expect_refused(
+        &w,
+        Hostile::new(
+            "a page token the service did not give",
+            {
+                let mut client = w.client.clone();
+                let asked = authed(&cast.handler, page(2, "not-a-token"));
+                async move { client.list_requests(asked).await }
+            },
+            Code::InvalidArgument,
+            "bad_page_token",
+        ),
+    )
+    .await;
     let warrants = w.client.list_warrants(authed(&cast.handler, proto::ListWarrantsRequest::default())).await.unwrap();
     assert_eq!(warrants.into_inner().warrants.len(), 1);
     let foreign = w.client.list_warrants(authed(&cast.stranger, proto::ListWarrantsRequest::default())).await.unwrap();

@@ -92,6 +92,8 @@ pub enum Refusal {
     ResultDigestMismatch,
     #[error("the year is out of range")]
     BadYear,
+    #[error("the page token is not one this service gave")]
+    BadPageToken,
     #[error("name the case reference")]
     ReferenceRequired,
     #[error("a data subject is named by an msisdn, imsi, imei or sip identity, not by {0}")]
@@ -161,6 +163,7 @@ impl Refusal {
             Refusal::NoResult | Refusal::ResultDestroyed => "result_expired",
             Refusal::ResultUnsealable | Refusal::ResultDigestMismatch => "result_damaged",
             Refusal::BadYear => "bad_year",
+            Refusal::BadPageToken => "bad_page_token",
             Refusal::ReferenceRequired => "reference_required",
             Refusal::NotASubject(_) => "not_a_subject",
             Refusal::PersonRequired => "person_required",

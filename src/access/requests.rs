@@ -26,7 +26,7 @@ use super::warrants::RequestScope;
 use crate::audit::AuditEvent;
 use crate::model::retention::oldest_retained;
 use crate::model::{IdentifierKind, MICROS_PER_DAY, PartitionDate, TimestampMicros};
-use crate::registry::{AGE_BUCKETS, RequestRecord, RequestStatus, age_bucket};
+use crate::registry::{AGE_BUCKETS, ListedAfter, RequestRecord, RequestStatus, age_bucket};
 
 /// A request as the handler submits it; the fields in their text forms
 /// ([`input`]).
@@ -282,15 +282,64 @@ impl Desk {
         Ok(request)
     }
 
-    /// The requests the caller may see, newest first, optionally of one
-    /// authority.
-    pub fn list_requests(&self, call: &mut Call, authority: Option<&str>) -> Result<Vec<RequestRecord>, AccessError> {
-        Ok(match authz::request_listing(&call.principal, authority)? {
-            Listing::All(asked) => self.requests.list(asked)?,
-            Listing::Authority(own) => self.requests.list(Some(own))?,
+    /// A page of the requests the caller may see, newest first, optionally
+    /// of one authority: at most `page_size` of them ([`DEFAULT_PAGE`] for
+    /// 0, at most [`MAX_PAGE`]), after the page `page_token` names (empty:
+    /// the first). A year of an authority's requests does not fit in one
+    /// reply.
+    pub fn list_requests(
+        &self,
+        call: &mut Call,
+        authority: Option<&str>,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<RequestPage, AccessError> {
+        let limit = match page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let after = match page_token {
+            "" => None,
+            token => Some(parse_page_token(token).ok_or(Refusal::BadPageToken)?),
+        };
+        let requests = match authz::request_listing(&call.principal, authority)? {
+            Listing::All(asked) => self.requests.list(asked, after.as_ref(), limit)?,
+            Listing::Authority(own) => self.requests.list(Some(own), after.as_ref(), limit)?,
             Listing::Nothing => Vec::new(),
-        })
+        };
+        let next_page_token = match requests.last() {
+            Some(last) if requests.len() == limit => Some(page_token_of(&ListedAfter::of(last))),
+            _ => None,
+        };
+        Ok(RequestPage { requests, next_page_token })
     }
+}
+
+/// The requests a page of `ListRequests` holds when the caller names no
+/// size, and the most it may ask for.
+pub const DEFAULT_PAGE: usize = 1_000;
+pub const MAX_PAGE: usize = 10_000;
+
+/// One page of requests, and the token of the next if there may be one.
+#[derive(Debug)]
+pub struct RequestPage {
+    pub requests: Vec<RequestRecord>,
+    pub next_page_token: Option<String>,
+}
+
+/// A page token: where the page ended, as `time.number.hex(id)`. It names
+/// only what the caller was just shown; the authority filter is applied
+/// again on every page.
+fn page_token_of(after: &ListedAfter) -> String {
+    format!("{}.{}.{}", after.submitted_at.0, after.number, hex::encode(&after.request_id))
+}
+
+fn parse_page_token(token: &str) -> Option<ListedAfter> {
+    let mut parts = token.splitn(3, '.');
+    let submitted_at = TimestampMicros(parts.next()?.parse().ok()?);
+    let number = parts.next()?.parse().ok()?;
+    let request_id = String::from_utf8(hex::decode(parts.next()?).ok()?).ok()?;
+    Some(ListedAfter { submitted_at, number, request_id })
 }
 
 /// Records delivered per age bucket, age counted from the communication to
@@ -303,4 +352,22 @@ fn ages_of(found: &[FoundRecord], now: DateTime<Utc>) -> [u64; AGE_BUCKETS.len()
         ages[age_bucket(days)] += 1;
     }
     ages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_token_names_where_its_page_ended_and_nothing_else_parses() {
+        let after = ListedAfter {
+            submitted_at: TimestampMicros(1_700_000_000_123_456),
+            number: 42,
+            request_id: "DK-dk.police-42".into(),
+        };
+        assert_eq!(parse_page_token(&page_token_of(&after)), Some(after));
+        for bad in ["", "1.2", "x.2.41", "1.x.41", "1.2.zz", "1.2.ff", "-1.2.3.4"] {
+            assert_eq!(parse_page_token(bad), None, "{bad}");
+        }
+    }
 }

@@ -476,12 +476,25 @@ pub async fn request(command: RequestCommand) -> anyhow::Result<()> {
         }
         RequestCommand::List { authority, server } => {
             let mut client = connect(&server).await?;
-            let request = client.call(proto::ListRequestsRequest { authority: authority.unwrap_or_default() })?;
-            let listed = client.raw().list_requests(request).await?.into_inner();
-            for request in &listed.requests {
-                print_request(request);
+            let (mut page_token, mut any) = (String::new(), false);
+            loop {
+                let asked = proto::ListRequestsRequest {
+                    authority: authority.clone().unwrap_or_default(),
+                    page_size: 0,
+                    page_token,
+                };
+                let asked = client.call(asked)?;
+                let listed = client.raw().list_requests(asked).await?.into_inner();
+                for request in &listed.requests {
+                    print_request(request);
+                }
+                any |= !listed.requests.is_empty();
+                if listed.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = listed.next_page_token;
             }
-            if listed.requests.is_empty() {
+            if !any {
                 println!("(no requests)");
             }
         }

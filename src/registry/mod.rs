@@ -23,8 +23,8 @@ pub use access::{AccessRegistry, NewPrincipalRow, Principal, PrincipalKey, Role,
 pub use audited::{Audited, with_audit};
 pub use orders::{Actor, Order, OrderRegistry, OrderStatus, PendingEnd, Which};
 pub use requests::{
-    AGE_BUCKETS, AuthorityStatistics, KeptResults, RequestError, RequestRecord, RequestRegistry, RequestStatus,
-    age_bucket,
+    AGE_BUCKETS, AuthorityStatistics, KeptResults, ListedAfter, RequestError, RequestRecord, RequestRegistry,
+    RequestStatus, age_bucket,
 };
 
 use crate::model::IdentifierKind;

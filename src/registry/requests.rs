@@ -51,6 +51,25 @@ pub fn age_bucket(age_days: i64) -> usize {
     AGE_BUCKETS.iter().position(|(_, upper)| age_days <= *upper).unwrap_or(AGE_BUCKETS.len() - 1)
 }
 
+/// Where a page of [`RequestRegistry::list`] ended: the last request it
+/// held, in the list's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedAfter {
+    pub submitted_at: TimestampMicros,
+    pub number: u64,
+    pub request_id: String,
+}
+
+impl ListedAfter {
+    pub fn of(request: &RequestRecord) -> ListedAfter {
+        ListedAfter {
+            submitted_at: request.submitted_at,
+            number: request.number,
+            request_id: request.request_id.clone(),
+        }
+    }
+}
+
 /// One request as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
@@ -123,8 +142,14 @@ pub trait RequestRegistry: Send + Sync {
     /// The sealed result kept under `name`, if any.
     fn sealed_result(&self, name: &str) -> Result<Option<Vec<u8>>, RequestError>;
     fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, RequestError>;
-    /// Requests, optionally of one authority, newest first.
-    fn list(&self, authority: Option<&str>) -> Result<Vec<RequestRecord>, RequestError>;
+    /// At most `limit` requests, optionally of one authority, newest first
+    /// (by submission time, then number, then id), from after `after`.
+    fn list(
+        &self,
+        authority: Option<&str>,
+        after: Option<&ListedAfter>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, RequestError>;
     /// Requests whose sealed result is still kept, of those `which` names.
     fn kept_results(&self, which: KeptResults<'_>) -> Result<Vec<RequestRecord>, RequestError>;
     /// Forgets a request's result once its key is destroyed, and deletes

@@ -60,6 +60,7 @@ pub fn code(refusal: &Refusal) -> Code {
         | Refusal::BadCertificate
         | Refusal::BadRequestNumber
         | Refusal::BadYear
+        | Refusal::BadPageToken
         | Refusal::ReferenceRequired
         | Refusal::NotASubject(_)
         | Refusal::PersonRequired

@@ -136,8 +136,12 @@ impl LawfulAccess for AccessService {
     async fn list_requests(&self, request: Request<proto::ListRequestsRequest>) -> Reply<proto::ListRequestsResponse> {
         let listed = self
             .call("ListRequests", request, |desk, call, body| {
-                let requests = desk.list_requests(call, input::optional(&body.authority))?;
-                Ok(proto::ListRequestsResponse { requests: requests.iter().map(convert::request_info).collect() })
+                let page =
+                    desk.list_requests(call, input::optional(&body.authority), body.page_size, &body.page_token)?;
+                Ok(proto::ListRequestsResponse {
+                    requests: page.requests.iter().map(convert::request_info).collect(),
+                    next_page_token: page.next_page_token.unwrap_or_default(),
+                })
             })
             .await?;
         Ok(Response::new(listed))

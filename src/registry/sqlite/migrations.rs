@@ -173,6 +173,10 @@ const MIGRATIONS: &[&str] = &[
     // at 200,000). Only kept results are indexed, a handful at any time.
     "CREATE INDEX requests_kept_by_expiry ON requests(result_expires_us) WHERE result_name IS NOT NULL;
     CREATE INDEX requests_kept_by_warrant ON requests(warrant_id) WHERE result_name IS NOT NULL;",
+    // 10: requests listed a page at a time, newest first, all of them or
+    // one authority's.
+    "CREATE INDEX requests_newest ON requests(submitted_at_us, request_number, request_id);
+    CREATE INDEX requests_newest_of_authority ON requests(authority_id, submitted_at_us, request_number, request_id);",
 ];
 
 /// Opens (creating and migrating) the registry in `state_dir`.

@@ -7,7 +7,7 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteRegistry;
 use crate::model::TimestampMicros;
 use crate::registry::{
-    AGE_BUCKETS, AuditHook, AuthorityStatistics, KeptResults, RegistryError, RequestError, RequestRecord,
+    AGE_BUCKETS, AuditHook, AuthorityStatistics, KeptResults, ListedAfter, RegistryError, RequestError, RequestRecord,
     RequestRegistry, RequestStatus,
 };
 
@@ -32,6 +32,23 @@ fn request_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRecord> {
         result_name: r.get(13)?,
         result_expires: r.get::<_, Option<i64>>(14)?.map(TimestampMicros),
     })
+}
+
+/// A page of requests, newest first, of one authority or all, after a
+/// given one: walked down an index (migration 10), never sorted whole.
+fn list_sql(of_authority: bool, after: bool) -> String {
+    let mut conditions = Vec::new();
+    if of_authority {
+        conditions.push("authority_id = :authority");
+    }
+    if after {
+        conditions.push("(submitted_at_us, request_number, request_id) < (:at, :number, :id)");
+    }
+    let condition = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+    format!(
+        "SELECT {REQUEST_COLUMNS} FROM requests {condition}
+         ORDER BY submitted_at_us DESC, request_number DESC, request_id DESC LIMIT :limit"
+    )
 }
 
 /// The requests whose result is kept and meets `condition` (on `?1`):
@@ -118,14 +135,29 @@ impl RequestRegistry for SqliteRegistry {
             .map_err(RegistryError::from)?)
     }
 
-    fn list(&self, authority: Option<&str>) -> Result<Vec<RequestRecord>, RequestError> {
+    fn list(
+        &self,
+        authority: Option<&str>,
+        after: Option<&ListedAfter>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, RequestError> {
         let query = || -> Result<Vec<RequestRecord>, rusqlite::Error> {
             let db = self.db();
-            let mut statement = db.prepare(&format!(
-                "SELECT {REQUEST_COLUMNS} FROM requests WHERE ?1 IS NULL OR authority_id = ?1
-                 ORDER BY submitted_at_us DESC, request_number DESC"
-            ))?;
-            statement.query_map(params![authority], request_from)?.collect()
+            let mut statement = db.prepare_cached(&list_sql(authority.is_some(), after.is_some()))?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let (at, number, id) = after.map_or((None, None, None), |a| {
+                (Some(a.submitted_at.0), Some(a.number as i64), Some(a.request_id.as_str()))
+            });
+            let all: [(&str, &dyn rusqlite::ToSql); 5] =
+                [(":authority", &authority), (":at", &at), (":number", &number), (":id", &id), (":limit", &limit)];
+            // Only the parameters this form of the statement names.
+            let mut named = Vec::with_capacity(all.len());
+            for (name, value) in all {
+                if statement.parameter_index(name)?.is_some() {
+                    named.push((name, value));
+                }
+            }
+            statement.query_map(named.as_slice(), request_from)?.collect()
         };
         Ok(query().map_err(RegistryError::from)?)
     }
@@ -219,6 +251,25 @@ mod tests {
         let mut statement = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let details: Vec<String> = statement.query_map([1], |r| r.get(3)).unwrap().map(Result::unwrap).collect();
         details.join("; ")
+    }
+
+    #[test]
+    fn a_page_of_requests_is_read_down_an_index_never_sorted_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::migrations::open(dir.path()).unwrap();
+        for (of_authority, after) in [(false, false), (false, true), (true, false), (true, true)] {
+            let sql = list_sql(of_authority, after);
+            let mut statement = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let count = statement.parameter_count();
+            let details: Vec<String> = statement
+                .query_map(rusqlite::params_from_iter(std::iter::repeat_n(1, count)), |r| r.get(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let plan = details.join("; ");
+            assert!(plan.contains("USING INDEX requests_newest"), "{of_authority} {after}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{of_authority} {after}: {plan}");
+        }
     }
 
     #[test]
