@@ -246,10 +246,12 @@ impl RequestRegistry for SqliteRegistry {
 mod tests {
     use super::*;
 
-    /// How SQLite plans `sql`: the detail column of its query plan.
+    /// How SQLite plans `sql` (each of its parameters bound to 1): the
+    /// detail column of its query plan.
     fn plan(db: &rusqlite::Connection, sql: &str) -> String {
         let mut statement = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        let details: Vec<String> = statement.query_map([1], |r| r.get(3)).unwrap().map(Result::unwrap).collect();
+        let ones = rusqlite::params_from_iter(std::iter::repeat_n(1, statement.parameter_count()));
+        let details: Vec<String> = statement.query_map(ones, |r| r.get(3)).unwrap().map(Result::unwrap).collect();
         details.join("; ")
     }
 
@@ -258,15 +260,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = super::super::migrations::open(dir.path()).unwrap();
         for (of_authority, after) in [(false, false), (false, true), (true, false), (true, true)] {
-            let sql = list_sql(of_authority, after);
-            let mut statement = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-            let count = statement.parameter_count();
-            let details: Vec<String> = statement
-                .query_map(rusqlite::params_from_iter(std::iter::repeat_n(1, count)), |r| r.get(3))
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            let plan = details.join("; ");
+            let plan = plan(&db, &list_sql(of_authority, after));
             assert!(plan.contains("USING INDEX requests_newest"), "{of_authority} {after}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{of_authority} {after}: {plan}");
         }
