@@ -314,7 +314,7 @@ fn the_state_is_private_to_the_service_user_and_checked_at_start() {
         let refused = AuditTrail::open(&state, &vault.keys).unwrap_err().to_string();
         assert!(refused.contains("go-rwx"), "{refused}");
         if path == state {
-            assert!(cdrvault::registry::Registries::sqlite(&state).is_err());
+            assert!(cdrvault::registry::Registries::sqlite(&state, &vault.keys).is_err());
         }
         let tight = if path == state { 0o700 } else { 0o600 };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(tight)).unwrap();

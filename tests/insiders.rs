@@ -369,3 +369,68 @@ async fn a_request_whose_lookup_fails_leaves_no_result_key_behind() {
     assert_eq!(files_below(&result_keys), Vec::<std::path::PathBuf>::new(), "and destroyed when it failed");
     assert_eq!(kept_results(&w.state()), 0);
 }
+
+/// Someone who can write the state directory, but not the keys directory,
+/// edits the registry behind the service: approves a warrant no second
+/// reviewer approved, widens an approved warrant to categories it does not
+/// grant, makes a handler an admin, and adds an admin of their own. Each
+/// of those rows carries a seal under a key of the keys directory: every
+/// edited row is refused and nothing is disclosed through it, while the
+/// rows left alone still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_rows_edited_behind_the_service_are_refused() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let second_handler = common::api::principal(&mut w, "second handler", &["authority_handler"], "dk-police").await;
+    let target = w.target(3);
+    let targets = std::slice::from_ref(&target);
+    let referenced = |reference: &str| proto::RegisterWarrantRequest {
+        reference: reference.into(),
+        ..w.warrant_request(Grant::of(targets))
+    };
+    let (first, second, registered) = (referenced("K-1"), referenced("K-2"), referenced("K-3"));
+    let untouched = common::api::approved(&mut w, &cast, first).await;
+    let widened = common::api::approved(&mut w, &cast, second).await;
+    let unapproved = w.client.register_warrant(authed(&cast.alice, registered)).await.unwrap().into_inner().id;
+
+    let db = rusqlite::Connection::open(w.state().join(cdrvault::registry::REGISTRY_FILE)).unwrap();
+    let edits = [
+        ("UPDATE warrants SET status = 'approved', decided_by = registered_by WHERE id = ?1", unapproved.as_str()),
+        ("UPDATE warrants SET categories = 'traffic,device,location,ip' WHERE id = ?1", widened.as_str()),
+        ("UPDATE principals SET roles = 'admin' WHERE name = ?1", "second handler"),
+    ];
+    for (edit, id) in edits {
+        assert_eq!(db.execute(edit, [id]).unwrap(), 1, "{edit}");
+    }
+    let forged = "a-token-of-the-insiders-own-making";
+    let forged_sha256 = ring::digest::digest(&ring::digest::SHA256, forged.as_bytes()).as_ref().to_vec();
+    db.execute(
+        "INSERT INTO principals (id, name, person, roles, token_sha256, created_at)
+         VALUES ('p-mallory', 'mallory', 'mallory', 'admin', ?1, '2026-01-01T00:00:00+00:00')",
+        [forged_sha256],
+    )
+    .unwrap();
+    drop(db);
+
+    // Neither warrant answers, in what it was given nor in what was added.
+    for (number, warrant, categories) in [(1, &unapproved, &["traffic"][..]), (2, &widened, &["traffic", "device"])] {
+        let mut ask = w.submission(Ask { number, ..Ask::to(warrant, &target) });
+        ask.categories = categories.iter().map(|c| c.to_string()).collect();
+        let refused = w.client.submit_request(authed(&cast.handler, ask)).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Internal, "{warrant}: {refused:?}");
+    }
+    // Neither edited principal is an admin.
+    for token in [&second_handler, &forged.to_string()] {
+        let request = proto::CreateAuthorityRequest { id: "xx-police".into(), country: "xx".into(), name: "x".into() };
+        assert!(w.client.create_authority(authed(token, request)).await.is_err(), "{token}");
+    }
+    let created = w.audit_entries().iter().filter(|e| e["action"] == "authority_created").count();
+    assert_eq!(created, 2, "only the cast's two authorities");
+    let kept = kept_results(&w.state());
+    assert_eq!(kept, 0, "nothing answered through an edited row");
+
+    // What nobody edited still works.
+    let ask = w.submission(Ask { number: 3, ..Ask::to(&untouched, &target) });
+    let answered = w.client.submit_request(authed(&cast.handler, ask)).await.unwrap().into_inner();
+    assert!(answered.records > 0, "{answered:?}");
+}

@@ -357,13 +357,16 @@ impl Desk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::KeyStore;
     use crate::registry::Registries;
 
     #[test]
     fn tokens_are_shown_once_stored_hashed_and_stop_working_when_revoked_rotated_or_expired() {
         let root = tempfile::tempdir().unwrap();
         let state = root.path().join("state");
-        let registries = Registries::sqlite(&state).unwrap();
+        KeyStore::init(&root.path().join("keys"), None).unwrap();
+        let keys = KeyStore::open(&root.path().join("keys"), None).unwrap();
+        let registries = Registries::sqlite(&state, &keys).unwrap();
         let store = AccessStore::new(registries.access);
         let now = Utc::now();
         let unaudited = &mut || Ok(());

@@ -356,7 +356,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         KeyStore::init(&root.path().join("keys"), None).unwrap();
         let keys = KeyStore::open(&root.path().join("keys"), None).unwrap();
-        let store = AccessStore::new(Registries::sqlite(&root.path().join("state")).unwrap().access);
+        let store = AccessStore::new(Registries::sqlite(&root.path().join("state"), &keys).unwrap().access);
         let now = Utc.with_ymd_and_hms(2026, 11, 24, 10, 0, 0).unwrap();
         let admin = store.create_principal(None, &NewPrincipal::of("root", Role::Admin, None), now, &mut || Ok(()));
         let admin = admin.unwrap().0;

@@ -121,7 +121,7 @@ impl Root {
     }
 
     pub fn registries(&self) -> anyhow::Result<Registries> {
-        Ok(Registries::sqlite(&self.config.state.dir)?)
+        Ok(Registries::sqlite(&self.config.state.dir, &self.keys)?)
     }
 
     pub fn writer(&self) -> ParquetWriter {

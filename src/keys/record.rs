@@ -20,9 +20,15 @@ use crate::ops::durable::{self, DurableError, FileMode};
 const ORDER_DIR: &str = "order";
 const WARRANT_DIR: &str = "warrant";
 const RESULT_DIR: &str = "result";
+const REGISTRY_DIR: &str = "registry";
 const ORDER_AAD: &[u8] = b"order";
 const WARRANT_AAD: &[u8] = b"warrant";
 const RESULT_AAD: &[u8] = b"result";
+const REGISTRY_AAD: &[u8] = b"registry";
+/// The one record of [`RecordKeyScope::Registry`]: the key of the seals.
+const ROWS: &str = "rows";
+/// Written beside that key once the rows of the registry carry its seals.
+const ADOPTED: &str = "rows.adopted";
 
 /// Random bytes in the id of a registry record (an order, a warrant, a
 /// principal): 64 bits, 16 hex digits. Among a million records of a kind
@@ -46,6 +52,8 @@ pub enum RecordKeyScope {
     Warrant,
     /// A lawful request's result, kept sealed until fetched or expired.
     Result,
+    /// The seals on the registry's rows ([`KeyStore::registry_key`]).
+    Registry,
 }
 
 impl RecordKeyScope {
@@ -54,6 +62,7 @@ impl RecordKeyScope {
             RecordKeyScope::Order => ORDER_DIR,
             RecordKeyScope::Warrant => WARRANT_DIR,
             RecordKeyScope::Result => RESULT_DIR,
+            RecordKeyScope::Registry => REGISTRY_DIR,
         }
     }
 
@@ -62,6 +71,7 @@ impl RecordKeyScope {
             RecordKeyScope::Order => "order",
             RecordKeyScope::Warrant => "warrant",
             RecordKeyScope::Result => "result",
+            RecordKeyScope::Registry => "registry",
         }
     }
 
@@ -70,6 +80,7 @@ impl RecordKeyScope {
             RecordKeyScope::Order => ORDER_AAD,
             RecordKeyScope::Warrant => WARRANT_AAD,
             RecordKeyScope::Result => RESULT_AAD,
+            RecordKeyScope::Registry => REGISTRY_AAD,
         }
     }
 }
@@ -145,6 +156,41 @@ impl KeyStore {
 
     pub fn destroy_order_key(&self, order: &str) -> Result<(), KeyError> {
         self.destroy_record_key(RecordKeyScope::Order, order)
+    }
+
+    /// The key that seals the registry's rows which decide what may be
+    /// disclosed (principals, warrants: [`crate::registry::seal`]), created
+    /// at its first use, and whether the rows written before it existed
+    /// were sealed under it already ([`Self::mark_registry_adopted`]).
+    /// Kept here, not in the state directory, so that whoever can write the
+    /// registry cannot seal a row.
+    pub fn registry_key(&self) -> Result<(RecordKey, bool), KeyError> {
+        let key = match self.record_key(RecordKeyScope::Registry, ROWS)? {
+            Some(key) => key,
+            None => match self.create_record_key(RecordKeyScope::Registry, ROWS) {
+                Ok(key) => key,
+                // Another process made it first.
+                Err(KeyError::RecordKeyExists(path)) => {
+                    self.record_key(RecordKeyScope::Registry, ROWS)?.ok_or(KeyError::Corrupt(path))?
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let adopted = self.dir.join(REGISTRY_DIR).join(ADOPTED);
+        let adopted = fs::symlink_metadata(&adopted).map(|_| true).or_else(|e| match e.kind() {
+            io::ErrorKind::NotFound => Ok(false),
+            _ => Err(KeyError::io("read", &adopted, e)),
+        })?;
+        Ok((key, adopted))
+    }
+
+    /// Records that every row of the registry carries its seal: from then
+    /// on a row without one is refused like a row whose seal is wrong.
+    pub fn mark_registry_adopted(&self) -> Result<(), KeyError> {
+        match durable::write_new(&self.dir.join(REGISTRY_DIR).join(ADOPTED), b"", FileMode::Private) {
+            Ok(()) | Err(DurableError::Exists { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn record_key_path(&self, scope: RecordKeyScope, record: &str) -> PathBuf {

@@ -393,7 +393,7 @@ mod tests {
         KeyStore::init(&root.join("keys"), None).unwrap();
         let keys = Arc::new(KeyStore::open(&root.join("keys"), None).unwrap());
         let audit = Arc::new(AuditTrail::open(&root.join("state"), &keys).unwrap());
-        let registries = Registries::sqlite(&root.join("state")).unwrap();
+        let registries = Registries::sqlite(&root.join("state"), &keys).unwrap();
         OrderStore::new(registries.orders, keys, audit, root.join("data"))
     }
 

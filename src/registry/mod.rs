@@ -14,6 +14,7 @@ mod access;
 mod audited;
 mod orders;
 mod requests;
+pub mod seal;
 pub mod sqlite;
 
 use std::path::Path;
@@ -27,6 +28,7 @@ pub use requests::{
     RequestStatus, age_bucket,
 };
 
+use crate::keys::KeyStore;
 use crate::model::IdentifierKind;
 
 /// An error of a registry backend. Messages name tables and columns, never
@@ -42,6 +44,10 @@ pub enum RegistryError {
     /// back. The caller holds the audit error.
     #[error("the change's audit entry could not be written; the change was rolled back")]
     AuditFailed,
+    /// A row does not carry the seal of what the service wrote
+    /// ([`seal`]): it was written or changed behind the service.
+    #[error("the row {id} of {table} does not match its seal: it was changed outside cdrvault")]
+    Tampered { table: &'static str, id: String },
 }
 
 /// Appends the audit entry of a change from inside the change's
@@ -87,9 +93,10 @@ impl std::fmt::Debug for Registries {
 }
 
 impl Registries {
-    /// The embedded SQLite registry in `state_dir` (created and migrated).
-    pub fn sqlite(state_dir: &Path) -> Result<Registries, RegistryError> {
-        let backend = Arc::new(sqlite::SqliteRegistry::open(state_dir)?);
+    /// The embedded SQLite registry in `state_dir` (created and migrated),
+    /// its rows sealed under the registry key of `keys`.
+    pub fn sqlite(state_dir: &Path, keys: &KeyStore) -> Result<Registries, RegistryError> {
+        let backend = Arc::new(sqlite::SqliteRegistry::open(state_dir, keys)?);
         Ok(Registries { access: backend.clone(), requests: backend.clone(), orders: backend })
     }
 }

@@ -169,7 +169,9 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, SqliteRegistry) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteRegistry::open(&dir.path().join("state")).unwrap();
+        crate::keys::KeyStore::init(&dir.path().join("keys"), None).unwrap();
+        let keys = crate::keys::KeyStore::open(&dir.path().join("keys"), None).unwrap();
+        let store = SqliteRegistry::open(&dir.path().join("state"), &keys).unwrap();
         for id in ["dk-police", "dk-tax"] {
             assert!(store.insert_authority(id, "DK", "x", chrono::Utc::now(), &mut || Ok(())).unwrap());
         }

@@ -170,7 +170,7 @@ pub fn lawful_access(options: &DemoOptions, state_dir: &std::path::Path) -> anyh
     let now = chrono::Utc::now();
     let state_dir = state_dir.join(format!("demo-{}", now.format("%Y%m%dT%H%M%S%.3f")));
     let keys = Arc::new(KeyStore::open(&options.keys_dir, Some(&options.data_dir))?);
-    let registries = Registries::sqlite(&state_dir)?;
+    let registries = Registries::sqlite(&state_dir, &keys)?;
     let audit = Arc::new(AuditTrail::open(&state_dir, &keys)?);
     let (_, admin) =
         AccessStore::new(Arc::clone(&registries.access)).bootstrap(&audit, "demo admin", "demo admin", now)?;

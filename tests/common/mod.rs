@@ -151,7 +151,7 @@ impl TestVault {
     }
 
     pub fn registries(&self) -> Registries {
-        Registries::sqlite(&self.state()).unwrap()
+        Registries::sqlite(&self.state(), &self.keys).unwrap()
     }
 
     pub fn orders(&self, registries: &Registries, audit: &Arc<AuditTrail>) -> Arc<OrderStore> {

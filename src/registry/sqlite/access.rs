@@ -5,6 +5,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteRegistry;
 use crate::model::{Category, IdentifierKind, TimestampMicros};
+use crate::registry::seal::SealedTable::{Principals, Warrants};
 use crate::registry::{
     AccessRegistry, AuditHook, NewPrincipalRow, Principal, PrincipalKey, RegistryError, Role, StoredTarget, Warrant,
     WarrantStatus,
@@ -79,6 +80,7 @@ impl AccessRegistry for SqliteRegistry {
                     at.to_rfc3339()
                 ],
             )?;
+            self.reseal(tx, Principals, &principal.id)?;
             Ok(((), true))
         })
     }
@@ -91,22 +93,37 @@ impl AccessRegistry for SqliteRegistry {
             PrincipalKey::TokenSha256(v) => db.query_row(&query("token_sha256"), params![v], principal_row),
             PrincipalKey::CertificateSha256(v) => db.query_row(&query("cert_sha256"), params![v], principal_row),
         };
-        Ok(row.optional()?)
+        let principal = row.optional()?;
+        if let Some(principal) = &principal {
+            self.check(&db, Principals, &principal.id)?;
+        }
+        Ok(principal)
     }
 
     fn principals_of_person(&self, person: &str) -> Result<Vec<Principal>, RegistryError> {
         let db = self.db();
         let mut statement =
             db.prepare(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE person = ?1 ORDER BY id"))?;
-        let principals = statement.query_map(params![person], principal_row)?.collect::<Result<_, _>>()?;
+        let principals: Vec<Principal> =
+            statement.query_map(params![person], principal_row)?.collect::<Result<_, _>>()?;
+        for principal in &principals {
+            self.check(&db, Principals, &principal.id)?;
+        }
         Ok(principals)
     }
 
     fn live_principals_with(&self, role: Role) -> Result<usize, RegistryError> {
         let db = self.db();
-        let mut statement = db.prepare("SELECT roles FROM principals WHERE revoked_at IS NULL")?;
-        let roles = statement.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
-        Ok(roles.iter().filter(|roles| roles.split(',').any(|r| r == role.as_str())).count())
+        let mut statement = db.prepare("SELECT id, roles FROM principals WHERE revoked_at IS NULL")?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let holders: Vec<&String> =
+            rows.iter().filter(|(_, roles)| roles.split(',').any(|r| r == role.as_str())).map(|(id, _)| id).collect();
+        for id in &holders {
+            self.check(&db, Principals, id)?;
+        }
+        Ok(holders.len())
     }
 
     fn revoke_principal(&self, id: &str, at: DateTime<Utc>, audit: AuditHook<'_>) -> Result<bool, RegistryError> {
@@ -115,6 +132,9 @@ impl AccessRegistry for SqliteRegistry {
                 "UPDATE principals SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id, at.to_rfc3339()],
             )? == 1;
+            if revoked {
+                self.reseal(tx, Principals, id)?;
+            }
             Ok((revoked, revoked))
         })
     }
@@ -125,6 +145,9 @@ impl AccessRegistry for SqliteRegistry {
                 "UPDATE principals SET token_sha256 = ?2 WHERE id = ?1 AND revoked_at IS NULL",
                 params![id, token_sha256],
             )? == 1;
+            if replaced {
+                self.reseal(tx, Principals, id)?;
+            }
             Ok((replaced, replaced))
         })
     }
@@ -165,12 +188,14 @@ impl AccessRegistry for SqliteRegistry {
                     params![warrant.id, position as i64, target.kind.as_str(), target.sealed],
                 )?;
             }
+            self.reseal(tx, Warrants, &warrant.id)?;
             Ok(((), true))
         })
     }
 
     fn warrant(&self, id: &str) -> Result<Option<Warrant>, RegistryError> {
         let db = self.db();
+        self.check(&db, Warrants, id)?;
         let row = db
             .query_row(
                 "SELECT id, authority_id, reference, issued_by, legal_basis, period_start_us, period_end_us, categories,
@@ -211,6 +236,7 @@ impl AccessRegistry for SqliteRegistry {
 
     fn sealed_targets(&self, id: &str) -> Result<Vec<(IdentifierKind, Vec<u8>)>, RegistryError> {
         let db = self.db();
+        self.check(&db, Warrants, id)?;
         let mut statement =
             db.prepare("SELECT kind, sealed FROM warrant_targets WHERE warrant_id = ?1 ORDER BY position")?;
         let rows = statement
@@ -239,6 +265,9 @@ impl AccessRegistry for SqliteRegistry {
                  WHERE id = ?1 AND status = 'registered'",
                 params![id, status.as_str(), by, reason],
             )? == 1;
+            if decided {
+                self.reseal(tx, Warrants, id)?;
+            }
             Ok((decided, decided))
         })
     }
@@ -249,6 +278,9 @@ impl AccessRegistry for SqliteRegistry {
             let closed = tx
                 .execute("UPDATE warrants SET status = 'closed' WHERE id = ?1 AND status != 'closed'", params![id])?
                 == 1;
+            if closed {
+                self.reseal(tx, Warrants, id)?;
+            }
             Ok((closed, closed))
         })
     }

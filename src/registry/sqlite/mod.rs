@@ -7,6 +7,7 @@ mod access;
 mod migrations;
 mod orders;
 mod requests;
+mod seal;
 
 use std::fmt;
 use std::path::Path;
@@ -14,12 +15,15 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, Transaction};
 
+use super::seal::RowSeal;
 use super::{AuditHook, REGISTRY_FILE, RegistryError};
+use crate::keys::KeyStore;
 use crate::ops::durable::{self, DurableError};
 
 /// One connection, serialised by a mutex (SQLite writes are serial anyway).
 pub struct SqliteRegistry {
     connection: Mutex<Connection>,
+    seal: RowSeal,
 }
 
 impl fmt::Debug for SqliteRegistry {
@@ -44,7 +48,10 @@ impl SqliteRegistry {
     /// Opens (creating and migrating if needed) the registry in `state_dir`. The
     /// directory, the database and its WAL files must be private to the
     /// service's user: they hold warrants, principals and sealed targets.
-    pub fn open(state_dir: &Path) -> Result<SqliteRegistry, RegistryError> {
+    /// Principals and warrants are sealed under the registry key of `keys`
+    /// ([`super::seal`]); the first open with that key seals the rows
+    /// written before it.
+    pub fn open(state_dir: &Path, keys: &KeyStore) -> Result<SqliteRegistry, RegistryError> {
         let backend = |e: DurableError| RegistryError::Backend(e.to_string());
         durable::create_private_dir(state_dir).map_err(backend)?;
         durable::ensure_private(state_dir).map_err(backend)?;
@@ -54,7 +61,16 @@ impl SqliteRegistry {
         }
         // SQLite gives the WAL files the database's mode: create it 0600.
         durable::open_private_append(&path).map_err(backend)?;
-        Ok(SqliteRegistry { connection: Mutex::new(migrations::open(state_dir)?) })
+        let keys_err = |e: crate::keys::KeyError| RegistryError::Backend(e.to_string());
+        let (key, adopted) = keys.registry_key().map_err(keys_err)?;
+        let seal = RowSeal::new(key.secret.expose());
+        let mut connection = migrations::open(state_dir)?;
+        if !adopted {
+            let sealed = seal::adopt(&mut connection, &seal)?;
+            keys.mark_registry_adopted().map_err(keys_err)?;
+            tracing::info!(rows = sealed, "the registry's principals and warrants are sealed under its key");
+        }
+        Ok(SqliteRegistry { connection: Mutex::new(connection), seal })
     }
 
     pub(super) fn db(&self) -> MutexGuard<'_, Connection> {

@@ -1,0 +1,166 @@
+//! The row seals of [`crate::registry::seal`] over SQLite: which columns of
+//! each sealed table a tag covers, in which order, the re-sealing of a row
+//! inside the transaction that changed it, and the check before a read.
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::SqliteRegistry;
+use crate::registry::RegistryError;
+use crate::registry::seal::{Field, RowSeal, SealedTable};
+
+/// Every column of a principal but its seal.
+const PRINCIPAL_COLUMNS: &str =
+    "id, name, person, roles, authority_id, token_sha256, cert_sha256, expires_at_us, revoked_at, created_at";
+/// Every column of a warrant but its seal; its targets follow, by position.
+const WARRANT_COLUMNS: &str = "id, authority_id, reference, issued_by, legal_basis, period_start_us, period_end_us, \
+     categories, valid_until_us, status, registered_by, decided_by, decision_reason, registered_at, cell_dump, \
+     registered_by_person";
+
+fn columns(table: SealedTable) -> &'static str {
+    match table {
+        SealedTable::Principals => PRINCIPAL_COLUMNS,
+        SealedTable::Warrants => WARRANT_COLUMNS,
+    }
+}
+
+/// A row's sealed values and the tag it carries.
+type SealedRow = (Vec<Value>, Option<Vec<u8>>);
+
+/// The values a row's tag covers (a warrant's columns, then each target's
+/// position, kind and sealed value), and the tag it carries; `None` if
+/// there is no such row.
+fn row(db: &Connection, table: SealedTable, id: &str) -> Result<Option<SealedRow>, RegistryError> {
+    let columns = columns(table);
+    let count = columns.split(',').count();
+    let mut statement = db.prepare_cached(&format!("SELECT {columns}, seal FROM {} WHERE id = ?1", table.name()))?;
+    let found = statement
+        .query_row(params![id], |r| {
+            let values = (0..count).map(|i| r.get::<_, Value>(i)).collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((values, r.get::<_, Option<Vec<u8>>>(count)?))
+        })
+        .optional()?;
+    let Some((mut values, tag)) = found else { return Ok(None) };
+    if table == SealedTable::Warrants {
+        let mut targets = db.prepare_cached(
+            "SELECT position, kind, sealed FROM warrant_targets WHERE warrant_id = ?1 ORDER BY position",
+        )?;
+        for target in targets.query_map(params![id], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]))? {
+            values.extend(target?);
+        }
+    }
+    Ok(Some((values, tag)))
+}
+
+fn fields(values: &[Value]) -> Vec<Field<'_>> {
+    values
+        .iter()
+        .map(|value| match value {
+            Value::Null => Field::Null,
+            Value::Integer(v) => Field::Int(*v),
+            // No sealed column holds a float; its bits if one ever does.
+            Value::Real(v) => Field::Int(v.to_bits() as i64),
+            Value::Text(v) => Field::Text(v),
+            Value::Blob(v) => Field::Blob(v),
+        })
+        .collect()
+}
+
+/// Seals the row `id` of `table` as it now is (in the caller's
+/// transaction, after the change).
+fn reseal(db: &Connection, seal: &RowSeal, table: SealedTable, id: &str) -> Result<(), RegistryError> {
+    let Some((values, _)) = row(db, table, id)? else { return Ok(()) };
+    let tag = seal.tag(table, &fields(&values));
+    db.prepare_cached(&format!("UPDATE {} SET seal = ?2 WHERE id = ?1", table.name()))?.execute(params![id, tag])?;
+    Ok(())
+}
+
+/// Seals every row that has no seal: the rows written before the registry
+/// key existed. Runs once, when the key is made, before the key is marked
+/// adopted ([`crate::keys::KeyStore::mark_registry_adopted`]); afterwards
+/// a row without a seal is refused. Returns how many rows it sealed.
+pub(super) fn adopt(db: &mut Connection, seal: &RowSeal) -> Result<usize, RegistryError> {
+    let tx = db.transaction()?;
+    let mut sealed = 0;
+    for table in [SealedTable::Principals, SealedTable::Warrants] {
+        let ids: Vec<String> = tx
+            .prepare(&format!("SELECT id FROM {} WHERE seal IS NULL", table.name()))?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for id in &ids {
+            reseal(&tx, seal, table, id)?;
+        }
+        sealed += ids.len();
+    }
+    tx.commit()?;
+    Ok(sealed)
+}
+
+impl SqliteRegistry {
+    /// Seals the row `id` of `table` after a change, in its transaction.
+    pub(super) fn reseal(&self, db: &Connection, table: SealedTable, id: &str) -> Result<(), RegistryError> {
+        reseal(db, &self.seal, table, id)
+    }
+
+    /// Checks the seal of the row `id` of `table` before it is read: a
+    /// row written or changed behind the service is refused (and logged,
+    /// for the operator). A row that does not exist passes: the read finds
+    /// nothing.
+    pub(super) fn check(&self, db: &Connection, table: SealedTable, id: &str) -> Result<(), RegistryError> {
+        let Some((values, tag)) = row(db, table, id)? else { return Ok(()) };
+        self.seal.check(table, id, &fields(&values), tag.as_deref()).inspect_err(|error| {
+            tracing::error!(%error, "a registry row was refused");
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyStore;
+
+    fn registry(root: &std::path::Path) -> SqliteRegistry {
+        SqliteRegistry::open(&root.join("state"), &KeyStore::open(&root.join("keys"), None).unwrap()).unwrap()
+    }
+
+    fn insert(registry: &SqliteRegistry, id: &str) {
+        let db = registry.db();
+        db.execute(
+            "INSERT INTO principals (id, name, person, roles, token_sha256, created_at)
+             VALUES (?1, 'n', 'p', 'auditor', ?1, 't')",
+            [id],
+        )
+        .unwrap();
+        registry.reseal(&db, SealedTable::Principals, id).unwrap();
+    }
+
+    #[test]
+    fn rows_written_before_the_key_are_sealed_once_and_never_again() {
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(&root.path().join("keys"), None).unwrap();
+        let first = registry(root.path());
+        insert(&first, "p-1");
+        // A row from before the seals: no seal, and no adoption yet.
+        first.db().execute("UPDATE principals SET seal = NULL", []).unwrap();
+        std::fs::remove_file(root.path().join("keys/registry/rows.adopted")).unwrap();
+        drop(first);
+
+        let second = registry(root.path());
+        second.check(&second.db(), SealedTable::Principals, "p-1").unwrap();
+        // Once adopted, a row without a seal is no longer sealed for it.
+        second.db().execute("UPDATE principals SET seal = NULL", []).unwrap();
+        drop(second);
+        let third = registry(root.path());
+        let refused = third.check(&third.db(), SealedTable::Principals, "p-1").unwrap_err();
+        assert!(matches!(refused, RegistryError::Tampered { table: "principals", .. }), "{refused:?}");
+        // Nor a row put in by hand.
+        third
+            .db()
+            .execute("INSERT INTO principals (id, name, person, roles, token_sha256, created_at) VALUES ('p-2', 'n', 'p', 'admin', 'x', 't')", [])
+            .unwrap();
+        assert!(third.check(&third.db(), SealedTable::Principals, "p-2").is_err());
+        // A row the service writes is sealed.
+        insert(&third, "p-3");
+        third.check(&third.db(), SealedTable::Principals, "p-3").unwrap();
+    }
+}
