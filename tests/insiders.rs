@@ -373,10 +373,11 @@ async fn a_request_whose_lookup_fails_leaves_no_result_key_behind() {
 /// Someone who can write the state directory, but not the keys directory,
 /// edits the registry behind the service: approves a warrant no second
 /// reviewer approved, widens an approved warrant to categories it does not
-/// grant, makes a handler an admin, and adds an admin of their own. Each
-/// of those rows carries a seal under a key of the keys directory: every
-/// edited row is refused and nothing is disclosed through it, while the
-/// rows left alone still work.
+/// grant, makes a handler an admin, adds an admin of their own, and
+/// activates a preservation order no second reviewer approved. Each of
+/// those rows carries a seal under a key of the keys directory: every
+/// edited row is refused, nothing is disclosed or preserved through it, and
+/// the rows left alone still work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_rows_edited_behind_the_service_are_refused() {
     let mut w = world(AccessSettings::default()).await;
@@ -392,6 +393,8 @@ async fn registry_rows_edited_behind_the_service_are_refused() {
     let untouched = common::api::approved(&mut w, &cast, first).await;
     let widened = common::api::approved(&mut w, &cast, second).await;
     let unapproved = w.client.register_warrant(authed(&cast.alice, registered)).await.unwrap().into_inner().id;
+    let order = order_request(&w, "QF-9", &[format!("msisdn:{target}")], 30);
+    let order = w.client.register_order(authed(&cast.alice, order)).await.unwrap().into_inner().id;
 
     let db = rusqlite::Connection::open(w.state().join(cdrvault::registry::REGISTRY_FILE)).unwrap();
     let edits = [
@@ -433,4 +436,24 @@ async fn registry_rows_edited_behind_the_service_are_refused() {
     let ask = w.submission(Ask { number: 3, ..Ask::to(&untouched, &target) });
     let answered = w.client.submit_request(authed(&cast.handler, ask)).await.unwrap().into_inner();
     assert!(answered.records > 0, "{answered:?}");
+
+    // An order activated behind the service is refused, and so is every
+    // lookup and sweep that would have to honour it, until the operator
+    // deals with the row.
+    let db = rusqlite::Connection::open(w.state().join(cdrvault::registry::REGISTRY_FILE)).unwrap();
+    let edit =
+        "UPDATE preservation_orders SET status = 'active', decided_by = 'p-x', ends = '2029-01-01' WHERE id = ?1";
+    assert_eq!(db.execute(edit, [&order]).unwrap(), 1);
+    drop(db);
+    let get = proto::GetOrderRequest { order: order.clone() };
+    assert_eq!(w.client.get_order(authed(&cast.alice, get)).await.unwrap_err().code(), Code::Internal);
+    let ask = w.submission(Ask { number: 4, ..Ask::to(&untouched, &target) });
+    assert_eq!(w.client.submit_request(authed(&cast.handler, ask)).await.unwrap_err().code(), Code::Internal);
+    // A year on, retention will not act on the forged order: it stops
+    // rather than preserve under it (or destroy what a true order holds).
+    let sweeper = w.vault.sweeper(&w.audit, w.vault.orders(&w.registries, &w.audit));
+    w.vault.clock.advance(chrono::Duration::days(400));
+    sweeper.confirm_clock("operator").unwrap();
+    assert!(sweeper.run(cdrvault::lifecycle::retention::SweepMode::Delete).is_err());
+    assert!(!w.vault.data().join("preserved").exists(), "nothing copied under the forged order");
 }

@@ -1,6 +1,7 @@
-//! Seals on the registry's rows that decide what may be disclosed: each
-//! principal (its roles, authority, credentials, revocation) and each
-//! warrant (its status, window, categories, grants and sealed targets)
+//! Seals on the registry's rows that decide what may be disclosed or kept:
+//! each principal (its roles, authority, credentials, revocation), each
+//! warrant (its status, window, categories, grants and sealed targets) and
+//! each preservation order (its status, window, end and sealed targets)
 //! carries an HMAC-SHA256 of its columns under a key of the keys directory
 //! ([`crate::keys::KeyStore::registry_key`]). Every change the service
 //! makes re-seals the row in the change's transaction; every read that a
@@ -30,6 +31,7 @@ pub enum Field<'a> {
 pub enum SealedTable {
     Principals,
     Warrants,
+    Orders,
 }
 
 impl SealedTable {
@@ -37,6 +39,7 @@ impl SealedTable {
         match self {
             SealedTable::Principals => "principals",
             SealedTable::Warrants => "warrants",
+            SealedTable::Orders => "preservation_orders",
         }
     }
 }

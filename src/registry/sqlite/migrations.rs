@@ -177,12 +177,14 @@ const MIGRATIONS: &[&str] = &[
     // one authority's.
     "CREATE INDEX requests_newest ON requests(submitted_at_us, request_number, request_id);
     CREATE INDEX requests_newest_of_authority ON requests(authority_id, submitted_at_us, request_number, request_id);",
-    // 11: principals and warrants carry a seal of their columns under the
-    // registry key (`registry::seal`). The rows written before get theirs
-    // once, when the key is made (`super::seal::adopt`); a later migration
-    // that changes either table must re-seal what it changed.
+    // 11: principals, warrants and preservation orders carry a seal of
+    // their columns under the registry key (`registry::seal`). The rows
+    // written before get theirs once, when the key is made
+    // (`super::seal::adopt`); a later migration that changes one of these
+    // tables (or their targets) must re-seal what it changed.
     "ALTER TABLE principals ADD COLUMN seal BLOB;
-    ALTER TABLE warrants ADD COLUMN seal BLOB;",
+    ALTER TABLE warrants ADD COLUMN seal BLOB;
+    ALTER TABLE preservation_orders ADD COLUMN seal BLOB;",
 ];
 
 /// Opens (creating and migrating) the registry in `state_dir`.

@@ -5,6 +5,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteRegistry;
 use crate::model::{IdentifierKind, PartitionDate, TimestampMicros};
+use crate::registry::seal::SealedTable::Orders;
 use crate::registry::{
     Actor, AuditHook, Order, OrderRegistry, OrderStatus, PendingEnd, RegistryError, StoredTarget, Which,
 };
@@ -47,6 +48,7 @@ impl OrderRegistry for SqliteRegistry {
                     params![order.id, position as i64, target.kind.as_str(), target.sealed],
                 )?;
             }
+            self.reseal(tx, Orders, &order.id)?;
             Ok(((), true))
         })
     }
@@ -90,6 +92,7 @@ impl OrderRegistry for SqliteRegistry {
         })?;
         let mut orders: Vec<Order> = rows.collect::<Result<_, _>>()?;
         for order in &mut orders {
+            self.check(&db, Orders, &order.id)?;
             let mut stored = db.prepare(
                 "SELECT position, kind, sealed FROM preservation_targets WHERE order_id = ?1 ORDER BY position",
             )?;
@@ -119,6 +122,9 @@ impl OrderRegistry for SqliteRegistry {
                  WHERE id = ?1 AND status = 'registered'",
                 params![id, status.as_str(), by, reason],
             )? == 1;
+            if decided {
+                self.reseal(tx, Orders, id)?;
+            }
             Ok((decided, decided))
         })
     }
@@ -130,6 +136,9 @@ impl OrderRegistry for SqliteRegistry {
                  WHERE id = ?1 AND status = 'active'",
                 params![id, pending.ends.to_string(), pending.by.principal, pending.by.person],
             )? == 1;
+            if asked {
+                self.reseal(tx, Orders, id)?;
+            }
             Ok((asked, asked))
         })
     }
@@ -143,6 +152,9 @@ impl OrderRegistry for SqliteRegistry {
                  WHERE id = ?1 AND status = 'active' AND pending_ends IS NOT NULL",
                 params![id, approve],
             )? == 1;
+            if decided {
+                self.reseal(tx, Orders, id)?;
+            }
             Ok((decided, decided))
         })
     }
@@ -155,6 +167,9 @@ impl OrderRegistry for SqliteRegistry {
                  WHERE id = ?1 AND status IN ('registered', 'active')",
                 params![id, at.to_rfc3339()],
             )? == 1;
+            if lifted {
+                self.reseal(tx, Orders, id)?;
+            }
             Ok((lifted, lifted))
         })
     }

@@ -16,18 +16,36 @@ const PRINCIPAL_COLUMNS: &str =
 const WARRANT_COLUMNS: &str = "id, authority_id, reference, issued_by, legal_basis, period_start_us, period_end_us, \
      categories, valid_until_us, status, registered_by, decided_by, decision_reason, registered_at, cell_dump, \
      registered_by_person";
+/// Every column of a preservation order but its seal; its targets follow.
+const ORDER_COLUMNS: &str = "id, authority, reference, window_start_us, window_end_us, ends, status, placed_at, \
+     lifted_at, registered_by, registered_by_person, decided_by, decision_reason, pending_ends, pending_by, \
+     pending_by_person";
 
 fn columns(table: SealedTable) -> &'static str {
     match table {
         SealedTable::Principals => PRINCIPAL_COLUMNS,
         SealedTable::Warrants => WARRANT_COLUMNS,
+        SealedTable::Orders => ORDER_COLUMNS,
+    }
+}
+
+/// The query of a row's targets, for the tables whose rows have some.
+fn targets(table: SealedTable) -> Option<&'static str> {
+    match table {
+        SealedTable::Principals => None,
+        SealedTable::Warrants => {
+            Some("SELECT position, kind, sealed FROM warrant_targets WHERE warrant_id = ?1 ORDER BY position")
+        }
+        SealedTable::Orders => {
+            Some("SELECT position, kind, sealed FROM preservation_targets WHERE order_id = ?1 ORDER BY position")
+        }
     }
 }
 
 /// A row's sealed values and the tag it carries.
 type SealedRow = (Vec<Value>, Option<Vec<u8>>);
 
-/// The values a row's tag covers (a warrant's columns, then each target's
+/// The values a row's tag covers (its columns, then each of its targets'
 /// position, kind and sealed value), and the tag it carries; `None` if
 /// there is no such row.
 fn row(db: &Connection, table: SealedTable, id: &str) -> Result<Option<SealedRow>, RegistryError> {
@@ -41,10 +59,8 @@ fn row(db: &Connection, table: SealedTable, id: &str) -> Result<Option<SealedRow
         })
         .optional()?;
     let Some((mut values, tag)) = found else { return Ok(None) };
-    if table == SealedTable::Warrants {
-        let mut targets = db.prepare_cached(
-            "SELECT position, kind, sealed FROM warrant_targets WHERE warrant_id = ?1 ORDER BY position",
-        )?;
+    if let Some(query) = targets(table) {
+        let mut targets = db.prepare_cached(query)?;
         for target in targets.query_map(params![id], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]))? {
             values.extend(target?);
         }
@@ -82,7 +98,7 @@ fn reseal(db: &Connection, seal: &RowSeal, table: SealedTable, id: &str) -> Resu
 pub(super) fn adopt(db: &mut Connection, seal: &RowSeal) -> Result<usize, RegistryError> {
     let tx = db.transaction()?;
     let mut sealed = 0;
-    for table in [SealedTable::Principals, SealedTable::Warrants] {
+    for table in [SealedTable::Principals, SealedTable::Warrants, SealedTable::Orders] {
         let ids: Vec<String> = tx
             .prepare(&format!("SELECT id FROM {} WHERE seal IS NULL", table.name()))?
             .query_map([], |r| r.get(0))?
