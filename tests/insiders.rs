@@ -431,6 +431,8 @@ async fn registry_rows_edited_behind_the_service_are_refused() {
     assert_eq!(created, 2, "only the cast's two authorities");
     let kept = kept_results(&w.state());
     assert_eq!(kept, 0, "nothing answered through an edited row");
+    // Each refusal is counted for the operator's alert.
+    assert_eq!(w.metrics.registry_rows_refused.get(), 4);
 
     // What nobody edited still works.
     let ask = w.submission(Ask { number: 3, ..Ask::to(&untouched, &target) });

@@ -63,7 +63,7 @@ COUNTERS = """
     cdrvault_compaction_files_replaced_total cdrvault_compaction_failures_total
     cdrvault_access_calls_total cdrvault_access_refusals_total
     cdrvault_access_records_disclosed_total cdrvault_audit_entries_total
-    cdrvault_audit_write_failures_total
+    cdrvault_audit_write_failures_total cdrvault_registry_rows_refused_total
     process_cpu_seconds_total
 """.split()
 GAUGES = """

@@ -27,6 +27,7 @@ route() {
   }
 }
 route data-protection,sre-pager severity=page alertname=CdrvaultRetentionOverdue
+route data-protection,sre-pager severity=page alertname=CdrvaultRegistryRowRefused
 route data-protection,sre-tickets severity=ticket alertname=CdrvaultDisclosureVolumeUnusual
 route sre-pager severity=page alertname=CdrvaultDown
 route sre-tickets severity=ticket alertname=CdrvaultCompactionFailing

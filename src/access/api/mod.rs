@@ -27,6 +27,7 @@ use crate::access::refusal::{AccessError, Refusal};
 use crate::ops::metrics::CallLabels;
 use crate::proto;
 use crate::proto::lawful_access_server::LawfulAccessServer;
+use crate::registry::RegistryError;
 
 /// The largest message a call may carry. A larger one (up to
 /// [`TRANSPORT_MESSAGE_BYTES`]) is refused as `message_too_large`, and the
@@ -93,6 +94,11 @@ impl AccessService {
         })
         .await
         .unwrap_or(Err(AccessError::Internal("the call's worker failed")))
+        .inspect_err(|error| {
+            if let AccessError::Registry(RegistryError::Tampered { .. }) = error {
+                self.desk.metrics().registry_rows_refused.inc();
+            }
+        })
         .map_err(denial::status);
         let outcome = match &result {
             Ok(_) => "ok",
