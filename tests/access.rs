@@ -135,6 +135,42 @@ async fn an_authority_goes_from_warrant_to_delivered_digested_results() {
     assert_eq!(warrants.into_inner().warrants.len(), 1);
     let foreign = w.client.list_warrants(authed(&cast.stranger, proto::ListWarrantsRequest::default())).await.unwrap();
     assert!(foreign.into_inner().warrants.is_empty());
+    // Warrants a page at a time too: a reviewer walks every warrant of
+    // every authority, each once, in the order of the whole list.
+    for (reference, authority) in [("K-2", "dk-police"), ("K-3", "se-police"), ("K-4", "dk-police")] {
+        let grant = Grant::of(std::slice::from_ref(&target));
+        let request = proto::RegisterWarrantRequest {
+            reference: reference.into(),
+            authority: authority.into(),
+            ..w.warrant_request(grant)
+        };
+        w.client.register_warrant(authed(&cast.alice, request)).await.unwrap();
+    }
+    let warrant_page = |size: u32, token: &str| proto::ListWarrantsRequest {
+        page_size: size,
+        page_token: token.to_string(),
+        ..Default::default()
+    };
+    let whole = w.client.list_warrants(authed(&cast.alice, warrant_page(0, ""))).await.unwrap().into_inner();
+    let whole: Vec<String> = whole.warrants.into_iter().map(|w| w.id).collect();
+    assert_eq!(whole.len(), 4);
+    let (mut walked, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = w.client.list_warrants(authed(&cast.alice, warrant_page(3, &token))).await.unwrap().into_inner();
+        walked.extend(page.warrants.into_iter().map(|w| w.id));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!((walked, pages), (whole, 2));
+    // The handler, given the reviewer's token, still sees only its own
+    // authority's warrants.
+    let handed = w.client.list_warrants(authed(&cast.handler, warrant_page(3, &token))).await.unwrap().into_inner();
+    assert!(handed.warrants.iter().all(|w| w.authority == "dk-police"), "{handed:?}");
+    let refused = w.client.list_warrants(authed(&cast.alice, warrant_page(3, "zz"))).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
 
     // Statistics for the auditor, and an intact trail.
     let report =

@@ -22,6 +22,7 @@ use chrono::{DateTime, Utc};
 use super::authz::{self, Action, Listing};
 use super::desk::{Call, Desk};
 use super::refusal::{AccessError, Refusal};
+use super::requests::{DEFAULT_PAGE, MAX_PAGE};
 use super::store::AccessStore;
 use crate::audit::AuditEvent;
 use crate::keys::{self, KeyStore, RecordKeyScope};
@@ -182,11 +183,18 @@ impl AccessStore {
         Ok(self.registry.warrant(id)?)
     }
 
-    /// The warrants `by` may see ([`authz::warrant_listing`]).
-    pub fn list_warrants(&self, by: &Principal, authority: Option<&str>) -> Result<Vec<Warrant>, AccessError> {
+    /// The warrants `by` may see ([`authz::warrant_listing`]), newest
+    /// first: at most `limit`, after the warrant `after`.
+    pub fn list_warrants(
+        &self,
+        by: &Principal,
+        authority: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Warrant>, AccessError> {
         Ok(match authz::warrant_listing(by, authority)? {
-            Listing::All(asked) => self.registry.list_warrants(asked)?,
-            Listing::Authority(own) => self.registry.list_warrants(Some(own))?,
+            Listing::All(asked) => self.registry.list_warrants(asked, after, limit)?,
+            Listing::Authority(own) => self.registry.list_warrants(Some(own), after, limit)?,
             Listing::Nothing => Vec::new(),
         })
     }
@@ -328,10 +336,45 @@ impl Desk {
         Ok(warrant)
     }
 
-    /// The warrants the caller may see, optionally of one authority.
-    pub fn list_warrants(&self, call: &mut Call, authority: Option<&str>) -> Result<Vec<Warrant>, AccessError> {
-        self.store.list_warrants(&call.principal, authority)
+    /// A page of the warrants the caller may see, newest first, optionally
+    /// of one authority: at most `page_size` ([`DEFAULT_PAGE`] for 0, at
+    /// most [`MAX_PAGE`]), after the page `page_token` names (empty: the
+    /// first). Years of warrants do not fit in one reply.
+    pub fn list_warrants(
+        &self,
+        call: &mut Call,
+        authority: Option<&str>,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<WarrantPage, AccessError> {
+        let limit = match page_size as usize {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let after = match page_token {
+            "" => None,
+            token => Some(parse_page_token(token).ok_or(Refusal::BadPageToken)?),
+        };
+        let warrants = self.store.list_warrants(&call.principal, authority, after.as_deref(), limit)?;
+        let next_page_token = match warrants.last() {
+            Some(last) if warrants.len() == limit => Some(hex::encode(&last.id)),
+            _ => None,
+        };
+        Ok(WarrantPage { warrants, next_page_token })
     }
+}
+
+/// One page of warrants, and the token of the next if there may be one.
+#[derive(Debug)]
+pub struct WarrantPage {
+    pub warrants: Vec<Warrant>,
+    pub next_page_token: Option<String>,
+}
+
+/// A page token of warrants: the id of the page's last warrant, in hex.
+/// The caller's authority is applied again on every page.
+fn parse_page_token(token: &str) -> Option<String> {
+    String::from_utf8(hex::decode(token).ok()?).ok().filter(|id| !id.is_empty())
 }
 
 #[cfg(test)]

@@ -428,12 +428,25 @@ pub async fn warrant(command: WarrantCommand) -> anyhow::Result<()> {
         }
         WarrantCommand::List { authority, server } => {
             let mut client = connect(&server).await?;
-            let request = client.call(proto::ListWarrantsRequest { authority: authority.unwrap_or_default() })?;
-            let listed = client.raw().list_warrants(request).await?.into_inner();
-            for warrant in &listed.warrants {
-                print_warrant(warrant);
+            let (mut page_token, mut any) = (String::new(), false);
+            loop {
+                let asked = proto::ListWarrantsRequest {
+                    authority: authority.clone().unwrap_or_default(),
+                    page_size: 0,
+                    page_token,
+                };
+                let asked = client.call(asked)?;
+                let listed = client.raw().list_warrants(asked).await?.into_inner();
+                for warrant in &listed.warrants {
+                    print_warrant(warrant);
+                }
+                any |= !listed.warrants.is_empty();
+                if listed.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = listed.next_page_token;
             }
-            if listed.warrants.is_empty() {
+            if !any {
                 println!("(no warrants)");
             }
             return Ok(());

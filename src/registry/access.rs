@@ -197,6 +197,13 @@ pub trait AccessRegistry: Send + Sync {
     /// Closes a warrant and forgets its targets' tokens; `false` if it was
     /// already closed.
     fn close_warrant(&self, id: &str, audit: AuditHook<'_>) -> Result<bool, RegistryError>;
-    /// Warrants, optionally of one authority, newest first.
-    fn list_warrants(&self, authority: Option<&str>) -> Result<Vec<Warrant>, RegistryError>;
+    /// Warrants, optionally of one authority, newest first: at most
+    /// `limit`, those listed after the warrant `after` (the last of the
+    /// page before; none if it does not exist).
+    fn list_warrants(
+        &self,
+        authority: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Warrant>, RegistryError>;
 }

@@ -108,8 +108,12 @@ impl LawfulAccess for AccessService {
     async fn list_warrants(&self, request: Request<proto::ListWarrantsRequest>) -> Reply<proto::ListWarrantsResponse> {
         let listed = self
             .call("ListWarrants", request, |desk, call, body| {
-                let warrants = desk.list_warrants(call, input::optional(&body.authority))?;
-                Ok(proto::ListWarrantsResponse { warrants: warrants.iter().map(convert::warrant_info).collect() })
+                let page =
+                    desk.list_warrants(call, input::optional(&body.authority), body.page_size, &body.page_token)?;
+                Ok(proto::ListWarrantsResponse {
+                    warrants: page.warrants.iter().map(convert::warrant_info).collect(),
+                    next_page_token: page.next_page_token.unwrap_or_default(),
+                })
             })
             .await?;
         Ok(Response::new(listed))

@@ -285,13 +285,25 @@ impl AccessRegistry for SqliteRegistry {
         })
     }
 
-    fn list_warrants(&self, authority: Option<&str>) -> Result<Vec<Warrant>, RegistryError> {
+    fn list_warrants(
+        &self,
+        authority: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Warrant>, RegistryError> {
         let ids: Vec<String> = {
             let db = self.db();
-            let mut statement = db.prepare(
-                "SELECT id FROM warrants WHERE ?1 IS NULL OR authority_id = ?1 ORDER BY registered_at DESC, id",
+            let mut statement = db.prepare_cached(
+                "SELECT w.id FROM warrants w
+                 WHERE (?1 IS NULL OR w.authority_id = ?1)
+                   AND (?2 IS NULL OR EXISTS (SELECT 1 FROM warrants a WHERE a.id = ?2
+                        AND (w.registered_at < a.registered_at
+                             OR (w.registered_at = a.registered_at AND w.id > a.id))))
+                 ORDER BY w.registered_at DESC, w.id
+                 LIMIT ?3",
             )?;
-            statement.query_map(params![authority], |r| r.get(0))?.collect::<Result<_, _>>()?
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            statement.query_map(params![authority, after, limit], |r| r.get(0))?.collect::<Result<_, _>>()?
         };
         let mut warrants = Vec::with_capacity(ids.len());
         for id in ids {
