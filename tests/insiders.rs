@@ -101,6 +101,11 @@ async fn revoked_rotated_and_expired_credentials_stop_working() {
     assert_eq!(reason(&c.rotate_token(authed(&cast.auditor, theirs)).await.unwrap_err()), "missing_role");
 
     // Revocation: audited, and the credentials never work again.
+    let registry = w.state().join(cdrvault::registry::REGISTRY_FILE);
+    let seal_before: Vec<u8> = rusqlite::Connection::open(&registry)
+        .unwrap()
+        .query_row("SELECT seal FROM principals WHERE id = ?1", [&me.id], |r| r.get(0))
+        .unwrap();
     let revoke = proto::RevokePrincipalRequest { principal: me.id.clone(), reason: "left the unit".into() };
     assert!(c.revoke_principal(authed(&handler, revoke.clone())).await.is_err(), "only an admin revokes");
     let revoked = c.revoke_principal(authed(&admin, revoke)).await.unwrap().into_inner();
@@ -108,6 +113,15 @@ async fn revoked_rotated_and_expired_credentials_stop_working() {
     let refused = c.who_am_i(whoami(&handler)).await.unwrap_err();
     assert_eq!((refused.code(), reason(&refused)), (Code::Unauthenticated, "revoked_credentials"));
     assert!(w.audit_entries().iter().any(|e| e["action"] == "principal_revoked" && e["principal"] == me.id.as_str()));
+    // Not even when someone who can write the registry puts the row back
+    // as it was, seal and all: the revocation is kept in the keys
+    // directory too.
+    let put_back = "UPDATE principals SET revoked_at = NULL, seal = ?2 WHERE id = ?1";
+    let restored =
+        rusqlite::Connection::open(&registry).unwrap().execute(put_back, rusqlite::params![me.id, seal_before]);
+    assert_eq!(restored.unwrap(), 1);
+    let refused = c.who_am_i(whoami(&handler)).await.unwrap_err();
+    assert_eq!((refused.code(), reason(&refused)), (Code::Unauthenticated, "revoked_credentials"));
     let me_admin = c.who_am_i(whoami(&admin)).await.unwrap().into_inner();
     let last = proto::RevokePrincipalRequest { principal: me_admin.id, reason: "oops".into() };
     assert_eq!(reason(&c.revoke_principal(authed(&admin, last)).await.unwrap_err()), "last_admin");

@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use super::config::AccessSettings;
 use super::failures::FailureTally;
 use super::lookup::{FoundRecord, LookupEngine, LookupStats, Query};
-use super::refusal::{AccessError, Refusal};
+use super::refusal::{AccessError, AuthFailure, Refusal};
 use super::results::ResultStore;
 use super::store::AccessStore;
 use crate::audit::{AuditEvent, AuditTrail};
@@ -152,7 +152,15 @@ impl Desk {
     /// The call of the principal `credentials` name, or an authentication
     /// failure, counted and audited per peer ([`super::failures`]).
     pub fn authenticate(&self, credentials: &Credentials, method: &'static str) -> Result<Call, AccessError> {
-        match self.store.identify(credentials, self.now()) {
+        // A principal once revoked stays revoked, even if its row is put
+        // back as it was before ([`KeyStore::retire_principal`]).
+        let identified = self.store.identify(credentials, self.now()).and_then(|principal| {
+            match self.keys.is_principal_retired(&principal.id)? {
+                true => Err(AuthFailure::Revoked.into()),
+                false => Ok(principal),
+            }
+        });
+        match identified {
             Ok(principal) => {
                 Ok(Call { principal, method, warrant: None, request_id: None, order: None, refusal_audited: false })
             }

@@ -343,6 +343,9 @@ impl Desk {
         let event = AuditEvent::PrincipalRevoked { principal: id.to_string(), reason: reason.trim().to_string() };
         let now = self.now();
         self.audited(&call.principal.id, event, |audit| self.store.revoke_principal(&call.principal, id, now, audit))?;
+        // Also out of the registry's reach: an older copy of the row put
+        // back later still carries a valid seal ([`Desk::authenticate`]).
+        self.keys.retire_principal(id)?;
         Ok(self.store.principal(id)?.ok_or(Refusal::UnknownPrincipal)?)
     }
 

@@ -29,6 +29,8 @@ const REGISTRY_AAD: &[u8] = b"registry";
 const ROWS: &str = "rows";
 /// Written beside that key once the rows of the registry carry its seals.
 const ADOPTED: &str = "rows.adopted";
+/// One empty file per revoked principal, named after it.
+const RETIRED_DIR: &str = "retired";
 
 /// Random bytes in the id of a registry record (an order, a warrant, a
 /// principal): 64 bits, 16 hex digits. Among a million records of a kind
@@ -193,9 +195,43 @@ impl KeyStore {
         }
     }
 
+    /// Records, out of the registry's reach, that the principal `id` was
+    /// revoked: a copy of its row from before the revocation, put back into
+    /// the registry, still carries a valid seal, and this is what refuses
+    /// it ([`Self::is_principal_retired`]). Idempotent.
+    pub fn retire_principal(&self, id: &str) -> Result<(), KeyError> {
+        let dir = self.dir.join(REGISTRY_DIR).join(RETIRED_DIR);
+        let Some(name) = principal_file_name(id) else { return Ok(()) };
+        create_private_dir(&dir)?;
+        match durable::write_new(&dir.join(name), b"", FileMode::Private) {
+            Ok(()) | Err(DurableError::Exists { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// True if the principal `id` was ever revoked (or its id could not
+    /// name a file, which no id cdrvault makes does).
+    pub fn is_principal_retired(&self, id: &str) -> Result<bool, KeyError> {
+        let Some(name) = principal_file_name(id) else { return Ok(true) };
+        let path = self.dir.join(REGISTRY_DIR).join(RETIRED_DIR).join(name);
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(KeyError::io("stat", &path, e)),
+        }
+    }
+
     fn record_key_path(&self, scope: RecordKeyScope, record: &str) -> PathBuf {
         self.dir.join(scope.dir()).join(format!("{record}.key"))
     }
+}
+
+/// A principal's id as a file name, if it is one (letters, digits, `-`
+/// and `_`, at most 64 bytes: `p-` and hex digits for every id cdrvault
+/// makes).
+fn principal_file_name(id: &str) -> Option<&str> {
+    let plain = id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (plain && !id.is_empty() && id.len() <= 64).then_some(id)
 }
 
 #[cfg(test)]

@@ -67,6 +67,15 @@ impl SqliteRegistry {
         let mut connection = migrations::open(state_dir)?;
         if !adopted {
             let sealed = seal::adopt(&mut connection, &seal)?;
+            // Principals revoked before are recorded as such in the keys
+            // directory, as every revocation is from now on.
+            let revoked: Vec<String> = connection
+                .prepare("SELECT id FROM principals WHERE revoked_at IS NOT NULL")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for id in &revoked {
+                keys.retire_principal(id).map_err(keys_err)?;
+            }
             keys.mark_registry_adopted().map_err(keys_err)?;
             tracing::info!(rows = sealed, "the registry's principals and warrants are sealed under its key");
         }

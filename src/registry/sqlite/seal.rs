@@ -156,13 +156,17 @@ mod tests {
         KeyStore::init(&root.path().join("keys"), None).unwrap();
         let first = registry(root.path());
         insert(&first, "p-1");
-        // A row from before the seals: no seal, and no adoption yet.
-        first.db().execute("UPDATE principals SET seal = NULL", []).unwrap();
+        // A row from before the seals, revoked then: no seal, and no
+        // adoption yet.
+        first.db().execute("UPDATE principals SET seal = NULL, revoked_at = 't'", []).unwrap();
         std::fs::remove_file(root.path().join("keys/registry/rows.adopted")).unwrap();
         drop(first);
 
+        let keys = KeyStore::open(&root.path().join("keys"), None).unwrap();
+        assert!(!keys.is_principal_retired("p-1").unwrap());
         let second = registry(root.path());
         second.check(&second.db(), SealedTable::Principals, "p-1").unwrap();
+        assert!(keys.is_principal_retired("p-1").unwrap(), "its revocation kept out of the registry's reach");
         // Once adopted, a row without a seal is no longer sealed for it.
         second.db().execute("UPDATE principals SET seal = NULL", []).unwrap();
         drop(second);
