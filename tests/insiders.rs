@@ -91,17 +91,35 @@ async fn revoked_rotated_and_expired_credentials_stop_working() {
     let whoami = |token: &str| authed(token, proto::WhoAmIRequest {});
 
     // Rotation: the old token stops working at once, the new one works.
+    let registry = w.state().join(cdrvault::registry::REGISTRY_FILE);
+    let row = |name: &str| -> (Vec<u8>, Vec<u8>) {
+        rusqlite::Connection::open(&registry)
+            .unwrap()
+            .query_row("SELECT token_sha256, seal FROM principals WHERE name = ?1", [name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap()
+    };
+    let (old_token_sha256, old_seal) = row("handler");
     let rotated = c.rotate_token(authed(&cast.handler, proto::RotateTokenRequest::default())).await.unwrap();
     let handler = rotated.into_inner().token;
     assert_eq!(reason(&c.who_am_i(whoami(&cast.handler)).await.unwrap_err()), "unknown_token");
     let me = c.who_am_i(whoami(&handler)).await.unwrap().into_inner();
     assert_eq!(me.authority, "dk-police");
+    // Nor when someone who can write the registry puts the row back as it
+    // was, seal and all: the rotation is kept in the keys directory too.
+    let (new_token_sha256, new_seal) = row("handler");
+    let put_back = "UPDATE principals SET token_sha256 = ?2, seal = ?3 WHERE id = ?1";
+    let connection = rusqlite::Connection::open(&registry).unwrap();
+    connection.execute(put_back, rusqlite::params![me.id, old_token_sha256, old_seal]).unwrap();
+    assert_eq!(reason(&c.who_am_i(whoami(&cast.handler)).await.unwrap_err()), "unknown_token");
+    connection.execute(put_back, rusqlite::params![me.id, new_token_sha256, new_seal]).unwrap();
+    drop(connection);
     // Another principal's token is the admin's to rotate.
     let theirs = proto::RotateTokenRequest { principal: me.id.clone() };
     assert_eq!(reason(&c.rotate_token(authed(&cast.auditor, theirs)).await.unwrap_err()), "missing_role");
 
     // Revocation: audited, and the credentials never work again.
-    let registry = w.state().join(cdrvault::registry::REGISTRY_FILE);
     let seal_before: Vec<u8> = rusqlite::Connection::open(&registry)
         .unwrap()
         .query_row("SELECT seal FROM principals WHERE id = ?1", [&me.id], |r| r.get(0))

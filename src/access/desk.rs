@@ -152,9 +152,13 @@ impl Desk {
     /// The call of the principal `credentials` name, or an authentication
     /// failure, counted and audited per peer ([`super::failures`]).
     pub fn authenticate(&self, credentials: &Credentials, method: &'static str) -> Result<Call, AccessError> {
-        // A principal once revoked stays revoked, even if its row is put
-        // back as it was before ([`KeyStore::retire_principal`]).
+        // A principal once revoked stays revoked, and a token once rotated
+        // stays unknown, even if a row is put back as it was before
+        // ([`KeyStore::retire_principal`], [`KeyStore::retire_token`]).
         let identified = self.store.identify(credentials, self.now()).and_then(|principal| {
+            if self.token_retired(credentials)? {
+                return Err(AuthFailure::UnknownToken.into());
+            }
             match self.keys.is_principal_retired(&principal.id)? {
                 true => Err(AuthFailure::Revoked.into()),
                 false => Ok(principal),

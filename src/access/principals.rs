@@ -217,16 +217,21 @@ impl AccessStore {
     }
 
     /// A new token for a live principal (itself, or an admin for anyone):
-    /// the old one stops working at once. Returns the new token, shown once.
-    pub fn rotate_token(&self, by: &Principal, id: &str, audit: AuditHook<'_>) -> Result<BearerToken, AccessError> {
+    /// the old one stops working at once. Returns the new token, shown
+    /// once, and the digest of the token it replaced.
+    pub fn rotate_token(
+        &self,
+        by: &Principal,
+        id: &str,
+        audit: AuditHook<'_>,
+    ) -> Result<(BearerToken, Vec<u8>), AccessError> {
         if by.id != id {
             authz::permit(by, Action::ManagePrincipals)?;
         }
         let token = self.new_token()?;
-        if !self.registry.replace_token(id, &token_hash(token.expose()), audit)? {
-            return Err(Refusal::UnknownPrincipal.into());
-        }
-        Ok(token)
+        let old = self.registry.replace_token(id, &token_hash(token.expose()), audit)?;
+        let old = old.ok_or(Refusal::UnknownPrincipal)?;
+        Ok((token, old))
     }
 
     /// The principal holding `token`, if any (revoked and expired ones
@@ -353,7 +358,20 @@ impl Desk {
     /// audited in the same transaction; shown once.
     pub fn rotate_token(&self, call: &mut Call, id: &str) -> Result<BearerToken, AccessError> {
         let event = AuditEvent::TokenRotated { principal: id.to_string() };
-        self.audited(&call.principal.id, event, |audit| self.store.rotate_token(&call.principal, id, audit))
+        let (token, old) =
+            self.audited(&call.principal.id, event, |audit| self.store.rotate_token(&call.principal, id, audit))?;
+        // The old token never comes back, even with an older copy of the
+        // row ([`Desk::authenticate`]).
+        self.keys.retire_token(&old)?;
+        Ok(token)
+    }
+
+    /// True if `credentials` carry a token that was rotated away.
+    pub(super) fn token_retired(&self, credentials: &Credentials) -> Result<bool, AccessError> {
+        match &credentials.token {
+            Some(token) => Ok(self.keys.is_token_retired(&token_hash(token))?),
+            None => Ok(false),
+        }
     }
 }
 
@@ -401,7 +419,8 @@ mod tests {
             AuthFailure::Expired
         );
 
-        let rotated = store.rotate_token(&principal, &principal.id, unaudited).unwrap();
+        let (rotated, replaced) = store.rotate_token(&principal, &principal.id, unaudited).unwrap();
+        assert_eq!(replaced, token_hash(token.expose()), "the digest it replaced");
         assert_eq!(refused(store.identify(&credentials(&token), now)), AuthFailure::UnknownToken);
         assert_eq!(store.identify(&credentials(&rotated), now).unwrap().id, principal.id);
         store.revoke_principal(&admin, &principal.id, now, unaudited).unwrap();

@@ -31,6 +31,8 @@ const ROWS: &str = "rows";
 const ADOPTED: &str = "rows.adopted";
 /// One empty file per revoked principal, named after it.
 const RETIRED_DIR: &str = "retired";
+/// One empty file per token rotated away, named after its SHA-256 in hex.
+const RETIRED_TOKENS_DIR: &str = "retired-tokens";
 
 /// Random bytes in the id of a registry record (an order, a warrant, a
 /// principal): 64 bits, 16 hex digits. Among a million records of a kind
@@ -200,8 +202,31 @@ impl KeyStore {
     /// the registry, still carries a valid seal, and this is what refuses
     /// it ([`Self::is_principal_retired`]). Idempotent.
     pub fn retire_principal(&self, id: &str) -> Result<(), KeyError> {
-        let dir = self.dir.join(REGISTRY_DIR).join(RETIRED_DIR);
         let Some(name) = principal_file_name(id) else { return Ok(()) };
+        self.retire(RETIRED_DIR, name)
+    }
+
+    /// True if the principal `id` was ever revoked (or its id could not
+    /// name a file, which no id cdrvault makes does).
+    pub fn is_principal_retired(&self, id: &str) -> Result<bool, KeyError> {
+        let Some(name) = principal_file_name(id) else { return Ok(true) };
+        self.is_retired(RETIRED_DIR, name)
+    }
+
+    /// Records, out of the registry's reach, that the token whose SHA-256
+    /// is `token_sha256` was rotated away ([`Self::retire_principal`]).
+    pub fn retire_token(&self, token_sha256: &[u8]) -> Result<(), KeyError> {
+        self.retire(RETIRED_TOKENS_DIR, &hex::encode(token_sha256))
+    }
+
+    /// True if the token whose SHA-256 is `token_sha256` was rotated away.
+    pub fn is_token_retired(&self, token_sha256: &[u8]) -> Result<bool, KeyError> {
+        self.is_retired(RETIRED_TOKENS_DIR, &hex::encode(token_sha256))
+    }
+
+    fn retire(&self, kind: &str, name: &str) -> Result<(), KeyError> {
+        let dir = self.dir.join(REGISTRY_DIR).join(kind);
+        create_private_dir(&self.dir.join(REGISTRY_DIR))?;
         create_private_dir(&dir)?;
         match durable::write_new(&dir.join(name), b"", FileMode::Private) {
             Ok(()) | Err(DurableError::Exists { .. }) => Ok(()),
@@ -209,11 +234,8 @@ impl KeyStore {
         }
     }
 
-    /// True if the principal `id` was ever revoked (or its id could not
-    /// name a file, which no id cdrvault makes does).
-    pub fn is_principal_retired(&self, id: &str) -> Result<bool, KeyError> {
-        let Some(name) = principal_file_name(id) else { return Ok(true) };
-        let path = self.dir.join(REGISTRY_DIR).join(RETIRED_DIR).join(name);
+    fn is_retired(&self, kind: &str, name: &str) -> Result<bool, KeyError> {
+        let path = self.dir.join(REGISTRY_DIR).join(kind).join(name);
         match fs::symlink_metadata(&path) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),

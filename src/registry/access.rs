@@ -169,9 +169,14 @@ pub trait AccessRegistry: Send + Sync {
     /// Revokes a principal; `false` if there is no such principal or it is
     /// already revoked.
     fn revoke_principal(&self, id: &str, at: DateTime<Utc>, audit: AuditHook<'_>) -> Result<bool, RegistryError>;
-    /// Replaces a live principal's token digest; `false` if there is no
-    /// such live principal.
-    fn replace_token(&self, id: &str, token_sha256: &[u8], audit: AuditHook<'_>) -> Result<bool, RegistryError>;
+    /// Replaces a live principal's token digest; returns the digest it
+    /// replaced, or `None` if there is no such live principal.
+    fn replace_token(
+        &self,
+        id: &str,
+        token_sha256: &[u8],
+        audit: AuditHook<'_>,
+    ) -> Result<Option<Vec<u8>>, RegistryError>;
     /// Inserts a warrant and its targets in one transaction.
     fn insert_warrant(
         &self,

@@ -139,16 +139,24 @@ impl AccessRegistry for SqliteRegistry {
         })
     }
 
-    fn replace_token(&self, id: &str, token_sha256: &[u8], audit: AuditHook<'_>) -> Result<bool, RegistryError> {
+    fn replace_token(
+        &self,
+        id: &str,
+        token_sha256: &[u8],
+        audit: AuditHook<'_>,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
         self.audited(audit, |tx| {
-            let replaced = tx.execute(
-                "UPDATE principals SET token_sha256 = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-                params![id, token_sha256],
-            )? == 1;
-            if replaced {
-                self.reseal(tx, Principals, id)?;
-            }
-            Ok((replaced, replaced))
+            let old: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT token_sha256 FROM principals WHERE id = ?1 AND revoked_at IS NULL",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(old) = old else { return Ok((None, false)) };
+            tx.execute("UPDATE principals SET token_sha256 = ?2 WHERE id = ?1", params![id, token_sha256])?;
+            self.reseal(tx, Principals, id)?;
+            Ok((Some(old), true))
         })
     }
 
