@@ -63,6 +63,12 @@ fn timestamp() -> DataType {
 
 /// The Arrow schema of a CDR file.
 pub fn cdr_schema() -> SchemaRef {
+    // Built once: every batch a lookup reads is joined in its order.
+    static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(build_cdr_schema);
+    Arc::clone(&SCHEMA)
+}
+
+fn build_cdr_schema() -> SchemaRef {
     let mut fields = vec![
         Field::new(RECORD_ID, DataType::Utf8, false),
         Field::new(SERVICE, DataType::Utf8, false),
