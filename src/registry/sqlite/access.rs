@@ -86,7 +86,9 @@ impl AccessRegistry for SqliteRegistry {
     }
 
     fn find_principal(&self, key: PrincipalKey<'_>) -> Result<Option<Principal>, RegistryError> {
-        let db = self.db();
+        let connection = self.db();
+        // One snapshot for the rows read and the check of their seals.
+        let db = connection.unchecked_transaction()?;
         let query = |column: &str| format!("SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE {column} = ?1");
         let row = match key {
             PrincipalKey::Id(id) => db.query_row(&query("id"), params![id], principal_row),
@@ -101,7 +103,9 @@ impl AccessRegistry for SqliteRegistry {
     }
 
     fn principals_of_person(&self, person: &str) -> Result<Vec<Principal>, RegistryError> {
-        let db = self.db();
+        let connection = self.db();
+        // One snapshot for the rows read and the check of their seals.
+        let db = connection.unchecked_transaction()?;
         let mut statement =
             db.prepare(&format!("SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE person = ?1 ORDER BY id"))?;
         let principals: Vec<Principal> =
@@ -113,7 +117,9 @@ impl AccessRegistry for SqliteRegistry {
     }
 
     fn live_principals_with(&self, role: Role) -> Result<usize, RegistryError> {
-        let db = self.db();
+        let connection = self.db();
+        // One snapshot for the rows read and the check of their seals.
+        let db = connection.unchecked_transaction()?;
         let mut statement = db.prepare("SELECT id, roles FROM principals WHERE revoked_at IS NULL")?;
         let rows = statement
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
@@ -202,7 +208,9 @@ impl AccessRegistry for SqliteRegistry {
     }
 
     fn warrant(&self, id: &str) -> Result<Option<Warrant>, RegistryError> {
-        let db = self.db();
+        let connection = self.db();
+        // One snapshot for the rows read and the check of their seals.
+        let db = connection.unchecked_transaction()?;
         self.check(&db, Warrants, id)?;
         let row = db
             .query_row(
@@ -243,7 +251,9 @@ impl AccessRegistry for SqliteRegistry {
     }
 
     fn sealed_targets(&self, id: &str) -> Result<Vec<(IdentifierKind, Vec<u8>)>, RegistryError> {
-        let db = self.db();
+        let connection = self.db();
+        // One snapshot for the rows read and the check of their seals.
+        let db = connection.unchecked_transaction()?;
         self.check(&db, Warrants, id)?;
         let mut statement =
             db.prepare("SELECT kind, sealed FROM warrant_targets WHERE warrant_id = ?1 ORDER BY position")?;

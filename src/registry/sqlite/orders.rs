@@ -59,7 +59,9 @@ impl OrderRegistry for SqliteRegistry {
             Which::All => (None, false),
             Which::Active => (None, true),
         };
-        let db = self.db();
+        let connection = self.db();
+        // One snapshot for the rows read and the check of their seals.
+        let db = connection.unchecked_transaction()?;
         let mut statement = db.prepare(
             "SELECT id, authority, reference, window_start_us, window_end_us, ends, status, registered_by,
                 registered_by_person, decided_by, decision_reason, pending_ends, pending_by, pending_by_person

@@ -183,4 +183,49 @@ mod tests {
         insert(&third, "p-3");
         third.check(&third.db(), SealedTable::Principals, "p-3").unwrap();
     }
+
+    /// Someone flips a row between what the service wrote and a forged
+    /// version while it is being read: what a read returns is what its
+    /// check saw, never the forged roles beside a sound seal.
+    #[test]
+    fn a_row_and_its_seal_are_read_in_one_snapshot() {
+        use crate::registry::{AccessRegistry, PrincipalKey, Role};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(&root.path().join("keys"), None).unwrap();
+        let registry = registry(root.path());
+        insert(&registry, "p-1");
+        let stop = AtomicBool::new(false);
+        // Stops the flipper however the reads end, a failed assertion
+        // included.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let flipper = rusqlite::Connection::open(root.path().join("state/registry.sqlite")).unwrap();
+                flipper.pragma_update(None, "synchronous", "OFF").unwrap();
+                flipper.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+                for roles in ["admin", "auditor"].iter().cycle() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    flipper.execute("UPDATE principals SET roles = ?1 WHERE id = 'p-1'", [roles]).unwrap();
+                }
+            });
+            let _stop = Stop(&stop);
+            let mut refused = 0;
+            for _ in 0..3_000 {
+                match registry.find_principal(PrincipalKey::Id("p-1")) {
+                    Ok(found) => assert!(!found.unwrap().has(Role::Admin), "forged roles read past a sound seal"),
+                    Err(RegistryError::Tampered { .. }) => refused += 1,
+                    Err(other) => panic!("{other:?}"),
+                }
+            }
+            assert!(refused > 0, "the forged version was met");
+        });
+    }
 }
