@@ -15,6 +15,20 @@ use crate::privacy::target::TargetInput;
 /// Longest accepted free-text field (references, names, reasons), in bytes.
 pub const MAX_TEXT: usize = 512;
 
+/// The entries a page of a listing holds when the caller names no size,
+/// and the most it may ask for.
+pub const DEFAULT_PAGE: usize = 1_000;
+pub const MAX_PAGE: usize = 10_000;
+
+/// The entries of a listing's page asked for as `page_size`: 0 for the
+/// default, at most [`MAX_PAGE`].
+pub fn page_size(page_size: u32) -> usize {
+    match page_size as usize {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    }
+}
+
 /// A time in RFC 3339.
 pub fn time(text: &str, field: &'static str) -> Result<DateTime<Utc>, Refusal> {
     DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|_| Refusal::BadTime(field))

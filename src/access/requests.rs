@@ -283,8 +283,8 @@ impl Desk {
     }
 
     /// A page of the requests the caller may see, newest first, optionally
-    /// of one authority: at most `page_size` of them ([`DEFAULT_PAGE`] for
-    /// 0, at most [`MAX_PAGE`]), after the page `page_token` names (empty:
+    /// of one authority: at most `page_size` of them ([`input::DEFAULT_PAGE`] for
+    /// 0, at most [`input::MAX_PAGE`]), after the page `page_token` names (empty:
     /// the first). A year of an authority's requests does not fit in one
     /// reply.
     pub fn list_requests(
@@ -294,10 +294,7 @@ impl Desk {
         page_size: u32,
         page_token: &str,
     ) -> Result<RequestPage, AccessError> {
-        let limit = match page_size as usize {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
+        let limit = input::page_size(page_size);
         let after = match page_token {
             "" => None,
             token => Some(parse_page_token(token).ok_or(Refusal::BadPageToken)?),
@@ -314,11 +311,6 @@ impl Desk {
         Ok(RequestPage { requests, next_page_token })
     }
 }
-
-/// The requests a page of `ListRequests` holds when the caller names no
-/// size, and the most it may ask for.
-pub const DEFAULT_PAGE: usize = 1_000;
-pub const MAX_PAGE: usize = 10_000;
 
 /// One page of requests, and the token of the next if there may be one.
 #[derive(Debug)]

@@ -21,8 +21,8 @@ use chrono::{DateTime, Utc};
 
 use super::authz::{self, Action, Listing};
 use super::desk::{Call, Desk};
+use super::input;
 use super::refusal::{AccessError, Refusal};
-use super::requests::{DEFAULT_PAGE, MAX_PAGE};
 use super::store::AccessStore;
 use crate::audit::AuditEvent;
 use crate::keys::{self, KeyStore, RecordKeyScope};
@@ -337,8 +337,8 @@ impl Desk {
     }
 
     /// A page of the warrants the caller may see, newest first, optionally
-    /// of one authority: at most `page_size` ([`DEFAULT_PAGE`] for 0, at
-    /// most [`MAX_PAGE`]), after the page `page_token` names (empty: the
+    /// of one authority: at most `page_size` ([`input::DEFAULT_PAGE`] for 0, at
+    /// most [`input::MAX_PAGE`]), after the page `page_token` names (empty: the
     /// first). Years of warrants do not fit in one reply.
     pub fn list_warrants(
         &self,
@@ -347,10 +347,7 @@ impl Desk {
         page_size: u32,
         page_token: &str,
     ) -> Result<WarrantPage, AccessError> {
-        let limit = match page_size as usize {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
+        let limit = input::page_size(page_size);
         let after = match page_token {
             "" => None,
             token => Some(parse_page_token(token).ok_or(Refusal::BadPageToken)?),
