@@ -184,6 +184,33 @@ mod tests {
         third.check(&third.db(), SealedTable::Principals, "p-3").unwrap();
     }
 
+    /// A column a later migration adds to a sealed table is sealed too, or
+    /// this fails: every column but the seal is covered.
+    #[test]
+    fn a_seal_covers_every_column_of_its_table() {
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(&root.path().join("keys"), None).unwrap();
+        let registry = registry(root.path());
+        let db = registry.db();
+        let stored = |table: &str, unsealed: &str| -> Vec<String> {
+            let mut statement = db.prepare(&format!("SELECT name FROM pragma_table_info('{table}')")).unwrap();
+            let mut names: Vec<String> = statement.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+            names.retain(|c| c != unsealed);
+            names.sort();
+            names
+        };
+        for table in [SealedTable::Principals, SealedTable::Warrants, SealedTable::Orders] {
+            let mut sealed: Vec<String> = columns(table).split(',').map(|c| c.trim().to_string()).collect();
+            sealed.sort();
+            assert_eq!(sealed, stored(table.name(), "seal"), "{}", table.name());
+        }
+        // A target is sealed by its position, kind and sealed value; the
+        // row it belongs to names it.
+        for (targets, owner) in [("warrant_targets", "warrant_id"), ("preservation_targets", "order_id")] {
+            assert_eq!(stored(targets, owner), ["kind", "position", "sealed"], "{targets}");
+        }
+    }
+
     /// Someone flips a row between what the service wrote and a forged
     /// version while it is being read: what a read returns is what its
     /// check saw, never the forged roles beside a sound seal.
