@@ -29,6 +29,22 @@ pub fn page_size(page_size: u32) -> usize {
     }
 }
 
+/// Where a listing's page starts: nothing for the first (an empty
+/// `page_token`), else what `parse` reads from the token, which must be
+/// one the service gave.
+pub fn page_after<T>(page_token: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<Option<T>, Refusal> {
+    match page_token {
+        "" => Ok(None),
+        token => parse(token).map(Some).ok_or(Refusal::BadPageToken),
+    }
+}
+
+/// The token of the page after `page`, if it may hold more: `page` is
+/// full at `limit` entries, and the token names its last one.
+pub fn next_page_token<T>(page: &[T], limit: usize, token_of: impl FnOnce(&T) -> String) -> Option<String> {
+    page.last().filter(|_| page.len() == limit).map(token_of)
+}
+
 /// A time in RFC 3339.
 pub fn time(text: &str, field: &'static str) -> Result<DateTime<Utc>, Refusal> {
     DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|_| Refusal::BadTime(field))

@@ -295,19 +295,13 @@ impl Desk {
         page_token: &str,
     ) -> Result<RequestPage, AccessError> {
         let limit = input::page_size(page_size);
-        let after = match page_token {
-            "" => None,
-            token => Some(parse_page_token(token).ok_or(Refusal::BadPageToken)?),
-        };
+        let after = input::page_after(page_token, parse_page_token)?;
         let requests = match authz::request_listing(&call.principal, authority)? {
             Listing::All(asked) => self.requests.list(asked, after.as_ref(), limit)?,
             Listing::Authority(own) => self.requests.list(Some(own), after.as_ref(), limit)?,
             Listing::Nothing => Vec::new(),
         };
-        let next_page_token = match requests.last() {
-            Some(last) if requests.len() == limit => Some(page_token_of(&ListedAfter::of(last))),
-            _ => None,
-        };
+        let next_page_token = input::next_page_token(&requests, limit, |last| page_token_of(&ListedAfter::of(last)));
         Ok(RequestPage { requests, next_page_token })
     }
 }

@@ -348,15 +348,9 @@ impl Desk {
         page_token: &str,
     ) -> Result<WarrantPage, AccessError> {
         let limit = input::page_size(page_size);
-        let after = match page_token {
-            "" => None,
-            token => Some(parse_page_token(token).ok_or(Refusal::BadPageToken)?),
-        };
+        let after = input::page_after(page_token, parse_page_token)?;
         let warrants = self.store.list_warrants(&call.principal, authority, after.as_deref(), limit)?;
-        let next_page_token = match warrants.last() {
-            Some(last) if warrants.len() == limit => Some(hex::encode(&last.id)),
-            _ => None,
-        };
+        let next_page_token = input::next_page_token(&warrants, limit, |last| hex::encode(&last.id));
         Ok(WarrantPage { warrants, next_page_token })
     }
 }
