@@ -139,6 +139,13 @@ mod tests {
         SqliteRegistry::open(&root.join("state"), &KeyStore::open(&root.join("keys"), None).unwrap()).unwrap()
     }
 
+    /// A directory with a keystore made, for [`registry`] to open.
+    fn root() -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        KeyStore::init(&root.path().join("keys"), None).unwrap();
+        root
+    }
+
     fn insert(registry: &SqliteRegistry, id: &str) {
         let db = registry.db();
         db.execute(
@@ -152,8 +159,7 @@ mod tests {
 
     #[test]
     fn rows_written_before_the_key_are_sealed_once_and_never_again() {
-        let root = tempfile::tempdir().unwrap();
-        KeyStore::init(&root.path().join("keys"), None).unwrap();
+        let root = root();
         let first = registry(root.path());
         insert(&first, "p-1");
         // A row from before the seals, revoked then: no seal, and no
@@ -188,8 +194,7 @@ mod tests {
     /// this fails: every column but the seal is covered.
     #[test]
     fn a_seal_covers_every_column_of_its_table() {
-        let root = tempfile::tempdir().unwrap();
-        KeyStore::init(&root.path().join("keys"), None).unwrap();
+        let root = root();
         let registry = registry(root.path());
         let db = registry.db();
         let stored = |table: &str, unsealed: &str| -> Vec<String> {
@@ -218,8 +223,7 @@ mod tests {
     fn a_row_and_its_seal_are_read_in_one_snapshot() {
         use crate::registry::{AccessRegistry, PrincipalKey, Role};
         use std::sync::atomic::{AtomicBool, Ordering};
-        let root = tempfile::tempdir().unwrap();
-        KeyStore::init(&root.path().join("keys"), None).unwrap();
+        let root = root();
         let registry = registry(root.path());
         insert(&registry, "p-1");
         let stop = AtomicBool::new(false);
