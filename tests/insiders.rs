@@ -491,3 +491,50 @@ async fn registry_rows_edited_behind_the_service_are_refused() {
     assert!(sweeper.run(cdrvault::lifecycle::retention::SweepMode::Delete).is_err());
     assert!(!w.vault.data().join("preserved").exists(), "nothing copied under the forged order");
 }
+
+/// A handler of another authority who can also write the registry moves a
+/// request (its result and the digest that checks it) to their own
+/// authority, or points their own request at another's result: either way
+/// the result must stay with the authority that asked for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_moved_to_another_authority_in_the_registry_is_refused() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let target = w.target(3);
+    let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
+    let mut ids = Vec::new();
+    for number in 1..=3 {
+        let ask = w.submission(Ask { number, ..Ask::to(&warrant, &target) });
+        ids.push(w.client.submit_request(authed(&cast.handler, ask)).await.unwrap().into_inner().request_id);
+    }
+    assert!(fetch(&mut w.client, &cast.stranger, &ids[0]).await.is_err(), "another authority's request");
+
+    let db = rusqlite::Connection::open(w.state().join(cdrvault::registry::REGISTRY_FILE)).unwrap();
+    let moved = db.execute("UPDATE requests SET authority_id = 'se-police' WHERE request_id = ?1", [&ids[0]]).unwrap();
+    assert_eq!(moved, 1);
+    // The second request's result, digest and all, under the third's id,
+    // which is then moved too.
+    let pointed = db
+        .execute(
+            "UPDATE requests SET (result_name, sha256, bytes, records, authority_id) =
+                 (SELECT result_name, sha256, bytes, records, 'se-police' FROM requests WHERE request_id = ?1)
+             WHERE request_id = ?2",
+            [&ids[1], &ids[2]],
+        )
+        .unwrap();
+    assert_eq!(pointed, 1);
+    drop(db);
+
+    for id in [&ids[0], &ids[2]] {
+        // A delivery is reported by its size alone: its bytes are records.
+        match fetch(&mut w.client, &cast.stranger, id).await {
+            Ok((info, bytes)) => panic!("{id}: {} records, {} bytes delivered", info.records, bytes.len()),
+            Err(refused) => assert_eq!(refused.code(), Code::Internal, "{id}: {refused:?}"),
+        }
+    }
+    let delivered = w.audit_entries().iter().filter(|e| e["action"] == "result_delivered").count();
+    assert_eq!(delivered, 0, "nothing delivered through an edited row");
+    assert_eq!(w.metrics.registry_rows_refused.get(), 2);
+    // The request nobody edited is still delivered to its authority.
+    assert!(fetch(&mut w.client, &cast.handler, &ids[1]).await.is_ok());
+}

@@ -27,8 +27,9 @@ const RESULT_AAD: &[u8] = b"result";
 const REGISTRY_AAD: &[u8] = b"registry";
 /// The one record of [`RecordKeyScope::Registry`]: the key of the seals.
 const ROWS: &str = "rows";
-/// Written beside that key once the rows of the registry carry its seals.
-const ADOPTED: &str = "rows.adopted";
+/// Written beside that key, one per set of sealed tables, once the rows
+/// of those tables carry its seals: `<set>.adopted`.
+const ADOPTED: &str = ".adopted";
 /// One empty file per revoked principal, named after it.
 const RETIRED_DIR: &str = "retired";
 /// One empty file per token rotated away, named after its SHA-256 in hex.
@@ -163,35 +164,42 @@ impl KeyStore {
     }
 
     /// The key that seals the registry's rows which decide what may be
-    /// disclosed (principals, warrants: [`crate::registry::seal`]), created
-    /// at its first use, and whether the rows written before it existed
-    /// were sealed under it already ([`Self::mark_registry_adopted`]).
-    /// Kept here, not in the state directory, so that whoever can write the
-    /// registry cannot seal a row.
-    pub fn registry_key(&self) -> Result<(RecordKey, bool), KeyError> {
-        let key = match self.record_key(RecordKeyScope::Registry, ROWS)? {
-            Some(key) => key,
+    /// disclosed (principals, warrants, orders, requests:
+    /// [`crate::registry::seal`]), created at its first use. Kept here, not
+    /// in the state directory, so that whoever can write the registry
+    /// cannot seal a row.
+    pub fn registry_key(&self) -> Result<RecordKey, KeyError> {
+        match self.record_key(RecordKeyScope::Registry, ROWS)? {
+            Some(key) => Ok(key),
             None => match self.create_record_key(RecordKeyScope::Registry, ROWS) {
-                Ok(key) => key,
+                Ok(key) => Ok(key),
                 // Another process made it first.
                 Err(KeyError::RecordKeyExists(path)) => {
-                    self.record_key(RecordKeyScope::Registry, ROWS)?.ok_or(KeyError::Corrupt(path))?
+                    self.record_key(RecordKeyScope::Registry, ROWS)?.ok_or(KeyError::Corrupt(path))
                 }
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
             },
-        };
-        let adopted = self.dir.join(REGISTRY_DIR).join(ADOPTED);
-        let adopted = fs::symlink_metadata(&adopted).map(|_| true).or_else(|e| match e.kind() {
-            io::ErrorKind::NotFound => Ok(false),
-            _ => Err(KeyError::io("read", &adopted, e)),
-        })?;
-        Ok((key, adopted))
+        }
     }
 
-    /// Records that every row of the registry carries its seal: from then
-    /// on a row without one is refused like a row whose seal is wrong.
-    pub fn mark_registry_adopted(&self) -> Result<(), KeyError> {
-        match durable::write_new(&self.dir.join(REGISTRY_DIR).join(ADOPTED), b"", FileMode::Private) {
+    /// Whether the rows of the set of tables `tables` (a name the registry
+    /// gives each set it sealed at once) written before their seals
+    /// existed were sealed under the registry key already
+    /// ([`Self::mark_registry_adopted`]).
+    pub fn is_registry_adopted(&self, tables: &str) -> Result<bool, KeyError> {
+        let adopted = self.dir.join(REGISTRY_DIR).join(format!("{tables}{ADOPTED}"));
+        fs::symlink_metadata(&adopted).map(|_| true).or_else(|e| match e.kind() {
+            io::ErrorKind::NotFound => Ok(false),
+            _ => Err(KeyError::io("read", &adopted, e)),
+        })
+    }
+
+    /// Records that every row of the set of tables `tables` carries its
+    /// seal: from then on a row of them without one is refused like a row
+    /// whose seal is wrong.
+    pub fn mark_registry_adopted(&self, tables: &str) -> Result<(), KeyError> {
+        let path = self.dir.join(REGISTRY_DIR).join(format!("{tables}{ADOPTED}"));
+        match durable::write_new(&path, b"", FileMode::Private) {
             Ok(()) | Err(DurableError::Exists { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }

@@ -1,8 +1,8 @@
 //! Seals on the registry's rows that decide what may be disclosed or kept:
 //! each principal (its roles, authority, credentials, revocation), each
-//! warrant (its status, window, categories, grants and sealed targets) and
-//! each preservation order (its status, window, end and sealed targets)
-//! carries an HMAC-SHA256 of its columns under a key of the keys directory
+//! warrant (its status, window, categories, grants and sealed targets),
+//! each preservation order (its status, window, end and sealed targets) and
+//! each lawful request (its authority, result, digest and expiry) carries an HMAC-SHA256 of its columns under a key of the keys directory
 //! ([`crate::keys::KeyStore::registry_key`]). Every change the service
 //! makes re-seals the row in the change's transaction; every read that a
 //! decision rests on checks the seal first. Someone who can write the
@@ -32,6 +32,7 @@ pub enum SealedTable {
     Principals,
     Warrants,
     Orders,
+    Requests,
 }
 
 impl SealedTable {
@@ -40,6 +41,7 @@ impl SealedTable {
             SealedTable::Principals => "principals",
             SealedTable::Warrants => "warrants",
             SealedTable::Orders => "preservation_orders",
+            SealedTable::Requests => "requests",
         }
     }
 }

@@ -185,6 +185,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE principals ADD COLUMN seal BLOB;
     ALTER TABLE warrants ADD COLUMN seal BLOB;
     ALTER TABLE preservation_orders ADD COLUMN seal BLOB;",
+    // 12: lawful requests are sealed too: who may fetch a result (its
+    // authority), which result and digest, and until when it is kept.
+    // Adopted like 11, as a set of its own (`super::seal::SEALED_SETS`).
+    "ALTER TABLE requests ADD COLUMN seal BLOB;",
 ];
 
 /// Opens (creating and migrating) the registry in `state_dir`.

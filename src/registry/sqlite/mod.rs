@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, Transaction};
 
-use super::seal::RowSeal;
+use super::seal::{RowSeal, SealedTable};
 use super::{AuditHook, REGISTRY_FILE, RegistryError};
 use crate::keys::KeyStore;
 use crate::ops::durable::{self, DurableError};
@@ -48,9 +48,9 @@ impl SqliteRegistry {
     /// Opens (creating and migrating if needed) the registry in `state_dir`. The
     /// directory, the database and its WAL files must be private to the
     /// service's user: they hold warrants, principals and sealed targets.
-    /// Principals and warrants are sealed under the registry key of `keys`
-    /// ([`super::seal`]); the first open with that key seals the rows
-    /// written before it.
+    /// Principals, warrants, orders and requests are sealed under the
+    /// registry key of `keys` ([`super::seal`]); the first open with a
+    /// table's seals seals the rows written before them.
     pub fn open(state_dir: &Path, keys: &KeyStore) -> Result<SqliteRegistry, RegistryError> {
         let backend = |e: DurableError| RegistryError::Backend(e.to_string());
         durable::create_private_dir(state_dir).map_err(backend)?;
@@ -62,22 +62,31 @@ impl SqliteRegistry {
         // SQLite gives the WAL files the database's mode: create it 0600.
         durable::open_private_append(&path).map_err(backend)?;
         let keys_err = |e: crate::keys::KeyError| RegistryError::Backend(e.to_string());
-        let (key, adopted) = keys.registry_key().map_err(keys_err)?;
+        let key = keys.registry_key().map_err(keys_err)?;
         let seal = RowSeal::new(key.secret.expose());
         let mut connection = migrations::open(state_dir)?;
-        if !adopted {
-            let sealed = seal::adopt(&mut connection, &seal)?;
-            // Principals revoked before are recorded as such in the keys
-            // directory, as every revocation is from now on.
-            let revoked: Vec<String> = connection
-                .prepare("SELECT id FROM principals WHERE revoked_at IS NOT NULL")?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            for id in &revoked {
-                keys.retire_principal(id).map_err(keys_err)?;
+        for (set, tables) in seal::SEALED_SETS {
+            if keys.is_registry_adopted(set).map_err(keys_err)? {
+                continue;
             }
-            keys.mark_registry_adopted().map_err(keys_err)?;
-            tracing::info!(rows = sealed, "the registry's principals and warrants are sealed under its key");
+            let sealed = seal::adopt(&mut connection, &seal, tables)?;
+            if tables.contains(&SealedTable::Principals) {
+                // Principals revoked before are recorded as such in the
+                // keys directory, as every revocation is from now on.
+                let revoked: Vec<String> = connection
+                    .prepare("SELECT id FROM principals WHERE revoked_at IS NOT NULL")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for id in &revoked {
+                    keys.retire_principal(id).map_err(keys_err)?;
+                }
+            }
+            keys.mark_registry_adopted(set).map_err(keys_err)?;
+            tracing::info!(
+                rows = sealed,
+                tables = set,
+                "rows written before their seals are sealed under the registry key"
+            );
         }
         Ok(SqliteRegistry { connection: Mutex::new(connection), seal })
     }

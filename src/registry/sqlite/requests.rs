@@ -6,6 +6,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::SqliteRegistry;
 use crate::model::TimestampMicros;
+use crate::registry::seal::SealedTable::Requests;
 use crate::registry::{
     AGE_BUCKETS, AuditHook, AuthorityStatistics, KeptResults, ListedAfter, RegistryError, RequestError, RequestRecord,
     RequestRegistry, RequestStatus,
@@ -113,6 +114,7 @@ impl RequestRegistry for SqliteRegistry {
                 if let (Some(name), Some(sealed)) = (&request.result_name, sealed) {
                     tx.execute("INSERT INTO sealed_results (name, sealed) VALUES (?1, ?2)", params![name, sealed])?;
                 }
+                self.reseal(tx, Requests, &request.request_id)?;
             }
             Ok((inserted, inserted))
         })?;
@@ -124,15 +126,21 @@ impl RequestRegistry for SqliteRegistry {
     }
 
     fn get(&self, request_id: &str) -> Result<Option<RequestRecord>, RequestError> {
-        Ok(self
-            .db()
+        let connection = self.db();
+        // One snapshot for the row read and the check of its seal.
+        let db = connection.unchecked_transaction().map_err(RegistryError::from)?;
+        let request = db
             .query_row(
                 &format!("SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ?1"),
                 params![request_id],
                 request_from,
             )
             .optional()
-            .map_err(RegistryError::from)?)
+            .map_err(RegistryError::from)?;
+        if let Some(request) = &request {
+            self.check(&db, Requests, &request.request_id)?;
+        }
+        Ok(request)
     }
 
     fn list(
@@ -163,16 +171,23 @@ impl RequestRegistry for SqliteRegistry {
     }
 
     fn kept_results(&self, which: KeptResults<'_>) -> Result<Vec<RequestRecord>, RequestError> {
-        let query = || -> Result<Vec<RequestRecord>, rusqlite::Error> {
-            let db = self.db();
-            let (condition, value): (&str, rusqlite::types::Value) = match which {
-                KeptResults::ExpiredAt(now) => ("result_expires_us < ?1", now.0.into()),
-                KeptResults::OfWarrant(warrant) => ("warrant_id = ?1", warrant.to_string().into()),
-            };
-            let mut statement = db.prepare_cached(&kept_results_sql(condition))?;
-            statement.query_map(params![value], request_from)?.collect()
+        let connection = self.db();
+        // One snapshot for the rows read and the check of their seals: a
+        // sweep destroys the keys the rows name.
+        let db = connection.unchecked_transaction().map_err(RegistryError::from)?;
+        let (condition, value): (&str, rusqlite::types::Value) = match which {
+            KeptResults::ExpiredAt(now) => ("result_expires_us < ?1", now.0.into()),
+            KeptResults::OfWarrant(warrant) => ("warrant_id = ?1", warrant.to_string().into()),
         };
-        Ok(query().map_err(RegistryError::from)?)
+        let kept = db
+            .prepare_cached(&kept_results_sql(condition))
+            .and_then(|mut statement| statement.query_map(params![value], request_from)?.collect())
+            .map_err(RegistryError::from)?;
+        let kept: Vec<RequestRecord> = kept;
+        for request in &kept {
+            self.check(&db, Requests, &request.request_id)?;
+        }
+        Ok(kept)
     }
 
     fn sealed_result(&self, name: &str) -> Result<Option<Vec<u8>>, RequestError> {
@@ -184,17 +199,20 @@ impl RequestRegistry for SqliteRegistry {
     }
 
     fn clear_result(&self, request_id: &str) -> Result<(), RequestError> {
-        let clear = || -> Result<(), rusqlite::Error> {
-            let mut db = self.db();
-            let tx = db.transaction()?;
-            tx.execute(
-                "DELETE FROM sealed_results WHERE name = (SELECT result_name FROM requests WHERE request_id = ?1)",
-                params![request_id],
-            )?;
-            tx.execute("UPDATE requests SET result_name = NULL WHERE request_id = ?1", params![request_id])?;
-            tx.commit()
-        };
-        Ok(clear().map_err(RegistryError::from)?)
+        let mut db = self.db();
+        let tx = db.transaction().map_err(RegistryError::from)?;
+        // Re-sealed below: what it seals must be what the service wrote.
+        self.check(&tx, Requests, request_id)?;
+        tx.execute(
+            "DELETE FROM sealed_results WHERE name = (SELECT result_name FROM requests WHERE request_id = ?1)",
+            params![request_id],
+        )
+        .map_err(RegistryError::from)?;
+        tx.execute("UPDATE requests SET result_name = NULL WHERE request_id = ?1", params![request_id])
+            .map_err(RegistryError::from)?;
+        self.reseal(&tx, Requests, request_id)?;
+        tx.commit().map_err(RegistryError::from)?;
+        Ok(())
     }
 
     fn statistics(&self, from: TimestampMicros, to: TimestampMicros) -> Result<Vec<AuthorityStatistics>, RequestError> {

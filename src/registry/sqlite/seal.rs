@@ -16,6 +16,9 @@ const PRINCIPAL_COLUMNS: &str =
 const WARRANT_COLUMNS: &str = "id, authority_id, reference, issued_by, legal_basis, period_start_us, period_end_us, \
      categories, valid_until_us, status, registered_by, decided_by, decision_reason, registered_at, cell_dump, \
      registered_by_person";
+/// Every column of a lawful request but its seal.
+const REQUEST_COLUMNS: &str = "request_id, authority_id, request_number, warrant_id, principal_id, status, reason, \
+     submitted_at_us, records, format, sha256, bytes, days_unavailable, result_name, result_expires_us";
 /// Every column of a preservation order but its seal; its targets follow.
 const ORDER_COLUMNS: &str = "id, authority, reference, window_start_us, window_end_us, ends, status, placed_at, \
      lifted_at, registered_by, registered_by_person, decided_by, decision_reason, pending_ends, pending_by, \
@@ -26,13 +29,33 @@ fn columns(table: SealedTable) -> &'static str {
         SealedTable::Principals => PRINCIPAL_COLUMNS,
         SealedTable::Warrants => WARRANT_COLUMNS,
         SealedTable::Orders => ORDER_COLUMNS,
+        SealedTable::Requests => REQUEST_COLUMNS,
     }
 }
+
+/// The column that names a row of `table`.
+fn id_column(table: SealedTable) -> &'static str {
+    match table {
+        SealedTable::Requests => "request_id",
+        SealedTable::Principals | SealedTable::Warrants | SealedTable::Orders => "id",
+    }
+}
+
+/// The tables sealed together, each set adopted once under the name of its
+/// marker in the keys directory ([`crate::keys::KeyStore::is_registry_adopted`]):
+/// the rows of a set written before its seals existed are sealed when the
+/// service first opens the registry with that set's seals.
+pub(super) const SEALED_SETS: [(&str, &[SealedTable]); 2] = [
+    // Migration 11.
+    ("rows", &[SealedTable::Principals, SealedTable::Warrants, SealedTable::Orders]),
+    // Migration 12.
+    ("requests", &[SealedTable::Requests]),
+];
 
 /// The query of a row's targets, for the tables whose rows have some.
 fn targets(table: SealedTable) -> Option<&'static str> {
     match table {
-        SealedTable::Principals => None,
+        SealedTable::Principals | SealedTable::Requests => None,
         SealedTable::Warrants => {
             Some("SELECT position, kind, sealed FROM warrant_targets WHERE warrant_id = ?1 ORDER BY position")
         }
@@ -51,7 +74,8 @@ type SealedRow = (Vec<Value>, Option<Vec<u8>>);
 fn row(db: &Connection, table: SealedTable, id: &str) -> Result<Option<SealedRow>, RegistryError> {
     let columns = columns(table);
     let count = columns.split(',').count();
-    let mut statement = db.prepare_cached(&format!("SELECT {columns}, seal FROM {} WHERE id = ?1", table.name()))?;
+    let (name, id_column) = (table.name(), id_column(table));
+    let mut statement = db.prepare_cached(&format!("SELECT {columns}, seal FROM {name} WHERE {id_column} = ?1"))?;
     let found = statement
         .query_row(params![id], |r| {
             let values = (0..count).map(|i| r.get::<_, Value>(i)).collect::<rusqlite::Result<Vec<_>>>()?;
@@ -87,20 +111,22 @@ fn fields(values: &[Value]) -> Vec<Field<'_>> {
 fn reseal(db: &Connection, seal: &RowSeal, table: SealedTable, id: &str) -> Result<(), RegistryError> {
     let Some((values, _)) = row(db, table, id)? else { return Ok(()) };
     let tag = seal.tag(table, &fields(&values));
-    db.prepare_cached(&format!("UPDATE {} SET seal = ?2 WHERE id = ?1", table.name()))?.execute(params![id, tag])?;
+    let (name, id_column) = (table.name(), id_column(table));
+    db.prepare_cached(&format!("UPDATE {name} SET seal = ?2 WHERE {id_column} = ?1"))?.execute(params![id, tag])?;
     Ok(())
 }
 
-/// Seals every row that has no seal: the rows written before the registry
-/// key existed. Runs once, when the key is made, before the key is marked
-/// adopted ([`crate::keys::KeyStore::mark_registry_adopted`]); afterwards
-/// a row without a seal is refused. Returns how many rows it sealed.
-pub(super) fn adopt(db: &mut Connection, seal: &RowSeal) -> Result<usize, RegistryError> {
+/// Seals every row of `tables` that has no seal: the rows written before
+/// their seals existed. Runs once per set of [`SEALED_SETS`], before the
+/// set is marked adopted ([`crate::keys::KeyStore::mark_registry_adopted`]);
+/// afterwards a row without a seal is refused. Returns how many rows it
+/// sealed.
+pub(super) fn adopt(db: &mut Connection, seal: &RowSeal, tables: &[SealedTable]) -> Result<usize, RegistryError> {
     let tx = db.transaction()?;
     let mut sealed = 0;
-    for table in [SealedTable::Principals, SealedTable::Warrants, SealedTable::Orders] {
+    for &table in tables {
         let ids: Vec<String> = tx
-            .prepare(&format!("SELECT id FROM {} WHERE seal IS NULL", table.name()))?
+            .prepare(&format!("SELECT {} FROM {} WHERE seal IS NULL", id_column(table), table.name()))?
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for id in &ids {
@@ -190,6 +216,41 @@ mod tests {
         third.check(&third.db(), SealedTable::Principals, "p-3").unwrap();
     }
 
+    /// A registry upgraded from one whose principals, warrants and orders
+    /// were sealed already: its requests are sealed once, on their own.
+    #[test]
+    fn a_set_of_tables_sealed_later_is_adopted_on_its_own() {
+        let root = root();
+        let first = registry(root.path());
+        let db = first.db();
+        db.execute("INSERT INTO authorities (id, country, name, created_at) VALUES ('dk', 'dk', 'dk', 't')", [])
+            .unwrap();
+        db.execute(
+            "INSERT INTO requests (request_id, authority_id, request_number, warrant_id, principal_id, status,
+                 submitted_at_us, result_name)
+             VALUES ('r-1', 'dk', 1, 'w-1', 'p-1', 'answered', 0, 'result-1')",
+            [],
+        )
+        .unwrap();
+        // As the version before sealed requests left it.
+        db.execute("UPDATE requests SET seal = NULL", []).unwrap();
+        drop(db);
+        drop(first);
+        let adopted = |set: &str| root.path().join(format!("keys/registry/{set}.adopted")).exists();
+        std::fs::remove_file(root.path().join("keys/registry/requests.adopted")).unwrap();
+        assert!(adopted("rows"));
+
+        let second = registry(root.path());
+        second.check(&second.db(), SealedTable::Requests, "r-1").unwrap();
+        assert!(adopted("requests"));
+        // Then never again.
+        second.db().execute("UPDATE requests SET seal = NULL, authority_id = 'dk'", []).unwrap();
+        drop(second);
+        let third = registry(root.path());
+        let refused = third.check(&third.db(), SealedTable::Requests, "r-1").unwrap_err();
+        assert!(matches!(refused, RegistryError::Tampered { table: "requests", .. }), "{refused:?}");
+    }
+
     /// A column a later migration adds to a sealed table is sealed too, or
     /// this fails: every column but the seal is covered.
     #[test]
@@ -204,7 +265,7 @@ mod tests {
             names.sort();
             names
         };
-        for table in [SealedTable::Principals, SealedTable::Warrants, SealedTable::Orders] {
+        for table in SEALED_SETS.iter().flat_map(|(_, tables)| tables.iter().copied()) {
             let mut sealed: Vec<String> = columns(table).split(',').map(|c| c.trim().to_string()).collect();
             sealed.sort();
             assert_eq!(sealed, stored(table.name(), "seal"), "{}", table.name());
