@@ -463,8 +463,20 @@ async fn registry_rows_edited_behind_the_service_are_refused() {
     assert_eq!(created, 2, "only the cast's two authorities");
     let kept = kept_results(&w.state());
     assert_eq!(kept, 0, "nothing answered through an edited row");
-    // Each refusal is counted for the operator's alert.
+    // Each refusal is counted for the operator's alert, and audited with
+    // the row it refused.
     assert_eq!(w.metrics.registry_rows_refused.get(), 4);
+    let refused: Vec<(String, String)> = w
+        .audit_entries()
+        .iter()
+        .filter(|e| e["action"] == "registry_row_refused")
+        .map(|e| (e["table"].as_str().unwrap().to_string(), e["id"].as_str().unwrap().to_string()))
+        .collect();
+    let expected = [("warrants", &unapproved), ("warrants", &widened), ("principals", &"p-mallory".to_string())];
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    for (table, id) in expected {
+        assert!(refused.contains(&(table.to_string(), id.clone())), "{table} {id}: {refused:?}");
+    }
 
     // What nobody edited still works.
     let ask = w.submission(Ask { number: 3, ..Ask::to(&untouched, &target) });
@@ -535,6 +547,8 @@ async fn a_request_moved_to_another_authority_in_the_registry_is_refused() {
     let delivered = w.audit_entries().iter().filter(|e| e["action"] == "result_delivered").count();
     assert_eq!(delivered, 0, "nothing delivered through an edited row");
     assert_eq!(w.metrics.registry_rows_refused.get(), 2);
+    let refused = w.audit_entries().iter().filter(|e| e["action"] == "registry_row_refused").count();
+    assert_eq!(refused, 2);
     // The request nobody edited is still delivered to its authority.
     assert!(fetch(&mut w.client, &cast.handler, &ids[1]).await.is_ok());
 }

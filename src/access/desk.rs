@@ -31,7 +31,7 @@ use crate::model::IdentifierKind;
 use crate::ops::clock::Clock;
 use crate::ops::metrics::{Metrics, ReasonLabel};
 use crate::ops::periodic;
-use crate::registry::{AuditHook, Audited, Principal, Registries, RequestRegistry, with_audit};
+use crate::registry::{AuditHook, Audited, Principal, Registries, RegistryError, RequestRegistry, with_audit};
 
 /// What a call presents: a bearer token and, over mTLS, the SHA-256 of the
 /// client certificate's DER. A token, when present, decides. The peer's
@@ -206,7 +206,21 @@ impl Desk {
                 self.audit(call, event)?;
                 Err(refusal.into())
             }
-            other => other,
+            other => other.inspect_err(|error| self.row_refused(call.method, error)),
+        }
+    }
+
+    /// If `error` is a registry row refused for its seal: counts it for the
+    /// operator's alert and records it in the audit trail, which (unlike
+    /// the log) whoever edited the row cannot quietly tidy up afterwards.
+    /// The call fails either way; a trail that cannot take the entry is
+    /// logged.
+    pub(super) fn row_refused(&self, method: &str, error: &AccessError) {
+        let AccessError::Registry(RegistryError::Tampered { table, id }) = error else { return };
+        self.metrics.registry_rows_refused.inc();
+        let event = AuditEvent::RegistryRowRefused { table: table.to_string(), id: id.clone(), method: method.into() };
+        if let Err(error) = self.append("cdrvault", event) {
+            tracing::error!(%error, "the refusal of a registry row could not be audited");
         }
     }
 

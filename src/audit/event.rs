@@ -186,6 +186,14 @@ pub enum AuditEvent {
         sha256: String,
         bytes: u64,
     },
+    /// A registry row whose seal is missing or wrong (written or changed
+    /// outside the service) was refused, and the call `method` that needed
+    /// it failed. `table` and `id` name the row.
+    RegistryRowRefused {
+        table: String,
+        id: String,
+        method: String,
+    },
     AuditVerified {
         entries: u64,
         intact: bool,

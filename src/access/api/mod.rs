@@ -27,7 +27,6 @@ use crate::access::refusal::{AccessError, Refusal};
 use crate::ops::metrics::CallLabels;
 use crate::proto;
 use crate::proto::lawful_access_server::LawfulAccessServer;
-use crate::registry::RegistryError;
 
 /// The largest message a call may carry. A larger one (up to
 /// [`TRANSPORT_MESSAGE_BYTES`]) is refused as `message_too_large`, and the
@@ -84,7 +83,7 @@ impl AccessService {
         let size = body.encoded_len();
         let desk = Arc::clone(&self.desk);
         let result = tokio::task::spawn_blocking(move || {
-            let mut call = desk.authenticate(&credentials, method)?;
+            let mut call = desk.authenticate(&credentials, method).inspect_err(|e| desk.row_refused(method, e))?;
             desk.handle(&mut call, |desk, call| {
                 if size > MAX_MESSAGE_BYTES {
                     return Err(Refusal::MessageTooLarge { size, limit: MAX_MESSAGE_BYTES }.into());
@@ -94,11 +93,6 @@ impl AccessService {
         })
         .await
         .unwrap_or(Err(AccessError::Internal("the call's worker failed")))
-        .inspect_err(|error| {
-            if let AccessError::Registry(RegistryError::Tampered { .. }) = error {
-                self.desk.metrics().registry_rows_refused.inc();
-            }
-        })
         .map_err(denial::status);
         let outcome = match &result {
             Ok(_) => "ok",
