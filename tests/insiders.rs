@@ -552,3 +552,39 @@ async fn a_request_moved_to_another_authority_in_the_registry_is_refused() {
     // The request nobody edited is still delivered to its authority.
     assert!(fetch(&mut w.client, &cast.handler, &ids[1]).await.is_ok());
 }
+
+/// A revocation or a rotation is kept out of the registry's reach (in the
+/// keys directory) before it commits, never after: if that record cannot
+/// be made, nothing commits, so no moment exists in which the registry
+/// says revoked (or rotated) and an older copy of the row, put back, would
+/// still authenticate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_or_rotation_commits_only_with_its_record_in_the_keys_directory() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let admin = w.admin.clone();
+    let mut c = w.client.clone();
+    let whoami = |token: &str| authed(token, proto::WhoAmIRequest {});
+    let me = c.who_am_i(whoami(&cast.handler)).await.unwrap().into_inner();
+    // Records in the keys directory cannot be made (their directories lead
+    // nowhere), while the checks at authentication still find none.
+    let registry_keys = w.vault.keys_dir().join("registry");
+    for kind in ["retired", "retired-tokens"] {
+        let _ = std::fs::remove_dir_all(registry_keys.join(kind));
+        std::os::unix::fs::symlink(registry_keys.join("nowhere"), registry_keys.join(kind)).unwrap();
+    }
+    assert!(c.who_am_i(whoami(&cast.handler)).await.is_ok());
+
+    let revoke = proto::RevokePrincipalRequest { principal: me.id.clone(), reason: "left the unit".into() };
+    assert!(c.revoke_principal(authed(&admin, revoke)).await.is_err());
+    let rotate = proto::RotateTokenRequest { principal: me.id.clone() };
+    assert!(c.rotate_token(authed(&admin, rotate)).await.is_err());
+
+    let registry = rusqlite::Connection::open(w.state().join(cdrvault::registry::REGISTRY_FILE)).unwrap();
+    let revoked: Option<String> =
+        registry.query_row("SELECT revoked_at FROM principals WHERE id = ?1", [&me.id], |r| r.get(0)).unwrap();
+    assert_eq!(revoked, None, "revoked in the registry, not in the keys directory");
+    // Neither committed: the handler's token is the one it had, and works.
+    let still = c.who_am_i(whoami(&cast.handler)).await.unwrap().into_inner();
+    assert_eq!(still.id, me.id);
+}

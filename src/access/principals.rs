@@ -20,7 +20,7 @@ use super::store::AccessStore;
 use crate::audit::{AuditEvent, AuditTrail};
 use crate::keys;
 use crate::model::TimestampMicros;
-use crate::registry::{AuditHook, Audited, NewPrincipalRow, Principal, PrincipalKey, Role, with_audit};
+use crate::registry::{AuditHook, Audited, NewPrincipalRow, Principal, PrincipalKey, RegistryError, Role, with_audit};
 
 /// A bearer token, shown once. `Debug` never prints it.
 pub struct BearerToken(String);
@@ -217,21 +217,24 @@ impl AccessStore {
     }
 
     /// A new token for a live principal (itself, or an admin for anyone):
-    /// the old one stops working at once. Returns the new token, shown
-    /// once, and the digest of the token it replaced.
+    /// the old one stops working at once. `replaced` is told the digest of
+    /// the token replaced before `audit` runs (see
+    /// [`crate::registry::AccessRegistry::replace_token`]). Returns the new
+    /// token, shown once.
     pub fn rotate_token(
         &self,
         by: &Principal,
         id: &str,
+        replaced: &mut dyn FnMut(&[u8]),
         audit: AuditHook<'_>,
-    ) -> Result<(BearerToken, Vec<u8>), AccessError> {
+    ) -> Result<BearerToken, AccessError> {
         if by.id != id {
             authz::permit(by, Action::ManagePrincipals)?;
         }
         let token = self.new_token()?;
-        let old = self.registry.replace_token(id, &token_hash(token.expose()), audit)?;
-        let old = old.ok_or(Refusal::UnknownPrincipal)?;
-        Ok((token, old))
+        let replaced = self.registry.replace_token(id, &token_hash(token.expose()), replaced, audit)?;
+        replaced.ok_or(Refusal::UnknownPrincipal)?;
+        Ok(token)
     }
 
     /// The principal holding `token`, if any (revoked and expired ones
@@ -347,10 +350,18 @@ impl Desk {
         }
         let event = AuditEvent::PrincipalRevoked { principal: id.to_string(), reason: reason.trim().to_string() };
         let now = self.now();
-        self.audited(&call.principal.id, event, |audit| self.store.revoke_principal(&call.principal, id, now, audit))?;
-        // Also out of the registry's reach: an older copy of the row put
-        // back later still carries a valid seal ([`Desk::authenticate`]).
-        self.keys.retire_principal(id)?;
+        self.audited(&call.principal.id, event, |audit| {
+            // Also out of the registry's reach, where an older copy of the
+            // row put back later would still carry a valid seal
+            // ([`Desk::authenticate`]): recorded after the entry and before
+            // the commit, so the registry never says revoked without it,
+            // and a trail that refuses the entry leaves nothing done.
+            let mut audit_then_retire = || {
+                audit()?;
+                self.keys.retire_principal(id).map_err(|e| RegistryError::Backend(e.to_string()))
+            };
+            self.store.revoke_principal(&call.principal, id, now, &mut audit_then_retire)
+        })?;
         Ok(self.store.principal(id)?.ok_or(Refusal::UnknownPrincipal)?)
     }
 
@@ -358,12 +369,21 @@ impl Desk {
     /// audited in the same transaction; shown once.
     pub fn rotate_token(&self, call: &mut Call, id: &str) -> Result<BearerToken, AccessError> {
         let event = AuditEvent::TokenRotated { principal: id.to_string() };
-        let (token, old) =
-            self.audited(&call.principal.id, event, |audit| self.store.rotate_token(&call.principal, id, audit))?;
         // The old token never comes back, even with an older copy of the
-        // row ([`Desk::authenticate`]).
-        self.keys.retire_token(&old)?;
-        Ok(token)
+        // row ([`Desk::authenticate`]): recorded, as for a revocation,
+        // after the entry and before the commit.
+        let replaced = std::cell::RefCell::new(None::<Vec<u8>>);
+        let mut note = |old: &[u8]| *replaced.borrow_mut() = Some(old.to_vec());
+        self.audited(&call.principal.id, event, |audit| {
+            let mut audit_then_retire = || {
+                audit()?;
+                match replaced.borrow().as_deref() {
+                    Some(old) => self.keys.retire_token(old).map_err(|e| RegistryError::Backend(e.to_string())),
+                    None => Ok(()),
+                }
+            };
+            self.store.rotate_token(&call.principal, id, &mut note, &mut audit_then_retire)
+        })
     }
 
     /// True if `credentials` carry a token that was rotated away.
@@ -419,7 +439,9 @@ mod tests {
             AuthFailure::Expired
         );
 
-        let (rotated, replaced) = store.rotate_token(&principal, &principal.id, unaudited).unwrap();
+        let mut replaced = Vec::new();
+        let rotated =
+            store.rotate_token(&principal, &principal.id, &mut |old| replaced = old.to_vec(), unaudited).unwrap();
         assert_eq!(replaced, token_hash(token.expose()), "the digest it replaced");
         assert_eq!(refused(store.identify(&credentials(&token), now)), AuthFailure::UnknownToken);
         assert_eq!(store.identify(&credentials(&rotated), now).unwrap().id, principal.id);

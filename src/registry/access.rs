@@ -170,11 +170,15 @@ pub trait AccessRegistry: Send + Sync {
     /// already revoked.
     fn revoke_principal(&self, id: &str, at: DateTime<Utc>, audit: AuditHook<'_>) -> Result<bool, RegistryError>;
     /// Replaces a live principal's token digest; returns the digest it
-    /// replaced, or `None` if there is no such live principal.
+    /// replaced, or `None` if there is no such live principal. `replaced`
+    /// is told the digest it replaces inside the change's transaction,
+    /// before the audit hook runs (which can then act on it before the
+    /// commit).
     fn replace_token(
         &self,
         id: &str,
         token_sha256: &[u8],
+        replaced: &mut dyn FnMut(&[u8]),
         audit: AuditHook<'_>,
     ) -> Result<Option<Vec<u8>>, RegistryError>;
     /// Inserts a warrant and its targets in one transaction.

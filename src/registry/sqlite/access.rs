@@ -149,6 +149,7 @@ impl AccessRegistry for SqliteRegistry {
         &self,
         id: &str,
         token_sha256: &[u8],
+        replaced: &mut dyn FnMut(&[u8]),
         audit: AuditHook<'_>,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
         self.audited(audit, |tx| {
@@ -160,6 +161,7 @@ impl AccessRegistry for SqliteRegistry {
                 )
                 .optional()?;
             let Some(old) = old else { return Ok((None, false)) };
+            replaced(&old);
             tx.execute("UPDATE principals SET token_sha256 = ?2 WHERE id = ?1", params![id, token_sha256])?;
             self.reseal(tx, Principals, id)?;
             Ok((Some(old), true))
