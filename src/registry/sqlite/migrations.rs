@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use crate::registry::REGISTRY_FILE;
+use crate::registry::{REGISTRY_FILE, RegistryError};
 
 /// Schema migrations, applied in order. Never edit one that has shipped.
 const MIGRATIONS: &[&str] = &[
@@ -191,8 +191,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE requests ADD COLUMN seal BLOB;",
 ];
 
-/// Opens (creating and migrating) the registry in `state_dir`.
-pub(super) fn open(state_dir: &Path) -> Result<Connection, rusqlite::Error> {
+/// Opens (creating and migrating) the registry in `state_dir`. A registry
+/// already migrated beyond what this binary knows is refused.
+pub(super) fn open(state_dir: &Path) -> Result<Connection, RegistryError> {
     let mut connection = Connection::open(state_dir.join(REGISTRY_FILE))?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "FULL")?;
@@ -206,8 +207,15 @@ pub(super) fn open(state_dir: &Path) -> Result<Connection, rusqlite::Error> {
     Ok(connection)
 }
 
-fn migrate(connection: &mut Connection) -> Result<(), rusqlite::Error> {
+fn migrate(connection: &mut Connection) -> Result<(), RegistryError> {
     let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() as i64 {
+        return Err(RegistryError::Backend(format!(
+            "the registry is at schema version {version}, made by a newer cdrvault; this one knows up to {}: \
+             run the newer version (an older one would write rows it refuses)",
+            MIGRATIONS.len()
+        )));
+    }
     for (n, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let tx = connection.transaction()?;
         tx.execute_batch(migration)?;
@@ -230,5 +238,20 @@ mod tests {
         assert_eq!(version, MIGRATIONS.len() as i64);
         let mode: String = connection.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    /// A binary older than the registry it is given would write rows the
+    /// newer one refuses (or miss what a newer column decides): it stops
+    /// before reading or writing anything.
+    #[test]
+    fn a_registry_migrated_by_a_newer_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let newer = MIGRATIONS.len() as i64 + 1;
+        open(dir.path()).unwrap().pragma_update(None, "user_version", newer).unwrap();
+        let refused = open(dir.path()).map(|_| ()).unwrap_err();
+        assert!(refused.to_string().contains(&format!("version {newer}")), "{refused}");
+        let connection = Connection::open(dir.path().join(REGISTRY_FILE)).unwrap();
+        let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, newer, "left as the newer version made it");
     }
 }
