@@ -588,3 +588,29 @@ async fn a_revocation_or_rotation_commits_only_with_its_record_in_the_keys_direc
     let still = c.who_am_i(whoami(&cast.handler)).await.unwrap().into_inner();
     assert_eq!(still.id, me.id);
 }
+
+/// Someone who can write the registry but not the data deletes an active
+/// preservation order's row, so that retention destroys the days the order
+/// holds without copying them. The order's key, out of the registry's
+/// reach, says it exists: retention stops instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_stops_when_an_orders_row_is_gone_but_its_key_is_not() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let target = w.target(3);
+    let order = order_request(&w, "QF-gone", &[format!("msisdn:{target}")], 30);
+    let order = w.client.register_order(authed(&cast.alice, order)).await.unwrap().into_inner().id;
+    w.client.decide_order(authed(&cast.bob, approve_order(&order))).await.unwrap();
+    let db = rusqlite::Connection::open(w.state().join(cdrvault::registry::REGISTRY_FILE)).unwrap();
+    db.execute("DELETE FROM preservation_targets WHERE order_id = ?1", [&order]).unwrap();
+    assert_eq!(db.execute("DELETE FROM preservation_orders WHERE id = ?1", [&order]).unwrap(), 1);
+    drop(db);
+
+    let files_before = files_below(&w.vault.data()).len();
+    let sweeper = w.vault.sweeper(&w.audit, w.vault.orders(&w.registries, &w.audit));
+    w.vault.clock.advance(chrono::Duration::days(400));
+    sweeper.confirm_clock("operator").unwrap();
+    let stopped = sweeper.run(cdrvault::lifecycle::retention::SweepMode::Delete);
+    assert!(stopped.is_err(), "retention destroyed the order's days: {stopped:?}");
+    assert_eq!(files_below(&w.vault.data()).len(), files_before, "nothing destroyed");
+}

@@ -163,6 +163,27 @@ impl KeyStore {
         self.destroy_record_key(RecordKeyScope::Order, order)
     }
 
+    /// The orders that have a key, by id (temporaries left by a crash not
+    /// included).
+    pub fn orders_with_keys(&self) -> Result<Vec<String>, KeyError> {
+        let dir = self.dir.join(ORDER_DIR);
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(KeyError::io("list", &dir, e)),
+        };
+        let mut orders = Vec::new();
+        for entry in entries {
+            let name = entry.map_err(|e| KeyError::io("list", &dir, e))?.file_name();
+            let name = name.to_string_lossy();
+            if let Some(order) = name.strip_suffix(".key").filter(|o| !o.starts_with('.')) {
+                orders.push(order.to_string());
+            }
+        }
+        orders.sort();
+        Ok(orders)
+    }
+
     /// The key that seals the registry's rows which decide what may be
     /// disclosed (principals, warrants, orders, requests:
     /// [`crate::registry::seal`]), created at its first use. Kept here, not

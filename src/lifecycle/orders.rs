@@ -352,6 +352,21 @@ impl OrderStore {
         Ok(self.registry.load_orders(Which::Active)?)
     }
 
+    /// The active orders, for a retention sweep about to destroy a day. An
+    /// order whose key exists while its row is gone stops the sweep, as a
+    /// forged row does: a row deleted behind the service would otherwise
+    /// let retention destroy what the order holds. (A registration that a
+    /// crash interrupted between its key and its row leaves the same;
+    /// `docs/operations.md` says how to tell the two apart.)
+    pub fn preserving(&self) -> Result<Vec<Order>, OrderError> {
+        let known: std::collections::BTreeSet<String> = self.list()?.into_iter().map(|o| o.id).collect();
+        if let Some(missing) = self.keys.orders_with_keys()?.into_iter().find(|id| !known.contains(id)) {
+            tracing::error!(order = %missing, "a preservation order's key exists without its row; retention stops");
+            return Err(RegistryError::Tampered { table: "preservation_orders", id: missing }.into());
+        }
+        self.active()
+    }
+
     /// Lifts an order (or finishes lifting it): no more copies, its key
     /// destroyed (which makes its copies and stored targets unreadable), its
     /// area deleted. The lifting is audited under `actor` with `reason` and

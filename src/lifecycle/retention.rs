@@ -405,7 +405,7 @@ impl Sweeper {
                 // Preservation comes before anything irreversible: once the
                 // tombstone exists the day key may be gone.
                 if let Some((orders, parquet)) = &self.orders {
-                    for order in orders.active()?.iter().filter(|o| o.covers(day)) {
+                    for order in orders.preserving()?.iter().filter(|o| o.covers(day)) {
                         let targets = orders.unseal_targets(order)?;
                         let rows = preserve::preserve_day(&self.data_dir, &self.keys, order, &targets, day, parquet)?;
                         self.audit.append(
