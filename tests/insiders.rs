@@ -614,3 +614,64 @@ async fn retention_stops_when_an_orders_row_is_gone_but_its_key_is_not() {
     assert!(stopped.is_err(), "retention destroyed the order's days: {stopped:?}");
     assert_eq!(files_below(&w.vault.data()).len(), files_before, "nothing destroyed");
 }
+
+/// Someone who can write the registry keeps a copy of an order's row and
+/// puts it back after a decision: the row from before its approval (so
+/// retention would not preserve under it, and would end it), or the row
+/// from before its end was moved later (so it would end early). Each still
+/// carries the seal the service gave it then; what the last decision made
+/// the order is kept in the keys directory too, and retention stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orders_row_put_back_from_before_its_last_decision_stops_retention() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let target = w.target(3);
+    let registry = w.state().join(cdrvault::registry::REGISTRY_FILE);
+    let row_of = |order: &str| -> Vec<rusqlite::types::Value> {
+        let db = rusqlite::Connection::open(&registry).unwrap();
+        db.query_row("SELECT * FROM preservation_orders WHERE id = ?1", [order], |r| {
+            (0..r.as_ref().column_count()).map(|i| r.get(i)).collect()
+        })
+        .unwrap()
+    };
+    let put_back = |row: &[rusqlite::types::Value]| {
+        let db = rusqlite::Connection::open(&registry).unwrap();
+        let marks = vec!["?"; row.len()].join(", ");
+        db.execute(&format!("REPLACE INTO preservation_orders VALUES ({marks})"), rusqlite::params_from_iter(row))
+            .unwrap();
+    };
+    // One order put back as it was before its approval.
+    let first = order_request(&w, "QF-first", &[format!("msisdn:{target}")], 50);
+    let first = w.client.register_order(authed(&cast.alice, first)).await.unwrap().into_inner().id;
+    let registered = row_of(&first);
+    w.client.decide_order(authed(&cast.bob, approve_order(&first))).await.unwrap();
+    // Another as it was before its end was moved from 30 to 60 days on.
+    let second = order_request(&w, "QF-second", &[format!("msisdn:{target}")], 30);
+    let second = w.client.register_order(authed(&cast.alice, second)).await.unwrap().into_inner().id;
+    w.client.decide_order(authed(&cast.bob, approve_order(&second))).await.unwrap();
+    let ending_sooner = row_of(&second);
+    let ends = PartitionDate::from_days_since_epoch(w.vault.today().days_since_epoch() + 60).unwrap();
+    let extend = proto::ExtendOrderRequest { order: second.clone(), ends: ends.to_string() };
+    w.client.extend_order(authed(&cast.alice, extend)).await.unwrap();
+    w.client.decide_order(authed(&cast.bob, approve_order(&second))).await.unwrap();
+
+    let sweeper = w.vault.sweeper(&w.audit, w.vault.orders(&w.registries, &w.audit));
+    w.vault.clock.advance(chrono::Duration::days(40));
+    sweeper.confirm_clock("operator").unwrap();
+    for (order, row) in [(&first, &registered), (&second, &ending_sooner)] {
+        let now = row_of(order);
+        put_back(row);
+        let stopped = sweeper.run(cdrvault::lifecycle::retention::SweepMode::Delete);
+        assert!(stopped.is_err(), "{order}: the sweep went on: {stopped:?}");
+        put_back(&now);
+        let lifted = w.audit_entries().iter().filter(|e| e["action"] == "order_lifted").count();
+        assert_eq!(lifted, 0, "{order} was ended under the row put back");
+    }
+    // With the rows as the service left them, the sweep goes on and both
+    // orders stay.
+    sweeper.run(cdrvault::lifecycle::retention::SweepMode::Delete).unwrap();
+    for order in [&first, &second] {
+        let get = proto::GetOrderRequest { order: order.clone() };
+        assert_eq!(w.client.get_order(authed(&cast.alice, get)).await.unwrap().into_inner().status, "active");
+    }
+}

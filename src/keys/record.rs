@@ -159,8 +159,37 @@ impl KeyStore {
         self.record_key(RecordKeyScope::Order, order)
     }
 
+    /// Destroys an order's key, then the record of its end
+    /// ([`Self::record_order_end`]). Idempotent.
     pub fn destroy_order_key(&self, order: &str) -> Result<(), KeyError> {
-        self.destroy_record_key(RecordKeyScope::Order, order)
+        self.destroy_record_key(RecordKeyScope::Order, order)?;
+        durable::remove_with_temporaries(&self.order_end_path(order))?;
+        Ok(())
+    }
+
+    /// Records, out of the registry's reach, the end date that the last
+    /// approval of an order (of the order itself or of a new end) gave it:
+    /// an older copy of the order's row put back into the registry still
+    /// carries a valid seal, and this is what refuses it
+    /// ([`crate::lifecycle::orders::OrderStore::checked`]).
+    pub fn record_order_end(&self, order: &str, ends: PartitionDate) -> Result<(), KeyError> {
+        create_private_dir(&self.dir.join(ORDER_DIR))?;
+        durable::write_atomically(&self.order_end_path(order), ends.to_string().as_bytes(), FileMode::Private)?;
+        Ok(())
+    }
+
+    /// The end date recorded for an order, if any.
+    pub fn order_end(&self, order: &str) -> Result<Option<PartitionDate>, KeyError> {
+        let path = self.order_end_path(order);
+        match fs::read_to_string(&path) {
+            Ok(text) => PartitionDate::parse(text.trim()).map(Some).ok_or(KeyError::Corrupt(path)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(KeyError::io("read", &path, e)),
+        }
+    }
+
+    fn order_end_path(&self, order: &str) -> PathBuf {
+        self.dir.join(ORDER_DIR).join(format!("{order}.ends"))
     }
 
     /// The orders that have a key, by id (temporaries left by a crash not

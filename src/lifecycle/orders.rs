@@ -19,6 +19,7 @@
 //! ([`super::preserve`]). Every change commits together with its audit
 //! entry, under the principal that made it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -85,6 +86,10 @@ impl OrderError {
         }
     }
 }
+
+/// The marker, beside the registry key, of the orders approved before
+/// their ends were recorded in the keys directory, once recorded.
+const ENDS_ADOPTED: &str = "order-ends";
 
 /// A new order.
 #[derive(Debug)]
@@ -267,8 +272,13 @@ impl OrderStore {
             decision: status.as_str().to_string(),
             reason: reason.map(str::to_string),
         };
-        let decided =
-            self.audited(by, event, now, |audit| self.registry.decide_order(id, status, by, reason, audit))?;
+        let decided = self.audited(by, event, now, |audit| {
+            let mut audit_then_record = || {
+                audit()?;
+                self.record_end(approve.then_some((id, order.ends)))
+            };
+            self.registry.decide_order(id, status, by, reason, &mut audit_then_record)
+        })?;
         if !decided {
             return Err(OrderError::State(self.status_of(id)?, "registered"));
         }
@@ -311,7 +321,14 @@ impl OrderStore {
             ends: pending.ends.to_string(),
             decision: if approve { "approved" } else { "rejected" }.to_string(),
         };
-        if !self.audited(by, event, now, |audit| self.registry.decide_end(id, approve, audit))? {
+        let decided = self.audited(by, event, now, |audit| {
+            let mut audit_then_record = || {
+                audit()?;
+                self.record_end(approve.then_some((id, pending.ends)))
+            };
+            self.registry.decide_end(id, approve, &mut audit_then_record)
+        })?;
+        if !decided {
             return Err(OrderError::NoPendingEnd);
         }
         self.get(id)?.ok_or(OrderError::NotFound(id.to_string()))
@@ -352,19 +369,54 @@ impl OrderStore {
         Ok(self.registry.load_orders(Which::Active)?)
     }
 
-    /// The active orders, for a retention sweep about to destroy a day. An
-    /// order whose key exists while its row is gone stops the sweep, as a
-    /// forged row does: a row deleted behind the service would otherwise
-    /// let retention destroy what the order holds. (A registration that a
-    /// crash interrupted between its key and its row leaves the same;
-    /// `docs/operations.md` says how to tell the two apart.)
+    /// The active orders, for a retention sweep about to destroy a day
+    /// ([`Self::checked`]).
     pub fn preserving(&self) -> Result<Vec<Order>, OrderError> {
-        let known: std::collections::BTreeSet<String> = self.list()?.into_iter().map(|o| o.id).collect();
-        if let Some(missing) = self.keys.orders_with_keys()?.into_iter().find(|id| !known.contains(id)) {
-            tracing::error!(order = %missing, "a preservation order's key exists without its row; retention stops");
-            return Err(RegistryError::Tampered { table: "preservation_orders", id: missing }.into());
+        Ok(self.checked()?.into_iter().filter(|o| o.status == OrderStatus::Active).collect())
+    }
+
+    /// Every order, for retention, checked against what the keys directory
+    /// holds of it, out of the registry's reach. An order whose key exists
+    /// while its row is gone, or whose row is not what its last decision
+    /// made it (approved with the recorded end, or not yet decided), stops
+    /// the sweep as a forged row does: a row deleted or put back from an
+    /// older copy would otherwise let retention destroy, or stop keeping,
+    /// what the order holds. (A registration or a decision that a crash
+    /// cut short between the keys directory and the commit leaves the
+    /// same; `docs/operations.md` says how to tell them apart.) The orders
+    /// approved before ends were recorded get theirs once, here.
+    pub fn checked(&self) -> Result<Vec<Order>, OrderError> {
+        let orders = self.list()?;
+        if !self.keys.is_registry_adopted(ENDS_ADOPTED)? {
+            for order in orders.iter().filter(|o| o.status == OrderStatus::Active) {
+                if self.keys.order_end(&order.id)?.is_none() {
+                    self.keys.record_order_end(&order.id, order.ends)?;
+                }
+            }
+            self.keys.mark_registry_adopted(ENDS_ADOPTED)?;
         }
-        self.active()
+        let rows: HashMap<&str, &Order> = orders.iter().map(|o| (o.id.as_str(), o)).collect();
+        for id in self.keys.orders_with_keys()? {
+            let recorded = self.keys.order_end(&id)?;
+            let sound = rows.get(id.as_str()).is_some_and(|order| match order.status {
+                OrderStatus::Active => recorded == Some(order.ends),
+                OrderStatus::Registered => recorded.is_none(),
+                // Lifted or rejected: the key is on its way out.
+                OrderStatus::Lifted | OrderStatus::Rejected => true,
+            });
+            if !sound {
+                tracing::error!(order = %id, "a preservation order's row is gone or not what its last decision made it; retention stops");
+                return Err(RegistryError::Tampered { table: "preservation_orders", id }.into());
+            }
+        }
+        Ok(orders)
+    }
+
+    /// Records an approved end in the keys directory (inside the decision's
+    /// transaction, after its audit entry).
+    fn record_end(&self, approved: Option<(&str, PartitionDate)>) -> Result<(), RegistryError> {
+        let Some((id, ends)) = approved else { return Ok(()) };
+        self.keys.record_order_end(id, ends).map_err(|e| RegistryError::Backend(e.to_string()))
     }
 
     /// Lifts an order (or finishes lifting it): no more copies, its key
@@ -414,6 +466,37 @@ mod tests {
 
     fn actor(name: &str) -> Actor {
         Actor { principal: format!("p-{name}"), person: name.to_string() }
+    }
+
+    /// An order approved before ends were recorded in the keys directory
+    /// gets its record once; after that, a missing record is refused.
+    #[test]
+    fn the_ends_of_orders_approved_before_they_were_recorded_are_recorded_once() {
+        let root = tempfile::tempdir().unwrap();
+        let store = store(root.path());
+        let now = Utc.with_ymd_and_hms(2026, 11, 24, 9, 0, 0).unwrap();
+        let order = NewOrder {
+            authority: "dk-police".into(),
+            reference: "QF-old".into(),
+            targets: vec![TargetInput::parse("msisdn:+4520000001", 1).unwrap()],
+            window_start: now - chrono::Duration::days(30),
+            window_end: now,
+            ends: PartitionDate::parse("2027-01-31").unwrap(),
+        };
+        let order = store.register(order, &actor("alice"), now).unwrap();
+        store.decide(&order.id, true, "p-bob", None, now).unwrap();
+        let ends = root.path().join(format!("keys/order/{}.ends", order.id));
+        let adopted = root.path().join("keys/registry/order-ends.adopted");
+        assert_eq!(std::fs::read_to_string(&ends).unwrap(), "2027-01-31", "recorded by the approval");
+        // As the version before left it: no record, no marker.
+        std::fs::remove_file(&ends).unwrap();
+        assert!(!adopted.exists());
+        assert_eq!(store.preserving().unwrap().len(), 1);
+        assert_eq!(std::fs::read_to_string(&ends).unwrap(), "2027-01-31");
+        assert!(adopted.exists());
+        std::fs::remove_file(&ends).unwrap();
+        let refused = store.preserving().unwrap_err();
+        assert!(matches!(refused, OrderError::Registry(RegistryError::Tampered { .. })), "{refused:?}");
     }
 
     #[test]

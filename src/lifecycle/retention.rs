@@ -247,7 +247,7 @@ impl Sweeper {
     /// trusted clock.
     fn end_orders(&self, today: PartitionDate) -> Result<(), RetentionError> {
         let Some((orders, _)) = &self.orders else { return Ok(()) };
-        for order in orders.list()? {
+        for order in orders.checked()? {
             // An order that was never decided ends too: its key goes.
             let ended = matches!(order.status, OrderStatus::Active | OrderStatus::Registered) && order.ends < today;
             let unfinished = order.status == OrderStatus::Lifted && orders.has_data(&order.id)?;
@@ -529,7 +529,7 @@ impl Sweeper {
             }
         }
         if let Some((orders, _)) = &self.orders {
-            for order in orders.list()? {
+            for order in orders.checked()? {
                 if order.status == OrderStatus::Lifted && orders.has_data(&order.id)? {
                     violations.push(Violation::LiftedOrderHasData(order.id.clone()));
                 }
