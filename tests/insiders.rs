@@ -675,3 +675,22 @@ async fn an_orders_row_put_back_from_before_its_last_decision_stops_retention() 
         assert_eq!(w.client.get_order(authed(&cast.alice, get)).await.unwrap().into_inner().status, "active");
     }
 }
+
+/// A call whose audit entry cannot be made durable because an fsync failed
+/// stops the service, as a failed fsync anywhere does: the state of the
+/// disk is unknown, and an entry written after it could sit on a trail
+/// that lost the one before. A trail that is merely unwritable refuses the
+/// call and the service goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_during_a_call_stops_the_service() {
+    let mut w = world(AccessSettings::default()).await;
+    let admin = w.admin.clone();
+    let authority = |id: &str| proto::CreateAuthorityRequest { id: id.into(), country: "dk".into(), name: "x".into() };
+    w.audit.fail_appends(true);
+    assert!(w.client.create_authority(authed(&admin, authority("dk-a"))).await.is_err());
+    assert!(!w.shutdown.is_triggered(), "an unwritable trail is not a failed fsync");
+    w.audit.fail_appends(false);
+    w.audit.fail_fsyncs(true);
+    assert!(w.client.create_authority(authed(&admin, authority("dk-b"))).await.is_err());
+    assert!(w.shutdown.is_triggered(), "the service went on after a failed fsync");
+}

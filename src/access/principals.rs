@@ -20,7 +20,7 @@ use super::store::AccessStore;
 use crate::audit::{AuditEvent, AuditTrail};
 use crate::keys;
 use crate::model::TimestampMicros;
-use crate::registry::{AuditHook, Audited, NewPrincipalRow, Principal, PrincipalKey, RegistryError, Role, with_audit};
+use crate::registry::{AuditHook, Audited, NewPrincipalRow, Principal, PrincipalKey, Role, with_audit};
 
 /// A bearer token, shown once. `Debug` never prints it.
 pub struct BearerToken(String);
@@ -358,7 +358,7 @@ impl Desk {
             // and a trail that refuses the entry leaves nothing done.
             let mut audit_then_retire = || {
                 audit()?;
-                self.keys.retire_principal(id).map_err(|e| RegistryError::Backend(e.to_string()))
+                Ok(self.keys.retire_principal(id)?)
             };
             self.store.revoke_principal(&call.principal, id, now, &mut audit_then_retire)
         })?;
@@ -378,7 +378,7 @@ impl Desk {
             let mut audit_then_retire = || {
                 audit()?;
                 match replaced.borrow().as_deref() {
-                    Some(old) => self.keys.retire_token(old).map_err(|e| RegistryError::Backend(e.to_string())),
+                    Some(old) => Ok(self.keys.retire_token(old)?),
                     None => Ok(()),
                 }
             };

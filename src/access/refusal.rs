@@ -252,6 +252,8 @@ impl From<RegistryError> for AccessError {
     fn from(error: RegistryError) -> Self {
         match error {
             RegistryError::Conflict => AccessError::Refused(Refusal::Duplicate),
+            // Keeps what a failed fsync means: fatal.
+            RegistryError::Keys(error) => AccessError::Keys(error),
             error => AccessError::Registry(error),
         }
     }

@@ -114,6 +114,7 @@ pub struct AuditTrail {
     damage: OnceLock<(u64, String)>,
     metrics: OnceLock<Arc<Metrics>>,
     failing: AtomicBool,
+    failing_fsync: AtomicBool,
 }
 
 impl std::fmt::Debug for AuditTrail {
@@ -159,6 +160,7 @@ impl AuditTrail {
             damage: OnceLock::new(),
             metrics: OnceLock::new(),
             failing: AtomicBool::new(false),
+            failing_fsync: AtomicBool::new(false),
         };
         trail.locked(|tail| trail.settle(tail, Utc::now()))?;
         Ok(trail)
@@ -225,6 +227,13 @@ impl AuditTrail {
         self.failing.store(failing, Ordering::SeqCst);
     }
 
+    /// Makes every append fail as a failed fsync of the trail would (a
+    /// fatal error), for tests of what callers do then.
+    #[doc(hidden)]
+    pub fn fail_fsyncs(&self, failing: bool) {
+        self.failing_fsync.store(failing, Ordering::SeqCst);
+    }
+
     /// Appends an entry and makes it durable before returning its number.
     pub fn append(&self, actor: &str, event: &AuditEvent, now: DateTime<Utc>) -> Result<u64, AuditError> {
         let result = self.try_append(actor, event, now);
@@ -240,6 +249,10 @@ impl AuditTrail {
         if self.failing.load(Ordering::SeqCst) {
             let error = std::io::Error::other("appends fail (injected)");
             return Err(DurableError::io("append", &self.path, error).into());
+        }
+        if self.failing_fsync.load(Ordering::SeqCst) {
+            let source = std::io::Error::other("fsync fails (injected)");
+            return Err(DurableError::Fsync { path: self.path.clone(), source }.into());
         }
         if let Some((seq, problem)) = self.damage.get() {
             return Err(AuditError::Damaged { path: self.path.clone(), seq: *seq, problem: problem.clone() });

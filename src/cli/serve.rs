@@ -272,7 +272,7 @@ pub(super) fn serve(config: Config) -> anyhow::Result<ExitCode> {
             let listener = runtime.block_on(tokio::net::TcpListener::bind(listen))?;
             tracing::info!(address = %listener.local_addr()?, "lawful-access API listening");
             let stop = shutdown.clone();
-            let service = AccessService::new(Arc::clone(&desk));
+            let service = AccessService::new(Arc::clone(&desk)).with_shutdown(shutdown.clone());
             Some((desk, runtime.spawn(api::serve(listener, service, tls, async move { stop.wait().await }))))
         }
         None => None,
@@ -325,10 +325,10 @@ pub(super) fn serve_access(config: Config, listen: Option<SocketAddr>) -> anyhow
     let listen = listen.or(root.config.access.listen).context("no address: set access.listen or pass --listen")?;
     let audit = root.audit()?;
     let desk = root.desk(&audit, root.registries()?)?;
-    let service = AccessService::new(Arc::clone(&desk));
+    let shutdown = Shutdown::on_signals()?;
+    let service = AccessService::new(Arc::clone(&desk)).with_shutdown(shutdown.clone());
     let tls =
         root.config.access.tls().map(|files| files.server_config()).transpose().context("reading the TLS files")?;
-    let shutdown = Shutdown::on_signals()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     spawn_access_jobs(&runtime, &desk, &shutdown);
     runtime.block_on(async {

@@ -79,7 +79,7 @@ impl OrderError {
     /// True when the process must stop: an fsync failed.
     pub fn is_fatal(&self) -> bool {
         match self {
-            OrderError::Keys(e) => e.is_fatal(),
+            OrderError::Keys(e) | OrderError::Registry(RegistryError::Keys(e)) => e.is_fatal(),
             OrderError::Audit(e) => e.is_fatal(),
             OrderError::Preserve(e) => e.is_fatal(),
             _ => false,
@@ -416,7 +416,7 @@ impl OrderStore {
     /// transaction, after its audit entry).
     fn record_end(&self, approved: Option<(&str, PartitionDate)>) -> Result<(), RegistryError> {
         let Some((id, ends)) = approved else { return Ok(()) };
-        self.keys.record_order_end(id, ends).map_err(|e| RegistryError::Backend(e.to_string()))
+        Ok(self.keys.record_order_end(id, ends)?)
     }
 
     /// Lifts an order (or finishes lifting it): no more copies, its key

@@ -48,6 +48,11 @@ pub enum RegistryError {
     /// ([`seal`]): it was written or changed behind the service.
     #[error("the row {id} of {table} does not match its seal: it was changed outside cdrvault")]
     Tampered { table: &'static str, id: String },
+    /// What a change records in the keys directory inside its transaction
+    /// (a revocation, a rotated token, an order's approved end) could not
+    /// be recorded; the change was rolled back.
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
 }
 
 /// Appends the audit entry of a change from inside the change's

@@ -20,6 +20,7 @@ use cdrvault::access::config::AccessSettings;
 use cdrvault::access::{AccessStore, Desk};
 use cdrvault::audit::AuditTrail;
 use cdrvault::ops::metrics::Metrics;
+use cdrvault::ops::shutdown::Shutdown;
 use cdrvault::proto;
 use cdrvault::proto::lawful_access_client::LawfulAccessClient;
 use cdrvault::registry::Registries;
@@ -41,6 +42,8 @@ pub struct World {
     pub registries: Registries,
     pub metrics: Arc<Metrics>,
     pub desk: Arc<Desk>,
+    /// The service's shutdown, which a fatal error triggers.
+    pub shutdown: Shutdown,
 }
 
 impl World {
@@ -148,10 +151,12 @@ pub async fn world(settings: AccessSettings) -> World {
     let desk = vault.desk(&audit, registries.clone(), settings, Arc::clone(&metrics));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(api::serve(listener, AccessService::new(Arc::clone(&desk)), None, std::future::pending()));
+    let shutdown = Shutdown::new();
+    let service = AccessService::new(Arc::clone(&desk)).with_shutdown(shutdown.clone());
+    tokio::spawn(api::serve(listener, service, None, std::future::pending()));
     let client = LawfulAccessClient::connect(format!("http://{address}")).await.unwrap();
     let admin = admin.expose().to_string();
-    World { vault, until, records, generator, client, admin, audit, registries, metrics, desk }
+    World { vault, until, records, generator, client, admin, audit, registries, metrics, desk, shutdown }
 }
 
 /// Creates a principal through the API and returns its token.

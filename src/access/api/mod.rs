@@ -25,6 +25,7 @@ use crate::access::desk::{Call, Desk};
 use crate::access::lookup::LookupEngine;
 use crate::access::refusal::{AccessError, Refusal};
 use crate::ops::metrics::CallLabels;
+use crate::ops::shutdown::Shutdown;
 use crate::proto;
 use crate::proto::lawful_access_server::LawfulAccessServer;
 
@@ -43,6 +44,8 @@ const CHUNK_BYTES: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct AccessService {
     desk: Arc<Desk>,
+    /// Triggered by a call that meets a fatal error (a failed fsync).
+    shutdown: Option<Shutdown>,
 }
 
 impl std::fmt::Debug for AccessService {
@@ -53,7 +56,15 @@ impl std::fmt::Debug for AccessService {
 
 impl AccessService {
     pub fn new(desk: Arc<Desk>) -> AccessService {
-        AccessService { desk }
+        AccessService { desk, shutdown: None }
+    }
+
+    /// Stops the service through `shutdown` when a call meets a fatal error:
+    /// an fsync failed, so the state of the disk is unknown (the rule every
+    /// background job follows too, [`crate::ops::periodic`]).
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> AccessService {
+        self.shutdown = Some(shutdown);
+        self
     }
 
     /// The lookup engine, for the service's cache sweep.
@@ -93,6 +104,14 @@ impl AccessService {
         })
         .await
         .unwrap_or(Err(AccessError::Internal("the call's worker failed")))
+        .inspect_err(|error| {
+            if error.is_fatal() {
+                tracing::error!(method, reason = %error, "fatal error; stopping the service");
+                if let Some(shutdown) = &self.shutdown {
+                    shutdown.trigger();
+                }
+            }
+        })
         .map_err(denial::status);
         let outcome = match &result {
             Ok(_) => "ok",
