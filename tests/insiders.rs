@@ -694,3 +694,52 @@ async fn a_failed_fsync_during_a_call_stops_the_service() {
     assert!(w.client.create_authority(authed(&admin, authority("dk-b"))).await.is_err());
     assert!(w.shutdown.is_triggered(), "the service went on after a failed fsync");
 }
+
+/// The yearly statistics an operator reports to its oversight body count
+/// what the requests' rows say: someone who can write the registry adds a
+/// request that never was, or makes a delivery look older than it was.
+/// Each counted row (its ages included) is checked against its seal, and
+/// the report is refused rather than given wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_yearly_statistics_count_only_what_the_service_recorded() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let target = w.target(3);
+    let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
+    let ask = w.submission(Ask { number: 1, ..Ask::to(&warrant, &target) });
+    let asked = w.client.submit_request(authed(&cast.handler, ask)).await.unwrap().into_inner().request_id;
+    let report = || proto::StatisticsRequest { year: 2026 };
+    let honest = w.client.statistics(authed(&cast.auditor, report())).await.unwrap().into_inner();
+    assert_eq!(honest.authorities.iter().map(|a| a.received).sum::<u64>(), 1);
+
+    let registry = w.state().join(cdrvault::registry::REGISTRY_FILE);
+    let db = rusqlite::Connection::open(&registry).unwrap();
+    // The delivery's records moved to the oldest age bucket, then back.
+    let buckets: Vec<(i64, i64)> = db
+        .prepare("SELECT rowid, bucket FROM request_ages WHERE request_id = ?1")
+        .unwrap()
+        .query_map([&asked], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(!buckets.is_empty());
+    db.execute("UPDATE request_ages SET bucket = 5 WHERE request_id = ?1", [&asked]).unwrap();
+    let refused = w.client.statistics(authed(&cast.auditor, report())).await;
+    assert_eq!(refused.map(|r| r.into_inner().authorities.len()).unwrap_err().code(), Code::Internal);
+    for (rowid, bucket) in &buckets {
+        db.execute("UPDATE request_ages SET bucket = ?2 WHERE rowid = ?1", [rowid, bucket]).unwrap();
+    }
+    let restored = w.client.statistics(authed(&cast.auditor, report())).await.unwrap().into_inner();
+    assert_eq!(restored, honest, "the rows as the service wrote them");
+    // A request that never was.
+    db.execute(
+        "INSERT INTO requests (request_id, authority_id, request_number, warrant_id, principal_id, status,
+             submitted_at_us, reason)
+         SELECT 'DK-dk-police-99', authority_id, 99, warrant_id, principal_id, 'refused', submitted_at_us, 'x'
+         FROM requests WHERE request_id = ?1",
+        [&asked],
+    )
+    .unwrap();
+    let refused = w.client.statistics(authed(&cast.auditor, report())).await;
+    assert_eq!(refused.map(|r| r.into_inner().authorities.len()).unwrap_err().code(), Code::Internal);
+}

@@ -216,8 +216,18 @@ impl RequestRegistry for SqliteRegistry {
     }
 
     fn statistics(&self, from: TimestampMicros, to: TimestampMicros) -> Result<Vec<AuthorityStatistics>, RequestError> {
+        let connection = self.db();
+        // One snapshot for the rows counted and the check of their seals
+        // (ages included): the report is refused rather than given wrong.
+        let db = connection.unchecked_transaction().map_err(RegistryError::from)?;
+        let counted: Vec<String> = db
+            .prepare("SELECT request_id FROM requests WHERE submitted_at_us >= ?1 AND submitted_at_us < ?2")
+            .and_then(|mut statement| statement.query_map(params![from.0, to.0], |r| r.get(0))?.collect())
+            .map_err(RegistryError::from)?;
+        for id in &counted {
+            self.check(&db, Requests, id)?;
+        }
         let query = || -> Result<Vec<AuthorityStatistics>, rusqlite::Error> {
-            let db = self.db();
             let mut by_authority: BTreeMap<String, AuthorityStatistics> = BTreeMap::new();
             let mut statement = db.prepare(
                 "SELECT authority_id, status, COUNT(*) FROM requests

@@ -52,10 +52,16 @@ pub(super) const SEALED_SETS: [(&str, &[SealedTable]); 2] = [
     ("requests", &[SealedTable::Requests]),
 ];
 
-/// The query of a row's targets, for the tables whose rows have some.
+/// The query of a row's targets (for a request, its age buckets), for the
+/// tables whose rows have some: three values each.
 fn targets(table: SealedTable) -> Option<&'static str> {
     match table {
-        SealedTable::Principals | SealedTable::Requests => None,
+        SealedTable::Principals => None,
+        // The ages of the records a request delivered, which the yearly
+        // statistics report.
+        SealedTable::Requests => {
+            Some("SELECT bucket, records, NULL FROM request_ages WHERE request_id = ?1 ORDER BY bucket")
+        }
         SealedTable::Warrants => {
             Some("SELECT position, kind, sealed FROM warrant_targets WHERE warrant_id = ?1 ORDER BY position")
         }
@@ -271,10 +277,11 @@ mod tests {
             assert_eq!(sealed, stored(table.name(), "seal"), "{}", table.name());
         }
         // A target is sealed by its position, kind and sealed value; the
-        // row it belongs to names it.
+        // row it belongs to names it. A request's ages by bucket and count.
         for (targets, owner) in [("warrant_targets", "warrant_id"), ("preservation_targets", "order_id")] {
             assert_eq!(stored(targets, owner), ["kind", "position", "sealed"], "{targets}");
         }
+        assert_eq!(stored("request_ages", "request_id"), ["bucket", "records"]);
     }
 
     /// Someone flips a row between what the service wrote and a forged
