@@ -61,12 +61,11 @@ impl SqliteRegistry {
         }
         // SQLite gives the WAL files the database's mode: create it 0600.
         durable::open_private_append(&path).map_err(backend)?;
-        let keys_err = |e: crate::keys::KeyError| RegistryError::Backend(e.to_string());
-        let key = keys.registry_key().map_err(keys_err)?;
+        let key = keys.registry_key()?;
         let seal = RowSeal::new(key.secret.expose());
         let mut connection = migrations::open(state_dir)?;
         for (set, tables) in seal::SEALED_SETS {
-            if keys.is_registry_adopted(set).map_err(keys_err)? {
+            if keys.is_registry_adopted(set)? {
                 continue;
             }
             let sealed = seal::adopt(&mut connection, &seal, tables)?;
@@ -78,10 +77,10 @@ impl SqliteRegistry {
                     .query_map([], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 for id in &revoked {
-                    keys.retire_principal(id).map_err(keys_err)?;
+                    keys.retire_principal(id)?;
                 }
             }
-            keys.mark_registry_adopted(set).map_err(keys_err)?;
+            keys.mark_registry_adopted(set)?;
             tracing::info!(
                 rows = sealed,
                 tables = set,

@@ -179,11 +179,10 @@ impl RequestRegistry for SqliteRegistry {
             KeptResults::ExpiredAt(now) => ("result_expires_us < ?1", now.0.into()),
             KeptResults::OfWarrant(warrant) => ("warrant_id = ?1", warrant.to_string().into()),
         };
-        let kept = db
+        let kept: Vec<RequestRecord> = db
             .prepare_cached(&kept_results_sql(condition))
             .and_then(|mut statement| statement.query_map(params![value], request_from)?.collect())
             .map_err(RegistryError::from)?;
-        let kept: Vec<RequestRecord> = kept;
         for request in &kept {
             self.check(&db, Requests, &request.request_id)?;
         }
