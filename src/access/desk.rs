@@ -206,7 +206,7 @@ impl Desk {
                 self.audit(call, event)?;
                 Err(refusal.into())
             }
-            other => other.inspect_err(|error| self.row_refused(call.method, error)),
+            other => other,
         }
     }
 

@@ -7,7 +7,9 @@
 //! Every call runs through [`AccessService::call`]: authentication (an
 //! audited failure), the size check (a message over [`MAX_MESSAGE_BYTES`]
 //! is refused and audited under its caller), the operation inside
-//! [`Desk::handle`] (which audits every refusal), and the call metrics.
+//! [`Desk::handle`] (which audits every refusal), a registry row refused
+//! for its seal, wherever in the call (audited by `Desk::row_refused`), and
+//! the call metrics.
 
 pub mod auth;
 pub mod convert;
@@ -94,13 +96,16 @@ impl AccessService {
         let size = body.encoded_len();
         let desk = Arc::clone(&self.desk);
         let result = tokio::task::spawn_blocking(move || {
-            let mut call = desk.authenticate(&credentials, method).inspect_err(|e| desk.row_refused(method, e))?;
-            desk.handle(&mut call, |desk, call| {
-                if size > MAX_MESSAGE_BYTES {
-                    return Err(Refusal::MessageTooLarge { size, limit: MAX_MESSAGE_BYTES }.into());
-                }
-                operation(desk, call, body)
-            })
+            desk.authenticate(&credentials, method)
+                .and_then(|mut call| {
+                    desk.handle(&mut call, |desk, call| {
+                        if size > MAX_MESSAGE_BYTES {
+                            return Err(Refusal::MessageTooLarge { size, limit: MAX_MESSAGE_BYTES }.into());
+                        }
+                        operation(desk, call, body)
+                    })
+                })
+                .inspect_err(|error| desk.row_refused(method, error))
         })
         .await
         .unwrap_or(Err(AccessError::Internal("the call's worker failed")))
