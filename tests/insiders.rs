@@ -743,3 +743,35 @@ async fn the_yearly_statistics_count_only_what_the_service_recorded() {
     let refused = w.client.statistics(authed(&cast.auditor, report())).await;
     assert_eq!(refused.map(|r| r.into_inner().authorities.len()).unwrap_err().code(), Code::Internal);
 }
+
+/// Someone who can write the registry edits a request's row (what it
+/// delivered, or whose it is): a listing shows the rows the service wrote,
+/// never the edited one. The listing is refused, audited and counted, as
+/// any other read of a row that fails its seal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_listing_never_shows_a_row_edited_behind_the_service() {
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let target = w.target(3);
+    let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
+    let ask = w.submission(Ask { number: 1, ..Ask::to(&warrant, &target) });
+    let asked = w.client.submit_request(authed(&cast.handler, ask)).await.unwrap().into_inner().request_id;
+    let list = || proto::ListRequestsRequest::default();
+    let honest = w.client.list_requests(authed(&cast.handler, list())).await.unwrap().into_inner();
+    assert_eq!(honest.requests.len(), 1);
+
+    let db = rusqlite::Connection::open(w.state().join(cdrvault::registry::REGISTRY_FILE)).unwrap();
+    let edited = db.execute("UPDATE requests SET records = records + 1000 WHERE request_id = ?1", [&asked]).unwrap();
+    assert_eq!(edited, 1);
+    let refused = w.client.list_requests(authed(&cast.handler, list())).await;
+    match refused {
+        Ok(listed) => panic!("the edited row listed: {:?}", listed.into_inner().requests),
+        Err(status) => assert_eq!(status.code(), Code::Internal, "{status:?}"),
+    }
+    assert_eq!(w.metrics.registry_rows_refused.get(), 1);
+    let audited = w.audit_entries().iter().filter(|e| e["action"] == "registry_row_refused").count();
+    assert_eq!(audited, 1);
+    db.execute("UPDATE requests SET records = records - 1000 WHERE request_id = ?1", [&asked]).unwrap();
+    let restored = w.client.list_requests(authed(&cast.handler, list())).await.unwrap().into_inner();
+    assert_eq!(restored, honest, "the row as the service wrote it");
+}

@@ -149,8 +149,11 @@ impl RequestRegistry for SqliteRegistry {
         after: Option<&ListedAfter>,
         limit: usize,
     ) -> Result<Vec<RequestRecord>, RequestError> {
+        let connection = self.db();
+        // One snapshot for the rows listed and the check of their seals: a
+        // listing shows only rows the service wrote.
+        let db = connection.unchecked_transaction().map_err(RegistryError::from)?;
         let query = || -> Result<Vec<RequestRecord>, rusqlite::Error> {
-            let db = self.db();
             let mut statement = db.prepare_cached(&list_sql(authority.is_some(), after.is_some()))?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let (at, number, id) = after.map_or((None, None, None), |a| {
@@ -167,7 +170,11 @@ impl RequestRegistry for SqliteRegistry {
             }
             statement.query_map(named.as_slice(), request_from)?.collect()
         };
-        Ok(query().map_err(RegistryError::from)?)
+        let listed = query().map_err(RegistryError::from)?;
+        for request in &listed {
+            self.check(&db, Requests, &request.request_id)?;
+        }
+        Ok(listed)
     }
 
     fn kept_results(&self, which: KeptResults<'_>) -> Result<Vec<RequestRecord>, RequestError> {
