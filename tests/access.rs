@@ -892,7 +892,8 @@ async fn results_end_with_their_keep_time_or_their_warrant_whether_or_not_anyone
     // Past its keep time the other goes at the next housekeeping, with no
     // call on the API in between.
     w.vault.clock.advance(chrono::Duration::seconds(3601));
-    assert_eq!(w.desk.run_once().unwrap(), (1, 0));
+    let done = w.desk.run_once().unwrap();
+    assert_eq!((done.expired, done.unnamed, done.peers), (1, 0, 0));
     assert_eq!(results(), 0, "the sealed result is gone without waiting for a call");
     assert_eq!(destroyed("expired"), 1);
     let gone = fetch(&mut client, &cast.handler, &one.request_id).await.unwrap_err();

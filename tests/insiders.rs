@@ -775,3 +775,72 @@ async fn a_request_listing_never_shows_a_row_edited_behind_the_service() {
     let restored = w.client.list_requests(authed(&cast.handler, list())).await.unwrap().into_inner();
     assert_eq!(restored, honest, "the row as the service wrote it");
 }
+
+/// Someone who can write the registry deletes a request's row while its
+/// result is kept, or a warrant's row while it is open: no expiry would
+/// ever find that result again, and no closing that warrant, so the result
+/// and the warrant's targets would stay sealed under keys that live for
+/// good, for whoever reads both directories. The housekeeping destroys a
+/// key that no row names (a result's with the sealed bytes kept under it),
+/// audited, once the key is older than a call in flight could be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_whose_rows_were_deleted_are_destroyed_not_kept() {
+    use cdrvault::access::unnamed::UNNAMED_KEY_GRACE;
+    use cdrvault::ops::periodic::Job;
+
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let target = w.target(3);
+    let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
+    let others = [w.target(4), w.target(5)];
+    let other = approved_warrant(&mut w, &cast, Grant::of(&others)).await;
+    let mut ids = Vec::new();
+    for number in 1..=2 {
+        let ask = w.submission(Ask { number, ..Ask::to(&warrant, &target) });
+        ids.push(w.client.submit_request(authed(&cast.handler, ask)).await.unwrap().into_inner().request_id);
+    }
+    assert_eq!(kept_results(&w.state()), 2);
+    let keys = |of: &str| files_below(&w.vault.keys_dir().join(of));
+    assert_eq!(keys("result").len(), 2);
+    assert_eq!(keys("warrant").len(), 2);
+
+    let db = rusqlite::Connection::open(w.state().join(cdrvault::registry::REGISTRY_FILE)).unwrap();
+    let result: String =
+        db.query_row("SELECT result_name FROM requests WHERE request_id = ?1", [&ids[0]], |r| r.get(0)).unwrap();
+    assert!(db.execute("DELETE FROM request_ages WHERE request_id = ?1", [&ids[0]]).unwrap() > 0);
+    assert_eq!(db.execute("DELETE FROM requests WHERE request_id = ?1", [&ids[0]]).unwrap(), 1);
+    assert!(db.execute("DELETE FROM warrant_targets WHERE warrant_id = ?1", [&other]).unwrap() > 0);
+    assert_eq!(db.execute("DELETE FROM warrants WHERE id = ?1", [&other]).unwrap(), 1);
+    drop(db);
+
+    // Just written, the keys could be calls' in flight: kept.
+    let done = w.desk.run_once().unwrap();
+    assert_eq!(done.unnamed, 0);
+    assert_eq!((keys("result").len(), keys("warrant").len()), (2, 2));
+
+    // Every key written longer ago than the grace: only those no row
+    // names go, the result's with its sealed bytes.
+    let long_ago = std::time::SystemTime::now() - UNNAMED_KEY_GRACE - std::time::Duration::from_secs(60);
+    for key in keys("result").into_iter().chain(keys("warrant")) {
+        std::fs::File::options().write(true).open(&key).unwrap().set_modified(long_ago).unwrap();
+    }
+    let done = w.desk.run_once().unwrap();
+    assert_eq!(done.unnamed, 2);
+    let (results_left, warrants_left) = (keys("result"), keys("warrant"));
+    assert_eq!((results_left.len(), warrants_left.len()), (1, 1));
+    assert!(!results_left[0].to_string_lossy().contains(&result), "the unnamed result's key is the one destroyed");
+    assert!(!warrants_left[0].to_string_lossy().contains(&other), "the unnamed warrant's key is the one destroyed");
+    assert_eq!(kept_results(&w.state()), 1, "the sealed bytes no request names are gone too");
+    let audited: Vec<(String, String)> = w
+        .audit_entries()
+        .into_iter()
+        .filter(|e| e["action"] == "unnamed_key_destroyed")
+        .map(|e| (e["of"].as_str().unwrap().to_string(), e["name"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(audited, vec![("result".to_string(), result), ("warrant".to_string(), other)]);
+    // What nobody touched still works.
+    assert!(fetch(&mut w.client, &cast.handler, &ids[1]).await.is_ok());
+    let ask = w.submission(Ask { number: 3, ..Ask::to(&warrant, &target) });
+    assert!(w.client.submit_request(authed(&cast.handler, ask)).await.is_ok());
+    assert_eq!(w.desk.run_once().unwrap().unnamed, 0, "nothing left to sweep");
+}

@@ -308,25 +308,44 @@ impl Desk {
     }
 }
 
+/// What one round of housekeeping did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Housekeeping {
+    /// Results past their expiry, destroyed.
+    pub expired: usize,
+    /// Result and warrant keys that no row names, destroyed.
+    pub unnamed: usize,
+    /// Peers whose failed authentications were audited.
+    pub peers: usize,
+}
+
 /// The service's lawful-access housekeeping, every minute whether or not
-/// anyone calls: expired results destroyed, and the interval's failed
+/// anyone calls: expired results destroyed, keys that no row names
+/// destroyed ([`super::unnamed`]), and the interval's failed
 /// authentications audited.
 impl periodic::Job for Desk {
-    type Report = (usize, usize);
+    type Report = Housekeeping;
     type Error = AccessError;
     const NAME: &'static str = "lawful-access housekeeping";
 
-    fn run_once(&self) -> Result<(usize, usize), AccessError> {
-        Ok((self.sweep_results()?, self.flush_failures()?))
+    fn run_once(&self) -> Result<Housekeeping, AccessError> {
+        let expired = self.sweep_results()?;
+        let unnamed = self.sweep_unnamed_keys()?;
+        Ok(Housekeeping { expired, unnamed, peers: self.flush_failures()? })
     }
 
     fn is_fatal(error: &AccessError) -> bool {
         error.is_fatal()
     }
 
-    fn log(&(results, peers): &(usize, usize)) {
-        if results > 0 || peers > 0 {
-            tracing::info!(results, peers, "expired results destroyed, failed authentications audited");
+    fn log(done: &Housekeeping) {
+        if *done != Housekeeping::default() {
+            tracing::info!(
+                expired = done.expired,
+                unnamed = done.unnamed,
+                peers = done.peers,
+                "results and unnamed keys destroyed, failed authentications audited"
+            );
         }
     }
 }

@@ -40,6 +40,7 @@ pub mod render;
 pub mod requests;
 pub mod results;
 pub mod store;
+pub mod unnamed;
 pub mod warrants;
 
 pub use desk::Credentials;

@@ -177,6 +177,14 @@ pub enum AuditEvent {
         request_id: String,
         reason: String,
     },
+    /// A record key that no row of the registry names (the row deleted
+    /// behind the service, or a crash between the key and the row) was
+    /// destroyed: `of` a `result` (with any sealed bytes kept under its
+    /// name) or a `warrant`.
+    UnnamedKeyDestroyed {
+        of: String,
+        name: String,
+    },
     /// A data subject's records are about to leave the process.
     SubjectExported {
         reference: String,

@@ -44,7 +44,7 @@ use ring::rand::SystemRandom;
 use serde::Deserialize;
 
 pub use day::DayKey;
-pub use record::{RECORD_ID_RANDOM_BYTES, RecordKey, RecordKeyScope, new_record_id};
+pub use record::{RECORD_ID_RANDOM_BYTES, RecordKey, RecordKeyFile, RecordKeyScope, new_record_id};
 pub use secret::{KEY_LEN, SecretKey, open_bytes, open_value, seal_bytes, seal_value};
 pub use token::{TokenKey, day_of_token_key, token_key_id};
 

@@ -90,6 +90,17 @@ impl RecordKeyScope {
     }
 }
 
+/// A record key's file in the keys directory.
+#[derive(Debug, Clone)]
+pub struct RecordKeyFile {
+    /// The record it is the key of.
+    pub record: String,
+    /// A temporary a crash left before the key was renamed into place.
+    pub temporary: bool,
+    /// When the file was last written, by the file system's clock.
+    pub written: std::time::SystemTime,
+}
+
 /// The key of one registry record.
 #[derive(Debug, Clone)]
 pub struct RecordKey {
@@ -195,22 +206,51 @@ impl KeyStore {
     /// The orders that have a key, by id (temporaries left by a crash not
     /// included).
     pub fn orders_with_keys(&self) -> Result<Vec<String>, KeyError> {
-        let dir = self.dir.join(ORDER_DIR);
+        let mut orders: Vec<String> = self
+            .record_key_files(RecordKeyScope::Order)?
+            .into_iter()
+            .filter(|k| !k.temporary)
+            .map(|k| k.record)
+            .collect();
+        orders.sort();
+        orders.dedup();
+        Ok(orders)
+    }
+
+    /// Every `<record>.key` of `scope`, and every temporary of one a
+    /// crash left (`.<record>.key.<random>.tmp`), with the time each file
+    /// was written: what the sweep of keys that no row names walks
+    /// ([`crate::access`]'s housekeeping).
+    pub fn record_key_files(&self, scope: RecordKeyScope) -> Result<Vec<RecordKeyFile>, KeyError> {
+        let dir = self.dir.join(scope.dir());
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(KeyError::io("list", &dir, e)),
         };
-        let mut orders = Vec::new();
+        let mut files = Vec::new();
         for entry in entries {
-            let name = entry.map_err(|e| KeyError::io("list", &dir, e))?.file_name();
+            let entry = entry.map_err(|e| KeyError::io("list", &dir, e))?;
+            let name = entry.file_name();
             let name = name.to_string_lossy();
-            if let Some(order) = name.strip_suffix(".key").filter(|o| !o.starts_with('.')) {
-                orders.push(order.to_string());
-            }
+            let (record, temporary) = if durable::is_temporary_name(&name) {
+                match name[1..].split_once(".key.") {
+                    Some((record, _)) => (record, true),
+                    None => continue,
+                }
+            } else {
+                match name.strip_suffix(".key").filter(|r| !r.starts_with('.')) {
+                    Some(record) => (record, false),
+                    None => continue,
+                }
+            };
+            let written = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_err(|e| KeyError::io("stat", &dir.join(name.as_ref()), e))?;
+            files.push(RecordKeyFile { record: record.to_string(), temporary, written });
         }
-        orders.sort();
-        Ok(orders)
+        Ok(files)
     }
 
     /// The key that seals the registry's rows which decide what may be
@@ -327,5 +367,29 @@ mod tests {
         assert!(random.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{id}");
         assert_ne!(new_record_id(&rng, "w").unwrap(), id);
         assert!(KeyId::new(format!("{}-{id}", RecordKeyScope::Warrant.prefix())).is_some(), "a valid key id");
+    }
+
+    #[test]
+    fn key_files_are_listed_with_the_temporaries_a_crash_left_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("keys");
+        KeyStore::init(&dir, None).unwrap();
+        let keys = KeyStore::open(&dir, None).unwrap();
+        keys.create_record_key(RecordKeyScope::Result, "aa").unwrap();
+        let results = dir.join(RESULT_DIR);
+        fs::write(results.join(".bb.key.0123.tmp"), b"cut short").unwrap();
+        fs::write(results.join("notes.txt"), b"not a key").unwrap();
+        fs::write(results.join(".cc.ends.0123.tmp"), b"not a key either").unwrap();
+        let mut files: Vec<(String, bool)> = keys
+            .record_key_files(RecordKeyScope::Result)
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.record, f.temporary))
+            .collect();
+        files.sort();
+        assert_eq!(files, vec![("aa".to_string(), false), ("bb".to_string(), true)]);
+        assert!(keys.record_key_files(RecordKeyScope::Warrant).unwrap().is_empty(), "no directory, no keys");
+        keys.destroy_record_key(RecordKeyScope::Result, "bb").unwrap();
+        assert_eq!(keys.record_key_files(RecordKeyScope::Result).unwrap().len(), 1, "the temporary goes with its key");
     }
 }

@@ -1,7 +1,7 @@
 //! What the registry keeps for lawful access: authorities, principals with
 //! their roles, and warrants, behind [`AccessRegistry`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 
@@ -191,6 +191,8 @@ pub trait AccessRegistry: Send + Sync {
     ) -> Result<(), RegistryError>;
     /// A warrant with its target kinds.
     fn warrant(&self, id: &str) -> Result<Option<Warrant>, RegistryError>;
+    /// Every warrant's id, closed ones too.
+    fn warrant_ids(&self) -> Result<HashSet<String>, RegistryError>;
     /// The warrant's targets as (kind, sealed value), in order.
     fn sealed_targets(&self, id: &str) -> Result<Vec<(IdentifierKind, Vec<u8>)>, RegistryError>;
     /// Records a decision on a registered warrant; `false` if it was not

@@ -7,6 +7,8 @@
 //! unique key `(authority, number)` is what refuses a replayed request.
 //! Rows hold ids, counts and digests, never a target value.
 
+use std::collections::HashSet;
+
 use super::{AuditHook, RegistryError};
 use crate::model::TimestampMicros;
 
@@ -155,6 +157,12 @@ pub trait RequestRegistry: Send + Sync {
     /// Forgets a request's result once its key is destroyed, and deletes
     /// the sealed bytes (overwritten, not left in free pages).
     fn clear_result(&self, request_id: &str) -> Result<(), RequestError>;
+    /// The names of every result a request still names as kept.
+    fn result_names(&self) -> Result<HashSet<String>, RequestError>;
+    /// Deletes the sealed results that no request names (their request's
+    /// row deleted behind the service; their key is destroyed first).
+    /// Returns how many.
+    fn forget_unnamed_results(&self) -> Result<usize, RequestError>;
     /// The statistics of the requests received in `[from, to)`, per
     /// authority, authorities in order.
     fn statistics(&self, from: TimestampMicros, to: TimestampMicros) -> Result<Vec<AuthorityStatistics>, RequestError>;

@@ -1,5 +1,7 @@
 //! [`AccessRegistry`] over SQLite.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
@@ -303,6 +305,13 @@ impl AccessRegistry for SqliteRegistry {
             }
             Ok((closed, closed))
         })
+    }
+
+    fn warrant_ids(&self) -> Result<HashSet<String>, RegistryError> {
+        let db = self.db();
+        let mut statement = db.prepare_cached("SELECT id FROM warrants")?;
+        let ids = statement.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(ids)
     }
 
     fn list_warrants(

@@ -1,6 +1,6 @@
 //! [`RequestRegistry`] over SQLite.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use rusqlite::{OptionalExtension, params};
 
@@ -219,6 +219,27 @@ impl RequestRegistry for SqliteRegistry {
         self.reseal(&tx, Requests, request_id)?;
         tx.commit().map_err(RegistryError::from)?;
         Ok(())
+    }
+
+    fn result_names(&self) -> Result<HashSet<String>, RequestError> {
+        let db = self.db();
+        let names = db
+            .prepare_cached("SELECT result_name FROM requests WHERE result_name IS NOT NULL")
+            .and_then(|mut statement| statement.query_map([], |r| r.get(0))?.collect())
+            .map_err(RegistryError::from)?;
+        Ok(names)
+    }
+
+    fn forget_unnamed_results(&self) -> Result<usize, RequestError> {
+        let forgotten = self
+            .db()
+            .execute(
+                "DELETE FROM sealed_results WHERE name NOT IN
+                     (SELECT result_name FROM requests WHERE result_name IS NOT NULL)",
+                [],
+            )
+            .map_err(RegistryError::from)?;
+        Ok(forgotten)
     }
 
     fn statistics(&self, from: TimestampMicros, to: TimestampMicros) -> Result<Vec<AuthorityStatistics>, RequestError> {
