@@ -244,10 +244,12 @@ impl KeyStore {
                     None => continue,
                 }
             };
-            let written = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map_err(|e| KeyError::io("stat", &dir.join(name.as_ref()), e))?;
+            let written = match entry.metadata().and_then(|m| m.modified()) {
+                Ok(written) => written,
+                // Destroyed since it was listed.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(KeyError::io("stat", &dir.join(name.as_ref()), e)),
+            };
             files.push(RecordKeyFile { record: record.to_string(), temporary, written });
         }
         Ok(files)
