@@ -336,11 +336,7 @@ async fn a_sealed_result_changed_or_swapped_in_the_registry_is_refused_not_deliv
     let cast = cast(&mut w).await;
     let target = w.target(3);
     let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
-    let mut ids = Vec::new();
-    for number in 1..=4 {
-        let ask = w.submission(Ask { number, ..Ask::to(&warrant, &target) });
-        ids.push(w.client.submit_request(authed(&cast.handler, ask)).await.unwrap().into_inner().request_id);
-    }
+    let ids = submitted(&mut w, &cast.handler, &warrant, &target, 1..=4).await;
     let delivered = fetch(&mut w.client, &cast.handler, &ids[0]).await.unwrap();
     assert!(!delivered.1.is_empty());
 
@@ -514,11 +510,7 @@ async fn a_request_moved_to_another_authority_in_the_registry_is_refused() {
     let cast = cast(&mut w).await;
     let target = w.target(3);
     let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
-    let mut ids = Vec::new();
-    for number in 1..=3 {
-        let ask = w.submission(Ask { number, ..Ask::to(&warrant, &target) });
-        ids.push(w.client.submit_request(authed(&cast.handler, ask)).await.unwrap().into_inner().request_id);
-    }
+    let ids = submitted(&mut w, &cast.handler, &warrant, &target, 1..=3).await;
     assert!(fetch(&mut w.client, &cast.stranger, &ids[0]).await.is_err(), "another authority's request");
 
     let db = rusqlite::Connection::open(w.state().join(cdrvault::registry::REGISTRY_FILE)).unwrap();
@@ -794,11 +786,7 @@ async fn keys_whose_rows_were_deleted_are_destroyed_not_kept() {
     let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
     let others = [w.target(4), w.target(5)];
     let other = approved_warrant(&mut w, &cast, Grant::of(&others)).await;
-    let mut ids = Vec::new();
-    for number in 1..=2 {
-        let ask = w.submission(Ask { number, ..Ask::to(&warrant, &target) });
-        ids.push(w.client.submit_request(authed(&cast.handler, ask)).await.unwrap().into_inner().request_id);
-    }
+    let ids = submitted(&mut w, &cast.handler, &warrant, &target, 1..=2).await;
     assert_eq!(kept_results(&w.state()), 2);
     let keys = |of: &str| files_below(&w.vault.keys_dir().join(of));
     assert_eq!(keys("result").len(), 2);

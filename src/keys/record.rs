@@ -213,7 +213,6 @@ impl KeyStore {
             .map(|k| k.record)
             .collect();
         orders.sort();
-        orders.dedup();
         Ok(orders)
     }
 

@@ -213,6 +213,23 @@ pub async fn approved(w: &mut World, cast: &Cast, request: proto::RegisterWarran
     warrant.id
 }
 
+/// The handler's requests numbered `numbers`, for `target` under
+/// `warrant`, each submitted and answered; their ids, in order.
+pub async fn submitted(
+    w: &mut World,
+    handler: &str,
+    warrant: &str,
+    target: &str,
+    numbers: std::ops::RangeInclusive<u64>,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for number in numbers {
+        let ask = w.submission(Ask { number, ..Ask::to(warrant, target) });
+        ids.push(w.client.submit_request(authed(handler, ask)).await.unwrap().into_inner().request_id);
+    }
+    ids
+}
+
 /// Fetches a result: the info message, then the bytes.
 pub async fn fetch(
     client: &mut Client,
