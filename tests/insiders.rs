@@ -777,7 +777,6 @@ async fn a_request_listing_never_shows_a_row_edited_behind_the_service() {
 /// audited, once the key is older than a call in flight could be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_whose_rows_were_deleted_are_destroyed_not_kept() {
-    use cdrvault::access::unnamed::UNNAMED_KEY_GRACE;
     use cdrvault::ops::periodic::Job;
 
     let mut w = world(AccessSettings::default()).await;
@@ -808,10 +807,7 @@ async fn keys_whose_rows_were_deleted_are_destroyed_not_kept() {
 
     // Every key written longer ago than the grace: only those no row
     // names go, the result's with its sealed bytes.
-    let long_ago = std::time::SystemTime::now() - UNNAMED_KEY_GRACE - std::time::Duration::from_secs(60);
-    for key in keys("result").into_iter().chain(keys("warrant")) {
-        std::fs::File::options().write(true).open(&key).unwrap().set_modified(long_ago).unwrap();
-    }
+    age_record_keys(&w);
     let done = w.desk.run_once().unwrap();
     assert_eq!(done.unnamed, 2);
     let (results_left, warrants_left) = (keys("result"), keys("warrant"));
@@ -830,5 +826,76 @@ async fn keys_whose_rows_were_deleted_are_destroyed_not_kept() {
     assert!(fetch(&mut w.client, &cast.handler, &ids[1]).await.is_ok());
     let ask = w.submission(Ask { number: 3, ..Ask::to(&warrant, &target) });
     assert!(w.client.submit_request(authed(&cast.handler, ask)).await.is_ok());
+    assert_eq!(w.desk.run_once().unwrap().unnamed, 0, "nothing left to sweep");
+}
+
+/// Sets every result and warrant key's modification time back beyond the
+/// grace of the sweep of unnamed keys.
+fn age_record_keys(w: &World) {
+    use cdrvault::access::unnamed::UNNAMED_KEY_GRACE;
+    let long_ago = std::time::SystemTime::now() - UNNAMED_KEY_GRACE - std::time::Duration::from_secs(60);
+    for of in ["result", "warrant"] {
+        for key in files_below(&w.vault.keys_dir().join(of)) {
+            std::fs::File::options().write(true).open(&key).unwrap().set_modified(long_ago).unwrap();
+        }
+    }
+}
+
+/// Someone who can write the registry keeps a result for good by editing
+/// its request's row (no expiry), and a warrant's targets by editing its
+/// row (valid for ever): the rows still name the keys, but their seals no
+/// longer hold, so they name nothing and the keys go, each refusal in the
+/// trail.
+#[tokio::test]
+async fn a_row_edited_to_keep_a_key_alive_keeps_nothing() {
+    use cdrvault::ops::periodic::Job;
+
+    let mut w = world(AccessSettings::default()).await;
+    let cast = cast(&mut w).await;
+    let target = w.target(3);
+    let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
+    let others = [w.target(4), w.target(5)];
+    let other = approved_warrant(&mut w, &cast, Grant::of(&others)).await;
+    let ids = submitted(&mut w, &cast.handler, &warrant, &target, 1..=2).await;
+    let keys = |of: &str| files_below(&w.vault.keys_dir().join(of));
+
+    let db = rusqlite::Connection::open(w.state().join(cdrvault::registry::REGISTRY_FILE)).unwrap();
+    let result: String =
+        db.query_row("SELECT result_name FROM requests WHERE request_id = ?1", [&ids[0]], |r| r.get(0)).unwrap();
+    let edited = "UPDATE requests SET result_expires_us = NULL WHERE request_id = ?1";
+    assert_eq!(db.execute(edited, [&ids[0]]).unwrap(), 1);
+    let edited = "UPDATE warrants SET valid_until_us = 9000000000000000 WHERE id = ?1";
+    assert_eq!(db.execute(edited, [&other]).unwrap(), 1);
+    drop(db);
+    age_record_keys(&w);
+
+    let done = w.desk.run_once().unwrap();
+    assert_eq!(done.unnamed, 2, "the keys that only edited rows name are destroyed");
+    let (results_left, warrants_left) = (keys("result"), keys("warrant"));
+    assert_eq!((results_left.len(), warrants_left.len()), (1, 1));
+    assert!(!results_left[0].to_string_lossy().contains(&result), "the edited request's key is the one destroyed");
+    assert!(!warrants_left[0].to_string_lossy().contains(&other), "the edited warrant's key is the one destroyed");
+    let entries = w.audit_entries();
+    let refused: Vec<(String, String, String)> = entries
+        .iter()
+        .filter(|e| e["action"] == "registry_row_refused")
+        .map(|e| {
+            let field = |name: &str| e[name].as_str().unwrap().to_string();
+            (field("table"), field("id"), field("method"))
+        })
+        .collect();
+    let housekeeping = "housekeeping".to_string();
+    assert_eq!(
+        refused,
+        vec![
+            ("requests".to_string(), ids[0].clone(), housekeeping.clone()),
+            ("warrants".to_string(), other.clone(), housekeeping)
+        ]
+    );
+    let destroyed = entries.iter().filter(|e| e["action"] == "unnamed_key_destroyed").count();
+    assert_eq!(destroyed, 2);
+    // The request nobody touched is still fetched; the edited one is refused.
+    assert!(fetch(&mut w.client, &cast.handler, &ids[1]).await.is_ok());
+    assert!(fetch(&mut w.client, &cast.handler, &ids[0]).await.is_err());
     assert_eq!(w.desk.run_once().unwrap().unnamed, 0, "nothing left to sweep");
 }

@@ -7,19 +7,22 @@
 //! sealed bytes (a result, a warrant's targets) would stay readable by
 //! whoever can read the registry and the keys directory. A crash between
 //! a key and its row leaves such a key too. The housekeeping destroys
-//! them, each audited.
+//! them, each audited. Only a row whose seal holds names a key: a row
+//! edited behind the service (an expiry cleared, a validity extended) would
+//! keep its key alive just as well as a deleted row would lose it.
 //!
 //! An order's key is not among them: an order's row gone stops retention
 //! instead ([`crate::lifecycle::orders`]), because destroying the key
 //! would destroy what the order preserves.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use super::desk::Desk;
 use super::refusal::AccessError;
 use crate::audit::AuditEvent;
 use crate::keys::RecordKeyScope;
+use crate::registry::NamedKeys;
 
 /// How long a key may go unnamed before the housekeeping destroys it: far
 /// longer than any call takes between making a key and committing the
@@ -71,11 +74,16 @@ impl Desk {
             if written.is_empty() {
                 continue;
             }
-            let named: HashSet<String> = match swept {
+            // Only rows with sound seals name a key: a row forged or
+            // changed behind the service keeps nothing alive.
+            let mut named: NamedKeys = match swept {
                 Swept::Result => self.requests.result_names()?,
                 Swept::Warrant => self.store.registry.warrant_ids()?,
             };
-            for name in written.into_iter().filter(|name| !named.contains(name)) {
+            for name in written.into_iter().filter(|name| !named.names.contains(name)) {
+                if let Some(refused) = named.refused.remove(&name) {
+                    self.row_refused("housekeeping", &refused.into());
+                }
                 match swept {
                     // With the bytes of a result sealed before the
                     // registry kept them.

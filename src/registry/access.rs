@@ -1,11 +1,11 @@
 //! What the registry keeps for lawful access: authorities, principals with
 //! their roles, and warrants, behind [`AccessRegistry`].
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use super::{AuditHook, RegistryError, StoredTarget};
+use super::{AuditHook, NamedKeys, RegistryError, StoredTarget};
 use crate::model::{Category, IdentifierKind, TimestampMicros};
 
 /// What a principal may do.
@@ -191,8 +191,9 @@ pub trait AccessRegistry: Send + Sync {
     ) -> Result<(), RegistryError>;
     /// A warrant with its target kinds.
     fn warrant(&self, id: &str) -> Result<Option<Warrant>, RegistryError>;
-    /// Every warrant's id, closed ones too.
-    fn warrant_ids(&self) -> Result<HashSet<String>, RegistryError>;
+    /// Every warrant's id, closed ones too, from the rows whose seals hold;
+    /// the others are reported, not counted.
+    fn warrant_ids(&self) -> Result<NamedKeys, RegistryError>;
     /// The warrant's targets as (kind, sealed value), in order.
     fn sealed_targets(&self, id: &str) -> Result<Vec<(IdentifierKind, Vec<u8>)>, RegistryError>;
     /// Records a decision on a registered warrant; `false` if it was not

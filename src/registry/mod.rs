@@ -17,6 +17,7 @@ mod requests;
 pub mod seal;
 pub mod sqlite;
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -81,6 +82,19 @@ impl std::fmt::Debug for StoredTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "StoredTarget({})", self.kind.as_str())
     }
+}
+
+/// The record keys that a registry's rows name (a request its result, a
+/// warrant its own), as the sweep of unnamed keys reads them. Only rows
+/// whose seals hold name anything: a row written or changed behind the
+/// service cannot keep a key alive, and is reported instead.
+#[derive(Debug, Default)]
+pub struct NamedKeys {
+    /// The names that rows with sound seals give.
+    pub names: HashSet<String>,
+    /// The names that rows refused for their seals give, each with that
+    /// refusal ([`RegistryError::Tampered`]).
+    pub refused: HashMap<String, RegistryError>,
 }
 
 /// The three traits over one backend, opened once by the composition root.

@@ -7,9 +7,7 @@
 //! unique key `(authority, number)` is what refuses a replayed request.
 //! Rows hold ids, counts and digests, never a target value.
 
-use std::collections::HashSet;
-
-use super::{AuditHook, RegistryError};
+use super::{AuditHook, NamedKeys, RegistryError};
 use crate::model::TimestampMicros;
 
 /// The outcome of a request.
@@ -157,8 +155,9 @@ pub trait RequestRegistry: Send + Sync {
     /// Forgets a request's result once its key is destroyed, and deletes
     /// the sealed bytes (overwritten, not left in free pages).
     fn clear_result(&self, request_id: &str) -> Result<(), RequestError>;
-    /// The names of every result a request still names as kept.
-    fn result_names(&self) -> Result<HashSet<String>, RequestError>;
+    /// The names of every result a request still names as kept, from the
+    /// rows whose seals hold; the others are reported, not counted.
+    fn result_names(&self) -> Result<NamedKeys, RequestError>;
     /// Deletes the sealed results that no request names (their request's
     /// row deleted behind the service; their key is destroyed first).
     /// Returns how many.

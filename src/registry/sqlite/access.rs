@@ -1,7 +1,5 @@
 //! [`AccessRegistry`] over SQLite.
 
-use std::collections::HashSet;
-
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
@@ -9,8 +7,8 @@ use super::SqliteRegistry;
 use crate::model::{Category, IdentifierKind, TimestampMicros};
 use crate::registry::seal::SealedTable::{Principals, Warrants};
 use crate::registry::{
-    AccessRegistry, AuditHook, NewPrincipalRow, Principal, PrincipalKey, RegistryError, Role, StoredTarget, Warrant,
-    WarrantStatus,
+    AccessRegistry, AuditHook, NamedKeys, NewPrincipalRow, Principal, PrincipalKey, RegistryError, Role, StoredTarget,
+    Warrant, WarrantStatus,
 };
 
 const PRINCIPAL_COLUMNS: &str = "id, name, person, roles, authority_id, expires_at_us, revoked_at";
@@ -307,11 +305,13 @@ impl AccessRegistry for SqliteRegistry {
         })
     }
 
-    fn warrant_ids(&self) -> Result<HashSet<String>, RegistryError> {
-        let db = self.db();
-        let mut statement = db.prepare_cached("SELECT id FROM warrants")?;
-        let ids = statement.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        Ok(ids)
+    fn warrant_ids(&self) -> Result<NamedKeys, RegistryError> {
+        let connection = self.db();
+        // One snapshot for the rows read and the check of their seals.
+        let db = connection.unchecked_transaction()?;
+        let ids: Vec<String> =
+            db.prepare_cached("SELECT id FROM warrants")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        self.named_by_sealed_rows(&db, Warrants, ids.into_iter().map(|id| (id.clone(), id)))
     }
 
     fn list_warrants(

@@ -1,6 +1,6 @@
 //! [`RequestRegistry`] over SQLite.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, params};
 
@@ -8,8 +8,8 @@ use super::SqliteRegistry;
 use crate::model::TimestampMicros;
 use crate::registry::seal::SealedTable::Requests;
 use crate::registry::{
-    AGE_BUCKETS, AuditHook, AuthorityStatistics, KeptResults, ListedAfter, RegistryError, RequestError, RequestRecord,
-    RequestRegistry, RequestStatus,
+    AGE_BUCKETS, AuditHook, AuthorityStatistics, KeptResults, ListedAfter, NamedKeys, RegistryError, RequestError,
+    RequestRecord, RequestRegistry, RequestStatus,
 };
 
 const REQUEST_COLUMNS: &str = "request_id, authority_id, request_number, warrant_id, principal_id, status, reason,
@@ -221,13 +221,15 @@ impl RequestRegistry for SqliteRegistry {
         Ok(())
     }
 
-    fn result_names(&self) -> Result<HashSet<String>, RequestError> {
-        let db = self.db();
-        let names = db
-            .prepare_cached("SELECT result_name FROM requests WHERE result_name IS NOT NULL")
-            .and_then(|mut statement| statement.query_map([], |r| r.get(0))?.collect())
+    fn result_names(&self) -> Result<NamedKeys, RequestError> {
+        let connection = self.db();
+        // One snapshot for the rows read and the check of their seals.
+        let db = connection.unchecked_transaction().map_err(RegistryError::from)?;
+        let rows: Vec<(String, String)> = db
+            .prepare_cached("SELECT request_id, result_name FROM requests WHERE result_name IS NOT NULL")
+            .and_then(|mut statement| statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
             .map_err(RegistryError::from)?;
-        Ok(names)
+        Ok(self.named_by_sealed_rows(&db, Requests, rows)?)
     }
 
     fn forget_unnamed_results(&self) -> Result<usize, RequestError> {

@@ -6,8 +6,8 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteRegistry;
-use crate::registry::RegistryError;
 use crate::registry::seal::{Field, RowSeal, SealedTable};
+use crate::registry::{NamedKeys, RegistryError};
 
 /// Every column of a principal but its seal.
 const PRINCIPAL_COLUMNS: &str =
@@ -154,6 +154,30 @@ impl SqliteRegistry {
     /// row written or changed behind the service is refused (and logged,
     /// for the operator). A row that does not exist passes: the read finds
     /// nothing.
+    /// The names that `rows` of `table` (row id, name) give, counted only
+    /// for the rows whose seals hold; the others reported with their
+    /// refusal.
+    pub(super) fn named_by_sealed_rows(
+        &self,
+        db: &Connection,
+        table: SealedTable,
+        rows: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<NamedKeys, RegistryError> {
+        let mut named = NamedKeys::default();
+        for (id, name) in rows {
+            match self.check(db, table, &id) {
+                Ok(()) => {
+                    named.names.insert(name);
+                }
+                Err(refused @ RegistryError::Tampered { .. }) => {
+                    named.refused.insert(name, refused);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(named)
+    }
+
     pub(super) fn check(&self, db: &Connection, table: SealedTable, id: &str) -> Result<(), RegistryError> {
         let Some((values, tag)) = row(db, table, id)? else { return Ok(()) };
         self.seal.check(table, id, &fields(&values), tag.as_deref()).inspect_err(|error| {
