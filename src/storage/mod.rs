@@ -1,7 +1,8 @@
 //! The data directory: what is in it and under which names ([`layout`]),
 //! the public Parquet schema ([`schema`]), writing files durably with their
 //! token indexes ([`write`], [`index`]), reading them back ([`read`],
-//! [`published`]), compacting closed days ([`compact`], [`manifest`]) and
+//! [`published`], and a lookup's few rows straight from their pages:
+//! [`direct`]), compacting closed days ([`compact`], [`manifest`]) and
 //! finishing what a crash interrupted ([`recover`]).
 //!
 //! Everything that appears in the data directory is complete and durable
@@ -13,6 +14,7 @@
 pub mod checkpoint;
 pub mod compact;
 pub mod config;
+pub mod direct;
 pub mod error;
 pub mod index;
 pub mod layout;
@@ -21,4 +23,5 @@ pub mod published;
 pub mod read;
 pub mod recover;
 pub mod schema;
+mod thrift;
 pub mod write;

@@ -1,0 +1,443 @@
+//! A few rows of a column chunk read straight from their pages: what a
+//! lookup needs of a file with a match, one row or a handful.
+//!
+//! The parquet crate's reader builds, for every column chunk it reads, a
+//! page reader with a compression and a decompression context, and for a
+//! companion a decryption context, before it skips to the rows selected. A
+//! lookup reads three such chunks in each file with a match, and over a
+//! 60-day window that machinery costs more than the rows: each zstd context
+//! asks the processor for its features, which traps to the hypervisor on a
+//! virtual machine (`benches/README.md`). This reader finds the page of
+//! each wanted row in the chunk's offset index, decrypts it (for a
+//! companion: AES-GCM, with the module AAD of Parquet's modular
+//! encryption, so a page moved, swapped or altered fails its tag exactly as
+//! in the crate's reader), decompresses it with a context taken from a
+//! shared pool, and decodes only the values up to the last wanted one.
+//!
+//! It reads what cdrvault writes for the columns a lookup returns: plain
+//! byte arrays without a dictionary, required or optional, uncompressed or
+//! zstd, in data pages of version 1. For anything else it answers `None`
+//! and the caller reads the chunk with the crate's reader.
+
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use parquet::basic::{Compression, Encoding, Type};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::ColumnChunkMetaData;
+use parquet::file::page_index::offset_index::PageLocation;
+use parquet::file::reader::ChunkReader;
+use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+
+use zeroize::Zeroizing;
+
+use super::thrift;
+
+const SIZE_LEN: usize = 4;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+
+// Module types of Parquet's modular encryption.
+const DATA_PAGE: u8 = 2;
+const DATA_PAGE_HEADER: u8 = 4;
+
+fn general(what: impl Into<String>) -> ParquetError {
+    ParquetError::General(what.into())
+}
+
+/// The decryption of the pages of a file whose footer is encrypted
+/// (uniform encryption: one key for the footer and every column), with the
+/// file's AAD: the prefix the reader supplies and the unique part the file
+/// stores in its crypto metadata.
+pub struct PageCipher {
+    key: LessSafeKey,
+    file_aad: Vec<u8>,
+}
+
+impl std::fmt::Debug for PageCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageCipher")
+    }
+}
+
+impl PageCipher {
+    /// The cipher of `file`'s pages under `key` and `aad_prefix`; `None` if
+    /// the file is not one this reader decrypts (a plaintext footer,
+    /// another algorithm, a key length AES-GCM does not take).
+    pub fn of<R: ChunkReader>(file: &R, key: &[u8], aad_prefix: &[u8]) -> Result<Option<PageCipher>, ParquetError> {
+        let algorithm = match key.len() {
+            16 => &AES_128_GCM,
+            32 => &AES_256_GCM,
+            _ => return Ok(None),
+        };
+        let len = file.len();
+        let tail = file.get_bytes(len.saturating_sub(8), 8)?;
+        if tail.len() != 8 || &tail[4..] != b"PARE" {
+            return Ok(None);
+        }
+        let footer_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+        let start =
+            len.checked_sub(8 + footer_len).ok_or_else(|| general("an encrypted footer longer than its file"))?;
+        let footer = file.get_bytes(start, footer_len as usize)?;
+        let Some(unique) = thrift::aad_file_unique(&footer)? else { return Ok(None) };
+        let key = LessSafeKey::new(UnboundKey::new(algorithm, key).map_err(|_| general("an unusable page key"))?);
+        Ok(Some(PageCipher { key, file_aad: [aad_prefix, &unique].concat() }))
+    }
+
+    /// The AAD of a page's module: the file's, the module type, then the
+    /// row group, the column and the page, each as two bytes.
+    fn module_aad(&self, module: u8, row_group: usize, column: usize, page: usize) -> Result<Vec<u8>, ParquetError> {
+        let ordinal = |n: usize| i16::try_from(n).map(i16::to_le_bytes).map_err(|_| general("an ordinal beyond 32767"));
+        let mut aad = Vec::with_capacity(self.file_aad.len() + 7);
+        aad.extend_from_slice(&self.file_aad);
+        aad.push(module);
+        aad.extend(ordinal(row_group)?);
+        aad.extend(ordinal(column)?);
+        aad.extend(ordinal(page)?);
+        Ok(aad)
+    }
+
+    /// Decrypts the module at the start of `bytes` (its length, nonce,
+    /// ciphertext and tag); returns the plaintext and the module's length.
+    fn open(&self, bytes: &[u8], aad: &[u8]) -> Result<(Vec<u8>, usize), ParquetError> {
+        let framed = bytes.get(..SIZE_LEN).ok_or_else(|| general("a truncated encrypted module"))?;
+        let len = u32::from_le_bytes([framed[0], framed[1], framed[2], framed[3]]) as usize;
+        let module = bytes.get(SIZE_LEN..SIZE_LEN + len).filter(|m| m.len() >= NONCE_LEN + TAG_LEN);
+        let module = module.ok_or_else(|| general("a truncated encrypted module"))?;
+        let nonce = Nonce::try_assume_unique_for_key(&module[..NONCE_LEN]).map_err(|_| general("a malformed nonce"))?;
+        let mut sealed = module[NONCE_LEN..].to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(aad), &mut sealed)
+            .map_err(|_| general("a page does not decrypt: altered, moved, or under another key"))?;
+        let plain_len = plain.len();
+        sealed.truncate(plain_len);
+        Ok((sealed, SIZE_LEN + len))
+    }
+}
+
+/// A column chunk to read rows of: its metadata, its pages' locations (the
+/// offset index), the rows of its row group, and for a companion the
+/// cipher with the chunk's row group and column ordinals.
+pub struct Chunk<'a> {
+    pub column: &'a ColumnChunkMetaData,
+    pub pages: &'a [PageLocation],
+    pub rows: usize,
+    pub sealed: Option<(&'a PageCipher, usize, usize)>,
+}
+
+/// Whether this reader can read `column`'s chunk, from its metadata: plain
+/// byte arrays (no dictionary page), not nested, uncompressed or zstd.
+pub fn readable(column: &ColumnChunkMetaData) -> bool {
+    let descr = column.column_descr();
+    column.column_type() == Type::BYTE_ARRAY
+        && column.dictionary_page_offset().is_none()
+        && matches!(column.compression(), Compression::UNCOMPRESSED | Compression::ZSTD(_))
+        && descr.max_rep_level() == 0
+        && descr.max_def_level() <= 1
+}
+
+/// The values of `rows` (ascending, within the chunk's row group) of a
+/// chunk [`readable`] says this reader reads, as UTF-8 strings (`None` for
+/// a null). `None` if a page turns out to be of a kind it does not read.
+pub fn string_rows<R: ChunkReader>(
+    file: &R,
+    chunk: &Chunk<'_>,
+    rows: &[usize],
+) -> Result<Option<Vec<Option<String>>>, ParquetError> {
+    let mut values = Vec::with_capacity(rows.len());
+    let mut at = 0;
+    while at < rows.len() {
+        let row = rows[at];
+        if row >= chunk.rows {
+            return Err(general("a row beyond its row group"));
+        }
+        let page = chunk
+            .pages
+            .partition_point(|p| usize::try_from(p.first_row_index).is_ok_and(|first| first <= row))
+            .checked_sub(1)
+            .ok_or_else(|| general("a row before the first page"))?;
+        let first = chunk.pages[page].first_row_index as usize;
+        let end = chunk.pages.get(page + 1).map_or(chunk.rows, |next| next.first_row_index as usize);
+        let wanted: Vec<usize> =
+            rows[at..].iter().take_while(|r| **r < end).filter_map(|r| r.checked_sub(first)).collect();
+        if wanted.is_empty() {
+            return Err(general("page locations out of order"));
+        }
+        let Some(read) = page_rows(file, chunk, page, &wanted)? else { return Ok(None) };
+        at += wanted.len();
+        values.extend(read);
+    }
+    Ok(Some(values))
+}
+
+/// The values at `wanted` (ascending, within the page) of page `page`.
+fn page_rows<R: ChunkReader>(
+    file: &R,
+    chunk: &Chunk<'_>,
+    page: usize,
+    wanted: &[usize],
+) -> Result<Option<Vec<Option<String>>>, ParquetError> {
+    let location = &chunk.pages[page];
+    let offset = u64::try_from(location.offset).map_err(|_| general("a negative page offset"))?;
+    let length = usize::try_from(location.compressed_page_size).map_err(|_| general("a negative page length"))?;
+    let raw: Bytes = file.get_bytes(offset, length)?;
+    // A companion's pages hold identifiers in clear once decrypted: their
+    // buffers are wiped when dropped.
+    let (header, body): (thrift::PageHeader, Zeroizing<Vec<u8>>) = match chunk.sealed {
+        None => {
+            let (header, used) = thrift::page_header(&raw)?;
+            let size = usize::try_from(header.compressed_size).map_err(|_| general("a negative page size"))?;
+            let body = raw.get(used..used + size).ok_or_else(|| general("a page longer than its location"))?;
+            (header, Zeroizing::new(body.to_vec()))
+        }
+        Some((cipher, row_group, column)) => {
+            let aad = cipher.module_aad(DATA_PAGE_HEADER, row_group, column, page)?;
+            let (plain, used) = cipher.open(&raw, &aad)?;
+            let (header, _) = thrift::page_header(&plain)?;
+            let aad = cipher.module_aad(DATA_PAGE, row_group, column, page)?;
+            let (body, _) = cipher.open(&raw[used..], &aad)?;
+            (header, Zeroizing::new(body))
+        }
+    };
+    let Some(data) = header.data.as_ref().filter(|_| header.kind == thrift::DATA_PAGE) else { return Ok(None) };
+    let optional = chunk.column.column_descr().max_def_level() == 1;
+    if data.encoding != Encoding::PLAIN as i32 || (optional && data.definition_encoding != Encoding::RLE as i32) {
+        return Ok(None);
+    }
+    let page = match chunk.column.compression() {
+        Compression::ZSTD(_) => {
+            let size = usize::try_from(header.uncompressed_size).map_err(|_| general("a negative page size"))?;
+            Zeroizing::new(decompress(&body, size)?)
+        }
+        _ => body,
+    };
+    let count = usize::try_from(data.num_values).map_err(|_| general("a negative value count"))?;
+    let Some(&last) = wanted.last() else { return Ok(Some(Vec::new())) };
+    if last >= count {
+        return Err(general("a row beyond its page"));
+    }
+    // Definition levels (version 1: their length, then the RLE/bit-packed
+    // hybrid at one bit per value), then the defined values.
+    let (defined, mut at) = match optional {
+        false => (None, 0),
+        true => {
+            let len = page.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+            let levels = len.and_then(|len| page.get(4..4 + len)).ok_or_else(|| general("truncated levels"))?;
+            (Some(definition_levels(levels, last + 1)?), 4 + levels.len())
+        }
+    };
+    let mut values = Vec::with_capacity(wanted.len());
+    let mut next = wanted.iter().peekable();
+    for index in 0..=last {
+        let is_defined = defined.as_ref().is_none_or(|d| d[index]);
+        let value = match is_defined {
+            false => None,
+            true => {
+                let len = page.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+                let len = len.ok_or_else(|| general("a truncated value"))?;
+                let bytes = page.get(at + 4..at + 4 + len).ok_or_else(|| general("a truncated value"))?;
+                at += 4 + len;
+                Some(bytes)
+            }
+        };
+        if next.next_if(|w| **w == index).is_some() {
+            let text = value.map(|v| String::from_utf8(v.to_vec()).map_err(|_| general("a value not in UTF-8")));
+            values.push(text.transpose()?);
+        }
+    }
+    Ok(Some(values))
+}
+
+/// The first `count` definition levels of bit width 1, as defined or not.
+fn definition_levels(bytes: &[u8], count: usize) -> Result<Vec<bool>, ParquetError> {
+    let truncated = || general("truncated levels");
+    let mut levels = Vec::with_capacity(count + 8);
+    let mut at = 0;
+    while levels.len() < count {
+        let mut header = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *bytes.get(at).ok_or_else(truncated)?;
+            at += 1;
+            header |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        let run = usize::try_from(header >> 1).map_err(|_| truncated())?;
+        if header & 1 == 1 {
+            // Bit-packed: `run` groups of eight values, a byte each.
+            let packed = bytes.get(at..at + run).ok_or_else(truncated)?;
+            at += run;
+            levels.extend(packed.iter().flat_map(|byte| (0..8).map(move |bit| byte >> bit & 1 == 1)));
+        } else {
+            let value = *bytes.get(at).ok_or_else(truncated)?;
+            at += 1;
+            if run == 0 {
+                return Err(general("an empty run of levels"));
+            }
+            levels.extend(std::iter::repeat_n(value & 1 == 1, run.min(count - levels.len())));
+        }
+    }
+    levels.truncate(count);
+    Ok(levels)
+}
+
+/// zstd decompression contexts, kept between pages and lookups: making
+/// one is what this reader exists to avoid.
+static DECOMPRESSORS: Mutex<Vec<zstd::bulk::Decompressor<'static>>> = Mutex::new(Vec::new());
+
+fn decompress(bytes: &[u8], size: usize) -> Result<Vec<u8>, ParquetError> {
+    let taken = DECOMPRESSORS.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let mut decompressor = match taken {
+        Some(decompressor) => decompressor,
+        None => zstd::bulk::Decompressor::new().map_err(|e| ParquetError::External(Box::new(e)))?,
+    };
+    let page = decompressor.decompress(bytes, size).map_err(|e| ParquetError::External(Box::new(e)));
+    DECOMPRESSORS.lock().unwrap_or_else(|p| p.into_inner()).push(decompressor);
+    let page = page?;
+    if page.len() != size {
+        return Err(general("a page of another size than its header says"));
+    }
+    Ok(page)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{Array, RecordBatch, StringArray};
+    use parquet::arrow::ArrowWriter;
+    use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+    use parquet::basic::ZstdLevel;
+    use parquet::encryption::decrypt::FileDecryptionProperties;
+    use parquet::encryption::encrypt::FileEncryptionProperties;
+    use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
+    use parquet::file::properties::WriterProperties;
+
+    use super::*;
+
+    const KEY: &[u8; 32] = b"0123456789abcdef0123456789abcdef";
+    const PREFIX: &[u8] = b"2026-12-01/file.sealed.parquet";
+
+    /// 100 rows of a required and an optional string column, 7 rows a
+    /// page, zstd, with every third value of the optional one null.
+    fn rows() -> (Vec<String>, Vec<Option<String>>) {
+        let ids = (0..100).map(|i| format!("record-{i:04}")).collect();
+        let numbers = (0..100).map(|i| (i % 3 != 1).then(|| format!("+45{:08}", i * 7919))).collect();
+        (ids, numbers)
+    }
+
+    fn written(encrypted: bool) -> (Bytes, ParquetMetaData) {
+        let (ids, numbers) = rows();
+        let batch = RecordBatch::try_from_iter([
+            ("id", Arc::new(StringArray::from(ids)) as Arc<dyn Array>),
+            ("number", Arc::new(StringArray::from(numbers)) as Arc<dyn Array>),
+        ])
+        .unwrap();
+        let mut properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap()))
+            .set_dictionary_enabled(false)
+            .set_data_page_row_count_limit(7)
+            .set_write_batch_size(7);
+        if encrypted {
+            let encryption = FileEncryptionProperties::builder(KEY.to_vec())
+                .with_plaintext_footer(false)
+                .with_aad_prefix(PREFIX.to_vec())
+                .build()
+                .unwrap();
+            properties = properties.with_file_encryption_properties(encryption);
+        }
+        let mut out = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties.build())).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let bytes = Bytes::from(out);
+        let mut options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
+        if encrypted {
+            let decryption =
+                FileDecryptionProperties::builder(KEY.to_vec()).with_aad_prefix(PREFIX.to_vec()).build().unwrap();
+            options = options.with_file_decryption_properties(decryption);
+        }
+        let metadata = ArrowReaderMetadata::load(&bytes, options).unwrap().metadata().as_ref().clone();
+        (bytes, metadata)
+    }
+
+    fn read(
+        bytes: &Bytes,
+        metadata: &ParquetMetaData,
+        cipher: Option<&PageCipher>,
+        column: usize,
+        rows: &[usize],
+    ) -> Result<Option<Vec<Option<String>>>, ParquetError> {
+        let chunk_meta = metadata.row_group(0).column(column);
+        assert!(readable(chunk_meta));
+        let pages = metadata.page_index().unwrap().offset_index(0, column).unwrap().page_locations();
+        assert!(pages.len() > 10, "pages of 7 rows");
+        let chunk = Chunk {
+            column: chunk_meta,
+            pages,
+            rows: metadata.row_group(0).num_rows() as usize,
+            sealed: cipher.map(|c| (c, 0, column)),
+        };
+        string_rows(bytes, &chunk, rows)
+    }
+
+    #[test]
+    fn rows_read_from_their_pages_are_the_rows_written_in_clear_and_encrypted() {
+        let (ids, numbers) = rows();
+        let wanted = [0, 1, 6, 7, 8, 50, 51, 52, 97, 99];
+        for encrypted in [false, true] {
+            let (bytes, metadata) = written(encrypted);
+            let cipher = PageCipher::of(&bytes, KEY, PREFIX).unwrap();
+            assert_eq!(cipher.is_some(), encrypted, "only an encrypted footer has a page cipher");
+            let ids_read = read(&bytes, &metadata, cipher.as_ref(), 0, &wanted).unwrap().unwrap();
+            assert_eq!(ids_read, wanted.iter().map(|&r| Some(ids[r].clone())).collect::<Vec<_>>());
+            let numbers_read = read(&bytes, &metadata, cipher.as_ref(), 1, &wanted).unwrap().unwrap();
+            assert_eq!(numbers_read, wanted.iter().map(|&r| numbers[r].clone()).collect::<Vec<_>>());
+            let every: Vec<usize> = (0..100).collect();
+            assert_eq!(read(&bytes, &metadata, cipher.as_ref(), 1, &every).unwrap().unwrap(), numbers);
+            assert!(read(&bytes, &metadata, cipher.as_ref(), 1, &[100]).is_err(), "a row beyond the group");
+        }
+    }
+
+    #[test]
+    fn an_encrypted_page_altered_moved_or_under_another_key_is_refused() {
+        let (bytes, metadata) = written(true);
+        let wanted = [50];
+        let cipher = PageCipher::of(&bytes, KEY, PREFIX).unwrap().unwrap();
+        let other_key = PageCipher::of(&bytes, b"another key of thirty-two bytes!", PREFIX).unwrap().unwrap();
+        assert!(read(&bytes, &metadata, Some(&other_key), 1, &wanted).is_err());
+        let elsewhere = PageCipher::of(&bytes, KEY, b"2026-12-02/file.sealed.parquet").unwrap().unwrap();
+        assert!(read(&bytes, &metadata, Some(&elsewhere), 1, &wanted).is_err(), "a companion moved to another day");
+
+        let pages = metadata.page_index().unwrap().offset_index(0, 1).unwrap().page_locations().clone();
+        let page = &pages[50 / 7];
+        let mut altered = bytes.to_vec();
+        altered[(page.offset + i64::from(page.compressed_page_size) - 20) as usize] ^= 1;
+        assert!(read(&Bytes::from(altered), &metadata, Some(&cipher), 1, &wanted).is_err(), "an altered page");
+
+        // Page 7 copied over page 8, which is longer or as long: its own
+        // ordinal in the AAD no longer matches.
+        let (from, to) = (&pages[7], &pages[8]);
+        assert!(to.compressed_page_size >= from.compressed_page_size);
+        let mut moved = bytes.to_vec();
+        let source =
+            bytes[from.offset as usize..(from.offset + i64::from(from.compressed_page_size)) as usize].to_vec();
+        moved[to.offset as usize..to.offset as usize + source.len()].copy_from_slice(&source);
+        assert!(read(&Bytes::from(moved), &metadata, Some(&cipher), 1, &[to.first_row_index as usize]).is_err());
+        assert!(read(&bytes, &metadata, Some(&cipher), 1, &[to.first_row_index as usize]).is_ok());
+    }
+
+    #[test]
+    fn definition_levels_read_runs_and_bit_packed_groups() {
+        // A run of 5 defined, then one bit-packed group of 8: 0b1010_0110.
+        let bytes = [5 << 1, 1, 1 << 1 | 1, 0b1010_0110];
+        let levels = definition_levels(&bytes, 13).unwrap();
+        let expected = [true; 5].into_iter().chain([false, true, true, false, false, true, false, true]);
+        assert_eq!(levels, expected.collect::<Vec<_>>());
+        assert_eq!(definition_levels(&bytes, 3).unwrap(), vec![true; 3]);
+        assert!(definition_levels(&bytes[..3], 13).is_err(), "a truncated group");
+        assert!(definition_levels(&[0, 1], 1).is_err(), "an empty run never ends");
+    }
+}
