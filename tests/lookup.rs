@@ -87,7 +87,10 @@ struct Fixture {
 
 impl Fixture {
     fn new(seed: u64) -> Fixture {
-        let parquet = ParquetConfig { row_group_rows: 1_999, ..ParquetConfig::default() };
+        Fixture::with(seed, ParquetConfig { row_group_rows: 1_999, ..ParquetConfig::default() })
+    }
+
+    fn with(seed: u64, parquet: ParquetConfig) -> Fixture {
         let vault = TestVault::with(VaultOptions { parquet, ..VaultOptions::default() });
         let synth = SynthConfig { seed, subscribers: 1_000, days: 5, until: vault.now(), invalid_ratio: 0.0 };
         let (generator, records) = generated(synth, 20_000);
@@ -210,6 +213,35 @@ fn check_all(fixture: &Fixture, engine: &LookupEngine, expect_index: bool) -> Lo
         total.candidates += stats.candidates;
     }
     total
+}
+
+/// The rows a lookup reads straight from their pages are the rows the
+/// parquet crate's readers read: every field of every record found, for
+/// every kind of target, over pages of 64 rows with nulls in the sealed
+/// columns.
+#[test]
+fn rows_read_straight_from_their_pages_equal_what_the_parquet_readers_read() {
+    let parquet = ParquetConfig { row_group_rows: 1_999, lookup_page_rows: 64, ..ParquetConfig::default() };
+    let fixture = Fixture::with(23, parquet);
+    let direct = LookupEngine::new(fixture.data(), fixture.keys());
+    let reference = LookupEngine::new(fixture.data(), fixture.keys()).without_direct_reads();
+    let (mut read_directly, mut found_in_all) = (0, 0);
+    for targets in targets(&fixture) {
+        let days = if targets.iter().any(|(k, _)| *k == IdentifierKind::Cell) { 1 } else { 4 };
+        for categories in
+            [vec![Category::Traffic], vec![Category::Traffic, Category::Location, Category::Device, Category::Ip]]
+        {
+            let query = Query { categories: categories.into_iter().collect(), ..fixture.query(targets.clone(), days) };
+            let (found, stats) = direct.find(&query).unwrap();
+            let (expected, reference_stats) = reference.find(&query).unwrap();
+            assert!(found == expected, "targets of kinds {:?}: the records differ", kinds(&targets));
+            assert_eq!(reference_stats.chunks_read_directly, 0);
+            read_directly += stats.chunks_read_directly;
+            found_in_all += found.len();
+        }
+    }
+    assert!(found_in_all > 100, "records found: {found_in_all}");
+    assert!(read_directly > 100, "chunks read straight from their pages: {read_directly}");
 }
 
 fn kinds(targets: &[(IdentifierKind, String)]) -> Vec<&'static str> {

@@ -5,8 +5,8 @@
 //! indexes, the parsed index footer and the bloom filters read so far. All
 //! of it is immutable once a file is published and holds no identifier,
 //! except that a companion's parsed footer carries the parquet crate's copy
-//! of the key that unseals it: the cache forgets a day as soon as its key
-//! is gone.
+//! of the key that unseals it, and its page cipher another: the cache
+//! forgets a day as soon as its key is gone.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use parquet::file::metadata::PageIndexPolicy;
 use super::{LookupError, LookupStats};
 use crate::keys::{DayKey, KeyStore};
 use crate::model::{KeyId, PartitionDate};
+use crate::storage::direct::PageCipher;
 use crate::storage::index::IndexReader;
 use crate::storage::published::PublishedFile;
 use crate::storage::{layout, read};
@@ -85,6 +86,9 @@ pub(super) struct SealedFile {
     /// The digests of the data file's clear chunks; `None` for a companion
     /// written before they were recorded.
     digests: Option<read::ChunkDigests>,
+    /// The decryption of its pages for [direct](crate::storage::direct) reads; `None` for a
+    /// companion that reader does not decrypt.
+    pub(super) cipher: Option<PageCipher>,
 }
 
 impl CachedFile {
@@ -104,7 +108,8 @@ impl CachedFile {
         let metadata = ArrowReaderMetadata::load(&file, options)?;
         read::check_pairing(self.metadata.metadata(), &read::footer_sha256(&self.file)?, metadata.metadata())?;
         let digests = read::ChunkDigests::of(metadata.metadata())?;
-        let opened = Arc::new(SealedFile { file, metadata, digests });
+        let cipher = PageCipher::of(&file, key.secret.expose(), layout::aad_prefix(&companion).as_bytes())?;
+        let opened = Arc::new(SealedFile { file, metadata, digests, cipher });
         *sealed = Some(Arc::clone(&opened));
         Ok(opened)
     }

@@ -23,6 +23,9 @@ pub struct LookupEngine {
     keys: Arc<KeyStore>,
     /// At most this many threads per query.
     threads: usize,
+    /// Whether the few rows of a file with a match are read straight from
+    /// their pages ([`crate::storage::direct`]) where they can be.
+    direct: bool,
     cache: FileCache,
     metrics: Option<Arc<Metrics>>,
 }
@@ -40,7 +43,14 @@ pub struct KeyCacheReport {
 impl LookupEngine {
     pub fn new(data_dir: PathBuf, keys: Arc<KeyStore>) -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        LookupEngine { data_dir, keys, threads, cache: FileCache::default(), metrics: None }
+        LookupEngine { data_dir, keys, threads, direct: true, cache: FileCache::default(), metrics: None }
+    }
+
+    /// Reads every row through the parquet crate's readers, never straight
+    /// from its pages: the reference the direct reads are checked against.
+    pub fn without_direct_reads(mut self) -> Self {
+        self.direct = false;
+        self
     }
 
     /// Reports [`KeyCacheReport`] to `metrics` after each cache sweep.
@@ -81,7 +91,7 @@ impl LookupEngine {
             let mut stats = LookupStats::default();
             for path in self.cache.list(&day.root, day.day, &mut stats)? {
                 let file = Work { path, area: day.area.clone(), key: Arc::clone(&day.key) };
-                search::search_file(&self.cache, &file, &tokens, query, &mut stats, &mut found)
+                search::search_file(&self.cache, &file, &tokens, query, self.direct, &mut stats, &mut found)
                     .map_err(|source| LookupError::Parquet { path: file.path.display().to_string(), source })?;
             }
             Ok::<_, LookupError>((found, stats))

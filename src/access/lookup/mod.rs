@@ -145,6 +145,10 @@ pub struct LookupStats {
     /// Companion column chunks read: a sealed column that is null in every
     /// row of a group read is skipped.
     pub sealed_chunks_read: u64,
+    /// Column chunks (clear or sealed) whose wanted rows were read straight
+    /// from their pages ([`crate::storage::direct`]), not through the
+    /// parquet crate's reader.
+    pub chunks_read_directly: u64,
     /// Files of preservation areas searched.
     pub preserved_files: u64,
     /// Files whose footer came from the cache, and files opened afresh.
@@ -167,6 +171,7 @@ impl LookupStats {
         self.token_chunks_scanned += other.token_chunks_scanned;
         self.index_pages += other.index_pages;
         self.sealed_chunks_read += other.sealed_chunks_read;
+        self.chunks_read_directly += other.chunks_read_directly;
         self.preserved_files += other.preserved_files;
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;

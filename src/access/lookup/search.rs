@@ -8,16 +8,19 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, BooleanArray, RecordBatch};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder, RowSelection};
 use parquet::errors::ParquetError;
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::statistics::Statistics;
 
 use super::cache::{Area, CachedFile, FileCache, Work};
 use super::{FoundRecord, LookupStats, Query};
 use crate::model::{Category, IdentifierField, IdentifierKind, KeyId, TimestampMicros};
-use crate::storage::{index, read, schema};
+use crate::storage::direct::{self, PageCipher};
+use crate::storage::published::PublishedFile;
+use crate::storage::{index, schema};
 
 /// Searches one file of a query, adding what it finds to `found`.
 pub(super) fn search_file(
@@ -25,6 +28,7 @@ pub(super) fn search_file(
     work: &Work,
     tokens: &HashMap<KeyId, Vec<i64>>,
     query: &Query,
+    direct: bool,
     stats: &mut LookupStats,
     found: &mut Vec<FoundRecord>,
 ) -> Result<(), ParquetError> {
@@ -77,7 +81,7 @@ pub(super) fn search_file(
         (Some(index), true) => index.rows_for(file_tokens).ok(),
         _ => None,
     };
-    let candidates: Vec<usize> = match indexed {
+    let mut candidates: Vec<usize> = match indexed {
         Some((rows, pages)) => {
             stats.files_indexed += 1;
             stats.index_pages += pages;
@@ -91,6 +95,9 @@ pub(super) fn search_file(
             scan(&cached, &wanted, &in_window, time_index, query, stats)?
         }
     };
+    // In file order, each once: the order every reader below returns.
+    candidates.sort_unstable();
+    candidates.dedup();
     let groups: BTreeSet<usize> = candidates.iter().filter_map(|r| group_of(&starts, *r)).collect();
     stats.row_groups_read += groups.len() as u64;
     if candidates.is_empty() {
@@ -146,27 +153,124 @@ pub(super) fn search_file(
     // written: the companion holds each chunk's digest.
     cached.check_chunks(&sealed, &groups, &columns)?;
     stats.sealed_chunks_read += (sealed_columns.len() * groups.len()) as u64;
-    let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
-    let clear = ParquetRecordBatchReaderBuilder::new_with_metadata(cached.file.clone(), cached.metadata.clone())
-        .with_row_groups(groups.clone())
-        .with_row_selection(selection.clone())
-        .with_projection(ProjectionMask::leaves(parquet_schema, columns))
-        .build()?;
-    // The same rows of the companion, in batches of the same size.
-    let hidden = ParquetRecordBatchReaderBuilder::new_with_metadata(sealed.file.clone(), sealed.metadata.clone())
-        .with_row_groups(groups)
-        .with_row_selection(selection)
-        .with_projection(ProjectionMask::leaves(sealed_schema, sealed_columns))
-        .build()?;
     let preserved_under = match &work.area {
         Area::Live => None,
         Area::Preserved { order, .. } => Some(order.as_str()),
     };
-    for batch in read::FileReader::joined(clear, hidden) {
-        let batch = batch?;
-        collect(&batch, &wanted, query, preserved_under, stats, found);
+    let clear_file = Columns { file: &cached.file, reader: &cached.metadata, encrypted: false, cipher: None };
+    let sealed_file =
+        Columns { file: &sealed.file, reader: &sealed.metadata, encrypted: true, cipher: sealed.cipher.as_ref() };
+    // Each column read straight from its pages where it can be; the rest
+    // by the parquet crate's readers, clear and sealed apart.
+    let mut read = Vec::new();
+    let (mut clear_rest, mut sealed_rest) = (columns, sealed_columns);
+    if direct {
+        let by_group = rows_by_group(&starts, &groups, &candidates);
+        for (side, rest) in [(&clear_file, &mut clear_rest), (&sealed_file, &mut sealed_rest)] {
+            let mut left = Vec::new();
+            for column in rest.drain(..) {
+                match side.direct(column, &by_group)? {
+                    Some(values) => read.push(values),
+                    None => left.push(column),
+                }
+            }
+            *rest = left;
+        }
+        stats.chunks_read_directly += (read.len() * groups.len()) as u64;
     }
+    let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
+    for (side, rest) in [(&clear_file, clear_rest), (&sealed_file, sealed_rest)] {
+        if !rest.is_empty() {
+            read.extend(side.through_reader(&groups, &selection, rest)?);
+        }
+    }
+    let batch = RecordBatch::try_from_iter(read)?;
+    collect(&batch, &wanted, query, preserved_under, stats, found);
     Ok(())
+}
+
+/// One side of a file a search reads (the data file, or its companion
+/// with its pages' cipher).
+struct Columns<'a> {
+    file: &'a PublishedFile,
+    reader: &'a ArrowReaderMetadata,
+    /// Whether its pages are encrypted: then read directly only with
+    /// `cipher`.
+    encrypted: bool,
+    cipher: Option<&'a PageCipher>,
+}
+
+impl Columns<'_> {
+    fn metadata(&self) -> &ParquetMetaData {
+        self.reader.metadata()
+    }
+
+    /// Columns `columns` at the rows `selection` picks of `groups`, through
+    /// the parquet crate's reader, by name.
+    fn through_reader(
+        &self,
+        groups: &[usize],
+        selection: &RowSelection,
+        columns: Vec<usize>,
+    ) -> Result<Vec<(String, ArrayRef)>, ParquetError> {
+        let batches = ParquetRecordBatchReaderBuilder::new_with_metadata(self.file.clone(), self.reader.clone())
+            .with_row_groups(groups.to_vec())
+            .with_row_selection(selection.clone())
+            .with_projection(ProjectionMask::leaves(self.metadata().file_metadata().schema_descr(), columns))
+            .build()?
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(schema) = batches.first().map(|b| b.schema()) else { return Ok(Vec::new()) };
+        let batch = arrow_select::concat::concat_batches(&schema, &batches)?;
+        Ok(schema.fields().iter().zip(batch.columns()).map(|(f, c)| (f.name().clone(), Arc::clone(c))).collect())
+    }
+
+    /// Column `column`'s values at the rows of `by_group` (group, rows
+    /// within it, both ascending), read straight from its pages; `None` if
+    /// [`direct`] does not read it.
+    fn direct(
+        &self,
+        column: usize,
+        by_group: &[(usize, Vec<usize>)],
+    ) -> Result<Option<(String, ArrayRef)>, ParquetError> {
+        let metadata = self.metadata();
+        let Some(offsets) = metadata.page_index() else { return Ok(None) };
+        let sealed = match (self.encrypted, self.cipher) {
+            (false, _) => None,
+            (true, Some(cipher)) => Some(cipher),
+            (true, None) => return Ok(None),
+        };
+        let mut values = Vec::new();
+        for (group, rows) in by_group {
+            let chunk_meta = metadata.row_group(*group).column(column);
+            let Some(pages) = offsets.offset_index(*group, column) else { return Ok(None) };
+            if !direct::readable(chunk_meta) {
+                return Ok(None);
+            }
+            let chunk = direct::Chunk {
+                column: chunk_meta,
+                pages: pages.page_locations(),
+                rows: metadata.row_group(*group).num_rows().max(0) as usize,
+                sealed: sealed.map(|cipher| (cipher, *group, column)),
+            };
+            match direct::string_rows(self.file, &chunk, rows)? {
+                Some(read) => values.extend(read),
+                None => return Ok(None),
+            }
+        }
+        let name = metadata.file_metadata().schema_descr().column(column).name().to_string();
+        Ok(Some((name, Arc::new(arrow_array::StringArray::from(values)))))
+    }
+}
+
+/// The candidate rows of each chosen group, relative to the group.
+fn rows_by_group(starts: &[usize], groups: &[usize], rows: &[usize]) -> Vec<(usize, Vec<usize>)> {
+    groups
+        .iter()
+        .map(|&group| {
+            let (start, end) = (starts[group], starts[group + 1]);
+            (group, rows.iter().filter(|r| **r >= start && **r < end).map(|r| r - start).collect())
+        })
+        .collect()
 }
 
 /// Candidate rows without an index: row groups pruned by bloom filters,
