@@ -180,12 +180,6 @@ pub struct FileReader {
 }
 
 impl FileReader {
-    /// The clear rows of `clear` joined with the sealed rows of `sealed`,
-    /// two readers of the same rows of a data file and of its companion.
-    pub fn joined(clear: ParquetRecordBatchReader, sealed: ParquetRecordBatchReader) -> FileReader {
-        FileReader { clear, sealed: Some(sealed) }
-    }
-
     /// The schema of the batches: the columns asked for, in
     /// [`schema::cdr_schema`] order.
     pub fn schema(&self) -> SchemaRef {
