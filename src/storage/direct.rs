@@ -14,10 +14,12 @@
 //! in the crate's reader), decompresses it with a context taken from a
 //! shared pool, and decodes only the values up to the last wanted one.
 //!
-//! It reads what cdrvault writes for the columns a lookup returns: plain
-//! byte arrays without a dictionary, required or optional, uncompressed or
-//! zstd, in data pages of version 1. For anything else it answers `None`
-//! and the caller reads the chunk with the crate's reader.
+//! It reads what cdrvault writes for the columns a lookup returns (plain
+//! byte arrays without a dictionary, required or optional) and for the
+//! token index (required integers, `DELTA_BINARY_PACKED`, see
+//! [`super::delta`]), uncompressed or zstd, in data pages of version 1.
+//! For anything else it answers `None` and the caller reads the chunk with
+//! the crate's reader.
 
 use std::sync::Mutex;
 
@@ -31,7 +33,7 @@ use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use zeroize::Zeroizing;
 
-use super::thrift;
+use super::{delta, thrift};
 
 const SIZE_LEN: usize = 4;
 const NONCE_LEN: usize = 12;
@@ -178,40 +180,13 @@ fn page_rows<R: ChunkReader>(
     page: usize,
     wanted: &[usize],
 ) -> Result<Option<Vec<Option<String>>>, ParquetError> {
-    let location = &chunk.pages[page];
-    let offset = u64::try_from(location.offset).map_err(|_| general("a negative page offset"))?;
-    let length = usize::try_from(location.compressed_page_size).map_err(|_| general("a negative page length"))?;
-    let raw: Bytes = file.get_bytes(offset, length)?;
-    // A companion's pages hold identifiers in clear once decrypted: their
-    // buffers are wiped when dropped.
-    let (header, body): (thrift::PageHeader, Zeroizing<Vec<u8>>) = match chunk.sealed {
-        None => {
-            let (header, used) = thrift::page_header(&raw)?;
-            let size = usize::try_from(header.compressed_size).map_err(|_| general("a negative page size"))?;
-            let body = raw.get(used..used + size).ok_or_else(|| general("a page longer than its location"))?;
-            (header, Zeroizing::new(body.to_vec()))
-        }
-        Some((cipher, row_group, column)) => {
-            let aad = cipher.module_aad(DATA_PAGE_HEADER, row_group, column, page)?;
-            let (plain, used) = cipher.open(&raw, &aad)?;
-            let (header, _) = thrift::page_header(&plain)?;
-            let aad = cipher.module_aad(DATA_PAGE, row_group, column, page)?;
-            let (body, _) = cipher.open(&raw[used..], &aad)?;
-            (header, Zeroizing::new(body))
-        }
+    let Some((data, page)) = data_page(file, chunk.column, &chunk.pages[page], chunk.sealed, page)? else {
+        return Ok(None);
     };
-    let Some(data) = header.data.as_ref().filter(|_| header.kind == thrift::DATA_PAGE) else { return Ok(None) };
     let optional = chunk.column.column_descr().max_def_level() == 1;
     if data.encoding != Encoding::PLAIN as i32 || (optional && data.definition_encoding != Encoding::RLE as i32) {
         return Ok(None);
     }
-    let page = match chunk.column.compression() {
-        Compression::ZSTD(_) => {
-            let size = usize::try_from(header.uncompressed_size).map_err(|_| general("a negative page size"))?;
-            Zeroizing::new(decompress(&body, size)?)
-        }
-        _ => body,
-    };
     let count = usize::try_from(data.num_values).map_err(|_| general("a negative value count"))?;
     let Some(&last) = wanted.last() else { return Ok(Some(Vec::new())) };
     if last >= count {
@@ -245,6 +220,80 @@ fn page_rows<R: ChunkReader>(
             let text = value.map(|v| String::from_utf8(v.to_vec()).map_err(|_| general("a value not in UTF-8")));
             values.push(text.transpose()?);
         }
+    }
+    Ok(Some(values))
+}
+
+/// A data page's header and its body, decrypted and decompressed.
+type DataPage = (thrift::DataPageHeader, Zeroizing<Vec<u8>>);
+
+/// The header and the body (decrypted, decompressed) of the page at
+/// `location`, page `page` of its chunk, if it is a data page of version 1;
+/// `None` for any other page.
+fn data_page<R: ChunkReader>(
+    file: &R,
+    column: &ColumnChunkMetaData,
+    location: &PageLocation,
+    sealed: Option<(&PageCipher, usize, usize)>,
+    page: usize,
+) -> Result<Option<DataPage>, ParquetError> {
+    let offset = u64::try_from(location.offset).map_err(|_| general("a negative page offset"))?;
+    let length = usize::try_from(location.compressed_page_size).map_err(|_| general("a negative page length"))?;
+    let raw: Bytes = file.get_bytes(offset, length)?;
+    // A companion's pages hold identifiers in clear once decrypted: their
+    // buffers are wiped when dropped.
+    let (header, body): (thrift::PageHeader, Zeroizing<Vec<u8>>) = match sealed {
+        None => {
+            let (header, used) = thrift::page_header(&raw)?;
+            let size = usize::try_from(header.compressed_size).map_err(|_| general("a negative page size"))?;
+            let body = raw.get(used..used + size).ok_or_else(|| general("a page longer than its location"))?;
+            (header, Zeroizing::new(body.to_vec()))
+        }
+        Some((cipher, row_group, column)) => {
+            let aad = cipher.module_aad(DATA_PAGE_HEADER, row_group, column, page)?;
+            let (plain, used) = cipher.open(&raw, &aad)?;
+            let (header, _) = thrift::page_header(&plain)?;
+            let aad = cipher.module_aad(DATA_PAGE, row_group, column, page)?;
+            let (body, _) = cipher.open(&raw[used..], &aad)?;
+            (header, Zeroizing::new(body))
+        }
+    };
+    let Some(data) = header.data.filter(|_| header.kind == thrift::DATA_PAGE) else { return Ok(None) };
+    let body = match column.compression() {
+        Compression::ZSTD(_) => {
+            let size = usize::try_from(header.uncompressed_size).map_err(|_| general("a negative page size"))?;
+            Zeroizing::new(decompress(&body, size)?)
+        }
+        _ => body,
+    };
+    Ok(Some((data, body)))
+}
+
+/// Every value of the page at `location` of a required 32- or 64-bit
+/// integer column chunk in clear, encoded `DELTA_BINARY_PACKED` (the token
+/// index's columns); `None` for a chunk or a page of another kind.
+pub fn integer_page<R: ChunkReader>(
+    file: &R,
+    column: &ColumnChunkMetaData,
+    location: &PageLocation,
+) -> Result<Option<Vec<i64>>, ParquetError> {
+    let descr = column.column_descr();
+    let kind = matches!(column.column_type(), Type::INT32 | Type::INT64)
+        && column.dictionary_page_offset().is_none()
+        && matches!(column.compression(), Compression::UNCOMPRESSED | Compression::ZSTD(_))
+        && descr.max_rep_level() == 0
+        && descr.max_def_level() == 0;
+    if !kind {
+        return Ok(None);
+    }
+    let Some((data, body)) = data_page(file, column, location, None, 0)? else { return Ok(None) };
+    if data.encoding != Encoding::DELTA_BINARY_PACKED as i32 {
+        return Ok(None);
+    }
+    let count = usize::try_from(data.num_values).map_err(|_| general("a negative value count"))?;
+    let values = delta::decode(&body, count)?;
+    if values.len() != count {
+        return Err(general("a page with fewer values than its header says"));
     }
     Ok(Some(values))
 }

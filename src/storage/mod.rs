@@ -14,6 +14,7 @@
 pub mod checkpoint;
 pub mod compact;
 pub mod config;
+mod delta;
 pub mod direct;
 pub mod error;
 pub mod index;

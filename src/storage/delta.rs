@@ -1,0 +1,171 @@
+//! Parquet's `DELTA_BINARY_PACKED` encoding, decoded: the first value,
+//! then blocks of deltas, each block a minimum delta and miniblocks of
+//! bit-packed offsets from it. [`super::direct`] reads the token index's
+//! pages with it. Values are returned as `i64`; a reader of 32-bit values
+//! truncates them, which wraps exactly as 32-bit arithmetic would.
+
+use parquet::errors::ParquetError;
+
+fn malformed(what: &str) -> ParquetError {
+    ParquetError::General(format!("malformed delta encoding: {what}"))
+}
+
+/// Reads unsigned varints and zigzag varints from a byte slice.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn varint(&mut self) -> Result<u64, ParquetError> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.bytes.get(self.at).ok_or_else(|| malformed("truncated"))?;
+            self.at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        Err(malformed("varint too long"))
+    }
+
+    fn zigzag(&mut self) -> Result<i64, ParquetError> {
+        let raw = self.varint()?;
+        Ok((raw >> 1) as i64 ^ -((raw & 1) as i64))
+    }
+}
+
+/// The first `limit` values (or all, if fewer) of the encoded `bytes`.
+pub fn decode(bytes: &[u8], limit: usize) -> Result<Vec<i64>, ParquetError> {
+    let mut cursor = Cursor { bytes, at: 0 };
+    let block = usize::try_from(cursor.varint()?).map_err(|_| malformed("block size"))?;
+    let miniblocks = usize::try_from(cursor.varint()?).map_err(|_| malformed("miniblock count"))?;
+    let total = usize::try_from(cursor.varint()?).map_err(|_| malformed("value count"))?;
+    let mut value = cursor.zigzag()?;
+    if block == 0 || block % 128 != 0 || miniblocks == 0 || block % miniblocks != 0 || (block / miniblocks) % 32 != 0 {
+        return Err(malformed("block shape"));
+    }
+    let per_miniblock = block / miniblocks;
+    let wanted = total.min(limit);
+    let mut values = Vec::with_capacity(wanted);
+    if wanted > 0 {
+        values.push(value);
+    }
+    while values.len() < wanted {
+        let min_delta = cursor.zigzag()?;
+        let widths_at = cursor.at;
+        cursor.at += miniblocks;
+        let widths = bytes.get(widths_at..cursor.at).ok_or_else(|| malformed("truncated widths"))?;
+        for &width in widths {
+            if values.len() >= wanted {
+                break;
+            }
+            let width = usize::from(width);
+            if width > 64 {
+                return Err(malformed("bit width"));
+            }
+            let len = per_miniblock * width / 8;
+            let packed = bytes.get(cursor.at..cursor.at + len).ok_or_else(|| malformed("truncated miniblock"))?;
+            cursor.at += len;
+            for index in 0..per_miniblock {
+                if values.len() >= wanted {
+                    break;
+                }
+                let offset = unpacked(packed, index * width, width);
+                value = value.wrapping_add(min_delta.wrapping_add(offset as i64));
+                values.push(value);
+            }
+        }
+    }
+    Ok(values)
+}
+
+/// The `width`-bit value starting at bit `bit` of `packed`, least
+/// significant bit first.
+fn unpacked(packed: &[u8], bit: usize, width: usize) -> u64 {
+    let mut value = 0u64;
+    for i in 0..width {
+        let at = bit + i;
+        value |= u64::from(packed[at / 8] >> (at % 8) & 1) << i;
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Int32Array, Int64Array, RecordBatch};
+    use bytes::Bytes;
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, Encoding};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    use super::*;
+
+    /// The pages of a one-column file, as the crate's writer wrote them.
+    fn pages_of(column: ArrayRef) -> Vec<Vec<u8>> {
+        let batch = RecordBatch::try_from_iter([("v", column)]).unwrap();
+        let properties = WriterProperties::builder()
+            .set_dictionary_enabled(false)
+            .set_encoding(Encoding::DELTA_BINARY_PACKED)
+            .set_compression(Compression::UNCOMPRESSED)
+            .set_data_page_row_count_limit(1_000)
+            .set_write_batch_size(1_000)
+            .build();
+        let mut out = Vec::new();
+        let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(properties)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let reader = SerializedFileReader::new(Bytes::from(out)).unwrap();
+        let mut pages = Vec::new();
+        let mut page_reader = reader.get_row_group(0).unwrap().get_column_page_reader(0).unwrap();
+        while let Some(page) = page_reader.get_next_page().unwrap() {
+            pages.push(page.buffer().to_vec());
+        }
+        pages
+    }
+
+    /// `pages` decode to `values`, read as `truncate` reads them.
+    fn check(values: Vec<i64>, pages: Vec<Vec<u8>>, truncate: fn(i64) -> i64) {
+        let decoded: Vec<i64> = pages.iter().flat_map(|page| decode(page, usize::MAX).unwrap()).map(truncate).collect();
+        assert_eq!(decoded, values);
+        // A limit stops early, with the same values.
+        let first: Vec<i64> = decode(&pages[0], 5).unwrap().into_iter().map(truncate).collect();
+        assert_eq!(first, values[..5.min(values.len())]);
+    }
+
+    #[test]
+    fn values_the_crates_writer_encoded_decode_to_what_it_wrote() {
+        // Random 32-bit values wrap around; sorted ones make small deltas.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let random: Vec<i32> = (0..2_500).map(|_| next() as i32).chain([i32::MIN, i32::MAX, 0, -1]).collect();
+        let mut sorted = random.clone();
+        sorted.sort_unstable();
+        for values in [random, sorted, vec![7; 300], vec![42]] {
+            let pages = pages_of(Arc::new(Int32Array::from(values.clone())));
+            check(values.iter().map(|v| i64::from(*v)).collect(), pages, |v| i64::from(v as i32));
+        }
+        let wide: Vec<i64> = (0..1_500).map(|_| next() as i64).chain([i64::MIN, i64::MAX]).collect();
+        check(wide.clone(), pages_of(Arc::new(Int64Array::from(wide))), |v| v);
+    }
+
+    #[test]
+    fn truncated_or_misshapen_encodings_are_errors() {
+        let pages = pages_of(Arc::new(Int32Array::from((0..600).map(|i| i * 37 % 1_000).collect::<Vec<_>>())));
+        let page = &pages[0];
+        for cut in [1, 3, page.len() / 2, page.len() - 1] {
+            assert!(decode(&page[..cut], usize::MAX).is_err(), "cut at {cut}");
+        }
+        // A block of 100 values is not a shape the format allows.
+        assert!(decode(&[100, 4, 10, 0], usize::MAX).is_err());
+    }
+}
