@@ -68,11 +68,12 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Vec<i64>, ParquetError> {
             let len = per_miniblock * width / 8;
             let packed = bytes.get(cursor.at..cursor.at + len).ok_or_else(|| malformed("truncated miniblock"))?;
             cursor.at += len;
-            for index in 0..per_miniblock {
+            let mut bits = Bits { bytes: packed, at: 0, held: 0, count: 0 };
+            for _ in 0..per_miniblock {
                 if values.len() >= wanted {
                     break;
                 }
-                let offset = unpacked(packed, index * width, width);
+                let offset = bits.take(width);
                 value = value.wrapping_add(min_delta.wrapping_add(offset as i64));
                 values.push(value);
             }
@@ -81,15 +82,29 @@ pub fn decode(bytes: &[u8], limit: usize) -> Result<Vec<i64>, ParquetError> {
     Ok(values)
 }
 
-/// The `width`-bit value starting at bit `bit` of `packed`, least
-/// significant bit first.
-fn unpacked(packed: &[u8], bit: usize, width: usize) -> u64 {
-    let mut value = 0u64;
-    for i in 0..width {
-        let at = bit + i;
-        value |= u64::from(packed[at / 8] >> (at % 8) & 1) << i;
+/// Bit-packed values, least significant bit first, read one after the
+/// other.
+struct Bits<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    held: u128,
+    count: usize,
+}
+
+impl Bits<'_> {
+    /// The next `width`-bit value (`width` at most 64).
+    fn take(&mut self, width: usize) -> u64 {
+        while self.count < width {
+            self.held |= u128::from(self.bytes.get(self.at).copied().unwrap_or(0)) << self.count;
+            self.at += 1;
+            self.count += 8;
+        }
+        let mask = if width == 64 { u64::MAX } else { (1u64 << width) - 1 };
+        let value = self.held as u64 & mask;
+        self.held >>= width;
+        self.count -= width;
+        value
     }
-    value
 }
 
 #[cfg(test)]
