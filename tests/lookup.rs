@@ -235,6 +235,9 @@ fn rows_read_straight_from_their_pages_equal_what_the_parquet_readers_read() {
     let direct = LookupEngine::new(fixture.data(), fixture.keys());
     let reference = LookupEngine::new(fixture.data(), fixture.keys()).without_direct_reads();
     let (mut read_directly, mut found_in_all) = (0, 0);
+    // Of the queries for traffic only: chunks read directly, and sealed
+    // chunks read (directly or not).
+    let (mut traffic_direct, mut traffic_sealed) = (0, 0);
     for targets in targets(&fixture) {
         let days = if targets.iter().any(|(k, _)| *k == IdentifierKind::Cell) { 1 } else { 4 };
         for categories in
@@ -247,9 +250,16 @@ fn rows_read_straight_from_their_pages_equal_what_the_parquet_readers_read() {
             assert_eq!(reference_stats.chunks_read_directly, 0);
             read_directly += stats.chunks_read_directly;
             found_in_all += found.len();
+            if query.categories.len() == 1 {
+                traffic_direct += stats.chunks_read_directly;
+                traffic_sealed += stats.sealed_chunks_read;
+            }
         }
     }
     assert!(found_in_all > 100, "records found: {found_in_all}");
+    // Were the companion's chunks read through the crate's reader, only the
+    // record ids would be read directly: fewer chunks than the sealed ones.
+    assert!(traffic_sealed > 0 && traffic_direct > traffic_sealed, "{traffic_direct} direct, {traffic_sealed} sealed");
     assert!(read_directly > 100, "chunks read straight from their pages: {read_directly}");
 }
 
