@@ -14,12 +14,12 @@
 //! in the crate's reader), decompresses it with a context taken from a
 //! shared pool, and decodes only the values up to the last wanted one.
 //!
-//! It reads what cdrvault writes for the columns a lookup returns (plain
-//! byte arrays without a dictionary, required or optional) and for the
-//! token index (required integers, `DELTA_BINARY_PACKED`, see
-//! [`super::delta`]), uncompressed or zstd, in data pages of version 1.
-//! For anything else it answers `None` and the caller reads the chunk with
-//! the crate's reader.
+//! It reads what cdrvault writes for the columns a lookup returns and for
+//! the token index: strings and 32- or 64-bit integers, required or
+//! optional, plain, with a dictionary (in clear only) or
+//! `DELTA_BINARY_PACKED` ([`super::encodings`]), uncompressed or zstd, in
+//! data pages of version 1. For anything else it answers `None` and the
+//! caller reads the chunk with the crate's reader.
 
 use std::sync::Mutex;
 
@@ -33,7 +33,7 @@ use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 use zeroize::Zeroizing;
 
-use super::{delta, thrift};
+use super::{encodings, thrift};
 
 const SIZE_LEN: usize = 4;
 const NONCE_LEN: usize = 12;
@@ -128,26 +128,62 @@ pub struct Chunk<'a> {
     pub sealed: Option<(&'a PageCipher, usize, usize)>,
 }
 
-/// Whether this reader can read `column`'s chunk, from its metadata: plain
-/// byte arrays (no dictionary page), not nested, uncompressed or zstd.
-pub fn readable(column: &ColumnChunkMetaData) -> bool {
+/// Whether this reader can read `column`'s chunk, from its metadata:
+/// strings or 32- or 64-bit integers, not nested, uncompressed or zstd; a
+/// dictionary only in clear (a companion has dictionaries only for
+/// columns a lookup rarely returns).
+pub fn readable(column: &ColumnChunkMetaData, sealed: bool) -> bool {
     let descr = column.column_descr();
-    column.column_type() == Type::BYTE_ARRAY
-        && column.dictionary_page_offset().is_none()
+    matches!(column.column_type(), Type::BYTE_ARRAY | Type::INT32 | Type::INT64)
+        && (column.dictionary_page_offset().is_none() || !sealed)
         && matches!(column.compression(), Compression::UNCOMPRESSED | Compression::ZSTD(_))
         && descr.max_rep_level() == 0
         && descr.max_def_level() <= 1
 }
 
+/// Values of a chunk, as this reader returns them: strings for byte
+/// arrays, integers for 32- and 64-bit integers; `None` for a null.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Values {
+    Strings(Vec<Option<String>>),
+    Integers(Vec<Option<i64>>),
+}
+
+/// Non-null values as decoded from a page or a dictionary.
+enum Decoded {
+    Strings(Vec<Vec<u8>>),
+    Integers(Vec<i64>),
+}
+
+impl Decoded {
+    fn len(&self) -> usize {
+        match self {
+            Decoded::Strings(values) => values.len(),
+            Decoded::Integers(values) => values.len(),
+        }
+    }
+}
+
 /// The values of `rows` (ascending, within the chunk's row group) of a
-/// chunk [`readable`] says this reader reads, as UTF-8 strings (`None` for
-/// a null). `None` if a page turns out to be of a kind it does not read.
-pub fn string_rows<R: ChunkReader>(
+/// chunk [`readable`] says this reader reads. `None` if a page turns out
+/// to be of a kind it does not read.
+pub fn column_rows<R: ChunkReader>(
     file: &R,
     chunk: &Chunk<'_>,
     rows: &[usize],
-) -> Result<Option<Vec<Option<String>>>, ParquetError> {
-    let mut values = Vec::with_capacity(rows.len());
+) -> Result<Option<Values>, ParquetError> {
+    let dictionary = match chunk.column.dictionary_page_offset() {
+        None => None,
+        Some(_) if chunk.sealed.is_some() => return Ok(None),
+        Some(offset) => match dictionary_of(file, chunk, offset)? {
+            Some(dictionary) => Some(dictionary),
+            None => return Ok(None),
+        },
+    };
+    let mut values = match chunk.column.column_type() {
+        Type::BYTE_ARRAY => Values::Strings(Vec::with_capacity(rows.len())),
+        _ => Values::Integers(Vec::with_capacity(rows.len())),
+    };
     let mut at = 0;
     while at < rows.len() {
         let row = rows[at];
@@ -166,62 +202,151 @@ pub fn string_rows<R: ChunkReader>(
         if wanted.is_empty() {
             return Err(general("page locations out of order"));
         }
-        let Some(read) = page_rows(file, chunk, page, &wanted)? else { return Ok(None) };
+        if !page_rows(file, chunk, page, &wanted, dictionary.as_ref(), &mut values)? {
+            return Ok(None);
+        }
         at += wanted.len();
-        values.extend(read);
     }
     Ok(Some(values))
 }
 
-/// The values at `wanted` (ascending, within the page) of page `page`.
+/// The dictionary of a chunk in clear, from its dictionary page at
+/// `offset`; `None` if it is not a dictionary this reader reads.
+fn dictionary_of<R: ChunkReader>(file: &R, chunk: &Chunk<'_>, offset: i64) -> Result<Option<Decoded>, ParquetError> {
+    let end = chunk.pages.first().map(|p| p.offset).ok_or_else(|| general("a chunk without pages"))?;
+    let start = u64::try_from(offset).map_err(|_| general("a negative dictionary offset"))?;
+    let length = usize::try_from(end - offset).map_err(|_| general("a dictionary after its pages"))?;
+    let raw = file.get_bytes(start, length)?;
+    let (header, used) = thrift::page_header(&raw)?;
+    let Some(count) = header.dictionary.filter(|_| header.kind == thrift::DICTIONARY_PAGE) else { return Ok(None) };
+    let size = usize::try_from(header.compressed_size).map_err(|_| general("a negative page size"))?;
+    let body = raw.get(used..used + size).ok_or_else(|| general("a dictionary longer than its place"))?;
+    let body = match chunk.column.compression() {
+        Compression::ZSTD(_) => {
+            let size = usize::try_from(header.uncompressed_size).map_err(|_| general("a negative page size"))?;
+            decompress(body, size)?
+        }
+        _ => body.to_vec(),
+    };
+    let count = usize::try_from(count).map_err(|_| general("a negative value count"))?;
+    plain(&body, chunk.column.column_type(), count)
+}
+
+/// The first `count` plain-encoded values of physical type `kind`.
+fn plain(bytes: &[u8], kind: Type, count: usize) -> Result<Option<Decoded>, ParquetError> {
+    let truncated = || general("a truncated value");
+    let fixed = |width: usize| -> Result<Vec<i64>, ParquetError> {
+        let bytes = bytes.get(..count * width).ok_or_else(truncated)?;
+        Ok(bytes
+            .chunks_exact(width)
+            .map(|b| match width {
+                4 => i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                _ => i64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            })
+            .collect())
+    };
+    Ok(Some(match kind {
+        Type::BYTE_ARRAY => {
+            let mut values = Vec::with_capacity(count);
+            let mut at = 0;
+            for _ in 0..count {
+                let len = bytes.get(at..at + 4).ok_or_else(truncated)?;
+                let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                values.push(bytes.get(at + 4..at + 4 + len).ok_or_else(truncated)?.to_vec());
+                at += 4 + len;
+            }
+            Decoded::Strings(values)
+        }
+        Type::INT32 => Decoded::Integers(fixed(4)?),
+        Type::INT64 => Decoded::Integers(fixed(8)?),
+        _ => return Ok(None),
+    }))
+}
+
+/// Appends to `values` the values at `wanted` (ascending, within the page)
+/// of page `page`; false if the page is of a kind this reader does not
+/// read.
 fn page_rows<R: ChunkReader>(
     file: &R,
     chunk: &Chunk<'_>,
     page: usize,
     wanted: &[usize],
-) -> Result<Option<Vec<Option<String>>>, ParquetError> {
-    let Some((data, page)) = data_page(file, chunk.column, &chunk.pages[page], chunk.sealed, page)? else {
-        return Ok(None);
+    dictionary: Option<&Decoded>,
+    values: &mut Values,
+) -> Result<bool, ParquetError> {
+    let Some((data, body)) = data_page(file, chunk.column, &chunk.pages[page], chunk.sealed, page)? else {
+        return Ok(false);
     };
     let optional = chunk.column.column_descr().max_def_level() == 1;
-    if data.encoding != Encoding::PLAIN as i32 || (optional && data.definition_encoding != Encoding::RLE as i32) {
-        return Ok(None);
+    if optional && data.definition_encoding != Encoding::RLE as i32 {
+        return Ok(false);
     }
     let count = usize::try_from(data.num_values).map_err(|_| general("a negative value count"))?;
-    let Some(&last) = wanted.last() else { return Ok(Some(Vec::new())) };
+    let Some(&last) = wanted.last() else { return Ok(true) };
     if last >= count {
         return Err(general("a row beyond its page"));
     }
-    // Definition levels (version 1: their length, then the RLE/bit-packed
-    // hybrid at one bit per value), then the defined values.
-    let (defined, mut at) = match optional {
+    // Definition levels (version 1: their length, then the hybrid at one
+    // bit per value), then the values of the rows defined.
+    let (defined, at) = match optional {
         false => (None, 0),
         true => {
-            let len = page.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-            let levels = len.and_then(|len| page.get(4..4 + len)).ok_or_else(|| general("truncated levels"))?;
-            (Some(definition_levels(levels, last + 1)?), 4 + levels.len())
+            let len = body.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+            let levels = len.and_then(|len| body.get(4..4 + len)).ok_or_else(|| general("truncated levels"))?;
+            (Some(encodings::hybrid(levels, 1, last + 1)?), 4 + levels.len())
         }
     };
-    let mut values = Vec::with_capacity(wanted.len());
+    // Which of the page's values each wanted row is (`None`: a null).
+    let mut index = 0usize;
+    let mut positions = Vec::with_capacity(wanted.len());
     let mut next = wanted.iter().peekable();
-    for index in 0..=last {
-        let is_defined = defined.as_ref().is_none_or(|d| d[index]);
-        let value = match is_defined {
-            false => None,
-            true => {
-                let len = page.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-                let len = len.ok_or_else(|| general("a truncated value"))?;
-                let bytes = page.get(at + 4..at + 4 + len).ok_or_else(|| general("a truncated value"))?;
-                at += 4 + len;
-                Some(bytes)
-            }
-        };
-        if next.next_if(|w| **w == index).is_some() {
-            let text = value.map(|v| String::from_utf8(v.to_vec()).map_err(|_| general("a value not in UTF-8")));
-            values.push(text.transpose()?);
+    for row in 0..=last {
+        let is_defined = defined.as_ref().is_none_or(|d| d[row] == 1);
+        if next.next_if(|w| **w == row).is_some() {
+            positions.push(is_defined.then_some(index));
         }
+        index += usize::from(is_defined);
     }
-    Ok(Some(values))
+    let body = body.get(at..).ok_or_else(|| general("truncated values"))?;
+    let kind = chunk.column.column_type();
+    let is = |encoding: Encoding| data.encoding == encoding as i32;
+    let decoded = match data.encoding {
+        _ if is(Encoding::PLAIN) => plain(body, kind, index)?,
+        _ if is(Encoding::RLE_DICTIONARY) || is(Encoding::PLAIN_DICTIONARY) => {
+            let Some(dictionary) = dictionary else { return Err(general("dictionary indices without a dictionary")) };
+            let width = usize::from(*body.first().ok_or_else(|| general("truncated values"))?);
+            let indices = encodings::hybrid(&body[1..], width, index)?;
+            let entry = |i: u32| usize::try_from(i).ok().filter(|i| *i < dictionary.len());
+            let entries =
+                indices.into_iter().map(|i| entry(i).ok_or_else(|| general("an index beyond the dictionary")));
+            let entries = entries.collect::<Result<Vec<usize>, _>>()?;
+            Some(match dictionary {
+                Decoded::Strings(all) => Decoded::Strings(entries.into_iter().map(|i| all[i].clone()).collect()),
+                Decoded::Integers(all) => Decoded::Integers(entries.into_iter().map(|i| all[i]).collect()),
+            })
+        }
+        _ if is(Encoding::DELTA_BINARY_PACKED) && kind != Type::BYTE_ARRAY => {
+            let narrow = kind == Type::INT32;
+            let values = encodings::delta(body, index)?;
+            Some(Decoded::Integers(values.into_iter().map(|v| if narrow { i64::from(v as i32) } else { v }).collect()))
+        }
+        _ => None,
+    };
+    let Some(decoded) = decoded.filter(|d| d.len() == index) else { return Ok(false) };
+    match (values, decoded) {
+        (Values::Strings(out), Decoded::Strings(page)) => {
+            for position in positions {
+                let text =
+                    position.map(|i| String::from_utf8(page[i].clone()).map_err(|_| general("a value not in UTF-8")));
+                out.push(text.transpose()?);
+            }
+        }
+        (Values::Integers(out), Decoded::Integers(page)) => {
+            out.extend(positions.into_iter().map(|p| p.map(|i| page[i])))
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// A data page's header and its body, decrypted and decompressed.
@@ -291,45 +416,11 @@ pub fn integer_page<R: ChunkReader>(
         return Ok(None);
     }
     let count = usize::try_from(data.num_values).map_err(|_| general("a negative value count"))?;
-    let values = delta::decode(&body, count)?;
+    let values = encodings::delta(&body, count)?;
     if values.len() != count {
         return Err(general("a page with fewer values than its header says"));
     }
     Ok(Some(values))
-}
-
-/// The first `count` definition levels of bit width 1, as defined or not.
-fn definition_levels(bytes: &[u8], count: usize) -> Result<Vec<bool>, ParquetError> {
-    let truncated = || general("truncated levels");
-    let mut levels = Vec::with_capacity(count + 8);
-    let mut at = 0;
-    while levels.len() < count {
-        let mut header = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *bytes.get(at).ok_or_else(truncated)?;
-            at += 1;
-            header |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        let run = usize::try_from(header >> 1).map_err(|_| truncated())?;
-        if header & 1 == 1 {
-            // Bit-packed: `run` groups of eight values, a byte each.
-            let packed = bytes.get(at..at + run).ok_or_else(truncated)?;
-            at += run;
-            levels.extend(packed.iter().flat_map(|byte| (0..8).map(move |bit| byte >> bit & 1 == 1)));
-        } else {
-            let value = *bytes.get(at).ok_or_else(truncated)?;
-            at += 1;
-            if run == 0 {
-                return Err(general("an empty run of levels"));
-            }
-            levels.extend(std::iter::repeat_n(value & 1 == 1, run.min(count - levels.len())));
-        }
-    }
-    levels.truncate(count);
-    Ok(levels)
 }
 
 /// zstd decompression contexts, kept between pages and lookups: making
@@ -420,7 +511,7 @@ mod tests {
         rows: &[usize],
     ) -> Result<Option<Vec<Option<String>>>, ParquetError> {
         let chunk_meta = metadata.row_group(0).column(column);
-        assert!(readable(chunk_meta));
+        assert!(readable(chunk_meta, cipher.is_some()));
         let pages = metadata.page_index().unwrap().offset_index(0, column).unwrap().page_locations();
         assert!(pages.len() > 10, "pages of 7 rows");
         let chunk = Chunk {
@@ -429,7 +520,10 @@ mod tests {
             rows: metadata.row_group(0).num_rows() as usize,
             sealed: cipher.map(|c| (c, 0, column)),
         };
-        string_rows(bytes, &chunk, rows)
+        Ok(column_rows(bytes, &chunk, rows)?.map(|values| match values {
+            Values::Strings(strings) => strings,
+            Values::Integers(_) => panic!("strings read as integers"),
+        }))
     }
 
     #[test]
@@ -476,17 +570,5 @@ mod tests {
         moved[to.offset as usize..to.offset as usize + source.len()].copy_from_slice(&source);
         assert!(read(&Bytes::from(moved), &metadata, Some(&cipher), 1, &[to.first_row_index as usize]).is_err());
         assert!(read(&bytes, &metadata, Some(&cipher), 1, &[to.first_row_index as usize]).is_ok());
-    }
-
-    #[test]
-    fn definition_levels_read_runs_and_bit_packed_groups() {
-        // A run of 5 defined, then one bit-packed group of 8: 0b1010_0110.
-        let bytes = [5 << 1, 1, 1 << 1 | 1, 0b1010_0110];
-        let levels = definition_levels(&bytes, 13).unwrap();
-        let expected = [true; 5].into_iter().chain([false, true, true, false, false, true, false, true]);
-        assert_eq!(levels, expected.collect::<Vec<_>>());
-        assert_eq!(definition_levels(&bytes, 3).unwrap(), vec![true; 3]);
-        assert!(definition_levels(&bytes[..3], 13).is_err(), "a truncated group");
-        assert!(definition_levels(&[0, 1], 1).is_err(), "an empty run never ends");
     }
 }

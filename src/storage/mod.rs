@@ -14,8 +14,8 @@
 pub mod checkpoint;
 pub mod compact;
 pub mod config;
-mod delta;
 pub mod direct;
+mod encodings;
 pub mod error;
 pub mod index;
 pub mod layout;

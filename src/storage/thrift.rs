@@ -16,6 +16,8 @@ pub struct PageHeader {
     pub compressed_size: i32,
     /// Present for a data page of version 1.
     pub data: Option<DataPageHeader>,
+    /// The number of values of a dictionary page.
+    pub dictionary: Option<i32>,
 }
 
 /// The header of a data page of version 1.
@@ -30,6 +32,7 @@ pub struct DataPageHeader {
 }
 
 pub const DATA_PAGE: i32 = 0;
+pub const DICTIONARY_PAGE: i32 = 2;
 
 // Compact protocol field types.
 const BOOLEAN_TRUE: u8 = 1;
@@ -178,7 +181,7 @@ impl<'a> Reader<'a> {
 /// number of bytes it took.
 pub fn page_header(bytes: &[u8]) -> Result<(PageHeader, usize), ParquetError> {
     let mut reader = Reader { bytes, at: 0 };
-    let (mut kind, mut uncompressed, mut compressed, mut data) = (None, None, None, None);
+    let (mut kind, mut uncompressed, mut compressed, mut data, mut dictionary) = (None, None, None, None, None);
     let mut last = 0;
     while let Some((id, field)) = reader.field(&mut last)? {
         match (id, field) {
@@ -186,6 +189,7 @@ pub fn page_header(bytes: &[u8]) -> Result<(PageHeader, usize), ParquetError> {
             (2, I32) => uncompressed = Some(reader.i32()?),
             (3, I32) => compressed = Some(reader.i32()?),
             (5, STRUCT) => data = Some(data_page_header(&mut reader)?),
+            (7, STRUCT) => dictionary = Some(dictionary_page_header(&mut reader)?),
             (_, other) => reader.skip(other, 0)?,
         }
     }
@@ -194,8 +198,22 @@ pub fn page_header(bytes: &[u8]) -> Result<(PageHeader, usize), ParquetError> {
         uncompressed_size: uncompressed.ok_or_else(|| malformed("a page header without its size"))?,
         compressed_size: compressed.ok_or_else(|| malformed("a page header without its size"))?,
         data,
+        dictionary,
     };
     Ok((header, reader.at))
+}
+
+/// The value count of a dictionary page's header.
+fn dictionary_page_header(reader: &mut Reader<'_>) -> Result<i32, ParquetError> {
+    let mut num_values = None;
+    let mut last = 0;
+    while let Some((id, field)) = reader.field(&mut last)? {
+        match (id, field) {
+            (1, I32) => num_values = Some(reader.i32()?),
+            (_, other) => reader.skip(other, 1)?,
+        }
+    }
+    num_values.ok_or_else(|| malformed("a dictionary page header without its value count"))
 }
 
 fn data_page_header(reader: &mut Reader<'_>) -> Result<DataPageHeader, ParquetError> {
@@ -312,6 +330,7 @@ mod tests {
                 uncompressed_size: 5000,
                 compressed_size: 1234,
                 data: Some(DataPageHeader { num_values: 1024, encoding: 0, definition_encoding: 3 }),
+                dictionary: None,
             }
         );
     }

@@ -149,6 +149,9 @@ pub struct LookupStats {
     /// from their pages ([`crate::storage::direct`]), not through the
     /// parquet crate's reader.
     pub chunks_read_directly: u64,
+    /// Column chunks whose wanted rows were read through the parquet
+    /// crate's reader.
+    pub chunks_through_reader: u64,
     /// Files of preservation areas searched.
     pub preserved_files: u64,
     /// Files whose footer came from the cache, and files opened afresh.
@@ -172,6 +175,7 @@ impl LookupStats {
         self.index_pages += other.index_pages;
         self.sealed_chunks_read += other.sealed_chunks_read;
         self.chunks_read_directly += other.chunks_read_directly;
+        self.chunks_through_reader += other.chunks_through_reader;
         self.preserved_files += other.preserved_files;
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;

@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, Int64Type, TimestampMicrosecondType};
-use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow_schema::{DataType, TimeUnit};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ParquetRecordBatchReaderBuilder, RowSelection};
 use parquet::errors::ParquetError;
@@ -18,7 +21,7 @@ use parquet::file::statistics::Statistics;
 use super::cache::{Area, CachedFile, FileCache, Work};
 use super::{FoundRecord, LookupStats, Query};
 use crate::model::{Category, IdentifierField, IdentifierKind, KeyId, TimestampMicros};
-use crate::storage::direct::{self, PageCipher};
+use crate::storage::direct::{self, PageCipher, Values};
 use crate::storage::published::PublishedFile;
 use crate::storage::{index, schema};
 
@@ -181,6 +184,7 @@ pub(super) fn search_file(
     let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
     for (side, rest) in [(&clear_file, clear_rest), (&sealed_file, sealed_rest)] {
         if !rest.is_empty() {
+            stats.chunks_through_reader += (rest.len() * groups.len()) as u64;
             read.extend(side.through_reader(&groups, &selection, rest)?);
         }
     }
@@ -239,11 +243,13 @@ impl Columns<'_> {
             (true, Some(cipher)) => Some(cipher),
             (true, None) => return Ok(None),
         };
-        let mut values = Vec::new();
+        let name = metadata.file_metadata().schema_descr().column(column).name().to_string();
+        let Ok(field) = schema::cdr_schema().field_with_name(&name).cloned() else { return Ok(None) };
+        let (mut strings, mut integers) = (Vec::new(), Vec::new());
         for (group, rows) in by_group {
             let chunk_meta = metadata.row_group(*group).column(column);
             let Some(pages) = offsets.offset_index(*group, column) else { return Ok(None) };
-            if !direct::readable(chunk_meta) {
+            if !direct::readable(chunk_meta, self.encrypted) {
                 return Ok(None);
             }
             let chunk = direct::Chunk {
@@ -252,13 +258,29 @@ impl Columns<'_> {
                 rows: metadata.row_group(*group).num_rows().max(0) as usize,
                 sealed: sealed.map(|cipher| (cipher, *group, column)),
             };
-            match direct::string_rows(self.file, &chunk, rows)? {
-                Some(read) => values.extend(read),
+            match direct::column_rows(self.file, &chunk, rows)? {
+                Some(Values::Strings(read)) => strings.extend(read),
+                Some(Values::Integers(read)) => integers.extend(read),
                 None => return Ok(None),
             }
         }
-        let name = metadata.file_metadata().schema_descr().column(column).name().to_string();
-        Ok(Some((name, Arc::new(arrow_array::StringArray::from(values)))))
+        // As the crate's reader would give the column: by its type in the
+        // record's schema.
+        let array: ArrayRef = match (field.data_type(), strings.is_empty(), integers.is_empty()) {
+            (DataType::Utf8, _, true) => Arc::new(StringArray::from(strings)),
+            (DataType::Timestamp(TimeUnit::Microsecond, zone), true, _) => {
+                Arc::new(TimestampMicrosecondArray::from(integers).with_timezone_opt(zone.clone()))
+            }
+            (DataType::Int32, true, _) => {
+                let narrow: Option<Vec<Option<i32>>> =
+                    integers.into_iter().map(|v| v.map(i32::try_from).transpose().ok()).collect();
+                let Some(narrow) = narrow else { return Ok(None) };
+                Arc::new(Int32Array::from(narrow))
+            }
+            (DataType::Int64, true, _) => Arc::new(Int64Array::from(integers)),
+            _ => return Ok(None),
+        };
+        Ok(Some((name, array)))
     }
 }
 

@@ -1,13 +1,14 @@
-//! Parquet's `DELTA_BINARY_PACKED` encoding, decoded: the first value,
-//! then blocks of deltas, each block a minimum delta and miniblocks of
-//! bit-packed offsets from it. [`super::direct`] reads the token index's
-//! pages with it. Values are returned as `i64`; a reader of 32-bit values
-//! truncates them, which wraps exactly as 32-bit arithmetic would.
+//! The Parquet encodings that [`super::direct`] decodes itself: the
+//! RLE/bit-packed hybrid (definition levels, dictionary indices) and
+//! `DELTA_BINARY_PACKED` (the first value, then blocks of deltas, each
+//! block a minimum delta and miniblocks of bit-packed offsets from it).
+//! Delta values are returned as `i64`; a reader of 32-bit values truncates
+//! them, which wraps exactly as 32-bit arithmetic would.
 
 use parquet::errors::ParquetError;
 
 fn malformed(what: &str) -> ParquetError {
-    ParquetError::General(format!("malformed delta encoding: {what}"))
+    ParquetError::General(format!("malformed encoding: {what}"))
 }
 
 /// Reads unsigned varints and zigzag varints from a byte slice.
@@ -36,8 +37,42 @@ impl Cursor<'_> {
     }
 }
 
-/// The first `limit` values (or all, if fewer) of the encoded `bytes`.
-pub fn decode(bytes: &[u8], limit: usize) -> Result<Vec<i64>, ParquetError> {
+/// The first `count` values of the RLE/bit-packed hybrid `bytes`, each
+/// `width` bits wide (at most 32).
+pub fn hybrid(bytes: &[u8], width: usize, count: usize) -> Result<Vec<u32>, ParquetError> {
+    if width > 32 {
+        return Err(malformed("bit width"));
+    }
+    let mut cursor = Cursor { bytes, at: 0 };
+    let mut values = Vec::with_capacity(count + 8);
+    while values.len() < count {
+        let header = cursor.varint()?;
+        let run = usize::try_from(header >> 1).map_err(|_| malformed("run length"))?;
+        if header & 1 == 1 {
+            // Bit-packed: `run` groups of eight values, `width` bytes each.
+            let len = run.checked_mul(width).ok_or_else(|| malformed("run length"))?;
+            let packed = bytes.get(cursor.at..cursor.at + len).ok_or_else(|| malformed("truncated run"))?;
+            cursor.at += len;
+            let mut bits = Bits { bytes: packed, at: 0, held: 0, count: 0 };
+            values.extend((0..run * 8).map(|_| bits.take(width) as u32));
+        } else {
+            // A run of one value, in as many bytes as its width needs.
+            let len = width.div_ceil(8);
+            let stored = bytes.get(cursor.at..cursor.at + len).ok_or_else(|| malformed("truncated run"))?;
+            cursor.at += len;
+            if run == 0 {
+                return Err(malformed("an empty run"));
+            }
+            let value = stored.iter().rev().fold(0u32, |value, byte| value << 8 | u32::from(*byte));
+            values.extend(std::iter::repeat_n(value, run.min(count - values.len())));
+        }
+    }
+    values.truncate(count);
+    Ok(values)
+}
+
+/// The first `limit` values (or all, if fewer) of the delta-encoded `bytes`.
+pub fn delta(bytes: &[u8], limit: usize) -> Result<Vec<i64>, ParquetError> {
     let mut cursor = Cursor { bytes, at: 0 };
     let block = usize::try_from(cursor.varint()?).map_err(|_| malformed("block size"))?;
     let miniblocks = usize::try_from(cursor.varint()?).map_err(|_| malformed("miniblock count"))?;
@@ -145,10 +180,10 @@ mod tests {
 
     /// `pages` decode to `values`, read as `truncate` reads them.
     fn check(values: Vec<i64>, pages: Vec<Vec<u8>>, truncate: fn(i64) -> i64) {
-        let decoded: Vec<i64> = pages.iter().flat_map(|page| decode(page, usize::MAX).unwrap()).map(truncate).collect();
+        let decoded: Vec<i64> = pages.iter().flat_map(|page| delta(page, usize::MAX).unwrap()).map(truncate).collect();
         assert_eq!(decoded, values);
         // A limit stops early, with the same values.
-        let first: Vec<i64> = decode(&pages[0], 5).unwrap().into_iter().map(truncate).collect();
+        let first: Vec<i64> = delta(&pages[0], 5).unwrap().into_iter().map(truncate).collect();
         assert_eq!(first, values[..5.min(values.len())]);
     }
 
@@ -174,13 +209,34 @@ mod tests {
     }
 
     #[test]
+    fn the_hybrid_reads_runs_and_bit_packed_groups() {
+        // Width 1: a run of 5 ones, then one bit-packed group of 8: 0b1010_0110.
+        let bytes = [5 << 1, 1, 1 << 1 | 1, 0b1010_0110];
+        let expected = [1; 5].into_iter().chain([0, 1, 1, 0, 0, 1, 0, 1]);
+        assert_eq!(hybrid(&bytes, 1, 13).unwrap(), expected.collect::<Vec<_>>());
+        assert_eq!(hybrid(&bytes, 1, 3).unwrap(), vec![1; 3]);
+        assert!(hybrid(&bytes[..3], 1, 13).is_err(), "a truncated group");
+        assert!(hybrid(&[0, 1], 1, 1).is_err(), "an empty run never ends");
+        // Width 10: a run of 3 of 700 (two bytes), then 8 packed values.
+        let packed: Vec<u32> = vec![0, 1, 1023, 512, 7, 300, 999, 2];
+        let mut bytes = vec![3 << 1, (700 & 0xff) as u8, (700 >> 8) as u8, 1 << 1 | 1];
+        let mut acc = 0u128;
+        for (i, v) in packed.iter().enumerate() {
+            acc |= u128::from(*v) << (i * 10);
+        }
+        bytes.extend(&acc.to_le_bytes()[..10]);
+        let expected: Vec<u32> = [700; 3].into_iter().chain(packed).collect();
+        assert_eq!(hybrid(&bytes, 10, 11).unwrap(), expected);
+    }
+
+    #[test]
     fn truncated_or_misshapen_encodings_are_errors() {
         let pages = pages_of(Arc::new(Int32Array::from((0..600).map(|i| i * 37 % 1_000).collect::<Vec<_>>())));
         let page = &pages[0];
         for cut in [1, 3, page.len() / 2, page.len() - 1] {
-            assert!(decode(&page[..cut], usize::MAX).is_err(), "cut at {cut}");
+            assert!(delta(&page[..cut], usize::MAX).is_err(), "cut at {cut}");
         }
         // A block of 100 values is not a shape the format allows.
-        assert!(decode(&[100, 4, 10, 0], usize::MAX).is_err());
+        assert!(delta(&[100, 4, 10, 0], usize::MAX).is_err());
     }
 }
