@@ -149,19 +149,29 @@ pub enum Values {
     Integers(Vec<Option<i64>>),
 }
 
-/// Non-null values as decoded from a page or a dictionary.
-enum Decoded {
-    Strings(Vec<Vec<u8>>),
+/// A page's non-null values as decoded: strings borrowed from the page,
+/// integers, or indices into the chunk's dictionary. Only the wanted ones
+/// are then copied out.
+enum Decoded<'a> {
+    Strings(Vec<&'a [u8]>),
     Integers(Vec<i64>),
+    Indices(Vec<u32>),
 }
 
-impl Decoded {
+impl Decoded<'_> {
     fn len(&self) -> usize {
         match self {
             Decoded::Strings(values) => values.len(),
             Decoded::Integers(values) => values.len(),
+            Decoded::Indices(values) => values.len(),
         }
     }
+}
+
+/// A chunk's dictionary.
+enum Dictionary {
+    Strings(Vec<Vec<u8>>),
+    Integers(Vec<i64>),
 }
 
 /// The values of `rows` (ascending, within the chunk's row group) of a
@@ -212,7 +222,7 @@ pub fn column_rows<R: ChunkReader>(
 
 /// The dictionary of a chunk in clear, from its dictionary page at
 /// `offset`; `None` if it is not a dictionary this reader reads.
-fn dictionary_of<R: ChunkReader>(file: &R, chunk: &Chunk<'_>, offset: i64) -> Result<Option<Decoded>, ParquetError> {
+fn dictionary_of<R: ChunkReader>(file: &R, chunk: &Chunk<'_>, offset: i64) -> Result<Option<Dictionary>, ParquetError> {
     let end = chunk.pages.first().map(|p| p.offset).ok_or_else(|| general("a chunk without pages"))?;
     let start = u64::try_from(offset).map_err(|_| general("a negative dictionary offset"))?;
     let length = usize::try_from(end - offset).map_err(|_| general("a dictionary after its pages"))?;
@@ -229,11 +239,15 @@ fn dictionary_of<R: ChunkReader>(file: &R, chunk: &Chunk<'_>, offset: i64) -> Re
         _ => body.to_vec(),
     };
     let count = usize::try_from(count).map_err(|_| general("a negative value count"))?;
-    plain(&body, chunk.column.column_type(), count)
+    Ok(match plain(&body, chunk.column.column_type(), count)? {
+        Some(Decoded::Strings(values)) => Some(Dictionary::Strings(values.into_iter().map(<[u8]>::to_vec).collect())),
+        Some(Decoded::Integers(values)) => Some(Dictionary::Integers(values)),
+        _ => None,
+    })
 }
 
 /// The first `count` plain-encoded values of physical type `kind`.
-fn plain(bytes: &[u8], kind: Type, count: usize) -> Result<Option<Decoded>, ParquetError> {
+fn plain(bytes: &[u8], kind: Type, count: usize) -> Result<Option<Decoded<'_>>, ParquetError> {
     let truncated = || general("a truncated value");
     let fixed = |width: usize| -> Result<Vec<i64>, ParquetError> {
         let bytes = bytes.get(..count * width).ok_or_else(truncated)?;
@@ -252,7 +266,7 @@ fn plain(bytes: &[u8], kind: Type, count: usize) -> Result<Option<Decoded>, Parq
             for _ in 0..count {
                 let len = bytes.get(at..at + 4).ok_or_else(truncated)?;
                 let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-                values.push(bytes.get(at + 4..at + 4 + len).ok_or_else(truncated)?.to_vec());
+                values.push(bytes.get(at + 4..at + 4 + len).ok_or_else(truncated)?);
                 at += 4 + len;
             }
             Decoded::Strings(values)
@@ -271,7 +285,7 @@ fn page_rows<R: ChunkReader>(
     chunk: &Chunk<'_>,
     page: usize,
     wanted: &[usize],
-    dictionary: Option<&Decoded>,
+    dictionary: Option<&Dictionary>,
     values: &mut Values,
 ) -> Result<bool, ParquetError> {
     let Some((data, body)) = data_page(file, chunk.column, &chunk.pages[page], chunk.sealed, page)? else {
@@ -313,17 +327,8 @@ fn page_rows<R: ChunkReader>(
     let decoded = match data.encoding {
         _ if is(Encoding::PLAIN) => plain(body, kind, index)?,
         _ if is(Encoding::RLE_DICTIONARY) || is(Encoding::PLAIN_DICTIONARY) => {
-            let Some(dictionary) = dictionary else { return Err(general("dictionary indices without a dictionary")) };
             let width = usize::from(*body.first().ok_or_else(|| general("truncated values"))?);
-            let indices = encodings::hybrid(&body[1..], width, index)?;
-            let entry = |i: u32| usize::try_from(i).ok().filter(|i| *i < dictionary.len());
-            let entries =
-                indices.into_iter().map(|i| entry(i).ok_or_else(|| general("an index beyond the dictionary")));
-            let entries = entries.collect::<Result<Vec<usize>, _>>()?;
-            Some(match dictionary {
-                Decoded::Strings(all) => Decoded::Strings(entries.into_iter().map(|i| all[i].clone()).collect()),
-                Decoded::Integers(all) => Decoded::Integers(entries.into_iter().map(|i| all[i]).collect()),
-            })
+            Some(Decoded::Indices(encodings::hybrid(&body[1..], width, index)?))
         }
         _ if is(Encoding::DELTA_BINARY_PACKED) && kind != Type::BYTE_ARRAY => {
             let narrow = kind == Type::INT32;
@@ -333,18 +338,28 @@ fn page_rows<R: ChunkReader>(
         _ => None,
     };
     let Some(decoded) = decoded.filter(|d| d.len() == index) else { return Ok(false) };
-    match (values, decoded) {
-        (Values::Strings(out), Decoded::Strings(page)) => {
-            for position in positions {
-                let text =
-                    position.map(|i| String::from_utf8(page[i].clone()).map_err(|_| general("a value not in UTF-8")));
-                out.push(text.transpose()?);
-            }
+    let text = |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| general("a value not in UTF-8"));
+    let entry = |i: u32| usize::try_from(i).map_err(|_| general("an index beyond the dictionary"));
+    let beyond = || general("an index beyond the dictionary");
+    for position in positions {
+        match (&mut *values, position) {
+            (Values::Strings(out), None) => out.push(None),
+            (Values::Integers(out), None) => out.push(None),
+            (Values::Strings(out), Some(i)) => out.push(Some(match (&decoded, dictionary) {
+                (Decoded::Strings(page), _) => text(page[i])?,
+                (Decoded::Indices(page), Some(Dictionary::Strings(all))) => {
+                    text(all.get(entry(page[i])?).ok_or_else(beyond)?)?
+                }
+                _ => return Ok(false),
+            })),
+            (Values::Integers(out), Some(i)) => out.push(Some(match (&decoded, dictionary) {
+                (Decoded::Integers(page), _) => page[i],
+                (Decoded::Indices(page), Some(Dictionary::Integers(all))) => {
+                    *all.get(entry(page[i])?).ok_or_else(beyond)?
+                }
+                _ => return Ok(false),
+            })),
         }
-        (Values::Integers(out), Decoded::Integers(page)) => {
-            out.extend(positions.into_iter().map(|p| p.map(|i| page[i])))
-        }
-        _ => return Ok(false),
     }
     Ok(true)
 }
