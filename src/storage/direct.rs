@@ -142,8 +142,8 @@ pub fn readable(column: &ColumnChunkMetaData, sealed: bool) -> bool {
 }
 
 /// Values of a chunk, as this reader returns them: strings for byte
-/// arrays, integers for 32- and 64-bit integers; `None` for a null.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// arrays, integers for 32- and 64-bit integers; `None` for a null. No
+/// `Debug`: a companion's values are identifiers in clear.
 pub enum Values {
     Strings(Vec<Option<String>>),
     Integers(Vec<Option<i64>>),
