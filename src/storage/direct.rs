@@ -39,6 +39,11 @@ const SIZE_LEN: usize = 4;
 const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 
+/// The most values a page read here may hold: cdrvault's pages hold 1,024
+/// to 8,192. A page that claims more is left to the crate's reader, so that
+/// a count read from a file never sizes an allocation here.
+const MAX_PAGE_VALUES: usize = 1 << 20;
+
 // Module types of Parquet's modular encryption.
 const DATA_PAGE: u8 = 2;
 const DATA_PAGE_HEADER: u8 = 4;
@@ -239,6 +244,9 @@ fn dictionary_of<R: ChunkReader>(file: &R, chunk: &Chunk<'_>, offset: i64) -> Re
         _ => body.to_vec(),
     };
     let count = usize::try_from(count).map_err(|_| general("a negative value count"))?;
+    if count > MAX_PAGE_VALUES {
+        return Ok(None);
+    }
     Ok(match plain(&body, chunk.column.column_type(), count)? {
         Some(Decoded::Strings(values)) => Some(Dictionary::Strings(values.into_iter().map(<[u8]>::to_vec).collect())),
         Some(Decoded::Integers(values)) => Some(Dictionary::Integers(values)),
@@ -296,6 +304,9 @@ fn page_rows<R: ChunkReader>(
         return Ok(false);
     }
     let count = usize::try_from(data.num_values).map_err(|_| general("a negative value count"))?;
+    if count > MAX_PAGE_VALUES {
+        return Ok(false);
+    }
     let Some(&last) = wanted.last() else { return Ok(true) };
     if last >= count {
         return Err(general("a row beyond its page"));
@@ -431,6 +442,9 @@ pub fn integer_page<R: ChunkReader>(
         return Ok(None);
     }
     let count = usize::try_from(data.num_values).map_err(|_| general("a negative value count"))?;
+    if count > MAX_PAGE_VALUES {
+        return Ok(None);
+    }
     let values = encodings::delta(&body, count)?;
     if values.len() != count {
         return Err(general("a page with fewer values than its header says"));

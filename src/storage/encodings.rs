@@ -44,17 +44,19 @@ pub fn hybrid(bytes: &[u8], width: usize, count: usize) -> Result<Vec<u32>, Parq
         return Err(malformed("bit width"));
     }
     let mut cursor = Cursor { bytes, at: 0 };
-    let mut values = Vec::with_capacity(count + 8);
+    let mut values = Vec::with_capacity(count.min(4_096));
     while values.len() < count {
         let header = cursor.varint()?;
         let run = usize::try_from(header >> 1).map_err(|_| malformed("run length"))?;
         if header & 1 == 1 {
             // Bit-packed: `run` groups of eight values, `width` bytes each.
             let len = run.checked_mul(width).ok_or_else(|| malformed("run length"))?;
-            let packed = bytes.get(cursor.at..cursor.at + len).ok_or_else(|| malformed("truncated run"))?;
+            let end = cursor.at.checked_add(len).ok_or_else(|| malformed("truncated run"))?;
+            let packed = bytes.get(cursor.at..end).ok_or_else(|| malformed("truncated run"))?;
             cursor.at += len;
             let mut bits = Bits { bytes: packed, at: 0, held: 0, count: 0 };
-            values.extend((0..run * 8).map(|_| bits.take(width) as u32));
+            let decoded = run.saturating_mul(8).min(count - values.len());
+            values.extend((0..decoded).map(|_| bits.take(width) as u32));
         } else {
             // A run of one value, in as many bytes as its width needs.
             let len = width.div_ceil(8);
@@ -83,14 +85,15 @@ pub fn delta(bytes: &[u8], limit: usize) -> Result<Vec<i64>, ParquetError> {
     }
     let per_miniblock = block / miniblocks;
     let wanted = total.min(limit);
-    let mut values = Vec::with_capacity(wanted);
+    // Grown as values are decoded: a count is not a promise of bytes.
+    let mut values = Vec::with_capacity(wanted.min(4_096));
     if wanted > 0 {
         values.push(value);
     }
     while values.len() < wanted {
         let min_delta = cursor.zigzag()?;
         let widths_at = cursor.at;
-        cursor.at += miniblocks;
+        cursor.at = cursor.at.checked_add(miniblocks).ok_or_else(|| malformed("truncated widths"))?;
         let widths = bytes.get(widths_at..cursor.at).ok_or_else(|| malformed("truncated widths"))?;
         for &width in widths {
             if values.len() >= wanted {
@@ -100,9 +103,10 @@ pub fn delta(bytes: &[u8], limit: usize) -> Result<Vec<i64>, ParquetError> {
             if width > 64 {
                 return Err(malformed("bit width"));
             }
-            let len = per_miniblock * width / 8;
-            let packed = bytes.get(cursor.at..cursor.at + len).ok_or_else(|| malformed("truncated miniblock"))?;
-            cursor.at += len;
+            let len = per_miniblock.checked_mul(width).ok_or_else(|| malformed("miniblock size"))? / 8;
+            let end = cursor.at.checked_add(len).ok_or_else(|| malformed("truncated miniblock"))?;
+            let packed = bytes.get(cursor.at..end).ok_or_else(|| malformed("truncated miniblock"))?;
+            cursor.at = end;
             let mut bits = Bits { bytes: packed, at: 0, held: 0, count: 0 };
             for _ in 0..per_miniblock {
                 if values.len() >= wanted {
@@ -238,5 +242,14 @@ mod tests {
         }
         // A block of 100 values is not a shape the format allows.
         assert!(delta(&[100, 4, 10, 0], usize::MAX).is_err());
+        // Counts read from a file size nothing beyond what is asked for and
+        // overflow nothing: a bit-packed run of 2^60 groups of width 0, a
+        // block of 2^62 values in one miniblock of width 64.
+        let mut huge_run = vec![0xff; 8];
+        huge_run.push(0x7f);
+        assert_eq!(hybrid(&huge_run, 0, 10).unwrap(), vec![0; 10]);
+        let mut huge_block = vec![0x80; 8];
+        huge_block.extend([0x40, 1, 5, 0, 0, 64]);
+        assert!(delta(&huge_block, 5).is_err());
     }
 }
