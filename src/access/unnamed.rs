@@ -8,8 +8,8 @@
 //! whoever can read the registry and the keys directory. A crash between
 //! a key and its row leaves such a key too. The housekeeping destroys
 //! them, each audited. Only a row whose seal holds names a key: a row
-//! edited behind the service (an expiry cleared, a validity extended) would
-//! keep its key alive just as well as a deleted row would lose it.
+//! edited behind the service (an expiry cleared, a validity extended)
+//! names nothing, as a deleted row names nothing.
 //!
 //! An order's key is not among them: an order's row gone stops retention
 //! instead ([`crate::lifecycle::orders`]), because destroying the key

@@ -86,8 +86,8 @@ pub(super) struct SealedFile {
     /// The digests of the data file's clear chunks; `None` for a companion
     /// written before they were recorded.
     digests: Option<read::ChunkDigests>,
-    /// The decryption of its pages for [direct](crate::storage::direct) reads; `None` for a
-    /// companion that reader does not decrypt.
+    /// The decryption of its pages for [direct](crate::storage::direct)
+    /// reads; `None` for a companion that reader does not decrypt.
     pub(super) cipher: Option<PageCipher>,
 }
 
