@@ -780,12 +780,7 @@ async fn keys_whose_rows_were_deleted_are_destroyed_not_kept() {
     use cdrvault::ops::periodic::Job;
 
     let mut w = world(AccessSettings::default()).await;
-    let cast = cast(&mut w).await;
-    let target = w.target(3);
-    let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
-    let others = [w.target(4), w.target(5)];
-    let other = approved_warrant(&mut w, &cast, Grant::of(&others)).await;
-    let ids = submitted(&mut w, &cast.handler, &warrant, &target, 1..=2).await;
+    let Swept { cast, target, warrant, other, ids } = two_results_and_another_warrant(&mut w).await;
     assert_eq!(kept_results(&w.state()), 2);
     let keys = |of: &str| files_below(&w.vault.keys_dir().join(of));
     assert_eq!(keys("result").len(), 2);
@@ -829,6 +824,26 @@ async fn keys_whose_rows_were_deleted_are_destroyed_not_kept() {
     assert_eq!(w.desk.run_once().unwrap().unnamed, 0, "nothing left to sweep");
 }
 
+/// What the sweep tests start from: a warrant with two requests answered
+/// (their results kept), and another warrant with no request.
+struct Swept {
+    cast: Cast,
+    target: String,
+    warrant: String,
+    other: String,
+    ids: Vec<String>,
+}
+
+async fn two_results_and_another_warrant(w: &mut World) -> Swept {
+    let cast = cast(w).await;
+    let target = w.target(3);
+    let warrant = approved_warrant(w, &cast, Grant::of(std::slice::from_ref(&target))).await;
+    let others = [w.target(4), w.target(5)];
+    let other = approved_warrant(w, &cast, Grant::of(&others)).await;
+    let ids = submitted(w, &cast.handler, &warrant, &target, 1..=2).await;
+    Swept { cast, target, warrant, other, ids }
+}
+
 /// Sets every result and warrant key's modification time back beyond the
 /// grace of the sweep of unnamed keys.
 fn age_record_keys(w: &World) {
@@ -851,12 +866,7 @@ async fn a_row_edited_to_keep_a_key_alive_keeps_nothing() {
     use cdrvault::ops::periodic::Job;
 
     let mut w = world(AccessSettings::default()).await;
-    let cast = cast(&mut w).await;
-    let target = w.target(3);
-    let warrant = approved_warrant(&mut w, &cast, Grant::of(std::slice::from_ref(&target))).await;
-    let others = [w.target(4), w.target(5)];
-    let other = approved_warrant(&mut w, &cast, Grant::of(&others)).await;
-    let ids = submitted(&mut w, &cast.handler, &warrant, &target, 1..=2).await;
+    let Swept { cast, other, ids, .. } = two_results_and_another_warrant(&mut w).await;
     let keys = |of: &str| files_below(&w.vault.keys_dir().join(of));
 
     let db = rusqlite::Connection::open(w.state().join(cdrvault::registry::REGISTRY_FILE)).unwrap();

@@ -19,22 +19,33 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn varint(&mut self) -> Result<u64, ParquetError> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *self.bytes.get(self.at).ok_or_else(|| malformed("truncated"))?;
-            self.at += 1;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(malformed("varint too long"))
+        varint(self.bytes, &mut self.at).ok_or_else(|| malformed("truncated or overlong varint"))
     }
 
     fn zigzag(&mut self) -> Result<i64, ParquetError> {
-        let raw = self.varint()?;
-        Ok((raw >> 1) as i64 ^ -((raw & 1) as i64))
+        Ok(zigzag(self.varint()?))
     }
+}
+
+/// The unsigned LEB128 varint at `*at` of `bytes`, moving `at` past it;
+/// `None` if truncated or longer than 64 bits. Shared with
+/// [`super::thrift`], whose compact protocol uses the same varints.
+pub(super) fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// A zigzag-encoded signed value.
+pub(super) fn zigzag(raw: u64) -> i64 {
+    (raw >> 1) as i64 ^ -((raw & 1) as i64)
 }
 
 /// The first `count` values of the RLE/bit-packed hybrid `bytes`, each

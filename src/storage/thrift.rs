@@ -6,6 +6,8 @@
 
 use parquet::errors::ParquetError;
 
+use super::encodings;
+
 /// What a page header says of the page that follows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageHeader {
@@ -77,20 +79,11 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self) -> Result<u64, ParquetError> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.byte()?;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(malformed("varint too long"))
+        encodings::varint(self.bytes, &mut self.at).ok_or_else(|| malformed("truncated or overlong varint"))
     }
 
     fn zigzag(&mut self) -> Result<i64, ParquetError> {
-        let raw = self.varint()?;
-        Ok((raw >> 1) as i64 ^ -((raw & 1) as i64))
+        Ok(encodings::zigzag(self.varint()?))
     }
 
     fn i32(&mut self) -> Result<i32, ParquetError> {
