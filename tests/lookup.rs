@@ -538,3 +538,125 @@ fn times_changed_in_place_are_refused_even_in_a_file_the_engine_has_cached() {
     let (after, _) = engine.find(&query).unwrap();
     assert_eq!(ids(&after), ids(&before));
 }
+
+/// A data file's page index (where each page of a chunk lies, and its first
+/// row) lies outside both the chunks and the footer, which the companion
+/// authenticates. Someone who can write the data directory swaps the places
+/// of neighbouring pages of the start times and record ids, keeping each
+/// page's first row: the chunks and the footer are unchanged, but read
+/// through that index, rows would take other rows' times and ids. The
+/// index is checked against the pages of the digested chunk, and the file
+/// refused.
+#[test]
+fn a_page_index_edited_to_give_rows_other_rows_values_is_refused() {
+    let parquet = ParquetConfig { row_group_rows: 1_999, lookup_page_rows: 64, ..ParquetConfig::default() };
+    let fixture = Fixture::with(29, parquet);
+    let target = fixture.generator.subscribers()[5].msisdn.clone();
+    let query = fixture.query(vec![(IdentifierKind::Msisdn, target)], 4);
+    let truth = ground_truth(&fixture.records, &query);
+    assert!(truth.len() > 3, "a subscriber with traffic");
+    let (before, _) = LookupEngine::new(fixture.data(), fixture.keys()).find(&query).unwrap();
+    assert_eq!(ids(&before), truth);
+
+    let saved: Vec<(PathBuf, Vec<u8>)> =
+        fixture.data_files().into_iter().map(|path| (path.clone(), std::fs::read(&path).unwrap())).collect();
+    let mut swapped = 0;
+    for (path, bytes) in &saved {
+        let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+            .parse_and_finish(&bytes::Bytes::from(bytes.clone()))
+            .unwrap();
+        let mut edited = bytes.clone();
+        for group in metadata.row_groups() {
+            for chunk in group.columns() {
+                if ![cdrvault::storage::schema::START_TIME, cdrvault::storage::schema::RECORD_ID]
+                    .contains(&chunk.column_descr().name())
+                {
+                    continue;
+                }
+                let start = chunk.offset_index_offset().unwrap() as usize;
+                let end = start + chunk.offset_index_length().unwrap() as usize;
+                let (index, pairs) = swap_page_places(&bytes[start..end]);
+                edited[start..end].copy_from_slice(&index);
+                swapped += pairs;
+            }
+        }
+        std::fs::write(path, &edited).unwrap();
+    }
+    assert!(swapped > 100, "pages swapped: {swapped}");
+    // Read directly or through the parquet crate's reader: refused.
+    for engine in [
+        LookupEngine::new(fixture.data(), fixture.keys()),
+        LookupEngine::new(fixture.data(), fixture.keys()).without_direct_reads(),
+    ] {
+        match engine.find(&query) {
+            Err(error) => assert!(error.to_string().contains("page index"), "{error}"),
+            Ok((found, _)) => panic!("{} records answered, {} of them the truth", found.len(), {
+                found.iter().filter(|r| truth.contains(&r.record_id)).count()
+            }),
+        }
+    }
+
+    // Put back, the files answer as before.
+    for (path, bytes) in &saved {
+        std::fs::write(path, bytes).unwrap();
+    }
+    let (after, _) = LookupEngine::new(fixture.data(), fixture.keys()).find(&query).unwrap();
+    assert_eq!(ids(&after), truth);
+}
+
+/// An offset index (thrift compact protocol: a struct whose field 1 is a
+/// list of page locations, each `offset: i64, compressed_page_size: i32,
+/// first_row_index: i64`) with the offset and size of pages 2k and 2k+1
+/// swapped, of the same length; and the pairs swapped. The last page,
+/// usually shorter, stays in place.
+fn swap_page_places(index: &[u8]) -> (Vec<u8>, usize) {
+    let varint_end = |bytes: &[u8], mut at: usize| {
+        while bytes[at] & 0x80 != 0 {
+            at += 1;
+        }
+        at + 1
+    };
+    assert_eq!(index[0], 0x19, "field 1, a list");
+    let (count, mut at) = match index[1] >> 4 {
+        15 => {
+            let end = varint_end(index, 2);
+            let mut count = 0usize;
+            for (shift, byte) in index[2..end].iter().enumerate() {
+                count |= usize::from(byte & 0x7f) << (7 * shift);
+            }
+            (count, end)
+        }
+        short => (usize::from(short), 2),
+    };
+    assert_eq!(index[1] & 0x0f, 12, "a list of structs");
+    // Each location: its place (offset and size fields) and the rest (first
+    // row and the struct's stop).
+    let mut places = Vec::new();
+    for _ in 0..count {
+        let start = at;
+        assert_eq!(index[at], 0x16, "offset: field 1, i64");
+        at = varint_end(index, at + 1);
+        assert_eq!(index[at], 0x15, "compressed_page_size: field 2, i32");
+        at = varint_end(index, at + 1);
+        let place = start..at;
+        assert_eq!(index[at], 0x16, "first_row_index: field 3 (delta 1), i64");
+        at = varint_end(index, at + 1);
+        assert_eq!(index[at], 0, "the struct's end");
+        at += 1;
+        places.push((place, at));
+    }
+    let mut out = index[..places.first().map_or(at, |(p, _)| p.start)].to_vec();
+    let pairs = count.saturating_sub(1) / 2;
+    for i in 0..count {
+        let partner = match i {
+            _ if i / 2 >= pairs => i,
+            _ if i % 2 == 0 => i + 1,
+            _ => i - 1,
+        };
+        out.extend_from_slice(&index[places[partner].0.clone()]);
+        out.extend_from_slice(&index[places[i].0.end..places[i].1]);
+    }
+    out.extend_from_slice(&index[at..]);
+    assert_eq!(out.len(), index.len());
+    (out, pairs)
+}

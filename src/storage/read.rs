@@ -20,6 +20,7 @@ use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReader,
 use parquet::encryption::decrypt::FileDecryptionProperties;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::ParquetMetaData;
+use parquet::file::page_index::offset_index::PageLocation;
 use parquet::file::reader::ChunkReader;
 
 use super::layout::{self, CDR_DIR, day_dir};
@@ -286,9 +287,20 @@ fn chunk_sha256<R: ChunkReader>(
     group: usize,
     column: usize,
 ) -> Result<String, ParquetError> {
+    let (_, bytes) = chunk_bytes(file, data, group, column)?;
+    Ok(hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes)))
+}
+
+/// Where a column chunk starts, and its bytes.
+fn chunk_bytes<R: ChunkReader>(
+    file: &R,
+    data: &ParquetMetaData,
+    group: usize,
+    column: usize,
+) -> Result<(u64, bytes::Bytes), ParquetError> {
     let (start, len) = data.row_group(group).column(column).byte_range();
     let len = usize::try_from(len).map_err(|_| ParquetError::General("a column chunk too long".into()))?;
-    Ok(hex::encode(ring::digest::digest(&ring::digest::SHA256, &file.get_bytes(start, len)?)))
+    Ok((start, file.get_bytes(start, len)?))
 }
 
 /// The digests of a data file's column chunks that its companion holds,
@@ -330,14 +342,56 @@ impl ChunkDigests {
         if schema::is_token(&name) {
             return Ok(());
         }
-        match self.0.get(&(group, name.clone())) {
-            Some(expected) if *expected == chunk_sha256(file, data, group, column)? => Ok(()),
-            Some(_) => Err(ParquetError::General(format!(
+        let Some(expected) = self.0.get(&(group, name.clone())) else {
+            return Err(ParquetError::General(format!("the companion holds no digest of column {name}")));
+        };
+        let (start, bytes) = chunk_bytes(file, data, group, column)?;
+        if *expected != hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes)) {
+            return Err(ParquetError::General(format!(
                 "the data file's column {name} of row group {group} is not the one written with the companion"
-            ))),
-            None => Err(ParquetError::General(format!("the companion holds no digest of column {name}"))),
+            )));
+        }
+        // The page index lies outside the chunk and the footer: it is
+        // trusted only once it describes the chunk's own pages.
+        let locations = data.page_index().and_then(|index| index.offset_index(group, column));
+        match locations {
+            Some(index) if !pages_match(&bytes, start, index.page_locations(), data.row_group(group).num_rows()) => {
+                Err(ParquetError::General(format!(
+                    "the data file's page index of column {name} of row group {group} does not describe its pages"
+                )))
+            }
+            _ => Ok(()),
         }
     }
+}
+
+/// Whether `locations` are the data pages of the chunk `bytes` (starting at
+/// file offset `start`), in order: each page's offset and size, and its
+/// first row, counted over a chunk of `rows` rows of a flat column. Pages
+/// of version 1 only, which is what cdrvault writes; any other kind fails.
+fn pages_match(bytes: &[u8], start: u64, locations: &[PageLocation], rows: i64) -> bool {
+    let (mut at, mut row, mut page) = (0usize, 0i64, 0usize);
+    while at < bytes.len() {
+        let Ok((header, used)) = super::thrift::page_header(&bytes[at..]) else { return false };
+        let Some(size) = usize::try_from(header.compressed_size).ok().and_then(|size| size.checked_add(used)) else {
+            return false;
+        };
+        match (header.kind, header.data) {
+            (super::thrift::DICTIONARY_PAGE, _) if page == 0 => {}
+            (super::thrift::DATA_PAGE, Some(data)) => {
+                let expected = locations.get(page).map(|l| (l.offset, l.compressed_page_size, l.first_row_index));
+                let offset = start.checked_add(at as u64).and_then(|o| i64::try_from(o).ok());
+                if expected != offset.map(|o| (o, i32::try_from(size).unwrap_or(-1), row)) {
+                    return false;
+                }
+                row += i64::from(data.num_values);
+                page += 1;
+            }
+            _ => return false,
+        }
+        at += size;
+    }
+    at == bytes.len() && page == locations.len() && row == rows
 }
 
 /// A file's row count and token key id, from its plaintext footer (no key

@@ -40,6 +40,7 @@ pub(super) fn public_properties(
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(config.row_group_rows))
         .set_data_page_row_count_limit(config.data_page_rows)
+        .set_write_batch_size(write_batch_size(config))
         .set_key_value_metadata(Some(vec![
             KeyValue::new(schema::meta::SCHEMA_VERSION.into(), schema::SCHEMA_VERSION.to_string()),
             KeyValue::new(schema::meta::PARTITION_DATE.into(), date.to_string()),
@@ -129,6 +130,7 @@ pub(super) fn sealed_properties(
         .set_max_row_group_row_count(Some(config.row_group_rows))
         // A lookup reads a few rows of every sealed column it needs.
         .set_data_page_row_count_limit(config.lookup_page_rows)
+        .set_write_batch_size(write_batch_size(config))
         // A dictionary page holds every distinct value of the file: for a
         // subscriber identifier the whole population, for cells the
         // thousands a day touches. A lookup would decrypt and decode all
@@ -147,6 +149,13 @@ pub(super) fn sealed_properties(
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(field.sealed_column()), true);
     }
     Ok(builder.build())
+}
+
+/// Values the writer takes at a time: a page closes only between two such
+/// batches, so a page limit below the crate's default of 1,024 holds only
+/// with batches no larger than it.
+fn write_batch_size(config: &ParquetConfig) -> usize {
+    config.lookup_page_rows.clamp(1, 1_024)
 }
 
 /// The columns a lookup returns for each matching row.
