@@ -312,26 +312,17 @@ fn page_rows<R: ChunkReader>(
         return Err(general("a row beyond its page"));
     }
     // Definition levels (version 1: their length, then the hybrid at one
-    // bit per value), then the values of the rows defined.
-    let (defined, at) = match optional {
-        false => (None, 0),
+    // bit per value), then the values of the rows defined: which of them
+    // each wanted row is (`None`: a null), and how many to decode.
+    let (positions, index, at) = match optional {
+        false => (wanted.iter().map(|row| Some(*row)).collect(), last + 1, 0),
         true => {
             let len = body.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
             let levels = len.and_then(|len| body.get(4..4 + len)).ok_or_else(|| general("truncated levels"))?;
-            (Some(encodings::hybrid(levels, 1, last + 1)?), 4 + levels.len())
+            let (positions, index) = encodings::defined(levels, wanted)?;
+            (positions, index, 4 + levels.len())
         }
     };
-    // Which of the page's values each wanted row is (`None`: a null).
-    let mut index = 0usize;
-    let mut positions = Vec::with_capacity(wanted.len());
-    let mut next = wanted.iter().peekable();
-    for row in 0..=last {
-        let is_defined = defined.as_ref().is_none_or(|d| d[row] == 1);
-        if next.next_if(|w| **w == row).is_some() {
-            positions.push(is_defined.then_some(index));
-        }
-        index += usize::from(is_defined);
-    }
     let body = body.get(at..).ok_or_else(|| general("truncated values"))?;
     let kind = chunk.column.column_type();
     let is = |encoding: Encoding| data.encoding == encoding as i32;
@@ -376,7 +367,29 @@ fn page_rows<R: ChunkReader>(
 }
 
 /// A data page's header and its body, decrypted and decompressed.
-type DataPage = (thrift::DataPageHeader, Zeroizing<Vec<u8>>);
+type DataPage = (thrift::DataPageHeader, Body);
+
+/// A page's body, ready to decode: a clear page is read where it lies
+/// (uncompressed) or decompressed, and holds nothing the data file does not
+/// hold in clear; a companion's page holds identifiers in clear once
+/// decrypted, and its buffer is wiped when dropped.
+enum Body {
+    Shared(Bytes),
+    Clear(Vec<u8>),
+    Secret(Zeroizing<Vec<u8>>),
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Body::Shared(bytes) => bytes,
+            Body::Clear(bytes) => bytes,
+            Body::Secret(bytes) => bytes,
+        }
+    }
+}
 
 /// The header and the body (decrypted, decompressed) of the page at
 /// `location`, page `page` of its chunk, if it is a data page of version 1;
@@ -391,14 +404,13 @@ fn data_page<R: ChunkReader>(
     let offset = u64::try_from(location.offset).map_err(|_| general("a negative page offset"))?;
     let length = usize::try_from(location.compressed_page_size).map_err(|_| general("a negative page length"))?;
     let raw: Bytes = file.get_bytes(offset, length)?;
-    // A companion's pages hold identifiers in clear once decrypted: their
-    // buffers are wiped when dropped.
-    let (header, body): (thrift::PageHeader, Zeroizing<Vec<u8>>) = match sealed {
+    let (header, body) = match sealed {
         None => {
             let (header, used) = thrift::page_header(&raw)?;
             let size = usize::try_from(header.compressed_size).map_err(|_| general("a negative page size"))?;
-            let body = raw.get(used..used + size).ok_or_else(|| general("a page longer than its location"))?;
-            (header, Zeroizing::new(body.to_vec()))
+            let end = used.checked_add(size).filter(|end| *end <= raw.len());
+            let end = end.ok_or_else(|| general("a page longer than its location"))?;
+            (header, Body::Shared(raw.slice(used..end)))
         }
         Some((cipher, row_group, column)) => {
             let aad = cipher.module_aad(DATA_PAGE_HEADER, row_group, column, page)?;
@@ -406,14 +418,18 @@ fn data_page<R: ChunkReader>(
             let (header, _) = thrift::page_header(&plain)?;
             let aad = cipher.module_aad(DATA_PAGE, row_group, column, page)?;
             let (body, _) = cipher.open(&raw[used..], &aad)?;
-            (header, Zeroizing::new(body))
+            (header, Body::Secret(Zeroizing::new(body)))
         }
     };
     let Some(data) = header.data.filter(|_| header.kind == thrift::DATA_PAGE) else { return Ok(None) };
     let body = match column.compression() {
         Compression::ZSTD(_) => {
             let size = usize::try_from(header.uncompressed_size).map_err(|_| general("a negative page size"))?;
-            Zeroizing::new(decompress(&body, size)?)
+            let page = decompress(&body, size)?;
+            match body {
+                Body::Secret(_) => Body::Secret(Zeroizing::new(page)),
+                _ => Body::Clear(page),
+            }
         }
         _ => body,
     };

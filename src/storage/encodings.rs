@@ -65,7 +65,7 @@ pub fn hybrid(bytes: &[u8], width: usize, count: usize) -> Result<Vec<u32>, Parq
             let end = cursor.at.checked_add(len).ok_or_else(|| malformed("truncated run"))?;
             let packed = bytes.get(cursor.at..end).ok_or_else(|| malformed("truncated run"))?;
             cursor.at += len;
-            let mut bits = Bits { bytes: packed, at: 0, held: 0, count: 0 };
+            let mut bits = Bits::new(packed);
             let decoded = run.saturating_mul(8).min(count - values.len());
             values.extend((0..decoded).map(|_| bits.take(width) as u32));
         } else {
@@ -82,6 +82,65 @@ pub fn hybrid(bytes: &[u8], width: usize, count: usize) -> Result<Vec<u32>, Parq
     }
     values.truncate(count);
     Ok(values)
+}
+
+/// For definition levels `levels` (the hybrid at one bit per row) and
+/// `wanted` rows (strictly ascending): which value of the page each wanted
+/// row holds (`None`: a null), and how many values the rows up to the last
+/// wanted one hold. Walks the runs, never row by row.
+pub fn defined(levels: &[u8], wanted: &[usize]) -> Result<(Vec<Option<usize>>, usize), ParquetError> {
+    let Some(&last) = wanted.last() else { return Ok((Vec::new(), 0)) };
+    let mut cursor = Cursor { bytes: levels, at: 0 };
+    let mut positions = Vec::with_capacity(wanted.len());
+    // The first row of the current run, and the values before it.
+    let (mut row, mut values) = (0usize, 0usize);
+    let mut next = wanted.iter().copied().peekable();
+    while next.peek().is_some() {
+        let header = cursor.varint()?;
+        let run = usize::try_from(header >> 1).map_err(|_| malformed("run length"))?;
+        let (levels_of_run, rows) = if header & 1 == 1 {
+            // `run` groups of eight rows, one byte each.
+            let end = cursor.at.checked_add(run).ok_or_else(|| malformed("truncated run"))?;
+            let packed = levels.get(cursor.at..end).ok_or_else(|| malformed("truncated run"))?;
+            cursor.at = end;
+            (Levels::Packed(packed), run.saturating_mul(8))
+        } else {
+            if run == 0 {
+                return Err(malformed("an empty run"));
+            }
+            let value = *levels.get(cursor.at).ok_or_else(|| malformed("truncated run"))?;
+            cursor.at += 1;
+            (Levels::Repeated(value & 1 == 1), run)
+        };
+        while let Some(wanted) = next.next_if(|w| *w - row < rows) {
+            let offset = wanted - row;
+            let before = levels_of_run.defined(offset);
+            positions.push((levels_of_run.defined(offset + 1) > before).then_some(values + before));
+        }
+        values += levels_of_run.defined(rows.min(last - row + 1));
+        row = row.saturating_add(rows);
+    }
+    Ok((positions, values))
+}
+
+/// One run of definition levels at one bit per row.
+enum Levels<'a> {
+    Repeated(bool),
+    Packed(&'a [u8]),
+}
+
+impl Levels<'_> {
+    /// How many of the run's first `rows` rows are defined.
+    fn defined(&self, rows: usize) -> usize {
+        match self {
+            Levels::Repeated(set) => usize::from(*set) * rows,
+            Levels::Packed(packed) => {
+                let whole: u32 = packed[..rows / 8].iter().map(|b| b.count_ones()).sum();
+                let part = packed.get(rows / 8).map_or(0, |b| (b & ((1u8 << (rows % 8)) - 1)).count_ones());
+                (whole + part) as usize
+            }
+        }
+    }
 }
 
 /// The first `limit` values (or all, if fewer) of the delta-encoded `bytes`.
@@ -118,7 +177,7 @@ pub fn delta(bytes: &[u8], limit: usize) -> Result<Vec<i64>, ParquetError> {
             let end = cursor.at.checked_add(len).ok_or_else(|| malformed("truncated miniblock"))?;
             let packed = bytes.get(cursor.at..end).ok_or_else(|| malformed("truncated miniblock"))?;
             cursor.at = end;
-            let mut bits = Bits { bytes: packed, at: 0, held: 0, count: 0 };
+            let mut bits = Bits::new(packed);
             for _ in 0..per_miniblock {
                 if values.len() >= wanted {
                     break;
@@ -133,27 +192,35 @@ pub fn delta(bytes: &[u8], limit: usize) -> Result<Vec<i64>, ParquetError> {
 }
 
 /// Bit-packed values, least significant bit first, read one after the
-/// other.
+/// other; bits beyond the bytes read as zeros.
 struct Bits<'a> {
     bytes: &'a [u8],
+    /// The next bit to read.
     at: usize,
-    held: u128,
-    count: usize,
 }
 
-impl Bits<'_> {
+impl<'a> Bits<'a> {
+    fn new(bytes: &'a [u8]) -> Bits<'a> {
+        Bits { bytes, at: 0 }
+    }
+
     /// The next `width`-bit value (`width` at most 64).
     fn take(&mut self, width: usize) -> u64 {
-        while self.count < width {
-            self.held |= u128::from(self.bytes.get(self.at).copied().unwrap_or(0)) << self.count;
-            self.at += 1;
-            self.count += 8;
-        }
+        let (byte, shift) = (self.at / 8, self.at % 8);
+        self.at += width;
         let mask = if width == 64 { u64::MAX } else { (1u64 << width) - 1 };
-        let value = self.held as u64 & mask;
-        self.held >>= width;
-        self.count -= width;
-        value
+        // One load of eight bytes holds any value up to 56 bits wide.
+        if let Some(word) = self.bytes.get(byte..byte + 8) {
+            let word = u64::from_le_bytes([word[0], word[1], word[2], word[3], word[4], word[5], word[6], word[7]]);
+            if width + shift <= 64 {
+                return (word >> shift) & mask;
+            }
+        }
+        let mut value = 0u128;
+        for (i, b) in self.bytes.iter().skip(byte).take(width.div_ceil(8) + 1).enumerate() {
+            value |= u128::from(*b) << (8 * i);
+        }
+        (value >> shift) as u64 & mask
     }
 }
 
@@ -242,6 +309,56 @@ mod tests {
         bytes.extend(&acc.to_le_bytes()[..10]);
         let expected: Vec<u32> = [700; 3].into_iter().chain(packed).collect();
         assert_eq!(hybrid(&bytes, 10, 11).unwrap(), expected);
+    }
+
+    /// Definition levels of `rows` rows in runs of both kinds: repeated
+    /// runs of either level, and bit-packed groups.
+    fn levels_of(rows: usize, next: &mut impl FnMut() -> u64) -> (Vec<u8>, Vec<u32>) {
+        let (mut bytes, mut levels) = (Vec::new(), Vec::new());
+        while levels.len() < rows {
+            let left = rows - levels.len();
+            if next().is_multiple_of(2) {
+                let run = (next() as usize % 40 + 1).min(left);
+                let level = (next() % 2) as u8;
+                bytes.extend([(run << 1) as u8, level]);
+                levels.extend(std::iter::repeat_n(u32::from(level), run));
+            } else {
+                let groups = next() as usize % 5 + 1;
+                bytes.push((groups << 1 | 1) as u8);
+                for _ in 0..groups {
+                    let byte = next() as u8;
+                    bytes.push(byte);
+                    levels.extend((0..8).map(|bit| u32::from(byte >> bit & 1)));
+                }
+            }
+        }
+        levels.truncate(rows);
+        (bytes, levels)
+    }
+
+    #[test]
+    fn the_values_of_wanted_rows_are_counted_over_runs_of_both_kinds() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..300 {
+            let rows = next() as usize % 300 + 1;
+            let (bytes, levels) = levels_of(rows, &mut next);
+            assert_eq!(hybrid(&bytes, 1, rows).unwrap(), levels);
+            let wanted: Vec<usize> = (0..rows).filter(|_| next() % 7 == 0).collect();
+            let expected: Vec<Option<usize>> = wanted
+                .iter()
+                .map(|&row| (levels[row] == 1).then(|| levels[..row].iter().filter(|l| **l == 1).count()))
+                .collect();
+            let through_last = wanted.last().map_or(0, |last| levels[..=*last].iter().filter(|l| **l == 1).count());
+            assert_eq!(defined(&bytes, &wanted).unwrap(), (expected, through_last), "{bytes:?} at {wanted:?}");
+        }
+        assert!(defined(&[4 << 1, 1], &[4]).is_err(), "a row beyond the levels");
+        assert!(defined(&[0, 1], &[0]).is_err(), "an empty run never ends");
     }
 
     #[test]
