@@ -31,7 +31,7 @@ use parquet::file::page_index::offset_index::PageLocation;
 use parquet::file::reader::ChunkReader;
 use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
-use zeroize::Zeroizing;
+use zeroize::Zeroize;
 
 use super::{encodings, thrift};
 
@@ -205,11 +205,7 @@ pub fn column_rows<R: ChunkReader>(
         if row >= chunk.rows {
             return Err(general("a row beyond its row group"));
         }
-        let page = chunk
-            .pages
-            .partition_point(|p| usize::try_from(p.first_row_index).is_ok_and(|first| first <= row))
-            .checked_sub(1)
-            .ok_or_else(|| general("a row before the first page"))?;
+        let page = page_of(chunk.pages, row).ok_or_else(|| general("a row before the first page"))?;
         let first = chunk.pages[page].first_row_index as usize;
         let end = chunk.pages.get(page + 1).map_or(chunk.rows, |next| next.first_row_index as usize);
         let wanted: Vec<usize> =
@@ -223,6 +219,22 @@ pub fn column_rows<R: ChunkReader>(
         at += wanted.len();
     }
     Ok(Some(values))
+}
+
+/// The page of `pages` that holds `row`. Pages hold equal numbers of rows
+/// but the last, so the first guess is nearly always right: a search would
+/// touch a cache line of the locations at each of its steps.
+fn page_of(pages: &[PageLocation], row: usize) -> Option<usize> {
+    let first = |page: &PageLocation| usize::try_from(page.first_row_index).ok();
+    let holds = |page: usize| {
+        first(&pages[page]).is_some_and(|start| start <= row)
+            && pages.get(page + 1).is_none_or(|next| first(next).is_none_or(|end| row < end))
+    };
+    let per_page = pages.get(1).and_then(first).filter(|rows| *rows > 0);
+    match per_page.map(|rows| (row / rows).min(pages.len() - 1)) {
+        Some(guess) if holds(guess) => Some(guess),
+        _ => pages.partition_point(|p| first(p).is_some_and(|start| start <= row)).checked_sub(1),
+    }
 }
 
 /// The dictionary of a chunk in clear, from its dictionary page at
@@ -376,7 +388,23 @@ type DataPage = (thrift::DataPageHeader, Body);
 enum Body {
     Shared(Bytes),
     Clear(Vec<u8>),
-    Secret(Zeroizing<Vec<u8>>),
+    Secret(Wiped),
+}
+
+/// A buffer of identifiers in clear, wiped when dropped: a word at a time,
+/// since a page is wiped for every row a lookup reads from it.
+struct Wiped(Vec<u8>);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        // SAFETY: every bit pattern is a valid u64, and the words are only
+        // written (with zeros) through the aligned middle of the slice.
+        let (head, words, tail) = unsafe { self.0.align_to_mut::<u64>() };
+        head.zeroize();
+        words.zeroize();
+        tail.zeroize();
+        self.0.spare_capacity_mut().zeroize();
+    }
 }
 
 impl std::ops::Deref for Body {
@@ -386,7 +414,7 @@ impl std::ops::Deref for Body {
         match self {
             Body::Shared(bytes) => bytes,
             Body::Clear(bytes) => bytes,
-            Body::Secret(bytes) => bytes,
+            Body::Secret(bytes) => &bytes.0,
         }
     }
 }
@@ -418,7 +446,7 @@ fn data_page<R: ChunkReader>(
             let (header, _) = thrift::page_header(&plain)?;
             let aad = cipher.module_aad(DATA_PAGE, row_group, column, page)?;
             let (body, _) = cipher.open(&raw[used..], &aad)?;
-            (header, Body::Secret(Zeroizing::new(body)))
+            (header, Body::Secret(Wiped(body)))
         }
     };
     let Some(data) = header.data.filter(|_| header.kind == thrift::DATA_PAGE) else { return Ok(None) };
@@ -427,7 +455,7 @@ fn data_page<R: ChunkReader>(
             let size = usize::try_from(header.uncompressed_size).map_err(|_| general("a negative page size"))?;
             let page = decompress(&body, size)?;
             match body {
-                Body::Secret(_) => Body::Secret(Zeroizing::new(page)),
+                Body::Secret(_) => Body::Secret(Wiped(page)),
                 _ => Body::Clear(page),
             }
         }
@@ -438,11 +466,14 @@ fn data_page<R: ChunkReader>(
 
 /// Every value of the page at `location` of a required 32- or 64-bit
 /// integer column chunk in clear, encoded `DELTA_BINARY_PACKED` (the token
-/// index's columns); `None` for a chunk or a page of another kind.
+/// index's columns), up to the first for which `enough` holds, or the
+/// first `limit`; `None` for a chunk or a page of another kind.
 pub fn integer_page<R: ChunkReader>(
     file: &R,
     column: &ColumnChunkMetaData,
     location: &PageLocation,
+    limit: usize,
+    mut enough: impl FnMut(i64) -> bool,
 ) -> Result<Option<Vec<i64>>, ParquetError> {
     let descr = column.column_descr();
     let kind = matches!(column.column_type(), Type::INT32 | Type::INT64)
@@ -461,8 +492,12 @@ pub fn integer_page<R: ChunkReader>(
     if count > MAX_PAGE_VALUES {
         return Ok(None);
     }
-    let values = encodings::delta(&body, count)?;
-    if values.len() != count {
+    let mut stopped = false;
+    let values = encodings::delta_until(&body, count.min(limit), |value| {
+        stopped = enough(value);
+        stopped
+    })?;
+    if !stopped && values.len() != count.min(limit) {
         return Err(general("a page with fewer values than its header says"));
     }
     Ok(Some(values))

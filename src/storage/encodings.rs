@@ -145,6 +145,12 @@ impl Levels<'_> {
 
 /// The first `limit` values (or all, if fewer) of the delta-encoded `bytes`.
 pub fn delta(bytes: &[u8], limit: usize) -> Result<Vec<i64>, ParquetError> {
+    delta_until(bytes, limit, |_| false)
+}
+
+/// The values of the delta-encoded `bytes` up to the first for which
+/// `enough` holds (included), or the first `limit` (or all, if fewer).
+pub fn delta_until(bytes: &[u8], limit: usize, mut enough: impl FnMut(i64) -> bool) -> Result<Vec<i64>, ParquetError> {
     let mut cursor = Cursor { bytes, at: 0 };
     let block = usize::try_from(cursor.varint()?).map_err(|_| malformed("block size"))?;
     let miniblocks = usize::try_from(cursor.varint()?).map_err(|_| malformed("miniblock count"))?;
@@ -159,6 +165,9 @@ pub fn delta(bytes: &[u8], limit: usize) -> Result<Vec<i64>, ParquetError> {
     let mut values = Vec::with_capacity(wanted.min(4_096));
     if wanted > 0 {
         values.push(value);
+        if enough(value) {
+            return Ok(values);
+        }
     }
     while values.len() < wanted {
         let min_delta = cursor.zigzag()?;
@@ -185,6 +194,9 @@ pub fn delta(bytes: &[u8], limit: usize) -> Result<Vec<i64>, ParquetError> {
                 let offset = bits.take(width);
                 value = value.wrapping_add(min_delta.wrapping_add(offset as i64));
                 values.push(value);
+                if enough(value) {
+                    return Ok(values);
+                }
             }
         }
     }
@@ -267,6 +279,12 @@ mod tests {
         // A limit stops early, with the same values.
         let first: Vec<i64> = delta(&pages[0], 5).unwrap().into_iter().map(truncate).collect();
         assert_eq!(first, values[..5.min(values.len())]);
+        // So does the first value found enough, included.
+        let sought = values[values.len().min(40) - 1];
+        let through = values.iter().position(|v| *v == sought).unwrap();
+        let until: Vec<i64> =
+            delta_until(&pages[0], usize::MAX, |v| truncate(v) == sought).unwrap().into_iter().map(truncate).collect();
+        assert_eq!(until, values[..=through]);
     }
 
     #[test]

@@ -407,11 +407,15 @@ impl IndexReader {
                 return Ok(None);
             };
             let group = metadata.row_group(rg);
-            let Some(tokens) = direct::integer_page(&self.file, group.column(token_column), &token_pages[page])? else {
-                return Ok(None);
-            };
-            // The granule column's page of each matching row, decoded once.
-            let mut granules: Option<(usize, Vec<i64>)> = None;
+            // Sorted by prefix: nothing is read past the greatest sought.
+            let greatest = prefixes.iter().copied().max().unwrap_or(i32::MIN);
+            let past = |token: i64| token as i32 > greatest;
+            let tokens =
+                direct::integer_page(&self.file, group.column(token_column), &token_pages[page], usize::MAX, past)?;
+            let Some(tokens) = tokens else { return Ok(None) };
+            // The granule page of each matching entry, and the entry's
+            // place in it.
+            let mut matching: Vec<(usize, usize)> = Vec::new();
             for (i, token) in tokens.iter().enumerate() {
                 if !prefixes.contains(&(*token as i32)) {
                     continue;
@@ -420,18 +424,26 @@ impl IndexReader {
                 let Some(at) = granule_pages.partition_point(|p| p.first_row_index <= row).checked_sub(1) else {
                     return Err(ParquetError::General("an index granule before its first page".into()));
                 };
-                if granules.as_ref().is_none_or(|(decoded, _)| *decoded != at) {
-                    let values = direct::integer_page(&self.file, group.column(granule_column), &granule_pages[at])?;
-                    let Some(values) = values else { return Ok(None) };
-                    granules = Some((at, values));
+                let place = usize::try_from(row - granule_pages[at].first_row_index).unwrap_or(usize::MAX);
+                matching.push((at, place));
+            }
+            // Each granule page once, decoded up to its last matching entry.
+            for entries in matching.chunk_by(|a, b| a.0 == b.0) {
+                let (at, last) = entries[entries.len() - 1];
+                let limit = last.saturating_add(1);
+                let granules =
+                    direct::integer_page(&self.file, group.column(granule_column), &granule_pages[at], limit, |_| {
+                        false
+                    })?;
+                let Some(granules) = granules else { return Ok(None) };
+                for (_, place) in entries {
+                    let granule = granules
+                        .get(*place)
+                        .ok_or_else(|| ParquetError::General("an index token without its granule".into()))?;
+                    let first = (*granule as i32).max(0) as u64 * u64::from(GRANULE_ROWS);
+                    let end = (first + u64::from(GRANULE_ROWS)).min(self.data_rows);
+                    rows.extend((first..end).map(|r| r as u32));
                 }
-                let granule = granules
-                    .as_ref()
-                    .and_then(|(_, values)| values.get(usize::try_from(row - granule_pages[at].first_row_index).ok()?))
-                    .ok_or_else(|| ParquetError::General("an index token without its granule".into()))?;
-                let first = (*granule as i32).max(0) as u64 * u64::from(GRANULE_ROWS);
-                let end = (first + u64::from(GRANULE_ROWS)).min(self.data_rows);
-                rows.extend((first..end).map(|r| r as u32));
             }
         }
         rows.sort_unstable();

@@ -128,3 +128,23 @@ fn an_encrypted_page_altered_moved_or_under_another_key_is_refused() {
     assert!(read(&Bytes::from(moved), &metadata, Some(&cipher), 1, &[to.first_row_index as usize]).is_err());
     assert!(read(&bytes, &metadata, Some(&cipher), 1, &[to.first_row_index as usize]).is_ok());
 }
+
+#[test]
+fn the_page_of_a_row_is_found_whether_or_not_pages_hold_equal_rows() {
+    let locations = |firsts: &[i64]| -> Vec<PageLocation> {
+        firsts
+            .iter()
+            .map(|first| PageLocation { offset: 4, compressed_page_size: 1, first_row_index: *first })
+            .collect()
+    };
+    let scanned = |pages: &[PageLocation], row: usize| pages.iter().rposition(|p| p.first_row_index as usize <= row);
+    // Equal pages but the last; pages cut short (as a byte limit cuts
+    // them); one page.
+    for firsts in [&[0, 64, 128, 192][..], &[0, 64, 100, 164, 170, 300], &[0]] {
+        let pages = locations(firsts);
+        for row in 0..400 {
+            assert_eq!(page_of(&pages, row), scanned(&pages, row), "row {row} of {firsts:?}");
+        }
+    }
+    assert_eq!(page_of(&locations(&[5, 64]), 2), None, "a row before the first page");
+}
