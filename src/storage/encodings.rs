@@ -90,6 +90,9 @@ pub fn hybrid(bytes: &[u8], width: usize, count: usize) -> Result<Vec<u32>, Parq
 /// wanted one hold. Walks the runs, never row by row.
 pub fn defined(levels: &[u8], wanted: &[usize]) -> Result<(Vec<Option<usize>>, usize), ParquetError> {
     let Some(&last) = wanted.last() else { return Ok((Vec::new(), 0)) };
+    if wanted.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err(malformed("wanted rows out of order"));
+    }
     let mut cursor = Cursor { bytes: levels, at: 0 };
     let mut positions = Vec::with_capacity(wanted.len());
     // The first row of the current run, and the values before it.
@@ -376,6 +379,7 @@ mod tests {
             assert_eq!(defined(&bytes, &wanted).unwrap(), (expected, through_last), "{bytes:?} at {wanted:?}");
         }
         assert!(defined(&[4 << 1, 1], &[4]).is_err(), "a row beyond the levels");
+        assert!(defined(&[4 << 1, 1], &[2, 1]).is_err(), "rows out of order");
         assert!(defined(&[0, 1], &[0]).is_err(), "an empty run never ends");
     }
 

@@ -377,7 +377,7 @@ fn pages_match(bytes: &[u8], start: u64, locations: &[PageLocation], rows: i64) 
             return false;
         };
         match (header.kind, header.data) {
-            (super::thrift::DICTIONARY_PAGE, _) if page == 0 => {}
+            (super::thrift::DICTIONARY_PAGE, _) if at == 0 => {}
             (super::thrift::DATA_PAGE, Some(data)) => {
                 let expected = locations.get(page).map(|l| (l.offset, l.compressed_page_size, l.first_row_index));
                 let offset = start.checked_add(at as u64).and_then(|o| i64::try_from(o).ok());
@@ -415,4 +415,55 @@ pub fn token_key_of(metadata: &parquet::file::metadata::ParquetMetaData) -> Opti
         .value
         .clone()
         .and_then(KeyId::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, RecordBatch, StringArray};
+    use parquet::arrow::ArrowWriter;
+    use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+    use parquet::file::metadata::PageIndexPolicy;
+    use parquet::file::properties::WriterProperties;
+
+    use super::*;
+
+    /// A page index is taken only as the pages of its chunk, dictionary
+    /// page first or not: offsets, sizes and first rows.
+    #[test]
+    fn a_page_index_matches_only_the_pages_it_describes() {
+        for dictionary in [false, true] {
+            let values: Vec<String> = (0..1_000).map(|i| format!("value-{}", i % 37)).collect();
+            let column: ArrayRef = Arc::new(StringArray::from(values));
+            let batch = RecordBatch::try_from_iter([("v", column)]).unwrap();
+            let properties = WriterProperties::builder()
+                .set_dictionary_enabled(dictionary)
+                .set_data_page_row_count_limit(100)
+                .set_write_batch_size(100)
+                .build();
+            let mut bytes = Vec::new();
+            let mut writer = ArrowWriter::try_new(&mut bytes, batch.schema(), Some(properties)).unwrap();
+            writer.write(&batch).unwrap();
+            writer.close().unwrap();
+            let bytes = bytes::Bytes::from(bytes);
+            let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
+            let metadata = ArrowReaderMetadata::load(&bytes, options).unwrap();
+            let data = metadata.metadata();
+            let (start, chunk) = chunk_bytes(&bytes, data, 0, 0).unwrap();
+            let pages = data.page_index().unwrap().offset_index(0, 0).unwrap().page_locations().clone();
+            assert_eq!(pages.len(), 10, "pages of 100 rows");
+            assert!(pages_match(&chunk, start, &pages, 1_000));
+
+            let mut moved = pages.clone();
+            moved[3].first_row_index += 1;
+            assert!(!pages_match(&chunk, start, &moved, 1_000), "a first row moved");
+            let mut swapped = pages.clone();
+            swapped.swap(4, 5);
+            (swapped[4].first_row_index, swapped[5].first_row_index) = (400, 500);
+            assert!(!pages_match(&chunk, start, &swapped, 1_000), "two pages' places swapped");
+            assert!(!pages_match(&chunk, start, &pages[..9], 1_000), "a page left out");
+            assert!(!pages_match(&chunk, start, &pages, 999), "another row count");
+        }
+    }
 }
