@@ -69,8 +69,21 @@ impl PartitionDate {
         TimestampMicros(self.days_since_epoch() * MICROS_PER_DAY)
     }
 
-    /// Parses `YYYY-MM-DD`.
+    /// Parses `YYYY-MM-DD`. The written form (four, two and two digits) is
+    /// read directly: a lookup parses every day directory and day key name
+    /// of its window; anything else goes through chrono's parser.
     pub fn parse(text: &str) -> Option<Self> {
+        let b = text.as_bytes();
+        let digits = |range: std::ops::Range<usize>| {
+            b[range].iter().try_fold(0u32, |n, d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
+        };
+        if b.len() == 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && let (Some(year), Some(month), Some(day)) = (digits(0..4), digits(5..7), digits(8..10))
+        {
+            return NaiveDate::from_ymd_opt(year as i32, month, day).map(PartitionDate);
+        }
         NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().map(PartitionDate)
     }
 
@@ -134,6 +147,12 @@ mod tests {
             prop_assert_eq!(date.date(), expected);
             prop_assert!(date.start().0 <= micros);
             prop_assert!(micros - date.start().0 < MICROS_PER_DAY);
+        }
+
+        #[test]
+        fn dates_parse_as_chrono_parses_them(text in "[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9 +-]{0,12}") {
+            let chrono = NaiveDate::parse_from_str(&text, "%Y-%m-%d").ok().map(PartitionDate);
+            prop_assert_eq!(PartitionDate::parse(&text), chrono);
         }
 
         #[test]
