@@ -290,16 +290,20 @@ mod tests {
         assert_eq!(until, values[..=through]);
     }
 
-    #[test]
-    fn values_the_crates_writer_encoded_decode_to_what_it_wrote() {
-        // Random 32-bit values wrap around; sorted ones make small deltas.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
+    /// A reproducible stream of pseudo-random numbers from `state`.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state
-        };
+        }
+    }
+
+    #[test]
+    fn values_the_crates_writer_encoded_decode_to_what_it_wrote() {
+        // Random 32-bit values wrap around; sorted ones make small deltas.
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let random: Vec<i32> = (0..2_500).map(|_| next() as i32).chain([i32::MIN, i32::MAX, 0, -1]).collect();
         let mut sorted = random.clone();
         sorted.sort_unstable();
@@ -359,18 +363,12 @@ mod tests {
 
     #[test]
     fn the_values_of_wanted_rows_are_counted_over_runs_of_both_kinds() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         for _ in 0..300 {
             let rows = next() as usize % 300 + 1;
             let (bytes, levels) = levels_of(rows, &mut next);
             assert_eq!(hybrid(&bytes, 1, rows).unwrap(), levels);
-            let wanted: Vec<usize> = (0..rows).filter(|_| next() % 7 == 0).collect();
+            let wanted: Vec<usize> = (0..rows).filter(|_| next().is_multiple_of(7)).collect();
             let expected: Vec<Option<usize>> = wanted
                 .iter()
                 .map(|&row| (levels[row] == 1).then(|| levels[..row].iter().filter(|l| **l == 1).count()))

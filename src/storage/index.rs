@@ -398,6 +398,9 @@ impl IndexReader {
         let columns = metadata.file_metadata().schema_descr();
         let position = |name: &str| columns.columns().iter().position(|c| c.name() == name);
         let (Some(token_column), Some(granule_column)) = (position(TOKEN), position(GRANULE)) else { return Ok(None) };
+        // Pages are sorted by prefix: none is decoded past the greatest sought.
+        let greatest = prefixes.iter().copied().max().unwrap_or(i32::MIN);
+        let past = |token: i64| token as i32 > greatest;
         let mut rows = Vec::new();
         for &(rg, page, _) in chosen {
             let index = metadata.page_index_for_row_group(rg);
@@ -407,9 +410,6 @@ impl IndexReader {
                 return Ok(None);
             };
             let group = metadata.row_group(rg);
-            // Sorted by prefix: nothing is read past the greatest sought.
-            let greatest = prefixes.iter().copied().max().unwrap_or(i32::MIN);
-            let past = |token: i64| token as i32 > greatest;
             let tokens =
                 direct::integer_page(&self.file, group.column(token_column), &token_pages[page], usize::MAX, past)?;
             let Some(tokens) = tokens else { return Ok(None) };

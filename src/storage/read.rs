@@ -232,7 +232,7 @@ pub fn footer_sha256<R: ChunkReader>(file: &R) -> Result<String, ParquetError> {
     let footer_len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as u64;
     let start = len.checked_sub(8 + footer_len).ok_or_else(|| ParquetError::General("footer too long".into()))?;
     let footer = file.get_bytes(start, footer_len as usize)?;
-    Ok(hex::encode(ring::digest::digest(&ring::digest::SHA256, &footer)))
+    Ok(sha256_hex(&footer))
 }
 
 /// Checks that a companion (its decrypted `companion` metadata) belongs to
@@ -288,7 +288,11 @@ fn chunk_sha256<R: ChunkReader>(
     column: usize,
 ) -> Result<String, ParquetError> {
     let (_, bytes) = chunk_bytes(file, data, group, column)?;
-    Ok(hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes)))
+    Ok(sha256_hex(&bytes))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
 
 /// Where a column chunk starts, and its bytes.
@@ -346,7 +350,7 @@ impl ChunkDigests {
             return Err(ParquetError::General(format!("the companion holds no digest of column {name}")));
         };
         let (start, bytes) = chunk_bytes(file, data, group, column)?;
-        if *expected != hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes)) {
+        if *expected != sha256_hex(&bytes) {
             return Err(ParquetError::General(format!(
                 "the data file's column {name} of row group {group} is not the one written with the companion"
             )));

@@ -181,11 +181,13 @@ pub(super) fn search_file(
         }
         stats.chunks_read_directly += (read.len() * groups.len()) as u64;
     }
-    let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
-    for (side, rest) in [(&clear_file, clear_rest), (&sealed_file, sealed_rest)] {
-        if !rest.is_empty() {
-            stats.chunks_through_reader += (rest.len() * groups.len()) as u64;
-            read.extend(side.through_reader(&groups, &selection, rest)?);
+    if !clear_rest.is_empty() || !sealed_rest.is_empty() {
+        let selection = selection_in_groups(&starts, &groups, &candidates, metadata.file_metadata().num_rows());
+        for (side, rest) in [(&clear_file, clear_rest), (&sealed_file, sealed_rest)] {
+            if !rest.is_empty() {
+                stats.chunks_through_reader += (rest.len() * groups.len()) as u64;
+                read.extend(side.through_reader(&groups, &selection, rest)?);
+            }
         }
     }
     let batch = RecordBatch::try_from_iter(read)?;
