@@ -10,7 +10,13 @@ the approved warrant. Needs grpcio and grpcio-tools (pip).
 
   api_e2e.py --server 127.0.0.1:PORT --token-file F --warrant W --targets-file T
              --from RFC3339 --to RFC3339 [--rounds 5] [--first-number 1]
-             [--count-fsyncs PID]
+             [--count-fsyncs PID] [--rust-client PATH]
+
+With --rust-client (the binary of benches/api_client.rs), the targets are
+asked in turn through the Python client and through cdrvault's own Rust
+client (target by target, the other way round each round; each client's
+figures are then over half the calls): the gap between the two is what
+the client library adds.
 """
 
 import argparse
@@ -62,6 +68,7 @@ def main():
     p.add_argument("--first-number", type=int, default=1)
     p.add_argument("--count-fsyncs", type=int, default=0, help="the server's pid")
     p.add_argument("--label", default="")
+    p.add_argument("--rust-client", help="the api_client bench binary: the same calls through cdrvault's Rust client")
     p.add_argument("--plain", help="a DuckDB-written zstd Parquet of the same records in clear: the anchor")
     p.add_argument("--truth", help="JSON: each target's number of records in the window")
     p.add_argument("--chdb", help="a directory for a chDB session: the same file through chDB, and a MergeTree "
@@ -85,6 +92,11 @@ def main():
         time.sleep(1.0)  # strace attaches to every thread before the first call
 
     truth = json.load(open(a.truth)) if a.truth else None
+    rust = None
+    if a.rust_client:
+        rust = subprocess.Popen([a.rust_client, "--server", f"http://{a.server}", "--token-file", a.token_file,
+                                 "--warrant", a.warrant, "--from", a.start, "--to", a.end],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     duck = None
     if a.plain:
         import duckdb
@@ -141,22 +153,44 @@ def main():
     anchors = {name: [] for name in runners}
 
     number = a.first_number
-    submit, fetch, both, records = [], [], [], 0
+    records = 0
+    def through_python(number, target):
+        t0 = time.perf_counter()
+        info = stub.SubmitRequest(pb.SubmitRequestRequest(
+            warrant=a.warrant, request_number=number, targets=[target], window_start=a.start,
+            window_end=a.end, categories=["traffic"], format=pb.RESULT_FORMAT_JSON), metadata=metadata)
+        t1 = time.perf_counter()
+        size = sum(len(c.data) for c in stub.FetchResult(pb.FetchResultRequest(request_id=info.request_id),
+                                                          metadata=metadata))
+        t2 = time.perf_counter()
+        assert size == info.bytes, (size, info.bytes)
+        return info.records, (t1 - t0) * 1000, (t2 - t1) * 1000
+
+    def through_rust(number, target):
+        rust.stdin.write(f"{number} {target}\n")
+        rust.stdin.flush()
+        found, took_submit, took_fetch = rust.stdout.readline().split()
+        return int(found), float(took_submit), float(took_fetch)
+
+    # Each client's figures: submit, fetch, both.
+    python_times, rust_times = ([], [], []), ([], [], [])
     for round_ in range(a.rounds):
-        for target in targets:
-            t0 = time.perf_counter()
-            info = stub.SubmitRequest(pb.SubmitRequestRequest(
-                warrant=a.warrant, request_number=number, targets=[target], window_start=a.start,
-                window_end=a.end, categories=["traffic"], format=pb.RESULT_FORMAT_JSON), metadata=metadata)
-            t1 = time.perf_counter()
-            size = sum(len(c.data) for c in stub.FetchResult(pb.FetchResultRequest(request_id=info.request_id),
-                                                              metadata=metadata))
-            t2 = time.perf_counter()
-            assert size == info.bytes, (size, info.bytes)
-            if truth is not None:
-                assert info.records == truth[target], (target, info.records, truth[target])
-            number += 1
-            records += info.records
+        for position, target in enumerate(targets):
+            clients = [(through_python, python_times, "python client")]
+            if rust and (round_ + position) % 2 == 1:
+                # One client a turn: a second asking for the same target
+                # would find its pages in the processor's caches.
+                clients = [(through_rust, rust_times, "rust client")]
+            for ask, times, name in clients:
+                found, took_submit, took_fetch = ask(number, target)
+                number += 1
+                records += found
+                if truth is not None:
+                    assert found == truth[target], (name, target, found, truth[target])
+                if round_ > 0 or a.count_fsyncs:  # the first round warms the caches
+                    times[0].append(took_submit)
+                    times[1].append(took_fetch)
+                    times[2].append(took_submit + took_fetch)
             # The anchors, target by target between cdrvault's calls, so
             # that the machine's noise falls on all alike.
             for name, (run, query) in runners.items():
@@ -167,11 +201,7 @@ def main():
                     assert rows == truth[target], (name, target, rows, truth[target])
                 if round_ > 0:
                     anchors[name].append(took)
-            if round_ == 0 and not a.count_fsyncs:
-                continue  # the first round warms the caches
-            submit.append((t1 - t0) * 1000)
-            fetch.append((t2 - t1) * 1000)
-            both.append((t2 - t0) * 1000)
+    submit, fetch, both = python_times
 
     if tracer:
         tracer.send_signal(2)
@@ -191,14 +221,27 @@ def main():
             print(f"  {count / calls:4.1f} per pair  {call} {place}")
         print(f"next-number {number}")
         return
-    for name, values in (("submit", submit), ("fetch", fetch), ("submit+fetch", both), *anchors.items()):
+    if rust:
+        rust.stdin.close()
+        if rust.wait() != 0:
+            sys.exit("the Rust client failed")
+    clients = [("submit", submit), ("fetch", fetch), ("submit+fetch", both)]
+    if rust:
+        rust_both = rust_times[2]
+        clients += [("rust client submit", rust_times[0]), ("rust client fetch", rust_times[1]),
+                    ("rust client submit+fetch", rust_both)]
+    for name, values in (*clients, *anchors.items()):
         print(f"RESULT api {a.label} {name}: p50 {statistics.median(values):.1f} ms, "
               f"p99 {percentile(values, 99):.1f} ms, n={len(values)}")
     for name, values in anchors.items():
         print(f"RESULT ratio {a.label} {name} / cdrvault submit+fetch: p50 "
               f"{statistics.median(values) / statistics.median(both):.1f}x, p99 "
               f"{percentile(values, 99) / percentile(both, 99):.1f}x")
-    print(f"records per request: {records / (len(targets) * a.rounds):.1f}"
+        if rust:
+            print(f"RESULT ratio {a.label} {name} / cdrvault submit+fetch, rust client: p50 "
+                  f"{statistics.median(values) / statistics.median(rust_both):.1f}x, p99 "
+                  f"{percentile(values, 99) / percentile(rust_both, 99):.1f}x")
+    print(f"records per request: {records / (number - a.first_number):.1f}"
           + (", every answer equal to the truth" if truth is not None else ""))
     print(f"next-number {number}")
 

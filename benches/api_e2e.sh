@@ -14,6 +14,10 @@
 #   ANCHORS=0 benches/api_e2e.sh              cdrvault only (no other engine)
 #   HISTORY=200000 benches/api_e2e.sh         with that many earlier requests
 #                       in the registry, as a year of requests leaves them
+#   RUST_CLIENT=0 benches/api_e2e.sh          the Python client only (by
+#                       default the two clients take turns, target by
+#                       target, so each has half the calls: ROUNDS=9 and
+#                       TARGETS=50 give 200 each)
 #
 # Prints RESULT lines: p50 and p99 of SubmitRequest, FetchResult and both,
 # of the same question to DuckDB over a zstd Parquet of the same records in
@@ -21,7 +25,9 @@
 # sorted by calling number with a bloom-filter index on called number
 # (UNION form), and to DataFusion over the file (UNION form), interleaved
 # target by target, every answer checked against
-# the truth; their ratios to cdrvault's; then the fsyncs per
+# the truth; their ratios to cdrvault's; cdrvault through two clients
+# taking turns (Python grpcio, and cdrvault's own Rust client,
+# benches/api_client.rs, built from this checkout); then the fsyncs per
 # submit+fetch pair (a second pass with strace attached
 # to the server; strace is installed with apt if missing). Needs grpcio and
 # grpcio-tools, duckdb, chdb and datafusion (installed with pip if missing).
@@ -43,6 +49,19 @@ if [[ -n "${CDRVAULT_BIN:-}" ]]; then
 else
   (cd "$ROOT" && cargo build --release --quiet --bin cdrvault)
   bin=$CARGO_TARGET_DIR/release/cdrvault
+fi
+
+rust_client=()
+if [[ "${RUST_CLIENT:-1}" != 0 ]]; then
+  # Built from this checkout whatever the server's binary: the API is the
+  # same proto.
+  client_bin=$(cd "$ROOT" && cargo build --release --quiet --bench api_client --message-format=json \
+    | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "api_client" and m.get("executable"):
+        print(m["executable"])')
+  rust_client=(--rust-client "$client_bin")
 fi
 
 if [[ -n "${DATA_CACHE:-}" ]]; then
@@ -169,7 +188,7 @@ args=(--server "127.0.0.1:$PORT" --token-file "$work/handler.token" --warrant "$
 anchors=(--plain "$work/plain.parquet" --chdb "$work/chdb")
 [[ "${ANCHORS:-1}" == 0 ]] && anchors=()
 python3 "$ROOT/benches/api_e2e.py" "${args[@]}" --rounds "$ROUNDS" --first-number 1 --label "${LABEL:-}" \
-  "${anchors[@]}" --truth "$work/truth.json" \
+  "${anchors[@]}" "${rust_client[@]}" --truth "$work/truth.json" \
   | tee "$work/timing.out"
 next=$(awk '/^next-number/ { print $2 }' "$work/timing.out")
 python3 "$ROOT/benches/api_e2e.py" "${args[@]}" --rounds 1 --first-number "$next" --count-fsyncs "$server_pid" \
