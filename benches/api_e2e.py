@@ -154,6 +154,7 @@ def main():
 
     number = a.first_number
     records = 0
+
     def through_python(number, target):
         t0 = time.perf_counter()
         info = stub.SubmitRequest(pb.SubmitRequestRequest(
@@ -169,7 +170,10 @@ def main():
     def through_rust(number, target):
         rust.stdin.write(f"{number} {target}\n")
         rust.stdin.flush()
-        found, took_submit, took_fetch = rust.stdout.readline().split()
+        line = rust.stdout.readline()
+        if not line:
+            sys.exit(f"the Rust client stopped (exit status {rust.wait()})")
+        found, took_submit, took_fetch = line.split()
         return int(found), float(took_submit), float(took_fetch)
 
     # Each client's figures: submit, fetch, both.
