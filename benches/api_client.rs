@@ -2,8 +2,8 @@
 //! client ([`cdrvault::access::client::Client`], tonic): one connection,
 //! kept for the run, as a desk application would keep it.
 //!
-//! `benches/api_e2e.py` drives it so that its calls interleave with the
-//! Python client's and the other engines', target by target. Each line on
+//! `benches/api_e2e.py` drives it so that its calls take turns with the
+//! Python client's, between the other engines', target by target. Each line on
 //! standard input is `NUMBER TARGET`: it submits that request (JSON result,
 //! the `traffic` category, the window and warrant of its arguments), fetches
 //! the result, checks its digest and size, and prints `RECORDS SUBMIT_MS
